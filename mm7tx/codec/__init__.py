@@ -1,0 +1,47 @@
+"""The MM7 codec: HTTP body bytes to :class:`~mm7tx.messages.Envelope` and back.
+
+Pure functions, no I/O: the resource, the client and the tests all use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mm7tx.codec import mime, soap
+from mm7tx.errors import MM7Error
+from mm7tx.messages import Envelope
+from mm7tx.status import StatusCode
+
+__all__ = ["MM7Error", "decode", "encode"]
+
+
+def decode(content_type: str | None, body: bytes) -> Envelope:
+    """Parse an MM7 HTTP body (request, response or fault) into an envelope.
+
+    Raises :class:`MM7Error` with the status to answer for anything that is
+    not a well-formed MM7 message.
+    """
+    if not body.strip():
+        raise MM7Error(StatusCode.VALIDATION_ERROR, details="the request body is empty")
+    xml, parts = mime.split(content_type, body)
+    envelope, href = soap.parse_envelope(xml)
+    message = envelope.message
+    if hasattr(message, "content"):
+        content = mime.resolve_content(href, parts)
+        envelope = dataclasses.replace(
+            envelope, message=dataclasses.replace(message, content=content)
+        )
+    return envelope
+
+
+def encode(envelope: Envelope) -> tuple[str, bytes]:
+    """The HTTP Content-Type and body for an envelope.
+
+    Messages with content become ``multipart/related``; the rest bare XML.
+    """
+    content = getattr(envelope.message, "content", ())
+    if not content:
+        return 'text/xml; charset="utf-8"', soap.build_envelope(envelope)
+    content_id = mime.new_content_id()
+    xml = soap.build_envelope(envelope, content_href=f"cid:{content_id}")
+    return mime.join(xml, content, content_id)

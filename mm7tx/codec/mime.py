@@ -1,0 +1,266 @@
+"""The MIME side of MM7 (SOAP with attachments): find the SOAP part and the
+content it points to, and build the multipart body for outgoing requests.
+
+Parsing uses the standard library's ``email`` parser, which already copes with
+what sloppy peers send: LF-only line endings, boundaries with trailing space,
+``Content-Id`` casing, upper-case encodings and raw 8-bit parts.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from email import policy
+from email.generator import BytesGenerator
+from email.message import Message, MIMEPart
+from email.parser import BytesParser
+from email.utils import collapse_rfc2231_value
+from io import BytesIO
+from urllib.parse import unquote
+
+from mm7tx.errors import MM7Error
+from mm7tx.messages import Content, ContentPart
+from mm7tx.status import StatusCode
+
+XML_TYPES = frozenset(
+    {"text/xml", "application/xml", "application/soap+xml", "text/plain"}
+)
+# compat32 parses several times faster than policy.default, and we only read
+# MIME structure and bytes here; the emails we write use policy.default.
+_PARSER = BytesParser(policy=policy.compat32)
+
+
+def normalise_id(value: str | None) -> str | None:
+    """A Content-ID or cid reference without ``<>``, ``cid:`` or spaces."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value[:4].lower() == "cid:":
+        value = unquote(value[4:]).strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1].strip()
+    return value or None
+
+
+def _param(msg: Message, name: str) -> str | None:
+    value = msg.get_param(name)
+    if value is None or isinstance(value, str):
+        return value
+    return str(collapse_rfc2231_value(value))
+
+
+def _sniff_boundary(body: bytes) -> str | None:
+    for line in body.lstrip().split(b"\n", 1)[:1]:
+        if line.startswith(b"--"):
+            return line[2:].rstrip().decode("ascii", "replace")
+    return None
+
+
+def split(content_type: str | None, body: bytes) -> tuple[bytes, list[Message]]:
+    """Split an HTTP body into the SOAP XML and the other top-level parts."""
+    head = Message()
+    if content_type:
+        head["Content-Type"] = content_type
+    media = head.get_content_type() if content_type else ""
+    looks_xml = body.lstrip()[:1] == b"<"
+    if not media.startswith("multipart/"):
+        if media in XML_TYPES or (not media and looks_xml):
+            return body, []
+        raise MM7Error(
+            StatusCode.VALIDATION_ERROR,
+            details=f"Content-Type {media or '(none)'} is neither multipart nor XML",
+        )
+    boundary = _param(head, "boundary")
+    if not boundary:
+        if looks_xml:  # Skycore: multipart/related with no boundary, bare XML
+            return body, []
+        boundary = _sniff_boundary(body)
+        if not boundary:
+            raise MM7Error(
+                StatusCode.VALIDATION_ERROR,
+                details="multipart Content-Type without a boundary",
+            )
+    header = b'Content-Type: %s; boundary="%s"\r\n\r\n' % (
+        media.encode("ascii", "replace"),
+        boundary.replace('"', "").encode("utf-8", "surrogateescape"),
+    )
+    msg = _PARSER.parsebytes(header + body)
+    parts = msg.get_payload()
+    if not msg.is_multipart() or not isinstance(parts, list) or not parts:
+        raise MM7Error(
+            StatusCode.VALIDATION_ERROR,
+            details="the body is not MIME: its boundary never appears",
+        )
+    if any(type(d).__name__ == "CloseBoundaryNotFoundDefect" for d in msg.defects):
+        raise MM7Error(
+            StatusCode.VALIDATION_ERROR,
+            details="the multipart body is truncated: its closing boundary is missing",
+        )
+    start = normalise_id(_param(head, "start"))
+    soap = parts[0]
+    if start is not None:
+        soap = next(
+            (p for p in parts if normalise_id(p.get("Content-ID")) == start), soap
+        )
+    data = soap.get_payload(decode=True)
+    if not isinstance(data, bytes) or soap.is_multipart():
+        raise MM7Error(StatusCode.VALIDATION_ERROR, details="the SOAP part is missing")
+    return data, [p for p in parts if p is not soap]
+
+
+def _find(parts: list[Message], ref: str) -> Message | None:
+    for header in ("Content-ID", "Content-Location"):
+        for part in parts:
+            value = part.get(header)
+            if value is not None and normalise_id(str(value)) == ref:
+                return part
+            if part.is_multipart():
+                inner = part.get_payload()
+                if isinstance(inner, list):
+                    found = _find(inner, ref)
+                    if found is not None:
+                        return found
+    return None
+
+
+def _leaves(part: Message) -> list[ContentPart]:
+    if part.is_multipart():
+        inner = part.get_payload()
+        assert isinstance(inner, list)
+        return [leaf for child in inner for leaf in _leaves(child)]
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes):
+        data = b""
+    params = tuple(
+        (str(key), value if isinstance(value, str) else str(collapse_rfc2231_value(value)))
+        for key, value in (part.get_params() or [])[1:]
+    )
+    location = part.get("Content-Location")
+    return [
+        ContentPart(
+            media_type=part.get_content_type(),
+            data=data,
+            params=params,
+            content_id=normalise_id(part.get("Content-ID")),
+            content_location=str(location).strip() if location else None,
+        )
+    ]
+
+
+def resolve_content(href: str | None, parts: list[Message]) -> Content:
+    """The content the SOAP ``Content href`` points at, flattened to leaves.
+
+    ``cid:`` references match Content-ID (with or without brackets), then
+    Content-Location.  A reference that matches nothing (the 3GPP annex
+    example has a typo in it) falls back to every non-SOAP part.
+    """
+    if not parts:
+        return ()
+    ref = normalise_id(href) if href else None
+    target = _find(parts, ref) if ref else None
+    chosen = [target] if target is not None else parts
+    return tuple(leaf for part in chosen for leaf in _leaves(part))
+
+
+# Building ------------------------------------------------------------------
+
+
+def _boundary() -> str:
+    return "mm7tx-" + uuid.uuid4().hex
+
+
+def _is_plain_text(part: ContentPart) -> bool:
+    if not (part.media_type.startswith("text/") or part.is_smil):
+        return False
+    try:
+        text = part.data.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    return "\r" not in text.replace("\r\n", "") and "\n" not in text.replace("\r\n", "")
+
+
+def leaf_part(part: ContentPart) -> MIMEPart:
+    """A MIME part holding ``part`` byte for byte (7bit text or base64)."""
+    mime = MIMEPart(policy=policy.HTTP)
+    mime.add_header("Content-Type", part.media_type, **dict(part.params))
+    if part.content_id:
+        mime["Content-ID"] = f"<{part.content_id}>"
+    if part.content_location:
+        mime["Content-Location"] = part.content_location
+    if _is_plain_text(part):
+        mime["Content-Transfer-Encoding"] = "7bit"
+        mime.set_payload(part.data.decode("ascii"))
+    else:
+        mime["Content-Transfer-Encoding"] = "base64"
+        mime.set_payload(base64.encodebytes(part.data).decode("ascii"))
+    return mime
+
+
+def _multipart(media: str, parts: list[MIMEPart], **params: str) -> MIMEPart:
+    mime = MIMEPart(policy=policy.HTTP)
+    mime.add_header("Content-Type", media, **params, boundary=_boundary())
+    mime.set_payload(parts)  # type: ignore[arg-type]
+    return mime
+
+
+def content_part(content: Content, content_id: str) -> MIMEPart:
+    """The content as one MIME part: a leaf, or a nested multipart.
+
+    Several parts become ``multipart/related`` starting at the SMIL when there
+    is one, else ``multipart/mixed``.
+    """
+    if len(content) == 1:
+        mime = leaf_part(content[0])
+    else:
+        smil = next((p for p in content if p.is_smil), None)
+        leaves = [leaf_part(p) for p in content]
+        if smil is not None and smil.content_id:
+            mime = _multipart(
+                "multipart/related",
+                leaves,
+                type="application/smil",
+                start=f"<{smil.content_id}>",
+            )
+        else:
+            mime = _multipart("multipart/mixed", leaves)
+    del mime["Content-ID"]
+    mime["Content-ID"] = f"<{content_id}>"
+    return mime
+
+
+def _flatten(mime: Message) -> bytes:
+    out = BytesIO()
+    BytesGenerator(out, policy=policy.HTTP).flatten(mime)
+    return out.getvalue()
+
+
+def new_content_id() -> str:
+    return f"mm7-content-{uuid.uuid4().hex}@mm7tx"
+
+
+def join(soap: bytes, content: Content, content_id: str) -> tuple[str, bytes]:
+    """The HTTP Content-Type and body for a SOAP envelope and its content.
+
+    With no content the body is the bare XML; else ``multipart/related`` with
+    the SOAP part first (and named by ``start``) and the content, under
+    ``content_id``, second.
+    """
+    if not content:
+        return 'text/xml; charset="utf-8"', soap
+    soap_id = f"mm7-soap-{uuid.uuid4().hex}@mm7tx"
+    soap_part = MIMEPart(policy=policy.HTTP)
+    soap_part.add_header("Content-Type", "text/xml", charset="utf-8")
+    soap_part["Content-ID"] = f"<{soap_id}>"
+    soap_part["Content-Transfer-Encoding"] = "8bit"
+    # Surrogate-escaped, the generator writes the UTF-8 bytes back unchanged.
+    soap_part.set_payload(soap.decode("ascii", "surrogateescape"))
+    outer = _multipart(
+        "multipart/related",
+        [soap_part, content_part(content, content_id)],
+        type="text/xml",
+        start=f"<{soap_id}>",
+    )
+    raw = _flatten(outer)
+    _, _, body = raw.partition(b"\r\n\r\n")
+    return str(outer["Content-Type"]), body
+

@@ -1,0 +1,480 @@
+"""The SOAP 1.1 envelope of MM7: XML bytes to message values and back.
+
+Elements are matched by local name, whatever their prefix or namespace, because
+real MMSCs qualify them in every way (Nokia prefixes every element, others leave
+children unqualified).  The parser never loads a DTD, resolves an entity or
+touches the network; a document with a DTD is refused outright.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import fields
+from enum import Enum, auto
+from typing import Any
+
+from lxml import etree
+
+from mm7tx import messages as m
+from mm7tx.errors import MM7Error
+from mm7tx.status import StatusCode
+
+SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+
+
+class Kind(Enum):
+    TEXT = auto()
+    BOOL = auto()
+    ADDRESS = auto()
+    RECIPIENTS = auto()
+    CONTENT = auto()
+    STATUS = auto()
+
+
+# (element, attribute, kind, wrapper element or None), in schema order.
+Spec = tuple[str, str, Kind, str | None]
+_T, _B, _A, _R, _C, _S = (
+    Kind.TEXT,
+    Kind.BOOL,
+    Kind.ADDRESS,
+    Kind.RECIPIENTS,
+    Kind.CONTENT,
+    Kind.STATUS,
+)
+_SID = "SenderIdentification"
+
+_APPLIC: tuple[Spec, ...] = (
+    ("ApplicID", "applic_id", _T, None),
+    ("ReplyApplicID", "reply_applic_id", _T, None),
+    ("AuxApplicInfo", "aux_applic_info", _T, None),
+)
+_SENDER_ID: tuple[Spec, ...] = (
+    ("VASPID", "vasp_id", _T, _SID),
+    ("VASID", "vas_id", _T, _SID),
+    ("SenderAddress", "sender_address", _A, _SID),
+)
+
+SCHEMAS: dict[type[Any], tuple[Spec, ...]] = {
+    m.DeliverReq: (
+        ("MM7Version", "mm7_version", _T, None),
+        ("MMSRelayServerID", "mms_relay_server_id", _T, None),
+        ("VASPID", "vasp_id", _T, None),
+        ("VASID", "vas_id", _T, None),
+        ("LinkedID", "linked_id", _T, None),
+        ("Sender", "sender", _A, None),
+        ("Recipients", "recipients", _R, None),
+        ("TimeStamp", "timestamp", _T, None),
+        ("ReplyChargingID", "reply_charging_id", _T, None),
+        ("Priority", "priority", _T, None),
+        ("Subject", "subject", _T, None),
+        *_APPLIC,
+        ("Content", "content", _C, None),
+    ),
+    m.DeliveryReportReq: (
+        ("MM7Version", "mm7_version", _T, None),
+        ("MMSRelayServerID", "mms_relay_server_id", _T, None),
+        ("MessageID", "message_id", _T, None),
+        ("Recipient", "recipient", _A, None),
+        ("Sender", "sender", _A, None),
+        ("Date", "date", _T, None),
+        ("MMStatus", "mm_status", _T, None),
+        ("StatusText", "status_text", _T, None),
+        *_APPLIC,
+    ),
+    m.ReadReplyReq: (
+        ("MM7Version", "mm7_version", _T, None),
+        ("MMSRelayServerID", "mms_relay_server_id", _T, None),
+        ("MessageID", "message_id", _T, None),
+        ("Recipient", "recipient", _A, None),
+        ("Sender", "sender", _A, None),
+        ("TimeStamp", "timestamp", _T, None),
+        ("MMStatus", "mm_status", _T, None),
+        ("StatusText", "status_text", _T, None),
+        *_APPLIC,
+    ),
+    m.SubmitReq: (
+        ("MM7Version", "mm7_version", _T, None),
+        *_SENDER_ID,
+        ("Recipients", "recipients", _R, None),
+        ("ServiceCode", "service_code", _T, None),
+        ("LinkedID", "linked_id", _T, None),
+        ("MessageClass", "message_class", _T, None),
+        ("TimeStamp", "timestamp", _T, None),
+        ("EarliestDeliveryTime", "earliest_delivery_time", _T, None),
+        ("ExpiryDate", "expiry_date", _T, None),
+        ("DeliveryReport", "delivery_report", _B, None),
+        ("ReadReply", "read_reply", _B, None),
+        ("Priority", "priority", _T, None),
+        ("Subject", "subject", _T, None),
+        ("ChargedParty", "charged_party", _T, None),
+        ("DistributionIndicator", "distribution_indicator", _B, None),
+        *_APPLIC,
+        ("Content", "content", _C, None),
+    ),
+    m.CancelReq: (
+        ("MM7Version", "mm7_version", _T, None),
+        *_SENDER_ID,
+        ("MessageID", "message_id", _T, None),
+    ),
+    m.ReplaceReq: (
+        ("MM7Version", "mm7_version", _T, None),
+        *_SENDER_ID,
+        ("MessageID", "message_id", _T, None),
+        ("ServiceCode", "service_code", _T, None),
+        ("TimeStamp", "timestamp", _T, None),
+        ("EarliestDeliveryTime", "earliest_delivery_time", _T, None),
+        ("ReadReply", "read_reply", _B, None),
+        ("DistributionIndicator", "distribution_indicator", _B, None),
+        ("Content", "content", _C, None),
+    ),
+    m.DeliverRsp: (
+        ("MM7Version", "mm7_version", _T, None),
+        ("Status", "status", _S, None),
+        ("ServiceCode", "service_code", _T, None),
+    ),
+    m.SubmitRsp: (
+        ("MM7Version", "mm7_version", _T, None),
+        ("Status", "status", _S, None),
+        ("MessageID", "message_id", _T, None),
+    ),
+}
+for _cls in (
+    m.DeliveryReportRsp,
+    m.ReadReplyRsp,
+    m.CancelRsp,
+    m.ReplaceRsp,
+    m.VASPErrorRsp,
+    m.RSErrorRsp,
+):
+    SCHEMAS[_cls] = (
+        ("MM7Version", "mm7_version", _T, None),
+        ("Status", "status", _S, None),
+    )
+
+BY_NAME: dict[str, type[Any]] = {cls.__name__: cls for cls in SCHEMAS}
+FAULT_DETAILS = ("VASPErrorRsp", "RSErrorRsp")
+
+_PARSER = etree.XMLParser(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    dtd_validation=False,
+    huge_tree=False,
+    remove_comments=True,
+    remove_pis=True,
+)
+
+
+def _local(el: etree._Element) -> str:
+    return etree.QName(el).localname
+
+
+def _namespace(el: etree._Element) -> str | None:
+    return etree.QName(el).namespace
+
+
+def _children(el: etree._Element) -> Iterator[etree._Element]:
+    for child in el:
+        if isinstance(child.tag, str):
+            yield child
+
+
+def _child(el: etree._Element, name: str) -> etree._Element | None:
+    for child in _children(el):
+        if _local(child) == name:
+            return child
+    return None
+
+
+def _text(el: etree._Element) -> str:
+    return "".join(el.itertext()).strip()
+
+
+def _attribute(el: etree._Element, name: str) -> str | None:
+    """An attribute by local name, qualified or not (``mm7:href`` is seen)."""
+    for key, value in el.attrib.items():
+        if key == name or key.endswith("}" + name):
+            return str(value)
+    return None
+
+
+def parse_xml(data: bytes) -> etree._Element:
+    """Parse a SOAP document safely: no DTD, no entities, no network."""
+    head = data[:4096] if len(data) > 4096 else data
+    if b"<!DOCTYPE" in head or b"<!ENTITY" in data:
+        raise MM7Error(
+            StatusCode.MESSAGE_FORMAT_CORRUPT,
+            details="a DTD or entity declaration is not allowed in SOAP",
+        )
+    try:
+        root = etree.fromstring(data, _PARSER)
+    except etree.XMLSyntaxError as e:
+        raise MM7Error(
+            StatusCode.MESSAGE_FORMAT_CORRUPT, details=f"XML is not well formed: {e}"
+        ) from None
+    if root.getroottree().docinfo.doctype:
+        raise MM7Error(
+            StatusCode.MESSAGE_FORMAT_CORRUPT,
+            details="a DTD is not allowed in SOAP",
+        )
+    return root
+
+
+# Parsing -------------------------------------------------------------------
+
+
+def _address(el: etree._Element) -> m.Address | None:
+    for child in _children(el):
+        kind = _local(child)
+        if kind in m.ADDRESS_KINDS:
+            display = (_attribute(child, "displayOnly") or "").lower() == "true"
+            return m.Address(_text(child), kind, display)  # type: ignore[arg-type]
+    text = _text(el)
+    return m.Address.guess(text) if text else None
+
+
+def _addresses(el: etree._Element | None) -> tuple[m.Address, ...]:
+    if el is None:
+        return ()
+    found = []
+    for child in _children(el):
+        kind = _local(child)
+        if kind in m.ADDRESS_KINDS and _text(child):
+            display = (_attribute(child, "displayOnly") or "").lower() == "true"
+            found.append(m.Address(_text(child), kind, display))  # type: ignore[arg-type]
+    if not found and _text(el):
+        found.append(m.Address.guess(_text(el)))
+    return tuple(found)
+
+
+def _recipients(el: etree._Element) -> m.Recipients:
+    return m.Recipients(
+        to=_addresses(_child(el, "To")),
+        cc=_addresses(_child(el, "Cc")),
+        bcc=_addresses(_child(el, "Bcc")),
+    )
+
+
+def _bool(el: etree._Element) -> bool:
+    text = _text(el).lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise MM7Error(
+        StatusCode.MESSAGE_FORMAT_CORRUPT,
+        details=f"{_local(el)} must be true or false, not {text[:40]!r}",
+    )
+
+
+def _status(el: etree._Element) -> m.Status:
+    code = _child(el, "StatusCode")
+    text = _child(el, "StatusText")
+    details = _child(el, "Details")
+    try:
+        number = int(_text(code)) if code is not None else None
+    except ValueError:
+        number = None
+    if number is None:
+        raise MM7Error(
+            StatusCode.VALIDATION_ERROR, details="Status has no numeric StatusCode"
+        )
+    return m.Status(
+        number,
+        _text(text) if text is not None else "",
+        _text(details) if details is not None else None,
+    )
+
+
+def parse_body(el: etree._Element) -> tuple[Any, str | None]:
+    """The message value in a SOAP Body element, and its Content href if any.
+
+    The content itself lives in other MIME parts: the caller resolves the
+    href and replaces the ``content`` field.
+    """
+    cls = BY_NAME[_local(el)]
+    index: dict[str, etree._Element] = {}
+    for child in _children(el):
+        name = _local(child)
+        if name == _SID:
+            for grandchild in _children(child):
+                index.setdefault(_local(grandchild), grandchild)
+        else:
+            index.setdefault(name, child)
+    values: dict[str, Any] = {}
+    href = None
+    for element, attr, kind, _ in SCHEMAS[cls]:
+        found = index.get(element)
+        if found is None:
+            continue
+        if kind is Kind.TEXT:
+            text = _text(found)
+            if text:
+                values[attr] = text
+        elif kind is Kind.BOOL:
+            values[attr] = _bool(found)
+        elif kind is Kind.ADDRESS:
+            values[attr] = _address(found)
+        elif kind is Kind.RECIPIENTS:
+            values[attr] = _recipients(found)
+        elif kind is Kind.STATUS:
+            values[attr] = _status(found)
+        elif kind is Kind.CONTENT:
+            href = (_attribute(found, "href") or "").strip()
+    if "status" in {f.name for f in fields(cls)} and "status" not in values:
+        raise MM7Error(StatusCode.VALIDATION_ERROR, details=f"{cls.__name__} has no Status")
+    return cls(**values), href
+
+
+def parse_envelope(data: bytes) -> tuple[m.Envelope, str | None]:
+    """Parse a SOAP envelope holding an MM7 request, response or fault.
+
+    Returns the envelope (content not yet resolved) and the Content href.
+    """
+    root = parse_xml(data)
+    if _local(root) != "Envelope":
+        raise MM7Error(
+            StatusCode.VALIDATION_ERROR,
+            details=f"the SOAP part is a {_local(root)}, not a SOAP Envelope",
+        )
+    header = _child(root, "Header")
+    body = _child(root, "Body")
+    if body is None:
+        raise MM7Error(StatusCode.VALIDATION_ERROR, details="the SOAP Envelope has no Body")
+    transaction = _child(header, "TransactionID") if header is not None else None
+    transaction_id = _text(transaction) if transaction is not None else ""
+    payload = next(_children(body), None)
+    if payload is None:
+        raise MM7Error(StatusCode.VALIDATION_ERROR, details="the SOAP Body is empty")
+    fault_code = fault_string = None
+    if _local(payload) == "Fault":
+        code_el = _child(payload, "faultcode")
+        string_el = _child(payload, "faultstring")
+        fault_code = _text(code_el) if code_el is not None else None
+        fault_string = _text(string_el) if string_el is not None else None
+        detail = _child(payload, "detail")
+        inner = None
+        if detail is not None:
+            inner = next(
+                (c for c in _children(detail) if _local(c) in FAULT_DETAILS), None
+            )
+        if inner is None:
+            raise MM7Error(
+                StatusCode.VALIDATION_ERROR,
+                details=f"SOAP fault without an MM7 detail: {fault_code} {fault_string}",
+            )
+        payload = inner
+    name = _local(payload)
+    if name not in BY_NAME:
+        raise MM7Error(
+            StatusCode.UNSUPPORTED_OPERATION,
+            details=f"{name} is not an MM7 operation this server knows",
+        )
+    namespace = (
+        _namespace(payload)
+        or (_namespace(transaction) if transaction is not None else None)
+        or root.nsmap.get(None)
+        or m.DEFAULT_NAMESPACE
+    )
+    if namespace == SOAP_ENV:
+        namespace = m.DEFAULT_NAMESPACE
+    message, href = parse_body(payload)
+    envelope = m.Envelope(
+        transaction_id=transaction_id,
+        message=message,
+        namespace=namespace,
+        fault_code=fault_code,
+        fault_string=fault_string,
+    )
+    return envelope, href
+
+
+# Building ------------------------------------------------------------------
+
+
+def _sub(parent: etree._Element, ns: str, name: str, text: str | None = None) -> etree._Element:
+    el = etree.SubElement(parent, f"{{{ns}}}{name}")
+    if text is not None:
+        el.text = text
+    return el
+
+
+def _build_address(parent: etree._Element, ns: str, address: m.Address) -> None:
+    el = _sub(parent, ns, address.kind, address.value)
+    if address.display_only:
+        el.set("displayOnly", "true")
+
+
+def build_body(
+    parent: etree._Element, ns: str, message: Any, content_href: str | None = None
+) -> etree._Element:
+    """Append the element for ``message`` (request or response) to ``parent``."""
+    cls = type(message)
+    # The message element declares the MM7 namespace as its default, as the
+    # 3GPP examples do, so that its children read unprefixed.
+    root = etree.SubElement(parent, f"{{{ns}}}{cls.__name__}", nsmap={None: ns})
+    groups: dict[str, etree._Element] = {}
+    for element, attr, kind, group in SCHEMAS[cls]:
+        value = getattr(message, attr)
+        if kind is Kind.CONTENT:
+            if content_href is not None:
+                _sub(root, ns, "Content").set("href", content_href)
+            continue
+        if value is None or (kind is Kind.RECIPIENTS and not value.all):
+            continue
+        target = root
+        if group is not None:
+            if group not in groups:
+                groups[group] = _sub(root, ns, group)
+            target = groups[group]
+        if kind is Kind.TEXT:
+            _sub(target, ns, element, value)
+        elif kind is Kind.BOOL:
+            _sub(target, ns, element, "true" if value else "false")
+        elif kind is Kind.ADDRESS:
+            _build_address(_sub(target, ns, element), ns, value)
+        elif kind is Kind.RECIPIENTS:
+            recipients = _sub(target, ns, element)
+            for name, addresses in (("To", value.to), ("Cc", value.cc), ("Bcc", value.bcc)):
+                if addresses:
+                    holder = _sub(recipients, ns, name)
+                    for address in addresses:
+                        _build_address(holder, ns, address)
+        elif kind is Kind.STATUS:
+            status = _sub(target, ns, element)
+            _sub(status, ns, "StatusCode", str(value.code))
+            _sub(status, ns, "StatusText", value.text)
+            if value.details:
+                _sub(status, ns, "Details", value.details)
+    return root
+
+
+def build_envelope(
+    envelope: m.Envelope,
+    content_href: str | None = None,
+    fault_string: str | None = None,
+) -> bytes:
+    """Serialise an envelope; a ``VASPErrorRsp``/``RSErrorRsp`` becomes a Fault."""
+    ns = envelope.namespace
+    root = etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"env": SOAP_ENV})
+    header = etree.SubElement(root, f"{{{SOAP_ENV}}}Header")
+    transaction = etree.SubElement(
+        header, f"{{{ns}}}TransactionID", nsmap={"mm7": ns}
+    )
+    transaction.set(f"{{{SOAP_ENV}}}mustUnderstand", "1")
+    transaction.text = envelope.transaction_id
+    body = etree.SubElement(root, f"{{{SOAP_ENV}}}Body")
+    message = envelope.message
+    if isinstance(message, (m.VASPErrorRsp, m.RSErrorRsp)):
+        fault = etree.SubElement(body, f"{{{SOAP_ENV}}}Fault")
+        code = message.status.code
+        side = "Client" if 2000 <= code < 3000 or code in (4001, 4003, 4004) else "Server"
+        etree.SubElement(fault, "faultcode").text = envelope.fault_code or f"env:{side}"
+        etree.SubElement(fault, "faultstring").text = (
+            fault_string or envelope.fault_string or message.status.text or side + " error"
+        )
+        parent = etree.SubElement(fault, "detail")
+    else:
+        parent = body
+    build_body(parent, ns, message, content_href)
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8"))

@@ -1,0 +1,96 @@
+"""Every interface of mm7tx, in one place.
+
+A processor is bound to a URI path and provides one interface per MM7
+transaction it handles; the resource answers 4003 (Unsupported operation) for
+a transaction the processor does not provide.  Each method returns a Deferred
+(or a plain value) firing with the matching response, or fails with
+:class:`mm7tx.errors.MM7Error` to answer a fault with that status.
+"""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from typing import TYPE_CHECKING
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from mm7tx.messages import (
+        CancelReq,
+        CancelRsp,
+        DeliverReq,
+        DeliverRsp,
+        DeliveryReportReq,
+        DeliveryReportRsp,
+        ReadReplyReq,
+        ReadReplyRsp,
+        ReplaceReq,
+        ReplaceRsp,
+        SubmitReq,
+        SubmitRsp,
+    )
+    from mm7tx.transaction import Transaction
+
+
+class IDeliverProcessor(Interface):
+    """Handles MM7_deliver.REQ (an MMSC delivers a handset's message to us)."""
+
+    def deliver(request: DeliverReq, transaction: Transaction) -> Deferred[DeliverRsp]:
+        """Process a DeliverReq; fire with the DeliverRsp to answer."""
+
+
+class IDeliveryReportProcessor(Interface):
+    """Handles MM7_delivery_report.REQ."""
+
+    def delivery_report(
+        request: DeliveryReportReq, transaction: Transaction
+    ) -> Deferred[DeliveryReportRsp]:
+        """Process a DeliveryReportReq; fire with the DeliveryReportRsp."""
+
+
+class IReadReplyProcessor(Interface):
+    """Handles MM7_read_reply.REQ."""
+
+    def read_reply(
+        request: ReadReplyReq, transaction: Transaction
+    ) -> Deferred[ReadReplyRsp]:
+        """Process a ReadReplyReq; fire with the ReadReplyRsp."""
+
+
+class ISubmitProcessor(Interface):
+    """Handles MM7_submit.REQ (a VASP submits a message to us as MMSC)."""
+
+    def submit(request: SubmitReq, transaction: Transaction) -> Deferred[SubmitRsp]:
+        """Process a SubmitReq; fire with the SubmitRsp (with a MessageID)."""
+
+
+class ICancelProcessor(Interface):
+    """Handles MM7_cancel.REQ."""
+
+    def cancel(request: CancelReq, transaction: Transaction) -> Deferred[CancelRsp]:
+        """Process a CancelReq; fire with the CancelRsp."""
+
+
+class IReplaceProcessor(Interface):
+    """Handles MM7_replace.REQ."""
+
+    def replace(request: ReplaceReq, transaction: Transaction) -> Deferred[ReplaceRsp]:
+        """Process a ReplaceReq; fire with the ReplaceRsp."""
+
+
+class IMailSender(Interface):
+    """Hands a finished email to whatever delivers it (an SMTP relay, a Maildir).
+
+    ``send`` fires with a :class:`mm7tx.senders.SendResult` only once the
+    message is durably accepted for at least one recipient, and fails with
+    :class:`mm7tx.errors.MM7Error` otherwise (4006 for anything transient).
+    """
+
+    description = Attribute("Where the mail goes, for the log (no secrets).")
+
+    def send(
+        sender: str, recipients: list[str], message: EmailMessage
+    ) -> Deferred[object]:
+        """Deliver ``message`` from envelope ``sender`` to ``recipients``."""

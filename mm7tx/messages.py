@@ -1,0 +1,325 @@
+"""The MM7 transactions as small immutable values, named after their elements.
+
+These are pure data: the codec turns them into SOAP and back, processors receive
+and return them.  Optional elements are ``None`` (or empty) when absent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from mm7tx.status import StatusCode
+
+DEFAULT_MM7_VERSION = "6.8.0"
+DEFAULT_NAMESPACE = (
+    "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-6-MM7-1-4"
+)
+
+AddressKind = Literal["RFC2822Address", "Number", "ShortCode"]
+ADDRESS_KINDS: tuple[AddressKind, ...] = ("RFC2822Address", "Number", "ShortCode")
+
+_TYPE_SUFFIX = re.compile(r"/TYPE=.*$", re.IGNORECASE)
+_NOT_DIGIT = re.compile(r"[\s+\-().]")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One MM7 address: an ``RFC2822Address``, a ``Number`` or a ``ShortCode``."""
+
+    value: str
+    kind: AddressKind = "Number"
+    display_only: bool = False
+
+    @classmethod
+    def guess(cls, text: str) -> Address:
+        """An address given as bare text (Huawei style): email if it has an ``@``."""
+        text = text.strip()
+        if "@" in text and not text.upper().endswith("/TYPE=PLMN"):
+            return cls(text, "RFC2822Address")
+        return cls(text, "Number")
+
+    @property
+    def is_email(self) -> bool:
+        return self.kind == "RFC2822Address"
+
+    @property
+    def digits(self) -> str:
+        """The number without ``+``, spaces, dashes or a ``/TYPE=...`` suffix."""
+        return _NOT_DIGIT.sub("", _TYPE_SUFFIX.sub("", self.value))
+
+
+@dataclass(frozen=True, slots=True)
+class Recipients:
+    """The ``Recipients`` element: To, Cc and Bcc address lists."""
+
+    to: tuple[Address, ...] = ()
+    cc: tuple[Address, ...] = ()
+    bcc: tuple[Address, ...] = ()
+
+    @property
+    def all(self) -> tuple[Address, ...]:
+        return self.to + self.cc + self.bcc
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The ``Status`` element of every response and fault."""
+
+    code: int
+    text: str
+    details: str | None = None
+
+    @classmethod
+    def of(
+        cls, code: StatusCode, text: str | None = None, details: str | None = None
+    ) -> Status:
+        return cls(int(code), text or code.text, details)
+
+    @property
+    def is_success(self) -> bool:
+        return 1000 <= self.code < 2000
+
+
+@dataclass(frozen=True, slots=True)
+class ContentPart:
+    """One leaf of the multimedia content, its bytes decoded from any encoding."""
+
+    media_type: str
+    data: bytes
+    params: tuple[tuple[str, str], ...] = ()
+    content_id: str | None = None
+    content_location: str | None = None
+
+    def param(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.params:
+            if key.lower() == name:
+                return value
+        return None
+
+    @property
+    def charset(self) -> str | None:
+        return self.param("charset")
+
+    @property
+    def filename(self) -> str | None:
+        return self.param("name") or self.content_location
+
+    @property
+    def is_smil(self) -> bool:
+        return self.media_type == "application/smil"
+
+
+Content: TypeAlias = tuple[ContentPart, ...]
+
+
+# Requests ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverReq:
+    """MM7_deliver.REQ: the MMSC delivers a message from a handset to the VASP."""
+
+    mm7_version: str = DEFAULT_MM7_VERSION
+    mms_relay_server_id: str | None = None
+    vasp_id: str | None = None
+    vas_id: str | None = None
+    linked_id: str | None = None
+    sender: Address | None = None
+    recipients: Recipients = field(default_factory=Recipients)
+    timestamp: str | None = None
+    reply_charging_id: str | None = None
+    priority: str | None = None
+    subject: str | None = None
+    applic_id: str | None = None
+    reply_applic_id: str | None = None
+    aux_applic_info: str | None = None
+    content: Content = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReportReq:
+    """MM7_delivery_report.REQ: what became of a message the VASP submitted."""
+
+    mm7_version: str = DEFAULT_MM7_VERSION
+    mms_relay_server_id: str | None = None
+    message_id: str | None = None
+    recipient: Address | None = None
+    sender: Address | None = None
+    date: str | None = None
+    mm_status: str | None = None
+    status_text: str | None = None
+    applic_id: str | None = None
+    reply_applic_id: str | None = None
+    aux_applic_info: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReplyReq:
+    """MM7_read_reply.REQ: the handset read (or deleted) a submitted message."""
+
+    mm7_version: str = DEFAULT_MM7_VERSION
+    mms_relay_server_id: str | None = None
+    message_id: str | None = None
+    recipient: Address | None = None
+    sender: Address | None = None
+    timestamp: str | None = None
+    mm_status: str | None = None
+    status_text: str | None = None
+    applic_id: str | None = None
+    reply_applic_id: str | None = None
+    aux_applic_info: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitReq:
+    """MM7_submit.REQ: a VASP submits a message for its recipients."""
+
+    mm7_version: str = DEFAULT_MM7_VERSION
+    vasp_id: str | None = None
+    vas_id: str | None = None
+    sender_address: Address | None = None
+    recipients: Recipients = field(default_factory=Recipients)
+    service_code: str | None = None
+    linked_id: str | None = None
+    message_class: str | None = None
+    timestamp: str | None = None
+    earliest_delivery_time: str | None = None
+    expiry_date: str | None = None
+    delivery_report: bool | None = None
+    read_reply: bool | None = None
+    priority: str | None = None
+    subject: str | None = None
+    charged_party: str | None = None
+    distribution_indicator: bool | None = None
+    applic_id: str | None = None
+    reply_applic_id: str | None = None
+    aux_applic_info: str | None = None
+    content: Content = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReq:
+    """MM7_cancel.REQ: a VASP asks to recall a submitted message."""
+
+    mm7_version: str = DEFAULT_MM7_VERSION
+    vasp_id: str | None = None
+    vas_id: str | None = None
+    sender_address: Address | None = None
+    message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceReq:
+    """MM7_replace.REQ: a VASP replaces the content of a submitted message."""
+
+    mm7_version: str = DEFAULT_MM7_VERSION
+    vasp_id: str | None = None
+    vas_id: str | None = None
+    sender_address: Address | None = None
+    message_id: str | None = None
+    service_code: str | None = None
+    timestamp: str | None = None
+    earliest_delivery_time: str | None = None
+    read_reply: bool | None = None
+    distribution_indicator: bool | None = None
+    content: Content = ()
+
+
+# Responses -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverRsp:
+    status: Status
+    mm7_version: str = DEFAULT_MM7_VERSION
+    service_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReportRsp:
+    status: Status
+    mm7_version: str = DEFAULT_MM7_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReplyRsp:
+    status: Status
+    mm7_version: str = DEFAULT_MM7_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRsp:
+    status: Status
+    mm7_version: str = DEFAULT_MM7_VERSION
+    message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRsp:
+    status: Status
+    mm7_version: str = DEFAULT_MM7_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceRsp:
+    status: Status
+    mm7_version: str = DEFAULT_MM7_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class VASPErrorRsp:
+    """The fault detail a VASP answers with."""
+
+    status: Status
+    mm7_version: str = DEFAULT_MM7_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class RSErrorRsp:
+    """The fault detail an MMSC (relay/server) answers with."""
+
+    status: Status
+    mm7_version: str = DEFAULT_MM7_VERSION
+
+
+Request: TypeAlias = (
+    DeliverReq | DeliveryReportReq | ReadReplyReq | SubmitReq | CancelReq | ReplaceReq
+)
+Response: TypeAlias = (
+    DeliverRsp
+    | DeliveryReportRsp
+    | ReadReplyRsp
+    | SubmitRsp
+    | CancelRsp
+    | ReplaceRsp
+    | VASPErrorRsp
+    | RSErrorRsp
+)
+
+RESPONSE_FOR: dict[type[Request], type[Response]] = {
+    DeliverReq: DeliverRsp,
+    DeliveryReportReq: DeliveryReportRsp,
+    ReadReplyReq: ReadReplyRsp,
+    SubmitReq: SubmitRsp,
+    CancelReq: CancelRsp,
+    ReplaceReq: ReplaceRsp,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A whole MM7 message: the SOAP header's TransactionID, the MM7 namespace
+    the peer used, and the request or response in the body."""
+
+    transaction_id: str
+    message: Request | Response
+    namespace: str = DEFAULT_NAMESPACE
+    fault_code: str | None = None
+    fault_string: str | None = None
+
+    @property
+    def is_fault(self) -> bool:
+        return isinstance(self.message, (VASPErrorRsp, RSErrorRsp))

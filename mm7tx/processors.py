@@ -1,0 +1,391 @@
+"""Processors that turn MM7 transactions into email.
+
+:class:`EmailProcessor` is what a VASP path is bound to by default: a
+DeliverReq becomes the MMS as a MIME email, a DeliveryReportReq an RFC 3464
+delivery status notification, a ReadReplyReq an RFC 8098 read receipt.  Each
+goes to an :class:`~mm7tx.interfaces.IMailSender`, and the MM7 answer is 1000
+only once the sender has accepted the mail.
+
+Subclass it to change a rule: every address goes through
+:meth:`EmailProcessor.sender_address` and :meth:`EmailProcessor.recipient_address`,
+and every email through one ``*_message`` method.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email import policy
+from email.message import EmailMessage, Message
+from email.utils import format_datetime, make_msgid, parseaddr
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mm7tx.errors import MM7Error
+from mm7tx.interfaces import (
+    IDeliverProcessor,
+    IDeliveryReportProcessor,
+    IMailSender,
+    IReadReplyProcessor,
+)
+from mm7tx.messages import (
+    Address,
+    ContentPart,
+    DeliverReq,
+    DeliverRsp,
+    DeliveryReportReq,
+    DeliveryReportRsp,
+    ReadReplyReq,
+    ReadReplyRsp,
+    Status,
+)
+from mm7tx.senders import SendResult
+from mm7tx.status import StatusCode
+from mm7tx.transaction import Transaction
+
+log = Logger()
+
+# Bodies are kept 7-bit (quoted-printable or base64): Twisted's SMTP client
+# does not negotiate 8BITMIME, and many relays would mangle 8-bit data.
+BUILD_POLICY = policy.default.clone(cte_type="7bit")
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_MAILBOX = re.compile(r"^[^@\s<>\"(),;:\\\[\]]+@[^@\s<>\"(),;:\\\[\]]+$")
+
+# MMStatus -> (RFC 3464 Action, Status) for delivery reports.
+DSN_ACTIONS: dict[str, tuple[str, str]] = {
+    "retrieved": ("delivered", "2.0.0"),
+    "forwarded": ("relayed", "2.0.0"),
+    "deferred": ("delayed", "4.0.0"),
+    "indeterminate": ("delayed", "4.0.0"),
+    "expired": ("failed", "4.4.7"),
+    "rejected": ("failed", "5.0.0"),
+    "unrecognised": ("failed", "5.1.1"),
+    "unrecognized": ("failed", "5.1.1"),
+    "unreachable": ("failed", "4.4.1"),
+    "deliveryconditionnotmet": ("failed", "5.3.0"),
+    "notsupported": ("failed", "5.6.0"),
+}
+# MMStatus -> RFC 8098 disposition type for read replies.
+MDN_DISPOSITIONS = {"read": "displayed", "deleted": "deleted"}
+
+
+def clean(text: str | None) -> str:
+    """A header-safe one-line value: control characters (CR, LF...) become a
+    space, so nothing from a request can add a header to the email."""
+    return _CONTROL.sub(" ", text or "").strip()
+
+
+def email_date(timestamp: str | None) -> str:
+    """An RFC 5322 date from an MM7 (ISO 8601) timestamp; now if unreadable."""
+    when = None
+    if timestamp:
+        try:
+            when = datetime.fromisoformat(timestamp.strip())
+        except ValueError:
+            when = None
+    if when is None:
+        when = datetime.now(timezone.utc)
+    elif when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return format_datetime(when)
+
+
+@dataclass(frozen=True, slots=True)
+class AddressRules:
+    """The four ``mm7_server_default_email_*`` options (see DESIGN.md)."""
+
+    from_address: str | None = None
+    from_domain: str | None = None
+    to_address: str | None = None
+    to_domain: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """An email ready for a sender: envelope sender, recipients, message."""
+
+    sender: str
+    recipients: list[str]
+    message: EmailMessage
+
+
+def _mailbox(value: str, what: str) -> str:
+    address = parseaddr(clean(value))[1] or clean(value)
+    if not _MAILBOX.match(address):
+        raise MM7Error(
+            StatusCode.ADDRESS_ERROR, details=f"{what} {value[:80]!r} is not an address"
+        )
+    return address
+
+
+@implementer(IDeliverProcessor, IDeliveryReportProcessor, IReadReplyProcessor)
+class EmailProcessor:
+    """Turns Deliver, DeliveryReport and ReadReply requests into email."""
+
+    def __init__(
+        self,
+        sender: IMailSender,
+        rules: AddressRules,
+        mm7_version: str = "6.8.0",
+        keep_smil: bool = False,
+    ) -> None:
+        self.mail_sender = sender
+        self.rules = rules
+        self.mm7_version = mm7_version
+        self.keep_smil = keep_smil
+        self._msgid_domain = rules.from_domain or "mm7tx.invalid"
+
+    # Address mapping: override these to change who mail comes from and goes to.
+
+    def sender_address(self, address: Address | None) -> str:
+        """The email address for an MM7 sender (or a report's handset)."""
+        if address is not None and address.is_email:
+            return _mailbox(address.value, "sender")
+        if address is not None and address.digits and self.rules.from_domain:
+            return _mailbox(f"{address.digits}@{self.rules.from_domain}", "sender")
+        if self.rules.from_address:
+            return self.rules.from_address
+        raise MM7Error(
+            StatusCode.ADDRESS_ERROR,
+            details="no sender address: set mm7_server_default_email_from_address",
+        )
+
+    def recipient_address(self, address: Address | None) -> str:
+        """The email address for an MM7 recipient (or a report's sender)."""
+        if address is not None and address.is_email:
+            return _mailbox(address.value, "recipient")
+        if address is not None and address.digits and self.rules.to_domain:
+            return _mailbox(f"{address.digits}@{self.rules.to_domain}", "recipient")
+        if self.rules.to_address:
+            return self.rules.to_address
+        raise MM7Error(
+            StatusCode.ADDRESS_ERROR,
+            details="no recipient address: set mm7_server_default_email_to_address",
+        )
+
+    # Building the emails.
+
+    def _new_message(self, transaction: Transaction, sender: str) -> EmailMessage:
+        msg = EmailMessage(policy=BUILD_POLICY)
+        msg["MIME-Version"] = "1.0"
+        msg["From"] = sender
+        msg["Message-ID"] = make_msgid("mm7", domain=self._msgid_domain)
+        msg["X-MM7-TransactionID"] = clean(transaction.transaction_id)
+        msg["X-MM7-Path"] = clean(transaction.path)
+        return msg
+
+    def _attach(self, msg: EmailMessage, part: ContentPart, first: bool) -> None:
+        maintype, _, subtype = part.media_type.partition("/")
+        text = None
+        if maintype == "text":
+            try:
+                text = part.data.decode(part.charset or "utf-8")
+            except (LookupError, UnicodeDecodeError):
+                text = None
+        filename = clean(part.filename) or None
+        if text is not None and first:
+            msg.set_content(text, subtype=subtype or "plain")
+            return
+        if text is not None:
+            msg.add_attachment(
+                text, subtype=subtype or "plain", disposition="inline", filename=filename
+            )
+            return
+        msg.add_attachment(
+            part.data,
+            maintype=maintype or "application",
+            subtype=subtype or "octet-stream",
+            filename=filename,
+            cid=f"<{clean(part.content_id)}>" if part.content_id else None,
+        )
+
+    def deliver_message(self, request: DeliverReq, transaction: Transaction) -> Mail:
+        """The MMS of a DeliverReq as a MIME email."""
+        sender = self.sender_address(request.sender)
+        to = [self.recipient_address(a) for a in request.recipients.to]
+        cc = [self.recipient_address(a) for a in request.recipients.cc]
+        bcc = [self.recipient_address(a) for a in request.recipients.bcc]
+        if not (to or cc or bcc):
+            to = [self.recipient_address(None)]
+        msg = self._new_message(transaction, sender)
+        if to:
+            msg["To"] = ", ".join(to)
+        if cc:
+            msg["Cc"] = ", ".join(cc)
+        msg["Subject"] = clean(request.subject)
+        msg["Date"] = email_date(request.timestamp)
+        for header, value in (
+            ("X-MM7-LinkedID", request.linked_id),
+            ("X-MM7-MMSRelayServerID", request.mms_relay_server_id),
+            ("X-MM7-VASPID", request.vasp_id),
+            ("X-MM7-VASID", request.vas_id),
+            ("X-MM7-Priority", request.priority),
+        ):
+            if value:
+                msg[header] = clean(value)
+        parts = [p for p in request.content if self.keep_smil or not p.is_smil]
+        parts.sort(key=lambda p: not p.media_type.startswith("text/"))
+        for index, part in enumerate(parts):
+            self._attach(msg, part, index == 0)
+        if not parts:
+            msg.set_content("")
+        return Mail(sender, list(dict.fromkeys(to + cc + bcc)), msg)
+
+    def _report(
+        self,
+        transaction: Transaction,
+        handset: Address | None,
+        originator: Address | None,
+        subject: str,
+        text: str,
+        report_type: str,
+        fields: list[Message],
+        message_id: str | None,
+        date: str | None,
+    ) -> Mail:
+        sender = self.sender_address(handset)
+        recipient = self.recipient_address(originator)
+        msg = self._new_message(transaction, sender)
+        msg["To"] = recipient
+        msg["Subject"] = clean(subject)
+        msg["Date"] = email_date(date)
+        if message_id:
+            msg["X-MM7-MessageID"] = clean(message_id)
+        msg.set_content(text)
+        msg.make_mixed()
+        msg.set_type("multipart/report")
+        msg.set_param("report-type", report_type)
+        notification = EmailMessage(policy=BUILD_POLICY)
+        notification["Content-Type"] = f"message/{report_type}"
+        notification.set_payload(fields)  # type: ignore[arg-type]
+        msg.attach(notification)
+        return Mail(sender, [recipient], msg)
+
+    def delivery_report_message(
+        self, request: DeliveryReportReq, transaction: Transaction
+    ) -> Mail:
+        """A DeliveryReportReq as an RFC 3464 delivery status notification."""
+        status = clean(request.mm_status) or "Indeterminate"
+        action, code = DSN_ACTIONS.get(status.lower(), ("failed", "5.0.0"))
+        handset = request.recipient
+        final = self.sender_address(handset)
+        message_id = clean(request.message_id)
+        text = (
+            f"MM7 delivery report for message {message_id or '(unknown)'}\n\n"
+            f"Recipient:   {clean(handset.value) if handset else '(unknown)'}\n"
+            f"MMStatus:    {status}\n"
+            f"StatusText:  {clean(request.status_text) or '-'}\n"
+            f"Date:        {clean(request.date) or '-'}\n"
+        )
+        per_message = _fields(
+            ("Reporting-MTA", f"dns; {clean(request.mms_relay_server_id) or 'mm7tx'}"),
+            ("Original-Envelope-Id", message_id),
+            ("Arrival-Date", email_date(request.date)),
+        )
+        per_recipient = _fields(
+            ("Final-Recipient", f"rfc822; {final}"),
+            ("X-MM7-Recipient", clean(handset.value) if handset else ""),
+            ("Action", action),
+            ("Status", code),
+            ("Diagnostic-Code", f"X-MM7; {status} {clean(request.status_text)}".strip()),
+            ("X-MM7-MMStatus", status),
+            ("X-MM7-StatusText", clean(request.status_text)),
+        )
+        return self._report(
+            transaction,
+            handset,
+            request.sender,
+            f"Delivery report: {status}",
+            text,
+            "delivery-status",
+            [per_message, per_recipient],
+            message_id,
+            request.date,
+        )
+
+    def read_reply_message(self, request: ReadReplyReq, transaction: Transaction) -> Mail:
+        """A ReadReplyReq as an RFC 8098 message disposition notification."""
+        status = clean(request.mm_status) or "Indeterminate"
+        disposition = MDN_DISPOSITIONS.get(status.lower(), "processed")
+        handset = request.recipient
+        final = self.sender_address(handset)
+        message_id = clean(request.message_id)
+        text = (
+            f"MM7 read reply for message {message_id or '(unknown)'}\n\n"
+            f"Recipient:   {clean(handset.value) if handset else '(unknown)'}\n"
+            f"MMStatus:    {status}\n"
+            f"StatusText:  {clean(request.status_text) or '-'}\n"
+            f"Date:        {clean(request.timestamp) or '-'}\n"
+        )
+        notification = _fields(
+            ("Reporting-UA", f"{clean(request.mms_relay_server_id) or 'mm7tx'}; mm7tx"),
+            ("Final-Recipient", f"rfc822; {final}"),
+            ("X-MM7-Recipient", clean(handset.value) if handset else ""),
+            ("Original-Message-ID", f"<{message_id}>" if message_id else ""),
+            ("Disposition", f"automatic-action/MDN-sent-automatically; {disposition}"),
+            ("X-MM7-MMStatus", status),
+            ("X-MM7-StatusText", clean(request.status_text)),
+        )
+        return self._report(
+            transaction,
+            handset,
+            request.sender,
+            f"Read report: {status}",
+            text,
+            "disposition-notification",
+            [notification],
+            message_id,
+            request.timestamp,
+        )
+
+    # The transactions.
+
+    def _send(self, mail: Mail) -> defer.Deferred[Status]:
+        d = self.mail_sender.send(mail.sender, mail.recipients, mail.message)
+        return d.addCallback(result_status)
+
+    def deliver(
+        self, request: DeliverReq, transaction: Transaction
+    ) -> defer.Deferred[DeliverRsp]:
+        mail = self.deliver_message(request, transaction)
+        return self._send(mail).addCallback(
+            lambda status: DeliverRsp(status, self.mm7_version)
+        )
+
+    def delivery_report(
+        self, request: DeliveryReportReq, transaction: Transaction
+    ) -> defer.Deferred[DeliveryReportRsp]:
+        mail = self.delivery_report_message(request, transaction)
+        return self._send(mail).addCallback(
+            lambda status: DeliveryReportRsp(status, self.mm7_version)
+        )
+
+    def read_reply(
+        self, request: ReadReplyReq, transaction: Transaction
+    ) -> defer.Deferred[ReadReplyRsp]:
+        mail = self.read_reply_message(request, transaction)
+        return self._send(mail).addCallback(
+            lambda status: ReadReplyRsp(status, self.mm7_version)
+        )
+
+
+def _fields(*pairs: tuple[str, str]) -> Message:
+    """A header block of a delivery-status or disposition notification."""
+    block = Message(policy=BUILD_POLICY)
+    for name, value in pairs:
+        if value:
+            block[name] = clean(value)
+    return block
+
+
+def result_status(result: Any) -> Status:
+    """1000, or 1100 Partial success naming the refused recipients."""
+    if isinstance(result, SendResult) and result.refused:
+        refused = "; ".join(f"{a} {c} {clean(r)}" for a, c, r in result.refused)
+        return Status.of(StatusCode.PARTIAL_SUCCESS, details=f"refused: {refused}")
+    return Status.of(StatusCode.SUCCESS)

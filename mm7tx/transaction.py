@@ -1,0 +1,24 @@
+"""What a processor knows about the HTTP exchange a request arrived in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mm7tx.messages import DEFAULT_MM7_VERSION, DEFAULT_NAMESPACE
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One MM7 transaction as the resource saw it.
+
+    ``path`` is the configured URI path it was posted to (``/photo_contest/``),
+    ``peer`` the client's address, ``account`` the authenticated account name
+    if any, ``mm7_version`` the version we answer with.
+    """
+
+    transaction_id: str
+    path: str
+    namespace: str = DEFAULT_NAMESPACE
+    peer: str | None = None
+    account: str | None = None
+    mm7_version: str = DEFAULT_MM7_VERSION
