@@ -204,26 +204,21 @@ def _multipart(media: str, parts: list[MIMEPart], **params: str) -> MIMEPart:
 
 
 def content_part(content: Content, content_id: str) -> MIMEPart:
-    """The content as one MIME part: a leaf, or a nested multipart.
-
-    Several parts become ``multipart/related`` starting at the SMIL when there
+    """The content as one nested multipart part, so that every leaf keeps
+    its own Content-ID: ``multipart/related`` starting at the SMIL when there
     is one, else ``multipart/mixed``.
     """
-    if len(content) == 1:
-        mime = leaf_part(content[0])
+    smil = next((p for p in content if p.is_smil), None)
+    leaves = [leaf_part(p) for p in content]
+    if smil is not None and smil.content_id:
+        mime = _multipart(
+            "multipart/related",
+            leaves,
+            type="application/smil",
+            start=f"<{smil.content_id}>",
+        )
     else:
-        smil = next((p for p in content if p.is_smil), None)
-        leaves = [leaf_part(p) for p in content]
-        if smil is not None and smil.content_id:
-            mime = _multipart(
-                "multipart/related",
-                leaves,
-                type="application/smil",
-                start=f"<{smil.content_id}>",
-            )
-        else:
-            mime = _multipart("multipart/mixed", leaves)
-    del mime["Content-ID"]
+        mime = _multipart("multipart/mixed", leaves)
     mime["Content-ID"] = f"<{content_id}>"
     return mime
 
