@@ -1,0 +1,13 @@
+"""The README's example: a processor subclass that changes the recipient mapping."""
+
+from mm7tx.messages import Address
+from mm7tx.processors import EmailProcessor
+
+
+class ShortCodeMailboxes(EmailProcessor):
+    """Mail for short code 7255 goes to the contest team; the rest as usual."""
+
+    def recipient_address(self, address: Address | None) -> str:
+        if address is not None and address.digits == "7255":
+            return "contest@example.com"
+        return super().recipient_address(address)

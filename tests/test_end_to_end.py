@@ -1,0 +1,165 @@
+"""The real service on loopback: real HTTP in, a real ESMTP server out."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.application.service import MultiService
+from twisted.internet import protocol, reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.http_headers import Headers
+from io import BytesIO
+
+from mm7tx import codec
+from mm7tx import messages as m
+from mm7tx.config import load, with_overrides
+from mm7tx.service import build_service
+from mm7tx.testing import RecordingDelivery, smtp_server_factory
+from tests import samples
+
+CONFIG = """
+mm7_serv {
+  mm7_server_default_email_from_address = "test@messagesystems.com"
+  mm7_server_default_email_from_domain = "messagesystems.com"
+  mm7_server_default_email_to_address = "test@exampleto.com"
+  mm7_server_default_email_to_domain = "exampleto.com"
+  mm7_server_version = "6.8.0"
+  mm7_vasp_uri_paths =  ("/ringtones/" "/photo_contest/" "/email_gateway/")
+  smtp_starttls = off
+}
+"""
+
+
+async def free_port() -> int:
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        protocol.Factory.forProtocol(protocol.Protocol)
+    )
+    number = port.getHost().port
+    await port.stopListening()
+    return number
+
+
+@pytest.fixture
+def delivery() -> RecordingDelivery:
+    return RecordingDelivery()
+
+
+@pytest_twisted.async_yield_fixture
+async def relay(delivery):
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        smtp_server_factory(delivery)
+    )
+    yield f"tcp:127.0.0.1:{port.getHost().port}"
+    await port.stopListening()
+
+
+async def start(relay_endpoint: str) -> tuple[MultiService, str]:
+    http_port = await free_port()
+    config = with_overrides(
+        load(CONFIG, "e2e.conf"), [f"tcp:{http_port}:interface=127.0.0.1"], relay_endpoint
+    )
+    service = build_service(config, reactor)
+    application = MultiService()  # the service joins any other application
+    service.setServiceParent(application)
+    application.startService()
+    return application, f"http://127.0.0.1:{http_port}"
+
+
+async def post(url: str, ctype: str, body: bytes) -> tuple[int, m.Envelope]:
+    agent = Agent(reactor)
+    response = await agent.request(
+        b"POST",
+        url.encode(),
+        Headers({b"content-type": [ctype.encode()]}),
+        FileBodyProducer(BytesIO(body)),
+    ).addTimeout(20, reactor)
+    data = await readBody(response).addTimeout(20, reactor)
+    return response.code, codec.decode(response.headers.getRawHeaders(b"content-type")[0].decode(), data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_deliver_sample_arrives_as_mail(relay, delivery):
+    application, base = await start(relay)
+    try:
+        cases = [
+            samples.http_message(samples.read("instantcom-mm7/deliver-req-post.txt")),
+            *(
+                samples.body_sample(f"instantcom-mm7/{name}")
+                for name in (
+                    "deliver-req1.txt",
+                    "deliver-req2.txt",
+                    "deliver-req3.txt",
+                    "deliver-req4.txt",
+                    "deliver-req5.txt",
+                    "deliver-req6-hw.txt",
+                    "caixin.txt",
+                )
+            ),
+        ]
+        for ctype, body in cases:
+            code, answer = await post(base + "/photo_contest/", ctype, body)
+            assert code == 200
+            assert answer.message.status.code == 1000  # type: ignore[union-attr]
+            sent = codec.decode(ctype, body)
+            assert answer.transaction_id == sent.transaction_id
+            assert answer.namespace == sent.namespace
+            mail = delivery.received[-1]
+            msg = mail.message
+            assert msg["X-MM7-TransactionID"] == sent.transaction_id
+            # Binary parts arrive byte for byte, text parts as the same text.
+            content = [p for p in sent.message.content if not p.is_smil]  # type: ignore[union-attr]
+            leaves = [p for p in msg.walk() if not p.is_multipart()]
+            assert sorted(p.data for p in content if not p.media_type.startswith("text/")) == sorted(
+                p.get_content() for p in leaves if p.get_content_maintype() != "text"
+            )
+            assert sorted(
+                p.data.decode(p.charset or "utf-8").replace("\r\n", "\n").rstrip("\n")
+                for p in content
+                if p.media_type.startswith("text/")
+            ) == sorted(p.get_content().rstrip("\n") for p in leaves if p.get_content_maintype() == "text")
+        assert len(delivery.received) == len(cases)
+        huawei = delivery.received[6]
+        assert sorted(huawei.recipients) == [
+            "13900000001@exampleto.com",
+            "13900000002@exampleto.com",
+            "13900000003@exampleto.com",
+        ]
+        assert huawei.sender == "13951900000@messagesystems.com"
+    finally:
+        await application.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reports_arrive_as_reports(relay, delivery):
+    application, base = await start(relay)
+    try:
+        raw = samples.blocks("skycore-api-docs/mm7DeliveryReport.examples.txt")[2]
+        ctype, body = samples.http_message(raw)
+        code, answer = await post(base + "/ringtones", ctype, body)
+        assert code == 200 and isinstance(answer.message, m.DeliveryReportRsp)
+        req = m.ReadReplyReq(message_id="M9", recipient=m.Address("+1555"), sender=m.Address("777"), mm_status="Deleted")
+        code, answer = await post(base + "/ringtones/", *codec.encode(m.Envelope("rr", req)))
+        assert code == 200 and answer.message.status.code == 1000  # type: ignore[union-attr]
+        dsn, mdn = (r.message for r in delivery.received)
+        assert dsn.get_param("report-type") == "delivery-status"
+        assert delivery.received[0].recipients == ["111122@exampleto.com"]
+        assert mdn.get_param("report-type") == "disposition-notification"
+        assert mdn.get_payload()[1].get_payload()[0]["Disposition"].endswith("deleted")
+    finally:
+        await application.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_relay_down_gives_4006_and_no_success():
+    dead = await free_port()
+    application, base = await start(f"tcp:127.0.0.1:{dead}")
+    try:
+        ctype, body = samples.body_sample("instantcom-mm7/deliver-req2.txt")
+        code, answer = await post(base + "/email_gateway/", ctype, body)
+        assert code == 500
+        assert isinstance(answer.message, m.VASPErrorRsp)
+        assert answer.message.status.code == 4006
+        assert answer.transaction_id == "vas00324-dlvr"
+    finally:
+        await application.stopService()

@@ -1,0 +1,230 @@
+"""The email processor: what each MM7 transaction becomes as email."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.defer import Deferred
+from zope.interface.verify import verifyObject
+
+from mm7tx import codec
+from mm7tx import messages as m
+from mm7tx.errors import MM7Error
+from mm7tx.interfaces import (
+    IDeliverProcessor,
+    IDeliveryReportProcessor,
+    IMailSender,
+    IReadReplyProcessor,
+)
+from mm7tx.processors import AddressRules, EmailProcessor
+from mm7tx.senders import MaildirSender, SendResult
+from mm7tx.status import StatusCode
+from mm7tx.testing import FakeMailSender
+from mm7tx.transaction import Transaction
+from tests import samples
+
+RULES = AddressRules(
+    "test@messagesystems.com", "messagesystems.com", "test@exampleto.com", "exampleto.com"
+)
+TX = Transaction("tx-9", "/photo_contest/")
+
+
+def result(d: Deferred):  # type: ignore[type-arg]
+    out: list[object] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    return out[0]
+
+
+@pytest.fixture
+def sender() -> FakeMailSender:
+    return FakeMailSender()
+
+
+@pytest.fixture
+def processor(sender: FakeMailSender) -> EmailProcessor:
+    return EmailProcessor(sender, RULES)
+
+
+def test_interfaces(processor, sender, tmp_path):
+    assert verifyObject(IDeliverProcessor, processor)
+    assert verifyObject(IDeliveryReportProcessor, processor)
+    assert verifyObject(IReadReplyProcessor, processor)
+    assert verifyObject(IMailSender, sender)
+    assert verifyObject(IMailSender, MaildirSender(str(tmp_path / "md")))
+
+
+@pytest.mark.parametrize(
+    "address, expected",
+    [
+        (m.Address("a@b.example", "RFC2822Address"), "a@b.example"),
+        (m.Address("+44 7700/TYPE=PLMN"), "447700@messagesystems.com"),
+        (m.Address("12345", "ShortCode"), "12345@messagesystems.com"),
+        (None, "test@messagesystems.com"),
+    ],
+)
+def test_sender_rules(processor, address, expected):
+    assert processor.sender_address(address) == expected
+
+
+def test_sender_without_domain_uses_the_default_address(sender):
+    p = EmailProcessor(sender, AddressRules(from_address="x@y.example", to_domain="t.example"))
+    assert p.sender_address(m.Address("+1555")) == "x@y.example"
+    assert p.recipient_address(m.Address("+1555")) == "1555@t.example"
+
+
+def test_no_mapping_possible_is_an_address_error(sender):
+    p = EmailProcessor(sender, AddressRules())
+    with pytest.raises(MM7Error) as caught:
+        p.recipient_address(m.Address("1"))
+    assert caught.value.status.code == 2002
+
+
+def test_deliver_email(processor, sender):
+    env = codec.decode(*samples.body_sample("instantcom-mm7/deliver-req6-hw.txt"))
+    rsp = result(processor.deliver(env.message, TX))
+    assert rsp == m.DeliverRsp(m.Status(1000, "Success"), "6.8.0")
+    [mail] = sender.sent
+    assert mail.sender == "13951900000@messagesystems.com"
+    assert mail.recipients == [
+        "13900000001@exampleto.com",
+        "13900000003@exampleto.com",
+        "13900000002@exampleto.com",
+    ]
+    msg = mail.message
+    assert msg["To"] == "13900000001@exampleto.com"
+    assert msg["Cc"] == "13900000003@exampleto.com"
+    assert "13900000002" not in str(msg)  # Bcc only in the envelope
+    assert msg["Subject"] == "This is a test"
+    assert msg["Date"] == "Thu, 19 Nov 2015 16:44:37 +0800"
+    assert msg["X-MM7-TransactionID"] == "tx-9"
+    assert msg["X-MM7-LinkedID"] == "9999"
+    assert msg["X-MM7-Path"] == "/photo_contest/"
+    [gif] = [p for p in msg.iter_attachments()]
+    assert gif.get_content_type() == "image/gif"
+    assert gif.get_filename() == "Bomb.gif"
+    assert gif.get_content() == env.message.content[1].data  # type: ignore[union-attr]
+
+
+def test_deliver_text_and_image_keep_their_bytes(processor, sender):
+    req = m.DeliverReq(
+        sender=m.Address("+1555"),
+        subject="\u65e5\u672c Subject",
+        content=(
+            m.ContentPart("application/smil", b"<smil/>", (), "s"),
+            m.ContentPart("image/jpeg", b"\xff\xd8\x00\r\n\n\r" * 100, (("name", "a.jpg"),)),
+            m.ContentPart("text/plain", "h\u00e9llo".encode("iso-8859-1"), (("charset", "iso-8859-1"),)),
+        ),
+    )
+    result(processor.deliver(req, TX))
+    msg = sender.sent[0].message
+    assert msg["Subject"] == "\u65e5\u672c Subject"
+    assert msg.get_body(("plain",)).get_content() == "h\u00e9llo\n"  # type: ignore[union-attr]
+    jpeg = next(p for p in msg.iter_attachments() if p.get_content_type() == "image/jpeg")
+    assert jpeg.get_content() == b"\xff\xd8\x00\r\n\n\r" * 100
+    assert "application/smil" not in msg.as_string()
+    assert msg.as_bytes().isascii()
+
+
+def test_header_injection_is_neutralised(processor, sender):
+    req = m.DeliverReq(
+        sender=m.Address("+1555"),
+        subject="hi\r\nBcc: victim@evil.example",
+        linked_id="x\nX-Evil: 1",
+    )
+    result(processor.deliver(req, TX))
+    msg = sender.sent[0].message
+    assert msg["Bcc"] is None and msg["X-Evil"] is None
+    assert msg["Subject"] == "hi Bcc: victim@evil.example"
+
+
+def test_a_bad_email_address_is_refused(processor):
+    req = m.DeliverReq(sender=m.Address("not an address", "RFC2822Address"))
+    with pytest.raises(MM7Error) as caught:
+        processor.deliver(req, TX)
+    assert caught.value.status.code == 2002
+
+
+def test_delivery_report_is_a_dsn(processor, sender):
+    raw = samples.blocks("skycore-api-docs/mm7DeliveryReport.examples.txt")[0]
+    env = codec.decode("text/xml", raw)
+    rsp = result(processor.delivery_report(env.message, TX))
+    assert rsp.status.code == 1000
+    [mail] = sender.sent
+    assert mail.recipients == ["111122@exampleto.com"]  # to the original sender
+    assert mail.sender == "16175550123@messagesystems.com"  # from the handset
+    msg = mail.message
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    human, status = list(msg.iter_parts())
+    text = human.get_content()
+    for word in ("369500617770864640", "16175550123", "Retrieved", "Success"):
+        assert word in text
+    assert status.get_content_type() == "message/delivery-status"
+    blocks = status.get_payload()
+    assert blocks[0]["Original-Envelope-Id"] == "369500617770864640"
+    assert blocks[1]["Action"] == "delivered" and blocks[1]["Status"] == "2.0.0"
+    assert blocks[1]["Final-Recipient"] == "rfc822; 16175550123@messagesystems.com"
+    assert blocks[1]["X-MM7-MMStatus"] == "Retrieved"
+    assert blocks[1]["X-MM7-StatusText"] == "Success"
+
+
+@pytest.mark.parametrize(
+    "mm_status, action, code",
+    [("Expired", "failed", "4.4.7"), ("Rejected", "failed", "5.0.0"), ("Forwarded", "relayed", "2.0.0")],
+)
+def test_delivery_report_status_mapping(processor, sender, mm_status, action, code):
+    req = m.DeliveryReportReq(message_id="1", recipient=m.Address("1"), sender=m.Address("2"), mm_status=mm_status)
+    result(processor.delivery_report(req, TX))
+    block = sender.sent[0].message.get_payload()[1].get_payload()[1]
+    assert (block["Action"], block["Status"]) == (action, code)
+
+
+def test_read_reply_is_an_mdn(processor, sender):
+    req = m.ReadReplyReq(
+        message_id="MID-7",
+        recipient=m.Address("+15551234567"),
+        sender=m.Address("12345", "ShortCode"),
+        timestamp="2026-01-01T10:00:00Z",
+        mm_status="Read",
+        status_text="read it",
+    )
+    rsp = result(processor.read_reply(req, TX))
+    assert rsp == m.ReadReplyRsp(m.Status(1000, "Success"), "6.8.0")
+    msg = sender.sent[0].message
+    assert sender.sent[0].recipients == ["12345@exampleto.com"]
+    assert msg.get_param("report-type") == "disposition-notification"
+    human, mdn = list(msg.iter_parts())
+    assert "MID-7" in human.get_content() and "read it" in human.get_content()
+    assert mdn.get_content_type() == "message/disposition-notification"
+    fields = mdn.get_payload()[0]
+    assert fields["Original-Message-ID"] == "<MID-7>"
+    assert fields["Disposition"].endswith("; displayed")
+    assert fields["Final-Recipient"] == "rfc822; 15551234567@messagesystems.com"
+
+
+def test_partial_success_when_some_recipients_are_refused(processor):
+    class Partial(FakeMailSender):
+        def send(self, sender, recipients, message):
+            d: Deferred[SendResult] = Deferred()
+            d.callback(SendResult((recipients[0],), (("b@x.example", 550, "no such user"),)))
+            return d
+
+    p = EmailProcessor(Partial(), RULES)
+    rsp = result(p.deliver(m.DeliverReq(sender=m.Address("1")), TX))
+    assert rsp.status.code == StatusCode.PARTIAL_SUCCESS
+    assert "b@x.example 550" in rsp.status.details
+
+
+def test_a_failing_sender_fails_the_transaction():
+    p = EmailProcessor(FakeMailSender(MM7Error(StatusCode.SERVICE_UNAVAILABLE)), RULES)
+    failure = result(p.deliver(m.DeliverReq(sender=m.Address("1")), TX))
+    assert failure.value.status.code == 4006
+
+
+def test_maildir_sender_writes_whole_messages(tmp_path, processor):
+    maildir = MaildirSender(str(tmp_path / "Maildir"))
+    p = EmailProcessor(maildir, RULES)
+    result(p.deliver(m.DeliverReq(sender=m.Address("1"), subject="to disk"), TX))
+    [path] = list((tmp_path / "Maildir" / "new").iterdir())
+    data = path.read_bytes()
+    assert b"Subject: to disk" in data and b"Return-Path: <1@messagesystems.com>" in data

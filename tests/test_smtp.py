@@ -1,0 +1,183 @@
+"""The ESMTP sender against Twisted's real ESMTP server on loopback."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from zope.interface.verify import verifyObject
+
+from mm7tx.errors import MM7Error
+from mm7tx.interfaces import IMailSender
+from mm7tx.processors import BUILD_POLICY
+from mm7tx.senders import ESMTPSender, SendResult, SMTPSettings
+from mm7tx.testing import RecordingDelivery, smtp_server_factory
+
+from email.message import EmailMessage
+
+
+def message(body: bytes = b"\x00\x01binary\r\n.\r\n..dots") -> EmailMessage:
+    msg = EmailMessage(policy=BUILD_POLICY)
+    msg["From"] = "a@from.example"
+    msg["To"] = "b@to.example"
+    msg["Subject"] = "test"
+    msg.set_content("line one\n.leading dot\n")
+    msg.add_attachment(body, maintype="application", subtype="octet-stream", filename="x.bin")
+    return msg
+
+
+@pytest.fixture
+def delivery() -> RecordingDelivery:
+    return RecordingDelivery()
+
+
+@pytest_twisted.async_yield_fixture
+async def relay(delivery):
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        smtp_server_factory(delivery)
+    )
+    yield f"tcp:127.0.0.1:{port.getHost().port}"
+    await port.stopListening()
+
+
+def sender_for(endpoint: str, **kw) -> ESMTPSender:
+    return ESMTPSender(reactor, SMTPSettings(endpoint=endpoint, starttls="off", **kw))
+
+
+async def send(sender: ESMTPSender, recipients: list[str], msg: EmailMessage | None = None):
+    d = sender.send("a@from.example", recipients, msg or message())
+    return await d.addTimeout(10, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_delivers_with_bytes_intact(relay, delivery):
+    sender = sender_for(relay)
+    assert verifyObject(IMailSender, sender)
+    result = await send(sender, ["b@to.example", "c@to.example"])
+    assert result == SendResult(("b@to.example", "c@to.example"))
+    [mail] = delivery.received
+    assert mail.sender == "a@from.example"
+    assert sorted(mail.recipients) == ["b@to.example", "c@to.example"]
+    msg = mail.message
+    assert msg.get_body(("plain",)).get_content() == "line one\n.leading dot\n"
+    [attachment] = list(msg.iter_attachments())
+    assert attachment.get_content() == b"\x00\x01binary\r\n.\r\n..dots"
+
+
+@pytest_twisted.ensureDeferred
+async def test_some_recipients_refused_is_partial(relay, delivery):
+    delivery.refuse["bad@to.example"] = 550
+    result = await send(sender_for(relay), ["b@to.example", "bad@to.example"])
+    assert result.accepted == ("b@to.example",)
+    assert [(a, c) for a, c, _ in result.refused] == [("bad@to.example", 550)]
+    assert delivery.received[0].recipients == ["b@to.example"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_recipient_refused_for_good_is_address_error(relay, delivery):
+    delivery.refuse["bad@to.example"] = 550
+    with pytest.raises(MM7Error) as caught:
+        await send(sender_for(relay), ["bad@to.example"])
+    assert caught.value.status.code == 2002
+    assert delivery.received == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_temporary_refusal_is_transient(relay, delivery):
+    delivery.refuse["busy@to.example"] = 451
+    with pytest.raises(MM7Error) as caught:
+        await send(sender_for(relay), ["busy@to.example"])
+    assert caught.value.status.code == 4006
+
+
+@pytest_twisted.ensureDeferred
+async def test_relay_down_is_transient():
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        protocol.Factory.forProtocol(protocol.Protocol)
+    )
+    number = port.getHost().port
+    await port.stopListening()
+    with pytest.raises(MM7Error) as caught:
+        await send(sender_for(f"tcp:127.0.0.1:{number}"), ["b@to.example"])
+    assert caught.value.status.code == 4006
+    assert "unreachable" in (caught.value.status.details or "")
+
+
+class Silent(protocol.Protocol):
+    """Accepts the connection and never says a word."""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silent_relay_times_out_as_transient():
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        protocol.Factory.forProtocol(Silent)
+    )
+    try:
+        sender = sender_for(f"tcp:127.0.0.1:{port.getHost().port}", command_timeout=0.3)
+        with pytest.raises(MM7Error) as caught:
+            await send(sender, ["b@to.example"])
+        assert caught.value.status.code == 4006
+        sender = sender_for(
+            f"tcp:127.0.0.1:{port.getHost().port}", command_timeout=30, total_timeout=0.3
+        )
+        with pytest.raises(MM7Error) as caught:
+            await send(sender, ["b@to.example"])
+        assert caught.value.status.details == "the mail relay timed out"
+    finally:
+        await port.stopListening()
+
+
+class Refuses421(protocol.Protocol):
+    def connectionMade(self) -> None:
+        self.transport.write(b"421 too busy\r\n")
+        self.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_421_greeting_is_transient():
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        protocol.Factory.forProtocol(Refuses421)
+    )
+    try:
+        with pytest.raises(MM7Error) as caught:
+            await send(sender_for(f"tcp:127.0.0.1:{port.getHost().port}"), ["b@to.example"])
+        assert caught.value.status.code == 4006
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_starttls_required_but_not_offered_is_transient(relay, delivery):
+    sender = ESMTPSender(reactor, SMTPSettings(endpoint=relay, starttls="required"))
+    with pytest.raises(MM7Error) as caught:
+        await send(sender, ["b@to.example"])
+    assert caught.value.status.code == 4006
+    assert "STARTTLS" in (caught.value.status.details or "")
+    assert delivery.received == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_auth_required_but_not_offered_is_transient(relay, delivery):
+    sender = sender_for(relay, username="u", password="secret-pw")
+    with pytest.raises(MM7Error) as caught:
+        await send(sender, ["b@to.example"])
+    assert caught.value.status.code == 4006
+    assert "secret-pw" not in str(caught.value)
+    assert "secret-pw" not in repr(SMTPSettings(password="secret-pw"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_opportunistic_tls_without_starttls_offer_sends_in_clear(relay, delivery):
+    sender = ESMTPSender(reactor, SMTPSettings(endpoint=relay, starttls="opportunistic"))
+    await send(sender, ["b@to.example"])
+    assert len(delivery.received) == 1
+
+
+def test_host_from_endpoint():
+    assert SMTPSettings(endpoint="tcp:mail.example:25").host == "mail.example"
+    assert SMTPSettings(endpoint="tcp:host=relay.example:port=587").host == "relay.example"
+    assert SMTPSettings(endpoint="tcp:x:25", tls_hostname="y").host == "y"
+
+
+_ = defer
