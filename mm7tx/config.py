@@ -94,10 +94,14 @@ def parse(text: str, source: str = "<config>") -> list[Option | Scope]:
         token = peek()
         if token is None:
             last = tokens[-1].line if tokens else 1
-            raise ConfigError(source, last, f"unexpected end of file, expected {kinds[0]}")
+            raise ConfigError(
+                source, last, f"unexpected end of file, expected {kinds[0]}"
+            )
         if token.kind not in kinds:
             raise ConfigError(
-                source, token.line, f"expected {' or '.join(kinds)}, found {token.text!r}"
+                source,
+                token.line,
+                f"expected {' or '.join(kinds)}, found {token.text!r}",
             )
         position += 1
         return token
@@ -131,7 +135,7 @@ def parse(text: str, source: str = "<config>") -> list[Option | Scope]:
         token = take("string", "word", "(")
         if token.kind != "(":
             return token.text
-        values = []
+        values: list[str] = []
         while True:
             item = take("string", "word", ")", ",")
             if item.kind == ")":
@@ -165,7 +169,9 @@ class Config:
 
 EMBEDDED = Config(
     listen=("tcp:8080",),
-    rules=AddressRules(from_address="mm7tx@localhost", to_address="postmaster@localhost"),
+    rules=AddressRules(
+        from_address="mm7tx@localhost", to_address="postmaster@localhost"
+    ),
     vasp_paths=("/vasp/",),
     smtp=SMTPSettings(endpoint="maildir:Maildir"),
 )
@@ -227,7 +233,7 @@ class _Reader:
         for path in values:
             if not path.startswith("/") or path.strip("/") == "":
                 raise self.error(
-                    option, f"{option.name}: {path!r} is not a path like \"/photos/\""
+                    option, f'{option.name}: {path!r} is not a path like "/photos/"'
                 )
         return tuple(values)
 
@@ -237,7 +243,9 @@ class _Reader:
         except ValueError:
             number = -1
         if number <= 0:
-            raise self.error(option, f"{option.name} must be a positive number of seconds")
+            raise self.error(
+                option, f"{option.name} must be a positive number of seconds"
+            )
         return number
 
     def boolean(self, option: Option) -> bool:
@@ -266,23 +274,33 @@ def load(text: str, source: str = "<config>") -> Config:
             for entry in item.body:
                 if isinstance(entry, Scope) and entry.name.lower() == "listen":
                     if not entry.label:
-                        raise reader.error(entry, 'Listen needs an address: Listen ":8080" { }')
+                        raise reader.error(
+                            entry, 'Listen needs an address: Listen ":8080" { }'
+                        )
                     if entry.body:
                         raise reader.error(
-                            entry.body[0], f"unknown Listen option {entry.body[0].name!r}"
+                            entry.body[0],
+                            f"unknown Listen option {entry.body[0].name!r}",
                         )
                     listen.append(normalise_endpoint(entry.label))
                 else:
-                    raise reader.error(entry, f"unknown HTTP_Listener entry {entry.name!r}")
+                    raise reader.error(
+                        entry, f"unknown HTTP_Listener entry {entry.name!r}"
+                    )
         elif kind == "mm7_serv":
             seen_mm7 = True
             for entry in item.body:
                 name = entry.name.lower()
                 if isinstance(entry, Scope):
                     if name != "path" or not entry.label:
-                        raise reader.error(entry, f"unknown mm7_serv scope {entry.name!r}")
+                        raise reader.error(
+                            entry, f"unknown mm7_serv scope {entry.name!r}"
+                        )
                     for option in entry.body:
-                        if isinstance(option, Scope) or option.name.lower() != "processor":
+                        if (
+                            isinstance(option, Scope)
+                            or option.name.lower() != "processor"
+                        ):
                             raise reader.error(
                                 option, f"unknown Path option {option.name!r}"
                             )
@@ -297,7 +315,8 @@ def load(text: str, source: str = "<config>") -> Config:
                     mode = _STARTTLS.get(reader.text(entry).lower())
                     if mode is None:
                         raise reader.error(
-                            entry, "smtp_starttls must be off, opportunistic or required"
+                            entry,
+                            "smtp_starttls must be off, opportunistic or required",
                         )
                     smtp["starttls"] = mode
                 elif name == "mm7_server_version":

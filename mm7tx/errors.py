@@ -14,13 +14,18 @@ class MM7Error(Exception):
     """
 
     def __init__(
-        self, code: StatusCode | int, text: str | None = None, details: str | None = None
+        self,
+        code: StatusCode | int,
+        text: str | None = None,
+        details: str | None = None,
     ) -> None:
         if isinstance(code, StatusCode):
             status = Status.of(code, text, details)
         else:
             status = Status(int(code), text or "", details)
-        super().__init__(f"{status.code} {status.text}" + (f": {details}" if details else ""))
+        super().__init__(
+            f"{status.code} {status.text}" + (f": {details}" if details else "")
+        )
         self.status = status
 
     @property

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         SubmitReq,
         SubmitRsp,
     )
+    from mm7tx.senders import SendResult
     from mm7tx.transaction import Transaction
 
 
@@ -92,5 +93,5 @@ class IMailSender(Interface):
 
     def send(
         sender: str, recipients: list[str], message: EmailMessage
-    ) -> Deferred[object]:
+    ) -> Deferred[SendResult]:
         """Deliver ``message`` from envelope ``sender`` to ``recipients``."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage, Message
 from email.utils import format_datetime, make_msgid, parseaddr
@@ -89,9 +89,9 @@ def email_date(timestamp: str | None) -> str:
         except ValueError:
             when = None
     if when is None:
-        when = datetime.now(timezone.utc)
+        when = datetime.now(UTC)
     elif when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return format_datetime(when)
 
 
@@ -193,7 +193,10 @@ class EmailProcessor:
             return
         if text is not None:
             msg.add_attachment(
-                text, subtype=subtype or "plain", disposition="inline", filename=filename
+                text,
+                subtype=subtype or "plain",
+                disposition="inline",
+                filename=filename,
             )
             return
         msg.add_attachment(
@@ -292,7 +295,10 @@ class EmailProcessor:
             ("X-MM7-Recipient", clean(handset.value) if handset else ""),
             ("Action", action),
             ("Status", code),
-            ("Diagnostic-Code", f"X-MM7; {status} {clean(request.status_text)}".strip()),
+            (
+                "Diagnostic-Code",
+                f"X-MM7; {status} {clean(request.status_text)}".strip(),
+            ),
             ("X-MM7-MMStatus", status),
             ("X-MM7-StatusText", clean(request.status_text)),
         )
@@ -308,7 +314,9 @@ class EmailProcessor:
             request.date,
         )
 
-    def read_reply_message(self, request: ReadReplyReq, transaction: Transaction) -> Mail:
+    def read_reply_message(
+        self, request: ReadReplyReq, transaction: Transaction
+    ) -> Mail:
         """A ReadReplyReq as an RFC 8098 message disposition notification."""
         status = clean(request.mm_status) or "Indeterminate"
         disposition = MDN_DISPOSITIONS.get(status.lower(), "processed")

@@ -97,12 +97,18 @@ class MM7Resource(Resource):
             mm7_version=self.mm7_version,
         )
         entry = DISPATCH.get(type(message))
-        if entry is None or entry[2] != self.role or not entry[0].providedBy(self.processor):
+        if (
+            entry is None
+            or entry[2] != self.role
+            or not entry[0].providedBy(self.processor)
+        ):
             status = m.Status.of(
                 StatusCode.UNSUPPORTED_OPERATION,
                 details=f"{name} is not accepted on {self.path}",
             )
-            return self._fault(request, envelope.namespace, envelope.transaction_id, status)
+            return self._fault(
+                request, envelope.namespace, envelope.transaction_id, status
+            )
         method = getattr(self.processor, entry[1])
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
@@ -119,7 +125,9 @@ class MM7Resource(Resource):
                 text=response.status.details or response.status.text,
             )
             if not gone:
-                reply = m.Envelope(envelope.transaction_id, response, envelope.namespace)
+                reply = m.Envelope(
+                    envelope.transaction_id, response, envelope.namespace
+                )
                 _, data = codec.encode(reply)
                 _write(request, http.OK, data)
 
@@ -183,7 +191,9 @@ def _peer(request: Request) -> str:
     return str(getattr(address, "host", address))
 
 
-def build_root(resources: Mapping[str, Resource], root: Resource | None = None) -> Resource:
+def build_root(
+    resources: Mapping[str, Resource], root: Resource | None = None
+) -> Resource:
     """A resource tree serving each resource at its path (``/a/b/`` or ``/a/b``).
 
     Pass ``root`` to mount into an existing tree; intermediate resources are

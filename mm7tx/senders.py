@@ -78,9 +78,7 @@ def _tls_options(settings: SMTPSettings) -> Any:
     trust = None
     if settings.ca_file:
         with open(settings.ca_file, "rb") as f:
-            trust = ssl.trustRootFromCertificates(
-                [ssl.Certificate.loadPEM(f.read())]
-            )
+            trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(f.read())])
     if settings.starttls == "required" or trust is not None:
         return ssl.optionsForClientTLS(settings.host, trustRoot=trust)
     # Opportunistic TLS (RFC 7435): encrypt when offered, as MTAs do, without
@@ -101,7 +99,8 @@ def _classify(code: int, numOk: int, addresses: list[Any]) -> MM7Error:
             + "; ".join(f"{_s(a)} {c}" for a, c, _ in addresses),
         )
     return MM7Error(
-        StatusCode.MESSAGE_REJECTED, details=f"the mail relay refused the message ({code})"
+        StatusCode.MESSAGE_REJECTED,
+        details=f"the mail relay refused the message ({code})",
     )
 
 
@@ -154,7 +153,7 @@ class _SMTPClient(smtp.ESMTPClient):
         self.heloFallback = True
         self.requireAuthentication = bool(settings.username)
         self.requireTransportSecurity = settings.starttls == "required"
-        self.timeout = settings.command_timeout
+        self.timeout = settings.command_timeout  # type: ignore[assignment]
         if settings.username:
             user = settings.username.encode()
             self.registerAuthenticator(smtp.CramMD5ClientAuthenticator(user))
@@ -245,12 +244,17 @@ class ESMTPSender:
 
         def build() -> IProtocol:
             protocol = _SMTPClient(
-                attempt, self._settings, self._context, sender.encode("utf-8"), rcpts, data
+                attempt,
+                self._settings,
+                self._context,
+                sender.encode("utf-8"),
+                rcpts,
+                data,
             )
             attempt.protocol = protocol
             return protocol
 
-        factory = Factory.forProtocol(build)  # type: ignore[arg-type]
+        factory: Any = Factory.forProtocol(build)  # type: ignore[type-var, arg-type]
         connecting = self._endpoint.connect(factory)
         attempt.connecting = connecting
         connecting.addTimeout(self._settings.connect_timeout, self._reactor)
@@ -270,9 +274,7 @@ class ESMTPSender:
 def _timeouts_are_transient(reason: Failure) -> Failure:
     if reason.check(defer.TimeoutError, defer.CancelledError):
         return Failure(
-            MM7Error(
-                StatusCode.SERVICE_UNAVAILABLE, details="the mail relay timed out"
-            )
+            MM7Error(StatusCode.SERVICE_UNAVAILABLE, details="the mail relay timed out")
         )
     return reason
 

@@ -30,7 +30,9 @@ def http_message(raw: bytes) -> tuple[str | None, bytes]:
 def blocks(relative: str) -> list[bytes]:
     """The fenced example blocks of a Skycore docs file."""
     text = read(relative)
-    return re.findall(rb"----- BEGIN BLOCK \d+ -----\n(.*?)\n----- END BLOCK", text, re.S)
+    return re.findall(
+        rb"----- BEGIN BLOCK \d+ -----\n(.*?)\n----- END BLOCK", text, re.S
+    )
 
 
 def body_sample(relative: str) -> tuple[str, bytes]:

@@ -15,7 +15,9 @@ from tests import samples
 
 NAMESPACES = [
     line.split("\t")[0]
-    for line in (samples.REFERENCE / "schemas" / "namespaces.tsv").read_text().splitlines()[1:]
+    for line in (samples.REFERENCE / "schemas" / "namespaces.tsv")
+    .read_text()
+    .splitlines()[1:]
     if line.startswith("http://www.3gpp.org")
 ]
 
@@ -28,7 +30,9 @@ def test_the_namespace_list_is_read():
 
 
 def test_annex_example_post_with_cid_typo_falls_back_to_the_only_part():
-    ctype, body = samples.http_message(samples.read("instantcom-mm7/deliver-req-post.txt"))
+    ctype, body = samples.http_message(
+        samples.read("instantcom-mm7/deliver-req-post.txt")
+    )
     env = codec.decode(ctype, body)
     req = env.message
     assert isinstance(req, m.DeliverReq)
@@ -121,7 +125,9 @@ def test_china_mobile_8bit_jpeg_and_no_space_headers():
 
 
 def test_skycore_deliver_is_broken_beyond_repair():
-    ctype, body = samples.http_message(samples.blocks("skycore-api-docs/mm7Deliver.examples.txt")[2])
+    ctype, body = samples.http_message(
+        samples.blocks("skycore-api-docs/mm7Deliver.examples.txt")[2]
+    )
     with pytest.raises(MM7Error) as caught:
         codec.decode(ctype, body)
     assert caught.value.status.code == 2007
@@ -180,9 +186,7 @@ def test_vectorcore_responses(name, cls):
     assert env.message.status == m.Status(1000, "Success")
 
 
-@pytest.mark.parametrize(
-    "name, code", [("fault.xml", 4002), ("fault_02.xml", 2002)]
-)
+@pytest.mark.parametrize("name, code", [("fault.xml", 4002), ("fault_02.xml", 2002)])
 def test_faults_as_other_servers_send_them(name, code):
     env = codec.decode("text/xml", samples.read(f"instantcom-mm7/{name}"))
     assert env.is_fault
@@ -206,7 +210,9 @@ REQUESTS = [
         priority="High",
         subject="Grüße \u4f60\u597d",
         content=(
-            m.ContentPart("text/plain", b"hello\r\nworld", (("charset", "utf-8"),), "t1"),
+            m.ContentPart(
+                "text/plain", b"hello\r\nworld", (("charset", "utf-8"),), "t1"
+            ),
             m.ContentPart("image/jpeg", JPEG, (("name", "p.jpg"),), "img", "p.jpg"),
             m.ContentPart("application/smil", b"<smil/>", (), "smil"),
         ),
@@ -241,7 +247,9 @@ REQUESTS = [
         subject="hi",
         content=(m.ContentPart("text/plain", b"just text"),),
     ),
-    m.CancelReq(vasp_id="vasp1", sender_address=m.Address("12345", "ShortCode"), message_id="M3"),
+    m.CancelReq(
+        vasp_id="vasp1", sender_address=m.Address("12345", "ShortCode"), message_id="M3"
+    ),
     m.ReplaceReq(
         vasp_id="vasp1",
         message_id="M4",
@@ -263,7 +271,9 @@ RESPONSES = [
 
 
 @pytest.mark.parametrize("namespace", NAMESPACES)
-@pytest.mark.parametrize("message", REQUESTS + RESPONSES, ids=lambda x: type(x).__name__)
+@pytest.mark.parametrize(
+    "message", REQUESTS + RESPONSES, ids=lambda x: type(x).__name__
+)
 def test_round_trip(message, namespace):
     envelope = m.Envelope("tx-1", message, namespace)
     ctype, body = codec.encode(envelope)
@@ -284,12 +294,17 @@ def test_response_is_in_the_request_namespace_with_unprefixed_children():
 
 def test_fault_is_soap_fault_with_detail():
     ns = NAMESPACES[-1]
-    _, body = codec.encode(m.Envelope("t", m.VASPErrorRsp(m.Status(4004, "Validation error")), ns))
+    _, body = codec.encode(
+        m.Envelope("t", m.VASPErrorRsp(m.Status(4004, "Validation error")), ns)
+    )
     root = etree.fromstring(body)
     fault = root.find(f"{{{soap.SOAP_ENV}}}Body/{{{soap.SOAP_ENV}}}Fault")
     assert fault is not None
     assert fault.findtext("faultcode") == "env:Client"
-    assert fault.findtext(f"detail/{{{ns}}}VASPErrorRsp/{{{ns}}}Status/{{{ns}}}StatusCode") == "4004"
+    assert (
+        fault.findtext(f"detail/{{{ns}}}VASPErrorRsp/{{{ns}}}Status/{{{ns}}}StatusCode")
+        == "4004"
+    )
 
 
 def test_content_is_multipart_related_with_start_and_nested_content():
@@ -324,8 +339,18 @@ ENVELOPE = (
             2007,
             "DTD",
         ),
-        ("application/octet-stream", b"\x00\x01garbage", 4004, "neither multipart nor XML"),
-        ("multipart/related; boundary=abc", b"no boundary here at all", 4004, "not MIME"),
+        (
+            "application/octet-stream",
+            b"\x00\x01garbage",
+            4004,
+            "neither multipart nor XML",
+        ),
+        (
+            "multipart/related; boundary=abc",
+            b"no boundary here at all",
+            4004,
+            "not MIME",
+        ),
         (
             "multipart/related; boundary=abc",
             b"--abc\r\nContent-Type: text/plain\r\n\r\nhi\r\n--abc--\r\n",

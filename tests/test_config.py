@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from mm7tx.config import EMBEDDED, ConfigError, load, load_file, normalise_endpoint, with_overrides
+from mm7tx.config import (
+    EMBEDDED,
+    ConfigError,
+    load,
+    load_file,
+    normalise_endpoint,
+    with_overrides,
+)
 from mm7tx.processors import AddressRules
 from mm7tx.senders import SMTPSettings
 from tests import samples
@@ -26,7 +33,10 @@ def test_seed_example_7_1_is_in_the_seed_and_loads_verbatim():
     assert EXAMPLE_7_1.strip() in seed
     config = load(EXAMPLE_7_1)
     assert config.rules == AddressRules(
-        "test@messagesystems.com", "messagesystems.com", "test@exampleto.com", "exampleto.com"
+        "test@messagesystems.com",
+        "messagesystems.com",
+        "test@exampleto.com",
+        "exampleto.com",
     )
     assert config.mm7_version == "6.8.0"
     assert config.vasp_paths == ("/ringtones/", "/photo_contest/", "/email_gateway/")
@@ -38,7 +48,10 @@ def test_the_shipped_example_file_loads_with_every_option():
     assert config.smtp.endpoint == "tcp:127.0.0.1:25"
     assert config.smtp.starttls == "opportunistic"
     assert config.smtp.connect_timeout == 10
-    assert config.processor_for("/photo_contest/") == "tests.example_processor.ShortCodeMailboxes"
+    assert (
+        config.processor_for("/photo_contest/")
+        == "tests.example_processor.ShortCodeMailboxes"
+    )
     assert config.processor_for("/ringtones/") is None
 
 
@@ -65,7 +78,11 @@ def test_grammar_case_comments_lists_scopes():
     assert config.vasp_paths == ("/a/", "/b/c/")
     assert config.mm7_version == "5.3.0"
     assert config.smtp == SMTPSettings(
-        endpoint="maildir:/tmp/x", starttls="required", username="u", password='p w " q', total_timeout=30
+        endpoint="maildir:/tmp/x",
+        starttls="required",
+        username="u",
+        password='p w " q',
+        total_timeout=30,
     )
     assert config.keep_smil is True
     assert config.processor_for("/a/") == "tests.example_processor.ShortCodeMailboxes"
@@ -75,14 +92,26 @@ def test_grammar_case_comments_lists_scopes():
 @pytest.mark.parametrize(
     "text, line, words",
     [
-        ("mm7_serv {\n  mm7_vasp_uri_paths = (\"/a/\")\n  bogus = 1\n}", 3, "unknown mm7_serv option 'bogus'"),
-        ("mm7_serv {\n  mm7_vasp_uri_paths = (\"/a/\")\n", 2, "missing '}'"),
-        ("mm7_serv {\n  mm7_vasp_uri_paths = (\"a\")\n}", 2, "not a path"),
-        ("mm7_serv {\n mm7_vasp_uri_paths = (\"/a/\")\n smtp_timeout = soon\n}", 3, "positive number"),
-        ("mm7_serv {\n mm7_vasp_uri_paths = (\"/a/\")\n smtp_starttls = maybe\n}", 3, "smtp_starttls"),
+        (
+            'mm7_serv {\n  mm7_vasp_uri_paths = ("/a/")\n  bogus = 1\n}',
+            3,
+            "unknown mm7_serv option 'bogus'",
+        ),
+        ('mm7_serv {\n  mm7_vasp_uri_paths = ("/a/")\n', 2, "missing '}'"),
+        ('mm7_serv {\n  mm7_vasp_uri_paths = ("a")\n}', 2, "not a path"),
+        (
+            'mm7_serv {\n mm7_vasp_uri_paths = ("/a/")\n smtp_timeout = soon\n}',
+            3,
+            "positive number",
+        ),
+        (
+            'mm7_serv {\n mm7_vasp_uri_paths = ("/a/")\n smtp_starttls = maybe\n}',
+            3,
+            "smtp_starttls",
+        ),
         ("Other { }", 1, "unknown scope 'Other'"),
         ("mm7_serv { }", 1, "mm7_vasp_uri_paths is required"),
-        ("mm7_serv {\n x = \"unterminated\n}", 2, "unexpected character"),
+        ('mm7_serv {\n x = "unterminated\n}', 2, "unexpected character"),
     ],
 )
 def test_errors_name_file_and_line(text, line, words):
@@ -99,7 +128,9 @@ def test_missing_file():
 
 
 def test_command_line_overrides():
-    config = with_overrides(load(EXAMPLE_7_1), [":9999", "tcp:1234"], "tcp:relay.example:2525")
+    config = with_overrides(
+        load(EXAMPLE_7_1), [":9999", "tcp:1234"], "tcp:relay.example:2525"
+    )
     assert config.listen == ("tcp:9999", "tcp:1234")
     assert config.smtp.endpoint == "tcp:relay.example:2525"
 

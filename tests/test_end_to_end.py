@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from io import BytesIO
+
 import pytest
 import pytest_twisted
 from twisted.application.service import MultiService
@@ -9,7 +11,6 @@ from twisted.internet import protocol, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
-from io import BytesIO
 
 from mm7tx import codec
 from mm7tx import messages as m
@@ -35,7 +36,7 @@ async def free_port() -> int:
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
         protocol.Factory.forProtocol(protocol.Protocol)
     )
-    number = port.getHost().port
+    number = int(port.getHost().port)
     await port.stopListening()
     return number
 
@@ -57,7 +58,9 @@ async def relay(delivery):
 async def start(relay_endpoint: str) -> tuple[MultiService, str]:
     http_port = await free_port()
     config = with_overrides(
-        load(CONFIG, "e2e.conf"), [f"tcp:{http_port}:interface=127.0.0.1"], relay_endpoint
+        load(CONFIG, "e2e.conf"),
+        [f"tcp:{http_port}:interface=127.0.0.1"],
+        relay_endpoint,
     )
     service = build_service(config, reactor)
     application = MultiService()  # the service joins any other application
@@ -75,7 +78,9 @@ async def post(url: str, ctype: str, body: bytes) -> tuple[int, m.Envelope]:
         FileBodyProducer(BytesIO(body)),
     ).addTimeout(20, reactor)
     data = await readBody(response).addTimeout(20, reactor)
-    return response.code, codec.decode(response.headers.getRawHeaders(b"content-type")[0].decode(), data)
+    return response.code, codec.decode(
+        response.headers.getRawHeaders(b"content-type")[0].decode(), data
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -110,14 +115,20 @@ async def test_every_deliver_sample_arrives_as_mail(relay, delivery):
             # Binary parts arrive byte for byte, text parts as the same text.
             content = [p for p in sent.message.content if not p.is_smil]  # type: ignore[union-attr]
             leaves = [p for p in msg.walk() if not p.is_multipart()]
-            assert sorted(p.data for p in content if not p.media_type.startswith("text/")) == sorted(
+            assert sorted(
+                p.data for p in content if not p.media_type.startswith("text/")
+            ) == sorted(
                 p.get_content() for p in leaves if p.get_content_maintype() != "text"
             )
             assert sorted(
                 p.data.decode(p.charset or "utf-8").replace("\r\n", "\n").rstrip("\n")
                 for p in content
                 if p.media_type.startswith("text/")
-            ) == sorted(p.get_content().rstrip("\n") for p in leaves if p.get_content_maintype() == "text")
+            ) == sorted(
+                p.get_content().rstrip("\n")
+                for p in leaves
+                if p.get_content_maintype() == "text"
+            )
         assert len(delivery.received) == len(cases)
         huawei = delivery.received[6]
         assert sorted(huawei.recipients) == [
@@ -138,8 +149,15 @@ async def test_reports_arrive_as_reports(relay, delivery):
         ctype, body = samples.http_message(raw)
         code, answer = await post(base + "/ringtones", ctype, body)
         assert code == 200 and isinstance(answer.message, m.DeliveryReportRsp)
-        req = m.ReadReplyReq(message_id="M9", recipient=m.Address("+1555"), sender=m.Address("777"), mm_status="Deleted")
-        code, answer = await post(base + "/ringtones/", *codec.encode(m.Envelope("rr", req)))
+        req = m.ReadReplyReq(
+            message_id="M9",
+            recipient=m.Address("+1555"),
+            sender=m.Address("777"),
+            mm_status="Deleted",
+        )
+        code, answer = await post(
+            base + "/ringtones/", *codec.encode(m.Envelope("rr", req))
+        )
         assert code == 200 and answer.message.status.code == 1000  # type: ignore[union-attr]
         dsn, mdn = (r.message for r in delivery.received)
         assert dsn.get_param("report-type") == "delivery-status"

@@ -37,7 +37,9 @@ def test_a_bad_config_stops_the_start_with_file_and_line(tmp_path):
     conf.write_text('mm7_serv {\n  mm7_vasp_uri_paths = ("/a/")\n  nonsense = 1\n}\n')
     out = run(["-n", "mm7", "--config", str(conf)], tmp_path)
     assert out.returncode != 0
-    assert f"{conf}, line 3: unknown mm7_serv option 'nonsense'" in out.stdout + out.stderr
+    assert (
+        f"{conf}, line 3: unknown mm7_serv option 'nonsense'" in out.stdout + out.stderr
+    )
 
 
 def free_port() -> int:
@@ -49,7 +51,14 @@ def free_port() -> int:
 def test_embedded_defaults_deliver_into_a_maildir(tmp_path):
     port = free_port()
     process = subprocess.Popen(
-        [TWISTD, "-n", "--pidfile=", "mm7", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "mm7",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+        ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -23,7 +23,10 @@ from mm7tx.transaction import Transaction
 from tests import samples
 
 RULES = AddressRules(
-    "test@messagesystems.com", "messagesystems.com", "test@exampleto.com", "exampleto.com"
+    "test@messagesystems.com",
+    "messagesystems.com",
+    "test@exampleto.com",
+    "exampleto.com",
 )
 TX = Transaction("tx-9", "/photo_contest/")
 
@@ -67,7 +70,9 @@ def test_sender_rules(processor, address, expected):
 
 
 def test_sender_without_domain_uses_the_default_address(sender):
-    p = EmailProcessor(sender, AddressRules(from_address="x@y.example", to_domain="t.example"))
+    p = EmailProcessor(
+        sender, AddressRules(from_address="x@y.example", to_domain="t.example")
+    )
     assert p.sender_address(m.Address("+1555")) == "x@y.example"
     assert p.recipient_address(m.Address("+1555")) == "1555@t.example"
 
@@ -111,15 +116,23 @@ def test_deliver_text_and_image_keep_their_bytes(processor, sender):
         subject="\u65e5\u672c Subject",
         content=(
             m.ContentPart("application/smil", b"<smil/>", (), "s"),
-            m.ContentPart("image/jpeg", b"\xff\xd8\x00\r\n\n\r" * 100, (("name", "a.jpg"),)),
-            m.ContentPart("text/plain", "h\u00e9llo".encode("iso-8859-1"), (("charset", "iso-8859-1"),)),
+            m.ContentPart(
+                "image/jpeg", b"\xff\xd8\x00\r\n\n\r" * 100, (("name", "a.jpg"),)
+            ),
+            m.ContentPart(
+                "text/plain",
+                "h\u00e9llo".encode("iso-8859-1"),
+                (("charset", "iso-8859-1"),),
+            ),
         ),
     )
     result(processor.deliver(req, TX))
     msg = sender.sent[0].message
     assert msg["Subject"] == "\u65e5\u672c Subject"
     assert msg.get_body(("plain",)).get_content() == "h\u00e9llo\n"  # type: ignore[union-attr]
-    jpeg = next(p for p in msg.iter_attachments() if p.get_content_type() == "image/jpeg")
+    jpeg = next(
+        p for p in msg.iter_attachments() if p.get_content_type() == "image/jpeg"
+    )
     assert jpeg.get_content() == b"\xff\xd8\x00\r\n\n\r" * 100
     assert "application/smil" not in msg.as_string()
     assert msg.as_bytes().isascii()
@@ -170,10 +183,19 @@ def test_delivery_report_is_a_dsn(processor, sender):
 
 @pytest.mark.parametrize(
     "mm_status, action, code",
-    [("Expired", "failed", "4.4.7"), ("Rejected", "failed", "5.0.0"), ("Forwarded", "relayed", "2.0.0")],
+    [
+        ("Expired", "failed", "4.4.7"),
+        ("Rejected", "failed", "5.0.0"),
+        ("Forwarded", "relayed", "2.0.0"),
+    ],
 )
 def test_delivery_report_status_mapping(processor, sender, mm_status, action, code):
-    req = m.DeliveryReportReq(message_id="1", recipient=m.Address("1"), sender=m.Address("2"), mm_status=mm_status)
+    req = m.DeliveryReportReq(
+        message_id="1",
+        recipient=m.Address("1"),
+        sender=m.Address("2"),
+        mm_status=mm_status,
+    )
     result(processor.delivery_report(req, TX))
     block = sender.sent[0].message.get_payload()[1].get_payload()[1]
     assert (block["Action"], block["Status"]) == (action, code)
@@ -206,7 +228,9 @@ def test_partial_success_when_some_recipients_are_refused(processor):
     class Partial(FakeMailSender):
         def send(self, sender, recipients, message):
             d: Deferred[SendResult] = Deferred()
-            d.callback(SendResult((recipients[0],), (("b@x.example", 550, "no such user"),)))
+            d.callback(
+                SendResult((recipients[0],), (("b@x.example", 550, "no such user"),))
+            )
             return d
 
     p = EmailProcessor(Partial(), RULES)
@@ -227,4 +251,6 @@ def test_maildir_sender_writes_whole_messages(tmp_path, processor):
     result(p.deliver(m.DeliverReq(sender=m.Address("1"), subject="to disk"), TX))
     [path] = list((tmp_path / "Maildir" / "new").iterdir())
     data = path.read_bytes()
-    assert b"Subject: to disk" in data and b"Return-Path: <1@messagesystems.com>" in data
+    assert (
+        b"Subject: to disk" in data and b"Return-Path: <1@messagesystems.com>" in data
+    )

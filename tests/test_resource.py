@@ -30,8 +30,12 @@ def tree(sender: FakeMailSender, **config: object) -> Resource:
 
 def status_of(body: bytes) -> tuple[str, int, str]:
     root = etree.fromstring(body)
-    element = next(e for e in root.iter() if isinstance(e.tag, str) and etree.QName(e).localname == "Status")
-    code = int(element[0].text)
+    element = next(
+        e
+        for e in root.iter()
+        if isinstance(e.tag, str) and etree.QName(e).localname == "Status"
+    )
+    code = int(element[0].text or "")
     name = etree.QName(element.getparent()).localname
     return name, code, etree.QName(element.getparent()).namespace
 
@@ -39,7 +43,9 @@ def status_of(body: bytes) -> tuple[str, int, str]:
 def test_deliver_on_every_configured_path_with_and_without_slash():
     sender = FakeMailSender()
     root = tree(sender)
-    ctype, body = samples.http_message(samples.read("instantcom-mm7/deliver-req-post.txt"))
+    ctype, body = samples.http_message(
+        samples.read("instantcom-mm7/deliver-req-post.txt")
+    )
     for path in ("/ringtones/", "/photo_contest", "/email_gateway/"):
         answer = http_post(root, path, body, {"Content-Type": ctype})
         assert answer.code == 200
@@ -63,13 +69,20 @@ def test_reports_answer_in_their_own_namespace():
     assert status_of(answer.body)[:2] == ("DeliveryReportRsp", 1000)
     assert sender.sent[0].message.get_content_type() == "multipart/report"
     ns = "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-5-MM7-1-2"
-    req = m.ReadReplyReq(message_id="1", recipient=m.Address("1"), sender=m.Address("2"), mm_status="Read")
+    req = m.ReadReplyReq(
+        message_id="1",
+        recipient=m.Address("1"),
+        sender=m.Address("2"),
+        mm_status="Read",
+    )
     ctype, body = codec.encode(m.Envelope("rr-1", req, ns))
     answer = http_post(root, "/ringtones/", body, {"Content-Type": ctype})
     assert status_of(answer.body) == ("ReadReplyRsp", 1000, ns)
 
 
-def fault(root: Resource, body: bytes, ctype: str = "text/xml", path: str = "/ringtones/"):
+def fault(
+    root: Resource, body: bytes, ctype: str = "text/xml", path: str = "/ringtones/"
+):
     answer = http_post(root, path, body, {"Content-Type": ctype})
     assert answer.code == 500
     assert answer.headers["content-type"] == "text/xml; charset=utf-8"
@@ -117,7 +130,9 @@ def test_a_transaction_the_processor_does_not_provide_is_4003():
 
 
 def test_relay_failure_is_4006_with_no_success():
-    sender = FakeMailSender(MM7Error(StatusCode.SERVICE_UNAVAILABLE, details="relay down"))
+    sender = FakeMailSender(
+        MM7Error(StatusCode.SERVICE_UNAVAILABLE, details="relay down")
+    )
     ctype, body = samples.body_sample("instantcom-mm7/deliver-req3.txt")
     env = fault(tree(sender), body, ctype)
     assert env.message.status == m.Status(4006, "Service unavailable", "relay down")  # type: ignore[union-attr]
@@ -142,7 +157,9 @@ def test_get_is_not_allowed():
     from twisted.internet.testing import StringTransport
     from twisted.web.server import Site
 
-    channel = Site(tree(FakeMailSender())).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    channel = Site(tree(FakeMailSender())).buildProtocol(
+        IPv4Address("TCP", "127.0.0.1", 1)
+    )
     transport = StringTransport()
     channel.makeConnection(transport)
     channel.dataReceived(b"GET /ringtones/ HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -150,7 +167,9 @@ def test_get_is_not_allowed():
 
 
 def test_unknown_path_is_404():
-    answer = http_post(tree(FakeMailSender()), "/elsewhere/", b"<x/>", {"Content-Type": "text/xml"})
+    answer = http_post(
+        tree(FakeMailSender()), "/elsewhere/", b"<x/>", {"Content-Type": "text/xml"}
+    )
     assert answer.code == 404
 
 
@@ -178,10 +197,18 @@ def test_a_path_bound_to_a_subclass_by_dotted_name():
     sender = FakeMailSender()
     root = tree(
         sender,
-        path_processors=(("/photo_contest/", "tests.example_processor.ShortCodeMailboxes"),),
+        path_processors=(
+            ("/photo_contest/", "tests.example_processor.ShortCodeMailboxes"),
+        ),
     )
-    req = m.DeliverReq(sender=m.Address("+1555"), recipients=m.Recipients(to=(m.Address("7255", "ShortCode"),)))
+    req = m.DeliverReq(
+        sender=m.Address("+1555"),
+        recipients=m.Recipients(to=(m.Address("7255", "ShortCode"),)),
+    )
     ctype, body = codec.encode(m.Envelope("t", req))
     http_post(root, "/photo_contest/", body, {"Content-Type": ctype})
     http_post(root, "/ringtones/", body, {"Content-Type": ctype})
-    assert [s.recipients for s in sender.sent] == [["contest@example.com"], ["7255@to.example"]]
+    assert [s.recipients for s in sender.sent] == [
+        ["contest@example.com"],
+        ["7255@to.example"],
+    ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from email.message import EmailMessage
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
@@ -14,8 +16,6 @@ from mm7tx.processors import BUILD_POLICY
 from mm7tx.senders import ESMTPSender, SendResult, SMTPSettings
 from mm7tx.testing import RecordingDelivery, smtp_server_factory
 
-from email.message import EmailMessage
-
 
 def message(body: bytes = b"\x00\x01binary\r\n.\r\n..dots") -> EmailMessage:
     msg = EmailMessage(policy=BUILD_POLICY)
@@ -23,7 +23,9 @@ def message(body: bytes = b"\x00\x01binary\r\n.\r\n..dots") -> EmailMessage:
     msg["To"] = "b@to.example"
     msg["Subject"] = "test"
     msg.set_content("line one\n.leading dot\n")
-    msg.add_attachment(body, maintype="application", subtype="octet-stream", filename="x.bin")
+    msg.add_attachment(
+        body, maintype="application", subtype="octet-stream", filename="x.bin"
+    )
     return msg
 
 
@@ -45,7 +47,9 @@ def sender_for(endpoint: str, **kw) -> ESMTPSender:
     return ESMTPSender(reactor, SMTPSettings(endpoint=endpoint, starttls="off", **kw))
 
 
-async def send(sender: ESMTPSender, recipients: list[str], msg: EmailMessage | None = None):
+async def send(
+    sender: ESMTPSender, recipients: list[str], msg: EmailMessage | None = None
+):
     d = sender.send("a@from.example", recipients, msg or message())
     return await d.addTimeout(10, reactor)
 
@@ -119,7 +123,9 @@ async def test_a_silent_relay_times_out_as_transient():
             await send(sender, ["b@to.example"])
         assert caught.value.status.code == 4006
         sender = sender_for(
-            f"tcp:127.0.0.1:{port.getHost().port}", command_timeout=30, total_timeout=0.3
+            f"tcp:127.0.0.1:{port.getHost().port}",
+            command_timeout=30,
+            total_timeout=0.3,
         )
         with pytest.raises(MM7Error) as caught:
             await send(sender, ["b@to.example"])
@@ -130,6 +136,7 @@ async def test_a_silent_relay_times_out_as_transient():
 
 class Refuses421(protocol.Protocol):
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(b"421 too busy\r\n")
         self.transport.loseConnection()
 
@@ -141,7 +148,9 @@ async def test_421_greeting_is_transient():
     )
     try:
         with pytest.raises(MM7Error) as caught:
-            await send(sender_for(f"tcp:127.0.0.1:{port.getHost().port}"), ["b@to.example"])
+            await send(
+                sender_for(f"tcp:127.0.0.1:{port.getHost().port}"), ["b@to.example"]
+            )
         assert caught.value.status.code == 4006
     finally:
         await port.stopListening()
@@ -169,14 +178,18 @@ async def test_auth_required_but_not_offered_is_transient(relay, delivery):
 
 @pytest_twisted.ensureDeferred
 async def test_opportunistic_tls_without_starttls_offer_sends_in_clear(relay, delivery):
-    sender = ESMTPSender(reactor, SMTPSettings(endpoint=relay, starttls="opportunistic"))
+    sender = ESMTPSender(
+        reactor, SMTPSettings(endpoint=relay, starttls="opportunistic")
+    )
     await send(sender, ["b@to.example"])
     assert len(delivery.received) == 1
 
 
 def test_host_from_endpoint():
     assert SMTPSettings(endpoint="tcp:mail.example:25").host == "mail.example"
-    assert SMTPSettings(endpoint="tcp:host=relay.example:port=587").host == "relay.example"
+    assert (
+        SMTPSettings(endpoint="tcp:host=relay.example:port=587").host == "relay.example"
+    )
     assert SMTPSettings(endpoint="tcp:x:25", tls_hostname="y").host == "y"
 
 

@@ -6,6 +6,7 @@ Pure functions, no I/O: the resource, the client and the tests all use them.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from mm7tx.codec import mime, soap
 from mm7tx.errors import MM7Error
@@ -25,7 +26,7 @@ def decode(content_type: str | None, body: bytes) -> Envelope:
         raise MM7Error(StatusCode.VALIDATION_ERROR, details="the request body is empty")
     xml, parts = mime.split(content_type, body)
     envelope, href = soap.parse_envelope(xml)
-    message = envelope.message
+    message: Any = envelope.message
     if hasattr(message, "content"):
         content = mime.resolve_content(href, parts)
         envelope = dataclasses.replace(

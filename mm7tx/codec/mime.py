@@ -16,6 +16,7 @@ from email.message import Message, MIMEPart
 from email.parser import BytesParser
 from email.utils import collapse_rfc2231_value
 from io import BytesIO
+from typing import Any
 from urllib.parse import unquote
 
 from mm7tx.errors import MM7Error
@@ -47,6 +48,11 @@ def _param(msg: Message, name: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return str(collapse_rfc2231_value(value))
+
+
+def _subparts(msg: Message) -> list[Message]:
+    payload: Any = msg.get_payload()
+    return list(payload) if msg.is_multipart() and isinstance(payload, list) else []
 
 
 def _sniff_boundary(body: bytes) -> str | None:
@@ -85,8 +91,8 @@ def split(content_type: str | None, body: bytes) -> tuple[bytes, list[Message]]:
         boundary.replace('"', "").encode("utf-8", "surrogateescape"),
     )
     msg = _PARSER.parsebytes(header + body)
-    parts = msg.get_payload()
-    if not msg.is_multipart() or not isinstance(parts, list) or not parts:
+    parts = _subparts(msg)
+    if not parts:
         raise MM7Error(
             StatusCode.VALIDATION_ERROR,
             details="the body is not MIME: its boundary never appears",
@@ -114,25 +120,23 @@ def _find(parts: list[Message], ref: str) -> Message | None:
             value = part.get(header)
             if value is not None and normalise_id(str(value)) == ref:
                 return part
-            if part.is_multipart():
-                inner = part.get_payload()
-                if isinstance(inner, list):
-                    found = _find(inner, ref)
-                    if found is not None:
-                        return found
+            found = _find(_subparts(part), ref)
+            if found is not None:
+                return found
     return None
 
 
 def _leaves(part: Message) -> list[ContentPart]:
     if part.is_multipart():
-        inner = part.get_payload()
-        assert isinstance(inner, list)
-        return [leaf for child in inner for leaf in _leaves(child)]
+        return [leaf for child in _subparts(part) for leaf in _leaves(child)]
     data = part.get_payload(decode=True)
     if not isinstance(data, bytes):
         data = b""
     params = tuple(
-        (str(key), value if isinstance(value, str) else str(collapse_rfc2231_value(value)))
+        (
+            str(key),
+            value if isinstance(value, str) else str(collapse_rfc2231_value(value)),
+        )
         for key, value in (part.get_params() or [])[1:]
     )
     location = part.get("Content-Location")
@@ -223,7 +227,7 @@ def content_part(content: Content, content_id: str) -> MIMEPart:
     return mime
 
 
-def _flatten(mime: Message) -> bytes:
+def _flatten(mime: Any) -> bytes:
     out = BytesIO()
     BytesGenerator(out, policy=policy.HTTP).flatten(mime)
     return out.getvalue()
@@ -258,4 +262,3 @@ def join(soap: bytes, content: Content, content_id: str) -> tuple[str, bytes]:
     raw = _flatten(outer)
     _, _, body = raw.partition(b"\r\n\r\n")
     return str(outer["Content-Type"]), body
-

@@ -187,12 +187,13 @@ def _child(el: etree._Element, name: str) -> etree._Element | None:
 
 
 def _text(el: etree._Element) -> str:
-    return "".join(el.itertext()).strip()
+    return "".join(str(t) for t in el.itertext()).strip()
 
 
 def _attribute(el: etree._Element, name: str) -> str | None:
     """An attribute by local name, qualified or not (``mm7:href`` is seen)."""
     for key, value in el.attrib.items():
+        key = key.decode() if isinstance(key, bytes) else key
         if key == name or key.endswith("}" + name):
             return str(value)
     return None
@@ -212,7 +213,7 @@ def parse_xml(data: bytes) -> etree._Element:
         raise MM7Error(
             StatusCode.MESSAGE_FORMAT_CORRUPT, details=f"XML is not well formed: {e}"
         ) from None
-    if root.getroottree().docinfo.doctype:
+    if getattr(root.getroottree().docinfo, "doctype", None):
         raise MM7Error(
             StatusCode.MESSAGE_FORMAT_CORRUPT,
             details="a DTD is not allowed in SOAP",
@@ -322,7 +323,9 @@ def parse_body(el: etree._Element) -> tuple[Any, str | None]:
         elif kind is Kind.CONTENT:
             href = (_attribute(found, "href") or "").strip()
     if "status" in {f.name for f in fields(cls)} and "status" not in values:
-        raise MM7Error(StatusCode.VALIDATION_ERROR, details=f"{cls.__name__} has no Status")
+        raise MM7Error(
+            StatusCode.VALIDATION_ERROR, details=f"{cls.__name__} has no Status"
+        )
     return cls(**values), href
 
 
@@ -340,7 +343,9 @@ def parse_envelope(data: bytes) -> tuple[m.Envelope, str | None]:
     header = _child(root, "Header")
     body = _child(root, "Body")
     if body is None:
-        raise MM7Error(StatusCode.VALIDATION_ERROR, details="the SOAP Envelope has no Body")
+        raise MM7Error(
+            StatusCode.VALIDATION_ERROR, details="the SOAP Envelope has no Body"
+        )
     transaction = _child(header, "TransactionID") if header is not None else None
     transaction_id = _text(transaction) if transaction is not None else ""
     payload = next(_children(body), None)
@@ -392,7 +397,9 @@ def parse_envelope(data: bytes) -> tuple[m.Envelope, str | None]:
 # Building ------------------------------------------------------------------
 
 
-def _sub(parent: etree._Element, ns: str, name: str, text: str | None = None) -> etree._Element:
+def _sub(
+    parent: etree._Element, ns: str, name: str, text: str | None = None
+) -> etree._Element:
     el = etree.SubElement(parent, f"{{{ns}}}{name}")
     if text is not None:
         el.text = text
@@ -412,7 +419,8 @@ def build_body(
     cls = type(message)
     # The message element declares the MM7 namespace as its default, as the
     # 3GPP examples do, so that its children read unprefixed.
-    root = etree.SubElement(parent, f"{{{ns}}}{cls.__name__}", nsmap={None: ns})
+    nsmap: Any = {None: ns}
+    root = etree.SubElement(parent, f"{{{ns}}}{cls.__name__}", nsmap=nsmap)
     groups: dict[str, etree._Element] = {}
     for element, attr, kind, group in SCHEMAS[cls]:
         value = getattr(message, attr)
@@ -435,7 +443,11 @@ def build_body(
             _build_address(_sub(target, ns, element), ns, value)
         elif kind is Kind.RECIPIENTS:
             recipients = _sub(target, ns, element)
-            for name, addresses in (("To", value.to), ("Cc", value.cc), ("Bcc", value.bcc)):
+            for name, addresses in (
+                ("To", value.to),
+                ("Cc", value.cc),
+                ("Bcc", value.bcc),
+            ):
                 if addresses:
                     holder = _sub(recipients, ns, name)
                     for address in addresses:
@@ -458,9 +470,7 @@ def build_envelope(
     ns = envelope.namespace
     root = etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"env": SOAP_ENV})
     header = etree.SubElement(root, f"{{{SOAP_ENV}}}Header")
-    transaction = etree.SubElement(
-        header, f"{{{ns}}}TransactionID", nsmap={"mm7": ns}
-    )
+    transaction = etree.SubElement(header, f"{{{ns}}}TransactionID", nsmap={"mm7": ns})
     transaction.set(f"{{{SOAP_ENV}}}mustUnderstand", "1")
     transaction.text = envelope.transaction_id
     body = etree.SubElement(root, f"{{{SOAP_ENV}}}Body")
@@ -468,10 +478,15 @@ def build_envelope(
     if isinstance(message, (m.VASPErrorRsp, m.RSErrorRsp)):
         fault = etree.SubElement(body, f"{{{SOAP_ENV}}}Fault")
         code = message.status.code
-        side = "Client" if 2000 <= code < 3000 or code in (4001, 4003, 4004) else "Server"
+        side = (
+            "Client" if 2000 <= code < 3000 or code in (4001, 4003, 4004) else "Server"
+        )
         etree.SubElement(fault, "faultcode").text = envelope.fault_code or f"env:{side}"
         etree.SubElement(fault, "faultstring").text = (
-            fault_string or envelope.fault_string or message.status.text or side + " error"
+            fault_string
+            or envelope.fault_string
+            or message.status.text
+            or side + " error"
         )
         parent = etree.SubElement(fault, "detail")
     else:
