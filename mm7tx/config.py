@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from twisted.python.reflect import namedAny
+
 from mm7tx.messages import DEFAULT_MM7_VERSION
 from mm7tx.processors import AddressRules
 from mm7tx.senders import SMTPSettings
@@ -248,6 +250,19 @@ class _Reader:
             )
         return number
 
+    def processor(self, option: Option) -> str:
+        """A processor's dotted name, checked now so a typo stops the start."""
+        name = self.text(option)
+        try:
+            found = namedAny(name)
+        except Exception as e:
+            raise self.error(
+                option, f"cannot load processor {name!r}: {type(e).__name__}: {e}"
+            ) from None
+        if not callable(found):
+            raise self.error(option, f"processor {name!r} is not a class or factory")
+        return name
+
     def boolean(self, option: Option) -> bool:
         text = self.text(option).lower()
         if text in ("true", "yes", "on", "1"):
@@ -304,7 +319,7 @@ def load(text: str, source: str = "<config>") -> Config:
                             raise reader.error(
                                 option, f"unknown Path option {option.name!r}"
                             )
-                        path_processors.append((entry.label, reader.text(option)))
+                        path_processors.append((entry.label, reader.processor(option)))
                 elif name in _RULES:
                     rules[_RULES[name]] = reader.text(entry)
                 elif name in _SMTP_TEXT:
@@ -324,7 +339,7 @@ def load(text: str, source: str = "<config>") -> Config:
                 elif name == "mm7_vasp_uri_paths":
                     values["vasp_paths"] = reader.paths(entry)
                 elif name == "mm7_processor":
-                    values["processor"] = reader.text(entry)
+                    values["processor"] = reader.processor(entry)
                 elif name == "mm7_keep_smil":
                     values["keep_smil"] = reader.boolean(entry)
                 else:
