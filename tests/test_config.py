@@ -112,6 +112,11 @@ def test_grammar_case_comments_lists_scopes():
         ("Other { }", 1, "unknown scope 'Other'"),
         ("mm7_serv { }", 1, "mm7_vasp_uri_paths is required"),
         ('mm7_serv {\n x = "unterminated\n}', 2, "unexpected character"),
+        (
+            'mm7_serv {\n mm7_vasp_uri_paths = ("/a/")\n mm7_processor = "nowhere.Nothing"\n}',
+            3,
+            "cannot load processor 'nowhere.Nothing'",
+        ),
     ],
 )
 def test_errors_name_file_and_line(text, line, words):
