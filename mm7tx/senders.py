@@ -150,6 +150,8 @@ class _SMTPClient(smtp.ESMTPClient):
         identity = (settings.helo or "localhost").encode()
         super().__init__(secret, context, identity)
         self.attempt = attempt
+        # No transcript: it would hold the AUTH exchange, and costs time.
+        self.debug = False
         self.heloFallback = True
         self.requireAuthentication = bool(settings.username)
         self.requireTransportSecurity = settings.starttls == "required"

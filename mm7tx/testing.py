@@ -15,10 +15,16 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
 
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransport
 from twisted.mail import smtp
+from twisted.mail.imap4 import LOGINCredentials, PLAINCredentials
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -152,6 +158,8 @@ class RecordingDelivery:
     def __init__(self) -> None:
         self.received: list[ReceivedMail] = []
         self.refuse: dict[str, int] = {}
+        self.authenticated: list[bytes] = []
+        self.tls: list[bool] = []
         self._pending: dict[int, ReceivedMail] = {}
 
     def receivedHeader(self, helo: Any, origin: Any, recipients: Any) -> bytes:
@@ -164,8 +172,9 @@ class RecordingDelivery:
         address = str(user.dest)
         code = self.refuse.get(address)
         if code is not None:
-            error = smtp.SMTPBadRcpt(user, code=code)
-            raise error
+            raise smtp.SMTPBadRcpt(user, code=code)
+        transport = getattr(user.protocol, "transport", None)
+        self.tls.append(ISSLTransport.providedBy(transport))
         return lambda: _Message(self, user)
 
     def complete(self, user: smtp.User, data: bytes) -> None:
@@ -178,15 +187,59 @@ class RecordingDelivery:
         mail.recipients.append(str(user.dest))
 
 
-def smtp_server_factory(delivery: RecordingDelivery) -> smtp.SMTPFactory:
-    """A factory for Twisted's ESMTP server delivering into ``delivery``."""
+def smtp_server_factory(
+    delivery: RecordingDelivery,
+    tls: Any = None,
+    users: dict[bytes, bytes] | None = None,
+) -> smtp.SMTPFactory:
+    """A factory for Twisted's ESMTP server delivering into ``delivery``.
+
+    ``tls`` (a server context factory) makes it offer STARTTLS; ``users``
+    makes it offer AUTH LOGIN and PLAIN for those names and passwords.  The
+    delivery records, per message, whether TLS was on and who authenticated.
+    """
+    portal = None
+    if users:
+        portal = Portal(_DeliveryRealm(delivery), [_Passwords(users)])
 
     class Factory(smtp.SMTPFactory):
         protocol = smtp.ESMTP
 
         def buildProtocol(self, addr: Any) -> smtp.ESMTP:
-            p = super().buildProtocol(addr)
+            challengers = (
+                {b"LOGIN": LOGINCredentials, b"PLAIN": PLAINCredentials}
+                if users
+                else {}
+            )
+            p = smtp.ESMTP(challengers, tls)
+            p.factory = self
+            p.portal = portal
             p.delivery = delivery
-            return p  # type: ignore[no-any-return]
+            p.host = b"mm7tx-test"
+            return p
 
-    return Factory()
+    return Factory(portal)
+
+
+@implementer(IRealm)
+class _DeliveryRealm:
+    def __init__(self, delivery: RecordingDelivery) -> None:
+        self.delivery = delivery
+
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
+        self.delivery.authenticated.append(avatarId)
+        return smtp.IMessageDelivery, self.delivery, lambda: None
+
+
+@implementer(ICredentialsChecker)
+class _Passwords:
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, users: dict[bytes, bytes]) -> None:
+        self.users = users
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
+        password = self.users.get(credentials.username)
+        if password is not None and credentials.checkPassword(password):
+            return defer.succeed(credentials.username)
+        return defer.fail(UnauthorizedLogin("bad password"))

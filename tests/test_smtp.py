@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 from email.message import EmailMessage
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet import protocol, reactor, ssl
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from mm7tx.errors import MM7Error
@@ -15,6 +17,7 @@ from mm7tx.interfaces import IMailSender
 from mm7tx.processors import BUILD_POLICY
 from mm7tx.senders import ESMTPSender, SendResult, SMTPSettings
 from mm7tx.testing import RecordingDelivery, smtp_server_factory
+from tests.certs import make_certificate
 
 
 def message(body: bytes = b"\x00\x01binary\r\n.\r\n..dots") -> EmailMessage:
@@ -193,4 +196,115 @@ def test_host_from_endpoint():
     assert SMTPSettings(endpoint="tcp:x:25", tls_hostname="y").host == "y"
 
 
-_ = defer
+# TLS and AUTH against the real server ---------------------------------------
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    cert, key = make_certificate(tmp_path / "tls")
+    server = ssl.PrivateCertificate.loadPEM(
+        key.read_text() + cert.read_text()
+    ).options()
+    return cert, server
+
+
+async def listen(factory) -> tuple[object, int]:
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    return port, port.getHost().port
+
+
+@pytest_twisted.ensureDeferred
+async def test_opportunistic_starttls_encrypts_when_offered(certificate):
+    delivery = RecordingDelivery()
+    port, number = await listen(smtp_server_factory(delivery, tls=certificate[1]))
+    try:
+        sender = ESMTPSender(reactor, SMTPSettings(endpoint=f"tcp:127.0.0.1:{number}"))
+        await send(sender, ["b@to.example"])
+        assert delivery.tls == [True]
+        assert len(delivery.received) == 1
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_required_starttls_checks_the_certificate(certificate):
+    delivery = RecordingDelivery()
+    port, number = await listen(smtp_server_factory(delivery, tls=certificate[1]))
+    try:
+        trusted = ESMTPSender(
+            reactor,
+            SMTPSettings(
+                endpoint=f"tcp:127.0.0.1:{number}",
+                starttls="required",
+                ca_file=str(certificate[0]),
+                tls_hostname="localhost",
+            ),
+        )
+        await send(trusted, ["b@to.example"])
+        assert delivery.tls == [True]
+        untrusted = ESMTPSender(
+            reactor,
+            SMTPSettings(
+                endpoint=f"tcp:127.0.0.1:{number}",
+                starttls="required",
+                tls_hostname="localhost",
+            ),
+        )
+        with pytest.raises(MM7Error) as caught:
+            await send(untrusted, ["c@to.example"])
+        assert caught.value.status.code == 4006
+        assert len(delivery.received) == 1
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_implicit_tls_endpoint(certificate):
+    delivery = RecordingDelivery()
+    endpoint = SSL4ServerEndpoint(reactor, 0, certificate[1], interface="127.0.0.1")
+    port = await endpoint.listen(smtp_server_factory(delivery))
+    try:
+        roots = certificate[0].parent / "roots"
+        roots.mkdir()
+        (roots / "ca.pem").write_bytes(certificate[0].read_bytes())
+        sender = ESMTPSender(
+            reactor,
+            SMTPSettings(
+                endpoint=f"tls:localhost:{port.getHost().port}:trustRoots={roots}",
+                starttls="off",
+            ),
+        )
+        await send(sender, ["b@to.example"])
+        assert delivery.tls == [True]
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_auth_with_the_right_password_and_never_logs_it():
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    delivery = RecordingDelivery()
+    users = {b"mm7": b"s3cret-Pa55"}
+    port, number = await listen(smtp_server_factory(delivery, users=users))
+    try:
+        good = sender_for(
+            f"tcp:127.0.0.1:{number}", username="mm7", password="s3cret-Pa55"
+        )
+        await send(good, ["b@to.example"])
+        assert delivery.authenticated == [b"mm7"]
+        assert len(delivery.received) == 1
+        bad = sender_for(
+            f"tcp:127.0.0.1:{number}", username="mm7", password="wrong-Pa55"
+        )
+        with pytest.raises(MM7Error) as caught:
+            await send(bad, ["c@to.example"])
+        assert caught.value.status.code == 4006
+        assert len(delivery.received) == 1
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await port.stopListening()
+    logged = " ".join(formatEvent(e) + repr(e) for e in events)
+    for secret in ("s3cret-Pa55", "wrong-Pa55"):
+        assert secret not in logged
+        assert base64.b64encode(secret.encode()).decode() not in logged
