@@ -213,7 +213,7 @@ def smtp_server_factory(
             )
             p = smtp.ESMTP(challengers, tls)
             p.factory = self
-            p.portal = portal
+            p.portal = portal  # type: ignore[assignment]
             p.delivery = delivery
             p.host = b"mm7tx-test"
             return p
@@ -238,7 +238,7 @@ class _Passwords:
     def __init__(self, users: dict[bytes, bytes]) -> None:
         self.users = users
 
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes | tuple[()]]:
         password = self.users.get(credentials.username)
         if password is not None and credentials.checkPassword(password):
             return defer.succeed(credentials.username)
