@@ -244,18 +244,27 @@ class EmailProcessor:
         transaction: Transaction,
         handset: Address | None,
         originator: Address | None,
-        subject: str,
-        text: str,
+        what: str,
+        status: str,
+        status_text: str | None,
         report_type: str,
         fields: list[Message],
-        message_id: str | None,
+        message_id: str,
         date: str | None,
     ) -> Mail:
+        """A ``multipart/report``: a readable part, then the notification."""
+        text = (
+            f"MM7 {what} for message {message_id or '(unknown)'}\n\n"
+            f"Recipient:   {clean(handset.value) if handset else '(unknown)'}\n"
+            f"MMStatus:    {status}\n"
+            f"StatusText:  {clean(status_text) or '-'}\n"
+            f"Date:        {clean(date) or '-'}\n"
+        )
         sender = self.sender_address(handset)
         recipient = self.recipient_address(originator)
         msg = self._new_message(transaction, sender)
         msg["To"] = recipient
-        msg["Subject"] = clean(subject)
+        msg["Subject"] = f"{what.capitalize()}: {status}"
         msg["Date"] = email_date(date)
         if message_id:
             msg["X-MM7-MessageID"] = clean(message_id)
@@ -278,13 +287,6 @@ class EmailProcessor:
         handset = request.recipient
         final = self.sender_address(handset)
         message_id = clean(request.message_id)
-        text = (
-            f"MM7 delivery report for message {message_id or '(unknown)'}\n\n"
-            f"Recipient:   {clean(handset.value) if handset else '(unknown)'}\n"
-            f"MMStatus:    {status}\n"
-            f"StatusText:  {clean(request.status_text) or '-'}\n"
-            f"Date:        {clean(request.date) or '-'}\n"
-        )
         per_message = _fields(
             ("Reporting-MTA", f"dns; {clean(request.mms_relay_server_id) or 'mm7tx'}"),
             ("Original-Envelope-Id", message_id),
@@ -306,8 +308,9 @@ class EmailProcessor:
             transaction,
             handset,
             request.sender,
-            f"Delivery report: {status}",
-            text,
+            "delivery report",
+            status,
+            request.status_text,
             "delivery-status",
             [per_message, per_recipient],
             message_id,
@@ -323,13 +326,6 @@ class EmailProcessor:
         handset = request.recipient
         final = self.sender_address(handset)
         message_id = clean(request.message_id)
-        text = (
-            f"MM7 read reply for message {message_id or '(unknown)'}\n\n"
-            f"Recipient:   {clean(handset.value) if handset else '(unknown)'}\n"
-            f"MMStatus:    {status}\n"
-            f"StatusText:  {clean(request.status_text) or '-'}\n"
-            f"Date:        {clean(request.timestamp) or '-'}\n"
-        )
         notification = _fields(
             ("Reporting-UA", f"{clean(request.mms_relay_server_id) or 'mm7tx'}; mm7tx"),
             ("Final-Recipient", f"rfc822; {final}"),
@@ -343,8 +339,9 @@ class EmailProcessor:
             transaction,
             handset,
             request.sender,
-            f"Read report: {status}",
-            text,
+            "read reply",
+            status,
+            request.status_text,
             "disposition-notification",
             [notification],
             message_id,

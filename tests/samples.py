@@ -41,3 +41,16 @@ def body_sample(relative: str) -> tuple[str, bytes]:
     first = raw.lstrip().split(b"\n", 1)[0].rstrip()
     boundary = first[2:].decode()
     return f'multipart/related; type="text/xml"; boundary="{boundary}"', raw
+
+
+# Example 7.1 of the Momentum seed, verbatim (a test checks it is in the seed).
+EXAMPLE_7_1 = """
+mm7_serv {
+  mm7_server_default_email_from_address = "test@messagesystems.com"
+  mm7_server_default_email_from_domain = "messagesystems.com"
+  mm7_server_default_email_to_address = "test@exampleto.com"
+  mm7_server_default_email_to_domain = "exampleto.com"
+  mm7_server_version = "6.8.0"
+  mm7_vasp_uri_paths =  ("/ringtones/" "/photo_contest/" "/email_gateway/")
+}
+"""

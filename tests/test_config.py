@@ -16,16 +16,7 @@ from mm7tx.processors import AddressRules
 from mm7tx.senders import SMTPSettings
 from tests import samples
 
-EXAMPLE_7_1 = """
-mm7_serv {
-  mm7_server_default_email_from_address = "test@messagesystems.com"
-  mm7_server_default_email_from_domain = "messagesystems.com"
-  mm7_server_default_email_to_address = "test@exampleto.com"
-  mm7_server_default_email_to_domain = "exampleto.com"
-  mm7_server_version = "6.8.0"
-  mm7_vasp_uri_paths =  ("/ringtones/" "/photo_contest/" "/email_gateway/")
-}
-"""
+EXAMPLE_7_1 = samples.EXAMPLE_7_1
 
 
 def test_seed_example_7_1_is_in_the_seed_and_loads_verbatim():

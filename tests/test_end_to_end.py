@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from io import BytesIO
 
-import pytest
 import pytest_twisted
 from twisted.application.service import MultiService
 from twisted.internet import protocol, reactor
@@ -16,20 +15,10 @@ from mm7tx import codec
 from mm7tx import messages as m
 from mm7tx.config import load, with_overrides
 from mm7tx.service import build_service
-from mm7tx.testing import RecordingDelivery, smtp_server_factory
 from tests import samples
 
-CONFIG = """
-mm7_serv {
-  mm7_server_default_email_from_address = "test@messagesystems.com"
-  mm7_server_default_email_from_domain = "messagesystems.com"
-  mm7_server_default_email_to_address = "test@exampleto.com"
-  mm7_server_default_email_to_domain = "exampleto.com"
-  mm7_server_version = "6.8.0"
-  mm7_vasp_uri_paths =  ("/ringtones/" "/photo_contest/" "/email_gateway/")
-  smtp_starttls = off
-}
-"""
+# The seed's Example 7.1, plus plain SMTP to the loopback relay.
+CONFIG = samples.EXAMPLE_7_1.replace("}", "  smtp_starttls = off\n}")
 
 
 async def free_port() -> int:
@@ -39,20 +28,6 @@ async def free_port() -> int:
     number = int(port.getHost().port)
     await port.stopListening()
     return number
-
-
-@pytest.fixture
-def delivery() -> RecordingDelivery:
-    return RecordingDelivery()
-
-
-@pytest_twisted.async_yield_fixture
-async def relay(delivery):
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        smtp_server_factory(delivery)
-    )
-    yield f"tcp:127.0.0.1:{port.getHost().port}"
-    await port.stopListening()
 
 
 async def start(relay_endpoint: str) -> tuple[MultiService, str]:

@@ -168,6 +168,7 @@ def test_delivery_report_is_a_dsn(processor, sender):
     msg = mail.message
     assert msg.get_content_type() == "multipart/report"
     assert msg.get_param("report-type") == "delivery-status"
+    assert msg["Subject"] == "Delivery report: Retrieved"
     human, status = list(msg.iter_parts())
     text = human.get_content()
     for word in ("369500617770864640", "16175550123", "Retrieved", "Success"):
@@ -215,6 +216,7 @@ def test_read_reply_is_an_mdn(processor, sender):
     msg = sender.sent[0].message
     assert sender.sent[0].recipients == ["12345@exampleto.com"]
     assert msg.get_param("report-type") == "disposition-notification"
+    assert msg["Subject"] == "Read reply: Read"
     human, mdn = list(msg.iter_parts())
     assert "MID-7" in human.get_content() and "read it" in human.get_content()
     assert mdn.get_content_type() == "message/disposition-notification"

@@ -32,20 +32,6 @@ def message(body: bytes = b"\x00\x01binary\r\n.\r\n..dots") -> EmailMessage:
     return msg
 
 
-@pytest.fixture
-def delivery() -> RecordingDelivery:
-    return RecordingDelivery()
-
-
-@pytest_twisted.async_yield_fixture
-async def relay(delivery):
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        smtp_server_factory(delivery)
-    )
-    yield f"tcp:127.0.0.1:{port.getHost().port}"
-    await port.stopListening()
-
-
 def sender_for(endpoint: str, **kw) -> ESMTPSender:
     return ESMTPSender(reactor, SMTPSettings(endpoint=endpoint, starttls="off", **kw))
 
