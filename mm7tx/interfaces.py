@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 class IDeliverProcessor(Interface):
     """Handles MM7_deliver.REQ (an MMSC delivers a handset's message to us)."""
 
-    def deliver(request: DeliverReq, transaction: Transaction) -> Deferred[DeliverRsp]:
+    def deliver(
+        request: DeliverReq, transaction: Transaction
+    ) -> Deferred[DeliverRsp] | DeliverRsp:
         """Process a DeliverReq; fire with the DeliverRsp to answer."""
 
 
@@ -47,7 +49,7 @@ class IDeliveryReportProcessor(Interface):
 
     def delivery_report(
         request: DeliveryReportReq, transaction: Transaction
-    ) -> Deferred[DeliveryReportRsp]:
+    ) -> Deferred[DeliveryReportRsp] | DeliveryReportRsp:
         """Process a DeliveryReportReq; fire with the DeliveryReportRsp."""
 
 
@@ -56,28 +58,34 @@ class IReadReplyProcessor(Interface):
 
     def read_reply(
         request: ReadReplyReq, transaction: Transaction
-    ) -> Deferred[ReadReplyRsp]:
+    ) -> Deferred[ReadReplyRsp] | ReadReplyRsp:
         """Process a ReadReplyReq; fire with the ReadReplyRsp."""
 
 
 class ISubmitProcessor(Interface):
     """Handles MM7_submit.REQ (a VASP submits a message to us as MMSC)."""
 
-    def submit(request: SubmitReq, transaction: Transaction) -> Deferred[SubmitRsp]:
+    def submit(
+        request: SubmitReq, transaction: Transaction
+    ) -> Deferred[SubmitRsp] | SubmitRsp:
         """Process a SubmitReq; fire with the SubmitRsp (with a MessageID)."""
 
 
 class ICancelProcessor(Interface):
     """Handles MM7_cancel.REQ."""
 
-    def cancel(request: CancelReq, transaction: Transaction) -> Deferred[CancelRsp]:
+    def cancel(
+        request: CancelReq, transaction: Transaction
+    ) -> Deferred[CancelRsp] | CancelRsp:
         """Process a CancelReq; fire with the CancelRsp."""
 
 
 class IReplaceProcessor(Interface):
     """Handles MM7_replace.REQ."""
 
-    def replace(request: ReplaceReq, transaction: Transaction) -> Deferred[ReplaceRsp]:
+    def replace(
+        request: ReplaceReq, transaction: Transaction
+    ) -> Deferred[ReplaceRsp] | ReplaceRsp:
         """Process a ReplaceReq; fire with the ReplaceRsp."""
 
 

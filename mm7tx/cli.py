@@ -1,0 +1,459 @@
+"""The ``mm7tx`` command: send MM7 requests to any MM7 server from a shell.
+
+    mm7tx submit URL --from 12345 --to +15551234567 --text "hi" --attach photo.jpg
+    mm7tx deliver URL --from +15551234567 --to 12345 --subject "MO" --text "yes"
+    mm7tx delivery-report URL --message-id M1 --recipient +1555... --status Retrieved
+    mm7tx read-reply URL --message-id M1 --recipient +1555... --status Read
+
+Exit status: 0 on 1000 or 1100, 1 on any other answer or failure, 2 on a
+command-line mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import mimetypes
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+from xml.sax.saxutils import quoteattr
+
+from twisted.internet import defer, task
+
+from mm7tx import messages as m
+from mm7tx.client import MM7Client, MM7ClientError, MM7Fault
+
+mimetypes.add_type("audio/amr", ".amr")
+mimetypes.add_type("video/3gpp", ".3gp")
+mimetypes.add_type("application/smil", ".smil")
+mimetypes.add_type("text/x-vcard", ".vcf")
+
+SUCCESS_CODES = (1000, 1100)
+
+
+def address(text: str) -> m.Address:
+    """``alice@example.com``, ``+15551234567``, ``12345``, or with an explicit
+    ``email:``/``number:``/``shortcode:`` prefix.  Without a prefix, digits
+    with ``+`` or more than 8 digits are a Number, shorter ones a ShortCode."""
+    kind, sep, value = text.partition(":")
+    explicit = {"email": "RFC2822Address", "number": "Number", "shortcode": "ShortCode"}
+    if sep and kind.lower() in explicit:
+        return m.Address(value, explicit[kind.lower()])  # type: ignore[arg-type]
+    if "@" in text:
+        return m.Address(text, "RFC2822Address")
+    digits = m.Address(text).digits
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an email address or a number"
+        )
+    if text.startswith("+") or len(digits) > 8:
+        return m.Address(text, "Number")
+    return m.Address(text, "ShortCode")
+
+
+def smil_for(parts: Sequence[m.ContentPart]) -> m.ContentPart:
+    """A simple SMIL presentation: one slide per image/audio/video, the
+    text on the first slide (or alone)."""
+    texts = [p for p in parts if p.media_type.startswith("text/")]
+    media = [p for p in parts if not p.media_type.startswith("text/")]
+    slides = []
+    for index in range(max(1, len(media))):
+        items = []
+        if index < len(media):
+            part = media[index]
+            tag = {"image": "img", "audio": "audio", "video": "video"}.get(
+                part.media_type.split("/")[0], "ref"
+            )
+            region = ' region="Image"' if tag in ("img", "video") else ""
+            items.append(
+                f"<{tag} src={quoteattr('cid:' + str(part.content_id))}{region}/>"
+            )
+        if index == 0:
+            items += [
+                f'<text src={quoteattr("cid:" + str(p.content_id))} region="Text"/>'
+                for p in texts
+            ]
+        slides.append(f'<par dur="5000ms">{"".join(items)}</par>')
+    smil = (
+        "<smil><head><layout>"
+        '<root-layout width="100%" height="100%"/>'
+        '<region id="Image" top="0" left="0" width="100%" height="70%" fit="meet"/>'
+        '<region id="Text" top="70%" left="0" width="100%" height="30%" fit="scroll"/>'
+        f"</layout></head><body>{''.join(slides)}</body></smil>"
+    )
+    return m.ContentPart(
+        "application/smil",
+        smil.encode(),
+        (("charset", "utf-8"),),
+        "mm7tx.smil",
+        "mm7tx.smil",
+    )
+
+
+def content(texts: Sequence[str], attachments: Sequence[str], smil: str) -> m.Content:
+    """The multimedia content from ``--text``, ``--attach`` and ``--smil``."""
+    parts = [
+        m.ContentPart(
+            "text/plain",
+            text.encode("utf-8"),
+            (("charset", "utf-8"),),
+            f"text{index}.txt",
+            f"text{index}.txt",
+        )
+        for index, text in enumerate(texts)
+    ]
+    for index, name in enumerate(attachments):
+        path = Path(name)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise SystemExit(f"mm7tx: cannot read {name}: {e.strerror}") from None
+        media = (
+            mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        ).lower()
+        ident = f"part{index}-{path.name}"
+        parts.append(
+            m.ContentPart(media, data, (("name", path.name),), ident, path.name)
+        )
+    if smil == "auto" and parts:
+        parts.insert(0, smil_for(parts))
+    elif smil not in ("auto", "none"):
+        try:
+            data = Path(smil).read_bytes()
+        except OSError as e:
+            raise SystemExit(f"mm7tx: cannot read {smil}: {e.strerror}") from None
+        parts.insert(
+            0, m.ContentPart("application/smil", data, (), "mm7tx.smil", "mm7tx.smil")
+        )
+    return tuple(parts)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _recipients(args: argparse.Namespace) -> m.Recipients:
+    return m.Recipients(tuple(args.to), tuple(args.cc), tuple(args.bcc))
+
+
+def build_request(args: argparse.Namespace) -> m.Request:
+    """The request a parsed command line asks for."""
+    if args.command == "submit":
+        if not (args.to or args.cc or args.bcc):
+            raise SystemExit("mm7tx submit: give at least one --to, --cc or --bcc")
+        return m.SubmitReq(
+            vasp_id=args.vasp_id,
+            vas_id=args.vas_id,
+            sender_address=args.sender,
+            recipients=_recipients(args),
+            service_code=args.service_code,
+            linked_id=args.linked_id,
+            timestamp=_now(),
+            delivery_report=True if args.delivery_report else None,
+            read_reply=True if args.read_reply else None,
+            priority=args.priority,
+            subject=args.subject,
+            content=content(args.text, args.attach, args.smil),
+        )
+    if args.command == "deliver":
+        return m.DeliverReq(
+            mms_relay_server_id=args.relay_server_id,
+            linked_id=args.linked_id,
+            sender=args.sender,
+            recipients=_recipients(args),
+            timestamp=_now(),
+            priority=args.priority,
+            subject=args.subject,
+            content=content(args.text, args.attach, args.smil),
+        )
+    if args.command == "delivery-report":
+        return m.DeliveryReportReq(
+            mms_relay_server_id=args.relay_server_id,
+            message_id=args.message_id,
+            recipient=args.recipient,
+            sender=args.sender,
+            date=args.date or _now(),
+            mm_status=args.status,
+            status_text=args.status_text,
+        )
+    return m.ReadReplyReq(
+        mms_relay_server_id=args.relay_server_id,
+        message_id=args.message_id,
+        recipient=args.recipient,
+        sender=args.sender,
+        timestamp=args.date or _now(),
+        mm_status=args.status,
+        status_text=args.status_text,
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="mm7tx",
+        description="Send MM7 (3GPP TS 23.140) requests to an MM7 server.",
+        epilog="Addresses: alice@example.com, +15551234567 (Number), 12345 "
+        "(ShortCode), or prefixed email:/number:/shortcode:.  "
+        "Exit status 0 on 1000 or 1100, 1 otherwise.",
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument(
+            "url", metavar="URL", help="the MM7 endpoint, http:// or https://"
+        )
+        auth = sub.add_argument_group("connection")
+        auth.add_argument("--user", help="HTTP Basic user (the VASP account)")
+        auth.add_argument(
+            "--password",
+            help="HTTP Basic password (or set MM7TX_PASSWORD, which stays out of "
+            "the process list and shell history)",
+        )
+        auth.add_argument(
+            "--timeout", type=float, default=30.0, help="seconds (default 30)"
+        )
+        auth.add_argument(
+            "--mm7-version",
+            default=m.DEFAULT_MM7_VERSION,
+            help="MM7Version (default 6.8.0)",
+        )
+        auth.add_argument(
+            "--namespace",
+            default="REL-6-MM7-1-4",
+            help="MM7 namespace: a name like REL-5-MM7-1-0 or a full URI "
+            "(default REL-6-MM7-1-4)",
+        )
+        load = sub.add_argument_group("load")
+        load.add_argument(
+            "--count", type=int, default=1, help="requests to send (default 1)"
+        )
+        load.add_argument(
+            "--concurrency",
+            type=int,
+            default=1,
+            help="connections in parallel (default 1)",
+        )
+        return sub
+
+    def message(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--from", dest="sender", type=address, help="the sender")
+        sub.add_argument(
+            "--to", action="append", type=address, default=[], help="repeatable"
+        )
+        sub.add_argument(
+            "--cc", action="append", type=address, default=[], help="repeatable"
+        )
+        sub.add_argument(
+            "--bcc", action="append", type=address, default=[], help="repeatable"
+        )
+        sub.add_argument("--subject")
+        sub.add_argument(
+            "--text", action="append", default=[], help="a text part; repeatable"
+        )
+        sub.add_argument(
+            "--attach",
+            action="append",
+            default=[],
+            metavar="FILE",
+            help="a file; repeatable",
+        )
+        sub.add_argument(
+            "--smil",
+            default="none",
+            metavar="auto|none|FILE",
+            help="auto: generate a SMIL presentation; FILE: use that one (default none)",
+        )
+        sub.add_argument("--linked-id")
+        sub.add_argument("--priority", choices=("Low", "Normal", "High"))
+
+    submit = common("submit", "Send a SubmitReq, as a VASP to an MMSC.")
+    message(submit)
+    submit.add_argument("--vasp-id")
+    submit.add_argument("--vas-id")
+    submit.add_argument("--service-code")
+    submit.add_argument("--delivery-report", action="store_true", help="ask for one")
+    submit.add_argument("--read-reply", action="store_true", help="ask for one")
+
+    deliver = common("deliver", "Send a DeliverReq, as an MMSC to a VASP.")
+    message(deliver)
+    deliver.add_argument("--relay-server-id", help="MMSRelayServerID")
+
+    for name, what, default in (
+        (
+            "delivery-report",
+            "Send a DeliveryReportReq, as an MMSC to a VASP.",
+            "Retrieved",
+        ),
+        ("read-reply", "Send a ReadReplyReq, as an MMSC to a VASP.", "Read"),
+    ):
+        sub = common(name, what)
+        sub.add_argument(
+            "--message-id", required=True, help="the MessageID reported on"
+        )
+        sub.add_argument("--recipient", type=address, required=True, help="the handset")
+        sub.add_argument("--sender", type=address, help="who sent the original message")
+        sub.add_argument(
+            "--status", default=default, help=f"MMStatus (default {default})"
+        )
+        sub.add_argument("--status-text")
+        sub.add_argument("--date", help="ISO 8601 (default now)")
+        sub.add_argument("--relay-server-id", help="MMSRelayServerID")
+    return top
+
+
+@dataclass
+class Summary:
+    """What a run of many requests did."""
+
+    sent: int = 0
+    codes: Counter[int] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def succeeded(self) -> int:
+        return sum(n for code, n in self.codes.items() if code in SUCCESS_CODES)
+
+    @property
+    def failed(self) -> int:
+        return self.sent - self.succeeded
+
+    def percentile(self, fraction: float) -> float:
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return 0.0
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+    def lines(self) -> list[str]:
+        codes = ", ".join(f"{c}: {n}" for c, n in sorted(self.codes.items())) or "-"
+        failures = (
+            ", ".join(f"{k}: {n}" for k, n in sorted(self.failures.items())) or "-"
+        )
+        rate = self.sent / self.seconds if self.seconds else 0.0
+        return [
+            f"sent {self.sent}, succeeded {self.succeeded}, failed {self.failed}",
+            f"answers by status: {codes}",
+            f"failures: {failures}",
+            f"requests/s {rate:.1f} over {self.seconds:.2f} s",
+            "latency ms p50 {:.1f} p95 {:.1f} p99 {:.1f}".format(
+                *(1000 * self.percentile(f) for f in (0.50, 0.95, 0.99))
+            ),
+        ]
+
+
+async def send_many(
+    client: MM7Client,
+    make: Callable[[int], m.Request],
+    count: int,
+    concurrency: int,
+    progress: Callable[[Summary], None] | None = None,
+) -> Summary:
+    """Send ``count`` requests over ``concurrency`` parallel workers."""
+    summary = Summary()
+    numbers = iter(range(count))
+    started = time.perf_counter()
+
+    async def worker() -> None:
+        for number in numbers:
+            begin = time.perf_counter()
+            try:
+                response = await client.send(make(number))
+                summary.codes[response.status.code] += 1
+            except MM7Fault as fault:
+                summary.codes[fault.status.code] += 1
+            except MM7ClientError as e:
+                summary.failures[type(e).__name__] += 1
+            summary.latencies.append(time.perf_counter() - begin)
+            summary.sent += 1
+            if progress is not None:
+                progress(summary)
+
+    await defer.gatherResults(
+        [defer.ensureDeferred(worker()) for _ in range(max(1, concurrency))]
+    )
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _describe(response: m.Response) -> list[str]:
+    status = response.status
+    lines = [f"{status.code} {status.text}"]
+    if status.details:
+        lines.append(f"Details: {status.details}")
+    message_id = getattr(response, "message_id", None)
+    if message_id:
+        lines.append(f"MessageID: {message_id}")
+    return lines
+
+
+async def run(reactor: Any, args: argparse.Namespace) -> int:
+    password = args.password or os.environ.get("MM7TX_PASSWORD")
+    if args.user and password is None:
+        print("mm7tx: --user needs --password or MM7TX_PASSWORD", file=sys.stderr)
+        return 2
+    request = build_request(args)
+    client = MM7Client(
+        reactor,
+        args.url,
+        (args.user, password) if args.user and password is not None else None,
+        namespace=args.namespace,
+        mm7_version=args.mm7_version,
+        timeout=args.timeout,
+        connections=max(1, args.concurrency),
+    )
+    try:
+        if args.count <= 1:
+            try:
+                response = await client.send(request)
+            except MM7Fault as fault:
+                print(f"fault {fault}", file=sys.stderr)
+                return 1
+            except MM7ClientError as e:
+                print(f"mm7tx: {e}", file=sys.stderr)
+                return 1
+            print("\n".join(_describe(response)))
+            return 0 if response.status.code in SUCCESS_CODES else 1
+        last = [0.0]
+
+        def progress(summary: Summary) -> None:
+            now = time.monotonic()
+            if sys.stderr.isatty() and (
+                now - last[0] > 0.2 or summary.sent == args.count
+            ):
+                last[0] = now
+                sys.stderr.write(
+                    f"\r{summary.sent}/{args.count} sent, {summary.succeeded} ok, "
+                    f"{summary.failed} failed"
+                )
+                sys.stderr.flush()
+
+        summary = await send_many(
+            client, lambda _: request, args.count, args.concurrency, progress
+        )
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        print("\n".join(summary.lines()))
+        return 0 if summary.failed == 0 else 1
+    finally:
+        await client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = parser().parse_args(argv)
+    if args.count < 1 or args.concurrency < 1:
+        parser().error("--count and --concurrency must be at least 1")
+
+    async def go(reactor: Any) -> None:
+        code = await run(reactor, args)
+        if code:
+            raise SystemExit(code)
+
+    task.react(lambda reactor: defer.ensureDeferred(go(reactor)))
+    raise SystemExit(0)  # pragma: no cover - react exits

@@ -1,0 +1,247 @@
+"""An MM7 client for Twisted code: send Submit, Deliver and report requests.
+
+    client = MM7Client(reactor, "http://mmsc.example:8080/mm7", ("vasp1", "secret"))
+    response = await client.submit(SubmitReq(...))
+
+Every call returns a Deferred of the parsed response.  A SOAP fault becomes
+:class:`MM7Fault` (carrying the MM7 status), and every other failure one of
+the :class:`MM7ClientError` subclasses below with a message a person can read.
+Connections are reused through an ``HTTPConnectionPool``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import uuid
+from typing import Any, TypeVar
+
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IConsumer
+from twisted.web import http
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer
+from zope.interface import implementer
+
+from mm7tx import codec
+from mm7tx import messages as m
+from mm7tx.errors import MM7Error
+
+R = TypeVar("R")
+
+NAMESPACE_BASE = "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/"
+
+
+class MM7ClientError(Exception):
+    """A request that did not get an MM7 success or partial success."""
+
+
+class Unreachable(MM7ClientError):
+    """The server could not be reached, or went away before answering."""
+
+
+class TimedOut(MM7ClientError):
+    """No answer within the timeout."""
+
+
+class HTTPError(MM7ClientError):
+    """An HTTP error that is not an MM7 fault (401, 404, 502...)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"HTTP {code}: {message}")
+        self.code = code
+
+
+class NotMM7(MM7ClientError):
+    """The server answered something that is not an MM7 message."""
+
+
+class MM7Fault(MM7ClientError):
+    """The server answered a SOAP fault with an MM7 status."""
+
+    def __init__(self, envelope: m.Envelope) -> None:
+        message: Any = envelope.message
+        status: m.Status = message.status
+        super().__init__(
+            f"{status.code} {status.text}"
+            + (f": {status.details}" if status.details else "")
+        )
+        self.status = status
+        self.envelope = envelope
+
+
+def namespace_uri(name: str) -> str:
+    """``REL-6-MM7-1-4`` or a full URI, as a full namespace URI."""
+    return name if ":" in name else NAMESPACE_BASE + name
+
+
+@implementer(IBodyProducer)
+class _Body:
+    """A request body already in memory: written in one go, length known."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: IConsumer) -> defer.Deferred[None]:
+        consumer.write(self.data)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class MM7Client:
+    """Sends MM7 requests to one URL.
+
+    ``agent_or_reactor`` is an ``IAgent`` (yours, with your TLS policy and
+    pool) or a reactor, for which the client makes an ``Agent`` with a
+    persistent ``HTTPConnectionPool`` of ``connections`` per host.
+    ``credentials`` is ``(user, password)`` for HTTP Basic.
+    """
+
+    def __init__(
+        self,
+        agent_or_reactor: Any,
+        url: str,
+        credentials: tuple[str, str] | None = None,
+        *,
+        namespace: str = m.DEFAULT_NAMESPACE,
+        mm7_version: str = m.DEFAULT_MM7_VERSION,
+        timeout: float = 30.0,
+        connections: int = 2,
+        reactor: Any = None,
+    ) -> None:
+        if IAgent.providedBy(agent_or_reactor):
+            self.agent = agent_or_reactor
+            self.pool = None
+            if reactor is None:
+                from twisted.internet import reactor as global_reactor
+
+                reactor = global_reactor
+        else:
+            reactor = agent_or_reactor
+            self.pool = HTTPConnectionPool(reactor, persistent=True)
+            self.pool.maxPersistentPerHost = connections
+            self.pool.retryAutomatically = False
+            self.agent = Agent(reactor, pool=self.pool)
+        self.reactor = reactor
+        self.url = url
+        self.namespace = namespace_uri(namespace)
+        self.mm7_version = mm7_version
+        self.timeout = timeout
+        self._authorization = None
+        if credentials is not None:
+            user, password = credentials
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            self._authorization = f"Basic {token}".encode("ascii")
+
+    def close(self) -> defer.Deferred[None]:
+        """Close the pooled connections (only those this client made)."""
+        if self.pool is None:
+            return defer.succeed(None)
+        closing: defer.Deferred[None] = self.pool.closeCachedConnections()
+        return closing
+
+    def submit(self, request: m.SubmitReq) -> defer.Deferred[m.SubmitRsp]:
+        return self.send(request)  # type: ignore[return-value]
+
+    def deliver(self, request: m.DeliverReq) -> defer.Deferred[m.DeliverRsp]:
+        return self.send(request)  # type: ignore[return-value]
+
+    def delivery_report(
+        self, request: m.DeliveryReportReq
+    ) -> defer.Deferred[m.DeliveryReportRsp]:
+        return self.send(request)  # type: ignore[return-value]
+
+    def read_reply(self, request: m.ReadReplyReq) -> defer.Deferred[m.ReadReplyRsp]:
+        return self.send(request)  # type: ignore[return-value]
+
+    def cancel(self, request: m.CancelReq) -> defer.Deferred[m.CancelRsp]:
+        return self.send(request)  # type: ignore[return-value]
+
+    def replace(self, request: m.ReplaceReq) -> defer.Deferred[m.ReplaceRsp]:
+        return self.send(request)  # type: ignore[return-value]
+
+    def send(
+        self, request: m.Request, transaction_id: str | None = None
+    ) -> defer.Deferred[m.Response]:
+        """Send any request; fire with its response (see the module doc)."""
+        if getattr(request, "mm7_version", None) == m.DEFAULT_MM7_VERSION:
+            request = dataclasses.replace(request, mm7_version=self.mm7_version)
+        envelope = m.Envelope(
+            transaction_id or uuid.uuid4().hex, request, self.namespace
+        )
+        content_type, body = codec.encode(envelope)
+        headers = Headers(
+            {
+                b"Content-Type": [content_type.encode("ascii")],
+                b"SOAPAction": [b'""'],
+                b"User-Agent": [b"mm7tx"],
+            }
+        )
+        if self._authorization is not None:
+            headers.addRawHeader(b"Authorization", self._authorization)
+        d: Any = self.agent.request(
+            b"POST", self.url.encode("utf-8"), headers, _Body(body)
+        )
+        d.addCallback(self._answer, envelope)
+        d.addTimeout(self.timeout, self.reactor, onTimeoutCancel=self._timed_out)
+        d.addErrback(self._transport_error)
+        answer: defer.Deferred[m.Response] = d
+        return answer
+
+    def _answer(self, response: Any, sent: m.Envelope) -> defer.Deferred[m.Response]:
+        return defer.ensureDeferred(self._parse(response, sent))
+
+    async def _parse(self, response: Any, sent: m.Envelope) -> m.Response:
+        data: bytes = await readBody(response)
+        code = response.code
+        if code == http.UNAUTHORIZED:
+            raise HTTPError(code, "the server refused our credentials")
+        types = response.headers.getRawHeaders(b"content-type") or [b""]
+        content_type = types[0].decode("latin-1")
+        try:
+            envelope = codec.decode(content_type, data)
+        except MM7Error as e:
+            snippet = data[:120].decode("utf-8", "replace")
+            if code != http.OK:
+                raise HTTPError(
+                    code, f"{response.phrase.decode('latin-1')}: {snippet!r}"
+                ) from None
+            raise NotMM7(
+                f"HTTP {code} with an answer that is not MM7 ({e.status.details}): {snippet!r}"
+            ) from None
+        if envelope.is_fault:
+            raise MM7Fault(envelope)
+        asked: Any = type(sent.message)
+        expected = m.RESPONSE_FOR[asked]
+        if not isinstance(envelope.message, expected):
+            raise NotMM7(
+                f"asked {type(sent.message).__name__}, answered "
+                f"{type(envelope.message).__name__}"
+            )
+        if code != http.OK:
+            raise HTTPError(code, "an MM7 answer with an HTTP error status")
+        return envelope.message
+
+    def _timed_out(self, result: Any, timeout: float) -> Any:
+        raise TimedOut(f"no answer from {self.url} within {timeout:g} s")
+
+    def _transport_error(self, reason: Any) -> Any:
+        if reason.check(MM7ClientError):
+            return reason
+        if reason.check(error.ConnectError, error.DNSLookupError):
+            raise Unreachable(
+                f"cannot connect to {self.url}: {reason.getErrorMessage()}"
+            )
+        if reason.check(ResponseFailed, error.ConnectionLost, error.ConnectionDone):
+            raise Unreachable(f"{self.url} closed the connection without an answer")
+        return reason
