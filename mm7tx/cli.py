@@ -219,6 +219,9 @@ def parser() -> argparse.ArgumentParser:
             "--timeout", type=float, default=30.0, help="seconds (default 30)"
         )
         auth.add_argument(
+            "--ca-file", help="a PEM CA certificate to check an https:// server with"
+        )
+        auth.add_argument(
             "--mm7-version",
             default=m.DEFAULT_MM7_VERSION,
             help="MM7Version (default 6.8.0)",
@@ -407,6 +410,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
         mm7_version=args.mm7_version,
         timeout=args.timeout,
         connections=max(1, args.concurrency),
+        ca_file=args.ca_file,
     )
     try:
         if args.count <= 1:

@@ -16,10 +16,16 @@ import dataclasses
 import uuid
 from typing import Any, TypeVar
 
-from twisted.internet import defer, error
+from twisted.internet import defer, error, ssl
 from twisted.internet.interfaces import IConsumer
 from twisted.web import http
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, readBody
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    ResponseFailed,
+    readBody,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
@@ -103,7 +109,8 @@ class MM7Client:
 
     ``agent_or_reactor`` is an ``IAgent`` (yours, with your TLS policy and
     pool) or a reactor, for which the client makes an ``Agent`` with a
-    persistent ``HTTPConnectionPool`` of ``connections`` per host.
+    persistent ``HTTPConnectionPool`` of ``connections`` per host, checking
+    HTTPS certificates against the system CAs or ``ca_file`` (PEM).
     ``credentials`` is ``(user, password)`` for HTTP Basic.
     """
 
@@ -117,6 +124,7 @@ class MM7Client:
         mm7_version: str = m.DEFAULT_MM7_VERSION,
         timeout: float = 30.0,
         connections: int = 2,
+        ca_file: str | None = None,
         reactor: Any = None,
     ) -> None:
         if IAgent.providedBy(agent_or_reactor):
@@ -131,7 +139,13 @@ class MM7Client:
             self.pool = HTTPConnectionPool(reactor, persistent=True)
             self.pool.maxPersistentPerHost = connections
             self.pool.retryAutomatically = False
-            self.agent = Agent(reactor, pool=self.pool)
+            policy = BrowserLikePolicyForHTTPS()
+            if ca_file is not None:
+                with open(ca_file, "rb") as f:
+                    policy = BrowserLikePolicyForHTTPS(
+                        trustRoot=ssl.Certificate.loadPEM(f.read())
+                    )
+            self.agent = Agent(reactor, contextFactory=policy, pool=self.pool)
         self.reactor = reactor
         self.url = url
         self.namespace = namespace_uri(namespace)
@@ -242,6 +256,12 @@ class MM7Client:
             raise Unreachable(
                 f"cannot connect to {self.url}: {reason.getErrorMessage()}"
             )
-        if reason.check(ResponseFailed, error.ConnectionLost, error.ConnectionDone):
+        if reason.check(ResponseFailed):
+            inner = [r.getErrorMessage() for r in getattr(reason.value, "reasons", [])]
+            tls = [text for text in inner if "certificate" in text or "SSL" in text]
+            if tls:
+                raise Unreachable(f"TLS with {self.url} failed: {tls[0]}")
+            raise Unreachable(f"{self.url} closed the connection without an answer")
+        if reason.check(error.ConnectionLost, error.ConnectionDone):
             raise Unreachable(f"{self.url} closed the connection without an answer")
         return reason

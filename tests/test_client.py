@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet import reactor, ssl
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -34,6 +34,7 @@ from mm7tx.interfaces import ISubmitProcessor
 from mm7tx.resource import MM7Resource, build_root
 from mm7tx.service import build_service
 from tests import samples
+from tests.certs import make_certificate
 
 MM7TX = str(Path(sys.executable).parent / "mm7tx")
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 120
@@ -405,3 +406,34 @@ async def test_the_command_help_and_usage_errors():
         "submit", "http://127.0.0.1:1/", "--to", "1", "--user", "u"
     )
     assert code == 2 and "MM7TX_PASSWORD" in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_with_a_ca_file(tmp_path):
+    cert, key = make_certificate(tmp_path)
+    options = ssl.PrivateCertificate.loadPEM(
+        key.read_text() + cert.read_text()
+    ).options()
+    mmsc = RecordingMMSC()
+    site = Site(build_root({"/mm7/": MM7Resource(mmsc, "/mm7/", "mmsc")}))
+    port = await SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1").listen(
+        site
+    )
+    url = f"https://localhost:{port.getHost().port}/mm7/"
+    trusting = MM7Client(reactor, url, ca_file=str(cert))
+    doubting = MM7Client(reactor, url)
+    try:
+        response = await trusting.submit(SUBMIT)
+        assert response.message_id == "MID-1"
+        with pytest.raises(Unreachable) as caught:
+            await doubting.submit(SUBMIT)
+        assert str(caught.value).startswith(f"TLS with {url} failed: ")
+        assert len(mmsc.requests) == 1
+        out, err, code = await run_cli(
+            "submit", url, "--to", "1", "--text", "x", "--ca-file", str(cert)
+        )
+        assert (code, out.splitlines()[0]) == (0, "1000 Success"), err
+    finally:
+        await trusting.close()
+        await doubting.close()
+        await port.stopListening()
