@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.python.reflect import namedAny
 
+from mm7tx.auth import Account, network
 from mm7tx.messages import DEFAULT_MM7_VERSION
 from mm7tx.processors import AddressRules
 from mm7tx.senders import SMTPSettings
@@ -159,6 +160,9 @@ class Config:
     rules: AddressRules = field(default_factory=AddressRules)
     mm7_version: str = DEFAULT_MM7_VERSION
     vasp_paths: tuple[str, ...] = ()
+    mmsc_paths: tuple[str, ...] = ("/mm7/",)
+    vasps: tuple[Account, ...] = ()
+    delivery_report_attempts: int = 8
     smtp: SMTPSettings = field(default_factory=SMTPSettings)
     processor: str | None = None
     path_processors: tuple[tuple[str, str], ...] = ()
@@ -263,6 +267,72 @@ class _Reader:
             raise self.error(option, f"processor {name!r} is not a class or factory")
         return name
 
+    def number(self, option: Option, integer: bool = True) -> float:
+        """A positive number; sizes may end in K or M (KiB, MiB)."""
+        text = self.text(option).strip().upper()
+        scale = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
+        if scale != 1:
+            text = text[:-1]
+        try:
+            number = (int(text) if integer else float(text)) * scale
+        except ValueError:
+            number = 0
+        if number <= 0:
+            raise self.error(option, f"{option.name} must be a positive number")
+        return number
+
+    def account(self, scope: Scope) -> Account:
+        """A ``VASP "name" { … }`` scope."""
+        if not scope.label:
+            raise self.error(
+                scope, 'VASP needs a name: VASP "vasp1" { password = "…" }'
+            )
+        values: dict[str, Any] = {}
+        for option in scope.body:
+            name = option.name.lower()
+            if isinstance(option, Scope):
+                raise self.error(option, f"unknown VASP scope {option.name!r}")
+            if name == "password":
+                values["password"] = self.text(option)
+            elif name == "allowed_networks":
+                items = (
+                    option.value if isinstance(option.value, list) else [option.value]
+                )
+                networks = []
+                for item in items:
+                    net = network(item)
+                    if net is None:
+                        raise self.error(
+                            option, f"{item!r} is not an IP address or range"
+                        )
+                    networks.append(net)
+                values["networks"] = tuple(networks)
+            elif name == "max_message_size":
+                values["max_message_size"] = int(self.number(option))
+            elif name == "max_recipients":
+                values["max_recipients"] = int(self.number(option))
+            elif name == "rate":
+                values["rate"] = self.number(option, integer=False)
+            elif name == "delivery_report_url":
+                url = self.text(option)
+                if not url.startswith(("http://", "https://")):
+                    raise self.error(
+                        option, "delivery_report_url must be an http(s) URL"
+                    )
+                values["delivery_report_url"] = url
+            elif name == "delivery_report_user":
+                values["delivery_report_user"] = self.text(option)
+            elif name == "delivery_report_password":
+                values["delivery_report_password"] = self.text(option)
+            else:
+                raise self.error(option, f"unknown VASP option {option.name!r}")
+        if network(scope.label) is None and "password" not in values:
+            raise self.error(
+                scope,
+                f'VASP "{scope.label}" needs a password (or name it by an IP address)',
+            )
+        return Account(scope.label, **values)
+
     def boolean(self, option: Option) -> bool:
         text = self.text(option).lower()
         if text in ("true", "yes", "on", "1"):
@@ -280,6 +350,7 @@ def load(text: str, source: str = "<config>") -> Config:
     smtp: dict[str, Any] = {}
     values: dict[str, Any] = {}
     path_processors: list[tuple[str, str]] = []
+    vasps: list[Account] = []
     seen_mm7 = False
     for item in parse(text, source):
         kind = item.name.lower()
@@ -302,6 +373,8 @@ def load(text: str, source: str = "<config>") -> Config:
                     raise reader.error(
                         entry, f"unknown HTTP_Listener entry {entry.name!r}"
                     )
+        elif kind == "vasp":
+            vasps.append(reader.account(item))
         elif kind == "mm7_serv":
             seen_mm7 = True
             for entry in item.body:
@@ -338,6 +411,10 @@ def load(text: str, source: str = "<config>") -> Config:
                     values["mm7_version"] = reader.text(entry)
                 elif name == "mm7_vasp_uri_paths":
                     values["vasp_paths"] = reader.paths(entry)
+                elif name == "mm7_mmsc_uri_paths":
+                    values["mmsc_paths"] = reader.paths(entry)
+                elif name == "mm7_delivery_report_attempts":
+                    values["delivery_report_attempts"] = int(reader.number(entry))
                 elif name == "mm7_processor":
                     values["processor"] = reader.processor(entry)
                 elif name == "mm7_keep_smil":
@@ -351,8 +428,21 @@ def load(text: str, source: str = "<config>") -> Config:
     if not values.get("vasp_paths"):
         raise ConfigError(source, 1, "mm7_vasp_uri_paths is required in mm7_serv")
     for path, _ in path_processors:
-        if path not in values["vasp_paths"]:
-            raise ConfigError(source, 1, f"Path {path!r} is not in mm7_vasp_uri_paths")
+        if path not in values["vasp_paths"] + values.get("mmsc_paths", ("/mm7/",)):
+            raise ConfigError(
+                source, 1, f"Path {path!r} is not a configured VASP or MMSC path"
+            )
+    names = [vasp.name for vasp in vasps]
+    for vasp in vasps:
+        if names.count(vasp.name) > 1:
+            raise ConfigError(source, 1, f'VASP "{vasp.name}" is defined twice')
+    overlap = set(values.get("vasp_paths", ())) & set(
+        values.get("mmsc_paths", ("/mm7/",))
+    )
+    if overlap:
+        raise ConfigError(
+            source, 1, f"{sorted(overlap)[0]} is both a VASP path and an MMSC path"
+        )
     if "username" in smtp and "password" not in smtp:
         raise ConfigError(source, 1, "smtp_username is set but smtp_password is not")
     return Config(
@@ -360,6 +450,7 @@ def load(text: str, source: str = "<config>") -> Config:
         rules=AddressRules(**rules),
         smtp=SMTPSettings(**smtp),
         path_processors=tuple(path_processors),
+        vasps=tuple(vasps),
         source=source,
         **values,
     )

@@ -319,6 +319,7 @@ class Envelope:
     namespace: str = DEFAULT_NAMESPACE
     fault_code: str | None = None
     fault_string: str | None = None
+    content_href: str | None = None
 
     @property
     def is_fault(self) -> bool:

@@ -14,6 +14,7 @@ and every email through one ``*_message`` method.
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
@@ -23,6 +24,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mm7tx.errors import MM7Error
@@ -31,9 +33,11 @@ from mm7tx.interfaces import (
     IDeliveryReportProcessor,
     IMailSender,
     IReadReplyProcessor,
+    ISubmitProcessor,
 )
 from mm7tx.messages import (
     Address,
+    Content,
     ContentPart,
     DeliverReq,
     DeliverRsp,
@@ -41,8 +45,12 @@ from mm7tx.messages import (
     DeliveryReportRsp,
     ReadReplyReq,
     ReadReplyRsp,
+    Recipients,
     Status,
+    SubmitReq,
+    SubmitRsp,
 )
+from mm7tx.reports import DeliveryReporter
 from mm7tx.senders import SendResult
 from mm7tx.status import StatusCode
 from mm7tx.transaction import Transaction
@@ -123,9 +131,15 @@ def _mailbox(value: str, what: str) -> str:
     return address
 
 
-@implementer(IDeliverProcessor, IDeliveryReportProcessor, IReadReplyProcessor)
+@implementer(
+    IDeliverProcessor, IDeliveryReportProcessor, IReadReplyProcessor, ISubmitProcessor
+)
 class EmailProcessor:
-    """Turns Deliver, DeliveryReport and ReadReply requests into email."""
+    """Turns Deliver, DeliveryReport, ReadReply and Submit requests into email.
+
+    It does not provide ICancelProcessor or IReplaceProcessor: a mail once
+    handed to the relay cannot be recalled, so those are answered 4003.
+    """
 
     def __init__(
         self,
@@ -133,8 +147,10 @@ class EmailProcessor:
         rules: AddressRules,
         mm7_version: str = "6.8.0",
         keep_smil: bool = False,
+        reporter: DeliveryReporter | None = None,
     ) -> None:
         self.mail_sender = sender
+        self.reporter = reporter
         self.rules = rules
         self.mm7_version = mm7_version
         self.keep_smil = keep_smil
@@ -207,12 +223,22 @@ class EmailProcessor:
             cid=f"<{clean(part.content_id)}>" if part.content_id else None,
         )
 
-    def deliver_message(self, request: DeliverReq, transaction: Transaction) -> Mail:
-        """The MMS of a DeliverReq as a MIME email."""
-        sender = self.sender_address(request.sender)
-        to = [self.recipient_address(a) for a in request.recipients.to]
-        cc = [self.recipient_address(a) for a in request.recipients.cc]
-        bcc = [self.recipient_address(a) for a in request.recipients.bcc]
+    def _mms(
+        self,
+        transaction: Transaction,
+        sender_address: Address | None,
+        recipients: Recipients,
+        subject: str | None,
+        timestamp: str | None,
+        content: Content,
+        headers: dict[str, str | None],
+    ) -> Mail:
+        """An MMS as a MIME email: To and Cc in the headers, Bcc only in the
+        envelope, text parts first, SMIL dropped unless ``keep_smil``."""
+        sender = self.sender_address(sender_address)
+        to = [self.recipient_address(a) for a in recipients.to]
+        cc = [self.recipient_address(a) for a in recipients.cc]
+        bcc = [self.recipient_address(a) for a in recipients.bcc]
         if not (to or cc or bcc):
             to = [self.recipient_address(None)]
         msg = self._new_message(transaction, sender)
@@ -220,24 +246,59 @@ class EmailProcessor:
             msg["To"] = ", ".join(to)
         if cc:
             msg["Cc"] = ", ".join(cc)
-        msg["Subject"] = clean(request.subject)
-        msg["Date"] = email_date(request.timestamp)
-        for header, value in (
-            ("X-MM7-LinkedID", request.linked_id),
-            ("X-MM7-MMSRelayServerID", request.mms_relay_server_id),
-            ("X-MM7-VASPID", request.vasp_id),
-            ("X-MM7-VASID", request.vas_id),
-            ("X-MM7-Priority", request.priority),
-        ):
+        msg["Subject"] = clean(subject)
+        msg["Date"] = email_date(timestamp)
+        for header, value in headers.items():
             if value:
                 msg[header] = clean(value)
-        parts = [p for p in request.content if self.keep_smil or not p.is_smil]
+        parts = [p for p in content if self.keep_smil or not p.is_smil]
         parts.sort(key=lambda p: not p.media_type.startswith("text/"))
         for index, part in enumerate(parts):
             self._attach(msg, part, index == 0)
         if not parts:
             msg.set_content("")
         return Mail(sender, list(dict.fromkeys(to + cc + bcc)), msg)
+
+    def deliver_message(self, request: DeliverReq, transaction: Transaction) -> Mail:
+        """The MMS of a DeliverReq as a MIME email."""
+        return self._mms(
+            transaction,
+            request.sender,
+            request.recipients,
+            request.subject,
+            request.timestamp,
+            request.content,
+            {
+                "X-MM7-LinkedID": request.linked_id,
+                "X-MM7-MMSRelayServerID": request.mms_relay_server_id,
+                "X-MM7-VASPID": request.vasp_id,
+                "X-MM7-VASID": request.vas_id,
+                "X-MM7-Priority": request.priority,
+            },
+        )
+
+    def submit_message(
+        self, request: SubmitReq, transaction: Transaction, message_id: str
+    ) -> Mail:
+        """The MMS of a SubmitReq as one MIME email to all its recipients."""
+        account = transaction.account
+        return self._mms(
+            transaction,
+            request.sender_address,
+            request.recipients,
+            request.subject,
+            request.timestamp,
+            request.content,
+            {
+                "X-MM7-MessageID": message_id,
+                "X-MM7-VASP-Account": account.name if account else None,
+                "X-MM7-VASPID": request.vasp_id,
+                "X-MM7-VASID": request.vas_id,
+                "X-MM7-ServiceCode": request.service_code,
+                "X-MM7-LinkedID": request.linked_id,
+                "X-MM7-Priority": request.priority,
+            },
+        )
 
     def _report(
         self,
@@ -353,6 +414,51 @@ class EmailProcessor:
     def _send(self, mail: Mail) -> defer.Deferred[Status]:
         d = self.mail_sender.send(mail.sender, mail.recipients, mail.message)
         return d.addCallback(result_status)
+
+    def submit(
+        self, request: SubmitReq, transaction: Transaction
+    ) -> defer.Deferred[SubmitRsp]:
+        """Mail a SubmitReq; answer with a new MessageID once the relay took it,
+        and post a delivery report back when the VASP asked for one."""
+        message_id = uuid.uuid4().hex
+        mail = self.submit_message(request, transaction, message_id)
+        d = self._send(mail)
+
+        def report(mm_status: str) -> None:
+            account = transaction.account
+            if (
+                request.delivery_report
+                and self.reporter is not None
+                and account is not None
+                and account.delivery_report_url
+            ):
+                for recipient in request.recipients.all:
+                    self.reporter.report(
+                        account,
+                        DeliveryReportReq(
+                            mm7_version=self.mm7_version,
+                            message_id=message_id,
+                            recipient=recipient,
+                            sender=request.sender_address,
+                            date=datetime.now(UTC).isoformat(timespec="seconds"),
+                            mm_status=mm_status,
+                            status_text="Accepted by the mail relay"
+                            if mm_status == "Forwarded"
+                            else "Refused by the mail relay",
+                        ),
+                        transaction.namespace,
+                    )
+
+        def accepted(status: Status) -> SubmitRsp:
+            report("Forwarded")
+            return SubmitRsp(status, self.mm7_version, message_id)
+
+        def refused(reason: Failure) -> Failure:
+            if reason.check(MM7Error) and not reason.value.is_transient:  # type: ignore[union-attr]
+                report("Rejected")
+            return reason
+
+        return d.addCallbacks(accepted, refused)
 
     def deliver(
         self, request: DeliverReq, transaction: Transaction

@@ -7,9 +7,12 @@ other ``twisted.web`` site.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -20,6 +23,7 @@ from zope.interface.interface import InterfaceClass
 
 from mm7tx import codec
 from mm7tx import messages as m
+from mm7tx.auth import Account, IVASPAccount, credentials_from
 from mm7tx.errors import MM7Error
 from mm7tx.interfaces import (
     ICancelProcessor,
@@ -29,6 +33,7 @@ from mm7tx.interfaces import (
     IReplaceProcessor,
     ISubmitProcessor,
 )
+from mm7tx.limits import RateLimiter
 from mm7tx.status import StatusCode
 from mm7tx.transaction import Transaction
 
@@ -54,7 +59,9 @@ class MM7Resource(Resource):
     On a VASP path (``role="vasp"``) it takes DeliverReq, DeliveryReportReq and
     ReadReplyReq and faults with ``VASPErrorRsp``; on an MMSC path SubmitReq,
     CancelReq and ReplaceReq, faulting with ``RSErrorRsp``.  Any sub-path is
-    served too (``/mm7/account=password``).
+    served too (``/mm7/account=password``).  With a ``portal`` every request
+    must authenticate as a VASP account (401 and 4001 otherwise), and the
+    account's limits apply, the rate through ``limiter``.
     """
 
     isLeaf = True
@@ -65,19 +72,161 @@ class MM7Resource(Resource):
         path: str,
         role: Role = "vasp",
         mm7_version: str = m.DEFAULT_MM7_VERSION,
+        portal: Portal | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         super().__init__()
         self.processor = processor
         self.path = path
         self.role = role
         self.mm7_version = mm7_version
+        self.portal = portal
+        self.limiter = limiter
 
     def render_POST(self, request: Request) -> bytes | int:
         assert request.content is not None
-        body = request.content.read()
         peer = _peer(request)
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        if self.role == "mmsc" and request.getHeader("content-length") is None:
+            status = m.Status.of(
+                StatusCode.VALIDATION_ERROR, details="the POST has no Content-Length"
+            )
+            return self._fault(
+                request, m.DEFAULT_NAMESPACE, "", status, http.LENGTH_REQUIRED
+            )
+        body = request.content.read()
+        if self.portal is None:
+            self._transact(request, body, peer, None, gone)
+            return NOT_DONE_YET
+        tail = "/".join(s.decode("utf-8", "replace") for s in request.postpath or [])
+        creds = credentials_from(tail, request.getHeader("authorization"), peer)
+        if creds is None:
+            login: defer.Deferred[Any] = defer.fail(UnauthorizedLogin("bad header"))
+        else:
+            login = self.portal.login(creds, None, IVASPAccount)
+
+        def authenticated(result: tuple[Any, Any, Any]) -> None:
+            account: Account = result[1].account
+            if not account.allows(peer):
+                log.info(
+                    "Refused VASP {vasp} from {peer}: not an allowed network",
+                    vasp=account.name,
+                    peer=peer,
+                )
+                self._unauthorized(request, gone)
+                return
+            self._transact(request, body, peer, account, gone)
+
+        def refused(reason: Failure) -> None:
+            reason.trap(UnauthorizedLogin)
+            log.info(
+                "Refused a request from {peer} on {path}: no valid VASP credentials",
+                peer=peer,
+                path=self.path,
+            )
+            self._unauthorized(request, gone)
+
+        login.addCallbacks(authenticated, refused).addErrback(
+            lambda f: log.failure("Authentication failed", f)
+        )
+        return NOT_DONE_YET
+
+    def _unauthorized(self, request: Request, gone: list[bool]) -> None:
+        if gone:
+            return
+        status = m.Status.of(StatusCode.IMPROPER_IDENTIFICATION)
+        request.setHeader(b"www-authenticate", b'Basic realm="mm7tx"')
+        request.write(
+            self._fault(request, m.DEFAULT_NAMESPACE, "", status, http.UNAUTHORIZED)
+        )
+        request.finish()
+
+    def _limit(self, account: Account | None, body: bytes) -> m.Status | None:
+        """The fault status for an account over one of its limits, if any."""
+        if account is None:
+            return None
+        if (
+            account.max_message_size is not None
+            and len(body) > account.max_message_size
+        ):
+            return m.Status.of(
+                StatusCode.MULTIMEDIA_CONTENT_REFUSED,
+                details=f"the request of {len(body)} bytes is over this account's "
+                f"limit of {account.max_message_size}",
+            )
+        if (
+            account.rate is not None
+            and self.limiter is not None
+            and not self.limiter.allow(account.name, account.rate)
+        ):
+            return m.Status.of(
+                StatusCode.SERVICE_UNAVAILABLE,
+                text=f"Rate limit of {account.rate:g} requests/s exceeded",
+                details=f"account {account.name} sends faster than {account.rate:g}/s",
+            )
+        return None
+
+    def _check(
+        self, envelope: m.Envelope, account: Account | None, content_type: str | None
+    ) -> m.Status | None:
+        """MMSC-side rules for a decoded request."""
+        message = envelope.message
+        if not isinstance(message, (m.SubmitReq, m.ReplaceReq)):
+            return None
+        media = (content_type or "").split(";")[0].strip().lower()
+        if envelope.content_href and not media.startswith("multipart/"):
+            return m.Status.of(
+                StatusCode.VALIDATION_ERROR,
+                details=f"{type(message).__name__} with Content must be multipart, "
+                f"not {media or 'untyped'}",
+            )
+        if isinstance(message, m.SubmitReq):
+            count = len(message.recipients.all)
+            if count == 0:
+                return m.Status.of(
+                    StatusCode.ADDRESS_ERROR,
+                    text="No recipient",
+                    details="the SubmitReq names no To, Cc or Bcc recipient",
+                )
+            limit = account.max_recipients if account is not None else None
+            if limit is not None and count > limit:
+                return m.Status.of(
+                    StatusCode.OPERATION_RESTRICTED,
+                    details=f"{count} recipients, this account may send to "
+                    f"{limit} per request",
+                )
+        return None
+
+    def _transact(
+        self,
+        request: Request,
+        body: bytes,
+        peer: str,
+        account: Account | None,
+        gone: list[bool],
+    ) -> None:
+        """Decode, check, dispatch to the processor, and answer."""
+
+        def fault(namespace: str, transaction_id: str, status: m.Status) -> None:
+            if not gone:
+                request.write(self._fault(request, namespace, transaction_id, status))
+                request.finish()
+
+        limited = self._limit(account, body)
+        if limited is not None:
+            log.info(
+                "Refused a request from {vasp} at {peer}: {code} {details}",
+                vasp=account.name if account else "-",
+                peer=peer,
+                code=limited.code,
+                details=limited.details,
+            )
+            fault(m.DEFAULT_NAMESPACE, "", limited)
+            return
+        content_type = request.getHeader("content-type")
         try:
-            envelope = codec.decode(request.getHeader("content-type"), body)
+            envelope = codec.decode(content_type, body)
         except MM7Error as e:
             log.info(
                 "Refused a request from {peer} on {path}: {code} {details}",
@@ -86,7 +235,8 @@ class MM7Resource(Resource):
                 code=e.status.code,
                 details=e.status.details,
             )
-            return self._fault(request, m.DEFAULT_NAMESPACE, "", e.status)
+            fault(m.DEFAULT_NAMESPACE, "", e.status)
+            return
         message = envelope.message
         name = type(message).__name__
         transaction = Transaction(
@@ -94,6 +244,7 @@ class MM7Resource(Resource):
             path=self.path,
             namespace=envelope.namespace,
             peer=peer,
+            account=account,
             mm7_version=self.mm7_version,
         )
         entry = DISPATCH.get(type(message))
@@ -102,17 +253,26 @@ class MM7Resource(Resource):
             or entry[2] != self.role
             or not entry[0].providedBy(self.processor)
         ):
-            status = m.Status.of(
+            status: m.Status | None = m.Status.of(
                 StatusCode.UNSUPPORTED_OPERATION,
                 details=f"{name} is not accepted on {self.path}",
             )
-            return self._fault(
-                request, envelope.namespace, envelope.transaction_id, status
+        else:
+            status = self._check(envelope, account, content_type)
+        if status is not None:
+            log.info(
+                "{kind} {tid} from {peer} on {path}: fault {code} {details}",
+                kind=name,
+                tid=transaction.transaction_id,
+                peer=peer,
+                path=self.path,
+                code=status.code,
+                details=status.details or status.text,
             )
-        method = getattr(self.processor, entry[1])
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-        d = defer.maybeDeferred(method, message, transaction)
+            fault(envelope.namespace, envelope.transaction_id, status)
+            return
+        assert entry is not None
+        d = defer.maybeDeferred(getattr(self.processor, entry[1]), message, transaction)
 
         def answered(response: m.Response) -> None:
             log.info(
@@ -153,20 +313,19 @@ class MM7Resource(Resource):
                 code=status.code,
                 details=status.details or status.text,
             )
-            if not gone:
-                data = self._fault(
-                    request, envelope.namespace, envelope.transaction_id, status
-                )
-                request.write(data)
-                request.finish()
+            fault(envelope.namespace, envelope.transaction_id, status)
 
         d.addCallbacks(answered, failed).addErrback(
             lambda f: log.failure("Answering failed", f)
         )
-        return NOT_DONE_YET
 
     def _fault(
-        self, request: Request, namespace: str, transaction_id: str, status: m.Status
+        self,
+        request: Request,
+        namespace: str,
+        transaction_id: str,
+        status: m.Status,
+        code: int = http.INTERNAL_SERVER_ERROR,
     ) -> bytes:
         detail: m.Response = (
             m.VASPErrorRsp(status, self.mm7_version)
@@ -174,7 +333,7 @@ class MM7Resource(Resource):
             else m.RSErrorRsp(status, self.mm7_version)
         )
         _, data = codec.encode(m.Envelope(transaction_id, detail, namespace))
-        request.setResponseCode(http.INTERNAL_SERVER_ERROR)
+        request.setResponseCode(code)
         request.setHeader(b"content-type", XML)
         return data
 
@@ -184,6 +343,14 @@ def _write(request: Request, code: int, data: bytes) -> None:
     request.setHeader(b"content-type", XML)
     request.write(data)
     request.finish()
+
+
+_SECRET_IN_PATH = re.compile(r"(/[^/\s?\"=]*=)[^/\s?\"]*")
+
+
+def access_log_formatter(timestamp: str, request: Request) -> str:
+    """Twisted's combined log line, with ``/mm7/account=password`` redacted."""
+    return _SECRET_IN_PATH.sub(r"\1***", http.combinedLogFormatter(timestamp, request))
 
 
 def _peer(request: Request) -> str:

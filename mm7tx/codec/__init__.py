@@ -30,7 +30,9 @@ def decode(content_type: str | None, body: bytes) -> Envelope:
     if hasattr(message, "content"):
         content = mime.resolve_content(href, parts)
         envelope = dataclasses.replace(
-            envelope, message=dataclasses.replace(message, content=content)
+            envelope,
+            message=dataclasses.replace(message, content=content),
+            content_href=href or None,
         )
     return envelope
 

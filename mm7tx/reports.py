@@ -1,0 +1,130 @@
+"""Delivery reports back to VASPs: MMSC paths post a DeliveryReportReq to the
+account's ``delivery_report_url`` when a SubmitReq asked for one.
+
+The report says ``Forwarded`` once the relay took the mail and ``Rejected``
+when it refused it for good.  While the VASP is unreachable, times out or
+answers 4006, the post is retried with exponential backoff; the final
+outcome is logged either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from mm7tx import messages as m
+from mm7tx.auth import Account
+from mm7tx.client import MM7Client, MM7ClientError, MM7Fault, TimedOut, Unreachable
+from mm7tx.status import StatusCode
+
+log = Logger()
+
+
+class DeliveryReporter:
+    """Posts delivery reports with retries; one Deferred per report."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        attempts: int = 8,
+        first_delay: float = 1.0,
+        max_delay: float = 300.0,
+        timeout: float = 30.0,
+    ) -> None:
+        self.reactor = reactor
+        self.attempts = attempts
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        self.timeout = timeout
+        self.pending: set[defer.Deferred[bool]] = set()
+
+    def report(
+        self, account: Account, request: m.DeliveryReportReq, namespace: str
+    ) -> defer.Deferred[bool]:
+        """Post ``request`` to the account's URL; fires True once answered 1000."""
+        d = defer.ensureDeferred(self._post(account, request, namespace))
+        self.pending.add(d)
+
+        def done(result: Any) -> Any:
+            self.pending.discard(d)
+            return result
+
+        return d.addBoth(done)
+
+    async def _post(
+        self, account: Account, request: m.DeliveryReportReq, namespace: str
+    ) -> bool:
+        assert account.delivery_report_url is not None
+        credentials = None
+        if account.delivery_report_user is not None:
+            credentials = (
+                account.delivery_report_user,
+                account.delivery_report_password or "",
+            )
+        client = MM7Client(
+            self.reactor,
+            account.delivery_report_url,
+            credentials,
+            namespace=namespace,
+            mm7_version=request.mm7_version,
+            timeout=self.timeout,
+        )
+        delay = self.first_delay
+        try:
+            for attempt in range(1, self.attempts + 1):
+                try:
+                    response = await client.delivery_report(request)
+                except MM7Fault as fault:
+                    if fault.status.code != StatusCode.SERVICE_UNAVAILABLE:
+                        log.warn(
+                            "Delivery report {message_id} for {vasp} refused: {error}",
+                            message_id=request.message_id,
+                            vasp=account.name,
+                            error=str(fault),
+                        )
+                        return False
+                    problem = str(fault)
+                except (Unreachable, TimedOut) as e:
+                    problem = str(e)
+                except MM7ClientError as e:
+                    log.warn(
+                        "Delivery report {message_id} for {vasp} failed: {error}",
+                        message_id=request.message_id,
+                        vasp=account.name,
+                        error=str(e),
+                    )
+                    return False
+                else:
+                    log.info(
+                        "Delivery report {message_id} ({status}) for {vasp} "
+                        "answered {code}",
+                        message_id=request.message_id,
+                        status=request.mm_status,
+                        vasp=account.name,
+                        code=response.status.code,
+                    )
+                    return response.status.is_success
+                if attempt < self.attempts:
+                    log.info(
+                        "Delivery report {message_id} for {vasp}: {error}; "
+                        "retrying in {delay:g} s",
+                        message_id=request.message_id,
+                        vasp=account.name,
+                        error=problem,
+                        delay=delay,
+                    )
+                    await task.deferLater(self.reactor, delay)
+                    delay = min(delay * 2, self.max_delay)
+            log.warn(
+                "Gave up on delivery report {message_id} for {vasp} after "
+                "{attempts} attempts: {error}",
+                message_id=request.message_id,
+                vasp=account.name,
+                attempts=self.attempts,
+                error=problem,
+            )
+            return False
+        finally:
+            await client.close()
