@@ -4,6 +4,7 @@
     mm7tx deliver URL --from +15551234567 --to 12345 --subject "MO" --text "yes"
     mm7tx delivery-report URL --message-id M1 --recipient +1555... --status Retrieved
     mm7tx read-reply URL --message-id M1 --recipient +1555... --status Read
+    mm7tx hash-password < password.txt
 
 Exit status: 0 on 1000 or 1100, 1 on any other answer or failure, 2 on a
 command-line mistake.
@@ -12,6 +13,7 @@ command-line mistake.
 from __future__ import annotations
 
 import argparse
+import getpass
 import mimetypes
 import os
 import sys
@@ -27,6 +29,7 @@ from xml.sax.saxutils import quoteattr
 from twisted.internet import defer, task
 
 from mm7tx import messages as m
+from mm7tx.auth import hash_password
 from mm7tx.client import MM7Client, MM7ClientError, MM7Fault
 
 mimetypes.add_type("audio/amr", ".amr")
@@ -307,6 +310,13 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--status-text")
         sub.add_argument("--date", help="ISO 8601 (default now)")
         sub.add_argument("--relay-server-id", help="MMSRelayServerID")
+    commands.add_parser(
+        "hash-password",
+        help="Print a salted hash of a VASP password for the configuration.",
+        description="Read a password (prompted on a terminal, else the first line "
+        'of standard input) and print a salted scrypt hash to use as password = "…" '
+        'in a VASP "name" { } scope.',
+    )
     return top
 
 
@@ -449,8 +459,25 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
         await client.close()
 
 
+def hash_password_command() -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("VASP password: ")
+        if getpass.getpass("again: ") != password:
+            print("mm7tx: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("mm7tx: the password is empty", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = parser().parse_args(argv)
+    if args.command == "hash-password":
+        raise SystemExit(hash_password_command())
     if args.count < 1 or args.concurrency < 1:
         parser().error("--count and --concurrency must be at least 1")
 
