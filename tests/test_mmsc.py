@@ -262,8 +262,9 @@ def submit_samples() -> list[tuple[str, str, bytes]]:
     ctype, body = samples.body_sample("vectorcore-mmsc/submit_req.multipart")
     out.append(("vectorcore", ctype, body))
     raw = samples.blocks("skycore-api-docs/mm7Submit.examples.txt")[3]
-    ctype, body = samples.http_message(raw)
-    out.append(("skycore-http", ctype, body))
+    http_type, body = samples.http_message(raw)
+    assert http_type is not None
+    out.append(("skycore-http", http_type, body))
     # The Skycore SOAP part alone, sent with a content part as it would travel.
     soap = samples.blocks("skycore-api-docs/mm7Submit.examples.txt")[0]
     body = (
