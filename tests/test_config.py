@@ -12,6 +12,7 @@ from mm7tx.config import (
     normalise_endpoint,
     with_overrides,
 )
+from mm7tx.auth import password_matches
 from mm7tx.processors import AddressRules
 from mm7tx.senders import SMTPSettings
 from tests import samples
@@ -44,6 +45,16 @@ def test_the_shipped_example_file_loads_with_every_option():
         == "tests.example_processor.ShortCodeMailboxes"
     )
     assert config.processor_for("/ringtones/") is None
+    assert config.mmsc_paths == ("/mm7/",)
+    assert config.delivery_report_attempts == 8
+    vasp1, vasp2, ip, net = config.vasps
+    assert vasp1.password == "secret1" and vasp1.max_message_size == 2 * 1024 * 1024
+    assert vasp1.max_recipients == 50 and vasp1.rate == 20
+    assert vasp1.allows("192.0.2.7") and not vasp1.allows("203.0.113.1")
+    assert vasp1.delivery_report_url == "http://127.0.0.1:8080/ringtones/"
+    assert password_matches(vasp2.password or "", "secret2")
+    assert ip.allows("192.0.2.10") and not ip.allows("192.0.2.11")
+    assert net.max_recipients == 1 and net.allows("198.51.100.200")
 
 
 def test_grammar_case_comments_lists_scopes():
@@ -101,6 +112,31 @@ def test_grammar_case_comments_lists_scopes():
             "smtp_starttls",
         ),
         ("Other { }", 1, "unknown scope 'Other'"),
+        (
+            'mm7_serv { mm7_vasp_uri_paths = ("/a/") }\nVASP "v" { }',
+            2,
+            "needs a password",
+        ),
+        (
+            'mm7_serv { mm7_vasp_uri_paths = ("/a/") }\nVASP "v" { password = "p"\n rate = fast }',
+            3,
+            "rate must be a positive number",
+        ),
+        (
+            'mm7_serv { mm7_vasp_uri_paths = ("/a/") }\nVASP "v" { password = "p"\n allowed_networks = ("nowhere") }',
+            3,
+            "'nowhere' is not an IP address or range",
+        ),
+        (
+            'mm7_serv { mm7_vasp_uri_paths = ("/a/") }\nVASP "v" { password = "p"\n colour = "red" }',
+            3,
+            "unknown VASP option 'colour'",
+        ),
+        (
+            'mm7_serv { mm7_vasp_uri_paths = ("/mm7/") }',
+            1,
+            "both a VASP path and an MMSC path",
+        ),
         ("mm7_serv { }", 1, "mm7_vasp_uri_paths is required"),
         ('mm7_serv {\n x = "unterminated\n}', 2, "unexpected character"),
         (
