@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mm7tx.auth import password_matches
 from mm7tx.config import (
     EMBEDDED,
     ConfigError,
@@ -12,7 +13,6 @@ from mm7tx.config import (
     normalise_endpoint,
     with_overrides,
 )
-from mm7tx.auth import password_matches
 from mm7tx.processors import AddressRules
 from mm7tx.senders import SMTPSettings
 from tests import samples
