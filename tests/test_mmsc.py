@@ -351,3 +351,42 @@ def test_hash_password_command_makes_a_hash_the_config_accepts():
     )
     _, env = submit(build_root({"/mm7/": resource}), "/mm7/v=s3cret")
     assert env.message.status.code == 1000  # type: ignore[union-attr]
+
+
+def test_reports_say_forwarded_or_rejected():
+    from mm7tx.errors import MM7Error
+    from mm7tx.status import StatusCode
+    from mm7tx.transaction import Transaction
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.reports: list[tuple[str, m.DeliveryReportReq]] = []
+
+        def report(self, account, request, namespace):
+            self.reports.append((account.name, request))
+
+    account = Account("v", "p", delivery_report_url="http://vasp.example/dr")
+    tx = Transaction("t", "/mm7/", account=account)
+    request = m.SubmitReq(
+        sender_address=m.Address("777", "ShortCode"),
+        recipients=m.Recipients(to=(m.Address("+1555"),)),
+        delivery_report=True,
+    )
+    recorder = Recorder()
+    EmailProcessor(FakeMailSender(), RULES, reporter=recorder).submit(request, tx)  # type: ignore[arg-type]
+    refusing = FakeMailSender(MM7Error(StatusCode.ADDRESS_ERROR))
+    failed = EmailProcessor(refusing, RULES, reporter=recorder).submit(request, tx)  # type: ignore[arg-type]
+    failed.addErrback(lambda f: f.trap(MM7Error))
+    busy = FakeMailSender(MM7Error(StatusCode.SERVICE_UNAVAILABLE))
+    pending = EmailProcessor(busy, RULES, reporter=recorder).submit(request, tx)  # type: ignore[arg-type]
+    pending.addErrback(lambda f: f.trap(MM7Error))
+    no_report = m.SubmitReq(recipients=request.recipients)
+    EmailProcessor(FakeMailSender(), RULES, reporter=recorder).submit(no_report, tx)  # type: ignore[arg-type]
+    # Forwarded for the accepted one, Rejected for the refused one; nothing for
+    # a transient failure (the VASP will retry) or when no report was asked.
+    assert [(name, r.mm_status) for name, r in recorder.reports] == [
+        ("v", "Forwarded"),
+        ("v", "Rejected"),
+    ]
+    assert recorder.reports[0][1].recipient == m.Address("+1555")
+    assert recorder.reports[0][1].sender == m.Address("777", "ShortCode")
