@@ -16,9 +16,15 @@ from typing import Any
 from twisted.python.reflect import namedAny
 
 from mm7tx.auth import Account, network
+from mm7tx.codec.soap import XMLLimits
 from mm7tx.messages import DEFAULT_MM7_VERSION
 from mm7tx.processors import AddressRules
 from mm7tx.senders import SMTPSettings
+from mm7tx.site import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_REQUEST_SIZE,
+    DEFAULT_REQUEST_TIMEOUT,
+)
 
 
 class ConfigError(Exception):
@@ -163,6 +169,12 @@ class Config:
     mmsc_paths: tuple[str, ...] = ("/mm7/",)
     vasps: tuple[Account, ...] = ()
     delivery_report_attempts: int = 8
+    max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_transactions: int = 200
+    drain_timeout: float = 30.0
+    xml_limits: XMLLimits = field(default_factory=XMLLimits)
     smtp: SMTPSettings = field(default_factory=SMTPSettings)
     processor: str | None = None
     path_processors: tuple[tuple[str, str], ...] = ()
@@ -351,6 +363,7 @@ def load(text: str, source: str = "<config>") -> Config:
     values: dict[str, Any] = {}
     path_processors: list[tuple[str, str]] = []
     vasps: list[Account] = []
+    xml: dict[str, int] = {}
     seen_mm7 = False
     for item in parse(text, source):
         kind = item.name.lower()
@@ -415,6 +428,22 @@ def load(text: str, source: str = "<config>") -> Config:
                     values["mmsc_paths"] = reader.paths(entry)
                 elif name == "mm7_delivery_report_attempts":
                     values["delivery_report_attempts"] = int(reader.number(entry))
+                elif name == "mm7_max_request_size":
+                    values["max_request_size"] = int(reader.number(entry))
+                elif name == "mm7_request_timeout":
+                    values["request_timeout"] = reader.seconds(entry)
+                elif name == "mm7_idle_timeout":
+                    values["idle_timeout"] = reader.seconds(entry)
+                elif name == "mm7_max_transactions":
+                    values["max_transactions"] = int(reader.number(entry))
+                elif name == "mm7_drain_timeout":
+                    values["drain_timeout"] = reader.seconds(entry)
+                elif name == "mm7_xml_max_depth":
+                    xml["max_depth"] = int(reader.number(entry))
+                elif name == "mm7_xml_max_elements":
+                    xml["max_elements"] = int(reader.number(entry))
+                elif name == "smtp_max_connections":
+                    smtp["max_connections"] = int(reader.number(entry))
                 elif name == "mm7_processor":
                     values["processor"] = reader.processor(entry)
                 elif name == "mm7_keep_smil":
@@ -451,6 +480,7 @@ def load(text: str, source: str = "<config>") -> Config:
         smtp=SMTPSettings(**smtp),
         path_processors=tuple(path_processors),
         vasps=tuple(vasps),
+        xml_limits=XMLLimits(**xml),
         source=source,
         **values,
     )

@@ -7,7 +7,6 @@ other ``twisted.web`` site.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -24,6 +23,7 @@ from zope.interface.interface import InterfaceClass
 from mm7tx import codec
 from mm7tx import messages as m
 from mm7tx.auth import Account, IVASPAccount, credentials_from
+from mm7tx.codec.soap import XMLLimits
 from mm7tx.errors import MM7Error
 from mm7tx.interfaces import (
     ICancelProcessor,
@@ -33,7 +33,7 @@ from mm7tx.interfaces import (
     IReplaceProcessor,
     ISubmitProcessor,
 )
-from mm7tx.limits import RateLimiter
+from mm7tx.limits import RateLimiter, TransactionGate
 from mm7tx.status import StatusCode
 from mm7tx.transaction import Transaction
 
@@ -74,6 +74,8 @@ class MM7Resource(Resource):
         mm7_version: str = m.DEFAULT_MM7_VERSION,
         portal: Portal | None = None,
         limiter: RateLimiter | None = None,
+        gate: TransactionGate | None = None,
+        xml_limits: XMLLimits | None = None,
     ) -> None:
         super().__init__()
         self.processor = processor
@@ -82,6 +84,8 @@ class MM7Resource(Resource):
         self.mm7_version = mm7_version
         self.portal = portal
         self.limiter = limiter
+        self.gate = gate if gate is not None else TransactionGate()
+        self.xml_limits = xml_limits
 
     def render_POST(self, request: Request) -> bytes | int:
         assert request.content is not None
@@ -206,7 +210,35 @@ class MM7Resource(Resource):
         account: Account | None,
         gone: list[bool],
     ) -> None:
-        """Decode, check, dispatch to the processor, and answer."""
+        """Take a place at the gate, or answer 4006 at once if there is none."""
+        busy = self.gate.enter()
+        if busy is not None:
+            log.info("Refused a request from {peer}: {why}", peer=peer, why=busy)
+            status = m.Status.of(StatusCode.SERVICE_UNAVAILABLE, details=busy)
+            if not gone:
+                request.write(self._fault(request, m.DEFAULT_NAMESPACE, "", status))
+                request.finish()
+            return
+        try:
+            pending = self._run(request, body, peer, account, gone)
+        except BaseException:
+            self.gate.leave()
+            raise
+        if pending is None:
+            self.gate.leave()
+        else:
+            pending.addBoth(lambda _: self.gate.leave())
+
+    def _run(
+        self,
+        request: Request,
+        body: bytes,
+        peer: str,
+        account: Account | None,
+        gone: list[bool],
+    ) -> defer.Deferred[None] | None:
+        """Decode, check, dispatch to the processor, and answer; the Deferred
+        of the answer if the processor has not answered yet."""
 
         def fault(namespace: str, transaction_id: str, status: m.Status) -> None:
             if not gone:
@@ -223,10 +255,10 @@ class MM7Resource(Resource):
                 details=limited.details,
             )
             fault(m.DEFAULT_NAMESPACE, "", limited)
-            return
+            return None
         content_type = request.getHeader("content-type")
         try:
-            envelope = codec.decode(content_type, body)
+            envelope = codec.decode(content_type, body, self.xml_limits)
         except MM7Error as e:
             log.info(
                 "Refused a request from {peer} on {path}: {code} {details}",
@@ -236,7 +268,7 @@ class MM7Resource(Resource):
                 details=e.status.details,
             )
             fault(m.DEFAULT_NAMESPACE, "", e.status)
-            return
+            return None
         message = envelope.message
         name = type(message).__name__
         transaction = Transaction(
@@ -270,7 +302,7 @@ class MM7Resource(Resource):
                 details=status.details or status.text,
             )
             fault(envelope.namespace, envelope.transaction_id, status)
-            return
+            return None
         assert entry is not None
         d = defer.maybeDeferred(getattr(self.processor, entry[1]), message, transaction)
 
@@ -315,7 +347,7 @@ class MM7Resource(Resource):
             )
             fault(envelope.namespace, envelope.transaction_id, status)
 
-        d.addCallbacks(answered, failed).addErrback(
+        return d.addCallbacks(answered, failed).addErrback(
             lambda f: log.failure("Answering failed", f)
         )
 
@@ -343,14 +375,6 @@ def _write(request: Request, code: int, data: bytes) -> None:
     request.setHeader(b"content-type", XML)
     request.write(data)
     request.finish()
-
-
-_SECRET_IN_PATH = re.compile(r"(/[^/\s?\"=]*=)[^/\s?\"]*")
-
-
-def access_log_formatter(timestamp: str, request: Request) -> str:
-    """Twisted's combined log line, with ``/mm7/account=password`` redacted."""
-    return _SECRET_IN_PATH.sub(r"\1***", http.combinedLogFormatter(timestamp, request))
 
 
 def _peer(request: Request) -> str:

@@ -59,6 +59,7 @@ class SMTPSettings:
     connect_timeout: float = 10.0
     command_timeout: float = 60.0
     total_timeout: float = 120.0
+    max_connections: int = 20
 
     @property
     def host(self) -> str:
@@ -115,9 +116,16 @@ class _Attempt:
 
     def __init__(self, reactor: IReactorTime, total_timeout: float) -> None:
         self.result: defer.Deferred[SendResult] = defer.Deferred(self._cancel)
+        self.done: list[Any] = []
+        self.result.addBoth(self._finished)
         self.result.addTimeout(total_timeout, reactor)
         self.connecting: defer.Deferred[Any] | None = None
         self.protocol: _SMTPClient | None = None
+
+    def _finished(self, result: Any) -> Any:
+        for hook in self.done:
+            hook()
+        return result
 
     def _cancel(self, _: defer.Deferred[SendResult]) -> None:
         if self.connecting is not None and not self.connecting.called:
@@ -235,6 +243,7 @@ class ESMTPSender:
         self._settings = settings
         self._endpoint = endpoint or clientFromString(reactor, settings.endpoint)
         self._context = _tls_options(settings)
+        self._slots = defer.DeferredSemaphore(settings.max_connections)
         self.description = f"SMTP relay {settings.endpoint}"
 
     def send(
@@ -243,6 +252,20 @@ class ESMTPSender:
         data = message.as_bytes(policy=_WIRE_POLICY)
         attempt = _Attempt(self._reactor, self._settings.total_timeout)
         rcpts = [r.encode("utf-8") for r in recipients]
+        # At most max_connections at once; the wait counts in the total timeout.
+        waiting = self._slots.acquire()
+        attempt.connecting = waiting
+
+        def start(_: object) -> None:
+            attempt.done.append(self._slots.release)
+            self._connect(attempt, sender, rcpts, data)
+
+        waiting.addCallbacks(start, lambda _: None)
+        return attempt.result.addErrback(_timeouts_are_transient)
+
+    def _connect(
+        self, attempt: _Attempt, sender: str, rcpts: list[bytes], data: bytes
+    ) -> None:
 
         def build() -> IProtocol:
             protocol = _SMTPClient(
@@ -270,7 +293,6 @@ class ESMTPSender:
             )
 
         connecting.addErrback(unreachable)
-        return attempt.result.addErrback(_timeouts_are_transient)
 
 
 def _timeouts_are_transient(reason: Failure) -> Failure:

@@ -10,19 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import service, strports
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.reflect import namedAny
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from mm7tx.auth import portal_for
 from mm7tx.config import Config
 from mm7tx.interfaces import IMailSender
-from mm7tx.limits import RateLimiter
+from mm7tx.limits import RateLimiter, TransactionGate
 from mm7tx.processors import EmailProcessor
 from mm7tx.reports import DeliveryReporter
-from mm7tx.resource import MM7Resource, access_log_formatter, build_root
+from mm7tx.resource import MM7Resource, build_root
 from mm7tx.senders import sender_for
+from mm7tx.site import MM7Site
 
 log = Logger()
 
@@ -46,17 +47,29 @@ def make_processor(
 
 
 def build_resources(
-    config: Config, sender: IMailSender, reactor: Any = None
+    config: Config,
+    sender: IMailSender,
+    reactor: Any = None,
+    gate: TransactionGate | None = None,
 ) -> dict[str, Resource]:
     """One :class:`MM7Resource` per configured VASP and MMSC path.
 
-    MMSC paths share one Portal over the VASP accounts, one rate limiter and
-    one delivery reporter; they need a ``reactor`` for those.
+    All share one :class:`TransactionGate` (the bound on transactions in
+    flight); MMSC paths share one Portal over the VASP accounts, one rate
+    limiter and one delivery reporter, and need a ``reactor`` for those.
     """
+    gate = gate if gate is not None else TransactionGate(config.max_transactions)
     resources: dict[str, Resource] = {}
     for path in config.vasp_paths:
         processor = make_processor(config.processor_for(path), config, sender)
-        resources[path] = MM7Resource(processor, path, "vasp", config.mm7_version)
+        resources[path] = MM7Resource(
+            processor,
+            path,
+            "vasp",
+            config.mm7_version,
+            gate=gate,
+            xml_limits=config.xml_limits,
+        )
     if config.mmsc_paths:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -70,7 +83,14 @@ def build_resources(
                 config.processor_for(path), config, sender, reporter
             )
             resources[path] = MM7Resource(
-                processor, path, "mmsc", config.mm7_version, portal, limiter
+                processor,
+                path,
+                "mmsc",
+                config.mm7_version,
+                portal,
+                limiter,
+                gate,
+                config.xml_limits,
             )
     return resources
 
@@ -79,12 +99,27 @@ class MM7Service(service.MultiService):
     """The listeners of one mm7tx configuration; logs where it listens and
     where mail goes when it starts."""
 
-    def __init__(self, config: Config, sender: IMailSender, root: Resource) -> None:
+    def __init__(
+        self,
+        config: Config,
+        sender: IMailSender,
+        root: Resource,
+        gate: TransactionGate,
+        reactor: Any,
+    ) -> None:
         super().__init__()
         self.config = config
         self.sender = sender
         self.root = root
-        self.site = Site(root, logFormatter=access_log_formatter)
+        self.gate = gate
+        self.reactor = reactor
+        self.site = MM7Site(
+            root,
+            max_request_size=config.max_request_size,
+            request_timeout=config.request_timeout,
+            idle_timeout=config.idle_timeout,
+            reactor=reactor,
+        )
         for endpoint in config.listen:
             strports.service(endpoint, self.site).setServiceParent(self)
 
@@ -101,6 +136,32 @@ class MM7Service(service.MultiService):
         )
         super().startService()
 
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop listening, take no new transaction, and let the ones in
+        flight finish (for at most ``mm7_drain_timeout`` seconds)."""
+        self.gate.close()
+        stopping = super().stopService()
+        in_flight = self.gate.in_flight
+        if in_flight:
+            log.info(
+                "Draining {count} transactions in flight (at most {timeout:g} s)",
+                count=in_flight,
+                timeout=self.config.drain_timeout,
+            )
+
+        def timed_out(result: object, timeout: float) -> None:
+            log.warn(
+                "Stopped with {count} transactions still in flight",
+                count=self.gate.in_flight,
+            )
+
+        drained = self.gate.drained().addTimeout(
+            self.config.drain_timeout, self.reactor, onTimeoutCancel=timed_out
+        )
+        return defer.gatherResults(
+            [defer.maybeDeferred(lambda: stopping), drained]
+        ).addCallback(lambda _: None)
+
 
 def build_service(config: Config, reactor: Any = None) -> MM7Service:
     """The whole service for ``config``; pass a reactor to avoid the global one."""
@@ -109,5 +170,6 @@ def build_service(config: Config, reactor: Any = None) -> MM7Service:
 
         reactor = global_reactor
     sender = sender_for(reactor, config.smtp)
-    root = build_root(build_resources(config, sender, reactor))
-    return MM7Service(config, sender, root)
+    gate = TransactionGate(config.max_transactions)
+    root = build_root(build_resources(config, sender, reactor, gate))
+    return MM7Service(config, sender, root, gate, reactor)

@@ -19,7 +19,8 @@ from mm7tx.auth import Account, hash_password, network, password_matches, portal
 from mm7tx.interfaces import ICancelProcessor, ISubmitProcessor
 from mm7tx.limits import RateLimiter
 from mm7tx.processors import AddressRules, EmailProcessor
-from mm7tx.resource import MM7Resource, access_log_formatter, build_root
+from mm7tx.resource import MM7Resource, build_root
+from mm7tx.site import access_log_formatter
 from mm7tx.testing import FakeMailSender, http_post
 from tests import samples
 

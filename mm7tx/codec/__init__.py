@@ -16,7 +16,9 @@ from mm7tx.status import StatusCode
 __all__ = ["MM7Error", "decode", "encode"]
 
 
-def decode(content_type: str | None, body: bytes) -> Envelope:
+def decode(
+    content_type: str | None, body: bytes, limits: soap.XMLLimits | None = None
+) -> Envelope:
     """Parse an MM7 HTTP body (request, response or fault) into an envelope.
 
     Raises :class:`MM7Error` with the status to answer for anything that is
@@ -25,7 +27,7 @@ def decode(content_type: str | None, body: bytes) -> Envelope:
     if not body.strip():
         raise MM7Error(StatusCode.VALIDATION_ERROR, details="the request body is empty")
     xml, parts = mime.split(content_type, body)
-    envelope, href = soap.parse_envelope(xml)
+    envelope, href = soap.parse_envelope(xml, limits)
     message: Any = envelope.message
     if hasattr(message, "content"):
         content = mime.resolve_content(href, parts)

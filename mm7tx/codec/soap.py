@@ -9,7 +9,7 @@ touches the network; a document with a DTD is refused outright.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from enum import Enum, auto
 from typing import Any
 
@@ -199,8 +199,37 @@ def _attribute(el: etree._Element, name: str) -> str | None:
     return None
 
 
-def parse_xml(data: bytes) -> etree._Element:
-    """Parse a SOAP document safely: no DTD, no entities, no network."""
+@dataclass(frozen=True, slots=True)
+class XMLLimits:
+    """How deep and how big a SOAP document may be.  MM7 needs about eight
+    levels and a few dozen elements per recipient."""
+
+    max_depth: int = 32
+    max_elements: int = 10000
+
+
+def _check_size(root: etree._Element, limits: XMLLimits) -> None:
+    count = 0
+    stack = [(root, 1)]
+    while stack:
+        element, depth = stack.pop()
+        count += 1
+        if count > limits.max_elements:
+            raise MM7Error(
+                StatusCode.MESSAGE_FORMAT_CORRUPT,
+                details=f"the SOAP document has more than {limits.max_elements} elements",
+            )
+        if depth > limits.max_depth:
+            raise MM7Error(
+                StatusCode.MESSAGE_FORMAT_CORRUPT,
+                details=f"the SOAP document is nested deeper than {limits.max_depth}",
+            )
+        stack.extend((child, depth + 1) for child in element)
+
+
+def parse_xml(data: bytes, limits: XMLLimits | None = None) -> etree._Element:
+    """Parse a SOAP document safely: no DTD, no entities, no network, and
+    within ``limits``."""
     head = data[:4096] if len(data) > 4096 else data
     if b"<!DOCTYPE" in head or b"<!ENTITY" in data:
         raise MM7Error(
@@ -218,6 +247,7 @@ def parse_xml(data: bytes) -> etree._Element:
             StatusCode.MESSAGE_FORMAT_CORRUPT,
             details="a DTD is not allowed in SOAP",
         )
+    _check_size(root, limits or XMLLimits())
     return root
 
 
@@ -329,12 +359,14 @@ def parse_body(el: etree._Element) -> tuple[Any, str | None]:
     return cls(**values), href
 
 
-def parse_envelope(data: bytes) -> tuple[m.Envelope, str | None]:
+def parse_envelope(
+    data: bytes, limits: XMLLimits | None = None
+) -> tuple[m.Envelope, str | None]:
     """Parse a SOAP envelope holding an MM7 request, response or fault.
 
     Returns the envelope (content not yet resolved) and the Content href.
     """
-    root = parse_xml(data)
+    root = parse_xml(data, limits)
     if _local(root) != "Envelope":
         raise MM7Error(
             StatusCode.VALIDATION_ERROR,
