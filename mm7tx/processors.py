@@ -124,7 +124,7 @@ class Mail:
 
 def _mailbox(value: str, what: str) -> str:
     address = parseaddr(clean(value))[1] or clean(value)
-    if not _MAILBOX.match(address):
+    if _CONTROL.search(value.strip()) or not _MAILBOX.match(address):
         raise MM7Error(
             StatusCode.ADDRESS_ERROR, details=f"{what} {value[:80]!r} is not an address"
         )

@@ -141,10 +141,10 @@ class MM7Resource(Resource):
             return
         status = m.Status.of(StatusCode.IMPROPER_IDENTIFICATION)
         request.setHeader(b"www-authenticate", b'Basic realm="mm7tx"')
-        request.write(
-            self._fault(request, m.DEFAULT_NAMESPACE, "", status, http.UNAUTHORIZED)
+        _send(
+            request,
+            self._fault(request, m.DEFAULT_NAMESPACE, "", status, http.UNAUTHORIZED),
         )
-        request.finish()
 
     def _limit(self, account: Account | None, body: bytes) -> m.Status | None:
         """The fault status for an account over one of its limits, if any."""
@@ -216,8 +216,7 @@ class MM7Resource(Resource):
             log.info("Refused a request from {peer}: {why}", peer=peer, why=busy)
             status = m.Status.of(StatusCode.SERVICE_UNAVAILABLE, details=busy)
             if not gone:
-                request.write(self._fault(request, m.DEFAULT_NAMESPACE, "", status))
-                request.finish()
+                _send(request, self._fault(request, m.DEFAULT_NAMESPACE, "", status))
             return
         try:
             pending = self._run(request, body, peer, account, gone)
@@ -242,8 +241,7 @@ class MM7Resource(Resource):
 
         def fault(namespace: str, transaction_id: str, status: m.Status) -> None:
             if not gone:
-                request.write(self._fault(request, namespace, transaction_id, status))
-                request.finish()
+                _send(request, self._fault(request, namespace, transaction_id, status))
 
         limited = self._limit(account, body)
         if limited is not None:
@@ -321,7 +319,9 @@ class MM7Resource(Resource):
                     envelope.transaction_id, response, envelope.namespace
                 )
                 _, data = codec.encode(reply)
-                _write(request, http.OK, data)
+                request.setResponseCode(http.OK)
+                request.setHeader(b"content-type", XML)
+                _send(request, data)
 
         def failed(reason: Failure) -> None:
             if reason.check(MM7Error):
@@ -370,9 +370,9 @@ class MM7Resource(Resource):
         return data
 
 
-def _write(request: Request, code: int, data: bytes) -> None:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", XML)
+def _send(request: Request, data: bytes) -> None:
+    """Write a whole answer, with its length (not chunked), and finish."""
+    request.setHeader(b"content-length", b"%d" % len(data))
     request.write(data)
     request.finish()
 
