@@ -31,11 +31,14 @@ XML_TYPES = frozenset(
 _PARSER = BytesParser(policy=policy.compat32)
 
 
-def normalise_id(value: str | None) -> str | None:
-    """A Content-ID or cid reference without ``<>``, ``cid:`` or spaces."""
-    if value is None:
+def normalise_id(header: object) -> str | None:
+    """A Content-ID or cid reference without ``<>``, ``cid:`` or spaces.
+
+    Takes any header value: with 8-bit bytes in it the parser gives a
+    ``Header`` object rather than a string."""
+    if header is None:
         return None
-    value = value.strip()
+    value = str(header).strip()
     if value[:4].lower() == "cid:":
         value = unquote(value[4:]).strip()
     if value.startswith("<") and value.endswith(">"):
