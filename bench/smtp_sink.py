@@ -31,7 +31,8 @@ def mode(control: Path) -> str:
 @implementer(smtp.IMessage)
 class Message:
     def __init__(self, out: Path, control: Path) -> None:
-        self.out, self.control, self.lines = out, control, []
+        self.out, self.control = out, control
+        self.lines: list[bytes] = []
 
     def lineReceived(self, line: bytes) -> None:
         self.lines.append(line)
@@ -85,6 +86,7 @@ class Discard:
 class Server(smtp.ESMTP):
     def connectionMade(self) -> None:
         if mode(self.factory.control) == "greet421":
+            assert self.transport is not None
             self.transport.write(b"421 closing, try later\r\n")
             self.transport.loseConnection()
             return
