@@ -47,6 +47,11 @@ def test_the_shipped_example_file_loads_with_every_option():
     assert config.processor_for("/ringtones/") is None
     assert config.mmsc_paths == ("/mm7/",)
     assert config.delivery_report_attempts == 8
+    assert config.max_request_size == 5 * 1024 * 1024
+    assert (config.request_timeout, config.idle_timeout) == (30, 60)
+    assert (config.max_transactions, config.drain_timeout) == (200, 30)
+    assert (config.xml_limits.max_depth, config.xml_limits.max_elements) == (32, 10000)
+    assert config.smtp.max_connections == 20
     vasp1, vasp2, ip, net = config.vasps
     assert vasp1.password == "secret1" and vasp1.max_message_size == 2 * 1024 * 1024
     assert vasp1.max_recipients == 50 and vasp1.rate == 20
