@@ -116,20 +116,25 @@ class _Attempt:
 
     def __init__(self, reactor: IReactorTime, total_timeout: float) -> None:
         self.result: defer.Deferred[SendResult] = defer.Deferred(self._cancel)
-        self.done: list[Any] = []
-        self.result.addBoth(self._finished)
         self.result.addTimeout(total_timeout, reactor)
         self.connecting: defer.Deferred[Any] | None = None
         self.protocol: _SMTPClient | None = None
+        self._release: Any = None
 
-    def _finished(self, result: Any) -> Any:
-        for hook in self.done:
-            hook()
-        return result
+    def hold(self, release: Any) -> None:
+        """Keep a connection slot until the connection is gone."""
+        self._release = release
+
+    def free(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
     def _cancel(self, _: defer.Deferred[SendResult]) -> None:
         if self.connecting is not None and not self.connecting.called:
             self.connecting.cancel()
+            if self.protocol is None:
+                self.free()
         if self.protocol is not None and self.protocol.transport is not None:
             self.protocol.transport.abortConnection()  # type: ignore[attr-defined]
 
@@ -215,6 +220,7 @@ class _SMTPClient(smtp.ESMTPClient):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         super().connectionLost(reason)
+        self.attempt.free()
         self.attempt.fail(
             MM7Error(
                 StatusCode.SERVICE_UNAVAILABLE,
@@ -252,12 +258,13 @@ class ESMTPSender:
         data = message.as_bytes(policy=_WIRE_POLICY)
         attempt = _Attempt(self._reactor, self._settings.total_timeout)
         rcpts = [r.encode("utf-8") for r in recipients]
-        # At most max_connections at once; the wait counts in the total timeout.
+        # At most max_connections open at once (a slot is held until the
+        # connection is gone); the wait counts in the total timeout.
         waiting = self._slots.acquire()
         attempt.connecting = waiting
 
         def start(_: object) -> None:
-            attempt.done.append(self._slots.release)
+            attempt.hold(self._slots.release)
             self._connect(attempt, sender, rcpts, data)
 
         waiting.addCallbacks(start, lambda _: None)
@@ -285,6 +292,7 @@ class ESMTPSender:
         connecting.addTimeout(self._settings.connect_timeout, self._reactor)
 
         def unreachable(reason: Failure) -> None:
+            attempt.free()
             attempt.fail(
                 MM7Error(
                     StatusCode.SERVICE_UNAVAILABLE,

@@ -7,7 +7,7 @@ from email.message import EmailMessage
 
 import pytest
 import pytest_twisted
-from twisted.internet import protocol, reactor, ssl
+from twisted.internet import defer, protocol, reactor, ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
@@ -294,3 +294,45 @@ async def test_auth_with_the_right_password_and_never_logs_it():
     for secret in ("s3cret-Pa55", "wrong-Pa55"):
         assert secret not in logged
         assert base64.b64encode(secret.encode()).decode() not in logged
+
+
+@pytest_twisted.ensureDeferred
+async def test_at_most_max_connections_to_the_relay():
+    delivery = RecordingDelivery()
+    factory = smtp_server_factory(delivery)
+    open_now, most = [0], [0]
+    build = factory.buildProtocol
+
+    def counting(addr):
+        protocol = build(addr)
+        made, lost = protocol.connectionMade, protocol.connectionLost
+
+        def connectionMade():
+            open_now[0] += 1
+            most[0] = max(most[0], open_now[0])
+            made()
+
+        def connectionLost(reason):
+            open_now[0] -= 1
+            lost(reason)
+
+        protocol.connectionMade, protocol.connectionLost = (
+            connectionMade,
+            connectionLost,
+        )
+        return protocol
+
+    factory.buildProtocol = counting  # type: ignore[method-assign]
+    port, number = await listen(factory)
+    try:
+        sender = sender_for(f"tcp:127.0.0.1:{number}", max_connections=2)
+        results = await defer.gatherResults(
+            [
+                sender.send("a@from.example", [f"r{i}@to.example"], message())
+                for i in range(6)
+            ]
+        ).addTimeout(20, reactor)
+        assert len(results) == 6 and len(delivery.received) == 6
+        assert most[0] == 2
+    finally:
+        await port.stopListening()
