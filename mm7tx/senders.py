@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mailbox
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 from twisted.internet import defer, error, ssl
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.mail import smtp
@@ -60,6 +61,7 @@ class SMTPSettings:
     command_timeout: float = 60.0
     total_timeout: float = 120.0
     max_connections: int = 20
+    idle_timeout: float = 30.0
 
     @property
     def host(self) -> str:
@@ -111,32 +113,32 @@ def _s(value: Any) -> str:
     return str(value)
 
 
-class _Attempt:
-    """One message on one connection: owns the Deferred the caller gets."""
+class _Job:
+    """One message: owns the Deferred the caller gets, whatever connection
+    ends up carrying it."""
 
-    def __init__(self, reactor: IReactorTime, total_timeout: float) -> None:
+    def __init__(
+        self,
+        pool: ESMTPSender,
+        sender: bytes,
+        recipients: list[bytes],
+        data: bytes,
+        total_timeout: float,
+    ) -> None:
+        self.pool = pool
+        self.sender = sender
+        self.recipients = recipients
+        self.data = data
+        self.client: _SMTPClient | None = None
+        self.answered = False  # the relay has replied to our MAIL FROM
+        self.retried = False
         self.result: defer.Deferred[SendResult] = defer.Deferred(self._cancel)
-        self.result.addTimeout(total_timeout, reactor)
-        self.connecting: defer.Deferred[Any] | None = None
-        self.protocol: _SMTPClient | None = None
-        self._release: Any = None
-
-    def hold(self, release: Any) -> None:
-        """Keep a connection slot until the connection is gone."""
-        self._release = release
-
-    def free(self) -> None:
-        release, self._release = self._release, None
-        if release is not None:
-            release()
+        self.result.addTimeout(total_timeout, pool.reactor)
 
     def _cancel(self, _: defer.Deferred[SendResult]) -> None:
-        if self.connecting is not None and not self.connecting.called:
-            self.connecting.cancel()
-            if self.protocol is None:
-                self.free()
-        if self.protocol is not None and self.protocol.transport is not None:
-            self.protocol.transport.abortConnection()  # type: ignore[attr-defined]
+        if self.client is not None and self.client.transport is not None:
+            self.client.transport.abortConnection()  # type: ignore[attr-defined]
+        self.pool._forget(self)
 
     def succeed(self, result: SendResult) -> None:
         if not self.result.called:
@@ -148,21 +150,16 @@ class _Attempt:
 
 
 class _SMTPClient(smtp.ESMTPClient):
-    """Twisted's ESMTP client state machine, for exactly one message."""
+    """A persistent ESMTP session on Twisted's client state machine: it sends
+    the pool's queued messages one after another, RSET between, and waits
+    idle for more."""
 
-    def __init__(
-        self,
-        attempt: _Attempt,
-        settings: SMTPSettings,
-        context: Any,
-        sender: bytes,
-        recipients: list[bytes],
-        data: bytes,
-    ) -> None:
+    def __init__(self, pool: ESMTPSender) -> None:
+        settings = pool.settings
         secret = settings.password.encode() if settings.password else None
         identity = (settings.helo or "localhost").encode()
-        super().__init__(secret, context, identity)
-        self.attempt = attempt
+        super().__init__(secret, pool.context, identity)
+        self.pool = pool
         # No transcript: it would hold the AUTH exchange, and costs time.
         self.debug = False
         self.heloFallback = True
@@ -174,34 +171,76 @@ class _SMTPClient(smtp.ESMTPClient):
             self.registerAuthenticator(smtp.CramMD5ClientAuthenticator(user))
             self.registerAuthenticator(smtp.LOGINAuthenticator(user))
             self.registerAuthenticator(smtp.PLAINAuthenticator(user))
-        self._sender = sender
-        self._recipients = recipients
-        self._data = data
-        self._done = False
+        self.job: _Job | None = None
+        self.sent = 0
+        self.idle = False
+        self.ready = False  # greeted, EHLO, STARTTLS and AUTH done
+        self._idle_call: Any = None
+
+    # Taking messages from the pool.
+
+    def smtpState_from(self, code: int, resp: bytes) -> None:
+        self.ready = True
+        job = self.pool._next_job()
+        if job is None:
+            self._park()
+            return
+        self.start(job)
+
+    def start(self, job: _Job) -> None:
+        """Send ``job`` on this (ready) connection."""
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self.idle = False
+        self.job = job
+        job.client = self
+        self.setTimeout(self.timeout)
+        super().smtpState_from(250, b"")
+
+    def _park(self) -> None:
+        self.idle = True
+        self.setTimeout(None)
+        self._idle_call = self.pool.reactor.callLater(
+            self.pool.settings.idle_timeout, self._disconnectFromServer
+        )
+        self.pool._parked(self)
 
     def getMailFrom(self) -> bytes | None:
-        if self._done:
-            return None
-        self._done = True
-        return self._sender
+        return self.job.sender if self.job is not None else None
+
+    def smtpState_to(self, code: int, resp: bytes) -> Any:
+        if self.job is not None:
+            self.job.answered = True
+        return super().smtpState_to(code, resp)
+
+    def smtpTransferFailed(self, code: int, resp: bytes) -> None:
+        if self.job is not None:
+            self.job.answered = True
+        super().smtpTransferFailed(code, resp)
 
     def getMailTo(self) -> list[bytes]:
-        return self._recipients
+        return self.job.recipients if self.job is not None else []
 
     def getMailData(self) -> BytesIO:
-        return BytesIO(self._data)
+        return BytesIO(self.job.data if self.job is not None else b"")
 
     def sentMail(
         self, code: int, resp: bytes, numOk: int, addresses: list[Any], log: Any
     ) -> None:
+        job, self.job = self.job, None
+        self.sent += 1
+        if job is None:
+            return
         if code in smtp.SUCCESS:
             accepted = tuple(_s(a) for a, c, _ in addresses if c in smtp.SUCCESS)
             refused = tuple(
                 (_s(a), int(c), _s(r)) for a, c, r in addresses if c not in smtp.SUCCESS
             )
-            self.attempt.succeed(SendResult(accepted, refused))
+            job.succeed(SendResult(accepted, refused))
         else:
-            self.attempt.fail(_classify(code, numOk, addresses))
+            job.fail(_classify(code, numOk, addresses))
+
+    # Failures.
 
     def sendError(self, exc: Exception) -> None:
         code = getattr(exc, "code", -1)
@@ -215,28 +254,53 @@ class _SMTPClient(smtp.ESMTPClient):
             detail = f"the mail relay failed: {code} {_s(getattr(exc, 'resp', exc))}"
         # Connection, TLS and AUTH problems are the operator's to fix and the
         # sender's to retry: never a permanent status.
-        self.attempt.fail(MM7Error(StatusCode.SERVICE_UNAVAILABLE, details=detail))
+        self._lose_job(MM7Error(StatusCode.SERVICE_UNAVAILABLE, details=detail))
         super().sendError(exc)
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         super().connectionLost(reason)
-        self.attempt.free()
-        self.attempt.fail(
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._lose_job(
             MM7Error(
                 StatusCode.SERVICE_UNAVAILABLE,
                 details="the mail relay closed the connection",
             )
         )
+        self.pool._gone(self)
+
+    def _lose_job(self, reason: MM7Error) -> None:
+        if not self.ready:
+            # The session failed before it could carry anything (greeting,
+            # STARTTLS, AUTH): the message that has waited longest gets the
+            # error, as when the relay is unreachable.
+            self.ready = True
+            self.pool._fail_oldest(reason)
+            return
+        job, self.job = self.job, None
+        if job is None or job.result.called:
+            return
+        if self.sent and not job.answered and not job.retried:
+            # A reused connection that died before the relay answered our
+            # MAIL FROM (it had timed us out): nothing was accepted, so the
+            # message can go again on a fresh connection.
+            job.retried = True
+            job.client = None
+            self.pool._requeue(job)
+            return
+        job.fail(reason)
 
 
 @implementer(IMailSender)
 class ESMTPSender:
-    """Sends each message over its own ESMTP connection to a relay.
+    """Sends messages to a relay over a pool of persistent ESMTP sessions.
 
     ``send`` never blocks: it returns a Deferred that fires with a
     :class:`SendResult` once the relay said 250 to DATA, and fails with an
     :class:`MM7Error`: 4006 for a relay that is down, slow or answers 4xx,
-    2002 when every recipient got a 5xx, 3002 when the message did.
+    2002 when every recipient got a 5xx, 3002 when the message did.  At most
+    ``max_connections`` sessions are open; each sends one message after
+    another (RSET between) and is closed after ``idle_timeout`` unused.
     """
 
     def __init__(
@@ -245,62 +309,109 @@ class ESMTPSender:
         settings: SMTPSettings,
         endpoint: IStreamClientEndpoint | None = None,
     ) -> None:
-        self._reactor = reactor
-        self._settings = settings
-        self._endpoint = endpoint or clientFromString(reactor, settings.endpoint)
-        self._context = _tls_options(settings)
-        self._slots = defer.DeferredSemaphore(settings.max_connections)
+        self.reactor = reactor
+        self.settings = settings
+        self.endpoint = endpoint or clientFromString(reactor, settings.endpoint)
+        self.context = _tls_options(settings)
         self.description = f"SMTP relay {settings.endpoint}"
+        self._queue: deque[_Job] = deque()
+        self._idle: list[_SMTPClient] = []
+        self._open: set[_SMTPClient] = set()
+        self._connecting = 0
+
+    @property
+    def connections(self) -> int:
+        """Sessions open or being opened."""
+        return len(self._open) + self._connecting
 
     def send(
         self, sender: str, recipients: list[str], message: EmailMessage
     ) -> defer.Deferred[SendResult]:
-        data = message.as_bytes(policy=_WIRE_POLICY)
-        attempt = _Attempt(self._reactor, self._settings.total_timeout)
-        rcpts = [r.encode("utf-8") for r in recipients]
-        # At most max_connections open at once (a slot is held until the
-        # connection is gone); the wait counts in the total timeout.
-        waiting = self._slots.acquire()
-        attempt.connecting = waiting
+        job = _Job(
+            self,
+            sender.encode("utf-8"),
+            [r.encode("utf-8") for r in recipients],
+            message.as_bytes(policy=_WIRE_POLICY),
+            self.settings.total_timeout,
+        )
+        self._queue.append(job)
+        self._dispatch()
+        return job.result.addErrback(_timeouts_are_transient)
 
-        def start(_: object) -> None:
-            attempt.hold(self._slots.release)
-            self._connect(attempt, sender, rcpts, data)
+    def close(self) -> None:
+        """Close the idle sessions (the busy ones close when done)."""
+        for client in list(self._idle):
+            client._disconnectFromServer()
 
-        waiting.addCallbacks(start, lambda _: None)
-        return attempt.result.addErrback(_timeouts_are_transient)
+    # The pool.
 
-    def _connect(
-        self, attempt: _Attempt, sender: str, rcpts: list[bytes], data: bytes
-    ) -> None:
+    def _dispatch(self) -> None:
+        while self._queue and self._idle:
+            client = self._idle.pop()
+            if client.transport is None or not client.idle:
+                continue
+            client.start(self._queue.popleft())
+        waiting = len(self._queue) - self._connecting
+        while waiting > 0 and self.connections < self.settings.max_connections:
+            self._connect()
+            waiting -= 1
 
-        def build() -> IProtocol:
-            protocol = _SMTPClient(
-                attempt,
-                self._settings,
-                self._context,
-                sender.encode("utf-8"),
-                rcpts,
-                data,
-            )
-            attempt.protocol = protocol
-            return protocol
+    def _connect(self) -> None:
+        self._connecting += 1
+        factory: Any = Factory.forProtocol(lambda: _SMTPClient(self))  # type: ignore[arg-type, type-var]
+        connecting = self.endpoint.connect(factory)
+        connecting.addTimeout(self.settings.connect_timeout, self.reactor)
 
-        factory: Any = Factory.forProtocol(build)  # type: ignore[type-var, arg-type]
-        connecting = self._endpoint.connect(factory)
-        attempt.connecting = connecting
-        connecting.addTimeout(self._settings.connect_timeout, self._reactor)
+        def connected(client: _SMTPClient) -> None:
+            self._connecting -= 1
+            self._open.add(client)
 
         def unreachable(reason: Failure) -> None:
-            attempt.free()
-            attempt.fail(
+            self._connecting -= 1
+            self._fail_oldest(
                 MM7Error(
                     StatusCode.SERVICE_UNAVAILABLE,
-                    details=f"the mail relay is unreachable: {reason.getErrorMessage()}",
+                    details="the mail relay is unreachable: "
+                    + reason.getErrorMessage(),
                 )
             )
+            self._dispatch()
 
-        connecting.addErrback(unreachable)
+        connecting.addCallbacks(connected, unreachable)
+
+    def _fail_oldest(self, reason: MM7Error) -> None:
+        """A session could not be had: the message that has waited longest
+        fails with ``reason`` (so while the relay is down or refusing, each
+        message gets its own quick 4006 rather than waiting for its timeout)."""
+        job = self._next_job()
+        if job is not None:
+            job.fail(reason)
+
+    def _next_job(self) -> _Job | None:
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.result.called:
+                return job
+        return None
+
+    def _parked(self, client: _SMTPClient) -> None:
+        self._idle.append(client)
+        self._dispatch()
+
+    def _requeue(self, job: _Job) -> None:
+        self._queue.appendleft(job)
+        self.reactor.callLater(0, self._dispatch)
+
+    def _forget(self, job: _Job) -> None:
+        if job in self._queue:
+            self._queue.remove(job)
+
+    def _gone(self, client: _SMTPClient) -> None:
+        self._open.discard(client)
+        if client in self._idle:
+            self._idle.remove(client)
+        if self._queue:
+            self.reactor.callLater(0, self._dispatch)
 
 
 def _timeouts_are_transient(reason: Failure) -> Failure:

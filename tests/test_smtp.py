@@ -7,7 +7,7 @@ from email.message import EmailMessage
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor, ssl
+from twisted.internet import defer, protocol, reactor, ssl, task
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
@@ -334,5 +334,63 @@ async def test_at_most_max_connections_to_the_relay():
         ).addTimeout(20, reactor)
         assert len(results) == 6 and len(delivery.received) == 6
         assert most[0] == 2
+    finally:
+        await port.stopListening()
+
+
+def counting_factory(delivery: RecordingDelivery):
+    """The test server, remembering its protocols (open or not)."""
+    factory = smtp_server_factory(delivery)
+    made: list = []
+    build = factory.buildProtocol
+
+    def remember(addr):
+        protocol = build(addr)
+        made.append(protocol)
+        return protocol
+
+    factory.buildProtocol = remember  # type: ignore[method-assign]
+    return factory, made
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_share_a_persistent_session():
+    delivery = RecordingDelivery()
+    factory, made = counting_factory(delivery)
+    port, number = await listen(factory)
+    try:
+        sender = sender_for(f"tcp:127.0.0.1:{number}", max_connections=1)
+        for i in range(3):
+            await send(sender, [f"one{i}@to.example"])
+        await defer.gatherResults(
+            [
+                sender.send("a@from.example", [f"two{i}@to.example"], message())
+                for i in range(4)
+            ]
+        ).addTimeout(10, reactor)
+        assert len(delivery.received) == 7
+        assert len(made) == 1  # one TCP connection, seven transactions
+        # The relay closes the idle session: the next message opens a new one.
+        made[0].transport.loseConnection()
+        await task.deferLater(reactor, 0.05)
+        await send(sender, ["three@to.example"])
+        assert len(made) == 2 and len(delivery.received) == 8
+    finally:
+        sender.close()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idle_session_is_closed_after_the_idle_timeout():
+    delivery = RecordingDelivery()
+    factory, made = counting_factory(delivery)
+    port, number = await listen(factory)
+    try:
+        sender = sender_for(f"tcp:127.0.0.1:{number}", idle_timeout=0.2)
+        await send(sender, ["b@to.example"])
+        assert sender.connections == 1
+        await task.deferLater(reactor, 0.5)
+        assert sender.connections == 0
+        assert made[0].transport is None or made[0].transport.disconnected
     finally:
         await port.stopListening()
