@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -341,7 +342,7 @@ async def test_at_most_max_connections_to_the_relay():
 def counting_factory(delivery: RecordingDelivery):
     """The test server, remembering its protocols (open or not)."""
     factory = smtp_server_factory(delivery)
-    made: list = []
+    made: list[Any] = []
     build = factory.buildProtocol
 
     def remember(addr):
