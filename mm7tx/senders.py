@@ -177,6 +177,14 @@ class _SMTPClient(smtp.ESMTPClient):
         self.ready = False  # greeted, EHLO, STARTTLS and AUTH done
         self._idle_call: Any = None
 
+    def connectionMade(self) -> None:
+        # Commands go one at a time, each awaiting its reply: without
+        # TCP_NODELAY, Nagle and delayed ACKs add ~40 ms to every message.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
+        super().connectionMade()
+
     # Taking messages from the pool.
 
     def smtpState_from(self, code: int, resp: bytes) -> None:

@@ -1,0 +1,33 @@
+"""The ceiling: a bare twisted.web resource that reads the body and answers a
+fixed 200.  What Twisted itself can do on this machine and Python.
+
+    python bench/ceiling.py PORT
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.internet import endpoints, reactor
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+ANSWER = b"<ok/>"
+
+
+class Ceiling(Resource):
+    isLeaf = True
+
+    def render_POST(self, request: Any) -> bytes:
+        request.content.read()
+        request.setHeader(b"content-type", b"text/xml; charset=utf-8")
+        return ANSWER
+
+
+if __name__ == "__main__":
+    port = int(sys.argv[1])
+    site = Site(Ceiling())
+    site.log = lambda request: None  # type: ignore[method-assign]
+    endpoints.TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(site)
+    reactor.run()  # type: ignore[attr-defined]

@@ -1,0 +1,44 @@
+-- wrk script: POST the body in $BENCH_BODY with the Content-Type in
+-- $BENCH_TYPE; count answers by HTTP status and by MM7 StatusCode; with
+-- $BENCH_DELAY_MS, wait that long before each request (a rate limit).
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = os.getenv("BENCH_TYPE")
+local wait = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+
+local threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  ok, other, mm7_1000 = 0, 0, 0
+end
+
+function delay()
+  return wait
+end
+
+function response(status, headers, body)
+  if status == 200 then ok = ok + 1 else other = other + 1 end
+  if string.find(body, "<StatusCode>1000</StatusCode>", 1, true) then
+    mm7_1000 = mm7_1000 + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local t_ok, t_other, t_1000 = 0, 0, 0
+  for _, thread in ipairs(threads) do
+    t_ok = t_ok + thread:get("ok")
+    t_other = t_other + thread:get("other")
+    t_1000 = t_1000 + thread:get("mm7_1000")
+  end
+  io.write(string.format(
+    "RESULT requests=%d seconds=%.3f http200=%d other=%d mm7_1000=%d errors=%d p50=%.3f p99=%.3f\n",
+    summary.requests, summary.duration / 1e6, t_ok, t_other, t_1000,
+    summary.errors.connect + summary.errors.read + summary.errors.write
+      + summary.errors.status + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end

@@ -1,0 +1,418 @@
+"""Throughput of mm7tx against the twisted.web ceiling, end to end.
+
+    python -m bench.throughput [--rounds 3] [--seconds 8] [--connections 32] [--profile]
+
+Needs Debian's ``wrk`` and ``postfix`` (for ``smtp-sink``); it says so and stops
+if they are missing, and installs nothing.  Everything runs on loopback:
+``smtp-sink`` as the relay, the real ``twistd mm7`` pointed at it, and the
+ceiling (bench/ceiling.py: a bare twisted.web resource reading the same body),
+each driven by ``wrk`` replaying real MM7 requests.  See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mm7tx import codec
+from mm7tx import messages as m
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def need(tool: str, package: str) -> str:
+    path = shutil.which(tool) or (
+        f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None
+    )
+    if path is None:
+        raise SystemExit(
+            f"bench/throughput.py needs {tool}: apt-get install {package} "
+            "(Debian packages wrk and postfix); it installs nothing itself"
+        )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+def jpeg(size: int) -> bytes:
+    return b"\xff\xd8\xff\xe0" + os.urandom(size - 4)
+
+
+def requests(folder: Path) -> dict[str, tuple[str, Path]]:
+    """The MM7 requests wrk replays: name -> (Content-Type, body file)."""
+    image = m.ContentPart(
+        "image/jpeg", jpeg(30 * 1024), (("name", "photo.jpg"),), "photo"
+    )
+    text = m.ContentPart(
+        "text/plain", b"Your weekly photo", (("charset", "utf-8"),), "text"
+    )
+    made = {
+        "deliver-30k": m.DeliverReq(
+            sender=m.Address("+15551234567"),
+            recipients=m.Recipients(to=(m.Address("7255", "ShortCode"),)),
+            subject="Photo",
+            content=(image,),
+        ),
+        "submit-3rcpt": m.SubmitReq(
+            sender_address=m.Address("7255", "ShortCode"),
+            recipients=m.Recipients(
+                to=tuple(m.Address(f"+1555000000{i}") for i in range(3))
+            ),
+            subject="Photo",
+            content=(text, image),
+        ),
+        "report": m.DeliveryReportReq(
+            message_id="369500617770864640",
+            recipient=m.Address("+15551234567"),
+            sender=m.Address("7255", "ShortCode"),
+            date="2026-11-22T10:00:00Z",
+            mm_status="Retrieved",
+            status_text="ok",
+        ),
+        "deliver-1m": m.DeliverReq(
+            sender=m.Address("+15551234567"),
+            subject="Big",
+            content=(m.ContentPart("image/jpeg", jpeg(1024 * 1024), (), "big"),),
+        ),
+    }
+    out = {}
+    for name, request in made.items():
+        ctype, body = codec.encode(m.Envelope("bench-1", request))
+        path = folder / f"{name}.bin"
+        path.write_bytes(body)
+        out[name] = (ctype, path)
+    return out
+
+
+class Process:
+    def __init__(self, args: list[str], cwd: Path, log: Path, port: int) -> None:
+        self.log = open(log, "ab")  # noqa: SIM115
+        self.popen = subprocess.Popen(
+            args, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        wait_for_port(port)
+
+    def cpu_seconds(self) -> float:
+        fields = (
+            Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        )
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
+    def peak_rss_mib(self) -> float:
+        status = Path(f"/proc/{self.popen.pid}/status").read_text()
+        match = re.search(r"VmHWM:\s+(\d+) kB", status)
+        return int(match.group(1)) / 1024 if match else 0.0
+
+    def stop(self) -> None:
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(30)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+        self.log.close()
+
+
+def wrk(
+    wrk_path: str,
+    url: str,
+    ctype: str,
+    body: Path,
+    seconds: float,
+    connections: int,
+    delay_ms: float = 0.0,
+) -> dict[str, float]:
+    env = dict(
+        os.environ, BENCH_BODY=str(body), BENCH_TYPE=ctype, BENCH_DELAY_MS=str(delay_ms)
+    )
+    out = subprocess.run(
+        [
+            wrk_path,
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(HERE / "post.lua"),
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"wrk failed: {out.stdout}{out.stderr}")
+    values = dict(item.split("=") for item in line.split()[1:])
+    result = {k: float(v) for k, v in values.items()}
+    result["rate"] = result["requests"] / result["seconds"]
+    return result
+
+
+def sink_count(log: Path) -> int:
+    """Messages smtp-sink counted (its -c counter, the last number it wrote)."""
+    numbers = re.findall(rb"(\d+)", log.read_bytes())
+    return int(numbers[-1]) if numbers else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy flame graph of mm7tx"
+    )
+    args = parser.parse_args()
+    wrk_path = need("wrk", "wrk")
+    sink_path = need("smtp-sink", "postfix")
+    pyspy = shutil.which("py-spy") or str(BIN / "py-spy")
+    if args.profile and not os.path.exists(pyspy):
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+
+    folder = Path(tempfile.mkdtemp(prefix="mm7tx-bench-"))
+    bodies = requests(folder)
+    smtp_port, mm7_port, ceiling_port = free_port(), free_port(), free_port()
+    sink_log = folder / "smtp-sink.log"
+    sink = Process(
+        [sink_path, "-c", "-u", "nobody", f"127.0.0.1:{smtp_port}", "1024"],
+        folder,
+        sink_log,
+        smtp_port,
+    )
+    config = folder / "mm7tx.conf"
+    config.write_text(
+        f"""
+HTTP_Listener {{ Listen "tcp:{mm7_port}:interface=127.0.0.1" {{ }} }}
+mm7_serv {{
+  mm7_server_default_email_from_domain = "from.example"
+  mm7_server_default_email_to_domain = "to.example"
+  mm7_server_default_email_from_address = "mm7@from.example"
+  mm7_server_default_email_to_address = "mm7@to.example"
+  mm7_vasp_uri_paths = ("/vasp/")
+  mm7_mmsc_uri_paths = ("/mm7/")
+  smtp_relay = "tcp:127.0.0.1:{smtp_port}"
+  smtp_starttls = off
+  mm7_max_transactions = 1000
+}}
+VASP "127.0.0.1" {{ }}
+"""
+    )
+    mm7 = Process(
+        [
+            str(BIN / "twistd"),
+            "-n",
+            "--pidfile=",
+            "-l",
+            "/dev/null",
+            "mm7",
+            "--config",
+            str(config),
+        ],
+        folder,
+        folder / "mm7tx.log",
+        mm7_port,
+    )
+    ceiling = Process(
+        [sys.executable, str(HERE / "ceiling.py"), str(ceiling_port)],
+        folder,
+        folder / "ceiling.log",
+        ceiling_port,
+    )
+    base = f"http://127.0.0.1:{mm7_port}"
+    paths = {"deliver-30k": "/vasp/", "submit-3rcpt": "/mm7/", "report": "/vasp/"}
+    rows: list[tuple[str, ...]] = []
+    answered_1000 = 0
+    mm7_transactions = 0
+    cpu_before = mm7.cpu_seconds()
+    try:
+        for name, path in paths.items():
+            ctype, body = bodies[name]
+            ours, ceil = [], []
+            for _ in range(args.rounds):  # side by side, round by round
+                ours.append(
+                    wrk(
+                        wrk_path,
+                        base + path,
+                        ctype,
+                        body,
+                        args.seconds,
+                        args.connections,
+                    )
+                )
+                ceil.append(
+                    wrk(
+                        wrk_path,
+                        f"http://127.0.0.1:{ceiling_port}/",
+                        ctype,
+                        body,
+                        args.seconds,
+                        args.connections,
+                    )
+                )
+            for result in ours:
+                answered_1000 += int(result["mm7_1000"])
+                mm7_transactions += int(result["requests"])
+                if result["errors"] or result["other"]:
+                    print(
+                        f"  {name}: {int(result['errors'])} errors, {int(result['other'])} non-200 answers"
+                    )
+            best = statistics.median(r["rate"] for r in ours)
+            top = statistics.median(r["rate"] for r in ceil)
+            full = min(ours, key=lambda r: abs(r["rate"] - best))
+            half_rate = best / 2
+            half = wrk(
+                wrk_path,
+                base + path,
+                ctype,
+                body,
+                args.seconds,
+                args.connections,
+                delay_ms=1000.0 * args.connections / half_rate,
+            )
+            answered_1000 += int(half["mm7_1000"])
+            mm7_transactions += int(half["requests"])
+            rows.append(
+                (
+                    name,
+                    f"{best:.0f}",
+                    f"{top:.0f}",
+                    f"{100 * best / top:.0f}%",
+                    f"{full['p50']:.1f}/{full['p99']:.1f}",
+                    f"{half['rate']:.0f}",
+                    f"{half['p50']:.1f}/{half['p99']:.1f}",
+                )
+            )
+        cpu = mm7.cpu_seconds() - cpu_before
+        time.sleep(1.0)
+        sink_messages = sink_count(sink_log)
+        steady_rss = mm7.peak_rss_mib()
+        profile_lines: list[str] = []
+        if args.profile:
+            ctype, body = bodies["deliver-30k"]
+            svg, raw = folder / "mm7tx-profile.svg", folder / "mm7tx-profile.txt"
+            spy = subprocess.Popen(
+                [
+                    pyspy,
+                    "record",
+                    "-p",
+                    str(mm7.popen.pid),
+                    "-d",
+                    f"{args.seconds:g}",
+                    "-o",
+                    str(svg),
+                    "-f",
+                    "flamegraph",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            spy_raw = subprocess.Popen(
+                [
+                    pyspy,
+                    "record",
+                    "-p",
+                    str(mm7.popen.pid),
+                    "-d",
+                    f"{args.seconds:g}",
+                    "-o",
+                    str(raw),
+                    "-f",
+                    "raw",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            extra = wrk(
+                wrk_path, base + "/vasp/", ctype, body, args.seconds, args.connections
+            )
+            answered_1000 += int(extra["mm7_1000"])
+            spy.wait(60)
+            spy_raw.wait(60)
+            selfs: Counter[str] = Counter()
+            for line in raw.read_text().splitlines():
+                stack, _, count = line.rpartition(" ")
+                selfs[stack.split(";")[-1]] += int(count)
+            total = sum(selfs.values()) or 1
+            profile_lines = [
+                f"  {100 * n / total:5.1f}%  {frame}"
+                for frame, n in selfs.most_common(5)
+            ]
+            profile_lines.insert(0, f"flame graph: {svg}")
+            time.sleep(1.0)
+            sink_messages = sink_count(sink_log)
+        # The memory run: 100 concurrent 1 MiB DeliverReq.
+        ctype, body = bodies["deliver-1m"]
+        big = wrk(wrk_path, base + "/vasp/", ctype, body, max(args.seconds, 5), 100)
+        answered_1000 += int(big["mm7_1000"])
+        time.sleep(1.0)
+        big_rss = mm7.peak_rss_mib()
+        sink_messages = sink_count(sink_log)
+    finally:
+        for process in (ceiling, mm7, sink):
+            process.stop()
+
+    header = (
+        "request",
+        "mm7tx req/s",
+        "ceiling req/s",
+        "ratio",
+        "p50/p99 ms full",
+        "half rate req/s",
+        "p50/p99 ms half",
+    )
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(
+        f"median of {args.rounds} rounds of {args.seconds:g} s, {args.connections} connections, wrk -t2"
+    )
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row)))
+    print(
+        f"MM7 1000 answers: {answered_1000}, messages at smtp-sink: {sink_messages}"
+        f" ({'equal' if answered_1000 == sink_messages else 'NOT EQUAL'})"
+    )
+    print(f"mm7tx peak RSS under the runs above: {steady_rss:.0f} MiB")
+    print(
+        f"mm7tx CPU seconds per 1000 transactions: {1000 * cpu / max(1, mm7_transactions):.2f}"
+    )
+    print(
+        f"100 concurrent 1 MiB DeliverReq: {big['rate']:.0f} req/s, peak RSS {big_rss:.0f} MiB"
+    )
+    for line in profile_lines:
+        print(line)
+    print(f"files in {folder}")
+    return 0 if answered_1000 == sink_messages else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
