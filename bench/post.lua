@@ -18,7 +18,9 @@ function init(args)
 end
 
 function delay()
-  return wait
+  -- Jittered, so that the connections do not fire in lockstep.
+  if wait == 0 then return 0 end
+  return wait * (0.5 + math.random())
 end
 
 function response(status, headers, body)

@@ -75,7 +75,7 @@ def requests(folder: Path) -> dict[str, tuple[str, Path]]:
     text = m.ContentPart(
         "text/plain", b"Your weekly photo", (("charset", "utf-8"),), "text"
     )
-    made = {
+    made: dict[str, m.Request] = {
         "deliver-30k": m.DeliverReq(
             sender=m.Address("+15551234567"),
             recipients=m.Recipients(to=(m.Address("7255", "ShortCode"),)),
@@ -373,7 +373,7 @@ VASP "127.0.0.1" {{ }}
             sink_messages = sink_count(sink_log)
         # The memory run: 100 concurrent 1 MiB DeliverReq.
         ctype, body = bodies["deliver-1m"]
-        big = wrk(wrk_path, base + "/vasp/", ctype, body, max(args.seconds, 5), 100)
+        big = wrk(wrk_path, base + "/vasp/", ctype, body, max(args.seconds, 20), 100)
         answered_1000 += int(big["mm7_1000"])
         time.sleep(1.0)
         big_rss = mm7.peak_rss_mib()
