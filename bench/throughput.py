@@ -382,9 +382,10 @@ VASP "127.0.0.1" {{ }}
         for process in (ceiling, mm7, sink):
             process.stop()
 
-    logged = sum(
+    logged = sum(  # twistd rotates its log file at 1 MB
         1
-        for line in (folder / "mm7tx.log").read_text().splitlines()
+        for log in folder.glob("mm7tx.log*")
+        for line in log.read_text().splitlines()
         if ": 1000 Success" in line
     )
     header = (

@@ -257,6 +257,7 @@ class EmailProcessor:
             self._attach(msg, part, index == 0)
         if not parts:
             msg.set_content("")
+        _set_boundaries(msg)
         return Mail(sender, list(dict.fromkeys(to + cc + bcc)), msg)
 
     def deliver_message(self, request: DeliverReq, transaction: Transaction) -> Mail:
@@ -337,6 +338,7 @@ class EmailProcessor:
         notification["Content-Type"] = f"message/{report_type}"
         notification.set_payload(fields)  # type: ignore[arg-type]
         msg.attach(notification)
+        _set_boundaries(msg)
         return Mail(sender, [recipient], msg)
 
     def delivery_report_message(
@@ -483,6 +485,14 @@ class EmailProcessor:
         return self._send(mail).addCallback(
             lambda status: ReadReplyRsp(status, self.mm7_version)
         )
+
+
+def _set_boundaries(msg: Message) -> None:
+    """Random boundaries, set now: otherwise the generator makes one and scans
+    the whole text for it (a profile showed it at 6% of a transaction)."""
+    for part in msg.walk():
+        if part.is_multipart() and part.get_boundary() is None:
+            part.set_boundary(f"mm7tx-{uuid.uuid4().hex}")
 
 
 def _fields(*pairs: tuple[str, str]) -> Message:
