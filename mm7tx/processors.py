@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
+from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage, Message
 from email.utils import format_datetime, make_msgid, parseaddr
 from typing import Any
@@ -57,9 +58,27 @@ from mm7tx.transaction import Transaction
 
 log = Logger()
 
+
+class _HeaderClasses(HeaderRegistry):
+    """The standard header registry, but making each header class once:
+    ``HeaderRegistry.__getitem__`` builds a new class with ``type()`` for
+    every header set, which a profile showed at 8% of a transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        key = name.lower()
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = super().__getitem__(name)
+        return made
+
+
 # Bodies are kept 7-bit (quoted-printable or base64): Twisted's SMTP client
 # does not negotiate 8BITMIME, and many relays would mangle 8-bit data.
-BUILD_POLICY = policy.default.clone(cte_type="7bit")
+BUILD_POLICY = policy.default.clone(cte_type="7bit", header_factory=_HeaderClasses())
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _MAILBOX = re.compile(r"^[^@\s<>\"(),;:\\\[\]]+@[^@\s<>\"(),;:\\\[\]]+$")
