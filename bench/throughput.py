@@ -181,7 +181,7 @@ def wrk(
 
 def sink_count(log: Path) -> int:
     """Messages smtp-sink counted (its -c counter, the last number it wrote)."""
-    numbers = re.findall(rb"(\d+)", log.read_bytes())
+    numbers = re.findall(rb"mesg=(\d+)", log.read_bytes())
     return int(numbers[-1]) if numbers else 0
 
 
@@ -315,7 +315,6 @@ VASP "127.0.0.1" {{ }}
             )
         cpu = mm7.cpu_seconds() - cpu_before
         time.sleep(1.0)
-        sink_messages = sink_count(sink_log)
         steady_rss = mm7.peak_rss_mib()
         profile_lines: list[str] = []
         if args.profile:
@@ -370,17 +369,17 @@ VASP "127.0.0.1" {{ }}
             ]
             profile_lines.insert(0, f"flame graph: {svg}")
             time.sleep(1.0)
-            sink_messages = sink_count(sink_log)
         # The memory run: 100 concurrent 1 MiB DeliverReq.
         ctype, body = bodies["deliver-1m"]
         big = wrk(wrk_path, base + "/vasp/", ctype, body, max(args.seconds, 20), 100)
         answered_1000 += int(big["mm7_1000"])
         time.sleep(1.0)
         big_rss = mm7.peak_rss_mib()
-        sink_messages = sink_count(sink_log)
     finally:
+        # mm7tx first: it drains what is in flight into the sink.
         for process in (ceiling, mm7, sink):
             process.stop()
+    sink_messages = sink_count(sink_log)
 
     logged = sum(  # twistd rotates its log file at 1 MB
         1
