@@ -212,6 +212,7 @@ _SMTP_SECONDS = {
     "smtp_connect_timeout": "connect_timeout",
     "smtp_command_timeout": "command_timeout",
     "smtp_timeout": "total_timeout",
+    "smtp_idle_timeout": "idle_timeout",
 }
 _STARTTLS = {
     "off": "off",

@@ -52,6 +52,7 @@ def test_the_shipped_example_file_loads_with_every_option():
     assert (config.max_transactions, config.drain_timeout) == (200, 30)
     assert (config.xml_limits.max_depth, config.xml_limits.max_elements) == (32, 10000)
     assert config.smtp.max_connections == 20
+    assert config.smtp.idle_timeout == 30
     vasp1, vasp2, ip, net = config.vasps
     assert vasp1.password == "secret1" and vasp1.max_message_size == 2 * 1024 * 1024
     assert vasp1.max_recipients == 50 and vasp1.rate == 20
