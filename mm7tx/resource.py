@@ -277,6 +277,19 @@ class MM7Resource(Resource):
             account=account,
             mm7_version=self.mm7_version,
         )
+
+        def outcome(status: m.Status, prefix: str = "") -> None:
+            log.info(
+                "{kind} {tid} from {peer} on {path}: {prefix}{code} {text}",
+                kind=name,
+                tid=transaction.transaction_id,
+                peer=peer,
+                path=self.path,
+                prefix=prefix,
+                code=status.code,
+                text=status.details or status.text,
+            )
+
         entry = DISPATCH.get(type(message))
         if (
             entry is None
@@ -290,30 +303,14 @@ class MM7Resource(Resource):
         else:
             status = self._check(envelope, account, content_type)
         if status is not None:
-            log.info(
-                "{kind} {tid} from {peer} on {path}: fault {code} {details}",
-                kind=name,
-                tid=transaction.transaction_id,
-                peer=peer,
-                path=self.path,
-                code=status.code,
-                details=status.details or status.text,
-            )
+            outcome(status, "fault ")
             fault(envelope.namespace, envelope.transaction_id, status)
             return None
         assert entry is not None
         d = defer.maybeDeferred(getattr(self.processor, entry[1]), message, transaction)
 
         def answered(response: m.Response) -> None:
-            log.info(
-                "{kind} {tid} from {peer} on {path}: {code} {text}",
-                kind=name,
-                tid=transaction.transaction_id,
-                peer=peer,
-                path=self.path,
-                code=response.status.code,
-                text=response.status.details or response.status.text,
-            )
+            outcome(response.status)
             if not gone:
                 reply = m.Envelope(
                     envelope.transaction_id, response, envelope.namespace
@@ -336,15 +333,7 @@ class MM7Resource(Resource):
                 status = m.Status.of(
                     StatusCode.GENERAL_SERVICE_ERROR, details="internal error"
                 )
-            log.info(
-                "{kind} {tid} from {peer} on {path}: fault {code} {details}",
-                kind=name,
-                tid=transaction.transaction_id,
-                peer=peer,
-                path=self.path,
-                code=status.code,
-                details=status.details or status.text,
-            )
+            outcome(status, "fault ")
             fault(envelope.namespace, envelope.transaction_id, status)
 
         return d.addCallbacks(answered, failed).addErrback(
