@@ -393,3 +393,36 @@ def test_address_digits():
     assert m.Address("+44 7700/TYPE=PLMN").digits == "447700"
     assert m.Address.guess("a@b.c").is_email
     assert dataclasses.replace(m.Address("1"), kind="ShortCode").digits == "1"
+
+
+def _split_all(ctype, body):
+    from mm7tx.codec import mime
+
+    soap_xml, parts = mime.split(ctype, body)
+    return soap_xml, [
+        (p.media_type, p.data, p.params, p.content_id, p.content_location)
+        for p in mime.resolve_content(None, parts)
+    ]
+
+
+def test_the_fast_multipart_split_agrees_with_the_email_parser(monkeypatch):
+    from mm7tx.codec import mime
+    from tests.fuzzing import SAMPLES
+
+    cases = list(SAMPLES)
+    fast_used = 0
+    for ctype, body in cases:
+        try:
+            fast = _split_all(ctype, body)
+        except MM7Error as e:
+            fast = e.status
+        with monkeypatch.context() as patch:
+            patch.setattr(mime, "_fast_parts", lambda *a, **k: None)
+            try:
+                full = _split_all(ctype, body)
+            except MM7Error as e:
+                full = e.status
+        assert fast == full, ctype
+        boundary = body.lstrip().split(b"\n", 1)[0][2:].rstrip()
+        fast_used += mime._fast_parts(boundary, body) is not None
+    assert fast_used >= 7  # most samples take the fast path

@@ -7,6 +7,8 @@ import tracemalloc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mm7tx.codec import mime
+from mm7tx.errors import MM7Error
 from tests.fuzzing import SAMPLES, check, mutated, target
 
 ROOT, _ = target()
@@ -34,3 +36,33 @@ def test_mutated_samples_get_mm7_answers_in_bounded_memory(case, path):
     # The largest sample is 300 KB; parsing and answering it stays well
     # within 40 times that.
     assert peak < 12 * 1024 * 1024, f"{peak} bytes traced"
+
+
+def _split(ctype: str, body: bytes):
+    try:
+        soap_xml, parts = mime.split(ctype, body)
+    except MM7Error as e:
+        return e.status
+    return soap_xml, [
+        (p.media_type, p.data, p.params, p.content_id, p.content_location)
+        for p in mime.resolve_content(None, parts)
+    ]
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=True,
+)
+@given(case=mutated())
+def test_the_fast_split_agrees_with_the_email_parser_on_mutations(case):
+    ctype, body = case
+    fast = _split(ctype, body)
+    original = mime._fast_parts
+    mime._fast_parts = lambda *a, **k: None  # type: ignore[assignment]
+    try:
+        full = _split(ctype, body)
+    finally:
+        mime._fast_parts = original
+    assert fast == full
