@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mm7tx import codec
 from mm7tx import messages as m
 from mm7tx.processors import AddressRules, EmailProcessor
-from mm7tx.senders import _WIRE_POLICY
+from mm7tx.senders import wire_bytes
 from mm7tx.testing import FakeMailSender
 from mm7tx.transaction import Transaction
 
@@ -58,7 +58,7 @@ def main() -> int:
     steps = {
         "decode the request": lambda: codec.decode(ctype, body),
         "build the email": lambda: processor.deliver_message(decoded, transaction),
-        "generate its bytes": lambda: mail.as_bytes(policy=_WIRE_POLICY),
+        "generate its bytes": lambda: wire_bytes(mail),
         "encode the answer": lambda: codec.encode(answer),
     }
     total = 0.0

@@ -12,6 +12,7 @@ import os
 from collections import deque
 from dataclasses import dataclass, field
 from email import policy
+from email.generator import BytesGenerator
 from email.message import EmailMessage
 from io import BytesIO
 from typing import Any, Literal
@@ -33,6 +34,29 @@ log = Logger()
 
 # Twisted's SMTP client turns "\n" into CRLF and dot-stuffs; give it LF lines.
 _WIRE_POLICY = policy.SMTP.clone(linesep="\n")
+
+
+class _Generator(BytesGenerator):
+    """``BytesGenerator`` writing a body whose lines already end as they
+    should in one piece, rather than line by line (a profile showed the
+    per-line writes of base64 bodies at 9% of a transaction).  The output is
+    byte for byte what the standard generator writes."""
+
+    def _write_lines(self, lines: str) -> None:
+        if "\r" not in lines:
+            self.write(lines if self._NL == "\n" else lines.replace("\n", self._NL))  # type: ignore[attr-defined]
+            return
+        super()._write_lines(lines)  # type: ignore[misc]
+
+
+def wire_bytes(message: EmailMessage) -> bytes:
+    """The message as Twisted's SMTP client wants it: LF line endings (it
+    turns them into CRLF and dot-stuffs)."""
+    out = BytesIO()
+    _Generator(out, policy=_WIRE_POLICY).flatten(message)
+    return out.getvalue()
+
+
 _FILE_POLICY = policy.default.clone(linesep="\n")
 
 StartTLS = Literal["off", "opportunistic", "required"]
@@ -339,7 +363,7 @@ class ESMTPSender:
             self,
             sender.encode("utf-8"),
             [r.encode("utf-8") for r in recipients],
-            message.as_bytes(policy=_WIRE_POLICY),
+            wire_bytes(message),
             self.settings.total_timeout,
         )
         self._queue.append(job)

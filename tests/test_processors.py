@@ -256,3 +256,27 @@ def test_maildir_sender_writes_whole_messages(tmp_path, processor):
     assert (
         b"Subject: to disk" in data and b"Return-Path: <1@messagesystems.com>" in data
     )
+
+
+def test_the_fast_generator_writes_what_the_standard_one_does():
+    from mm7tx.senders import _WIRE_POLICY, wire_bytes
+    from tests.fuzzing import SAMPLES
+
+    processor = EmailProcessor(FakeMailSender(), RULES, keep_smil=True)
+    checked = 0
+    for ctype, body in SAMPLES:
+        try:
+            message = codec.decode(ctype, body).message
+        except MM7Error:
+            continue
+        if isinstance(message, m.DeliverReq):
+            mail = processor.deliver_message(message, TX)
+        elif isinstance(message, m.SubmitReq):
+            mail = processor.submit_message(message, TX, "MID")
+        elif isinstance(message, m.DeliveryReportReq):
+            mail = processor.delivery_report_message(message, TX)
+        else:
+            continue
+        assert wire_bytes(mail.message) == mail.message.as_bytes(policy=_WIRE_POLICY)
+        checked += 1
+    assert checked >= 12
