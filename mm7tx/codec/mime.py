@@ -81,7 +81,7 @@ def _fast_parts(boundary: bytes, body: bytes, depth: int = 0) -> list[Message] |
     without a blank line after its headers, a missing close, lone CRs, deep
     nesting) returns None, and the full parser takes over.
     """
-    if depth > 8 or b"\r" in body.replace(b"\r\n", b""):
+    if depth > 8 or body.count(b"\r") != body.count(b"\r\n"):
         return None
     delimiter = b"--" + boundary
     at = 0 if body.startswith(delimiter) else body.find(b"\n" + delimiter) + 1
