@@ -66,3 +66,27 @@ def test_the_fast_split_agrees_with_the_email_parser_on_mutations(case):
     finally:
         mime._fast_parts = original
     assert fast == full
+
+
+def _payload(part):
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=True,
+)
+@given(case=mutated())
+def test_the_fast_base64_decoding_agrees_with_the_email_package(case):
+    ctype, body = case
+    fast = _split(ctype, body)
+    original = mime._decoded
+    mime._decoded = _payload  # type: ignore[assignment]
+    try:
+        full = _split(ctype, body)
+    finally:
+        mime._decoded = original
+    assert fast == full

@@ -9,6 +9,7 @@ what sloppy peers send: LF-only line endings, boundaries with trailing space,
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 import uuid
 from email import policy
@@ -206,12 +207,25 @@ def _find(parts: list[Message], ref: str) -> Message | None:
     return None
 
 
+def _decoded(part: Message) -> bytes:
+    """The part's bytes.  Base64 goes straight to the C decoder (which skips
+    line breaks as the ``email`` package does after joining lines); anything
+    it refuses, and every other encoding, goes through ``get_payload``."""
+    payload = part.get_payload()
+    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    if encoding == "base64" and isinstance(payload, str):
+        try:
+            return binascii.a2b_base64(payload.encode("ascii", "surrogateescape"))
+        except (binascii.Error, ValueError):
+            pass
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
+
+
 def _leaves(part: Message) -> list[ContentPart]:
     if part.is_multipart():
         return [leaf for child in _subparts(part) for leaf in _leaves(child)]
-    data = part.get_payload(decode=True)
-    if not isinstance(data, bytes):
-        data = b""
+    data = _decoded(part)
     params = tuple(
         (
             str(key),
