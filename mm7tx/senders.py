@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from email import policy
 from email.generator import BytesGenerator
+from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
 from io import BytesIO
 from typing import Any, Literal
@@ -32,8 +33,29 @@ from mm7tx.status import StatusCode
 
 log = Logger()
 
+
 # Twisted's SMTP client turns "\n" into CRLF and dot-stuffs; give it LF lines.
-_WIRE_POLICY = policy.SMTP.clone(linesep="\n")
+class _HeaderClasses(HeaderRegistry):
+    """The standard header registry, but making each header class once:
+    ``HeaderRegistry.__getitem__`` builds a new class with ``type()`` for
+    every header set, which a profile showed at 8% of a transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        key = name.lower()
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = super().__getitem__(name)
+        return made
+
+
+# One registry for building and writing mail (the generator reads headers
+# through its own policy).
+HEADER_CLASSES = _HeaderClasses()
+_WIRE_POLICY = policy.SMTP.clone(linesep="\n", header_factory=HEADER_CLASSES)
 
 
 class _Generator(BytesGenerator):
