@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from twisted.internet import defer, task, threads
 
-from bench.common import free_port, wait_for_port
+from bench.common import free_port, mm7tx_config, wait_for_port
 from mm7tx import messages as m
 from mm7tx.client import MM7Client, MM7ClientError, MM7Fault
 
@@ -53,24 +53,13 @@ class Rig:
         self.smtp_port, self.http_port = free_port(), free_port()
         self.config = folder / "mm7tx.conf"
         self.config.write_text(
-            f"""
-HTTP_Listener {{ Listen "tcp:{self.http_port}:interface=127.0.0.1" {{ }} }}
-mm7_serv {{
-  mm7_server_default_email_from_domain = "from.example"
-  mm7_server_default_email_to_domain = "to.example"
-  mm7_server_default_email_from_address = "mm7@from.example"
-  mm7_server_default_email_to_address = "mm7@to.example"
-  mm7_vasp_uri_paths = ("/vasp/")
-  mm7_mmsc_uri_paths = ("/mm7/")
-  smtp_relay = "tcp:127.0.0.1:{self.smtp_port}"
-  smtp_starttls = off
-  smtp_connect_timeout = 2
-  smtp_command_timeout = 2
-  smtp_timeout = 5
-  mm7_drain_timeout = 10
-}}
-VASP "bench" {{ password = "bench" }}
-"""
+            mm7tx_config(
+                self.http_port,
+                self.smtp_port,
+                "  smtp_connect_timeout = 2\n  smtp_command_timeout = 2\n"
+                "  smtp_timeout = 5\n  mm7_drain_timeout = 10",
+                'VASP "bench" { password = "bench" }',
+            )
         )
         self.smtp: subprocess.Popen[bytes] | None = None
         self.mm7: subprocess.Popen[bytes] | None = None

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import free_port, wait_for_port
+from bench.common import free_port, mm7tx_config, wait_for_port
 from mm7tx import codec
 from mm7tx import messages as m
 
@@ -196,21 +196,9 @@ def main() -> int:
     )
     config = folder / "mm7tx.conf"
     config.write_text(
-        f"""
-HTTP_Listener {{ Listen "tcp:{mm7_port}:interface=127.0.0.1" {{ }} }}
-mm7_serv {{
-  mm7_server_default_email_from_domain = "from.example"
-  mm7_server_default_email_to_domain = "to.example"
-  mm7_server_default_email_from_address = "mm7@from.example"
-  mm7_server_default_email_to_address = "mm7@to.example"
-  mm7_vasp_uri_paths = ("/vasp/")
-  mm7_mmsc_uri_paths = ("/mm7/")
-  smtp_relay = "tcp:127.0.0.1:{smtp_port}"
-  smtp_starttls = off
-  mm7_max_transactions = 1000
-}}
-VASP "127.0.0.1" {{ }}
-"""
+        mm7tx_config(
+            mm7_port, smtp_port, "  mm7_max_transactions = 1000", 'VASP "127.0.0.1" { }'
+        )
     )
     mm7 = Process(
         [

@@ -160,17 +160,16 @@ def split(content_type: str | None, body: bytes) -> tuple[bytes, list[Message]]:
                 StatusCode.VALIDATION_ERROR,
                 details="multipart Content-Type without a boundary",
             )
-    header = b'Content-Type: %s; boundary="%s"\r\n\r\n' % (
-        media.encode("ascii", "replace"),
-        boundary.replace('"', "").encode("utf-8", "surrogateescape"),
-    )
-    fast = _fast_parts(
-        boundary.replace('"', "").encode("utf-8", "surrogateescape"), body
-    )
+    marker = boundary.replace('"', "").encode("utf-8", "surrogateescape")
+    fast = _fast_parts(marker, body)
     if fast is not None:
         parts = fast
         defects: list[Any] = []
     else:
+        header = b'Content-Type: %s; boundary="%s"\r\n\r\n' % (
+            media.encode("ascii", "replace"),
+            marker,
+        )
         msg = _PARSER.parsebytes(header + body)
         parts, defects = _subparts(msg), msg.defects
     if not parts:
