@@ -496,7 +496,6 @@ def build_body(
 def build_envelope(
     envelope: m.Envelope,
     content_href: str | None = None,
-    fault_string: str | None = None,
 ) -> bytes:
     """Serialise an envelope; a ``VASPErrorRsp``/``RSErrorRsp`` becomes a Fault."""
     ns = envelope.namespace
@@ -515,10 +514,7 @@ def build_envelope(
         )
         etree.SubElement(fault, "faultcode").text = envelope.fault_code or f"env:{side}"
         etree.SubElement(fault, "faultstring").text = (
-            fault_string
-            or envelope.fault_string
-            or message.status.text
-            or side + " error"
+            envelope.fault_string or message.status.text or side + " error"
         )
         parent = etree.SubElement(fault, "detail")
     else:
