@@ -13,7 +13,6 @@ and every email through one ``*_message`` method.
 
 from __future__ import annotations
 
-import base64
 import re
 import uuid
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mm7tx.codec.mime import base64_lines
 from mm7tx.errors import MM7Error
 from mm7tx.interfaces import (
     IDeliverProcessor,
@@ -253,7 +253,7 @@ class EmailProcessor:
             attachment["Content-Disposition"] = "attachment"
         if part.content_id:
             attachment["Content-ID"] = f"<{clean(part.content_id)}>"
-        attachment.set_payload(base64.encodebytes(part.data).decode("ascii"))
+        attachment.set_payload(base64_lines(part.data).decode("ascii"))
         if not msg.is_multipart():
             msg.make_mixed()
         msg.attach(attachment)

@@ -90,3 +90,11 @@ def test_the_fast_base64_decoding_agrees_with_the_email_package(case):
     finally:
         mime._decoded = original
     assert fast == full
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(data=st.binary(max_size=4000))
+def test_base64_lines_is_encodebytes(data):
+    import base64
+
+    assert mime.base64_lines(data) == base64.encodebytes(data)

@@ -8,7 +8,6 @@ what sloppy peers send: LF-only line endings, boundaries with trailing space,
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 import uuid
@@ -69,6 +68,7 @@ def _sniff_boundary(body: bytes) -> str | None:
 
 _HEADERS = BytesHeaderParser(policy=policy.compat32)
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_LONE_CR = re.compile(rb"\r(?!\n)")
 
 
 def _fast_parts(boundary: bytes, body: bytes, depth: int = 0) -> list[Message] | None:
@@ -82,7 +82,11 @@ def _fast_parts(boundary: bytes, body: bytes, depth: int = 0) -> list[Message] |
     without a blank line after its headers, a missing close, lone CRs, deep
     nesting) returns None, and the full parser takes over.
     """
-    if depth > 8 or body.count(b"\r") != body.count(b"\r\n"):
+    if depth > 8:
+        return None
+    # A lone CR ends a line for the email parser: leave such bodies to it.
+    # (Checked once: a nested body is a slice of this one, cut before CRLFs.)
+    if depth == 0 and b"\r" in body and _LONE_CR.search(body):
         return None
     delimiter = b"--" + boundary
     at = 0 if body.startswith(delimiter) else body.find(b"\n" + delimiter) + 1
@@ -261,6 +265,18 @@ def resolve_content(href: str | None, parts: list[Message]) -> Content:
 
 # Building ------------------------------------------------------------------
 
+_BASE64_LINES = re.compile(rb".{1,76}", re.DOTALL)
+
+
+def base64_lines(data: bytes) -> bytes:
+    """``base64.encodebytes(data)``, byte for byte, in two C calls rather
+    than one per 57-byte line (it was 6% of a transaction in a profile)."""
+    if not data:
+        return b""
+    encoded = binascii.b2a_base64(data, newline=False)
+    return b"\n".join(_BASE64_LINES.findall(encoded)) + b"\n"
+
+
 
 def _boundary() -> str:
     return "mm7tx-" + uuid.uuid4().hex
@@ -289,7 +305,7 @@ def leaf_part(part: ContentPart) -> MIMEPart:
         mime.set_payload(part.data.decode("ascii"))
     else:
         mime["Content-Transfer-Encoding"] = "base64"
-        mime.set_payload(base64.encodebytes(part.data).decode("ascii"))
+        mime.set_payload(base64_lines(part.data).decode("ascii"))
     return mime
 
 
