@@ -98,3 +98,32 @@ def test_base64_lines_is_encodebytes(data):
     import base64
 
     assert mime.base64_lines(data) == base64.encodebytes(data)
+
+
+@settings(max_examples=2000, deadline=None, derandomize=True)
+@given(value=st.text(alphabet='abcXYZ019+_=-.@ <>"', min_size=1, max_size=24))
+def test_the_plain_address_shortcut_is_what_parseaddr_gives(value):
+    from email.utils import parseaddr
+
+    from mm7tx.processors import _PLAIN_ADDRESS
+
+    if _PLAIN_ADDRESS.match(value):
+        assert parseaddr(value)[1] == value
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True)
+@given(
+    lines=st.lists(
+        st.text(alphabet='Ab-:; \t="\r\xe9', min_size=0, max_size=12), max_size=5
+    )
+)
+def test_the_fast_header_reading_agrees_with_the_email_parser(lines):
+    block = "\r\n".join(lines).encode("utf-8")
+    if mime._LONE_CR.search(block):
+        return  # lone CRs never reach it (the split leaves those to the parser)
+    fast = mime._fast_headers(block)
+    if fast is None:
+        return
+    full = mime._HEADERS.parsebytes(block + b"\n\n")
+    assert not full.defects
+    assert fast.items() == full.items()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import email.policy
+from copy import deepcopy
+
 import pytest
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
@@ -278,5 +281,43 @@ def test_the_fast_generator_writes_what_the_standard_one_does():
         else:
             continue
         assert wire_bytes(mail.message) == mail.message.as_bytes(policy=_WIRE_POLICY)
+        # Headers stored raw are written as policy.default writes them
+        # parsed (and folded).
+        assert wire_bytes(mail.message) == _parsed_copy(mail.message).as_bytes(
+            policy=email.policy.default.clone(linesep="\n")
+        )
         checked += 1
     assert checked >= 12
+
+
+def _parsed_copy(message):
+    """The message with every header parsed as policy.default stores it."""
+    copy = deepcopy(message)
+    default = email.policy.default.clone(cte_type="7bit")
+    for part in copy.walk():
+        part.policy = default
+        part._headers = [
+            (name, default.header_store_parse(name, str(value))[1])
+            for name, value in part._headers
+        ]
+    return copy
+
+
+def test_headers_stored_raw_read_back_structured():
+    mail = EmailProcessor(FakeMailSender(), RULES).deliver_message(
+        m.DeliverReq(
+            sender=m.Address("+15551234567"),
+            recipients=m.Recipients(to=(m.Address("+15557654321"),)),
+            subject="Hi",
+            content=(m.ContentPart("image/gif", b"GIF89a", (("name", "a.gif"),), "a"),),
+        ),
+        TX,
+    )
+    msg = mail.message
+    assert msg["To"].addresses[0].domain == "exampleto.com"
+    assert msg["Content-Type"].content_type == "multipart/mixed"
+    assert msg["Content-Type"].params["boundary"].startswith("mm7tx-")
+    assert msg.get_boundary() == msg["Content-Type"].params["boundary"]
+    gif = next(msg.iter_attachments())
+    assert gif["Content-Type"].maintype == "image"
+    assert gif.get_content() == b"GIF89a"

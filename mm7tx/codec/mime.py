@@ -117,13 +117,37 @@ def _fast_parts(boundary: bytes, body: bytes, depth: int = 0) -> list[Message] |
         at = following + 1
 
 
+_HEADER_LINE = re.compile(r"([\x21-\x39\x3b-\x7e]+):")
+
+
+def _fast_headers(block: bytes) -> Message | None:
+    """A part's header block as the compat32 parser reads it, for the plain
+    case: ASCII, one line per header.  None for anything else (folded
+    lines, 8-bit bytes, a line that is not a header)."""
+    part = Message()
+    if not block:
+        return part
+    try:
+        text = block.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    for line in text.split("\n"):
+        match = _HEADER_LINE.match(line)
+        if match is None:
+            return None
+        part.set_raw(match.group(1), line[match.end() :].lstrip(" \t").rstrip("\r"))
+    return part
+
+
 def _fast_part(raw: bytes, depth: int) -> Message | None:
     blank = _BLANK_LINE.search(raw)
     if blank is None:
         return None
-    part = _HEADERS.parsebytes(raw[: blank.start()] + b"\n\n")
-    if part.defects:
-        return None
+    part = _fast_headers(raw[: blank.start()])
+    if part is None:
+        part = _HEADERS.parsebytes(raw[: blank.start()] + b"\n\n")
+        if part.defects:
+            return None
     content = raw[blank.end() :]
     if part.get_content_maintype() == "multipart":
         inner_boundary = part.get_boundary()
@@ -275,7 +299,6 @@ def base64_lines(data: bytes) -> bytes:
         return b""
     encoded = binascii.b2a_base64(data, newline=False)
     return b"\n".join(_BASE64_LINES.findall(encoded)) + b"\n"
-
 
 
 def _boundary() -> str:
