@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email
 import email.policy
 from copy import deepcopy
 
@@ -19,7 +20,7 @@ from mm7tx.interfaces import (
     IReadReplyProcessor,
 )
 from mm7tx.processors import AddressRules, EmailProcessor
-from mm7tx.senders import MaildirSender, SendResult
+from mm7tx.senders import MaildirSender, SendResult, wire_bytes
 from mm7tx.status import StatusCode
 from mm7tx.testing import FakeMailSender
 from mm7tx.transaction import Transaction
@@ -262,7 +263,7 @@ def test_maildir_sender_writes_whole_messages(tmp_path, processor):
 
 
 def test_the_fast_generator_writes_what_the_standard_one_does():
-    from mm7tx.senders import _WIRE_POLICY, wire_bytes
+    from mm7tx.senders import _WIRE_POLICY
     from tests.fuzzing import SAMPLES
 
     processor = EmailProcessor(FakeMailSender(), RULES, keep_smil=True)
@@ -321,3 +322,45 @@ def test_headers_stored_raw_read_back_structured():
     gif = next(msg.iter_attachments())
     assert gif["Content-Type"].maintype == "image"
     assert gif.get_content() == b"GIF89a"
+
+
+def _boundaries(message):
+    return [p.get_boundary() for p in message.walk() if p.is_multipart()]
+
+
+def test_boundaries_are_distinct_and_text_cannot_collide_with_them():
+    from mm7tx import processors
+
+    processor = EmailProcessor(FakeMailSender(), RULES)
+    image = m.ContentPart("image/gif", b"GIF89a", (), "a")
+
+    def mms(text: bytes):
+        request = m.DeliverReq(
+            sender=m.Address("+15551234567"),
+            content=(m.ContentPart("text/plain", text, (), "t"), image),
+        )
+        return processor.deliver_message(request, TX).message
+
+    plain = mms(b"hello")
+    report = processor.delivery_report_message(
+        m.DeliveryReportReq(
+            message_id="1", recipient=m.Address("+1555"), mm_status="Retrieved"
+        ),
+        TX,
+    ).message
+    for msg in (plain, report):
+        found = _boundaries(msg)
+        assert len(set(found)) == len(found) >= 1
+        assert all(b.startswith(processors._BOUNDARY) for b in found)
+    # A text that quotes the boundary line: the email gets fresh boundaries
+    # and parses back with the text whole.
+    hostile = f"--{processors._BOUNDARY}-00\n--{processors._BOUNDARY}-00--\n"
+    msg = mms(hostile.encode())
+    assert not any(b.startswith(processors._BOUNDARY) for b in _boundaries(msg))
+    back = email.message_from_bytes(
+        wire_bytes(msg).replace(b"\n", b"\r\n"), policy=email.policy.default
+    )
+    parts = list(back.iter_parts())
+    assert len(parts) == 2
+    assert parts[0].get_content().replace("\r\n", "\n") == hostile
+    assert parts[1].get_content() == b"GIF89a"
