@@ -266,7 +266,9 @@ class _SMTPClient(smtp.ESMTPClient):
         self.sent = 0
         self.idle = False
         self.ready = False  # greeted, EHLO, STARTTLS and AUTH done
+        self.pipelining = False  # the relay offers PIPELINING (RFC 2920)
         self._idle_call: Any = None
+        self._replies: list[tuple[int, bytes]] = []
 
     def connectionMade(self) -> None:
         # Commands go one at a time, each awaiting its reply: without
@@ -275,6 +277,11 @@ class _SMTPClient(smtp.ESMTPClient):
         if no_delay is not None:
             no_delay(True)
         super().connectionMade()
+
+    def tryTLS(self, code: int, resp: bytes, items: dict[bytes, Any]) -> None:
+        # Called with the extensions of each EHLO answer (again after STARTTLS).
+        self.pipelining = any(key.upper() == b"PIPELINING" for key in items)
+        super().tryTLS(code, resp, items)
 
     # Taking messages from the pool.
 
@@ -294,7 +301,87 @@ class _SMTPClient(smtp.ESMTPClient):
         self.job = job
         job.client = self
         self.setTimeout(self.timeout)
-        super().smtpState_from(250, b"")
+        if self.pipelining:
+            self._send_pipelined(job)
+        else:
+            super().smtpState_from(250, b"")
+
+    # RFC 2920 PIPELINING: MAIL FROM, every RCPT TO and DATA go in one write,
+    # the message and its final dot in another, and a session goes straight
+    # on to the next message: two round trips per message instead of five
+    # (Twisted's client sends each command on its own, then RSET).
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _send_pipelined(self, job: _Job) -> None:
+        commands = [b"MAIL FROM:" + smtp.quoteaddr(job.sender)]
+        commands += [b"RCPT TO:" + smtp.quoteaddr(r) for r in job.recipients]
+        commands.append(b"DATA")
+        self._replies = []
+        self._expected = _ANY_REPLY
+        self._okresponse = self._pipelined_reply
+        self._write(b"\r\n".join(commands) + b"\r\n")
+
+    def _pipelined_reply(self, code: int, resp: bytes) -> None:
+        job = self.job
+        if job is None:
+            return
+        job.answered = True
+        self._replies.append((code, resp))
+        if len(self._replies) < len(job.recipients) + 2:
+            return
+        (mail, mail_resp), *rcpts, (data, data_resp) = self._replies
+        addresses = [(r, c, t) for r, (c, t) in zip(job.recipients, rcpts, strict=True)]
+        accepted = sum(1 for _, c, _ in addresses if c in smtp.SUCCESS)
+        if data == 354 and mail in smtp.SUCCESS and accepted:
+            self._okresponse = lambda code, resp: self._pipelined_sent(
+                code, resp, accepted, addresses
+            )
+            self._write(_smtp_data(job.data))
+            return
+        if data == 354:
+            # A relay that took DATA with no one to deliver to: end it empty.
+            self._okresponse = lambda code, resp: self._pipelined_refused(
+                mail, mail_resp, accepted, addresses, data, data_resp
+            )
+            self._write(b".\r\n")
+            return
+        self._pipelined_refused(mail, mail_resp, accepted, addresses, data, data_resp)
+
+    def _pipelined_sent(
+        self, code: int, resp: bytes, accepted: int, addresses: list[Any]
+    ) -> None:
+        self.sentMail(code, resp, accepted, addresses, None)
+        self.smtpState_from(code, resp)  # the transaction is over: the next one
+
+    def _pipelined_refused(
+        self,
+        mail: int,
+        mail_resp: bytes,
+        accepted: int,
+        addresses: list[Any],
+        data: int,
+        data_resp: bytes,
+    ) -> None:
+        """The transaction failed before the message was sent: report the
+        reply that decided it (as Twisted's client would), then RSET."""
+        if mail not in smtp.SUCCESS:
+            self.sentMail(mail, mail_resp, 0, [], None)
+        elif not accepted:
+            codes = [c for _, c, _ in addresses]
+            transient = [c for c in codes if 400 <= c < 500]
+            self.sentMail(
+                (transient or codes)[-1], b"No recipients accepted", 0, addresses, None
+            )
+        else:
+            self.sentMail(
+                data if data != 354 else 554, data_resp, accepted, addresses, None
+            )
+        self._expected = _ANY_REPLY
+        self._okresponse = self.smtpState_from
+        self.sendLine(b"RSET")
 
     def _park(self) -> None:
         self.idle = True
@@ -511,6 +598,21 @@ class ESMTPSender:
             self._idle.remove(client)
         if self._queue:
             self.reactor.callLater(0, self._dispatch)
+
+
+# Twisted's client passes every reply in ``_expected`` to ``_okresponse``.
+_ANY_REPLY: Any = range(1000)
+
+
+def _smtp_data(data: bytes) -> bytes:
+    """A message with LF line ends as SMTP DATA: CRLF line ends, leading
+    dots doubled (RFC 5321 4.5.2), and the final dot."""
+    wire = data.replace(b"\n", b"\r\n").replace(b"\r\n.", b"\r\n..")
+    if wire.startswith(b"."):
+        wire = b"." + wire
+    if wire and not wire.endswith(b"\r\n"):
+        wire += b"\r\n"
+    return wire + b".\r\n"
 
 
 def _timeouts_are_transient(reason: Failure) -> Failure:

@@ -151,13 +151,14 @@ class RecordingDelivery:
     """Message delivery for Twisted's ESMTP server that keeps every message.
 
     ``refuse`` maps a recipient address to an SMTP code (a 4xx or 5xx) to
-    refuse it with.  Each message is recorded once, with all the recipients
+    refuse it with; ``refuse_senders`` does the same for MAIL FROM.  Each message is recorded once, with all the recipients
     the server accepted for it.
     """
 
     def __init__(self) -> None:
         self.received: list[ReceivedMail] = []
         self.refuse: dict[str, int] = {}
+        self.refuse_senders: dict[str, int] = {}
         self.authenticated: list[bytes] = []
         self.tls: list[bool] = []
         self._pending: dict[int, ReceivedMail] = {}
@@ -166,6 +167,9 @@ class RecordingDelivery:
         return b"Received: from mm7tx-test"
 
     def validateFrom(self, helo: Any, origin: smtp.Address) -> smtp.Address:
+        code = self.refuse_senders.get(str(origin))
+        if code is not None:
+            raise smtp.SMTPBadSender(origin, code=code)
         return origin
 
     def validateTo(self, user: smtp.User) -> Callable[[], _Message]:
@@ -191,8 +195,13 @@ def smtp_server_factory(
     delivery: RecordingDelivery,
     tls: Any = None,
     users: dict[bytes, bytes] | None = None,
+    pipelining: bool = False,
 ) -> smtp.SMTPFactory:
     """A factory for Twisted's ESMTP server delivering into ``delivery``.
+
+    ``pipelining`` makes it offer PIPELINING (RFC 2920); it reads commands
+    line by line in order, so pipelined commands work as they would with
+    Postfix.
 
     ``tls`` (a server context factory) makes it offer STARTTLS; ``users``
     makes it offer AUTH LOGIN and PLAIN for those names and passwords.  The
@@ -202,16 +211,23 @@ def smtp_server_factory(
     if users:
         portal = Portal(_DeliveryRealm(delivery), [_Passwords(users)])
 
-    class Factory(smtp.SMTPFactory):
-        protocol = smtp.ESMTP
+    class Server(smtp.ESMTP):
+        def extensions(self) -> dict[bytes, Any]:
+            offered: dict[bytes, Any] = super().extensions()
+            if pipelining:
+                offered[b"PIPELINING"] = None
+            return offered
 
-        def buildProtocol(self, addr: Any) -> smtp.ESMTP:
+    class Factory(smtp.SMTPFactory):
+        protocol = Server
+
+        def buildProtocol(self, addr: Any) -> Server:
             challengers = (
                 {b"LOGIN": LOGINCredentials, b"PLAIN": PLAINCredentials}
                 if users
                 else {}
             )
-            p = smtp.ESMTP(challengers, tls)
+            p = Server(challengers, tls)
             p.factory = self
             p.portal = portal  # type: ignore[assignment]
             p.delivery = delivery

@@ -339,15 +339,24 @@ async def test_at_most_max_connections_to_the_relay():
         await port.stopListening()
 
 
-def counting_factory(delivery: RecordingDelivery):
-    """The test server, remembering its protocols (open or not)."""
-    factory = smtp_server_factory(delivery)
+def counting_factory(delivery: RecordingDelivery, pipelining: bool = False):
+    """The test server, remembering its protocols (open or not) and, in
+    ``factory.reads``, what each read from the client held."""
+    factory = smtp_server_factory(delivery, pipelining=pipelining)
     made: list[Any] = []
+    factory.reads = []  # type: ignore[attr-defined]
     build = factory.buildProtocol
 
     def remember(addr):
         protocol = build(addr)
         made.append(protocol)
+        received = protocol.dataReceived
+
+        def record(data):
+            factory.reads.append(data)  # type: ignore[attr-defined]
+            received(data)
+
+        protocol.dataReceived = record
         return protocol
 
     factory.buildProtocol = remember  # type: ignore[method-assign]
@@ -395,3 +404,66 @@ async def test_an_idle_session_is_closed_after_the_idle_timeout():
         assert made[0].transport is None or made[0].transport.disconnected
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelining_sends_the_commands_of_a_message_together():
+    delivery = RecordingDelivery()
+    factory, made = counting_factory(delivery, pipelining=True)
+    port, number = await listen(factory)
+    try:
+        sender = sender_for(f"tcp:127.0.0.1:{number}", max_connections=1)
+        for i in range(3):
+            await send(sender, [f"b{i}@to.example", f"c{i}@to.example"])
+        assert len(made) == 1 and len(delivery.received) == 3
+        reads = factory.reads
+        grouped = [r for r in reads if r.startswith(b"MAIL FROM")]
+        assert len(grouped) == 3
+        assert all(
+            r.count(b"RCPT TO") == 2 and r.endswith(b"DATA\r\n") for r in grouped
+        )
+        # No RSET between messages that went through: two writes per message.
+        assert not any(b"RSET" in r for r in reads)
+        msg = delivery.received[0].message
+        assert msg.get_body(("plain",)).get_content() == "line one\n.leading dot\n"
+    finally:
+        sender.close()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelining_refusals_leave_the_session_usable():
+    delivery = RecordingDelivery()
+    delivery.refuse_senders["a@from.example"] = 451
+    factory, made = counting_factory(delivery, pipelining=True)
+    port, number = await listen(factory)
+    try:
+        sender = sender_for(f"tcp:127.0.0.1:{number}", max_connections=1)
+        with pytest.raises(MM7Error) as caught:
+            await send(sender, ["b@to.example"])
+        assert caught.value.status.code == 4006  # MAIL FROM refused for now
+        del delivery.refuse_senders["a@from.example"]
+        delivery.refuse["bad@to.example"] = 550
+        with pytest.raises(MM7Error) as caught:
+            await send(sender, ["bad@to.example"])
+        assert caught.value.status.code == 2002  # every RCPT refused, DATA too
+        delivery.refuse["busy@to.example"] = 451
+        with pytest.raises(MM7Error) as caught:
+            await send(sender, ["bad@to.example", "busy@to.example"])
+        assert caught.value.status.code == 4006  # one of them may work later
+        result = await send(sender, ["b@to.example", "bad@to.example"])
+        assert result.accepted == ("b@to.example",)
+        assert [(a, c) for a, c, _ in result.refused] == [("bad@to.example", 550)]
+        assert len(made) == 1 and len(delivery.received) == 1
+        assert sum(r.count(b"RSET") for r in factory.reads) == 3
+    finally:
+        sender.close()
+        await port.stopListening()
+
+
+def test_smtp_data_ends_lines_with_crlf_and_doubles_leading_dots():
+    from mm7tx.senders import _smtp_data
+
+    assert _smtp_data(b"a\n.b\n..c\n") == b"a\r\n..b\r\n...c\r\n.\r\n"
+    assert _smtp_data(b".x") == b"..x\r\n.\r\n"
+    assert _smtp_data(b"") == b".\r\n"
