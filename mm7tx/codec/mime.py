@@ -47,11 +47,16 @@ def normalise_id(header: object) -> str | None:
     return value or None
 
 
-def _param(msg: Message, name: str) -> str | None:
-    value = msg.get_param(name)
-    if value is None or isinstance(value, str):
-        return value
-    return str(collapse_rfc2231_value(value))
+def _params(msg: Message) -> dict[str, str]:
+    """Content-Type's parameters by lower-case name, parsed once; the first
+    of a repeated name wins, as with ``get_param``."""
+    found: dict[str, str] = {}
+    for key, value in (msg.get_params() or [])[1:]:
+        found.setdefault(
+            str(key).lower(),
+            value if isinstance(value, str) else str(collapse_rfc2231_value(value)),
+        )
+    return found
 
 
 def _subparts(msg: Message) -> list[Message]:
@@ -178,7 +183,8 @@ def split(content_type: str | None, body: bytes) -> tuple[bytes, list[Message]]:
             StatusCode.VALIDATION_ERROR,
             details=f"Content-Type {media or '(none)'} is neither multipart nor XML",
         )
-    boundary = _param(head, "boundary")
+    params = _params(head)
+    boundary = params.get("boundary")
     if not boundary:
         if looks_xml:  # Skycore: multipart/related with no boundary, bare XML
             return body, []
@@ -210,7 +216,7 @@ def split(content_type: str | None, body: bytes) -> tuple[bytes, list[Message]]:
             StatusCode.VALIDATION_ERROR,
             details="the multipart body is truncated: its closing boundary is missing",
         )
-    start = normalise_id(_param(head, "start"))
+    start = normalise_id(params.get("start"))
     soap = parts[0]
     if start is not None:
         soap = next(
