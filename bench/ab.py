@@ -1,0 +1,122 @@
+"""Two mm7tx installations side by side: which change made a difference.
+
+    python -m bench.ab [--rounds 3] [--seconds 5] [--request deliver-30k] BIN_A BIN_B
+
+BIN_A and BIN_B are the ``bin`` folders of two virtual environments with
+mm7tx installed (for example the previous commit, installed with
+``python -m venv /tmp/a && /tmp/a/bin/pip install .`` from a worktree of it,
+and this checkout's ``.venv/bin``).  Round by round, each is started fresh
+(its own ``twistd mm7`` and ``smtp-sink``), warmed up for 2 s and driven by
+``wrk`` for ``--seconds``; the rounds alternate A, B, A, B... so both see the
+same machine.  It prints each round and the medians: requests/s, CPU
+seconds per 1000 transactions and p99 latency.  Needs ``wrk`` and
+``postfix`` like bench/throughput.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import free_port, mm7tx_config
+from bench.throughput import Process, need, requests, wrk
+
+PATHS = {"deliver-30k": "/vasp/", "submit-3rcpt": "/mm7/", "report": "/vasp/"}
+
+
+def one_round(
+    bin_dir: Path, folder: Path, ctype: str, body: Path, path: str, seconds: float
+) -> tuple[float, float, float]:
+    """(requests/s, CPU s per 1000 transactions, p99 ms) of one fresh run."""
+    wrk_path, sink_path = need("wrk", "wrk"), need("smtp-sink", "postfix")
+    smtp_port, mm7_port = free_port(), free_port()
+    sink = Process(
+        [sink_path, "-c", "-u", "nobody", f"127.0.0.1:{smtp_port}", "1024"],
+        folder,
+        folder / "smtp-sink.log",
+        smtp_port,
+    )
+    config = folder / "mm7tx.conf"
+    config.write_text(
+        mm7tx_config(
+            mm7_port, smtp_port, "  mm7_max_transactions = 1000", 'VASP "127.0.0.1" { }'
+        )
+    )
+    mm7 = Process(
+        [
+            str(bin_dir / "twistd"),
+            "-n",
+            "--pidfile=",
+            "-l",
+            str(folder / "mm7tx.log"),
+            "mm7",
+            "--config",
+            str(config),
+        ],
+        folder,
+        folder / "twistd.out",
+        mm7_port,
+    )
+    url = f"http://127.0.0.1:{mm7_port}{path}"
+    try:
+        wrk(wrk_path, url, ctype, body, 2, 32)  # warm up
+        before = mm7.cpu_seconds()
+        result = wrk(wrk_path, url, ctype, body, seconds, 32)
+        cpu = mm7.cpu_seconds() - before
+    finally:
+        mm7.stop()
+        sink.stop()
+    if result["mm7_1000"] != result["requests"]:
+        print(
+            f"  {bin_dir}: {int(result['requests'] - result['mm7_1000'])} answers were not 1000"
+        )
+    return result["rate"], 1000 * cpu / max(1.0, result["requests"]), result["p99"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--request", choices=sorted(PATHS), default="deliver-30k")
+    parser.add_argument("bins", nargs=2, type=Path, metavar="BIN")
+    args = parser.parse_args()
+    for bin_dir in args.bins:
+        if not (bin_dir / "twistd").exists():
+            raise SystemExit(f"{bin_dir} has no twistd: give a virtualenv's bin folder")
+    folder = Path(tempfile.mkdtemp(prefix="mm7tx-ab-"))
+    ctype, body = requests(folder)[args.request]
+    results: dict[Path, list[tuple[float, float, float]]] = {b: [] for b in args.bins}
+    for number in range(args.rounds):
+        for index, bin_dir in enumerate(args.bins):
+            run = folder / f"{number}-{'AB'[index]}"
+            run.mkdir()
+            rate, cpu, p99 = one_round(
+                bin_dir, run, ctype, body, PATHS[args.request], args.seconds
+            )
+            results[bin_dir].append((rate, cpu, p99))
+            print(
+                f"round {number + 1} {'AB'[index]}: {rate:.0f} req/s, "
+                f"{cpu:.2f} CPU s/1000, p99 {p99:.1f} ms",
+                flush=True,
+            )
+    medians = {
+        b: tuple(statistics.median(r[i] for r in rows) for i in range(3))
+        for b, rows in results.items()
+    }
+    for index, bin_dir in enumerate(args.bins):
+        rate, cpu, p99 = medians[bin_dir]
+        print(
+            f"{'AB'[index]} {bin_dir}: median {rate:.0f} req/s, {cpu:.2f} CPU s/1000, p99 {p99:.1f} ms"
+        )
+    a, b = (medians[bin_dir][0] for bin_dir in args.bins)
+    print(f"B/A requests/s: {b / a:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
