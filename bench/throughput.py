@@ -186,7 +186,8 @@ def main() -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="mm7tx-bench-"))
     bodies = requests(folder)
-    smtp_port, mm7_port, ceiling_port = free_port(), free_port(), free_port()
+    smtp_port, mm7_port = free_port(), free_port()
+    ceiling_port, bare_port = free_port(), free_port()
     sink_log = folder / "smtp-sink.log"
     sink = Process(
         [sink_path, "-c", "-u", "nobody", f"127.0.0.1:{smtp_port}", "1024"],
@@ -221,6 +222,17 @@ def main() -> int:
         folder / "ceiling.log",
         ceiling_port,
     )
+    bare = Process(
+        [
+            sys.executable,
+            str(HERE / "ceiling.py"),
+            str(bare_port),
+            "--no-form-parsing",
+        ],
+        folder,
+        folder / "bare-ceiling.log",
+        bare_port,
+    )
     base = f"http://127.0.0.1:{mm7_port}"
     paths = {"deliver-30k": "/vasp/", "submit-3rcpt": "/mm7/", "report": "/vasp/"}
     rows: list[tuple[str, ...]] = []
@@ -230,7 +242,7 @@ def main() -> int:
     try:
         for name, path in paths.items():
             ctype, body = bodies[name]
-            ours, ceil = [], []
+            ours, ceil, bares = [], [], []
             for _ in range(args.rounds):  # side by side, round by round
                 ours.append(
                     wrk(
@@ -252,6 +264,16 @@ def main() -> int:
                         args.connections,
                     )
                 )
+                bares.append(
+                    wrk(
+                        wrk_path,
+                        f"http://127.0.0.1:{bare_port}/",
+                        ctype,
+                        body,
+                        args.seconds,
+                        args.connections,
+                    )
+                )
             for result in ours:
                 answered_1000 += int(result["mm7_1000"])
                 mm7_transactions += int(result["requests"])
@@ -261,6 +283,7 @@ def main() -> int:
                     )
             best = statistics.median(r["rate"] for r in ours)
             top = statistics.median(r["rate"] for r in ceil)
+            bare_top = statistics.median(r["rate"] for r in bares)
             full = min(ours, key=lambda r: abs(r["rate"] - best))
             half_rate = best / 2
             half = wrk(
@@ -280,6 +303,8 @@ def main() -> int:
                     f"{best:.0f}",
                     f"{top:.0f}",
                     f"{100 * best / top:.0f}%",
+                    f"{bare_top:.0f}",
+                    f"{100 * best / bare_top:.0f}%",
                     f"{full['p50']:.1f}/{full['p99']:.1f}",
                     f"{half['rate']:.0f}",
                     f"{half['p50']:.1f}/{half['p99']:.1f}",
@@ -349,7 +374,7 @@ def main() -> int:
         big_rss = mm7.peak_rss_mib()
     finally:
         # mm7tx first: it drains what is in flight into the sink.
-        for process in (ceiling, mm7, sink):
+        for process in (ceiling, bare, mm7, sink):
             process.stop()
     sink_messages = sink_count(sink_log)
 
@@ -363,6 +388,8 @@ def main() -> int:
         "request",
         "mm7tx req/s",
         "ceiling req/s",
+        "ratio",
+        "no-form ceiling",
         "ratio",
         "p50/p99 ms full",
         "half rate req/s",
