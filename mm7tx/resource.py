@@ -7,6 +7,7 @@ other ``twisted.web`` site.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -100,8 +101,9 @@ class MM7Resource(Resource):
                 request, m.DEFAULT_NAMESPACE, "", status, http.LENGTH_REQUIRED
             )
         body = request.content.read()
+        started = time.monotonic()
         if self.portal is None:
-            self._transact(request, body, peer, None, gone)
+            self._transact(request, body, peer, None, gone, started)
             return NOT_DONE_YET
         tail = "/".join(s.decode("utf-8", "replace") for s in request.postpath or [])
         creds = credentials_from(tail, request.getHeader("authorization"), peer)
@@ -120,7 +122,7 @@ class MM7Resource(Resource):
                 )
                 self._unauthorized(request, gone)
                 return
-            self._transact(request, body, peer, account, gone)
+            self._transact(request, body, peer, account, gone, started)
 
         def refused(reason: Failure) -> None:
             reason.trap(UnauthorizedLogin)
@@ -209,6 +211,7 @@ class MM7Resource(Resource):
         peer: str,
         account: Account | None,
         gone: list[bool],
+        started: float,
     ) -> None:
         """Take a place at the gate, or answer 4006 at once if there is none."""
         busy = self.gate.enter()
@@ -219,7 +222,7 @@ class MM7Resource(Resource):
                 _send(request, self._fault(request, m.DEFAULT_NAMESPACE, "", status))
             return
         try:
-            pending = self._run(request, body, peer, account, gone)
+            pending = self._run(request, body, peer, account, gone, started)
         except BaseException:
             self.gate.leave()
             raise
@@ -235,6 +238,7 @@ class MM7Resource(Resource):
         peer: str,
         account: Account | None,
         gone: list[bool],
+        started: float,
     ) -> defer.Deferred[None] | None:
         """Decode, check, dispatch to the processor, and answer; the Deferred
         of the answer if the processor has not answered yet."""
@@ -280,7 +284,7 @@ class MM7Resource(Resource):
 
         def outcome(status: m.Status, prefix: str = "") -> None:
             log.info(
-                "{kind} {tid} from {peer} on {path}: {prefix}{code} {text}",
+                "{kind} {tid} from {peer} on {path}: {prefix}{code} {text} ({ms:.1f} ms)",
                 kind=name,
                 tid=transaction.transaction_id,
                 peer=peer,
@@ -288,6 +292,7 @@ class MM7Resource(Resource):
                 prefix=prefix,
                 code=status.code,
                 text=status.details or status.text,
+                ms=1000 * (time.monotonic() - started),
             )
 
         entry = DISPATCH.get(type(message))
