@@ -1,6 +1,6 @@
 """Fault injection: mm7tx must never lose a message.
 
-    python -m bench.faults [--seconds 44] [--concurrency 4]
+    python -m bench.faults [--seconds 44] [--concurrency 4] [--no-pipelining]
 
 Real processes on loopback only: the real ``twistd mm7`` and a real SMTP
 server (bench/smtp_sink.py).  A steady stream of DeliverReq and SubmitReq with
@@ -45,8 +45,9 @@ BIN = Path(sys.executable).parent
 class Rig:
     """The processes under test and the switches that break them."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, pipelining: bool = True) -> None:
         self.folder = folder
+        self.pipelining = pipelining
         self.mail = folder / "mail"
         self.control = folder / "mode"
         self.control.write_text("ok")
@@ -76,6 +77,7 @@ class Rig:
                 str(self.mail),
                 "--control",
                 str(self.control),
+                *(["--pipelining"] if self.pipelining else []),
             ]
         )
         wait_for_port(self.smtp_port)
@@ -192,7 +194,7 @@ async def load(
 
 async def run(reactor: Any, args: argparse.Namespace) -> int:
     folder = Path(tempfile.mkdtemp(prefix="mm7tx-faults-"))
-    rig = Rig(folder)
+    rig = Rig(folder, pipelining=not args.no_pipelining)
     rig.start_smtp()
     rig.start_mm7()
     events: list[str] = []
@@ -253,6 +255,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
         if "Draining" in line or "still in flight" in line
     ]
     print("\n".join(f"        mm7tx: {line}" for line in drains))
+    print(f"SMTP server offers PIPELINING: {'yes' if rig.pipelining else 'no'}")
     print(f"requests sent:                    {len(outcomes)}")
     for outcome, count in sorted(by_outcome.items()):
         print(f"  answered {outcome:<28} {count}")
@@ -277,6 +280,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=44.0, help="length of the run")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--no-pipelining",
+        action="store_true",
+        help="the SMTP server does not offer PIPELINING (mm7tx sends one command at a time)",
+    )
     args = parser.parse_args()
 
     async def go(reactor: Any) -> None:

@@ -92,6 +92,12 @@ class Server(smtp.ESMTP):
             return
         super().connectionMade()
 
+    def extensions(self) -> dict[bytes, Any]:
+        offered: dict[bytes, Any] = super().extensions()
+        if self.factory.pipelining:
+            offered[b"PIPELINING"] = None
+        return offered
+
     def do_MAIL(self, rest: bytes) -> Any:
         self._kept_one = False
         return super().do_MAIL(rest)
@@ -103,6 +109,7 @@ def main(reactor: Any, args: argparse.Namespace) -> defer.Deferred[None]:
     factory = smtp.SMTPFactory()
     factory.protocol = Server
     factory.control = control  # type: ignore[attr-defined]
+    factory.pipelining = args.pipelining  # type: ignore[attr-defined]
     delivery = Delivery(out, control)
     build = factory.buildProtocol
 
@@ -122,5 +129,6 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", required=True)
     parser.add_argument("--control", required=True)
+    parser.add_argument("--pipelining", action="store_true", help="offer PIPELINING")
     task.react(main, (parser.parse_args(),))
     _ = reactor

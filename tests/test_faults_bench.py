@@ -6,12 +6,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_fault_injection_loses_no_message():
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_fault_injection_loses_no_message(pipelining):
     out = subprocess.run(
-        [sys.executable, "-m", "bench.faults", "--seconds", "22", "--concurrency", "3"],
+        [
+            sys.executable,
+            "-m",
+            "bench.faults",
+            "--seconds",
+            "22",
+            "--concurrency",
+            "3",
+            *([] if pipelining else ["--no-pipelining"]),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -19,6 +31,8 @@ def test_fault_injection_loses_no_message():
     )
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
+    offered = "yes" if pipelining else "no"
+    assert f"SMTP server offers PIPELINING: {offered}" in lines
     assert "1000 with no email (LOST):        0" in lines
     assert "1000 with more than one email:    0" in lines
     assert "failures that were not transient: 0" in lines

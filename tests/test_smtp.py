@@ -200,10 +200,13 @@ async def listen(factory) -> tuple[object, int]:
     return port, port.getHost().port
 
 
+@pytest.mark.parametrize("pipelining", [False, True])
 @pytest_twisted.ensureDeferred
-async def test_opportunistic_starttls_encrypts_when_offered(certificate):
+async def test_opportunistic_starttls_encrypts_when_offered(certificate, pipelining):
     delivery = RecordingDelivery()
-    port, number = await listen(smtp_server_factory(delivery, tls=certificate[1]))
+    port, number = await listen(
+        smtp_server_factory(delivery, tls=certificate[1], pipelining=pipelining)
+    )
     try:
         sender = ESMTPSender(reactor, SMTPSettings(endpoint=f"tcp:127.0.0.1:{number}"))
         await send(sender, ["b@to.example"])
@@ -213,10 +216,13 @@ async def test_opportunistic_starttls_encrypts_when_offered(certificate):
         await port.stopListening()
 
 
+@pytest.mark.parametrize("pipelining", [False, True])
 @pytest_twisted.ensureDeferred
-async def test_required_starttls_checks_the_certificate(certificate):
+async def test_required_starttls_checks_the_certificate(certificate, pipelining):
     delivery = RecordingDelivery()
-    port, number = await listen(smtp_server_factory(delivery, tls=certificate[1]))
+    port, number = await listen(
+        smtp_server_factory(delivery, tls=certificate[1], pipelining=pipelining)
+    )
     try:
         trusted = ESMTPSender(
             reactor,
@@ -267,13 +273,16 @@ async def test_implicit_tls_endpoint(certificate):
         await port.stopListening()
 
 
+@pytest.mark.parametrize("pipelining", [False, True])
 @pytest_twisted.ensureDeferred
-async def test_auth_with_the_right_password_and_never_logs_it():
+async def test_auth_with_the_right_password_and_never_logs_it(pipelining):
     events: list[dict] = []
     globalLogPublisher.addObserver(events.append)
     delivery = RecordingDelivery()
     users = {b"mm7": b"s3cret-Pa55"}
-    port, number = await listen(smtp_server_factory(delivery, users=users))
+    port, number = await listen(
+        smtp_server_factory(delivery, users=users, pipelining=pipelining)
+    )
     try:
         good = sender_for(
             f"tcp:127.0.0.1:{number}", username="mm7", password="s3cret-Pa55"
