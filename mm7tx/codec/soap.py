@@ -152,6 +152,7 @@ for _cls in (
     )
 
 BY_NAME: dict[str, type[Any]] = {cls.__name__: cls for cls in SCHEMAS}
+_FIELDS = {cls: frozenset(f.name for f in fields(cls)) for cls in SCHEMAS}
 FAULT_DETAILS = ("VASPErrorRsp", "RSErrorRsp")
 
 _PARSER = etree.XMLParser(
@@ -166,7 +167,8 @@ _PARSER = etree.XMLParser(
 
 
 def _local(el: etree._Element) -> str:
-    return etree.QName(el).localname
+    tag = el.tag  # "{namespace}name" or "name"
+    return tag[tag.rfind("}") + 1 :]  # type: ignore[union-attr, return-value]
 
 
 def _namespace(el: etree._Element) -> str | None:
@@ -187,7 +189,7 @@ def _child(el: etree._Element, name: str) -> etree._Element | None:
 
 
 def _text(el: etree._Element) -> str:
-    return "".join(str(t) for t in el.itertext()).strip()
+    return "".join(el.itertext()).strip()  # type: ignore[arg-type]  # always str
 
 
 def _attribute(el: etree._Element, name: str) -> str | None:
@@ -352,7 +354,7 @@ def parse_body(el: etree._Element) -> tuple[Any, str | None]:
             values[attr] = _status(found)
         elif kind is Kind.CONTENT:
             href = (_attribute(found, "href") or "").strip()
-    if "status" in {f.name for f in fields(cls)} and "status" not in values:
+    if "status" in _FIELDS[cls] and "status" not in values:
         raise MM7Error(
             StatusCode.VALIDATION_ERROR, details=f"{cls.__name__} has no Status"
         )
