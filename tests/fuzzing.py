@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,14 @@ from mm7tx.processors import AddressRules, EmailProcessor
 from mm7tx.resource import MM7Resource, build_root
 from mm7tx.testing import FakeMailSender, HTTPResponse, http_post
 from tests import samples
+
+# MM7TX_FUZZ_SCALE=20 runs every fuzzing test with twenty times its examples.
+SCALE = int(os.environ.get("MM7TX_FUZZ_SCALE", "1"))
+
+
+def examples(count: int) -> int:
+    """The number of hypothesis examples for a test, scaled."""
+    return count * SCALE
 
 
 def all_samples() -> list[tuple[str, bytes]]:

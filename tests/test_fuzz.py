@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from mm7tx.codec import mime
 from mm7tx.errors import MM7Error
-from tests.fuzzing import SAMPLES, check, mutated, target
+from tests.fuzzing import SAMPLES, check, examples, mutated, target
 
 ROOT, _ = target()
 
@@ -19,7 +19,7 @@ def test_every_sample_is_in_the_pool():
 
 
 @settings(
-    max_examples=400,
+    max_examples=examples(400),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=True,
@@ -50,7 +50,7 @@ def _split(ctype: str, body: bytes):
 
 
 @settings(
-    max_examples=400,
+    max_examples=examples(400),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=True,
@@ -74,7 +74,7 @@ def _payload(part):
 
 
 @settings(
-    max_examples=300,
+    max_examples=examples(300),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=True,
@@ -92,7 +92,7 @@ def test_the_fast_base64_decoding_agrees_with_the_email_package(case):
     assert fast == full
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=examples(300), deadline=None, derandomize=True)
 @given(data=st.binary(max_size=4000))
 def test_base64_lines_is_encodebytes(data):
     import base64
@@ -100,7 +100,7 @@ def test_base64_lines_is_encodebytes(data):
     assert mime.base64_lines(data) == base64.encodebytes(data)
 
 
-@settings(max_examples=2000, deadline=None, derandomize=True)
+@settings(max_examples=examples(2000), deadline=None, derandomize=True)
 @given(value=st.text(alphabet='abcXYZ019+_=-.@ <>"', min_size=1, max_size=24))
 def test_the_plain_address_shortcut_is_what_parseaddr_gives(value):
     from email.utils import parseaddr
@@ -111,7 +111,7 @@ def test_the_plain_address_shortcut_is_what_parseaddr_gives(value):
         assert parseaddr(value)[1] == value
 
 
-@settings(max_examples=1000, deadline=None, derandomize=True)
+@settings(max_examples=examples(1000), deadline=None, derandomize=True)
 @given(
     lines=st.lists(
         st.text(alphabet='Ab-:; \t="\r\xe9', min_size=0, max_size=12), max_size=5
