@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.mail import smtp
+from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -339,7 +340,7 @@ class _SMTPClient(smtp.ESMTPClient):
             self._okresponse = lambda code, resp: self._pipelined_sent(
                 code, resp, accepted, addresses
             )
-            self._write(_smtp_data(job.data))
+            self._send_data(_smtp_data(job.data))
             return
         if data == 354:
             # A relay that took DATA with no one to deliver to: end it empty.
@@ -349,6 +350,23 @@ class _SMTPClient(smtp.ESMTPClient):
             self._write(b".\r\n")
             return
         self._pipelined_refused(mail, mail_resp, accepted, addresses, data, data_resp)
+
+    def _send_data(self, wire: bytes) -> None:
+        if len(wire) <= _ONE_WRITE or self.transport is None:
+            self._write(wire)
+            return
+
+        # A big message goes as Twisted's client sends one: in chunks as the
+        # connection takes them, each restarting the command timeout, so that
+        # a slow link is not taken for a relay that stopped answering.
+        def progress(chunk: bytes) -> bytes:
+            self.resetTimeout()
+            return chunk
+
+        sending = FileSender().beginFileTransfer(
+            BytesIO(wire), self.transport, progress
+        )
+        sending.addErrback(lambda _: None)  # a lost connection fails the job
 
     def _pipelined_sent(
         self, code: int, resp: bytes, accepted: int, addresses: list[Any]
@@ -602,6 +620,8 @@ class ESMTPSender:
 
 # Twisted's client passes every reply in ``_expected`` to ``_okresponse``.
 _ANY_REPLY: Any = range(1000)
+# A message up to this size (as SMTP data) goes to the transport in one write.
+_ONE_WRITE = 256 * 1024
 
 
 def _smtp_data(data: bytes) -> bytes:

@@ -476,3 +476,36 @@ def test_smtp_data_ends_lines_with_crlf_and_doubles_leading_dots():
     assert _smtp_data(b"a\n.b\n..c\n") == b"a\r\n..b\r\n...c\r\n.\r\n"
     assert _smtp_data(b".x") == b"..x\r\n.\r\n"
     assert _smtp_data(b"") == b".\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_big_message_arrives_whole(relay, delivery):
+    # Over 256 KiB: the pipelined path sends it in chunks as the connection
+    # takes them.
+    big = bytes(range(256)) * 3000 + b"\r\n.\r\n.."
+    result = await send(sender_for(relay), ["b@to.example"], message(big))
+    assert result.accepted == ("b@to.example",)
+    [attachment] = list(delivery.received[0].message.iter_attachments())
+    assert attachment.get_content() == big
+
+
+def test_a_big_message_goes_in_chunks_each_restarting_the_timeout():
+    from twisted.internet.testing import StringTransport
+
+    from mm7tx.senders import _ONE_WRITE, _smtp_data, _SMTPClient
+
+    client = _SMTPClient(sender_for("tcp:127.0.0.1:1"))
+    transport = StringTransport()
+    client.transport = transport
+    resets: list[None] = []
+    client.resetTimeout = lambda: resets.append(None)  # type: ignore[method-assign]
+    small = _smtp_data(b"x" * 1000)
+    client._send_data(small)
+    assert transport.value() == small and transport.producer is None
+    transport.clear()
+    wire = _smtp_data(b"line\n" * (_ONE_WRITE // 4))
+    client._send_data(wire)
+    while transport.producer is not None:
+        transport.producer.resumeProducing()
+    assert transport.value() == wire
+    assert len(resets) >= len(wire) // 2**16  # one per chunk taken
