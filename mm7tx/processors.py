@@ -522,7 +522,8 @@ def _set_boundaries(msg: Message) -> None:
     """Boundaries for the multiparts that have none, set now: otherwise the
     generator makes one and scans the whole text for it."""
     fresh = any(
-        isinstance(payload, str) and _BOUNDARY in payload
+        (isinstance(payload, str) and _BOUNDARY in payload)
+        or (isinstance(payload, bytes) and _BOUNDARY.encode() in payload)
         for payload in (part.get_payload() for part in msg.walk())
     )
 
