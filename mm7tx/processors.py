@@ -530,7 +530,8 @@ def _set_boundaries(msg: Message) -> None:
     def visit(part: Message, depth: int) -> None:
         if not part.is_multipart():
             return
-        if part.get_boundary() is None:
+        # (message/delivery-status also holds a list, of header blocks.)
+        if part.get_content_maintype() == "multipart" and part.get_boundary() is None:
             # 128 random bits, short enough for Content-Type to fit a line.
             part.set_boundary(
                 f"mm7tx-{secrets.token_urlsafe(16)}"

@@ -325,7 +325,11 @@ def test_headers_stored_raw_read_back_structured():
 
 
 def _boundaries(message):
-    return [p.get_boundary() for p in message.walk() if p.is_multipart()]
+    return [
+        p.get_boundary()
+        for p in message.walk()
+        if p.get_content_maintype() == "multipart"
+    ]
 
 
 def test_boundaries_are_distinct_and_text_cannot_collide_with_them():
@@ -348,6 +352,10 @@ def test_boundaries_are_distinct_and_text_cannot_collide_with_them():
         ),
         TX,
     ).message
+    status = next(
+        p for p in report.walk() if p.get_content_type().startswith("message/")
+    )
+    assert status.get_boundary() is None  # a list of header blocks, not a multipart
     for msg in (plain, report):
         found = _boundaries(msg)
         assert len(set(found)) == len(found) >= 1
