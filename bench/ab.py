@@ -85,6 +85,7 @@ def main() -> int:
     parser.add_argument("--request", choices=sorted(PATHS), default="deliver-30k")
     parser.add_argument("bins", nargs=2, type=Path, metavar="BIN")
     args = parser.parse_args()
+    args.bins = [b.absolute() for b in args.bins]  # the processes run elsewhere
     for bin_dir in args.bins:
         if not (bin_dir / "twistd").exists():
             raise SystemExit(f"{bin_dir} has no twistd: give a virtualenv's bin folder")
