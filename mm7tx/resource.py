@@ -101,6 +101,7 @@ class MM7Resource(Resource):
                 request, m.DEFAULT_NAMESPACE, "", status, http.LENGTH_REQUIRED
             )
         body = request.content.read()
+        request.content.truncate(0)  # the body lives on only as ``body``
         started = time.monotonic()
         if self.portal is None:
             self._transact(request, body, peer, None, gone, started)
@@ -317,8 +318,10 @@ class MM7Resource(Resource):
         def answered(response: m.Response) -> None:
             outcome(response.status)
             if not gone:
+                # From the transaction, not the envelope: the request and its
+                # content need not live until the answer.
                 reply = m.Envelope(
-                    envelope.transaction_id, response, envelope.namespace
+                    transaction.transaction_id, response, transaction.namespace
                 )
                 _, data = codec.encode(reply)
                 request.setResponseCode(http.OK)
@@ -339,7 +342,7 @@ class MM7Resource(Resource):
                     StatusCode.GENERAL_SERVICE_ERROR, details="internal error"
                 )
             outcome(status, "fault ")
-            fault(envelope.namespace, envelope.transaction_id, status)
+            fault(transaction.namespace, transaction.transaction_id, status)
 
         return d.addCallbacks(answered, failed).addErrback(
             lambda f: log.failure("Answering failed", f)

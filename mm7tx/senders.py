@@ -380,7 +380,8 @@ class _SMTPClient(smtp.ESMTPClient):
             self._okresponse = lambda code, resp: self._pipelined_sent(
                 code, resp, accepted, addresses
             )
-            self._send_data(_smtp_data(job.data))
+            wire, job.data = _smtp_data(job.data), b""  # no resend from here on
+            self._send_data(wire)
             return
         if data == 354:
             # A relay that took DATA with no one to deliver to: end it empty.
@@ -403,9 +404,7 @@ class _SMTPClient(smtp.ESMTPClient):
             self.resetTimeout()
             return chunk
 
-        sending = FileSender().beginFileTransfer(
-            BytesIO(wire), self.transport, progress
-        )
+        sending = _Chunks().beginFileTransfer(BytesIO(wire), self.transport, progress)
         sending.addErrback(lambda _: None)  # a lost connection fails the job
 
     def _pipelined_sent(
@@ -660,8 +659,13 @@ class ESMTPSender:
 
 # Twisted's client passes every reply in ``_expected`` to ``_okresponse``.
 _ANY_REPLY: Any = range(1000)
-# A message up to this size (as SMTP data) goes to the transport in one write.
+# A message up to this size (as SMTP data) goes to the transport in one write;
+# a bigger one in chunks of this size.
 _ONE_WRITE = 256 * 1024
+
+
+class _Chunks(FileSender):
+    CHUNK_SIZE = _ONE_WRITE
 
 
 def _smtp_data(data: bytes) -> bytes:
