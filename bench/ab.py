@@ -23,8 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import free_port, mm7tx_config
-from bench.throughput import Process, need, requests, wrk
+from bench.throughput import need, requests, start_mm7tx, start_sink, wrk
 
 PATHS = {"deliver-30k": "/vasp/", "submit-3rcpt": "/mm7/", "report": "/vasp/"}
 
@@ -34,34 +33,8 @@ def one_round(
 ) -> tuple[float, float, float]:
     """(requests/s, CPU s per 1000 transactions, p99 ms) of one fresh run."""
     wrk_path, sink_path = need("wrk", "wrk"), need("smtp-sink", "postfix")
-    smtp_port, mm7_port = free_port(), free_port()
-    sink = Process(
-        [sink_path, "-c", "-u", "nobody", f"127.0.0.1:{smtp_port}", "1024"],
-        folder,
-        folder / "smtp-sink.log",
-        smtp_port,
-    )
-    config = folder / "mm7tx.conf"
-    config.write_text(
-        mm7tx_config(
-            mm7_port, smtp_port, "  mm7_max_transactions = 1000", 'VASP "127.0.0.1" { }'
-        )
-    )
-    mm7 = Process(
-        [
-            str(bin_dir / "twistd"),
-            "-n",
-            "--pidfile=",
-            "-l",
-            str(folder / "mm7tx.log"),
-            "mm7",
-            "--config",
-            str(config),
-        ],
-        folder,
-        folder / "twistd.out",
-        mm7_port,
-    )
+    sink, smtp_port = start_sink(sink_path, folder)
+    mm7, mm7_port = start_mm7tx(bin_dir, folder, smtp_port)
     url = f"http://127.0.0.1:{mm7_port}{path}"
     try:
         wrk(wrk_path, url, ctype, body, 2, 32)  # warm up
@@ -91,7 +64,8 @@ def main() -> int:
             raise SystemExit(f"{bin_dir} has no twistd: give a virtualenv's bin folder")
     folder = Path(tempfile.mkdtemp(prefix="mm7tx-ab-"))
     ctype, body = requests(folder)[args.request]
-    results: dict[Path, list[tuple[float, float, float]]] = {b: [] for b in args.bins}
+    # By position, so that a run of one installation against itself works.
+    results: list[list[tuple[float, float, float]]] = [[], []]
     for number in range(args.rounds):
         for index, bin_dir in enumerate(args.bins):
             run = folder / f"{number}-{'AB'[index]}"
@@ -99,23 +73,22 @@ def main() -> int:
             rate, cpu, p99 = one_round(
                 bin_dir, run, ctype, body, PATHS[args.request], args.seconds
             )
-            results[bin_dir].append((rate, cpu, p99))
+            results[index].append((rate, cpu, p99))
             print(
                 f"round {number + 1} {'AB'[index]}: {rate:.0f} req/s, "
                 f"{cpu:.2f} CPU s/1000, p99 {p99:.1f} ms",
                 flush=True,
             )
-    medians = {
-        b: tuple(statistics.median(r[i] for r in rows) for i in range(3))
-        for b, rows in results.items()
-    }
+    medians = [
+        tuple(statistics.median(r[i] for r in rows) for i in range(3))
+        for rows in results
+    ]
     for index, bin_dir in enumerate(args.bins):
-        rate, cpu, p99 = medians[bin_dir]
+        rate, cpu, p99 = medians[index]
         print(
             f"{'AB'[index]} {bin_dir}: median {rate:.0f} req/s, {cpu:.2f} CPU s/1000, p99 {p99:.1f} ms"
         )
-    a, b = (medians[bin_dir][0] for bin_dir in args.bins)
-    print(f"B/A requests/s: {b / a:.2f}")
+    print(f"B/A requests/s: {medians[1][0] / medians[0][0]:.2f}")
     return 0
 
 

@@ -125,6 +125,48 @@ class Process:
         self.log.close()
 
 
+def start_sink(sink_path: str, folder: Path) -> tuple[Process, int]:
+    """Postfix's smtp-sink on a free loopback port, counting what it takes
+    (in ``folder/smtp-sink.log``)."""
+    port = free_port()
+    sink = Process(
+        [sink_path, "-c", "-u", "nobody", f"127.0.0.1:{port}", "1024"],
+        folder,
+        folder / "smtp-sink.log",
+        port,
+    )
+    return sink, port
+
+
+def start_mm7tx(bin_dir: Path, folder: Path, smtp_port: int) -> tuple[Process, int]:
+    """``twistd mm7`` from ``bin_dir`` on a free port, relaying to
+    ``smtp_port``, logging to ``folder/mm7tx.log``: VASP path ``/vasp/``, MMSC
+    path ``/mm7/`` with an IP account for 127.0.0.1."""
+    port = free_port()
+    config = folder / "mm7tx.conf"
+    config.write_text(
+        mm7tx_config(
+            port, smtp_port, "  mm7_max_transactions = 1000", 'VASP "127.0.0.1" { }'
+        )
+    )
+    mm7 = Process(
+        [
+            str(bin_dir / "twistd"),
+            "-n",
+            "--pidfile=",
+            "-l",
+            str(folder / "mm7tx.log"),
+            "mm7",
+            "--config",
+            str(config),
+        ],
+        folder,
+        folder / "twistd.out",
+        port,
+    )
+    return mm7, port
+
+
 def wrk(
     wrk_path: str,
     url: str,
@@ -186,36 +228,10 @@ def main() -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="mm7tx-bench-"))
     bodies = requests(folder)
-    smtp_port, mm7_port = free_port(), free_port()
     ceiling_port, bare_port = free_port(), free_port()
+    sink, smtp_port = start_sink(sink_path, folder)
     sink_log = folder / "smtp-sink.log"
-    sink = Process(
-        [sink_path, "-c", "-u", "nobody", f"127.0.0.1:{smtp_port}", "1024"],
-        folder,
-        sink_log,
-        smtp_port,
-    )
-    config = folder / "mm7tx.conf"
-    config.write_text(
-        mm7tx_config(
-            mm7_port, smtp_port, "  mm7_max_transactions = 1000", 'VASP "127.0.0.1" { }'
-        )
-    )
-    mm7 = Process(
-        [
-            str(BIN / "twistd"),
-            "-n",
-            "--pidfile=",
-            "-l",
-            str(folder / "mm7tx.log"),
-            "mm7",
-            "--config",
-            str(config),
-        ],
-        folder,
-        folder / "twistd.out",
-        mm7_port,
-    )
+    mm7, mm7_port = start_mm7tx(BIN, folder, smtp_port)
     ceiling = Process(
         [sys.executable, str(HERE / "ceiling.py"), str(ceiling_port)],
         folder,
@@ -317,44 +333,31 @@ def main() -> int:
         if args.profile:
             ctype, body = bodies["deliver-30k"]
             svg, raw = folder / "mm7tx-profile.svg", folder / "mm7tx-profile.txt"
-            spy = subprocess.Popen(
-                [
-                    pyspy,
-                    "record",
-                    "-p",
-                    str(mm7.popen.pid),
-                    "-d",
-                    f"{args.seconds:g}",
-                    "-o",
-                    str(svg),
-                    "-f",
-                    "flamegraph",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            spy_raw = subprocess.Popen(
-                [
-                    pyspy,
-                    "record",
-                    "-p",
-                    str(mm7.popen.pid),
-                    "-d",
-                    f"{args.seconds:g}",
-                    "-o",
-                    str(raw),
-                    "-f",
-                    "raw",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            spies = [
+                subprocess.Popen(
+                    [
+                        pyspy,
+                        "record",
+                        "-p",
+                        str(mm7.popen.pid),
+                        "-d",
+                        f"{args.seconds:g}",
+                        "-o",
+                        str(out),
+                        "-f",
+                        form,
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for out, form in ((svg, "flamegraph"), (raw, "raw"))
+            ]
             extra = wrk(
                 wrk_path, base + "/vasp/", ctype, body, args.seconds, args.connections
             )
             answered_1000 += int(extra["mm7_1000"])
-            spy.wait(60)
-            spy_raw.wait(60)
+            for spy in spies:
+                spy.wait(60)
             selfs: Counter[str] = Counter()
             for line in raw.read_text().splitlines():
                 stack, _, count = line.rpartition(" ")
