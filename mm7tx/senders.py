@@ -570,6 +570,10 @@ class ESMTPSender:
     def send(
         self, sender: str, recipients: list[str], message: EmailMessage
     ) -> defer.Deferred[SendResult]:
+        if not recipients:
+            return defer.fail(
+                MM7Error(StatusCode.ADDRESS_ERROR, details="the mail has no recipient")
+            )
         job = _Job(
             self,
             sender.encode("utf-8"),

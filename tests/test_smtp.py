@@ -509,3 +509,11 @@ def test_a_big_message_goes_in_chunks_each_restarting_the_timeout():
         transport.producer.resumeProducing()
     assert transport.value() == wire
     assert len(resets) == -(-len(wire) // _ONE_WRITE) >= 2  # one per chunk taken
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_mail_without_recipients_is_an_address_error(relay, delivery):
+    with pytest.raises(MM7Error) as caught:
+        await send(sender_for(relay), [])
+    assert caught.value.status.code == 2002
+    assert delivery.received == []
