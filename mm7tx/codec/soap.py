@@ -189,6 +189,8 @@ def _child(el: etree._Element, name: str) -> etree._Element | None:
 
 
 def _text(el: etree._Element) -> str:
+    if len(el) == 0:  # a leaf, as most MM7 elements are: its text is all of it
+        return (el.text or "").strip()
     return "".join(el.itertext()).strip()  # type: ignore[arg-type]  # always str
 
 
