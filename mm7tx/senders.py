@@ -465,7 +465,16 @@ class _SMTPClient(smtp.ESMTPClient):
         return self.job.recipients if self.job is not None else []
 
     def getMailData(self) -> BytesIO:
-        return BytesIO(self.job.data if self.job is not None else b"")
+        # The whole message made SMTP data at once (Twisted's client sends
+        # the final dot).  Twisted's own transformChunk works chunk by chunk:
+        # a line "." starting a chunk would go undoubled, end the message
+        # early and turn the rest of a text into SMTP commands.
+        data = self.job.data if self.job is not None else b""
+        return BytesIO(_smtp_data(data)[: -len(_END)])
+
+    def transformChunk(self, chunk: bytes) -> bytes:
+        self.resetTimeout()  # progress: the relay is not silent, just slow
+        return chunk
 
     def sentMail(
         self, code: int, resp: bytes, numOk: int, addresses: list[Any], log: Any
@@ -672,15 +681,19 @@ class _Chunks(FileSender):
     CHUNK_SIZE = _ONE_WRITE
 
 
+_END = b".\r\n"
+
+
 def _smtp_data(data: bytes) -> bytes:
     """A message with LF line ends as SMTP DATA: CRLF line ends, leading
-    dots doubled (RFC 5321 4.5.2), and the final dot."""
+    dots doubled (RFC 5321 4.5.2), and the final dot.  Always over the whole
+    message at once, never chunk by chunk."""
     wire = data.replace(b"\n", b"\r\n").replace(b"\r\n.", b"\r\n..")
     if wire.startswith(b"."):
         wire = b"." + wire
     if wire and not wire.endswith(b"\r\n"):
         wire += b"\r\n"
-    return wire + b".\r\n"
+    return wire + _END
 
 
 def _timeouts_are_transient(reason: Failure) -> Failure:

@@ -517,3 +517,32 @@ async def test_a_mail_without_recipients_is_an_address_error(relay, delivery):
         await send(sender_for(relay), [])
     assert caught.value.status.code == 2002
     assert delivery.received == []
+
+
+def _dot_at_chunk_boundary() -> EmailMessage:
+    """A text whose line "." starts exactly at byte 16384 of the message as
+    handed to the SMTP client: where Twisted's FileSender starts a chunk."""
+    from mm7tx.senders import wire_bytes
+
+    for lines in range(250, 270):
+        for pad in range(61):
+            msg = EmailMessage(policy=BUILD_POLICY)
+            msg["From"] = "a@from.example"
+            msg["To"] = "b@to.example"
+            msg["Subject"] = "dots"
+            text = ("x" * 60 + "\n") * lines + "y" * pad
+            msg.set_content(text + "\n.\nRCPT TO:<evil@to.example>\n")
+            if wire_bytes(msg).find(b"\n.\n") == 2**14 - 1:
+                return msg
+    raise AssertionError("no padding puts the dot at the chunk boundary")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dot_line_at_a_chunk_boundary_is_still_doubled(relay, delivery):
+    msg = _dot_at_chunk_boundary()
+    text = msg.get_content()
+    result = await send(sender_for(relay), ["b@to.example"], msg)
+    assert result.accepted == ("b@to.example",)
+    [mail] = delivery.received
+    assert mail.recipients == ["b@to.example"]
+    assert mail.message.get_content() == text
