@@ -396,15 +396,12 @@ class _SMTPClient(smtp.ESMTPClient):
         if len(wire) <= _ONE_WRITE or self.transport is None:
             self._write(wire)
             return
-
         # A big message goes as Twisted's client sends one: in chunks as the
         # connection takes them, each restarting the command timeout, so that
         # a slow link is not taken for a relay that stopped answering.
-        def progress(chunk: bytes) -> bytes:
-            self.resetTimeout()
-            return chunk
-
-        sending = _Chunks().beginFileTransfer(BytesIO(wire), self.transport, progress)
+        sending = _Chunks().beginFileTransfer(
+            BytesIO(wire), self.transport, self.transformChunk
+        )
         sending.addErrback(lambda _: None)  # a lost connection fails the job
 
     def _pipelined_sent(
