@@ -1,6 +1,6 @@
 """Two mm7tx installations side by side: which change made a difference.
 
-    python -m bench.ab [--rounds 3] [--seconds 5] [--request deliver-30k] BIN_A BIN_B
+    python -m bench.ab [--rounds 3] [--seconds 5] [--request deliver-30k] [--rate R] BIN_A BIN_B
 
 BIN_A and BIN_B are the ``bin`` folders of two virtual environments with
 mm7tx installed (for example the previous commit, installed with
@@ -9,7 +9,9 @@ and this checkout's ``.venv/bin``).  Round by round, each is started fresh
 (its own ``twistd mm7`` and ``smtp-sink``), warmed up for 2 s and driven by
 ``wrk`` for ``--seconds``; the rounds alternate A, B, A, B... so both see the
 same machine.  It prints each round and the medians: requests/s, CPU
-seconds per 1000 transactions and p99 latency.  Needs ``wrk`` and
+seconds per 1000 transactions and p99 latency.  With ``--rate`` the load is
+held near R requests/s (wrk's jittered delay, as for the half-rate latency of
+bench/throughput.py) rather than as fast as it goes.  Needs ``wrk`` and
 ``postfix`` like bench/throughput.py.
 """
 
@@ -29,7 +31,13 @@ PATHS = {"deliver-30k": "/vasp/", "submit-3rcpt": "/mm7/", "report": "/vasp/"}
 
 
 def one_round(
-    bin_dir: Path, folder: Path, ctype: str, body: Path, path: str, seconds: float
+    bin_dir: Path,
+    folder: Path,
+    ctype: str,
+    body: Path,
+    path: str,
+    seconds: float,
+    rate: float | None = None,
 ) -> tuple[float, float, float]:
     """(requests/s, CPU s per 1000 transactions, p99 ms) of one fresh run."""
     wrk_path, sink_path = need("wrk", "wrk"), need("smtp-sink", "postfix")
@@ -39,7 +47,8 @@ def one_round(
     try:
         wrk(wrk_path, url, ctype, body, 2, 32)  # warm up
         before = mm7.cpu_seconds()
-        result = wrk(wrk_path, url, ctype, body, seconds, 32)
+        delay = 1000.0 * 32 / rate if rate else 0.0
+        result = wrk(wrk_path, url, ctype, body, seconds, 32, delay_ms=delay)
         cpu = mm7.cpu_seconds() - before
     finally:
         mm7.stop()
@@ -56,6 +65,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--request", choices=sorted(PATHS), default="deliver-30k")
+    parser.add_argument(
+        "--rate", type=float, help="hold the load near this many requests/s"
+    )
     parser.add_argument("bins", nargs=2, type=Path, metavar="BIN")
     args = parser.parse_args()
     args.bins = [b.absolute() for b in args.bins]  # the processes run elsewhere
@@ -71,7 +83,7 @@ def main() -> int:
             run = folder / f"{number}-{'AB'[index]}"
             run.mkdir()
             rate, cpu, p99 = one_round(
-                bin_dir, run, ctype, body, PATHS[args.request], args.seconds
+                bin_dir, run, ctype, body, PATHS[args.request], args.seconds, args.rate
             )
             results[index].append((rate, cpu, p99))
             print(
