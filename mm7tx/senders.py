@@ -467,7 +467,7 @@ class _SMTPClient(smtp.ESMTPClient):
         # a line "." starting a chunk would go undoubled, end the message
         # early and turn the rest of a text into SMTP commands.
         data = self.job.data if self.job is not None else b""
-        return BytesIO(_smtp_data(data)[: -len(_END)])
+        return BytesIO(_stuffed(data))
 
     def transformChunk(self, chunk: bytes) -> bytes:
         self.resetTimeout()  # progress: the relay is not silent, just slow
@@ -678,19 +678,21 @@ class _Chunks(FileSender):
     CHUNK_SIZE = _ONE_WRITE
 
 
-_END = b".\r\n"
-
-
-def _smtp_data(data: bytes) -> bytes:
-    """A message with LF line ends as SMTP DATA: CRLF line ends, leading
-    dots doubled (RFC 5321 4.5.2), and the final dot.  Always over the whole
+def _stuffed(data: bytes) -> bytes:
+    """A message with LF line ends as SMTP DATA without the final dot: CRLF
+    line ends and leading dots doubled (RFC 5321 4.5.2), over the whole
     message at once, never chunk by chunk."""
     wire = data.replace(b"\n", b"\r\n").replace(b"\r\n.", b"\r\n..")
     if wire.startswith(b"."):
         wire = b"." + wire
     if wire and not wire.endswith(b"\r\n"):
         wire += b"\r\n"
-    return wire + _END
+    return wire
+
+
+def _smtp_data(data: bytes) -> bytes:
+    """The message as SMTP DATA, with the final dot."""
+    return _stuffed(data) + b".\r\n"
 
 
 def _timeouts_are_transient(reason: Failure) -> Failure:
