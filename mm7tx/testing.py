@@ -30,8 +30,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from mm7tx.errors import MM7Error
-from mm7tx.interfaces import IMailSender
-from mm7tx.senders import SendResult
+from mm7tx.interfaces import IMailSender, SendResult
 
 
 @dataclass

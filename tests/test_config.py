@@ -13,8 +13,8 @@ from mm7tx.config import (
     normalise_endpoint,
     with_overrides,
 )
+from mm7tx.esmtp import SMTPSettings
 from mm7tx.processors import AddressRules
-from mm7tx.senders import SMTPSettings
 from tests import samples
 
 EXAMPLE_7_1 = samples.EXAMPLE_7_1
