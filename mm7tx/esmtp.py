@@ -166,6 +166,9 @@ class _SMTPClient(_ReplyRouting):
         identity = (settings.helo or "localhost").encode()
         super().__init__(secret, pool.context, identity)
         self.pool = pool
+        # TimeoutMixin's callLater is the global reactor's unless told: the
+        # command timeout must run on the pool's reactor (a Clock in tests).
+        self.callLater = pool.reactor.callLater
         # No transcript: it would hold the AUTH exchange, and costs time.
         self.debug = False
         self.heloFallback = True
