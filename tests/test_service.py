@@ -1,0 +1,117 @@
+"""The one wiring point: ``build_service(config, reactor)`` puts everything on
+the reactor it is given, and stopping it leaves nothing behind there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor as global_reactor
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
+from mm7tx import messages as m
+from mm7tx.auth import Account
+from mm7tx.config import load
+from mm7tx.esmtp import ESMTPSender
+from mm7tx.reports import DeliveryReporter
+from mm7tx.service import build_service
+
+CONFIG = """
+HTTP_Listener {
+  Listen "tcp:8080:interface=127.0.0.1" { }
+  Listen ":8081" { }
+}
+mm7_serv {
+  mm7_server_default_email_from_address = "from@example.com"
+  mm7_server_default_email_to_address = "to@example.com"
+  mm7_vasp_uri_paths = ("/vasp/")
+  mm7_mmsc_uri_paths = ("/mm7/")
+  smtp_relay = "tcp:relay.example:25"
+}
+VASP "v" { password = "p" delivery_report_url = "http://vasp.example/dr" }
+"""
+
+
+def global_state() -> tuple[Any, ...]:
+    """What the global reactor holds: ports, connections and timers."""
+    return (
+        set(global_reactor.getReaders()),
+        set(global_reactor.getWriters()),
+        {id(call) for call in global_reactor.getDelayedCalls()},
+    )
+
+
+def test_every_listener_is_on_the_given_reactor_and_none_on_the_global() -> None:
+    before = global_state()
+    reactor = MemoryReactorClock()
+    service = build_service(load(CONFIG, "wiring.conf"), reactor)  # type: ignore[arg-type]
+    service.startService()
+    listening = sorted((port, interface) for port, _, _, interface in reactor.tcpServers)
+    assert listening == [(8080, "127.0.0.1"), (8081, "")]
+    assert isinstance(service.sender, ESMTPSender)
+    assert service.sender.reactor is reactor
+    assert service.reporter is not None and service.reporter.reactor is reactor
+    assert global_state() == before
+    stopped: list[object] = []
+    service.stopService().addBoth(stopped.append)
+    assert stopped == [None]
+    assert reactor.getDelayedCalls() == []
+    assert global_state() == before
+
+
+def test_a_pending_delivery_report_is_abandoned_with_a_log_line_on_stop() -> None:
+    """A report still being retried when the service stops is given the rest
+    of the drain time, then cancelled with its MessageID and URL logged
+    (never its credentials); no timer is left behind."""
+    reactor = MemoryReactorClock()
+    reporter = DeliveryReporter(reactor, attempts=5)  # type: ignore[arg-type]
+    account = Account(
+        "v",
+        "p",
+        delivery_report_url="http://192.0.2.7:8000/dr",
+        delivery_report_user="user",
+        delivery_report_password="secret",
+    )
+    outcome: list[Any] = []
+    reporter.report(
+        account, m.DeliveryReportReq(message_id="msg-1", mm_status="Forwarded"), "x"
+    ).addBoth(outcome.append)
+    # The VASP never answers: the agent's connection attempt hangs in memory.
+    assert len(reactor.tcpClients) == 1
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        stopped: list[object] = []
+        reporter.stop(10).addBoth(stopped.append)
+        reactor.advance(9)
+        assert stopped == [] and outcome == []
+        reactor.advance(1)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert stopped == [None]
+    assert len(outcome) == 1 and outcome[0] is not True
+    lines = [formatEvent(e) for e in events]
+    abandoned = [line for line in lines if "Abandoned" in line]
+    assert abandoned == [
+        "Abandoned delivery report msg-1 to http://192.0.2.7:8000/dr: "
+        "still not answered when the service stopped"
+    ]
+    assert not any("secret" in line for line in lines)
+    assert reporter.pending == {}
+    assert reactor.getDelayedCalls() == []
+
+
+def test_a_report_answered_within_the_drain_is_not_abandoned() -> None:
+    reactor = MemoryReactorClock()
+    reporter = DeliveryReporter(reactor)  # type: ignore[arg-type]
+    stopped: list[object] = []
+    reporter.stop(10).addBoth(stopped.append)
+    assert stopped == [None]  # nothing pending: at once
+    assert reactor.getDelayedCalls() == []
+
+
+def test_urls_in_the_log_lose_their_credentials() -> None:
+    from mm7tx.reports import _without_credentials
+
+    assert _without_credentials("http://u:p@host:80/x?y") == "http://host:80/x?y"
+    assert _without_credentials("https://host/x") == "https://host/x"
