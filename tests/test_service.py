@@ -46,7 +46,9 @@ def test_every_listener_is_on_the_given_reactor_and_none_on_the_global() -> None
     reactor = MemoryReactorClock()
     service = build_service(load(CONFIG, "wiring.conf"), reactor)  # type: ignore[arg-type]
     service.startService()
-    listening = sorted((port, interface) for port, _, _, interface in reactor.tcpServers)
+    listening = sorted(
+        (port, interface) for port, _, _, interface in reactor.tcpServers
+    )
     assert listening == [(8080, "127.0.0.1"), (8081, "")]
     assert isinstance(service.sender, ESMTPSender)
     assert service.sender.reactor is reactor
