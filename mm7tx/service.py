@@ -35,6 +35,10 @@ from mm7tx.site import MM7Site
 
 log = Logger()
 
+# Seconds to close the HTTP connections and the SMTP pool on stop, beyond
+# the drain if that ran out.
+CLOSE_GRACE = 5.0
+
 if TYPE_CHECKING:
 
     class IMM7Reactor(IReactorCore, IReactorTime, IReactorTCP, IReactorThreads):
@@ -193,7 +197,16 @@ class MM7Service(service.MultiService):
             log.info("Drained {count} transactions", count=in_flight)
         if self.reporter is not None:
             await self.reporter.stop(max(0.0, deadline - self.reactor.seconds()))
-        self.site.close_idle()
+        # Every answer written and its connection closed before the process
+        # may exit (at least a few seconds for that, even after a drain that
+        # ran out of time).
+        closing = self.site.close_connections()
+        grace = max(deadline, self.reactor.seconds() + CLOSE_GRACE)
+        if not await _within(self.reactor, closing, grace):
+            log.warn(
+                "Stopped with {count} HTTP connections not yet closed",
+                count=len(self.site.channels),
+            )
         await self.sender.close()
 
 

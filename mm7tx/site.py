@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -107,13 +108,6 @@ class MM7Channel(http.HTTPChannel):
     def request_done(self, _: object = None) -> None:
         self._busy = False
 
-    @property
-    def idle(self) -> bool:
-        """No request is being received or answered."""
-        return not self._busy and (
-            self._deadline is None or not self._deadline.active()
-        )
-
     def refuse(self, code: int, phrase: bytes, text: str) -> None:
         """Answer and close, whatever state the request is in."""
         body = text.encode() + b"\n"
@@ -144,8 +138,8 @@ class MM7Channel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._cancel_deadline()
-        self.site.channels.discard(self)
         super().connectionLost(reason)
+        self.site.channel_closed(self)
 
 
 class MM7Site(server.Site):
@@ -180,10 +174,24 @@ class MM7Site(server.Site):
         )
         self.request_timeout = request_timeout
         self.channels: set[MM7Channel] = set()
+        self._closed: list[defer.Deferred[None]] = []
 
-    def close_idle(self) -> None:
-        """Close every connection not receiving or answering a request (on
-        stop, once the transactions in flight are done)."""
+    def close_connections(self) -> defer.Deferred[None]:
+        """Close every connection (on stop, once the transactions in flight
+        are done): each once its answers are written, since
+        ``loseConnection`` flushes first.  Fires when all are closed."""
+        if not self.channels:
+            return defer.succeed(None)
+        closed: defer.Deferred[None] = defer.Deferred()
+        self._closed.append(closed)
         for channel in list(self.channels):
-            if channel.idle:
-                channel.loseConnection()
+            channel.loseConnection()
+        return closed
+
+    def channel_closed(self, channel: MM7Channel) -> None:
+        self.channels.discard(channel)
+        if not self.channels:
+            waiting, self._closed = self._closed, []
+            for closed in waiting:
+                if not closed.called:
+                    closed.callback(None)

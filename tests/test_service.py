@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.internet import reactor as global_reactor
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import capturedLogs, formatEvent
 
 from mm7tx import messages as m
 from mm7tx.auth import Account
@@ -80,16 +80,12 @@ def test_a_pending_delivery_report_is_abandoned_with_a_log_line_on_stop() -> Non
     ).addBoth(outcome.append)
     # The VASP never answers: the agent's connection attempt hangs in memory.
     assert len(reactor.tcpClients) == 1
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        stopped: list[object] = []
+    stopped: list[object] = []
+    with capturedLogs() as events:
         reporter.stop(10).addBoth(stopped.append)
         reactor.advance(9)
         assert stopped == [] and outcome == []
         reactor.advance(1)
-    finally:
-        globalLogPublisher.removeObserver(events.append)
     assert stopped == [None]
     assert len(outcome) == 1 and outcome[0] is not True
     lines = [formatEvent(e) for e in events]
