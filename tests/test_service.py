@@ -3,18 +3,30 @@ the reactor it is given, and stopping it leaves nothing behind there."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from email.message import EmailMessage
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from mm7tx import codec
 from mm7tx import messages as m
 from mm7tx.auth import Account
 from mm7tx.config import load
 from mm7tx.esmtp import ESMTPSender
+from mm7tx.interfaces import IMailSender, SendResult
+from mm7tx.limits import TransactionGate
 from mm7tx.reports import DeliveryReporter
-from mm7tx.service import build_service
+from mm7tx.resource import build_root
+from mm7tx.service import MM7Service, build_resources, build_service
+from tests import samples
 
 CONFIG = """
 HTTP_Listener {
@@ -113,3 +125,92 @@ def test_urls_in_the_log_lose_their_credentials() -> None:
 
     assert _without_credentials("http://u:p@host:80/x?y") == "http://host:80/x?y"
     assert _without_credentials("https://host/x") == "https://host/x"
+
+
+@implementer(IMailSender)
+class HeldSender:
+    """Takes every message and answers only when the test says so."""
+
+    description = "a held sender"
+
+    def __init__(self) -> None:
+        self.held: list[defer.Deferred[SendResult]] = []
+        self.closed = False
+
+    def send(
+        self, sender: str, recipients: list[str], message: EmailMessage
+    ) -> defer.Deferred[SendResult]:
+        d: defer.Deferred[SendResult] = defer.Deferred()
+        self.held.append(d)
+        return d
+
+    def close(self) -> defer.Deferred[None]:
+        self.closed = True
+        return defer.succeed(None)
+
+
+def started_with_one_in_flight(
+    drain_timeout: float = 30.0,
+) -> tuple[Any, MM7Service, HeldSender, StringTransport, Any]:
+    """A service on a memory reactor with one DeliverReq waiting for the relay."""
+    reactor = MemoryReactorClock()
+    config = replace(load(CONFIG, "drain.conf"), drain_timeout=drain_timeout)
+    sender = HeldSender()
+    gate = TransactionGate(config.max_transactions)
+    root = build_root(build_resources(config, sender, reactor, gate))  # type: ignore[arg-type]
+    service = MM7Service(config, sender, root, gate, reactor)  # type: ignore[arg-type]
+    service.startService()
+    channel = service.site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 5000))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    ctype, body = samples.http_message(
+        samples.read("instantcom-mm7/deliver-req-post.txt")
+    )
+    channel.dataReceived(
+        b"POST /vasp/ HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % ((ctype or "").encode(), len(body), body)
+    )
+    assert gate.in_flight == 1 and len(sender.held) == 1
+    return reactor, service, sender, transport, channel
+
+
+def test_stop_drains_a_transaction_writes_its_answer_then_closes() -> None:
+    reactor, service, sender, transport, channel = started_with_one_in_flight()
+    stopped: list[object] = []
+    with capturedLogs() as events:
+        service.stopService().addBoth(stopped.append)
+        assert stopped == []
+        sender.held[0].callback(SendResult(("to@example.com",)))
+        # The answer is written, then the connection closed (once flushed).
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        answer = codec.decode("text/xml", body)
+        assert isinstance(answer.message, m.DeliverRsp)
+        assert answer.message.status.code == 1000
+        assert transport.disconnecting
+        assert stopped == []  # until the connection is really gone
+        channel.connectionLost(Failure(ConnectionDone()))
+    assert stopped == [None]
+    assert sender.closed
+    lines = [formatEvent(e) for e in events]
+    assert "Draining 1 transactions in flight (at most 30 s)" in lines
+    assert "Drained 1 transactions" in lines
+    assert reactor.getDelayedCalls() == []
+
+
+def test_a_drain_that_runs_out_says_how_many_were_still_in_flight() -> None:
+    reactor, service, _, transport, channel = started_with_one_in_flight(10)
+    stopped: list[object] = []
+    with capturedLogs() as events:
+        service.stopService().addBoth(stopped.append)
+        reactor.advance(9.9)
+        assert stopped == []
+        reactor.advance(0.1)
+        # The connection is closed now (the peer sees it cut and retries).
+        assert transport.disconnecting
+        channel.connectionLost(Failure(ConnectionDone()))
+    assert stopped == [None]
+    lines = [formatEvent(e) for e in events]
+    assert "Stopped with 1 transactions still in flight" in lines
+    assert "Drained 1 transactions" not in lines
+    assert reactor.getDelayedCalls() == []
