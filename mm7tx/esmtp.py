@@ -18,7 +18,11 @@ from typing import Any, Literal
 
 from twisted.internet import defer, error, ssl
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.mail import smtp
 from twisted.protocols.basic import FileSender
@@ -154,6 +158,13 @@ class _ReplyRouting(smtp.ESMTPClient):
         self._expected = self._ANY_REPLY
         self._okresponse = handler
 
+    def quit(self) -> None:
+        """QUIT, and close once the relay answers (as Twisted's private
+        ``_disconnectFromServer`` does), within the command timeout."""
+        self.setTimeout(self.timeout)
+        self._route_replies(self.smtpState_disconnect)
+        self.sendLine(b"QUIT")
+
 
 class _SMTPClient(_ReplyRouting):
     """A persistent ESMTP session on Twisted's client state machine: it sends
@@ -166,9 +177,8 @@ class _SMTPClient(_ReplyRouting):
         identity = (settings.helo or "localhost").encode()
         super().__init__(secret, pool.context, identity)
         self.pool = pool
-        # TimeoutMixin's callLater is the global reactor's unless told: the
-        # command timeout must run on the pool's reactor (a Clock in tests).
-        self.callLater = pool.reactor.callLater
+        # TimeoutMixin's clock: the pool's reactor, never the global one.
+        self.callLater = pool.reactor.callLater  # type: ignore[method-assign, assignment]
         # No transcript: it would hold the AUTH exchange, and costs time.
         self.debug = False
         self.heloFallback = True
@@ -318,7 +328,7 @@ class _SMTPClient(_ReplyRouting):
         self.idle = True
         self.setTimeout(None)
         self._idle_call = self.pool.reactor.callLater(
-            self.pool.settings.idle_timeout, self._disconnectFromServer
+            self.pool.settings.idle_timeout, self.quit
         )
         self.pool._parked(self)
 
@@ -431,7 +441,7 @@ class ESMTPSender:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         settings: SMTPSettings,
         endpoint: IStreamClientEndpoint | None = None,
     ) -> None:
@@ -444,6 +454,10 @@ class ESMTPSender:
         self._idle: list[_SMTPClient] = []
         self._open: set[_SMTPClient] = set()
         self._connecting = 0
+        self._attempts: set[defer.Deferred[Any]] = set()
+        self._dispatch_call: IDelayedCall | None = None
+        self._closed = False
+        self._closing: list[defer.Deferred[None]] = []
 
     @property
     def connections(self) -> int:
@@ -453,6 +467,12 @@ class ESMTPSender:
     def send(
         self, sender: str, recipients: list[str], message: EmailMessage
     ) -> defer.Deferred[SendResult]:
+        if self._closed:
+            return defer.fail(
+                MM7Error(
+                    StatusCode.SERVICE_UNAVAILABLE, details="the server is stopping"
+                )
+            )
         if not recipients:
             return defer.fail(
                 MM7Error(StatusCode.ADDRESS_ERROR, details="the mail has no recipient")
@@ -468,14 +488,47 @@ class ESMTPSender:
         self._dispatch()
         return job.result.addErrback(_timeouts_are_transient)
 
-    def close(self) -> None:
-        """Close the idle sessions (the busy ones close when done)."""
-        for client in list(self._idle):
-            client._disconnectFromServer()
+    def close(self, timeout: float = 5.0) -> defer.Deferred[None]:
+        """Stop the pool; fires once every session is closed.
+
+        Messages still queued fail with 4006 (their peers retry), idle
+        sessions QUIT, connection attempts are cancelled, and a session
+        still carrying a message (a drain that ran out of time) is cut: its
+        message fails with 4006 too.  Sessions not closed within
+        ``timeout`` are cut.
+        """
+        self._closed = True
+        stopping = MM7Error(
+            StatusCode.SERVICE_UNAVAILABLE, details="the server is stopping"
+        )
+        while self._queue:
+            self._queue.popleft().fail(stopping)
+        if self._dispatch_call is not None and self._dispatch_call.active():
+            self._dispatch_call.cancel()
+        for attempt in list(self._attempts):
+            attempt.cancel()
+        for client in list(self._open):
+            if client.idle:
+                client.quit()
+            elif client.transport is not None:
+                client.transport.abortConnection()  # type: ignore[attr-defined]
+        if not self._open:
+            return defer.succeed(None)
+        closed: defer.Deferred[None] = defer.Deferred()
+        self._closing.append(closed)
+
+        def cut(result: object, timeout: float) -> None:
+            for client in list(self._open):
+                if client.transport is not None:
+                    client.transport.abortConnection()  # type: ignore[attr-defined]
+
+        return closed.addTimeout(timeout, self.reactor, onTimeoutCancel=cut)
 
     # The pool.
 
     def _dispatch(self) -> None:
+        if self._closed:
+            return
         while self._queue and self._idle:
             client = self._idle.pop()
             if client.transport is None or not client.idle:
@@ -491,13 +544,18 @@ class ESMTPSender:
         factory: Any = Factory.forProtocol(lambda: _SMTPClient(self))  # type: ignore[arg-type, type-var]
         connecting = self.endpoint.connect(factory)
         connecting.addTimeout(self.settings.connect_timeout, self.reactor)
+        self._attempts.add(connecting)
 
         def connected(client: _SMTPClient) -> None:
+            self._attempts.discard(connecting)
             self._connecting -= 1
             self._open.add(client)
 
         def unreachable(reason: Failure) -> None:
+            self._attempts.discard(connecting)
             self._connecting -= 1
+            if self._closed:
+                return
             self._fail_oldest(
                 MM7Error(
                     StatusCode.SERVICE_UNAVAILABLE,
@@ -530,7 +588,11 @@ class ESMTPSender:
 
     def _requeue(self, job: _Job) -> None:
         self._queue.appendleft(job)
-        self.reactor.callLater(0, self._dispatch)
+        self._dispatch_soon()
+
+    def _dispatch_soon(self) -> None:
+        if self._dispatch_call is None or not self._dispatch_call.active():
+            self._dispatch_call = self.reactor.callLater(0, self._dispatch)
 
     def _forget(self, job: _Job) -> None:
         if job in self._queue:
@@ -541,7 +603,12 @@ class ESMTPSender:
         if client in self._idle:
             self._idle.remove(client)
         if self._queue:
-            self.reactor.callLater(0, self._dispatch)
+            self._dispatch_soon()
+        if self._closed and not self._open:
+            closing, self._closing = self._closing, []
+            for closed in closing:
+                if not closed.called:
+                    closed.callback(None)
 
 
 # A message up to this size (as SMTP data) goes to the transport in one write;

@@ -111,3 +111,7 @@ class IMailSender(Interface):
         sender: str, recipients: list[str], message: EmailMessage
     ) -> Deferred[SendResult]:
         """Deliver ``message`` from envelope ``sender`` to ``recipients``."""
+
+    def close() -> Deferred[None]:
+        """Stop: release connections and timers; fires once done.  Called
+        when the service stops, after the transactions in flight."""

@@ -32,6 +32,9 @@ class MaildirSender:
         self._maildir = mailbox.Maildir(self.path, create=True)
         self.description = f"Maildir {self.path}"
 
+    def close(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
     def send(
         self, sender: str, recipients: list[str], message: EmailMessage
     ) -> defer.Deferred[SendResult]:

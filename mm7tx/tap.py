@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.application.service import IService
 from twisted.python import usage
 
 from mm7tx.config import EMBEDDED, ConfigError, load_file, with_overrides
-from mm7tx.service import build_service
+from mm7tx.service import IMM7Reactor, build_service
 
 
 class Options(usage.Options):
@@ -44,4 +46,7 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
-    return build_service(options["mm7_config"])
+    # The one place mm7tx takes the global reactor; everything below gets it.
+    from twisted.internet import reactor
+
+    return build_service(options["mm7_config"], cast(IMM7Reactor, reactor))

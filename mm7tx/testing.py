@@ -97,6 +97,9 @@ class FakeMailSender:
         self.sent: list[SentMail] = []
         self.error = error
 
+    def close(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
     def send(
         self, sender: str, recipients: list[str], message: EmailMessage
     ) -> defer.Deferred[SendResult]:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 
 from mm7tx import codec
 from mm7tx import messages as m
@@ -144,11 +146,6 @@ def target() -> tuple[Any, FakeMailSender]:
     sender = FakeMailSender()
     processor = EmailProcessor(sender, RULES)
 
-    class Clockless:
-        @staticmethod
-        def seconds() -> float:
-            return 0.0
-
     root = build_root(
         {
             "/vasp/": MM7Resource(processor, "/vasp/"),
@@ -156,8 +153,8 @@ def target() -> tuple[Any, FakeMailSender]:
                 processor,
                 "/mm7/",
                 "mmsc",
-                portal=portal_for((Account("v", "p"),)),
-                limiter=RateLimiter(Clockless()),
+                portal=portal_for((Account("v", "p"),), MemoryReactorClock()),  # type: ignore[arg-type]
+                limiter=RateLimiter(Clock()),
             ),
         }
     )
