@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
@@ -35,7 +35,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address
-from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import (
     IConnector,
     IListeningPort,
@@ -44,14 +44,17 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     IStreamClientEndpoint,
 )
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.mail import smtp
 from twisted.mail.imap4 import LOGINCredentials, PLAINCredentials
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.test import iosim
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent, ResponseDone
 from twisted.web.error import SchemeNotSupported
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from twisted.web.resource import IResource, Resource
@@ -72,10 +75,11 @@ from mm7tx.interfaces import (
     ISubmitProcessor,
     SendResult,
 )
-from mm7tx.limits import TransactionGate
-from mm7tx.resource import MM7Resource, build_root
-from mm7tx.service import build_resources
-from mm7tx.site import MM7Site
+from mm7tx.resource import MM7Resource
+from mm7tx.service import build_service
+
+if TYPE_CHECKING:
+    from mm7tx.service import IMM7Reactor
 
 T = TypeVar("T")
 
@@ -112,10 +116,11 @@ class FakeMailSender:
 # The reactor: connections in memory, time on a Clock --------------------------
 
 
-class SynchronousThreadPool:
+class SynchronousThreadPool(ThreadPool):
     """A stand-in for the reactor's thread pool that runs the work at once,
-    in the caller's thread (``deferToThreadPool`` then delivers the result
-    through ``callFromThread``, on the next :meth:`MemoryReactor.flush`)."""
+    in the caller's thread, and starts no thread (``deferToThreadPool`` then
+    delivers the result through ``callFromThread``, on the next
+    :meth:`MemoryReactor.flush`)."""
 
     def callInThreadWithCallback(
         self,
@@ -132,9 +137,6 @@ class SynchronousThreadPool:
         else:
             if onResult is not None:
                 onResult(True, result)
-
-    def callInThread(self, func: Callable[..., Any], *args: Any, **kw: Any) -> None:
-        self.callInThreadWithCallback(None, func, *args, **kw)
 
     def start(self) -> None:
         pass
@@ -232,7 +234,7 @@ class MemoryReactor(MemoryReactorClock):
         timeout: float = 30,
         bindAddress: tuple[str, int] | None = None,
     ) -> _MemoryConnector:
-        self.tcpClients.append((host, port, factory, timeout, bindAddress))
+        self.tcpClients.append((host, port, factory, timeout, bindAddress))  # type: ignore[arg-type]
         connector = _MemoryConnector(IPv4Address("TCP", host, port), factory)
         factory.startedConnecting(connector)
         source = bindAddress[0] if bindAddress else "127.0.0.1"
@@ -278,11 +280,15 @@ class MemoryReactor(MemoryReactorClock):
     def getThreadPool(self) -> SynchronousThreadPool:
         return self._threadpool
 
-    def callInThread(self, func: Callable[..., Any], *args: Any, **kw: Any) -> None:
-        self._threadpool.callInThread(func, *args, **kw)
+    def callInThread(
+        self, callable: Callable[..., Any], *args: object, **kwargs: object
+    ) -> None:
+        self._threadpool.callInThread(callable, *args, **kwargs)
 
-    def callFromThread(self, func: Callable[..., Any], *args: Any, **kw: Any) -> None:
-        self.callLater(0, func, *args, **kw)
+    def callFromThread(
+        self, callable: Callable[..., Any], *args: object, **kwargs: object
+    ) -> None:
+        self.callLater(0, callable, *args, **kwargs)
 
     def suggestThreadPoolSize(self, size: int) -> None:
         pass
@@ -376,7 +382,28 @@ class MemoryAgent:
         headers: Headers | None = None,
         bodyProducer: Any = None,
     ) -> defer.Deferred[IResponse]:
-        return self._agent.request(method, uri, headers, bodyProducer)
+        answer: defer.Deferred[IResponse] = self._agent.request(
+            method, uri, headers, bodyProducer
+        )
+        return answer
+
+
+class _BodyReader(Protocol):
+    """The body whole (``readBody`` warns, needlessly, when the body came in
+    before it was asked for, as it always does in memory)."""
+
+    def __init__(self, done: defer.Deferred[bytes]) -> None:
+        self.done = done
+        self.chunks: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
 
 
 @dataclass
@@ -395,7 +422,9 @@ async def _post(
     for name, value in (headers or {}).items():
         sent.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
     response = await agent.request(b"POST", url.encode("utf-8"), sent, _Body(body))
-    data = await readBody(response)
+    reading: defer.Deferred[bytes] = defer.Deferred()
+    response.deliverBody(_BodyReader(reading))
+    data = await reading
     received = {
         name.decode("latin-1").lower(): values[-1].decode("latin-1")
         for name, values in response.headers.getAllRawHeaders()
@@ -765,7 +794,13 @@ class MemorySMTPRelay:
 
     @property
     def open_sessions(self) -> list[_RelayServer]:
-        return [s for s in self.sessions if s.transport and not s.transport.disconnected]  # type: ignore[attr-defined]
+        """The sessions still connected."""
+        return [
+            s
+            for s in self.sessions
+            if s.transport is not None
+            and not getattr(s.transport, "disconnected", False)
+        ]
 
     # Up and down.
 
@@ -842,7 +877,8 @@ class _RelayFactory(smtp.SMTPFactory):
         p.delivery = relay.delivery
         p.pipelining = relay.pipelining
         p.host = relay.host.encode()
-        p.callLater = relay.reactor.callLater  # its timeout on the test's clock
+        # Its timeout on the test's clock.
+        p.callLater = relay.reactor.callLater  # type: ignore[method-assign, assignment]
         relay.sessions.append(p)
         return p
 
@@ -897,21 +933,13 @@ class MemoryGateway:
         self.relay = MemorySMTPRelay(self.reactor, pipelining=pipelining)
         smtp_settings = dataclasses.replace(config.smtp, endpoint=self.relay.endpoint)
         self.config = dataclasses.replace(config, smtp=smtp_settings)
-        # What build_service(config, reactor) does, until it puts its
-        # listeners on the reactor it is given.
-        self.sender = ESMTPSender(self.reactor, self.config.smtp)
-        gate = TransactionGate(self.config.max_transactions)
-        resources = build_resources(self.config, self.sender, self.reactor, gate)
-        self.root = build_root(resources)
-        self.site = MM7Site(
-            self.root,
-            max_request_size=self.config.max_request_size,
-            request_timeout=self.config.request_timeout,
-            idle_timeout=self.config.idle_timeout,
-            reactor=self.reactor,
-        )
-        for endpoint in self.config.listen:
-            serverFromString(self.reactor, endpoint).listen(self.site)
+        self.service = build_service(self.config, cast("IMM7Reactor", self.reactor))
+        self.site = self.service.site
+        self.root = self.service.root
+        sender = self.service.sender
+        assert isinstance(sender, ESMTPSender)
+        self.sender = sender
+        self.service.startService()
         if processor is not None:
             self._use(processor)
         self.url = self._base_url()
@@ -926,7 +954,7 @@ class MemoryGateway:
                 self.config.rules,
                 mm7_version=self.config.mm7_version,
                 keep_smil=self.config.keep_smil,
-                reporter=getattr(resource.processor, "reporter", None),
+                reporter=self.service.reporter if resource.role == "mmsc" else None,
             )
 
     def _base_url(self) -> str:
@@ -1000,10 +1028,20 @@ class MemoryGateway:
         self.flush()
         return result_of(d)
 
-    def close(self) -> None:
-        """Close the idle SMTP sessions and flush."""
-        self.sender.close()
+    def stop(self) -> None:
+        """Stop the service as ``twistd`` would (drain, close the HTTP
+        connections and the SMTP pool), letting time pass as needed."""
+        stopping = defer.ensureDeferred(self._stopping())
         self.flush()
+        deadline = self.reactor.seconds() + self.config.drain_timeout + 60
+        while not stopping.called and self.reactor.calls:
+            if self.reactor.calls[0].getTime() > deadline:
+                break
+            self.advance(self.reactor.calls[0].getTime() - self.reactor.seconds())
+        result_of(stopping)
+
+    async def _stopping(self) -> None:
+        await self.service.stopService()
 
 
 __all__ = [
