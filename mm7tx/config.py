@@ -879,7 +879,8 @@ def fill_option_tables(markdown: str) -> str:
     README is kept up to date)."""
 
     def fill(match: re.Match[str]) -> str:
-        return f"{match.group(1)}\n{options_markdown(match.group(2))}<!-- /options -->"
+        table = options_markdown(match.group(2))
+        return f"{match.group(1)}\n\n{table}\n<!-- /options -->"
 
     return re.sub(
         r"(<!-- options:(\w+) -->)\n.*?<!-- /options -->", fill, markdown, flags=re.S
