@@ -518,22 +518,9 @@ class _Reader:
         return found
 
 
-def _spec(
-    name: str,
-    scope: str,
-    reader: Callable[[_Reader, Any], Any],
-    field: str,
-    help: str,
-    default: str | None = None,
-    shown: str = "none",
-    **more: Any,
-) -> OptionSpec:
-    return OptionSpec(name, scope, reader, field, help, default, shown, **more)
-
-
 R = _Reader
 OPTIONS: tuple[OptionSpec, ...] = (
-    _spec(
+    OptionSpec(
         "Listen",
         HTTP_LISTENER,
         R.listen,
@@ -546,35 +533,35 @@ OPTIONS: tuple[OptionSpec, ...] = (
         syntax='HTTP_Listener { Listen "ENDPOINT" { } ... }',
         is_scope=True,
     ),
-    _spec(
+    OptionSpec(
         "mm7_server_default_email_from_address",
         MM7_SERV,
         R.text,
         "rules.from_address",
         "From for a sender with no number, or when no from domain is set",
     ),
-    _spec(
+    OptionSpec(
         "mm7_server_default_email_from_domain",
         MM7_SERV,
         R.text,
         "rules.from_domain",
         "sender Number/ShortCode → `<digits>@domain`",
     ),
-    _spec(
+    OptionSpec(
         "mm7_server_default_email_to_address",
         MM7_SERV,
         R.text,
         "rules.to_address",
         "To for a recipient with no number, or when no to domain is set",
     ),
-    _spec(
+    OptionSpec(
         "mm7_server_default_email_to_domain",
         MM7_SERV,
         R.text,
         "rules.to_domain",
         "recipient Number/ShortCode → `<digits>@domain`",
     ),
-    _spec(
+    OptionSpec(
         "mm7_server_version",
         MM7_SERV,
         R.text,
@@ -582,7 +569,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "the MM7Version we answer with",
         default="6.8.0",
     ),
-    _spec(
+    OptionSpec(
         "mm7_vasp_uri_paths",
         MM7_SERV,
         R.paths,
@@ -590,7 +577,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "the paths MMSCs post to; each served with and without its `/`",
         shown="required",
     ),
-    _spec(
+    OptionSpec(
         "mm7_mmsc_uri_paths",
         MM7_SERV,
         R.paths,
@@ -598,7 +585,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "the paths VASPs submit to (also `/mm7/account=password`)",
         default='("/mm7/")',
     ),
-    _spec(
+    OptionSpec(
         "mm7_processor",
         MM7_SERV,
         R.processor,
@@ -606,7 +593,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "dotted name of the processor class for every path",
         shown="the email processor",
     ),
-    _spec(
+    OptionSpec(
         "Path",
         MM7_SERV,
         R.path,
@@ -616,7 +603,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         syntax='Path "/p/" { processor = "…" }',
         is_scope=True,
     ),
-    _spec(
+    OptionSpec(
         "mm7_keep_smil",
         MM7_SERV,
         R.boolean,
@@ -624,7 +611,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "keep the SMIL part in the email",
         default="false",
     ),
-    _spec(
+    OptionSpec(
         "mm7_delivery_report_attempts",
         MM7_SERV,
         R.integer,
@@ -632,7 +619,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "tries to post a delivery report back (1 s, 2 s, 4 s … apart, at most 300 s)",
         default="8",
     ),
-    _spec(
+    OptionSpec(
         "mm7_max_request_size",
         MM7_SERV,
         R.integer,
@@ -641,7 +628,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "cut off at the limit (`K`, `M` suffixes)",
         default="5M",
     ),
-    _spec(
+    OptionSpec(
         "mm7_request_timeout",
         MM7_SERV,
         R.seconds,
@@ -651,7 +638,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         default="30",
         unit=" s",
     ),
-    _spec(
+    OptionSpec(
         "mm7_idle_timeout",
         MM7_SERV,
         R.seconds,
@@ -660,7 +647,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         default="60",
         unit=" s",
     ),
-    _spec(
+    OptionSpec(
         "mm7_max_transactions",
         MM7_SERV,
         R.integer,
@@ -668,7 +655,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "transactions in flight; past it → 4006 at once, never an endless queue",
         default="200",
     ),
-    _spec(
+    OptionSpec(
         "mm7_drain_timeout",
         MM7_SERV,
         R.seconds,
@@ -677,7 +664,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         default="30",
         unit=" s",
     ),
-    _spec(
+    OptionSpec(
         "mm7_xml_max_depth",
         MM7_SERV,
         R.integer,
@@ -685,7 +672,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "how deep a SOAP document may be → 2007 beyond",
         default="32",
     ),
-    _spec(
+    OptionSpec(
         "mm7_xml_max_elements",
         MM7_SERV,
         R.integer,
@@ -693,7 +680,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "how many elements a SOAP document may have → 2007 beyond",
         default="10000",
     ),
-    _spec(
+    OptionSpec(
         "smtp_relay",
         MM7_SERV,
         R.relay,
@@ -702,7 +689,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "implicit TLS) or `maildir:PATH`",
         default="tcp:127.0.0.1:25",
     ),
-    _spec(
+    OptionSpec(
         "smtp_starttls",
         MM7_SERV,
         R.starttls,
@@ -711,7 +698,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "`smtp_ca_file`), `required` (certificate checked)",
         default="opportunistic",
     ),
-    _spec(
+    OptionSpec(
         "smtp_ca_file",
         MM7_SERV,
         R.ca_file,
@@ -719,7 +706,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "PEM CA to check the relay's certificate (read at start)",
         shown="system CAs",
     ),
-    _spec(
+    OptionSpec(
         "smtp_tls_hostname",
         MM7_SERV,
         R.text,
@@ -727,21 +714,21 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "the name the relay's certificate must carry",
         shown="endpoint host",
     ),
-    _spec(
+    OptionSpec(
         "smtp_username",
         MM7_SERV,
         R.text,
         "smtp.username",
         "AUTH (CRAM-MD5, LOGIN, PLAIN), required once set; needs `smtp_password`",
     ),
-    _spec(
+    OptionSpec(
         "smtp_password",
         MM7_SERV,
         R.text,
         "smtp.password",
         "the AUTH password; needs `smtp_username`",
     ),
-    _spec(
+    OptionSpec(
         "smtp_helo",
         MM7_SERV,
         R.text,
@@ -749,7 +736,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "our EHLO name",
         shown="`localhost`",
     ),
-    _spec(
+    OptionSpec(
         "smtp_connect_timeout",
         MM7_SERV,
         R.seconds,
@@ -758,7 +745,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         default="10",
         unit=" s",
     ),
-    _spec(
+    OptionSpec(
         "smtp_command_timeout",
         MM7_SERV,
         R.seconds,
@@ -767,7 +754,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         default="60",
         unit=" s",
     ),
-    _spec(
+    OptionSpec(
         "smtp_timeout",
         MM7_SERV,
         R.seconds,
@@ -776,7 +763,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         default="120",
         unit=" s",
     ),
-    _spec(
+    OptionSpec(
         "smtp_max_connections",
         MM7_SERV,
         R.integer,
@@ -784,7 +771,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "SMTP sessions open at once; more messages wait within `smtp_timeout`",
         default="20",
     ),
-    _spec(
+    OptionSpec(
         "smtp_idle_timeout",
         MM7_SERV,
         R.seconds,
@@ -793,7 +780,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         default="30",
         unit=" s",
     ),
-    _spec(
+    OptionSpec(
         "password",
         VASP,
         R.text,
@@ -801,7 +788,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "plain text, or a salted hash made by `mm7tx hash-password`",
         shown="required unless the name is an address",
     ),
-    _spec(
+    OptionSpec(
         "allowed_networks",
         VASP,
         R.networks,
@@ -810,28 +797,28 @@ OPTIONS: tuple[OptionSpec, ...] = (
         '`("192.0.2.0/24" "2001:db8::/32")`',
         shown="any",
     ),
-    _spec(
+    OptionSpec(
         "max_message_size",
         VASP,
         R.integer,
         "account.max_message_size",
         "largest request in bytes (`K`, `M` suffixes) → 2004 above it",
     ),
-    _spec(
+    OptionSpec(
         "max_recipients",
         VASP,
         R.integer,
         "account.max_recipients",
         "most To+Cc+Bcc per SubmitReq → 2001 above it",
     ),
-    _spec(
+    OptionSpec(
         "rate",
         VASP,
         R.real,
         "account.rate",
         'requests per second → 4006 "Rate limit of N requests/s exceeded" above it',
     ),
-    _spec(
+    OptionSpec(
         "delivery_report_url",
         VASP,
         R.url,
@@ -839,14 +826,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "where to post `DeliveryReportReq` when a SubmitReq asks for a delivery "
         "report: an http(s) URL without credentials",
     ),
-    _spec(
+    OptionSpec(
         "delivery_report_user",
         VASP,
         R.text,
         "account.delivery_report_user",
         "HTTP Basic user for that post",
     ),
-    _spec(
+    OptionSpec(
         "delivery_report_password",
         VASP,
         R.text,
@@ -925,7 +912,7 @@ def load(text: str, source: str = "<config>") -> Config:
     """Read a configuration text into a :class:`Config`."""
     reader = _Reader(source)
     top = _Values(reader)
-    mm7_serv: Scope | None = None
+    mm7_servs: list[Scope] = []
     vasps: list[tuple[Scope, Account]] = []
     for item in parse(text.removeprefix("\ufeff"), source):
         kind = item.name.lower()
@@ -936,12 +923,13 @@ def load(text: str, source: str = "<config>") -> Config:
         elif kind == "vasp":
             vasps.append((item, _account(reader, item)))
         elif kind == "mm7_serv":
-            mm7_serv = item
+            mm7_servs.append(item)
             top.read(item, MM7_SERV)
         else:
             raise reader.error(item, f"unknown scope {item.name!r}")
-    if mm7_serv is None:
+    if not mm7_servs:
         raise ConfigError(source, 1, "no mm7_serv { } scope")
+    mm7_serv = mm7_servs[0]
     values = top.get("config")
     smtp = top.get("smtp")
 
@@ -964,7 +952,8 @@ def load(text: str, source: str = "<config>") -> Config:
         raise ConfigError(
             source, at, f"{overlap[0]} is both a VASP path and an MMSC path"
         )
-    for entry in mm7_serv.body:  # the Path scopes, the only scopes there
+    for entry in (entry for scope in mm7_servs for entry in scope.body):
+        # The Path scopes, the only scopes there.
         if isinstance(entry, Scope) and entry.label not in vasp_paths + mmsc_paths:
             raise ConfigError(
                 source,
