@@ -282,6 +282,14 @@ def check_listen(description: str) -> str:
                 "ssl:8443:privateKey=key.pem:certKey=cert.pem or :8080"
             ) from None
         raise ValueError(f"{description!r} is not a usable endpoint: {e}") from None
+    except IndexError:
+        if kind != "systemd":
+            raise
+        raise ValueError(
+            f"{description!r}: systemd passed no socket with that index "
+            "(LISTEN_FDS); start mm7tx from a .socket unit or with "
+            "systemd-socket-activate"
+        ) from None
     except Exception as e:
         raise ValueError(
             f"{description!r} is not a usable endpoint: {type(e).__name__}: {e}"

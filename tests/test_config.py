@@ -504,3 +504,17 @@ def test_a_file_that_is_not_utf8_is_refused_with_its_line(tmp_path):
     assert (
         str(caught.value) == f"{path}, line 3: the file is not UTF-8 text (byte 0xe9)"
     )
+
+
+def test_a_systemd_listener_without_a_passed_socket_says_so() -> None:
+    text = (
+        'HTTP_Listener { Listen "systemd:domain=INET:index=0" { } }\n'
+        'mm7_serv { mm7_vasp_uri_paths = ("/v/") }'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(text, "sd.conf")
+    assert str(caught.value) == (
+        "sd.conf, line 1: Listen: 'systemd:domain=INET:index=0': systemd passed "
+        "no socket with that index (LISTEN_FDS); start mm7tx from a .socket unit "
+        "or with systemd-socket-activate"
+    )
