@@ -27,6 +27,8 @@ from typing import Any, NoReturn
 from xml.sax.saxutils import quoteattr
 
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IAgent
 
 from mm7tx import messages as m
 from mm7tx.auth import hash_password
