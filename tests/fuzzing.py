@@ -318,6 +318,7 @@ _TYPES = [
     "application/smil",
     "image/gif; name=x.gif",
 ]
+_BASE64 = ["base64", "BASE64", "base64 ", "base64\t"]
 _ENCODINGS = [
     "base64",
     "BASE64",
@@ -363,7 +364,8 @@ def _base64_payload(draw: Callable[..., Any], data: bytes, eol: bytes) -> bytes:
 @st.composite
 def _leaf(draw: Callable[..., Any], eol: bytes, base64_only: bool) -> bytes:
     media = draw(st.sampled_from(_TYPES))
-    encoding = "base64" if base64_only else draw(st.sampled_from(_ENCODINGS))
+    encodings = _BASE64 if base64_only else _ENCODINGS
+    encoding = draw(st.sampled_from(encodings))
     headers = [
         draw(st.sampled_from(["Content-Type", "content-type", "Content-type"]))
         + ": "
