@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.mail import smtp
 from zope.interface import implementedBy
@@ -69,6 +70,17 @@ PROVIDERS: dict[type, Callable[[Any], object]] = {
     VASPAvatar: lambda _: VASPAvatar(ACCOUNTS["v"]),
     IPAddressCredentials: lambda _: IPAddressCredentials("192.0.2.1"),
     _Body: lambda _: _Body(b"<x/>"),
+    testing.MemoryReactor: lambda _: testing.MemoryReactor(),
+    testing.MemoryAgent: lambda _: testing.MemoryAgent(testing.MemoryReactor()),
+    testing._MemoryPort: lambda _: testing._MemoryPort(
+        testing.MemoryReactor(), ("127.0.0.1", 80), testing.FakeMailSender()
+    ),
+    testing._MemoryConnector: lambda _: testing._MemoryConnector(
+        IPv4Address("TCP", "127.0.0.1", 80), None
+    ),
+    testing._MemoryEndpoints: lambda _: testing._MemoryEndpoints(
+        testing.MemoryReactor(), "127.0.0.1"
+    ),
 }
 
 
