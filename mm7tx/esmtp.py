@@ -327,10 +327,19 @@ class _SMTPClient(_ReplyRouting):
     def _park(self) -> None:
         self.idle = True
         self.setTimeout(None)
+        # A reply now answers nothing we sent: a relay closing an idle
+        # session says 421 first.  Left to the last transaction's handler,
+        # it would park this session a second time, and the next message
+        # would go to it once it is dead.
+        self._route_replies(self._idle_reply)
         self._idle_call = self.pool.reactor.callLater(
             self.pool.settings.idle_timeout, self.quit
         )
         self.pool._parked(self)
+
+    def _idle_reply(self, code: int, resp: bytes) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def getMailFrom(self) -> bytes | None:
         return self.job.sender if self.job is not None else None

@@ -385,13 +385,7 @@ def test_an_idle_session_quits_after_the_idle_timeout(reactor, relay, reads):
     nothing_left(reactor, relay)
 
 
-def test_the_relay_timing_out_an_idle_session_delays_nothing(
-    reactor, relay, pipelining, request
-):
-    if pipelining:
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="the 421 parks the session twice")
-        )
+def test_the_relay_timing_out_an_idle_session_delays_nothing(reactor, relay):
     # The relay's idle timeout (Twisted's server: 600 s, then "421" and
     # close) is shorter than the pool's: the next message must not wait on
     # the dead session.
