@@ -477,11 +477,7 @@ class ESMTPSender:
         self, sender: str, recipients: list[str], message: EmailMessage
     ) -> defer.Deferred[SendResult]:
         if self._closed:
-            return defer.fail(
-                MM7Error(
-                    StatusCode.SERVICE_UNAVAILABLE, details="the server is stopping"
-                )
-            )
+            return defer.fail(_stopping())
         if not recipients:
             return defer.fail(
                 MM7Error(StatusCode.ADDRESS_ERROR, details="the mail has no recipient")
@@ -507,11 +503,8 @@ class ESMTPSender:
         ``timeout`` are cut.
         """
         self._closed = True
-        stopping = MM7Error(
-            StatusCode.SERVICE_UNAVAILABLE, details="the server is stopping"
-        )
         while self._queue:
-            self._queue.popleft().fail(stopping)
+            self._queue.popleft().fail(_stopping())
         if self._dispatch_call is not None and self._dispatch_call.active():
             self._dispatch_call.cancel()
         for attempt in list(self._attempts):
@@ -596,6 +589,10 @@ class ESMTPSender:
         self._dispatch()
 
     def _requeue(self, job: _Job) -> None:
+        if self._closed:
+            # Its session was cut by close(): nothing will take it any more.
+            job.fail(_stopping())
+            return
         self._queue.appendleft(job)
         self._dispatch_soon()
 
@@ -644,6 +641,10 @@ def _stuffed(data: bytes) -> bytes:
 def _smtp_data(data: bytes) -> bytes:
     """The message as SMTP DATA, with the final dot."""
     return _stuffed(data) + b".\r\n"
+
+
+def _stopping() -> MM7Error:
+    return MM7Error(StatusCode.SERVICE_UNAVAILABLE, details="the server is stopping")
 
 
 def _timeouts_are_transient(reason: Failure) -> Failure:

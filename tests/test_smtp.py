@@ -589,7 +589,6 @@ def test_close_fails_the_queue_cancels_attempts_and_cuts_busy_sessions(reactor, 
     nothing_left(reactor, relay)
 
 
-@pytest.mark.xfail(strict=True, reason="close() re-queues it into the closed pool")
 def test_close_fails_at_once_a_message_of_a_reused_session_it_cuts(reactor, relay):
     # Cut before the relay answered MAIL FROM, the message would otherwise
     # be queued again (to a pool that takes nothing more) until its timeout.
