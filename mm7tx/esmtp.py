@@ -467,6 +467,7 @@ class ESMTPSender:
         self._dispatch_call: IDelayedCall | None = None
         self._closed = False
         self._closing: list[defer.Deferred[None]] = []
+        self._cutting: IDelayedCall | None = None
 
     @property
     def connections(self) -> int:
@@ -518,13 +519,17 @@ class ESMTPSender:
             return defer.succeed(None)
         closed: defer.Deferred[None] = defer.Deferred()
         self._closing.append(closed)
+        # Those still open after ``timeout`` are cut; ``closed`` fires from
+        # _gone all the same, once their connections are lost (an aborted
+        # connection always reports it), so never while one is still open.
+        if self._cutting is None or not self._cutting.active():
+            self._cutting = self.reactor.callLater(timeout, self._cut)
+        return closed
 
-        def cut(result: object, timeout: float) -> None:
-            for client in list(self._open):
-                if client.transport is not None:
-                    client.transport.abortConnection()  # type: ignore[attr-defined]
-
-        return closed.addTimeout(timeout, self.reactor, onTimeoutCancel=cut)
+    def _cut(self) -> None:
+        for client in list(self._open):
+            if client.transport is not None:
+                client.transport.abortConnection()  # type: ignore[attr-defined]
 
     # The pool.
 
@@ -611,6 +616,8 @@ class ESMTPSender:
         if self._queue:
             self._dispatch_soon()
         if self._closed and not self._open:
+            if self._cutting is not None and self._cutting.active():
+                self._cutting.cancel()
             closing, self._closing = self._closing, []
             for closed in closing:
                 if not closed.called:

@@ -604,7 +604,6 @@ def test_close_fails_at_once_a_message_of_a_reused_session_it_cuts(reactor, rela
     nothing_left(reactor, relay)
 
 
-@pytest.mark.xfail(strict=True, reason="close() fires before the cut sessions are gone")
 def test_close_cuts_the_sessions_that_never_answer_quit(reactor, relay):
     sender = sender_for(reactor, relay)
     sent(reactor, send(sender, ["b@to.example"]))
