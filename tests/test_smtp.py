@@ -10,6 +10,7 @@ test_smtp_loopback.py.
 
 from __future__ import annotations
 
+import functools
 from email.message import EmailMessage
 from typing import Any
 
@@ -522,6 +523,7 @@ def test_a_big_message_goes_in_chunks_each_restarting_the_timeout(reactor):
     assert transport.disconnecting
 
 
+@functools.cache
 def _dot_at_chunk_boundary() -> EmailMessage:
     """A text whose line "." starts exactly at byte 16384 of the message as
     handed to the SMTP client: where Twisted's FileSender starts a chunk."""
