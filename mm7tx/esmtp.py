@@ -327,10 +327,19 @@ class _SMTPClient(_ReplyRouting):
     def _park(self) -> None:
         self.idle = True
         self.setTimeout(None)
+        # A reply now answers nothing we sent: a relay closing an idle
+        # session says 421 first.  Left to the last transaction's handler,
+        # it would park this session a second time, and the next message
+        # would go to it once it is dead.
+        self._route_replies(self._idle_reply)
         self._idle_call = self.pool.reactor.callLater(
             self.pool.settings.idle_timeout, self.quit
         )
         self.pool._parked(self)
+
+    def _idle_reply(self, code: int, resp: bytes) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def getMailFrom(self) -> bytes | None:
         return self.job.sender if self.job is not None else None
@@ -458,6 +467,7 @@ class ESMTPSender:
         self._dispatch_call: IDelayedCall | None = None
         self._closed = False
         self._closing: list[defer.Deferred[None]] = []
+        self._cutting: IDelayedCall | None = None
 
     @property
     def connections(self) -> int:
@@ -468,11 +478,7 @@ class ESMTPSender:
         self, sender: str, recipients: list[str], message: EmailMessage
     ) -> defer.Deferred[SendResult]:
         if self._closed:
-            return defer.fail(
-                MM7Error(
-                    StatusCode.SERVICE_UNAVAILABLE, details="the server is stopping"
-                )
-            )
+            return defer.fail(_stopping())
         if not recipients:
             return defer.fail(
                 MM7Error(StatusCode.ADDRESS_ERROR, details="the mail has no recipient")
@@ -498,11 +504,8 @@ class ESMTPSender:
         ``timeout`` are cut.
         """
         self._closed = True
-        stopping = MM7Error(
-            StatusCode.SERVICE_UNAVAILABLE, details="the server is stopping"
-        )
         while self._queue:
-            self._queue.popleft().fail(stopping)
+            self._queue.popleft().fail(_stopping())
         if self._dispatch_call is not None and self._dispatch_call.active():
             self._dispatch_call.cancel()
         for attempt in list(self._attempts):
@@ -516,13 +519,17 @@ class ESMTPSender:
             return defer.succeed(None)
         closed: defer.Deferred[None] = defer.Deferred()
         self._closing.append(closed)
+        # Those still open after ``timeout`` are cut; ``closed`` fires from
+        # _gone all the same, once their connections are lost (an aborted
+        # connection always reports it), so never while one is still open.
+        if self._cutting is None or not self._cutting.active():
+            self._cutting = self.reactor.callLater(timeout, self._cut)
+        return closed
 
-        def cut(result: object, timeout: float) -> None:
-            for client in list(self._open):
-                if client.transport is not None:
-                    client.transport.abortConnection()  # type: ignore[attr-defined]
-
-        return closed.addTimeout(timeout, self.reactor, onTimeoutCancel=cut)
+    def _cut(self) -> None:
+        for client in list(self._open):
+            if client.transport is not None:
+                client.transport.abortConnection()  # type: ignore[attr-defined]
 
     # The pool.
 
@@ -587,6 +594,10 @@ class ESMTPSender:
         self._dispatch()
 
     def _requeue(self, job: _Job) -> None:
+        if self._closed:
+            # Its session was cut by close(): nothing will take it any more.
+            job.fail(_stopping())
+            return
         self._queue.appendleft(job)
         self._dispatch_soon()
 
@@ -605,6 +616,8 @@ class ESMTPSender:
         if self._queue:
             self._dispatch_soon()
         if self._closed and not self._open:
+            if self._cutting is not None and self._cutting.active():
+                self._cutting.cancel()
             closing, self._closing = self._closing, []
             for closed in closing:
                 if not closed.called:
@@ -635,6 +648,10 @@ def _stuffed(data: bytes) -> bytes:
 def _smtp_data(data: bytes) -> bytes:
     """The message as SMTP DATA, with the final dot."""
     return _stuffed(data) + b".\r\n"
+
+
+def _stopping() -> MM7Error:
+    return MM7Error(StatusCode.SERVICE_UNAVAILABLE, details="the server is stopping")
 
 
 def _timeouts_are_transient(reason: Failure) -> Failure:

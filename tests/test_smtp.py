@@ -1,24 +1,30 @@
-"""The ESMTP sender against Twisted's real ESMTP server on loopback."""
+"""The pooled ESMTP sender, in memory and on a clock.
+
+Twisted's real ESMTP server runs as a :class:`MemorySMTPRelay` on a
+:class:`MemoryReactor`: no socket, no sleep, no global reactor.  A 60 s
+timeout is ``reactor.advance(60)``, checked quiet at 59.9 s.  Tests taking
+the ``relay`` fixture run twice: against a relay that offers PIPELINING and
+against one that does not.  What needs real sockets or real TLS is in
+test_smtp_loopback.py.
+"""
 
 from __future__ import annotations
 
-import base64
+import functools
 from email.message import EmailMessage
 from typing import Any
 
 import pytest
-import pytest_twisted
-from twisted.internet import defer, protocol, reactor, ssl, task
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface.verify import verifyObject
 
 from mm7tx.errors import MM7Error
-from mm7tx.esmtp import ESMTPSender, SMTPSettings
+from mm7tx.esmtp import _ONE_WRITE, ESMTPSender, SMTPSettings, _smtp_data, _SMTPClient
 from mm7tx.interfaces import IMailSender, SendResult
 from mm7tx.processors import BUILD_POLICY
-from mm7tx.testing import RecordingDelivery, smtp_server_factory
-from tests.certs import make_certificate
+from mm7tx.testing import MemoryReactor, MemorySMTPRelay, _RelayServer, result_of
+from mm7tx.wire import wire_bytes
 
 
 def message(body: bytes = b"\x00\x01binary\r\n.\r\n..dots") -> EmailMessage:
@@ -33,146 +39,185 @@ def message(body: bytes = b"\x00\x01binary\r\n.\r\n..dots") -> EmailMessage:
     return msg
 
 
-def sender_for(endpoint: str, **kw) -> ESMTPSender:
-    return ESMTPSender(reactor, SMTPSettings(endpoint=endpoint, starttls="off", **kw))
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def pipelining(request) -> bool:
+    """Whether the relay offers PIPELINING (RFC 2920)."""
+    return bool(request.param)
 
 
-async def send(
+@pytest.fixture
+def reactor() -> MemoryReactor:
+    return MemoryReactor()
+
+
+@pytest.fixture
+def relay(reactor, pipelining) -> MemorySMTPRelay:
+    """The relay in memory (this module's ``relay``, not conftest's loopback one)."""
+    return MemorySMTPRelay(reactor, pipelining=pipelining)
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[bytes]:
+    """What each read of every relay session held, in order: how the
+    client grouped its writes."""
+    seen: list[bytes] = []
+    received = _RelayServer.dataReceived
+
+    def recording(self, data: bytes) -> Any:
+        seen.append(data)
+        return received(self, data)
+
+    monkeypatch.setattr(_RelayServer, "dataReceived", recording)
+    return seen
+
+
+def sender_for(reactor: Any, relay: MemorySMTPRelay | str, **kw: Any) -> ESMTPSender:
+    endpoint = relay if isinstance(relay, str) else relay.endpoint
+    kw.setdefault("starttls", "off")
+    return ESMTPSender(reactor, SMTPSettings(endpoint=endpoint, **kw))
+
+
+def send(
     sender: ESMTPSender, recipients: list[str], msg: EmailMessage | None = None
-):
-    d = sender.send("a@from.example", recipients, msg or message())
-    return await d.addTimeout(10, reactor)
+) -> defer.Deferred[SendResult]:
+    return sender.send("a@from.example", recipients, msg or message())
 
 
-@pytest_twisted.ensureDeferred
-async def test_delivers_with_bytes_intact(relay, delivery):
-    sender = sender_for(relay)
-    assert verifyObject(IMailSender, sender)
-    result = await send(sender, ["b@to.example", "c@to.example"])
-    assert result == SendResult(("b@to.example", "c@to.example"))
-    [mail] = delivery.received
+def fired(d: defer.Deferred[Any]) -> bool:
+    results: list[object] = []
+
+    def keep(result: object) -> object:
+        results.append(result)
+        return result
+
+    d.addBoth(keep)
+    return bool(results)
+
+
+def failure(d: defer.Deferred[Any]) -> MM7Error:
+    """The MM7Error ``d`` failed with (an AssertionError if it succeeded
+    or still waits).  Once only: ``result_of`` takes the result."""
+    with pytest.raises(MM7Error) as caught:
+        result_of(d)
+    return caught.value
+
+
+def sent(reactor: MemoryReactor, d: defer.Deferred[SendResult]) -> SendResult:
+    reactor.flush()
+    return result_of(d)
+
+
+def status(reactor: MemoryReactor, d: defer.Deferred[Any]) -> int:
+    return refused(reactor, d).status.code
+
+
+def refused(reactor: MemoryReactor, d: defer.Deferred[Any]) -> MM7Error:
+    reactor.flush()
+    return failure(d)
+
+
+def nothing_left(reactor: MemoryReactor, relay: MemorySMTPRelay | None) -> None:
+    """No timer, no connection: the sender (and the relay) are gone."""
+    assert reactor.getDelayedCalls() == []
+    assert reactor.connections == 0
+    if relay is not None:
+        assert relay.open_sessions == []
+
+
+# Delivery and the status of each refusal ------------------------------------------
+
+
+def test_the_sender_provides_imailsender(reactor):
+    assert verifyObject(IMailSender, sender_for(reactor, "tcp:relay.test:25"))
+
+
+def test_delivers_with_bytes_intact(reactor, relay):
+    result = sent(reactor, send(sender_for(reactor, relay), ["b@to.example", "c@to"]))
+    assert result == SendResult(("b@to.example", "c@to"))
+    [mail] = relay.accepted
     assert mail.sender == "a@from.example"
-    assert sorted(mail.recipients) == ["b@to.example", "c@to.example"]
+    assert sorted(mail.recipients) == ["b@to.example", "c@to"]
     msg = mail.message
     assert msg.get_body(("plain",)).get_content() == "line one\n.leading dot\n"
     [attachment] = list(msg.iter_attachments())
     assert attachment.get_content() == b"\x00\x01binary\r\n.\r\n..dots"
 
 
-@pytest_twisted.ensureDeferred
-async def test_some_recipients_refused_is_partial(relay, delivery):
-    delivery.refuse["bad@to.example"] = 550
-    result = await send(sender_for(relay), ["b@to.example", "bad@to.example"])
-    assert result.accepted == ("b@to.example",)
+def test_some_recipients_refused_is_partial(reactor, relay):
+    relay.refuse("rcpt", 550, recipient="bad@to.example")
+    result = sent(reactor, send(sender_for(reactor, relay), ["b@to", "bad@to.example"]))
+    assert result.accepted == ("b@to",)
     assert [(a, c) for a, c, _ in result.refused] == [("bad@to.example", 550)]
-    assert delivery.received[0].recipients == ["b@to.example"]
+    assert [m.recipients for m in relay.accepted] == [["b@to"]]
 
 
-@pytest_twisted.ensureDeferred
-async def test_every_recipient_refused_for_good_is_address_error(relay, delivery):
-    delivery.refuse["bad@to.example"] = 550
-    with pytest.raises(MM7Error) as caught:
-        await send(sender_for(relay), ["bad@to.example"])
-    assert caught.value.status.code == 2002
-    assert delivery.received == []
+def test_every_recipient_refused_for_good_is_address_error(reactor, relay):
+    relay.refuse("rcpt", 550)
+    d = send(sender_for(reactor, relay), ["bad@to.example", "worse@to.example"])
+    assert status(reactor, d) == 2002
+    assert relay.received == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_temporary_refusal_is_transient(relay, delivery):
-    delivery.refuse["busy@to.example"] = 451
-    with pytest.raises(MM7Error) as caught:
-        await send(sender_for(relay), ["busy@to.example"])
-    assert caught.value.status.code == 4006
+def test_a_temporary_refusal_of_the_recipient_is_transient(reactor, relay):
+    relay.refuse("rcpt", 451)
+    assert status(reactor, send(sender_for(reactor, relay), ["busy@to"])) == 4006
 
 
-@pytest_twisted.ensureDeferred
-async def test_relay_down_is_transient():
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        protocol.Factory.forProtocol(protocol.Protocol)
-    )
-    number = port.getHost().port
-    await port.stopListening()
-    with pytest.raises(MM7Error) as caught:
-        await send(sender_for(f"tcp:127.0.0.1:{number}"), ["b@to.example"])
-    assert caught.value.status.code == 4006
-    assert "unreachable" in (caught.value.status.details or "")
+def test_451_to_mail_from_is_transient_and_the_session_survives(reactor, relay):
+    sender = sender_for(reactor, relay)
+    relay.refuse("mail", 451)
+    assert status(reactor, send(sender, ["b@to.example"])) == 4006
+    relay.clear()
+    assert sent(reactor, send(sender, ["b@to.example"])).accepted == ("b@to.example",)
+    assert len(relay.sessions) == 1
 
 
-class Silent(protocol.Protocol):
-    """Accepts the connection and never says a word."""
+def test_5xx_after_the_data_is_message_rejected(reactor, relay):
+    relay.refuse("end", 554)
+    assert status(reactor, send(sender_for(reactor, relay), ["b@to"])) == 3002
+    assert [m.reply for m in relay.received] == [554]
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_silent_relay_times_out_as_transient():
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        protocol.Factory.forProtocol(Silent)
-    )
-    try:
-        sender = sender_for(f"tcp:127.0.0.1:{port.getHost().port}", command_timeout=0.3)
-        with pytest.raises(MM7Error) as caught:
-            await send(sender, ["b@to.example"])
-        assert caught.value.status.code == 4006
-        sender = sender_for(
-            f"tcp:127.0.0.1:{port.getHost().port}",
-            command_timeout=30,
-            total_timeout=0.3,
-        )
-        with pytest.raises(MM7Error) as caught:
-            await send(sender, ["b@to.example"])
-        assert caught.value.status.details == "the mail relay timed out"
-    finally:
-        await port.stopListening()
+def test_relay_down_is_transient(reactor, relay):
+    relay.stop()
+    error = refused(reactor, send(sender_for(reactor, relay), ["b@to.example"]))
+    assert error.status.code == 4006
+    assert "unreachable" in (error.status.details or "")
 
 
-class Refuses421(protocol.Protocol):
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(b"421 too busy\r\n")
-        self.transport.loseConnection()
+def test_421_greeting_is_transient(reactor, relay):
+    relay.refuse("greeting", 421, "too busy")
+    assert status(reactor, send(sender_for(reactor, relay), ["b@to"])) == 4006
+    assert relay.received == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_421_greeting_is_transient():
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        protocol.Factory.forProtocol(Refuses421)
-    )
-    try:
-        with pytest.raises(MM7Error) as caught:
-            await send(
-                sender_for(f"tcp:127.0.0.1:{port.getHost().port}"), ["b@to.example"]
-            )
-        assert caught.value.status.code == 4006
-    finally:
-        await port.stopListening()
+def test_starttls_required_but_not_offered_is_transient(reactor, relay):
+    sender = sender_for(reactor, relay, starttls="required")
+    error = refused(reactor, send(sender, ["b@to.example"]))
+    assert error.status.code == 4006
+    assert "STARTTLS" in (error.status.details or "")
+    assert relay.received == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_starttls_required_but_not_offered_is_transient(relay, delivery):
-    sender = ESMTPSender(reactor, SMTPSettings(endpoint=relay, starttls="required"))
-    with pytest.raises(MM7Error) as caught:
-        await send(sender, ["b@to.example"])
-    assert caught.value.status.code == 4006
-    assert "STARTTLS" in (caught.value.status.details or "")
-    assert delivery.received == []
-
-
-@pytest_twisted.ensureDeferred
-async def test_auth_required_but_not_offered_is_transient(relay, delivery):
-    sender = sender_for(relay, username="u", password="secret-pw")
-    with pytest.raises(MM7Error) as caught:
-        await send(sender, ["b@to.example"])
-    assert caught.value.status.code == 4006
-    assert "secret-pw" not in str(caught.value)
+def test_auth_required_but_not_offered_is_transient(reactor, relay):
+    sender = sender_for(reactor, relay, username="u", password="secret-pw")
+    error = refused(reactor, send(sender, ["b@to.example"]))
+    assert error.status.code == 4006
+    assert "secret-pw" not in str(error)
     assert "secret-pw" not in repr(SMTPSettings(password="secret-pw"))
+    assert relay.received == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_opportunistic_tls_without_starttls_offer_sends_in_clear(relay, delivery):
-    sender = ESMTPSender(
-        reactor, SMTPSettings(endpoint=relay, starttls="opportunistic")
-    )
-    await send(sender, ["b@to.example"])
-    assert len(delivery.received) == 1
+def test_opportunistic_tls_without_starttls_offer_sends_in_clear(reactor, relay):
+    sender = sender_for(reactor, relay, starttls="opportunistic")
+    assert sent(reactor, send(sender, ["b@to.example"])).accepted == ("b@to.example",)
+    assert relay.delivery.tls == [False]
+
+
+def test_a_mail_without_recipients_is_an_address_error(reactor, relay):
+    d = send(sender_for(reactor, relay), [])
+    assert failure(d).status.code == 2002  # at once: no connection, no time
+    assert reactor.tcpClients == []
 
 
 def test_host_from_endpoint():
@@ -183,347 +228,305 @@ def test_host_from_endpoint():
     assert SMTPSettings(endpoint="tcp:x:25", tls_hostname="y").host == "y"
 
 
-# TLS and AUTH against the real server ---------------------------------------
+# Timeouts, on the clock ------------------------------------------------------------
 
 
-@pytest.fixture
-def certificate(tmp_path):
-    cert, key = make_certificate(tmp_path / "tls")
-    server = ssl.PrivateCertificate.loadPEM(
-        key.read_text() + cert.read_text()
-    ).options()
-    return cert, server
+def test_a_silent_relay_is_transient_after_the_command_timeout(reactor, relay):
+    relay.hang("greeting")  # connects, never says a word
+    d = send(sender_for(reactor, relay, command_timeout=60), ["b@to.example"])
+    reactor.advance(59.9)
+    assert not fired(d)
+    reactor.advance(0.1)
+    error = failure(d)
+    assert error.status.code == 4006
+    assert error.status.details == "the mail relay timed out"
+    nothing_left(reactor, None)
 
 
-async def listen(factory) -> tuple[object, int]:
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-    return port, port.getHost().port
+def test_a_hang_mid_data_is_transient_after_the_command_timeout(reactor, relay):
+    relay.hang("message")
+    d = send(sender_for(reactor, relay), ["b@to.example"])
+    reactor.advance(59.9)
+    assert not fired(d)
+    reactor.advance(0.1)
+    assert failure(d).status.code == 4006
+    assert relay.received == []
 
 
-@pytest.mark.parametrize("pipelining", [False, True])
-@pytest_twisted.ensureDeferred
-async def test_opportunistic_starttls_encrypts_when_offered(certificate, pipelining):
-    delivery = RecordingDelivery()
-    port, number = await listen(
-        smtp_server_factory(delivery, tls=certificate[1], pipelining=pipelining)
+def test_a_hang_after_the_data_is_never_a_success(reactor, relay):
+    relay.hang("end")  # took the message, never says 250
+    d = send(sender_for(reactor, relay), ["b@to.example"])
+    reactor.advance(59.9)
+    assert not fired(d)
+    assert [m.reply for m in relay.received] == [None]
+    reactor.advance(0.1)
+    assert failure(d).status.code == 4006
+
+
+def test_a_close_after_the_data_before_250_is_transient(reactor, relay):
+    relay.drop("end")
+    assert status(reactor, send(sender_for(reactor, relay), ["b@to"])) == 4006
+    assert [m.reply for m in relay.received] == [None]  # the relay has it
+
+
+def test_a_close_after_250_is_a_success_and_the_next_mail_opens_a_session(
+    reactor, relay
+):
+    sender = sender_for(reactor, relay)
+    relay.close_after("end")
+    assert sent(reactor, send(sender, ["b@to"])).accepted == ("b@to",)
+    relay.clear()
+    assert sent(reactor, send(sender, ["c@to"])).accepted == ("c@to",)
+    assert len(relay.sessions) == 2 and len(relay.accepted) == 2
+
+
+def test_the_connect_timeout_on_the_clock():
+    # A plain MemoryReactorClock: its connectTCP records the attempt and
+    # never completes it, like a SYN into a black hole.
+    clock = MemoryReactorClock()
+    sender = sender_for(clock, "tcp:relay.test:25", connect_timeout=10)
+    both = [send(sender, ["b@to"]), send(sender, ["c@to"])]
+    assert len(clock.tcpClients) == 2  # an attempt for each
+    clock.advance(9.9)
+    assert not any(fired(d) for d in both)
+    clock.advance(0.1)
+    for d in both:
+        error = failure(d)
+        assert error.status.code == 4006
+        assert "unreachable" in (error.status.details or "")
+    assert all(c.stoppedConnecting for c in clock.connectors)
+    assert len(clock.tcpClients) == 2  # and no new attempt for nothing
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_total_timeout_bounds_a_message_on_a_session(reactor, relay):
+    relay.hang("message")
+    sender = sender_for(reactor, relay, command_timeout=60, total_timeout=30)
+    d = send(sender, ["b@to.example"])
+    reactor.advance(29.9)
+    assert not fired(d)
+    reactor.advance(0.1)
+    error = failure(d)
+    assert error.status.code == 4006
+    assert error.status.details == "the mail relay timed out"
+    assert relay.open_sessions == []  # the session carrying it was cut
+    assert sender.connections == 0
+
+
+def test_the_total_timeout_counts_the_wait_for_a_session(reactor, relay):
+    relay.hang("message")
+    sender = sender_for(
+        reactor, relay, command_timeout=60, total_timeout=30, max_connections=1
     )
+    first = send(sender, ["b@to.example"])
+    reactor.advance(10)
+    second = send(sender, ["c@to.example"])  # queued behind the first
+    reactor.advance(19.9)
+    assert not fired(first) and not fired(second)
+    reactor.advance(0.1)
+    assert failure(first).status.code == 4006
+    assert not fired(second)  # now on a session of its own, hung too
+    reactor.advance(9.9)
+    assert not fired(second)
+    reactor.advance(0.1)
+    assert failure(second).status.details == "the mail relay timed out"
+
+
+# The pool: sessions, their reuse, their number ---------------------------------------
+
+
+def test_at_most_max_connections_to_the_relay(reactor, relay):
+    relay.hang("message")  # the first ones keep their sessions busy
+    sender = sender_for(reactor, relay, max_connections=2)
+    results = [send(sender, [f"r{i}@to.example"]) for i in range(6)]
+    reactor.flush()
+    assert len(relay.sessions) == 2 and sender.connections == 2
+    assert not any(fired(d) for d in results)
+    relay.clear()
+    reactor.advance(60)  # the two hung ones time out; the others go, two at once
+    assert [fired(d) for d in results] == [True] * 6
+    assert [d for d in results if failure_or_none(d)] == results[:2]
+    assert len(relay.accepted) == 4
+    assert len(relay.sessions) == 4 and len(reactor.tcpClients) == 4
+
+
+def failure_or_none(d: defer.Deferred[Any]) -> MM7Error | None:
     try:
-        sender = ESMTPSender(reactor, SMTPSettings(endpoint=f"tcp:127.0.0.1:{number}"))
-        await send(sender, ["b@to.example"])
-        assert delivery.tls == [True]
-        assert len(delivery.received) == 1
-    finally:
-        await port.stopListening()
+        result_of(d)
+    except MM7Error as error:
+        return error
+    return None
 
 
-@pytest.mark.parametrize("pipelining", [False, True])
-@pytest_twisted.ensureDeferred
-async def test_required_starttls_checks_the_certificate(certificate, pipelining):
-    delivery = RecordingDelivery()
-    port, number = await listen(
-        smtp_server_factory(delivery, tls=certificate[1], pipelining=pipelining)
-    )
-    try:
-        trusted = ESMTPSender(
-            reactor,
-            SMTPSettings(
-                endpoint=f"tcp:127.0.0.1:{number}",
-                starttls="required",
-                ca_file=str(certificate[0]),
-                tls_hostname="localhost",
-            ),
-        )
-        await send(trusted, ["b@to.example"])
-        assert delivery.tls == [True]
-        untrusted = ESMTPSender(
-            reactor,
-            SMTPSettings(
-                endpoint=f"tcp:127.0.0.1:{number}",
-                starttls="required",
-                tls_hostname="localhost",
-            ),
-        )
-        with pytest.raises(MM7Error) as caught:
-            await send(untrusted, ["c@to.example"])
-        assert caught.value.status.code == 4006
-        assert len(delivery.received) == 1
-    finally:
-        await port.stopListening()
+def test_messages_share_a_persistent_session(reactor, relay):
+    sender = sender_for(reactor, relay, max_connections=1)
+    for i in range(3):
+        sent(reactor, send(sender, [f"one{i}@to.example"]))
+    together = [send(sender, [f"two{i}@to.example"]) for i in range(4)]
+    reactor.flush()
+    assert all(result_of(d).accepted for d in together)
+    assert len(relay.accepted) == 7
+    assert len(relay.sessions) == 1  # one TCP connection, seven transactions
+    # The relay closes the idle session: the next message opens a new one.
+    relay.sessions[0].transport.loseConnection()
+    reactor.flush()
+    assert sender.connections == 0
+    sent(reactor, send(sender, ["three@to.example"]))
+    assert len(relay.sessions) == 2 and len(relay.accepted) == 8
 
 
-@pytest_twisted.ensureDeferred
-async def test_implicit_tls_endpoint(certificate):
-    delivery = RecordingDelivery()
-    endpoint = SSL4ServerEndpoint(reactor, 0, certificate[1], interface="127.0.0.1")
-    port = await endpoint.listen(smtp_server_factory(delivery))
-    try:
-        roots = certificate[0].parent / "roots"
-        roots.mkdir()
-        (roots / "ca.pem").write_bytes(certificate[0].read_bytes())
-        sender = ESMTPSender(
-            reactor,
-            SMTPSettings(
-                endpoint=f"tls:localhost:{port.getHost().port}:trustRoots={roots}",
-                starttls="off",
-            ),
-        )
-        await send(sender, ["b@to.example"])
-        assert delivery.tls == [True]
-    finally:
-        await port.stopListening()
+def test_an_idle_session_quits_after_the_idle_timeout(reactor, relay, reads):
+    sender = sender_for(reactor, relay, idle_timeout=30)
+    sent(reactor, send(sender, ["b@to.example"]))
+    reactor.advance(29.9)
+    assert sender.connections == 1 and len(relay.open_sessions) == 1
+    reactor.advance(0.1)
+    assert reads[-1] == b"QUIT\r\n"
+    assert sender.connections == 0
+    nothing_left(reactor, relay)
 
 
-@pytest.mark.parametrize("pipelining", [False, True])
-@pytest_twisted.ensureDeferred
-async def test_auth_with_the_right_password_and_never_logs_it(pipelining):
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    delivery = RecordingDelivery()
-    users = {b"mm7": b"s3cret-Pa55"}
-    port, number = await listen(
-        smtp_server_factory(delivery, users=users, pipelining=pipelining)
-    )
-    try:
-        good = sender_for(
-            f"tcp:127.0.0.1:{number}", username="mm7", password="s3cret-Pa55"
-        )
-        await send(good, ["b@to.example"])
-        assert delivery.authenticated == [b"mm7"]
-        assert len(delivery.received) == 1
-        bad = sender_for(
-            f"tcp:127.0.0.1:{number}", username="mm7", password="wrong-Pa55"
-        )
-        with pytest.raises(MM7Error) as caught:
-            await send(bad, ["c@to.example"])
-        assert caught.value.status.code == 4006
-        assert len(delivery.received) == 1
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-        await port.stopListening()
-    logged = " ".join(formatEvent(e) + repr(e) for e in events)
-    for secret in ("s3cret-Pa55", "wrong-Pa55"):
-        assert secret not in logged
-        assert base64.b64encode(secret.encode()).decode() not in logged
+def test_the_relay_timing_out_an_idle_session_delays_nothing(reactor, relay):
+    # The relay's idle timeout (Twisted's server: 600 s, then "421" and
+    # close) is shorter than the pool's: the next message must not wait on
+    # the dead session.
+    sender = sender_for(reactor, relay, idle_timeout=900)
+    sent(reactor, send(sender, ["b@to.example"]))
+    reactor.advance(600)
+    assert relay.open_sessions == [] and sender.connections == 0
+    assert reactor.getDelayedCalls() == []  # nothing of the dead session
+    assert sent(reactor, send(sender, ["c@to.example"])).accepted == ("c@to.example",)
+    assert len(relay.sessions) == 2
 
 
-@pytest_twisted.ensureDeferred
-async def test_at_most_max_connections_to_the_relay():
-    delivery = RecordingDelivery()
-    factory = smtp_server_factory(delivery)
-    open_now, most = [0], [0]
-    build = factory.buildProtocol
-
-    def counting(addr):
-        protocol = build(addr)
-        made, lost = protocol.connectionMade, protocol.connectionLost
-
-        def connectionMade():
-            open_now[0] += 1
-            most[0] = max(most[0], open_now[0])
-            made()
-
-        def connectionLost(reason):
-            open_now[0] -= 1
-            lost(reason)
-
-        protocol.connectionMade, protocol.connectionLost = (
-            connectionMade,
-            connectionLost,
-        )
-        return protocol
-
-    factory.buildProtocol = counting  # type: ignore[method-assign]
-    port, number = await listen(factory)
-    try:
-        sender = sender_for(f"tcp:127.0.0.1:{number}", max_connections=2)
-        results = await defer.gatherResults(
-            [
-                sender.send("a@from.example", [f"r{i}@to.example"], message())
-                for i in range(6)
-            ]
-        ).addTimeout(20, reactor)
-        assert len(results) == 6 and len(delivery.received) == 6
-        assert most[0] == 2
-    finally:
-        await port.stopListening()
+def test_a_reused_session_lost_before_mail_from_is_answered_sends_again(reactor, relay):
+    sender = sender_for(reactor, relay)
+    sent(reactor, send(sender, ["b@to.example"]))
+    d = send(sender, ["c@to.example"])  # MAIL FROM goes out on the idle session...
+    relay.sessions[0].transport.loseConnection()  # ...as the relay closes it
+    assert sent(reactor, d).accepted == ("c@to.example",)
+    assert len(relay.sessions) == 2
+    assert [m.recipients for m in relay.received] == [
+        ["b@to.example"],
+        ["c@to.example"],
+    ]
 
 
-def counting_factory(delivery: RecordingDelivery, pipelining: bool = False):
-    """The test server, remembering its protocols (open or not) and, in
-    ``factory.reads``, what each read from the client held."""
-    factory = smtp_server_factory(delivery, pipelining=pipelining)
-    made: list[Any] = []
-    factory.reads = []  # type: ignore[attr-defined]
-    build = factory.buildProtocol
-
-    def remember(addr):
-        protocol = build(addr)
-        made.append(protocol)
-        received = protocol.dataReceived
-
-        def record(data):
-            factory.reads.append(data)  # type: ignore[attr-defined]
-            received(data)
-
-        protocol.dataReceived = record
-        return protocol
-
-    factory.buildProtocol = remember  # type: ignore[method-assign]
-    return factory, made
+def test_a_message_is_sent_again_only_once(reactor, relay):
+    sender = sender_for(reactor, relay, max_connections=2)
+    first = [send(sender, [f"r{i}@to.example"]) for i in range(2)]
+    reactor.flush()
+    assert all(result_of(d) for d in first) and len(relay.sessions) == 2
+    relay.drop("mail")  # both reused sessions close when MAIL FROM comes
+    d = send(sender, ["c@to.example"])
+    assert status(reactor, d) == 4006
+    assert len(relay.sessions) == 2  # tried on both idle sessions, no third
+    assert sender.connections == 0
 
 
-@pytest_twisted.ensureDeferred
-async def test_messages_share_a_persistent_session():
-    delivery = RecordingDelivery()
-    factory, made = counting_factory(delivery)
-    port, number = await listen(factory)
-    try:
-        sender = sender_for(f"tcp:127.0.0.1:{number}", max_connections=1)
-        for i in range(3):
-            await send(sender, [f"one{i}@to.example"])
-        await defer.gatherResults(
-            [
-                sender.send("a@from.example", [f"two{i}@to.example"], message())
-                for i in range(4)
-            ]
-        ).addTimeout(10, reactor)
-        assert len(delivery.received) == 7
-        assert len(made) == 1  # one TCP connection, seven transactions
-        # The relay closes the idle session: the next message opens a new one.
-        made[0].transport.loseConnection()
-        await task.deferLater(reactor, 0.05)
-        await send(sender, ["three@to.example"])
-        assert len(made) == 2 and len(delivery.received) == 8
-    finally:
-        sender.close()
-        await port.stopListening()
+def test_a_fresh_session_lost_before_mail_from_is_answered_is_not_retried(
+    reactor, relay
+):
+    relay.drop("mail")
+    assert status(reactor, send(sender_for(reactor, relay), ["b@to"])) == 4006
+    assert len(relay.sessions) == 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_an_idle_session_is_closed_after_the_idle_timeout():
-    delivery = RecordingDelivery()
-    factory, made = counting_factory(delivery)
-    port, number = await listen(factory)
-    try:
-        sender = sender_for(f"tcp:127.0.0.1:{number}", idle_timeout=0.2)
-        await send(sender, ["b@to.example"])
-        assert sender.connections == 1
-        await task.deferLater(reactor, 0.5)
-        assert sender.connections == 0
-        assert made[0].transport is None or made[0].transport.disconnected
-    finally:
-        await port.stopListening()
+# PIPELINING -------------------------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_pipelining_sends_the_commands_of_a_message_together():
-    delivery = RecordingDelivery()
-    factory, made = counting_factory(delivery, pipelining=True)
-    port, number = await listen(factory)
-    try:
-        sender = sender_for(f"tcp:127.0.0.1:{number}", max_connections=1)
-        for i in range(3):
-            await send(sender, [f"b{i}@to.example", f"c{i}@to.example"])
-        assert len(made) == 1 and len(delivery.received) == 3
-        reads = factory.reads
-        grouped = [r for r in reads if r.startswith(b"MAIL FROM")]
-        assert len(grouped) == 3
+def test_how_the_commands_of_a_message_are_grouped(reactor, relay, reads, pipelining):
+    sender = sender_for(reactor, relay, max_connections=1)
+    for i in range(3):
+        sent(reactor, send(sender, [f"b{i}@to.example", f"c{i}@to.example"]))
+    assert len(relay.sessions) == 1 and len(relay.accepted) == 3
+    with_mail = [r for r in reads if b"MAIL FROM" in r]
+    assert len(with_mail) == 3
+    if pipelining:
         assert all(
-            r.count(b"RCPT TO") == 2 and r.endswith(b"DATA\r\n") for r in grouped
+            r.startswith(b"MAIL FROM")
+            and r.count(b"RCPT TO") == 2
+            and r.endswith(b"DATA\r\n")
+            for r in with_mail
         )
         # No RSET between messages that went through: two writes per message.
         assert not any(b"RSET" in r for r in reads)
-        msg = delivery.received[0].message
-        assert msg.get_body(("plain",)).get_content() == "line one\n.leading dot\n"
-    finally:
-        sender.close()
-        await port.stopListening()
+    else:
+        commands = [r for r in reads if r.startswith((b"MAIL", b"RCPT", b"DATA"))]
+        assert all(r.count(b"\r\n") == 1 for r in commands)  # one at a time
+        assert sum(r == b"RSET\r\n" for r in reads) == 3
+    msg = relay.accepted[0].message
+    assert msg.get_body(("plain",)).get_content() == "line one\n.leading dot\n"
 
 
-@pytest_twisted.ensureDeferred
-async def test_pipelining_refusals_leave_the_session_usable():
-    delivery = RecordingDelivery()
-    delivery.refuse_senders["a@from.example"] = 451
-    factory, made = counting_factory(delivery, pipelining=True)
-    port, number = await listen(factory)
-    try:
-        sender = sender_for(f"tcp:127.0.0.1:{number}", max_connections=1)
-        with pytest.raises(MM7Error) as caught:
-            await send(sender, ["b@to.example"])
-        assert caught.value.status.code == 4006  # MAIL FROM refused for now
-        del delivery.refuse_senders["a@from.example"]
-        delivery.refuse["bad@to.example"] = 550
-        with pytest.raises(MM7Error) as caught:
-            await send(sender, ["bad@to.example"])
-        assert caught.value.status.code == 2002  # every RCPT refused, DATA too
-        delivery.refuse["busy@to.example"] = 451
-        with pytest.raises(MM7Error) as caught:
-            await send(sender, ["bad@to.example", "busy@to.example"])
-        assert caught.value.status.code == 4006  # one of them may work later
-        result = await send(sender, ["b@to.example", "bad@to.example"])
-        assert result.accepted == ("b@to.example",)
-        assert [(a, c) for a, c, _ in result.refused] == [("bad@to.example", 550)]
-        assert len(made) == 1 and len(delivery.received) == 1
-        assert sum(r.count(b"RSET") for r in factory.reads) == 3
-    finally:
-        sender.close()
-        await port.stopListening()
+def test_refusals_leave_the_session_usable(reactor, relay, reads, pipelining):
+    sender = sender_for(reactor, relay, max_connections=1)
+    relay.refuse("mail", 451)
+    assert status(reactor, send(sender, ["b@to.example"])) == 4006
+    relay.clear()
+    relay.refuse("rcpt", 550, recipient="bad@to.example")
+    # Every RCPT refused (and, pipelined, DATA too).
+    assert status(reactor, send(sender, ["bad@to.example"])) == 2002
+    relay.refuse("rcpt", 451, recipient="busy@to.example")
+    # One of them may work later.
+    assert status(reactor, send(sender, ["bad@to.example", "busy@to.example"])) == 4006
+    result = sent(reactor, send(sender, ["b@to.example", "bad@to.example"]))
+    assert result.accepted == ("b@to.example",)
+    assert [(a, c) for a, c, _ in result.refused] == [("bad@to.example", 550)]
+    assert len(relay.sessions) == 1 and len(relay.accepted) == 1
+    # An RSET after each refusal; Twisted's one-by-one client after a success too.
+    assert sum(r.count(b"RSET") for r in reads) == (3 if pipelining else 4)
+
+
+# Big messages and dots --------------------------------------------------------------
 
 
 def test_smtp_data_ends_lines_with_crlf_and_doubles_leading_dots():
-    from mm7tx.esmtp import _smtp_data
-
     assert _smtp_data(b"a\n.b\n..c\n") == b"a\r\n..b\r\n...c\r\n.\r\n"
     assert _smtp_data(b".x") == b"..x\r\n.\r\n"
     assert _smtp_data(b"") == b".\r\n"
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_big_message_arrives_whole(relay, delivery):
+def test_a_big_message_arrives_whole(reactor, relay):
     # Over 256 KiB: the pipelined path sends it in chunks as the connection
     # takes them.
     big = bytes(range(256)) * 3000 + b"\r\n.\r\n.."
-    result = await send(sender_for(relay), ["b@to.example"], message(big))
-    assert result.accepted == ("b@to.example",)
-    [attachment] = list(delivery.received[0].message.iter_attachments())
+    result = sent(reactor, send(sender_for(reactor, relay), ["b@to"], message(big)))
+    assert result.accepted == ("b@to",)
+    [attachment] = list(relay.accepted[0].message.iter_attachments())
     assert attachment.get_content() == big
 
 
-def test_a_big_message_goes_in_chunks_each_restarting_the_timeout():
-    from twisted.internet.testing import StringTransport
-
-    from mm7tx.esmtp import _ONE_WRITE, _smtp_data, _SMTPClient
-
-    client = _SMTPClient(sender_for("tcp:127.0.0.1:1"))
+def test_a_big_message_goes_in_chunks_each_restarting_the_timeout(reactor):
+    client = _SMTPClient(sender_for(reactor, "tcp:relay.test:25", command_timeout=60))
     transport = StringTransport()
-    client.transport = transport
-    resets: list[None] = []
-    client.resetTimeout = lambda: resets.append(None)  # type: ignore[method-assign]
+    client.makeConnection(transport)  # the command timeout starts
+    transport.clear()
     small = _smtp_data(b"x" * 1000)
     client._send_data(small)
     assert transport.value() == small and transport.producer is None
     transport.clear()
     wire = _smtp_data(b"line\n" * (_ONE_WRITE // 4))
     client._send_data(wire)
+    takes = 0
     while transport.producer is not None:
+        reactor.advance(59)  # a slow link: it takes a chunk every 59 s
+        assert not transport.disconnecting
         transport.producer.resumeProducing()
+        takes += 1
     assert transport.value() == wire
-    assert len(resets) == -(-len(wire) // _ONE_WRITE) >= 2  # one per chunk taken
+    # Two chunks, then the take that finds the end: 177 s in all.
+    assert takes - 1 == -(-len(wire) // _ONE_WRITE) >= 2
+    reactor.advance(0.9)
+    assert not transport.disconnecting
+    reactor.advance(0.1)  # 60 s after the last chunk: the relay is silent
+    assert transport.disconnecting
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_mail_without_recipients_is_an_address_error(relay, delivery):
-    with pytest.raises(MM7Error) as caught:
-        await send(sender_for(relay), [])
-    assert caught.value.status.code == 2002
-    assert delivery.received == []
-
-
+@functools.cache
 def _dot_at_chunk_boundary() -> EmailMessage:
     """A text whose line "." starts exactly at byte 16384 of the message as
     handed to the SMTP client: where Twisted's FileSender starts a chunk."""
-    from mm7tx.wire import wire_bytes
-
     for lines in range(250, 270):
         for pad in range(61):
             msg = EmailMessage(policy=BUILD_POLICY)
@@ -537,12 +540,87 @@ def _dot_at_chunk_boundary() -> EmailMessage:
     raise AssertionError("no padding puts the dot at the chunk boundary")
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_dot_line_at_a_chunk_boundary_is_still_doubled(relay, delivery):
+def test_a_dot_line_at_a_chunk_boundary_is_still_doubled(reactor, relay):
     msg = _dot_at_chunk_boundary()
     text = msg.get_content()
-    result = await send(sender_for(relay), ["b@to.example"], msg)
+    result = sent(reactor, send(sender_for(reactor, relay), ["b@to.example"], msg))
     assert result.accepted == ("b@to.example",)
-    [mail] = delivery.received
+    [mail] = relay.received
     assert mail.recipients == ["b@to.example"]
     assert mail.message.get_content() == text
+
+
+# close() ---------------------------------------------------------------------------
+
+
+def test_close_quits_idle_sessions_and_leaves_nothing_behind(reactor, relay, reads):
+    sender = sender_for(reactor, relay)
+    two = [send(sender, [f"r{i}@to.example"]) for i in range(2)]
+    reactor.flush()
+    assert all(result_of(d) for d in two) and len(relay.open_sessions) == 2
+    closing = sender.close()
+    assert not fired(closing)  # the QUITs are not answered yet
+    reactor.flush()
+    assert result_of(closing) is None
+    assert reads.count(b"QUIT\r\n") == 2
+    nothing_left(reactor, relay)
+    error = failure(send(sender, ["b@to.example"]))  # at once
+    assert error.status.code == 4006
+    assert error.status.details == "the server is stopping"
+    assert len(reactor.tcpClients) == 2
+
+
+def test_close_fails_the_queue_cancels_attempts_and_cuts_busy_sessions(reactor, relay):
+    relay.hang("message")
+    sender = sender_for(reactor, relay, max_connections=2)
+    busy = send(sender, ["busy@to.example"])
+    reactor.flush()  # on a session, hung mid-DATA
+    connecting = send(sender, ["c@to.example"])  # a second session on its way
+    queued = send(sender, ["q@to.example"])  # no third one: it waits
+    assert sender.connections == 2 and len(reactor.tcpClients) == 2
+    closing = sender.close()
+    gone_when_closed: list[int] = []
+    closing.addCallback(lambda _: gone_when_closed.append(sender.connections))
+    for d in (connecting, queued):  # at once, without waiting for anything
+        assert failure(d).status.details == "the server is stopping"
+    assert not fired(busy) and not fired(closing)
+    reactor.flush()
+    assert failure(busy).status.code == 4006
+    assert gone_when_closed == [0]
+    assert len(relay.sessions) == 1  # the attempt in progress never connected
+    nothing_left(reactor, relay)
+
+
+def test_close_fails_at_once_a_message_of_a_reused_session_it_cuts(reactor, relay):
+    # Cut before the relay answered MAIL FROM, the message would otherwise
+    # be queued again (to a pool that takes nothing more) until its timeout.
+    sender = sender_for(reactor, relay)
+    sent(reactor, send(sender, ["b@to.example"]))
+    relay.hang("mail")
+    busy = send(sender, ["c@to.example"])
+    reactor.flush()
+    closing = sender.close()
+    reactor.flush()
+    assert result_of(closing) is None
+    assert failure(busy).status.code == 4006
+    nothing_left(reactor, relay)
+
+
+def test_close_cuts_the_sessions_that_never_answer_quit(reactor, relay):
+    sender = sender_for(reactor, relay)
+    sent(reactor, send(sender, ["b@to.example"]))
+    relay.sessions[0].lineReceived = lambda line: None  # a relay gone deaf
+    closing = sender.close(timeout=5)
+    gone_when_closed: list[int] = []
+    closing.addCallback(lambda _: gone_when_closed.append(sender.connections))
+    reactor.advance(4.9)
+    assert not fired(closing)
+    reactor.advance(0.1)
+    assert gone_when_closed == [0]  # fired once the cut sessions were gone
+    nothing_left(reactor, relay)
+
+
+def test_close_with_nothing_open_fires_at_once(reactor, relay):
+    sender = sender_for(reactor, relay)
+    assert result_of(sender.close()) is None
+    nothing_left(reactor, relay)
