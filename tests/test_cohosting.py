@@ -79,7 +79,8 @@ def test_stopping_the_parent_leaves_nothing_of_mm7tx_and_spares_the_other():
 
     def get() -> defer.Deferred[bytes]:
         d = browser.request(b"GET", b"http://127.0.0.1:8081/")
-        return d.addCallback(readBody)
+        body: defer.Deferred[bytes] = d.addCallback(readBody)
+        return body
 
     answer = mm7_client.deliver(DELIVER)
     page = get()
