@@ -288,6 +288,28 @@ def test_no_answer_times_out_after_exactly_the_timeout():
     assert clock.connections == 0  # and the connection was given up
 
 
+class HalfAnswer(Resource):
+    """Sends the headers and the start of the body, then stalls."""
+
+    isLeaf = True
+
+    def render_POST(self, request: Any) -> Any:
+        request.setHeader(b"content-type", b"text/xml")
+        request.setHeader(b"content-length", b"1000")
+        request.write(b"<soap")
+        return NOT_DONE_YET
+
+
+def test_a_body_that_stalls_times_out_and_the_connection_is_closed():
+    clock, client = odd_server(HalfAnswer(), timeout=30)
+    d = client.deliver(m.DeliverReq(sender=m.Address("1")))
+    clock.advance(29.5)
+    assert not fired(d)
+    clock.advance(0.5)
+    assert isinstance(failure_of(clock, d), TimedOut)
+    assert clock.connections == 0  # not left open until the server gives up
+
+
 def test_unreachable():
     clock, client = odd_server(Resource())
     client.url = "http://mmsc.test:81/x/"  # nothing listens there
