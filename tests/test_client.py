@@ -351,7 +351,9 @@ async def test_https_with_a_ca_file(tmp_path, capsys):
         args = cli.parser().parse_args(
             ["submit", url, "--to", "1", "--text", "x", "--ca-file", str(cert)]
         )
-        code = await cli.run(reactor, args)
+        code = await defer.ensureDeferred(cli.run(reactor, args)).addTimeout(
+            30, reactor
+        )
         assert (code, capsys.readouterr().out) == (
             0,
             "1000 Success\nMessageID: MID-2\n",
