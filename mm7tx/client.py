@@ -18,14 +18,17 @@ from typing import Any, TypeVar
 
 from twisted.internet import defer, error, ssl
 from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
+    ResponseDone,
     ResponseFailed,
-    readBody,
 )
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
@@ -102,6 +105,43 @@ class _Body:
 
     def stopProducing(self) -> None:
         pass
+
+
+class _BodyReader(Protocol):
+    """Reads a response body whole, like ``readBody``, but cancelling it
+    closes the connection.  ``readBody`` means to, but the transport an
+    ``Agent``'s response hands its protocol (a ``TransportProxyProducer``)
+    has no ``abortConnection``, so a timeout while the body trickles in
+    would leave the connection open (Twisted issue #8227); see
+    ``docs/upstream-twisted-readbody-abort.md``."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.done: defer.Deferred[bytes] = defer.Deferred(self._cancel)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return  # cancelled
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
+
+    def _cancel(self, _: object) -> None:
+        # The proxy's producer is the connection's transport (TCP or TLS).
+        connection = getattr(self.transport, "_producer", None)
+        abort = getattr(connection, "abortConnection", None)
+        if abort is not None:
+            abort()
+
+
+def _read_body(response: Any) -> defer.Deferred[bytes]:
+    reader = _BodyReader()
+    response.deliverBody(reader)
+    return reader.done
 
 
 class MM7Client:
@@ -219,7 +259,7 @@ class MM7Client:
         return defer.ensureDeferred(self._parse(response, sent))
 
     async def _parse(self, response: Any, sent: m.Envelope) -> m.Response:
-        data: bytes = await readBody(response)
+        data: bytes = await _read_body(response)
         code = response.code
         if code == http.UNAUTHORIZED:
             raise HTTPError(code, "the server refused our credentials")

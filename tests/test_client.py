@@ -1,18 +1,23 @@
-"""The MM7 client and the ``mm7tx`` command, against servers on loopback."""
+"""The MM7 client and the ``mm7tx`` command, in memory on a clock the test
+moves (``mm7tx.testing``), with one HTTPS exchange over real TLS on loopback
+and one run of the installed ``mm7tx`` script."""
 
 from __future__ import annotations
 
 import argparse
 import base64
 import dataclasses
+import io
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, ssl
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from lxml import etree
+from twisted.internet import defer, reactor, ssl, task
+from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -20,6 +25,7 @@ from zope.interface import implementer
 
 from mm7tx import cli, codec
 from mm7tx import messages as m
+from mm7tx.auth import password_matches
 from mm7tx.client import (
     HTTPError,
     MM7Client,
@@ -29,36 +35,75 @@ from mm7tx.client import (
     TimedOut,
     Unreachable,
 )
-from mm7tx.config import load, with_overrides
-from mm7tx.interfaces import ISubmitProcessor
+from mm7tx.interfaces import (
+    IDeliverProcessor,
+    IDeliveryReportProcessor,
+    IReadReplyProcessor,
+    ISubmitProcessor,
+)
 from mm7tx.resource import MM7Resource, build_root
-from mm7tx.service import build_service
+from mm7tx.testing import MemoryAgent, MemoryGateway, MemoryReactor, result_of
 from tests import samples
 from tests.certs import make_certificate
 
 MM7TX = str(Path(sys.executable).parent / "mm7tx")
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 120
 
+CONFIG = """
+mm7_serv {
+  mm7_server_default_email_from_domain = "from.example"
+  mm7_server_default_email_to_domain = "to.example"
+  mm7_vasp_uri_paths = ("/vasp/")
+  mm7_mmsc_uri_paths = ("/mm7/")
+  smtp_relay = "tcp:relay.test:25"
+  smtp_starttls = off
+}
+VASP "vasp1" { password = "pw" }
+"""
 
-async def serve(root: Resource) -> tuple[Any, str]:
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        Site(root)
-    )
-    return port, f"http://127.0.0.1:{port.getHost().port}"
 
+@implementer(
+    ISubmitProcessor, IDeliverProcessor, IDeliveryReportProcessor, IReadReplyProcessor
+)
+class Recorder:
+    """A processor that keeps every request and its transaction and answers
+    ``status``; with a ``clock``, ``delay`` seconds later."""
 
-@implementer(ISubmitProcessor)
-class RecordingMMSC:
-    """An MMSC-side processor that keeps what it was given."""
+    def __init__(self, clock: Any = None, delay: float = 0.0) -> None:
+        self.requests: list[tuple[Any, Any]] = []
+        self.status = m.Status(1000, "Success")
+        self.clock = clock
+        self.delay = delay
+        self.in_flight = 0
+        self.most_in_flight = 0
 
-    def __init__(self) -> None:
-        self.requests: list[tuple[m.SubmitReq, Any]] = []
-
-    def submit(self, request: m.SubmitReq, transaction: Any) -> m.SubmitRsp:
+    def _answer(self, request: Any, transaction: Any, response: Any) -> Any:
         self.requests.append((request, transaction))
-        return m.SubmitRsp(
-            m.Status(1000, "Success"), message_id=f"MID-{len(self.requests)}"
+        if self.clock is None:
+            return response
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+
+        def done() -> Any:
+            self.in_flight -= 1
+            return response
+
+        return task.deferLater(self.clock, self.delay, done)
+
+    def submit(self, request: m.SubmitReq, transaction: Any) -> Any:
+        message_id = f"MID-{len(self.requests) + 1}"
+        return self._answer(
+            request, transaction, m.SubmitRsp(self.status, message_id=message_id)
         )
+
+    def deliver(self, request: m.DeliverReq, transaction: Any) -> Any:
+        return self._answer(request, transaction, m.DeliverRsp(self.status))
+
+    def delivery_report(self, request: m.DeliveryReportReq, transaction: Any) -> Any:
+        return self._answer(request, transaction, m.DeliveryReportRsp(self.status))
+
+    def read_reply(self, request: m.ReadReplyReq, transaction: Any) -> Any:
+        return self._answer(request, transaction, m.ReadReplyRsp(self.status))
 
 
 class Canned(Resource):
@@ -98,45 +143,71 @@ SUBMIT = m.SubmitReq(
     ),
 )
 
+FAULT_4006 = codec.encode(
+    m.Envelope("t", m.VASPErrorRsp(m.Status(4006, "Service unavailable", "relay down")))
+)[1]
 
-@pytest_twisted.ensureDeferred
-async def test_submit_round_trip_is_parsed_back_identically():
-    mmsc = RecordingMMSC()
-    port, base = await serve(build_root({"/mm7/": MM7Resource(mmsc, "/mm7/", "mmsc")}))
-    ns = "REL-5-MM7-1-2"
+
+# The client, in memory ------------------------------------------------------
+
+
+def odd_server(resource: Resource, **options: Any) -> tuple[MemoryReactor, MM7Client]:
+    """A ``Site`` serving ``resource`` at ``http://mmsc.test/x/`` on a memory
+    reactor, and a client for it, its timeout on that reactor's clock."""
+    clock = MemoryReactor()
+    site = Site(build_root({"/x/": resource}), reactor=clock)
+    clock.listenTCP(80, site, interface="mmsc.test")
     client = MM7Client(
-        reactor, base + "/mm7", ("vasp1", "pw"), namespace=ns, mm7_version="5.3.0"
+        MemoryAgent(clock), "http://mmsc.test/x/", reactor=clock, **options
     )
-    try:
-        response = await client.submit(SUBMIT)
-        assert response == m.SubmitRsp(m.Status(1000, "Success"), "6.8.0", "MID-1")
-        second = await client.submit(SUBMIT)
-        assert second.message_id == "MID-2"
-        [(got, transaction), _] = mmsc.requests
-        assert got == dataclasses.replace(SUBMIT, mm7_version="5.3.0")
-        assert transaction.namespace.endswith(ns)
-    finally:
-        await client.close()
-        await port.stopListening()
+    return clock, client
 
 
-@pytest_twisted.ensureDeferred
-async def test_deliver_and_reports_reach_the_mailbox(relay, delivery):
-    http_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        Site(Resource())
-    )
-    number = http_port.getHost().port
-    await http_port.stopListening()
-    config = with_overrides(
-        load(samples.EXAMPLE_7_1.replace("}", "smtp_starttls = off\n}")),
-        [f"tcp:{number}:interface=127.0.0.1"],
-        relay,
-    )
-    service = build_service(config, reactor)
-    service.startService()
-    client = MM7Client(reactor, f"http://127.0.0.1:{number}/ringtones/")
-    try:
-        rsp = await client.deliver(
+def fired(d: defer.Deferred[Any]) -> bool:
+    """Whether ``d`` has its result (``called`` is true already while it
+    waits on an inner Deferred)."""
+    results: list[object] = []
+
+    def keep(result: object) -> object:
+        results.append(result)
+        return result
+
+    d.addBoth(keep)
+    return bool(results)
+
+
+def failure_of(clock: MemoryReactor, d: defer.Deferred[Any]) -> MM7ClientError:
+    clock.flush()
+    with pytest.raises(MM7ClientError) as caught:
+        result_of(d)
+    return caught.value
+
+
+def answer_of(resource: Resource, **options: Any) -> MM7ClientError:
+    clock, client = odd_server(resource, **options)
+    return failure_of(clock, client.deliver(m.DeliverReq(sender=m.Address("1"))))
+
+
+def test_submit_round_trip_is_parsed_back_identically():
+    mmsc = Recorder()
+    gateway = MemoryGateway(CONFIG, processor=mmsc)
+    ns = "REL-5-MM7-1-2"
+    client = gateway.client("/mm7/", ("vasp1", "pw"), namespace=ns, mm7_version="5.3.0")
+    response = gateway.result(client.submit(SUBMIT))
+    assert response == m.SubmitRsp(m.Status(1000, "Success"), "6.8.0", "MID-1")
+    second = gateway.result(client.submit(SUBMIT))
+    assert second.message_id == "MID-2"
+    [(got, transaction), _] = mmsc.requests
+    assert got == dataclasses.replace(SUBMIT, mm7_version="5.3.0")
+    assert transaction.namespace.endswith(ns)
+    assert transaction.account.name == "vasp1"
+
+
+def test_deliver_and_reports_reach_the_mailbox():
+    gateway = MemoryGateway(samples.EXAMPLE_7_1.replace("}", "smtp_starttls = off\n}"))
+    client = gateway.client("/ringtones/")
+    rsp = gateway.result(
+        client.deliver(
             m.DeliverReq(
                 sender=m.Address("+15551234567"),
                 recipients=m.Recipients(to=(m.Address("7255", "ShortCode"),)),
@@ -144,8 +215,10 @@ async def test_deliver_and_reports_reach_the_mailbox(relay, delivery):
                 content=(m.ContentPart("image/jpeg", JPEG, (("name", "p.jpg"),), "p"),),
             )
         )
-        assert rsp.status.code == 1000
-        rsp2 = await client.delivery_report(
+    )
+    assert rsp.status.code == 1000
+    rsp2 = gateway.result(
+        client.delivery_report(
             m.DeliveryReportReq(
                 message_id="M1",
                 recipient=m.Address("+1555"),
@@ -153,7 +226,9 @@ async def test_deliver_and_reports_reach_the_mailbox(relay, delivery):
                 mm_status="Retrieved",
             )
         )
-        rsp3 = await client.read_reply(
+    )
+    rsp3 = gateway.result(
+        client.read_reply(
             m.ReadReplyReq(
                 message_id="M1",
                 recipient=m.Address("+1555"),
@@ -161,88 +236,135 @@ async def test_deliver_and_reports_reach_the_mailbox(relay, delivery):
                 mm_status="Read",
             )
         )
-        assert (rsp2.status.code, rsp3.status.code) == (1000, 1000)
-        mail, dsn, mdn = (r.message for r in delivery.received)
-        assert mail["To"] == "7255@exampleto.com"
-        [jpeg] = list(mail.iter_attachments())
-        assert jpeg.get_content() == JPEG
-        assert dsn.get_param("report-type") == "delivery-status"
-        assert mdn.get_param("report-type") == "disposition-notification"
-    finally:
-        await client.close()
-        await service.stopService()
+    )
+    assert (rsp2.status.code, rsp3.status.code) == (1000, 1000)
+    mail, dsn, mdn = (r.message for r in gateway.relay.accepted)
+    assert mail["To"] == "7255@exampleto.com"
+    [jpeg] = list(mail.iter_attachments())
+    assert jpeg.get_content() == JPEG
+    assert dsn.get_param("report-type") == "delivery-status"
+    assert mdn.get_param("report-type") == "disposition-notification"
 
 
-async def answer_of(
-    resource: Resource, client_kwargs: dict[str, Any] | None = None
-) -> Exception:
-    port, base = await serve(build_root({"/x/": resource}))
-    client = MM7Client(reactor, base + "/x/", **(client_kwargs or {}))
-    try:
-        with pytest.raises(MM7ClientError) as caught:
-            await client.deliver(m.DeliverReq(sender=m.Address("1")))
-        return caught.value
-    finally:
-        await client.close()
-        await port.stopListening()
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_fault_carries_its_status():
-    fault = codec.encode(
-        m.Envelope(
-            "t", m.VASPErrorRsp(m.Status(4006, "Service unavailable", "relay down"))
-        )
-    )[1]
-    error = await answer_of(Canned(500, b"text/xml", fault))
+def test_a_fault_carries_its_status():
+    error = answer_of(Canned(500, b"text/xml", FAULT_4006))
     assert isinstance(error, MM7Fault)
     assert error.status == m.Status(4006, "Service unavailable", "relay down")
     assert str(error) == "4006 Service unavailable: relay down"
 
 
-@pytest_twisted.ensureDeferred
-async def test_401_is_an_http_error_and_basic_auth_is_sent():
+def test_401_is_an_http_error_and_basic_auth_is_sent():
     resource = Canned(401, b"text/plain", b"no")
-    error = await answer_of(resource, {"credentials": ("vasp1", "pä55")})
+    error = answer_of(resource, credentials=("vasp1", "pä55"))
     assert isinstance(error, HTTPError) and error.code == 401
-    sent = resource.headers[0].getRawHeaders(b"authorization")[0]
-    assert sent == b"Basic " + base64.b64encode("vasp1:pä55".encode())
+    [headers] = resource.headers
+    sent = headers.getRawHeaders(b"authorization")
+    assert sent == [b"Basic " + base64.b64encode("vasp1:pä55".encode())]
 
 
-@pytest_twisted.ensureDeferred
-async def test_garbage_is_not_mm7():
-    error = await answer_of(
-        Canned(200, b"text/html", b"<html><body>hello</body></html>")
-    )
+def test_garbage_is_not_mm7():
+    error = answer_of(Canned(200, b"text/html", b"<html><body>hello</body></html>"))
     assert isinstance(error, NotMM7)
-    error = await answer_of(Canned(502, b"text/plain", b"bad gateway"))
+    error = answer_of(Canned(502, b"text/plain", b"bad gateway"))
     assert isinstance(error, HTTPError) and error.code == 502
 
 
-@pytest_twisted.ensureDeferred
-async def test_the_wrong_response_type_is_not_mm7():
+def test_the_wrong_response_type_is_not_mm7():
     body = codec.encode(m.Envelope("t", m.SubmitRsp(m.Status(1000, "Success"))))[1]
-    error = await answer_of(Canned(200, b"text/xml", body))
+    error = answer_of(Canned(200, b"text/xml", body))
     assert isinstance(error, NotMM7) and "SubmitRsp" in str(error)
 
 
-@pytest_twisted.ensureDeferred
-async def test_no_answer_times_out():
-    error = await answer_of(Canned(200, b"text/xml", None), {"timeout": 0.3})
+def test_no_answer_times_out_after_exactly_the_timeout():
+    clock, client = odd_server(Canned(200, b"text/xml", None), timeout=30)
+    d = client.deliver(m.DeliverReq(sender=m.Address("1")))
+    clock.advance(29.5)
+    assert not fired(d)
+    assert clock.connections == 1  # the request went, the answer never came
+    clock.advance(0.5)
+    error = failure_of(clock, d)
     assert isinstance(error, TimedOut)
+    assert str(error) == "no answer from http://mmsc.test/x/ within 30 s"
+    assert clock.connections == 0  # and the connection was given up
+
+
+class HalfAnswer(Resource):
+    """Sends the headers and the start of the body, then stalls."""
+
+    isLeaf = True
+
+    def render_POST(self, request: Any) -> Any:
+        request.setHeader(b"content-type", b"text/xml")
+        request.setHeader(b"content-length", b"1000")
+        request.write(b"<soap")
+        return NOT_DONE_YET
+
+
+def test_a_body_that_stalls_times_out_and_the_connection_is_closed():
+    clock, client = odd_server(HalfAnswer(), timeout=30)
+    d = client.deliver(m.DeliverReq(sender=m.Address("1")))
+    clock.advance(29.5)
+    assert not fired(d)
+    clock.advance(0.5)
+    assert isinstance(failure_of(clock, d), TimedOut)
+    assert clock.connections == 0  # not left open until the server gives up
+
+
+def test_unreachable():
+    clock, client = odd_server(Resource())
+    client.url = "http://mmsc.test:81/x/"  # nothing listens there
+    error = failure_of(clock, client.deliver(m.DeliverReq()))
+    assert isinstance(error, Unreachable)
+    assert str(error).startswith("cannot connect to http://mmsc.test:81/x/: ")
+
+
+def test_a_client_with_an_agent_needs_a_clock():
+    with pytest.raises(TypeError, match="reactor="):
+        MM7Client(MemoryAgent(MemoryReactor()), "http://mmsc.test/")
+
+
+# The one client exchange over real TLS ---------------------------------------
 
 
 @pytest_twisted.ensureDeferred
-async def test_unreachable():
-    port, base = await serve(Resource())
-    await port.stopListening()
-    client = MM7Client(reactor, base + "/x/")
-    with pytest.raises(Unreachable) as caught:
-        await client.deliver(m.DeliverReq())
-    assert "cannot connect" in str(caught.value)
+async def test_https_with_a_ca_file(tmp_path, capsys):
+    cert, key = make_certificate(tmp_path)
+    options = ssl.PrivateCertificate.loadPEM(
+        key.read_text() + cert.read_text()
+    ).options()
+    mmsc = Recorder()
+    site = Site(build_root({"/mm7/": MM7Resource(mmsc, "/mm7/", "mmsc")}))
+    port = await SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1").listen(
+        site
+    )
+    url = f"https://localhost:{port.getHost().port}/mm7/"
+    trusting = MM7Client(reactor, url, ca_file=str(cert), timeout=20)
+    doubting = MM7Client(reactor, url, timeout=20)
+    try:
+        response = await trusting.submit(SUBMIT)
+        assert response.message_id == "MID-1"
+        with pytest.raises(Unreachable) as caught:
+            await doubting.submit(SUBMIT)
+        assert str(caught.value).startswith(f"TLS with {url} failed: ")
+        assert len(mmsc.requests) == 1
+        # The command's own agent, on the real reactor, trusting the CA file.
+        args = cli.parser().parse_args(
+            ["submit", url, "--to", "1", "--text", "x", "--ca-file", str(cert)]
+        )
+        code = await defer.ensureDeferred(cli.run(reactor, args)).addTimeout(
+            30, reactor
+        )
+        assert (code, capsys.readouterr().out) == (
+            0,
+            "1000 Success\nMessageID: MID-2\n",
+        )
+    finally:
+        await trusting.close()
+        await doubting.close()
+        await port.stopListening()
 
 
-# The command line ----------------------------------------------------------
+# The command line: its pieces ------------------------------------------------
 
 
 def test_addresses_on_the_command_line():
@@ -251,6 +373,8 @@ def test_addresses_on_the_command_line():
     assert cli.address("155512345678") == m.Address("155512345678", "Number")
     assert cli.address("a@b.example").is_email
     assert cli.address("number:123") == m.Address("123", "Number")
+    assert cli.address("shortcode:+44") == m.Address("+44", "ShortCode")
+    assert cli.address("EMAIL:x") == m.Address("x", "RFC2822Address")
     with pytest.raises(argparse.ArgumentTypeError):
         cli.address("hello")
 
@@ -269,171 +393,524 @@ def test_generated_smil_references_every_part(tmp_path):
     )
     for part in (text, jpeg, amr):
         assert f'"cid:{part.content_id}"'.encode() in smil.data
-    from lxml import etree
-
     etree.fromstring(smil.data)  # well formed
 
 
-async def run_cli(
-    *args: str, env: dict[str, str] | None = None
-) -> tuple[str, str, int]:
-    out, err, code = await getProcessOutputAndValue(
-        MM7TX, args, env=env or {}, reactor=reactor
+def test_unreadable_files_stop_the_command_with_one_line(tmp_path):
+    missing = str(tmp_path / "missing.jpg")
+    with pytest.raises(SystemExit, match=r"^mm7tx: cannot read .*missing.jpg: No "):
+        cli.content([], [missing], "none")
+    with pytest.raises(SystemExit, match=r"^mm7tx: cannot read .*missing.jpg: No "):
+        cli.content(["x"], [], missing)
+
+
+# The command line, in process on the in-memory gateway ----------------------
+
+
+def command(
+    gateway: MemoryGateway, *argv: str, agent: Any = None
+) -> defer.Deferred[int]:
+    """``mm7tx argv...`` in process, over the gateway's agent; fires with
+    the exit status as the test moves the gateway."""
+    args = cli.parser().parse_args(list(argv))
+    return defer.ensureDeferred(
+        cli.run(
+            gateway.reactor, args, agent=agent if agent is not None else gateway.agent()
+        )
     )
+
+
+def mm7tx(gateway: MemoryGateway, *argv: str) -> int:
+    """``mm7tx argv...`` whose answer comes without time passing."""
+    return gateway.result(command(gateway, *argv))
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def gateway(recorder: Recorder, monkeypatch) -> MemoryGateway:
+    """The gateway with every path recording; no password in the environment."""
+    monkeypatch.delenv("MM7TX_PASSWORD", raising=False)
+    return MemoryGateway(CONFIG, processor=recorder)
+
+
+def test_submit_sends_every_option_and_prints_the_message_id(
+    gateway, recorder, tmp_path, capsys, monkeypatch
+):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(JPEG)
+    tune = tmp_path / "tune.amr"
+    tune.write_bytes(b"#!AMR\n")
+    monkeypatch.setenv("MM7TX_PASSWORD", "pw")
+    code = mm7tx(
+        gateway,
+        "submit",
+        gateway.url + "/mm7/",
+        "--from",
+        "12345",
+        "--to",
+        "+15551234567",
+        "--to",
+        "alice@example.com",
+        "--cc",
+        "shortcode:777",
+        "--bcc",
+        "bob@example.com",
+        "--subject",
+        "News",
+        "--text",
+        "Hello",
+        "--attach",
+        str(photo),
+        "--attach",
+        str(tune),
+        "--smil",
+        "auto",
+        "--priority",
+        "High",
+        "--delivery-report",
+        "--read-reply",
+        "--linked-id",
+        "L9",
+        "--service-code",
+        "gold",
+        "--vasp-id",
+        "vasp1",
+        "--vas-id",
+        "news",
+        "--user",
+        "vasp1",
+        "--mm7-version",
+        "5.3.0",
+        "--namespace",
+        "REL-5-MM7-1-0",
+    )
+    assert capsys.readouterr() == ("1000 Success\nMessageID: MID-1\n", "")
+    assert code == 0
+    [(request, transaction)] = recorder.requests
+    assert transaction.account.name == "vasp1"  # MM7TX_PASSWORD was sent
+    assert transaction.namespace == (
+        "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-5-MM7-1-0"
+    )
+    assert request.mm7_version == "5.3.0"
+    assert request.sender_address == m.Address("12345", "ShortCode")
+    assert request.recipients == m.Recipients(
+        to=(
+            m.Address("+15551234567", "Number"),
+            m.Address("alice@example.com", "RFC2822Address"),
+        ),
+        cc=(m.Address("777", "ShortCode"),),
+        bcc=(m.Address("bob@example.com", "RFC2822Address"),),
+    )
+    assert (request.subject, request.priority) == ("News", "High")
+    assert (request.delivery_report, request.read_reply) == (True, True)
+    assert (request.linked_id, request.service_code) == ("L9", "gold")
+    assert (request.vasp_id, request.vas_id) == ("vasp1", "news")
+    assert request.timestamp  # now, as the command sent it
+    smil, text, jpeg, amr = request.content
+    assert [p.media_type for p in request.content] == [
+        "application/smil",
+        "text/plain",
+        "image/jpeg",
+        "audio/amr",
+    ]
+    assert text.data == b"Hello"
+    assert (jpeg.data, jpeg.filename) == (JPEG, "photo.jpg")
+    assert amr.data == b"#!AMR\n"
+    for part in (text, jpeg, amr):
+        assert f'"cid:{part.content_id}"'.encode() in smil.data
+
+
+def test_submit_without_asking_sends_no_report_flags_and_the_defaults(
+    gateway, recorder, capsys
+):
+    code = mm7tx(
+        gateway,
+        "submit",
+        gateway.url + "/mm7/",
+        "--to",
+        "1",
+        "--text",
+        "x",
+        "--user",
+        "vasp1",
+        "--password",
+        "pw",
+    )
+    assert code == 0
+    [(request, transaction)] = recorder.requests
+    assert (request.delivery_report, request.read_reply, request.priority) == (
+        None,
+        None,
+        None,
+    )
+    assert [p.media_type for p in request.content] == ["text/plain"]  # no SMIL
+    assert request.mm7_version == m.DEFAULT_MM7_VERSION
+    assert transaction.namespace.endswith("/REL-6-MM7-1-4")
+
+
+def test_a_smil_file_is_sent_as_given(gateway, recorder, tmp_path):
+    smil = tmp_path / "show.smil"
+    smil.write_bytes(b"<smil><body/></smil>")
+    code = mm7tx(
+        gateway,
+        "deliver",
+        gateway.url + "/vasp/",
+        "--to",
+        "1",
+        "--text",
+        "x",
+        "--smil",
+        str(smil),
+        "--namespace",
+        "urn:example:mm7",
+    )
+    assert code == 0
+    [(request, transaction)] = recorder.requests
+    assert request.content[0].data == b"<smil><body/></smil>"
+    assert request.content[0].is_smil
+    assert transaction.namespace == "urn:example:mm7"
+
+
+def test_deliver_sends_its_options(gateway, recorder, capsys):
+    code = mm7tx(
+        gateway,
+        "deliver",
+        gateway.url + "/vasp/",
+        "--from",
+        "+447700900123",
+        "--to",
+        "7255",
+        "--cc",
+        "carol@example.com",
+        "--subject",
+        "MO",
+        "--text",
+        "yes",
+        "--text",
+        "and more",
+        "--priority",
+        "Low",
+        "--linked-id",
+        "L1",
+        "--relay-server-id",
+        "mmsc-1",
+    )
+    assert capsys.readouterr() == ("1000 Success\n", "")
+    assert code == 0
+    [(request, transaction)] = recorder.requests
+    assert isinstance(request, m.DeliverReq)
+    assert transaction.path == "/vasp/" and transaction.account is None
+    assert request.sender == m.Address("+447700900123", "Number")
+    assert request.recipients.to == (m.Address("7255", "ShortCode"),)
+    assert request.recipients.cc == (m.Address("carol@example.com", "RFC2822Address"),)
+    assert (request.subject, request.priority, request.linked_id) == ("MO", "Low", "L1")
+    assert request.mms_relay_server_id == "mmsc-1"
+    assert [p.data for p in request.content] == [b"yes", b"and more"]
+
+
+def test_deliver_through_the_real_processor_arrives_as_mail(capsys):
+    gateway = MemoryGateway(CONFIG)
+    code = mm7tx(
+        gateway,
+        "deliver",
+        gateway.url + "/vasp/",
+        "--from",
+        "+447700900123",
+        "--to",
+        "7255",
+        "--subject",
+        "Entry",
+        "--text",
+        "my photo",
+    )
+    assert (code, capsys.readouterr().out) == (0, "1000 Success\n")
+    [mail] = gateway.relay.accepted
+    assert mail.recipients == ["7255@to.example"]
+    assert mail.message["Subject"] == "Entry"
+
+
+@pytest.mark.parametrize(
+    ("subcommand", "kind", "status"),
+    [
+        ("delivery-report", m.DeliveryReportReq, "Retrieved"),
+        ("read-reply", m.ReadReplyReq, "Read"),
+    ],
+)
+def test_reports_send_their_options_and_defaults(
+    gateway, recorder, capsys, subcommand, kind, status
+):
+    base = [subcommand, gateway.url + "/vasp/", "--message-id", "M1"]
+    assert mm7tx(gateway, *base, "--recipient", "+15551234567") == 0
+    code = mm7tx(
+        gateway,
+        *base,
+        "--recipient",
+        "alice@example.com",
+        "--sender",
+        "7255",
+        "--status",
+        "Rejected",
+        "--status-text",
+        "no room",
+        "--date",
+        "2024-05-01T12:00:00+00:00",
+        "--relay-server-id",
+        "mmsc-1",
+    )
+    assert code == 0
+    assert capsys.readouterr().out == "1000 Success\n" * 2
+    (default, _), (given, _) = recorder.requests
+    assert isinstance(default, kind) and isinstance(given, kind)
+    assert default.message_id == "M1" and default.mm_status == status
+    assert default.recipient == m.Address("+15551234567", "Number")
+    assert (default.sender, default.status_text) == (None, None)
+    when = given.date if kind is m.DeliveryReportReq else given.timestamp
+    assert when == "2024-05-01T12:00:00+00:00"
+    assert given.recipient == m.Address("alice@example.com", "RFC2822Address")
+    assert given.sender == m.Address("7255", "ShortCode")
+    assert (given.mm_status, given.status_text) == ("Rejected", "no room")
+    assert given.mms_relay_server_id == "mmsc-1"
+
+
+def test_a_partial_success_exits_0_and_prints_its_details(gateway, recorder, capsys):
+    recorder.status = m.Status(1100, "Partial success", "one recipient refused")
+    code = mm7tx(gateway, "deliver", gateway.url + "/vasp/", "--to", "1")
+    assert code == 0
+    assert capsys.readouterr().out == (
+        "1100 Partial success\nDetails: one recipient refused\n"
+    )
+
+
+def test_an_answer_that_is_not_a_success_exits_1(gateway, recorder, capsys):
+    recorder.status = m.Status(2000, "Client error")
+    code = mm7tx(gateway, "deliver", gateway.url + "/vasp/", "--to", "1")
+    assert (code, capsys.readouterr().out) == (1, "2000 Client error\n")
+
+
+def test_a_fault_exits_1_and_says_so_on_stderr(capsys):
+    gateway = MemoryGateway(CONFIG)
+    gateway.relay.refuse("mail", 451)
+    code = mm7tx(gateway, "deliver", gateway.url + "/vasp/", "--from", "2", "--to", "1")
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "")
+    assert err.startswith("fault 4006 Service unavailable")
+    assert err.count("\n") == 1
+
+
+def test_refused_credentials_exit_1(gateway, recorder, capsys):
+    args = ["submit", gateway.url + "/mm7/", "--to", "1", "--user", "vasp1"]
+    code = mm7tx(gateway, *args, "--password", "wrong")
+    assert (code, capsys.readouterr().err) == (
+        1,
+        "mm7tx: HTTP 401: the server refused our credentials\n",
+    )
+    assert recorder.requests == []
+
+
+def test_unreachable_exits_1(gateway, capsys):
+    args = ["read-reply", "http://127.0.0.1:1/x/", "--message-id", "M"]
+    code = mm7tx(gateway, *args, "--recipient", "+1555")
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "")
+    assert err.startswith("mm7tx: cannot connect to http://127.0.0.1:1/x/: ")
+
+
+def test_the_timeout_option_runs_on_the_clock(capsys):
+    gateway = MemoryGateway(CONFIG)
+    gateway.relay.hang("end")
+    running = command(
+        gateway,
+        "deliver",
+        gateway.url + "/vasp/",
+        "--from",
+        "2",
+        "--to",
+        "1",
+        "--timeout",
+        "5",
+    )
+    gateway.advance(4.5)
+    assert not fired(running)
+    gateway.advance(0.5)
+    assert gateway.result(running) == 1
+    assert capsys.readouterr().err == (
+        f"mm7tx: no answer from {gateway.url}/vasp/ within 5 s\n"
+    )
+
+
+def test_user_without_a_password_is_a_usage_error(gateway, recorder, capsys):
+    connections = len(gateway.reactor.tcpClients)
+    code = mm7tx(gateway, "submit", gateway.url + "/mm7/", "--to", "1", "--user", "u")
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "mm7tx: --user needs --password or MM7TX_PASSWORD\n"
+    )
+    assert recorder.requests == []
+    assert len(gateway.reactor.tcpClients) == connections  # nothing sent
+
+
+def test_submit_without_recipients_stops_before_sending(gateway, recorder):
+    with pytest.raises(SystemExit, match="give at least one --to, --cc or --bcc"):
+        mm7tx(gateway, "submit", gateway.url + "/mm7/", "--text", "x")
+    assert recorder.requests == []
+
+
+def test_load_mode_prints_its_summary(capsys, monkeypatch):
+    gateway = MemoryGateway(CONFIG, processor=(recorder := Recorder()))
+    recorder.clock, recorder.delay = gateway.reactor, 1.0
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # progress shown
+    running = command(
+        gateway,
+        "deliver",
+        gateway.url + "/vasp/",
+        "--to",
+        "1",
+        "--text",
+        "x",
+        "--count",
+        "7",
+        "--concurrency",
+        "3",
+    )
+    gateway.advance(2)
+    # Three at once: 3 sent at 0 s, 3 more at 1 s, the last at 2 s.
+    assert not fired(running) and len(recorder.requests) == 7
+    gateway.advance(1)
+    assert gateway.result(running) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[:3] == [
+        "sent 7, succeeded 7, failed 0",
+        "answers by status: 1000: 7",
+        "failures: -",
+    ]
+    assert lines[3].startswith("requests/s ")
+    assert lines[4].startswith("latency ms p50 ")
+    assert len(lines) == 5
+    assert len(recorder.requests) == 7
+    assert recorder.most_in_flight == 3  # --concurrency 3
+    assert err.endswith("\r7/7 sent, 7 ok, 0 failed\n")
+    assert len({t.transaction_id for _, t in recorder.requests}) == 7
+
+
+def test_load_mode_counts_faults_by_status_and_failures_by_kind(capsys):
+    gateway = MemoryGateway(CONFIG)
+    gateway.relay.refuse("mail", 451)
+    args = ["deliver", gateway.url + "/vasp/", "--from", "2", "--to", "1"]
+    args += ["--count", "3"]
+    assert mm7tx(gateway, *args, "--concurrency", "2") == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [
+        "sent 3, succeeded 0, failed 3",
+        "answers by status: 4006: 3",
+        "failures: -",
+    ]
+    dead = ["deliver", "http://127.0.0.1:1/vasp/", "--to", "1", "--count", "4"]
+    assert mm7tx(gateway, *dead) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [
+        "sent 4, succeeded 0, failed 4",
+        "answers by status: -",
+        "failures: Unreachable: 4",
+    ]
+
+
+def test_count_and_concurrency_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["submit", "http://x.test/", "--to", "1", "--count", "0"])
+    assert caught.value.code == 2
+    assert "--count and --concurrency must be at least 1" in capsys.readouterr().err
+
+
+# hash-password --------------------------------------------------------------
+
+
+def hash_password_with(monkeypatch, stdin: io.StringIO) -> int:
+    monkeypatch.setattr(sys, "stdin", stdin)
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["hash-password"])
+    code = caught.value.code
+    assert isinstance(code, int)
+    return code
+
+
+def test_hash_password_reads_the_first_line_of_stdin(monkeypatch, capsys):
+    assert hash_password_with(monkeypatch, io.StringIO("s3cret\r\nignored\n")) == 0
+    out, err = capsys.readouterr()
+    stored = out.strip()
+    assert err == "" and out.count("\n") == 1
+    assert password_matches(stored, "s3cret")
+    assert not password_matches(stored, "s3cret\r")
+    assert "s3cret" not in stored
+
+
+def test_hash_password_refuses_an_empty_one(monkeypatch, capsys):
+    assert hash_password_with(monkeypatch, io.StringIO("\n")) == 1
+    assert capsys.readouterr() == ("", "mm7tx: the password is empty\n")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("typed", "code", "err"),
+    [
+        (["s3cret", "s3cret"], 0, ""),
+        (["s3cret", "s3cert"], 1, "mm7tx: the passwords differ\n"),
+    ],
+)
+def test_hash_password_on_a_terminal_asks_twice(monkeypatch, capsys, typed, code, err):
+    answers: Iterator[str] = iter(typed)
+    prompts: list[str] = []
+
+    def getpass(prompt: str) -> str:
+        prompts.append(prompt)
+        return next(answers)
+
+    monkeypatch.setattr(cli.getpass, "getpass", getpass)
+    assert hash_password_with(monkeypatch, Terminal()) == code
+    out, got_err = capsys.readouterr()
+    assert got_err == err and prompts == ["VASP password: ", "again: "]
+    assert password_matches(out.strip(), "s3cret") is (code == 0)
+
+
+# The installed script ---------------------------------------------------------
+
+
+async def run_script(*args: str) -> tuple[str, str, int]:
+    out, err, code = await getProcessOutputAndValue(
+        MM7TX, args, env={}, reactor=reactor
+    ).addTimeout(30, reactor)
     return out.decode(), err.decode(), code
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_command_submits_and_prints_the_answer(tmp_path):
-    mmsc = RecordingMMSC()
-    port, base = await serve(build_root({"/mm7/": MM7Resource(mmsc, "/mm7/", "mmsc")}))
-    photo = tmp_path / "photo.jpg"
-    photo.write_bytes(JPEG)
-    try:
-        out, err, code = await run_cli(
-            "submit",
-            base + "/mm7",
-            "--from",
-            "12345",
-            "--to",
-            "+15551234567",
-            "--to",
-            "alice@example.com",
-            "--bcc",
-            "bob@example.com",
-            "--subject",
-            "News",
-            "--text",
-            "Hello",
-            "--attach",
-            str(photo),
-            "--smil",
-            "auto",
-            "--delivery-report",
-            "--linked-id",
-            "L9",
-            "--service-code",
-            "gold",
-            "--user",
-            "vasp1",
-            "--mm7-version",
-            "5.3.0",
-            "--namespace",
-            "REL-5-MM7-1-0",
-            env={"MM7TX_PASSWORD": "pw"},
-        )
-        assert (code, err) == (0, "")
-        assert out.splitlines() == ["1000 Success", "MessageID: MID-1"]
-        [(request, transaction)] = mmsc.requests
-        assert request.sender_address == m.Address("12345", "ShortCode")
-        assert request.recipients.to[1] == m.Address(
-            "alice@example.com", "RFC2822Address"
-        )
-        assert request.recipients.bcc == (
-            m.Address("bob@example.com", "RFC2822Address"),
-        )
-        assert request.delivery_report is True and request.linked_id == "L9"
-        assert request.mm7_version == "5.3.0" and transaction.namespace.endswith(
-            "REL-5-MM7-1-0"
-        )
-        assert [p.media_type for p in request.content] == [
-            "application/smil",
-            "text/plain",
-            "image/jpeg",
+async def test_the_installed_command_helps_and_refuses_usage_errors():
+    (out, _, helped), (_, err, refused) = await defer.gatherResults(
+        [
+            defer.ensureDeferred(run_script("--help")),
+            defer.ensureDeferred(run_script("submit", "--to", "1")),
         ]
-        assert request.content[2].data == JPEG
-    finally:
-        await port.stopListening()
-
-
-@pytest_twisted.ensureDeferred
-async def test_the_command_under_load_prints_a_summary():
-    mmsc = RecordingMMSC()
-    port, base = await serve(build_root({"/mm7/": MM7Resource(mmsc, "/mm7/", "mmsc")}))
-    try:
-        out, err, code = await run_cli(
-            "submit",
-            base + "/mm7/",
-            "--to",
-            "1",
-            "--text",
-            "x",
-            "--count",
-            "25",
-            "--concurrency",
-            "3",
-        )
-        assert code == 0, err
-        lines = out.splitlines()
-        assert lines[0] == "sent 25, succeeded 25, failed 0"
-        assert lines[1] == "answers by status: 1000: 25"
-        assert lines[3].startswith("requests/s ") and lines[4].startswith(
-            "latency ms p50 "
-        )
-        assert len(mmsc.requests) == 25
-    finally:
-        await port.stopListening()
-
-
-@pytest_twisted.ensureDeferred
-async def test_the_command_exits_1_on_a_fault_and_on_no_server():
-    fault = codec.encode(
-        m.Envelope("t", m.VASPErrorRsp(m.Status(4006, "Service unavailable")))
-    )[1]
-    port, base = await serve(build_root({"/x/": Canned(500, b"text/xml", fault)}))
-    try:
-        _, err, code = await run_cli(
-            "delivery-report", base + "/x/", "--message-id", "M", "--recipient", "+1555"
-        )
-        assert code == 1 and err.strip() == "fault 4006 Service unavailable"
-    finally:
-        await port.stopListening()
-    _out, err, code = await run_cli(
-        "read-reply", base + "/x/", "--message-id", "M", "--recipient", "+1555"
     )
-    assert code == 1 and err.startswith("mm7tx: cannot connect to ")
+    assert helped == 0
+    for name in ("submit", "deliver", "delivery-report", "read-reply", "hash-password"):
+        assert name in out
+    assert refused == 2
+    assert err.startswith("usage: mm7tx submit")
+    assert "the following arguments are required: URL" in err
 
 
-@pytest_twisted.ensureDeferred
-async def test_the_command_help_and_usage_errors():
-    out, err, code = await run_cli("--help")
-    assert code == 0
-    for command in ("submit", "deliver", "delivery-report", "read-reply"):
-        assert command in out
-    out, err, code = await run_cli("submit", "http://127.0.0.1:1/mm7")
-    assert code != 0 and "at least one --to" in err
-    out, err, code = await run_cli(
-        "submit", "http://127.0.0.1:1/", "--to", "1", "--user", "u"
-    )
-    assert code == 2 and "MM7TX_PASSWORD" in err
-
-
-@pytest_twisted.ensureDeferred
-async def test_https_with_a_ca_file(tmp_path):
-    cert, key = make_certificate(tmp_path)
-    options = ssl.PrivateCertificate.loadPEM(
-        key.read_text() + cert.read_text()
-    ).options()
-    mmsc = RecordingMMSC()
-    site = Site(build_root({"/mm7/": MM7Resource(mmsc, "/mm7/", "mmsc")}))
-    port = await SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1").listen(
-        site
-    )
-    url = f"https://localhost:{port.getHost().port}/mm7/"
-    trusting = MM7Client(reactor, url, ca_file=str(cert))
-    doubting = MM7Client(reactor, url)
-    try:
-        response = await trusting.submit(SUBMIT)
-        assert response.message_id == "MID-1"
-        with pytest.raises(Unreachable) as caught:
-            await doubting.submit(SUBMIT)
-        assert str(caught.value).startswith(f"TLS with {url} failed: ")
-        assert len(mmsc.requests) == 1
-        out, err, code = await run_cli(
-            "submit", url, "--to", "1", "--text", "x", "--ca-file", str(cert)
-        )
-        assert (code, out.splitlines()[0]) == (0, "1000 Success"), err
-    finally:
-        await trusting.close()
-        await doubting.close()
-        await port.stopListening()
+def test_an_empty_summary_reads_as_zeros():
+    assert cli.Summary().lines() == [
+        "sent 0, succeeded 0, failed 0",
+        "answers by status: -",
+        "failures: -",
+        "requests/s 0.0 over 0.00 s",
+        "latency ms p50 0.0 p95 0.0 p99 0.0",
+    ]

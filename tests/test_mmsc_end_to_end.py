@@ -1,8 +1,11 @@
-"""Submit end to end: a VASP submits over real HTTP, mail reaches a real SMTP
-server, and the delivery report comes back to a real VASP endpoint."""
+"""Submit end to end: a VASP submits, mail reaches the relay, and the delivery
+report comes back to the VASP's endpoint.  Once over real HTTP and a real
+ESMTP server on loopback; the rest in memory, retries on a clock the test
+moves."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -15,12 +18,12 @@ from twisted.web.server import Site
 
 from mm7tx import codec
 from mm7tx import messages as m
-from mm7tx.auth import Account
-from mm7tx.client import HTTPError, MM7Client
+from mm7tx.client import HTTPError, MM7Client, MM7Fault
 from mm7tx.config import load
 from mm7tx.reports import DeliveryReporter
 from mm7tx.resource import build_root
 from mm7tx.service import build_service
+from mm7tx.testing import MemoryGateway, result_of
 from tests import samples
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 100
@@ -80,7 +83,7 @@ async def test_submit_mails_every_recipient_and_reports_back(relay, delivery):
         assert response.status.code == 1000 and response.message_id
         reporter = service.root.children[b"mm7"].processor.reporter  # type: ignore[attr-defined]
         assert isinstance(reporter, DeliveryReporter)
-        results = [await d for d in list(reporter.pending)]
+        results = [await d.addTimeout(20, reactor) for d in list(reporter.pending)]
         assert results == [True, True, True]
         mms, *reports = delivery.received
         assert sorted(mms.recipients) == [
@@ -113,72 +116,225 @@ async def test_submit_mails_every_recipient_and_reports_back(relay, delivery):
     finally:
         globalLogPublisher.removeObserver(events.append)
         await client.close()
-        await service.stopService()
+        await service.stopService().addTimeout(20, reactor)
 
 
-@pytest_twisted.ensureDeferred
-async def test_refused_credentials_over_http(relay, delivery):
-    http_port = await free_port()
-    service = build_service(load(config_text(http_port, relay), "e2e.conf"), reactor)
-    service.startService()
-    client = MM7Client(reactor, f"http://127.0.0.1:{http_port}/mm7", ("vasp1", "nope"))
-    try:
-        with pytest.raises(HTTPError) as caught:
-            await client.submit(
-                m.SubmitReq(recipients=m.Recipients(to=(m.Address("1"),)))
-            )
-        assert caught.value.code == 401
-        assert delivery.received == []
-    finally:
-        await client.close()
-        await service.stopService()
+# In memory ------------------------------------------------------------------
+
+VASP_URL = "http://vasp.test:9000/dr/"  # every name is 127.0.0.1 in memory
+
+CONFIG = f"""
+mm7_serv {{
+  mm7_server_default_email_from_domain = "from.example"
+  mm7_server_default_email_to_domain = "to.example"
+  mm7_vasp_uri_paths = ("/vasp/")
+  mm7_mmsc_uri_paths = ("/mm7/")
+  smtp_relay = "tcp:relay.test:25"
+  smtp_starttls = off
+  mm7_delivery_report_attempts = 4
+}}
+VASP "vasp1" {{
+  password = "secret1"
+  delivery_report_url = "{VASP_URL}"
+}}
+"""
+
+ASKING = m.SubmitReq(
+    sender_address=m.Address("12345", "ShortCode"),
+    recipients=m.Recipients(to=(m.Address("+15551234567"),)),
+    delivery_report=True,
+    subject="Statement",
+    content=(m.ContentPart("text/plain", b"Your statement", (("charset", "utf-8"),)),),
+)
 
 
-class Flaky(Resource):
-    """A VASP that answers 4006 twice, then takes the report."""
+class VASP(Resource):
+    """A VASP's delivery report endpoint: answers each post with the next
+    status of ``answers`` (the last one from then on), noting when (on the
+    clock) each post came."""
 
     isLeaf = True
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any, answers: tuple[int, ...] = (1000,)) -> None:
         super().__init__()
-        self.seen: list[m.Envelope] = []
+        self.clock = clock
+        self.answers = answers
+        self.seen: list[tuple[float, m.Envelope]] = []
+
+    @property
+    def times(self) -> list[float]:
+        return [when for when, _ in self.seen]
+
+    @property
+    def reports(self) -> list[Any]:
+        return [envelope.message for _, envelope in self.seen]
 
     def render_POST(self, request: Any) -> bytes:
         assert request.content is not None
         envelope = codec.decode(
             request.getHeader("content-type"), request.content.read()
         )
-        self.seen.append(envelope)
+        self.seen.append((self.clock.seconds(), envelope))
+        code = self.answers[min(len(self.seen), len(self.answers)) - 1]
         request.setHeader(b"content-type", b"text/xml")
-        if len(self.seen) <= 2:
+        answer: m.Response
+        if code == 1000:
+            answer = m.DeliveryReportRsp(m.Status(1000, "Success"))
+        else:
             request.setResponseCode(500)
-            status = m.Status(4006, "Service unavailable")
-            return codec.encode(
-                m.Envelope(envelope.transaction_id, m.VASPErrorRsp(status))
-            )[1]
-        rsp = m.DeliveryReportRsp(m.Status(1000, "Success"))
-        return codec.encode(m.Envelope(envelope.transaction_id, rsp))[1]
+            answer = m.VASPErrorRsp(m.Status(code, "Service unavailable"))
+        return codec.encode(m.Envelope(envelope.transaction_id, answer))[1]
 
 
-@pytest_twisted.ensureDeferred
-async def test_delivery_reports_are_retried_with_backoff():
-    vasp = Flaky()
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        Site(build_root({"/dr/": vasp}))
+def vasp_at(gateway: MemoryGateway, *answers: int) -> VASP:
+    """The VASP listening where the account's delivery_report_url points."""
+    vasp = VASP(gateway.reactor, answers or (1000,))
+    site = Site(build_root({"/dr/": vasp}), reactor=gateway.reactor)
+    gateway.reactor.listenTCP(9000, site, interface="127.0.0.1")
+    return vasp
+
+
+def submit(gateway: MemoryGateway, request: m.SubmitReq = ASKING) -> Any:
+    client = gateway.client("/mm7/", ("vasp1", "secret1"))
+    return client.submit(request)
+
+
+@pytest.fixture
+def gateway() -> MemoryGateway:
+    return MemoryGateway(CONFIG)
+
+
+def test_a_submit_asking_for_a_report_gets_forwarded_with_its_message_id(gateway):
+    vasp = vasp_at(gateway)
+    response = gateway.result(submit(gateway))
+    assert response.status.code == 1000 and response.message_id
+    [mail] = gateway.relay.accepted
+    assert mail.message["X-MM7-MessageID"] == response.message_id
+    [report] = vasp.reports
+    assert isinstance(report, m.DeliveryReportReq)
+    assert report.message_id == response.message_id
+    assert report.mm_status == "Forwarded"
+    assert report.recipient == m.Address("+15551234567", "Number")
+    assert report.sender == m.Address("12345", "ShortCode")
+    assert vasp.times == [0.0]  # no time passed: posted once the relay said 250
+    assert gateway.service.reporter is not None
+    assert gateway.service.reporter.pending == {}
+
+
+def test_a_report_per_recipient_and_none_unasked(gateway):
+    vasp = vasp_at(gateway)
+    two = dataclasses.replace(
+        ASKING,
+        recipients=m.Recipients(
+            to=(m.Address("+15551234567"),),
+            bcc=(m.Address("audit@example.com", "RFC2822Address"),),
+        ),
     )
+    response = gateway.result(submit(gateway, two))
+    assert sorted(str(r.recipient.value) for r in vasp.reports) == [
+        "+15551234567",
+        "audit@example.com",
+    ]
+    assert {r.message_id for r in vasp.reports} == {response.message_id}
+    gateway.result(submit(gateway, dataclasses.replace(ASKING, delivery_report=None)))
+    gateway.advance(60)
+    assert len(vasp.reports) == 2
+
+
+def test_a_relay_refusing_for_good_is_reported_rejected(gateway):
+    vasp = vasp_at(gateway)
+    gateway.relay.refuse("rcpt", 550)
+    with pytest.raises(MM7Fault) as caught:
+        gateway.result(submit(gateway))
+    assert caught.value.status.code == 2002
+    [report] = vasp.reports
+    assert report.mm_status == "Rejected"
+    assert report.message_id  # the MessageID the refused message would have had
+
+
+def test_a_relay_refusing_for_now_reports_nothing(gateway):
+    vasp = vasp_at(gateway)
+    gateway.relay.refuse("mail", 451)
+    with pytest.raises(MM7Fault) as caught:
+        gateway.result(submit(gateway))
+    assert caught.value.status.code == 4006  # the VASP will submit again
+    gateway.advance(60)
+    assert vasp.reports == []
+
+
+def test_delivery_reports_are_retried_with_backoff(gateway):
+    vasp = vasp_at(gateway, 4006, 4006, 1000)
+    gateway.result(submit(gateway))
+    reporter = gateway.service.reporter
+    assert reporter is not None
+    [posting] = list(reporter.pending)
+    assert vasp.times == [0.0]
+    gateway.advance(0.999)
+    assert vasp.times == [0.0]
+    gateway.advance(0.001)
+    assert vasp.times == [0.0, 1.0]  # first_delay 1 s
+    gateway.advance(1.999)
+    assert vasp.times == [0.0, 1.0]
+    gateway.advance(0.001)
+    assert vasp.times == [0.0, 1.0, 3.0]  # then 2 s
+    assert result_of(posting) is True
+    assert reporter.pending == {}
+    gateway.advance(600)
+    assert vasp.times == [0.0, 1.0, 3.0]  # answered 1000: no more
+    first, *again = vasp.reports
+    assert all(report == first for report in again)
+
+
+def test_an_unreachable_vasp_is_tried_every_attempt_then_given_up(gateway):
+    # Nothing listens at the account's URL.  Each refusal comes out of
+    # Twisted's HostnameEndpoint a moment after the attempt; the next
+    # attempt is 1, 2, 4 s after it.
+    clock = gateway.reactor
+    attempts: list[float] = []
+    connect = clock.connectTCP
+
+    def noting(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        if port == 9000:
+            attempts.append(clock.seconds())
+        return connect(host, port, *args, **kwargs)
+
+    clock.connectTCP = noting  # type: ignore[method-assign]
+    events: list[tuple[float, dict[str, Any]]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        events.append((clock.seconds(), event))
+
+    globalLogPublisher.addObserver(observe)
     try:
-        url = f"http://127.0.0.1:{port.getHost().port}/dr/"
-        reporter = DeliveryReporter(reactor, attempts=4, first_delay=0.05)
-        account = Account("v", "p", delivery_report_url=url)
-        report = m.DeliveryReportReq(
-            message_id="M1", recipient=m.Address("1"), mm_status="Rejected"
-        )
-        assert await reporter.report(account, report, m.DEFAULT_NAMESPACE) is True
-        assert len(vasp.seen) == 3
-        assert vasp.seen[-1].message == report
-        # An unreachable VASP: every attempt made, then it gives up.
-        dead = DeliveryReporter(reactor, attempts=3, first_delay=0.01)
-        gone = Account("v", "p", delivery_report_url="http://127.0.0.1:1/dr/")
-        assert await dead.report(gone, report, m.DEFAULT_NAMESPACE) is False
+        gateway.result(submit(gateway))
+        reporter = gateway.service.reporter
+        assert reporter is not None
+        [posting] = list(reporter.pending)
+        gateway.advance(60)
+        assert result_of(posting) is False
     finally:
-        await port.stopListening()
+        globalLogPublisher.removeObserver(observe)
+    retries = [(t, e) for t, e in events if "retrying in" in e.get("log_format", "")]
+    assert [e["delay"] for _, e in retries] == [1, 2, 4]  # doubling from 1 s
+    assert len(attempts) == 4  # mm7_delivery_report_attempts
+    assert attempts[0] == 0
+    waits = [
+        next_try - failed
+        for next_try, (failed, _) in zip(attempts[1:], retries, strict=True)
+    ]
+    assert waits == pytest.approx([1, 2, 4])
+    [(when, gave_up)] = [(t, e) for t, e in events if "Gave up" in e["log_format"]]
+    assert when < attempts[-1] + 1
+    assert "after 4 attempts: cannot connect to " in formatEvent(gave_up)
+    assert reporter.pending == {}
+    assert gateway.reactor.connections == 0
+
+
+def test_refused_credentials_mail_nothing(gateway):
+    vasp = vasp_at(gateway)
+    client = gateway.client("/mm7/", ("vasp1", "nope"))
+    with pytest.raises(HTTPError) as caught:
+        gateway.result(client.submit(ASKING))
+    assert caught.value.code == 401
+    assert gateway.relay.received == []
+    assert vasp.reports == []

@@ -1,0 +1,128 @@
+"""mm7tx inside another application, on the memory reactor: stopping it
+leaves nothing of its own behind, and touches nothing that is not its own."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from mm7tx import messages as m
+from mm7tx.client import MM7Client
+from mm7tx.config import load
+from mm7tx.service import IMM7Reactor, build_service
+from mm7tx.testing import MemoryReactor, MemorySMTPRelay, result_of
+
+CONFIG = """
+mm7_serv {
+  mm7_server_default_email_from_domain = "from.example"
+  mm7_server_default_email_to_domain = "to.example"
+  mm7_vasp_uri_paths = ("/vasp/")
+  mm7_mmsc_uri_paths = ("/mm7/")
+  smtp_relay = "tcp:relay.test:25"
+  smtp_starttls = off
+}
+HTTP_Listener { Listen "tcp:8080:interface=127.0.0.1" { } }
+VASP "vasp1" { password = "secret1" }
+"""
+
+DELIVER = m.DeliverReq(
+    sender=m.Address("+447700900123"),
+    recipients=m.Recipients(to=(m.Address("7255", "ShortCode"),)),
+    subject="Entry",
+    content=(m.ContentPart("text/plain", b"my photo", (("charset", "utf-8"),)),),
+)
+
+
+class Hello(Resource):
+    """The other application: counts and greets."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.served = 0
+
+    def render_GET(self, request: Any) -> bytes:
+        self.served += 1
+        return b"hello %d" % self.served
+
+
+def owner(call: Any) -> Any:
+    """The object a delayed call belongs to (a bound method's self)."""
+    func = call.func
+    return getattr(func, "__self__", getattr(func, "f", func))
+
+
+def test_stopping_the_parent_leaves_nothing_of_mm7tx_and_spares_the_other():
+    reactor = MemoryReactor()
+    relay = MemorySMTPRelay(reactor)
+    mm7 = build_service(load(CONFIG, "cohosted.conf"), cast(IMM7Reactor, reactor))
+    hello = Hello()
+    other_site = Site(hello, reactor=reactor)
+    other = strports.service("tcp:8081", other_site, reactor=reactor)
+    application = MultiService()
+    mm7.setServiceParent(application)
+    other.setServiceParent(application)
+    application.startService()
+
+    # Traffic through both: a DeliverReq mailed through the relay, on a
+    # keep-alive connection, and a page of the other application on another.
+    mm7_client = MM7Client(reactor, "http://127.0.0.1:8080/vasp/")
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    browser = Agent(reactor, pool=pool)
+
+    def get() -> defer.Deferred[bytes]:
+        d = browser.request(b"GET", b"http://127.0.0.1:8081/")
+        body: defer.Deferred[bytes] = d.addCallback(readBody)
+        return body
+
+    answer = mm7_client.deliver(DELIVER)
+    page = get()
+    reactor.flush()
+    assert result_of(answer).status.code == 1000
+    assert result_of(page) == b"hello 1"
+    assert len(relay.accepted) == 1
+    # Open and idle now: an SMTP session with its idle timer, an HTTP
+    # keep-alive connection to each site.
+    assert len(relay.open_sessions) == 1
+    assert len(mm7.site.channels) == 1
+    assert reactor.connections == 3
+
+    def the_others(call: Any) -> bool:
+        """The other application's timers, and the test's own clients' (a
+        pool keeps a timer for a connection the server closed until it
+        would have used it again)."""
+        mine = owner(call)
+        return mine in (pool, mm7_client.pool) or getattr(mine, "site", None) is (
+            other_site
+        )
+
+    assert [c for c in reactor.getDelayedCalls() if not the_others(c)]
+
+    stopped = application.stopService()
+    reactor.flush()  # no time needed: nothing was in flight
+    result_of(stopped)
+
+    # Nothing of mm7tx is left: no connection, no timer.
+    assert relay.open_sessions == []
+    assert mm7.site.channels == set()
+    assert mm7.sender.connections == 0  # type: ignore[attr-defined]
+    assert reactor.connections == 1  # the other application's
+    assert [c for c in reactor.getDelayedCalls() if not the_others(c)] == []
+    assert [key for key in reactor._listeners if key[1] in (8080, 8081)] == []
+    # The other application's connection still serves until it is closed.
+    page = get()
+    reactor.flush()
+    assert result_of(page) == b"hello 2"
+    closing = [pool.closeCachedConnections(), mm7_client.close()]
+    reactor.flush()
+    for d in closing:
+        result_of(d)
+    assert reactor.connections == 0
+    assert [c for c in reactor.getDelayedCalls() if not the_others(c)] == []
