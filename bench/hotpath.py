@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mm7tx import codec
 from mm7tx import messages as m
 from mm7tx.processors import AddressRules, EmailProcessor
-from mm7tx.senders import wire_bytes
 from mm7tx.testing import FakeMailSender
 from mm7tx.transaction import Transaction
+from mm7tx.wire import wire_bytes
 
 
 def per_call_ms(function: Callable[[], object], count: int) -> float:

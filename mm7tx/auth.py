@@ -23,6 +23,7 @@ from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorThreads
 from zope.interface import Attribute, Interface, implementer
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -134,7 +135,7 @@ class PasswordChecker:
 
     credentialInterfaces = (credentials.IUsernamePassword,)
 
-    def __init__(self, accounts: dict[str, Account], reactor: Any = None) -> None:
+    def __init__(self, accounts: dict[str, Account], reactor: IReactorThreads) -> None:
         self.accounts = accounts
         self.reactor = reactor
         self._verified: set[bytes] = set()
@@ -147,7 +148,7 @@ class PasswordChecker:
             hmac.compare_digest(b"-", given.encode())  # as long as a plain check
             return _refused()
         stored = account.password
-        if not stored.startswith("scrypt$") or self.reactor is None:
+        if not stored.startswith("scrypt$"):
             return (
                 defer.succeed(name) if password_matches(stored, given) else _refused()
             )
@@ -201,7 +202,7 @@ class AccountRealm:
         return IVASPAccount, VASPAvatar(self.accounts[avatarId]), lambda: None
 
 
-def portal_for(accounts: tuple[Account, ...], reactor: Any = None) -> Portal:
+def portal_for(accounts: tuple[Account, ...], reactor: IReactorThreads) -> Portal:
     """A Portal over the VASP accounts, with password and IP checkers."""
     by_name = {account.name: account for account in accounts}
     return Portal(

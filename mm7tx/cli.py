@@ -27,6 +27,8 @@ from typing import Any, NoReturn
 from xml.sax.saxutils import quoteattr
 
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IAgent
 
 from mm7tx import messages as m
 from mm7tx.auth import hash_password
@@ -406,14 +408,19 @@ def _describe(response: m.Response) -> list[str]:
     return lines
 
 
-async def run(reactor: Any, args: argparse.Namespace) -> int:
+async def run(
+    reactor: IReactorTime, args: argparse.Namespace, agent: IAgent | None = None
+) -> int:
+    """The ``mm7tx`` command's request(s); the exit status.  ``agent``, if
+    given, carries them (an in-memory one in tests) instead of a new one on
+    ``reactor``."""
     password = args.password or os.environ.get("MM7TX_PASSWORD")
     if args.user and password is None:
         print("mm7tx: --user needs --password or MM7TX_PASSWORD", file=sys.stderr)
         return 2
     request = build_request(args)
     client = MM7Client(
-        reactor,
+        reactor if agent is None else agent,
         args.url,
         (args.user, password) if args.user and password is not None else None,
         namespace=args.namespace,
@@ -421,6 +428,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
         timeout=args.timeout,
         connections=max(1, args.concurrency),
         ca_file=args.ca_file,
+        reactor=reactor,
     )
     try:
         if args.count <= 1:

@@ -17,7 +17,7 @@ import uuid
 from typing import Any, TypeVar
 
 from twisted.internet import defer, error, ssl
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.web import http
 from twisted.web.client import (
     Agent,
@@ -107,16 +107,18 @@ class _Body:
 class MM7Client:
     """Sends MM7 requests to one URL.
 
-    ``agent_or_reactor`` is an ``IAgent`` (yours, with your TLS policy and
-    pool) or a reactor, for which the client makes an ``Agent`` with a
-    persistent ``HTTPConnectionPool`` of ``connections`` per host, checking
-    HTTPS certificates against the system CAs or ``ca_file`` (PEM).
+    ``agent_or_reactor`` is a reactor, for which the client makes an
+    ``Agent`` with a persistent ``HTTPConnectionPool`` of ``connections`` per
+    host, checking HTTPS certificates against the system CAs or ``ca_file``
+    (PEM); or an ``IAgent`` (yours, with your TLS policy and pool, or
+    :mod:`mm7tx.testing`'s in-memory one), and then ``reactor`` is the clock
+    for the timeout.
     ``credentials`` is ``(user, password)`` for HTTP Basic.
     """
 
     def __init__(
         self,
-        agent_or_reactor: Any,
+        agent_or_reactor: IAgent | IReactorTime,
         url: str,
         credentials: tuple[str, str] | None = None,
         *,
@@ -125,17 +127,18 @@ class MM7Client:
         timeout: float = 30.0,
         connections: int = 2,
         ca_file: str | None = None,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
     ) -> None:
+        self.pool: HTTPConnectionPool | None
         if IAgent.providedBy(agent_or_reactor):
-            self.agent = agent_or_reactor
+            self.agent: IAgent = agent_or_reactor  # type: ignore[assignment]
             self.pool = None
             if reactor is None:
-                from twisted.internet import reactor as global_reactor
-
-                reactor = global_reactor
+                raise TypeError(
+                    "MM7Client with an agent needs reactor= for its timeout"
+                )
         else:
-            reactor = agent_or_reactor
+            reactor = agent_or_reactor  # type: ignore[assignment]
             self.pool = HTTPConnectionPool(reactor, persistent=True)
             self.pool.maxPersistentPerHost = connections
             self.pool.retryAutomatically = False

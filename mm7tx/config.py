@@ -9,17 +9,20 @@ act on.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.python.reflect import namedAny
 
 from mm7tx.auth import Account, network
 from mm7tx.codec.soap import XMLLimits
+from mm7tx.esmtp import SMTPSettings
 from mm7tx.messages import DEFAULT_MM7_VERSION
 from mm7tx.processors import AddressRules
-from mm7tx.senders import SMTPSettings
 from mm7tx.site import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_REQUEST_SIZE,
@@ -28,10 +31,12 @@ from mm7tx.site import (
 
 
 class ConfigError(Exception):
-    """A configuration file that cannot be used; the message names file and line."""
+    """A configuration file that cannot be used; the message names file and
+    line (line 0: the whole file, or a command-line option named as source)."""
 
     def __init__(self, source: str, line: int, message: str) -> None:
-        super().__init__(f"{source}, line {line}: {message}")
+        where = f"{source}, line {line}" if line else source
+        super().__init__(f"{where}: {message}")
         self.source = source
         self.line = line
 
@@ -185,6 +190,7 @@ class Config:
         return dict(self.path_processors).get(path, self.processor)
 
 
+_DEFAULTS = Config()
 EMBEDDED = Config(
     listen=("tcp:8080",),
     rules=AddressRules(
@@ -194,26 +200,6 @@ EMBEDDED = Config(
     smtp=SMTPSettings(endpoint="maildir:Maildir"),
 )
 
-_RULES = {
-    "mm7_server_default_email_from_address": "from_address",
-    "mm7_server_default_email_from_domain": "from_domain",
-    "mm7_server_default_email_to_address": "to_address",
-    "mm7_server_default_email_to_domain": "to_domain",
-}
-_SMTP_TEXT = {
-    "smtp_relay": "endpoint",
-    "smtp_ca_file": "ca_file",
-    "smtp_tls_hostname": "tls_hostname",
-    "smtp_username": "username",
-    "smtp_password": "password",
-    "smtp_helo": "helo",
-}
-_SMTP_SECONDS = {
-    "smtp_connect_timeout": "connect_timeout",
-    "smtp_command_timeout": "command_timeout",
-    "smtp_timeout": "total_timeout",
-    "smtp_idle_timeout": "idle_timeout",
-}
 _STARTTLS = {
     "off": "off",
     "no": "off",
@@ -235,7 +221,150 @@ def normalise_endpoint(text: str) -> str:
     return f"tcp:{port}:interface={host.strip('[]').replace(':', chr(92) + ':')}"
 
 
+# Endpoint strings, checked without listening or connecting -----------------
+
+# Endpoint types whose port we check ourselves: Twisted takes tcp:99999.
+_SERVER_PORT_KINDS = ("tcp", "tcp6", "ssl")
+_CLIENT_PORT_KINDS = ("tcp", "tls", "ssl")
+# ssl: server arguments naming files that must exist and be readable.
+_SERVER_FILES = ("privateKey", "certKey", "extraCertChain", "dhParameters")
+
+
+def _fields(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """An endpoint string's type, positional and keyword arguments, split as
+    Twisted's endpoint parser does (``\\:`` is an escaped colon)."""
+    kind, *rest = re.split(r"(?<!\\):", description)
+    positional: list[str] = []
+    keywords: dict[str, str] = {}
+    for part in rest:
+        part = part.replace("\\:", ":")
+        name, equals, value = part.partition("=")
+        if equals:
+            keywords[name] = value
+        else:
+            positional.append(part)
+    return kind.lower(), positional, keywords
+
+
+def _check_port(text: str | None) -> None:
+    if text is None:
+        return
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ValueError(f"port {text!r} is not a number from 0 to 65535")
+
+
+def check_listen(description: str) -> str:
+    """A listener, as Twisted's server endpoint string (Momentum's ``:8080``
+    forms translated), checked without listening; ``ValueError`` says why not."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    endpoint = normalise_endpoint(description)
+    kind, positional, keywords = _fields(endpoint)
+    inner = endpoint
+    while kind == "haproxy" and ":" in inner:
+        inner = inner.split(":", 1)[1]
+        kind, positional, keywords = _fields(inner)
+    if kind in _SERVER_PORT_KINDS:
+        _check_port(keywords.get("port", positional[0] if positional else None))
+    for name in _SERVER_FILES:
+        path = keywords.get(name)
+        if path is not None and not os.access(path, os.R_OK):
+            problem = "it does not exist" if not os.path.exists(path) else "no access"
+            raise ValueError(f"cannot read the {name} file {path!r}: {problem}")
+    try:
+        serverFromString(MemoryReactor(), endpoint)
+    except ValueError as e:
+        if str(e).startswith("Unknown endpoint type"):
+            raise ValueError(
+                f"{description!r} is not a server endpoint (unknown type "
+                f"{kind!r}); write tcp:8080, tcp:8080:interface=127.0.0.1, "
+                "ssl:8443:privateKey=key.pem:certKey=cert.pem or :8080"
+            ) from None
+        raise ValueError(f"{description!r} is not a usable endpoint: {e}") from None
+    except IndexError:
+        if kind != "systemd":
+            raise
+        raise ValueError(
+            f"{description!r}: systemd passed no socket with that index "
+            "(LISTEN_FDS); start mm7tx from a .socket unit or with "
+            "systemd-socket-activate"
+        ) from None
+    except Exception as e:
+        raise ValueError(
+            f"{description!r} is not a usable endpoint: {type(e).__name__}: {e}"
+        ) from None
+    return endpoint
+
+
+def check_relay(description: str) -> str:
+    """``smtp_relay``: ``maildir:PATH`` or a Twisted client endpoint string,
+    checked without connecting; ``ValueError`` says why not."""
+    from twisted.internet.endpoints import clientFromString
+    from twisted.internet.testing import MemoryReactor
+
+    if description.startswith("maildir:"):
+        if not description[len("maildir:") :]:
+            raise ValueError("maildir: needs a folder, as in maildir:/var/spool/mm7")
+        return description
+    if "://" in description:
+        raise ValueError(
+            f"{description!r} is a URL, not an endpoint; write tcp:HOST:PORT, "
+            "tls:HOST:PORT (implicit TLS) or maildir:PATH"
+        )
+    kind, positional, keywords = _fields(description)
+    if kind in _CLIENT_PORT_KINDS:
+        _check_port(keywords.get("port", positional[1] if positional[1:] else None))
+    try:
+        clientFromString(MemoryReactor(), description)
+    except Exception as e:
+        reason = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        raise ValueError(
+            f"{description!r} is not a client endpoint ({reason}); write "
+            "tcp:HOST:PORT, tls:HOST:PORT (implicit TLS) or maildir:PATH"
+        ) from None
+    return description
+
+
+# One declaration per option ------------------------------------------------
+
+MM7_SERV, VASP, HTTP_LISTENER = "mm7_serv", "VASP", "HTTP_Listener"
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSpec:
+    """One option: where it goes, how it is read, and what the README says.
+
+    ``field`` is ``group.attribute``: ``config``, ``rules``
+    (:class:`AddressRules`), ``smtp`` (:class:`SMTPSettings`), ``xml``
+    (:class:`XMLLimits`) or ``account`` (:class:`Account`).  ``default`` is
+    the default written as in a file (a test loads it and checks it changes
+    nothing); ``shown`` is what the table says when there is none.  An
+    ``is_scope`` option (``Listen "…" { }``, ``Path "…" { }``) may appear
+    many times: its reader takes the scope and returns a list to add to.
+    """
+
+    name: str
+    scope: str
+    reader: Callable[[_Reader, Any], Any]
+    field: str
+    help: str
+    default: str | None = None
+    shown: str = "none"
+    unit: str = ""
+    syntax: str | None = None
+    is_scope: bool = False
+
+    def markdown_row(self) -> str:
+        name = f"`{self.syntax or self.name}`"
+        default = f"`{self.default}`{self.unit}" if self.default else self.shown
+        return f"| {name} | {default} | {self.help} |"
+
+
 class _Reader:
+    """The readers options are declared with; each raises a
+    :class:`ConfigError` at the option's line."""
+
     def __init__(self, source: str) -> None:
         self.source = source
 
@@ -294,57 +423,11 @@ class _Reader:
             raise self.error(option, f"{option.name} must be a positive number")
         return number
 
-    def account(self, scope: Scope) -> Account:
-        """A ``VASP "name" { … }`` scope."""
-        if not scope.label:
-            raise self.error(
-                scope, 'VASP needs a name: VASP "vasp1" { password = "…" }'
-            )
-        values: dict[str, Any] = {}
-        for option in scope.body:
-            name = option.name.lower()
-            if isinstance(option, Scope):
-                raise self.error(option, f"unknown VASP scope {option.name!r}")
-            if name == "password":
-                values["password"] = self.text(option)
-            elif name == "allowed_networks":
-                items = (
-                    option.value if isinstance(option.value, list) else [option.value]
-                )
-                networks = []
-                for item in items:
-                    net = network(item)
-                    if net is None:
-                        raise self.error(
-                            option, f"{item!r} is not an IP address or range"
-                        )
-                    networks.append(net)
-                values["networks"] = tuple(networks)
-            elif name == "max_message_size":
-                values["max_message_size"] = int(self.number(option))
-            elif name == "max_recipients":
-                values["max_recipients"] = int(self.number(option))
-            elif name == "rate":
-                values["rate"] = self.number(option, integer=False)
-            elif name == "delivery_report_url":
-                url = self.text(option)
-                if not url.startswith(("http://", "https://")):
-                    raise self.error(
-                        option, "delivery_report_url must be an http(s) URL"
-                    )
-                values["delivery_report_url"] = url
-            elif name == "delivery_report_user":
-                values["delivery_report_user"] = self.text(option)
-            elif name == "delivery_report_password":
-                values["delivery_report_password"] = self.text(option)
-            else:
-                raise self.error(option, f"unknown VASP option {option.name!r}")
-        if network(scope.label) is None and "password" not in values:
-            raise self.error(
-                scope,
-                f'VASP "{scope.label}" needs a password (or name it by an IP address)',
-            )
-        return Account(scope.label, **values)
+    def integer(self, option: Option) -> int:
+        return int(self.number(option))
+
+    def real(self, option: Option) -> float:
+        return self.number(option, integer=False)
 
     def boolean(self, option: Option) -> bool:
         text = self.text(option).lower()
@@ -354,157 +437,626 @@ class _Reader:
             return False
         raise self.error(option, f"{option.name} must be true or false")
 
+    def starttls(self, option: Option) -> str:
+        mode = _STARTTLS.get(self.text(option).lower())
+        if mode is None:
+            raise self.error(
+                option, "smtp_starttls must be off, opportunistic or required"
+            )
+        return mode
+
+    def relay(self, option: Option) -> str:
+        try:
+            return check_relay(self.text(option))
+        except ValueError as e:
+            raise self.error(option, f"smtp_relay: {e}") from None
+
+    def ca_file(self, option: Option) -> str:
+        """A PEM CA certificate, read now: a missing file stops the start."""
+        from twisted.internet import ssl
+
+        path = self.text(option)
+        try:
+            with open(path, "rb") as f:
+                ssl.Certificate.loadPEM(f.read())
+        except OSError as e:
+            raise self.error(
+                option, f"smtp_ca_file: cannot read {path!r}: {e.strerror}"
+            ) from None
+        except Exception:
+            raise self.error(
+                option, f"smtp_ca_file: {path!r} is not a PEM certificate"
+            ) from None
+        return path
+
+    def networks(self, option: Option) -> tuple[Any, ...]:
+        items = option.value if isinstance(option.value, list) else [option.value]
+        networks = []
+        for item in items:
+            net = network(item)
+            if net is None:
+                raise self.error(option, f"{item!r} is not an IP address or range")
+            networks.append(net)
+        return tuple(networks)
+
+    def url(self, option: Option) -> str:
+        """An http(s) URL with a host and no credentials (never echoed)."""
+        url = self.text(option)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.error(
+                option, "delivery_report_url must be an http(s) URL with a host"
+            )
+        if parts.username is not None or parts.password is not None:
+            raise self.error(
+                option,
+                "delivery_report_url must not carry credentials: set "
+                "delivery_report_user and delivery_report_password instead",
+            )
+        try:
+            parts.port  # noqa: B018 - raises on a port out of range
+        except ValueError:
+            raise self.error(
+                option, "delivery_report_url has a port that is not 0 to 65535"
+            ) from None
+        return url
+
+    def listen(self, scope: Scope) -> list[str]:
+        """A ``Listen "ENDPOINT" { }`` scope."""
+        if not scope.label:
+            raise self.error(scope, 'Listen needs an address: Listen ":8080" { }')
+        if scope.body:
+            raise self.error(
+                scope.body[0], f"unknown Listen option {scope.body[0].name!r}"
+            )
+        try:
+            return [check_listen(scope.label)]
+        except ValueError as e:
+            raise self.error(scope, f"Listen: {e}") from None
+
+    def path(self, scope: Scope) -> list[tuple[str, str]]:
+        """A ``Path "/p/" { processor = "…" }`` scope."""
+        if not scope.label:
+            raise self.error(scope, 'Path needs a path: Path "/p/" { processor = "…" }')
+        found = []
+        for option in scope.body:
+            if isinstance(option, Scope) or option.name.lower() != "processor":
+                raise self.error(option, f"unknown Path option {option.name!r}")
+            found.append((scope.label, self.processor(option)))
+        return found
+
+
+R = _Reader
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec(
+        "Listen",
+        HTTP_LISTENER,
+        R.listen,
+        "config.listen",
+        "sets the listeners: Twisted server endpoints (`tcp:8080`, "
+        "`tcp:8080:interface=127.0.0.1`, "
+        "`ssl:8443:privateKey=key.pem:certKey=cert.pem`) or Momentum's `:8080`, "
+        "`*:8080`, `192.0.2.1:8080`",
+        default="tcp:8080",
+        syntax='HTTP_Listener { Listen "ENDPOINT" { } ... }',
+        is_scope=True,
+    ),
+    OptionSpec(
+        "mm7_server_default_email_from_address",
+        MM7_SERV,
+        R.text,
+        "rules.from_address",
+        "From for a sender with no number, or when no from domain is set",
+    ),
+    OptionSpec(
+        "mm7_server_default_email_from_domain",
+        MM7_SERV,
+        R.text,
+        "rules.from_domain",
+        "sender Number/ShortCode → `<digits>@domain`",
+    ),
+    OptionSpec(
+        "mm7_server_default_email_to_address",
+        MM7_SERV,
+        R.text,
+        "rules.to_address",
+        "To for a recipient with no number, or when no to domain is set",
+    ),
+    OptionSpec(
+        "mm7_server_default_email_to_domain",
+        MM7_SERV,
+        R.text,
+        "rules.to_domain",
+        "recipient Number/ShortCode → `<digits>@domain`",
+    ),
+    OptionSpec(
+        "mm7_server_version",
+        MM7_SERV,
+        R.text,
+        "config.mm7_version",
+        "the MM7Version we answer with",
+        default="6.8.0",
+    ),
+    OptionSpec(
+        "mm7_vasp_uri_paths",
+        MM7_SERV,
+        R.paths,
+        "config.vasp_paths",
+        "the paths MMSCs post to; each served with and without its `/`",
+        shown="required",
+    ),
+    OptionSpec(
+        "mm7_mmsc_uri_paths",
+        MM7_SERV,
+        R.paths,
+        "config.mmsc_paths",
+        "the paths VASPs submit to (also `/mm7/account=password`)",
+        default='("/mm7/")',
+    ),
+    OptionSpec(
+        "mm7_processor",
+        MM7_SERV,
+        R.processor,
+        "config.processor",
+        "dotted name of the processor class for every path",
+        shown="the email processor",
+    ),
+    OptionSpec(
+        "Path",
+        MM7_SERV,
+        R.path,
+        "config.path_processors",
+        "the processor for one path (a VASP or MMSC path)",
+        shown="",
+        syntax='Path "/p/" { processor = "…" }',
+        is_scope=True,
+    ),
+    OptionSpec(
+        "mm7_keep_smil",
+        MM7_SERV,
+        R.boolean,
+        "config.keep_smil",
+        "keep the SMIL part in the email",
+        default="false",
+    ),
+    OptionSpec(
+        "mm7_delivery_report_attempts",
+        MM7_SERV,
+        R.integer,
+        "config.delivery_report_attempts",
+        "tries to post a delivery report back (1 s, 2 s, 4 s … apart, at most 300 s)",
+        default="8",
+    ),
+    OptionSpec(
+        "mm7_max_request_size",
+        MM7_SERV,
+        R.integer,
+        "config.max_request_size",
+        "larger `Content-Length` → 413 before the body is read; a chunked body is "
+        "cut off at the limit (`K`, `M` suffixes)",
+        default="5M",
+    ),
+    OptionSpec(
+        "mm7_request_timeout",
+        MM7_SERV,
+        R.seconds,
+        "config.request_timeout",
+        "a request must arrive whole within this of its first byte (slowloris) "
+        "→ 408 and close",
+        default="30",
+        unit=" s",
+    ),
+    OptionSpec(
+        "mm7_idle_timeout",
+        MM7_SERV,
+        R.seconds,
+        "config.idle_timeout",
+        "idle keep-alive connections are closed",
+        default="60",
+        unit=" s",
+    ),
+    OptionSpec(
+        "mm7_max_transactions",
+        MM7_SERV,
+        R.integer,
+        "config.max_transactions",
+        "transactions in flight; past it → 4006 at once, never an endless queue",
+        default="200",
+    ),
+    OptionSpec(
+        "mm7_drain_timeout",
+        MM7_SERV,
+        R.seconds,
+        "config.drain_timeout",
+        "on SIGTERM, how long in-flight transactions may take to finish",
+        default="30",
+        unit=" s",
+    ),
+    OptionSpec(
+        "mm7_xml_max_depth",
+        MM7_SERV,
+        R.integer,
+        "xml.max_depth",
+        "how deep a SOAP document may be → 2007 beyond",
+        default="32",
+    ),
+    OptionSpec(
+        "mm7_xml_max_elements",
+        MM7_SERV,
+        R.integer,
+        "xml.max_elements",
+        "how many elements a SOAP document may have → 2007 beyond",
+        default="10000",
+    ),
+    OptionSpec(
+        "smtp_relay",
+        MM7_SERV,
+        R.relay,
+        "smtp.endpoint",
+        "where mail goes: a client endpoint (`tcp:HOST:PORT`, `tls:HOST:PORT` for "
+        "implicit TLS) or `maildir:PATH`",
+        default="tcp:127.0.0.1:25",
+    ),
+    OptionSpec(
+        "smtp_starttls",
+        MM7_SERV,
+        R.starttls,
+        "smtp.starttls",
+        "`off`, `opportunistic` (when offered; certificate checked only with "
+        "`smtp_ca_file`), `required` (certificate checked)",
+        default="opportunistic",
+    ),
+    OptionSpec(
+        "smtp_ca_file",
+        MM7_SERV,
+        R.ca_file,
+        "smtp.ca_file",
+        "PEM CA to check the relay's certificate (read at start)",
+        shown="system CAs",
+    ),
+    OptionSpec(
+        "smtp_tls_hostname",
+        MM7_SERV,
+        R.text,
+        "smtp.tls_hostname",
+        "the name the relay's certificate must carry",
+        shown="endpoint host",
+    ),
+    OptionSpec(
+        "smtp_username",
+        MM7_SERV,
+        R.text,
+        "smtp.username",
+        "AUTH (CRAM-MD5, LOGIN, PLAIN), required once set; needs `smtp_password`",
+    ),
+    OptionSpec(
+        "smtp_password",
+        MM7_SERV,
+        R.text,
+        "smtp.password",
+        "the AUTH password; needs `smtp_username`",
+    ),
+    OptionSpec(
+        "smtp_helo",
+        MM7_SERV,
+        R.text,
+        "smtp.helo",
+        "our EHLO name",
+        shown="`localhost`",
+    ),
+    OptionSpec(
+        "smtp_connect_timeout",
+        MM7_SERV,
+        R.seconds,
+        "smtp.connect_timeout",
+        "to connect to the relay",
+        default="10",
+        unit=" s",
+    ),
+    OptionSpec(
+        "smtp_command_timeout",
+        MM7_SERV,
+        R.seconds,
+        "smtp.command_timeout",
+        "to wait for each relay reply",
+        default="60",
+        unit=" s",
+    ),
+    OptionSpec(
+        "smtp_timeout",
+        MM7_SERV,
+        R.seconds,
+        "smtp.total_timeout",
+        "for the whole message",
+        default="120",
+        unit=" s",
+    ),
+    OptionSpec(
+        "smtp_max_connections",
+        MM7_SERV,
+        R.integer,
+        "smtp.max_connections",
+        "SMTP sessions open at once; more messages wait within `smtp_timeout`",
+        default="20",
+    ),
+    OptionSpec(
+        "smtp_idle_timeout",
+        MM7_SERV,
+        R.seconds,
+        "smtp.idle_timeout",
+        "an unused pooled SMTP session is closed",
+        default="30",
+        unit=" s",
+    ),
+    OptionSpec(
+        "password",
+        VASP,
+        R.text,
+        "account.password",
+        "plain text, or a salted hash made by `mm7tx hash-password`",
+        shown="required unless the name is an address",
+    ),
+    OptionSpec(
+        "allowed_networks",
+        VASP,
+        R.networks,
+        "account.networks",
+        "source addresses/ranges that may use the account, e.g. "
+        '`("192.0.2.0/24" "2001:db8::/32")`',
+        shown="any",
+    ),
+    OptionSpec(
+        "max_message_size",
+        VASP,
+        R.integer,
+        "account.max_message_size",
+        "largest request in bytes (`K`, `M` suffixes) → 2004 above it",
+    ),
+    OptionSpec(
+        "max_recipients",
+        VASP,
+        R.integer,
+        "account.max_recipients",
+        "most To+Cc+Bcc per SubmitReq → 2001 above it",
+    ),
+    OptionSpec(
+        "rate",
+        VASP,
+        R.real,
+        "account.rate",
+        'requests per second → 4006 "Rate limit of N requests/s exceeded" above it',
+    ),
+    OptionSpec(
+        "delivery_report_url",
+        VASP,
+        R.url,
+        "account.delivery_report_url",
+        "where to post `DeliveryReportReq` when a SubmitReq asks for a delivery "
+        "report: an http(s) URL without credentials",
+    ),
+    OptionSpec(
+        "delivery_report_user",
+        VASP,
+        R.text,
+        "account.delivery_report_user",
+        "HTTP Basic user for that post",
+    ),
+    OptionSpec(
+        "delivery_report_password",
+        VASP,
+        R.text,
+        "account.delivery_report_password",
+        "HTTP Basic password for that post; needs `delivery_report_user`",
+    ),
+)
+del R
+
+_BY_SCOPE: dict[str, dict[str, OptionSpec]] = {}
+for _option in OPTIONS:
+    _BY_SCOPE.setdefault(_option.scope, {})[_option.name.lower()] = _option
+
+
+def options_markdown(scope: str) -> str:
+    """The README's text for one scope's options, generated from
+    :data:`OPTIONS` so the documentation cannot drift from the parser."""
+    specs = [spec for spec in OPTIONS if spec.scope == scope]
+    if scope == HTTP_LISTENER:
+        [spec] = specs
+        return f"`{spec.syntax}` {spec.help} (default `{spec.default}`).\n"
+    lines = [f"| option (in `{scope}`) | default | meaning |", "|---|---|---|"]
+    lines += [spec.markdown_row() for spec in specs]
+    return "\n".join(lines) + "\n"
+
+
+def fill_option_tables(markdown: str) -> str:
+    """``markdown`` with the text between ``<!-- options:SCOPE -->`` and
+    ``<!-- /options -->`` replaced by :func:`options_markdown` (how the
+    README is kept up to date)."""
+
+    def fill(match: re.Match[str]) -> str:
+        table = options_markdown(match.group(2))
+        return f"{match.group(1)}\n\n{table}\n<!-- /options -->"
+
+    return re.sub(
+        r"(<!-- options:(\w+) -->)\n.*?<!-- /options -->", fill, markdown, flags=re.S
+    )
+
+
+# Reading the tree ----------------------------------------------------------
+
+
+class _Values:
+    """What the options of a scope set, by group, and the line of each."""
+
+    def __init__(self, reader: _Reader) -> None:
+        self.reader = reader
+        self.groups: dict[str, dict[str, Any]] = {}
+        self.lines: dict[str, int] = {}
+
+    def read(self, scope: Scope, scope_name: str) -> None:
+        specs = _BY_SCOPE[scope_name]
+        for entry in scope.body:
+            spec = specs.get(entry.name.lower())
+            if spec is None or spec.is_scope != isinstance(entry, Scope):
+                kind = "scope" if isinstance(entry, Scope) else "option"
+                if scope_name == HTTP_LISTENER:
+                    kind = "entry"
+                raise self.reader.error(
+                    entry, f"unknown {scope_name} {kind} {entry.name!r}"
+                )
+            group, attribute = spec.field.split(".")
+            values = self.groups.setdefault(group, {})
+            if spec.is_scope:
+                values.setdefault(attribute, []).extend(spec.reader(self.reader, entry))
+            else:
+                values[attribute] = spec.reader(self.reader, entry)
+            self.lines[spec.name] = entry.line
+
+    def get(self, group: str) -> dict[str, Any]:
+        return self.groups.get(group, {})
+
 
 def load(text: str, source: str = "<config>") -> Config:
     """Read a configuration text into a :class:`Config`."""
     reader = _Reader(source)
-    listen: list[str] = []
-    rules: dict[str, Any] = {}
-    smtp: dict[str, Any] = {}
-    values: dict[str, Any] = {}
-    path_processors: list[tuple[str, str]] = []
-    vasps: list[Account] = []
-    xml: dict[str, int] = {}
-    seen_mm7 = False
-    for item in parse(text, source):
+    top = _Values(reader)
+    mm7_servs: list[Scope] = []
+    vasps: list[tuple[Scope, Account]] = []
+    for item in parse(text.removeprefix("\ufeff"), source):
         kind = item.name.lower()
         if isinstance(item, Option):
             raise reader.error(item, f"unknown top-level option {item.name!r}")
         if kind == "http_listener":
-            for entry in item.body:
-                if isinstance(entry, Scope) and entry.name.lower() == "listen":
-                    if not entry.label:
-                        raise reader.error(
-                            entry, 'Listen needs an address: Listen ":8080" { }'
-                        )
-                    if entry.body:
-                        raise reader.error(
-                            entry.body[0],
-                            f"unknown Listen option {entry.body[0].name!r}",
-                        )
-                    listen.append(normalise_endpoint(entry.label))
-                else:
-                    raise reader.error(
-                        entry, f"unknown HTTP_Listener entry {entry.name!r}"
-                    )
+            top.read(item, HTTP_LISTENER)
         elif kind == "vasp":
-            vasps.append(reader.account(item))
+            vasps.append((item, _account(reader, item)))
         elif kind == "mm7_serv":
-            seen_mm7 = True
-            for entry in item.body:
-                name = entry.name.lower()
-                if isinstance(entry, Scope):
-                    if name != "path" or not entry.label:
-                        raise reader.error(
-                            entry, f"unknown mm7_serv scope {entry.name!r}"
-                        )
-                    for option in entry.body:
-                        if (
-                            isinstance(option, Scope)
-                            or option.name.lower() != "processor"
-                        ):
-                            raise reader.error(
-                                option, f"unknown Path option {option.name!r}"
-                            )
-                        path_processors.append((entry.label, reader.processor(option)))
-                elif name in _RULES:
-                    rules[_RULES[name]] = reader.text(entry)
-                elif name in _SMTP_TEXT:
-                    smtp[_SMTP_TEXT[name]] = reader.text(entry)
-                elif name in _SMTP_SECONDS:
-                    smtp[_SMTP_SECONDS[name]] = reader.seconds(entry)
-                elif name == "smtp_starttls":
-                    mode = _STARTTLS.get(reader.text(entry).lower())
-                    if mode is None:
-                        raise reader.error(
-                            entry,
-                            "smtp_starttls must be off, opportunistic or required",
-                        )
-                    smtp["starttls"] = mode
-                elif name == "mm7_server_version":
-                    values["mm7_version"] = reader.text(entry)
-                elif name == "mm7_vasp_uri_paths":
-                    values["vasp_paths"] = reader.paths(entry)
-                elif name == "mm7_mmsc_uri_paths":
-                    values["mmsc_paths"] = reader.paths(entry)
-                elif name == "mm7_delivery_report_attempts":
-                    values["delivery_report_attempts"] = int(reader.number(entry))
-                elif name == "mm7_max_request_size":
-                    values["max_request_size"] = int(reader.number(entry))
-                elif name == "mm7_request_timeout":
-                    values["request_timeout"] = reader.seconds(entry)
-                elif name == "mm7_idle_timeout":
-                    values["idle_timeout"] = reader.seconds(entry)
-                elif name == "mm7_max_transactions":
-                    values["max_transactions"] = int(reader.number(entry))
-                elif name == "mm7_drain_timeout":
-                    values["drain_timeout"] = reader.seconds(entry)
-                elif name == "mm7_xml_max_depth":
-                    xml["max_depth"] = int(reader.number(entry))
-                elif name == "mm7_xml_max_elements":
-                    xml["max_elements"] = int(reader.number(entry))
-                elif name == "smtp_max_connections":
-                    smtp["max_connections"] = int(reader.number(entry))
-                elif name == "mm7_processor":
-                    values["processor"] = reader.processor(entry)
-                elif name == "mm7_keep_smil":
-                    values["keep_smil"] = reader.boolean(entry)
-                else:
-                    raise reader.error(entry, f"unknown mm7_serv option {entry.name!r}")
+            mm7_servs.append(item)
+            top.read(item, MM7_SERV)
         else:
             raise reader.error(item, f"unknown scope {item.name!r}")
-    if not seen_mm7:
+    if not mm7_servs:
         raise ConfigError(source, 1, "no mm7_serv { } scope")
+    mm7_serv = mm7_servs[0]
+    values = top.get("config")
+    smtp = top.get("smtp")
+
+    def line(option: str) -> int:
+        return top.lines.get(option, mm7_serv.line)
+
     if not values.get("vasp_paths"):
-        raise ConfigError(source, 1, "mm7_vasp_uri_paths is required in mm7_serv")
-    for path, _ in path_processors:
-        if path not in values["vasp_paths"] + values.get("mmsc_paths", ("/mm7/",)):
-            raise ConfigError(
-                source, 1, f"Path {path!r} is not a configured VASP or MMSC path"
-            )
-    names = [vasp.name for vasp in vasps]
-    for vasp in vasps:
-        if names.count(vasp.name) > 1:
-            raise ConfigError(source, 1, f'VASP "{vasp.name}" is defined twice')
-    overlap = set(values.get("vasp_paths", ())) & set(
-        values.get("mmsc_paths", ("/mm7/",))
-    )
-    if overlap:
         raise ConfigError(
-            source, 1, f"{sorted(overlap)[0]} is both a VASP path and an MMSC path"
+            source,
+            line("mm7_vasp_uri_paths"),
+            "mm7_vasp_uri_paths is required in mm7_serv",
         )
+    vasp_paths = values["vasp_paths"]
+    mmsc_paths = values.get("mmsc_paths", _DEFAULTS.mmsc_paths)
+    overlap = sorted(set(vasp_paths) & set(mmsc_paths))
+    if overlap:
+        # The later of the two options is at fault (the VASP one if the MMSC
+        # paths are the default).
+        at = max(line("mm7_vasp_uri_paths"), top.lines.get("mm7_mmsc_uri_paths", 0))
+        raise ConfigError(
+            source, at, f"{overlap[0]} is both a VASP path and an MMSC path"
+        )
+    for entry in (entry for scope in mm7_servs for entry in scope.body):
+        # The Path scopes, the only scopes there.
+        if isinstance(entry, Scope) and entry.label not in vasp_paths + mmsc_paths:
+            raise ConfigError(
+                source,
+                entry.line,
+                f"Path {entry.label!r} is not a configured VASP or MMSC path",
+            )
     if "username" in smtp and "password" not in smtp:
-        raise ConfigError(source, 1, "smtp_username is set but smtp_password is not")
+        raise ConfigError(
+            source,
+            line("smtp_username"),
+            "smtp_username is set but smtp_password is not",
+        )
+    if "password" in smtp and "username" not in smtp:
+        raise ConfigError(
+            source,
+            line("smtp_password"),
+            "smtp_password is set but smtp_username is not",
+        )
+    seen: set[str] = set()
+    for scope, vasp in vasps:
+        if vasp.name in seen:
+            raise ConfigError(
+                source, scope.line, f'VASP "{vasp.name}" is defined twice'
+            )
+        seen.add(vasp.name)
     return Config(
-        listen=tuple(listen) or ("tcp:8080",),
-        rules=AddressRules(**rules),
+        listen=tuple(values.pop("listen", ())) or _DEFAULTS.listen,
+        rules=AddressRules(**top.get("rules")),
         smtp=SMTPSettings(**smtp),
-        path_processors=tuple(path_processors),
-        vasps=tuple(vasps),
-        xml_limits=XMLLimits(**xml),
+        path_processors=tuple(values.pop("path_processors", ())),
+        vasps=tuple(vasp for _, vasp in vasps),
+        xml_limits=XMLLimits(**top.get("xml")),
         source=source,
         **values,
     )
 
 
+def _account(reader: _Reader, scope: Scope) -> Account:
+    """A ``VASP "name" { … }`` scope."""
+    if not scope.label:
+        raise reader.error(scope, 'VASP needs a name: VASP "vasp1" { password = "…" }')
+    found = _Values(reader)
+    found.read(scope, VASP)
+    values = found.get("account")
+    if network(scope.label) is None and "password" not in values:
+        raise reader.error(
+            scope,
+            f'VASP "{scope.label}" needs a password (or name it by an IP address)',
+        )
+    if "delivery_report_password" in values and "delivery_report_user" not in values:
+        raise ConfigError(
+            reader.source,
+            found.lines["delivery_report_password"],
+            "delivery_report_password is set but delivery_report_user is not",
+        )
+    return Account(scope.label, **values)
+
+
 def load_file(path: str) -> Config:
     """Read a configuration file; :class:`ConfigError` names the file on error."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise ConfigError(path, 0, f"cannot read the file: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(path, 0, "the file is not UTF-8 text") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            path, line, f"the file is not UTF-8 text (byte 0x{data[e.start]:02x})"
+        ) from None
     return load(text, path)
 
 
 def with_overrides(
     config: Config, listen: list[str] | None = None, smtp_relay: str | None = None
 ) -> Config:
-    """The command line's ``--listen`` and ``--smtp-relay`` over the file."""
+    """The command line's ``--listen`` and ``--smtp-relay`` over the file.
+
+    Each is checked as the file's options are; a :class:`ConfigError` names
+    the command-line option.
+    """
     if listen:
-        config = replace(config, listen=tuple(normalise_endpoint(e) for e in listen))
+        endpoints = []
+        for endpoint in listen:
+            try:
+                endpoints.append(check_listen(endpoint))
+            except ValueError as e:
+                raise ConfigError("--listen", 0, str(e)) from None
+        config = replace(config, listen=tuple(endpoints))
     if smtp_relay:
+        try:
+            check_relay(smtp_relay)
+        except ValueError as e:
+            raise ConfigError("--smtp-relay", 0, str(e)) from None
         config = replace(config, smtp=replace(config.smtp, endpoint=smtp_relay))
     return config

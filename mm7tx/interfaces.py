@@ -9,6 +9,7 @@ a transaction the processor does not provide.  Each method returns a Deferred
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
         SubmitReq,
         SubmitRsp,
     )
-    from mm7tx.senders import SendResult
     from mm7tx.transaction import Transaction
 
 
@@ -89,10 +89,18 @@ class IReplaceProcessor(Interface):
         """Process a ReplaceReq; fire with the ReplaceRsp."""
 
 
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What the relay did with each recipient of an accepted message."""
+
+    accepted: tuple[str, ...]
+    refused: tuple[tuple[str, int, str], ...] = ()
+
+
 class IMailSender(Interface):
     """Hands a finished email to whatever delivers it (an SMTP relay, a Maildir).
 
-    ``send`` fires with a :class:`mm7tx.senders.SendResult` only once the
+    ``send`` fires with a :class:`SendResult` only once the
     message is durably accepted for at least one recipient, and fails with
     :class:`mm7tx.errors.MM7Error` otherwise (4006 for anything transient).
     """
@@ -103,3 +111,7 @@ class IMailSender(Interface):
         sender: str, recipients: list[str], message: EmailMessage
     ) -> Deferred[SendResult]:
         """Deliver ``message`` from envelope ``sender`` to ``recipients``."""
+
+    def close() -> Deferred[None]:
+        """Stop: release connections and timers; fires once done.  Called
+        when the service stops, after the transactions in flight."""

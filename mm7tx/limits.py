@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 
 class RateLimiter:
     """A token bucket per account: ``rate`` requests per second, with a burst
     of one second's worth (at least one request)."""
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
 
@@ -55,7 +54,8 @@ class TransactionGate:
         if self.in_flight == 0:
             waiting, self._waiting = self._waiting, []
             for d in waiting:
-                d.callback(None)
+                if not d.called:  # a drain that timed out cancelled it
+                    d.callback(None)
 
     def close(self) -> None:
         self.closed = True

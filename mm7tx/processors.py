@@ -35,6 +35,7 @@ from mm7tx.interfaces import (
     IMailSender,
     IReadReplyProcessor,
     ISubmitProcessor,
+    SendResult,
 )
 from mm7tx.messages import (
     Address,
@@ -52,9 +53,9 @@ from mm7tx.messages import (
     SubmitRsp,
 )
 from mm7tx.reports import DeliveryReporter
-from mm7tx.senders import HEADER_CLASSES, RawHeaderPolicy, SendResult
 from mm7tx.status import StatusCode
 from mm7tx.transaction import Transaction
+from mm7tx.wire import HEADER_CLASSES, RawHeaderPolicy
 
 log = Logger()
 

@@ -10,8 +10,10 @@ outcome is logged either way.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mm7tx import messages as m
@@ -27,7 +29,7 @@ class DeliveryReporter:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         attempts: int = 8,
         first_delay: float = 1.0,
         max_delay: float = 300.0,
@@ -38,20 +40,50 @@ class DeliveryReporter:
         self.first_delay = first_delay
         self.max_delay = max_delay
         self.timeout = timeout
-        self.pending: set[defer.Deferred[bool]] = set()
+        # Each report being posted: its MessageID and URL, for the log.
+        self.pending: dict[defer.Deferred[bool], tuple[str, str]] = {}
+        self._stopped = False
 
     def report(
         self, account: Account, request: m.DeliveryReportReq, namespace: str
     ) -> defer.Deferred[bool]:
         """Post ``request`` to the account's URL; fires True once answered 1000."""
         d = defer.ensureDeferred(self._post(account, request, namespace))
-        self.pending.add(d)
+        if d.called:
+            return d
+        url = _without_credentials(account.delivery_report_url or "")
+        self.pending[d] = (request.message_id or "-", url)
 
         def done(result: Any) -> Any:
-            self.pending.discard(d)
+            self.pending.pop(d, None)
             return result
 
         return d.addBoth(done)
+
+    def stop(self, timeout: float) -> defer.Deferred[None]:
+        """Let the reports being posted finish within ``timeout`` seconds;
+        cancel the rest (their retries too), logging each as abandoned."""
+        if not self.pending:
+            return defer.succeed(None)
+        finished = defer.DeferredList(list(self.pending), consumeErrors=True)
+        timer = self.reactor.callLater(timeout, self._abandon)
+
+        def done(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return finished.addCallback(done)
+
+    def _abandon(self) -> None:
+        self._stopped = True  # no retry after the cancelled attempt
+        for d, (message_id, url) in list(self.pending.items()):
+            log.warn(
+                "Abandoned delivery report {message_id} to {url}: "
+                "still not answered when the service stopped",
+                message_id=message_id,
+                url=url,
+            )
+            d.cancel()
 
     async def _post(
         self, account: Account, request: m.DeliveryReportReq, namespace: str
@@ -106,6 +138,8 @@ class DeliveryReporter:
                         code=response.status.code,
                     )
                     return response.status.is_success
+                if self._stopped:
+                    raise defer.CancelledError()
                 if attempt < self.attempts:
                     log.info(
                         "Delivery report {message_id} for {vasp}: {error}; "
@@ -128,3 +162,11 @@ class DeliveryReporter:
             return False
         finally:
             await client.close()
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` with any ``user:password@`` taken out, for the log."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))

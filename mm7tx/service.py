@@ -1,16 +1,24 @@
 """Building the running service from a :class:`~mm7tx.config.Config`.
 
-:func:`build_resources` gives the resource tree alone (to mount in another
-site); :func:`build_service` gives a ``MultiService`` with one HTTP listener
-per endpoint, to run under ``twistd mm7`` or inside any other application.
+:func:`build_service` is the one wiring point: every listener, timer, SMTP
+session and HTTP client it makes runs on the reactor it is given, so the
+same service runs under ``twistd mm7``, inside any other application, or in
+memory on :mod:`mm7tx.testing`'s reactor.  :func:`build_resources` gives the
+resource tree alone, to mount in another site.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service, strports
 from twisted.internet import defer
+from twisted.internet.interfaces import (
+    IReactorCore,
+    IReactorTCP,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.python.reflect import namedAny
 from twisted.web.resource import Resource
@@ -26,6 +34,21 @@ from mm7tx.senders import sender_for
 from mm7tx.site import MM7Site
 
 log = Logger()
+
+# Seconds to close the HTTP connections and the SMTP pool on stop, beyond
+# the drain if that ran out.
+CLOSE_GRACE = 5.0
+
+if TYPE_CHECKING:
+
+    class IMM7Reactor(IReactorCore, IReactorTime, IReactorTCP, IReactorThreads):
+        """What mm7tx needs of a reactor, as one make-believe interface (the
+        way ``twisted.internet`` types its global reactor): every real
+        reactor provides these, and so does ``mm7tx.testing.MemoryReactor``.
+        Pass the global reactor as ``cast(IMM7Reactor, reactor)``."""
+
+else:
+    IMM7Reactor = Any
 
 
 def make_processor(
@@ -49,14 +72,17 @@ def make_processor(
 def build_resources(
     config: Config,
     sender: IMailSender,
-    reactor: Any = None,
+    reactor: IMM7Reactor,
     gate: TransactionGate | None = None,
+    reporter: DeliveryReporter | None = None,
 ) -> dict[str, Resource]:
     """One :class:`MM7Resource` per configured VASP and MMSC path.
 
     All share one :class:`TransactionGate` (the bound on transactions in
-    flight); MMSC paths share one Portal over the VASP accounts, one rate
-    limiter and one delivery reporter, and need a ``reactor`` for those.
+    flight); MMSC paths share one Portal over the VASP accounts (scrypt
+    hashes checked in the reactor's thread pool), one rate limiter on the
+    reactor's clock and one delivery reporter (made on the reactor unless
+    given).
     """
     gate = gate if gate is not None else TransactionGate(config.max_transactions)
     resources: dict[str, Resource] = {}
@@ -71,13 +97,12 @@ def build_resources(
             xml_limits=config.xml_limits,
         )
     if config.mmsc_paths:
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor
         portal = portal_for(config.vasps, reactor)
         limiter = RateLimiter(reactor)
-        reporter = DeliveryReporter(reactor, attempts=config.delivery_report_attempts)
+        if reporter is None:
+            reporter = DeliveryReporter(
+                reactor, attempts=config.delivery_report_attempts
+            )
         for path in config.mmsc_paths:
             processor = make_processor(
                 config.processor_for(path), config, sender, reporter
@@ -96,8 +121,14 @@ def build_resources(
 
 
 class MM7Service(service.MultiService):
-    """The listeners of one mm7tx configuration; logs where it listens and
-    where mail goes when it starts."""
+    """The listeners of one mm7tx configuration, and what they share.
+
+    Starting it logs where it listens and where mail goes.  Stopping it
+    stops listening, takes no new transaction, waits up to ``drain_timeout``
+    for the transactions in flight and the delivery reports still being
+    posted, then closes the HTTP connections and the SMTP pool: nothing of
+    it is left on the reactor.
+    """
 
     def __init__(
         self,
@@ -105,7 +136,8 @@ class MM7Service(service.MultiService):
         sender: IMailSender,
         root: Resource,
         gate: TransactionGate,
-        reactor: Any,
+        reactor: IMM7Reactor,
+        reporter: DeliveryReporter | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -113,15 +145,18 @@ class MM7Service(service.MultiService):
         self.root = root
         self.gate = gate
         self.reactor = reactor
+        self.reporter = reporter
         self.site = MM7Site(
             root,
+            reactor,
             max_request_size=config.max_request_size,
             request_timeout=config.request_timeout,
             idle_timeout=config.idle_timeout,
-            reactor=reactor,
         )
         for endpoint in config.listen:
-            strports.service(endpoint, self.site).setServiceParent(self)
+            strports.service(endpoint, self.site, reactor=reactor).setServiceParent(
+                self
+            )
 
     def startService(self) -> None:
         log.info(
@@ -137,10 +172,12 @@ class MM7Service(service.MultiService):
         super().startService()
 
     def stopService(self) -> defer.Deferred[None]:
-        """Stop listening, take no new transaction, and let the ones in
-        flight finish (for at most ``mm7_drain_timeout`` seconds)."""
         self.gate.close()
         stopping = super().stopService()
+        return defer.ensureDeferred(self._stop(stopping))
+
+    async def _stop(self, listeners: defer.Deferred[None] | None) -> None:
+        deadline = self.reactor.seconds() + self.config.drain_timeout
         in_flight = self.gate.in_flight
         if in_flight:
             log.info(
@@ -148,28 +185,55 @@ class MM7Service(service.MultiService):
                 count=in_flight,
                 timeout=self.config.drain_timeout,
             )
-
-        def timed_out(result: object, timeout: float) -> None:
+        if listeners is not None:
+            await listeners
+        drained = await _within(self.reactor, self.gate.drained(), deadline)
+        if not drained:
             log.warn(
                 "Stopped with {count} transactions still in flight",
                 count=self.gate.in_flight,
             )
+        elif in_flight:
+            log.info("Drained {count} transactions", count=in_flight)
+        if self.reporter is not None:
+            await self.reporter.stop(max(0.0, deadline - self.reactor.seconds()))
+        # Every answer written and its connection closed before the process
+        # may exit (at least a few seconds for that, even after a drain that
+        # ran out of time).
+        closing = self.site.close_connections()
+        grace = max(deadline, self.reactor.seconds() + CLOSE_GRACE)
+        if not await _within(self.reactor, closing, grace):
+            log.warn(
+                "Stopped with {count} HTTP connections not yet closed",
+                count=len(self.site.channels),
+            )
+        await self.sender.close()
 
-        drained = self.gate.drained().addTimeout(
-            self.config.drain_timeout, self.reactor, onTimeoutCancel=timed_out
-        )
-        return defer.gatherResults(
-            [defer.maybeDeferred(lambda: stopping), drained]
-        ).addCallback(lambda _: None)
+
+async def _within(
+    clock: IReactorTime, waiting: defer.Deferred[None], deadline: float
+) -> bool:
+    """Whether ``waiting`` fired before ``deadline`` (on ``clock``)."""
+    timed_out: list[bool] = []
+
+    def on_timeout(result: object, timeout: float) -> None:
+        timed_out.append(True)
+
+    waiting.addTimeout(
+        max(0.0, deadline - clock.seconds()), clock, onTimeoutCancel=on_timeout
+    )
+    await waiting
+    return not timed_out
 
 
-def build_service(config: Config, reactor: Any = None) -> MM7Service:
-    """The whole service for ``config``; pass a reactor to avoid the global one."""
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
+def build_service(config: Config, reactor: IMM7Reactor) -> MM7Service:
+    """The whole service for ``config``, wired to ``reactor`` alone."""
     sender = sender_for(reactor, config.smtp)
     gate = TransactionGate(config.max_transactions)
-    root = build_root(build_resources(config, sender, reactor, gate))
-    return MM7Service(config, sender, root, gate, reactor)
+    reporter = (
+        DeliveryReporter(reactor, attempts=config.delivery_report_attempts)
+        if config.mmsc_paths
+        else None
+    )
+    root = build_root(build_resources(config, sender, reactor, gate, reporter))
+    return MM7Service(config, sender, root, gate, reactor, reporter)

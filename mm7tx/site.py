@@ -14,7 +14,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
@@ -32,24 +35,11 @@ def access_log_formatter(timestamp: str, request: Any) -> str:
     return _SECRET_IN_PATH.sub(r"\1***", http.combinedLogFormatter(timestamp, request))
 
 
-def _refuse(channel: Any, code: int, phrase: bytes, text: str) -> None:
-    """Answer and close, whatever state the request is in."""
-    body = text.encode() + b"\n"
-    channel.transport.write(
-        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-        % (code, phrase, len(body), body)
-    )
-    channel.loseConnection()
-    timer = getattr(channel, "_mm7_deadline", None)
-    if timer is not None and timer.active():
-        timer.cancel()
-
-
 class LimitedRequest(server.Request):
     """A request that refuses a body over ``max_size`` (set by the site)."""
 
     max_size = DEFAULT_MAX_REQUEST_SIZE
+    channel: MM7Channel
     _received = 0
     _refused = False
 
@@ -75,37 +65,100 @@ class LimitedRequest(server.Request):
             why=why,
             limit=self.max_size,
         )
-        _refuse(
-            self.channel, 413, b"Payload Too Large", f"{why} of {self.max_size} bytes"
+        self.channel.refuse(
+            413, b"Payload Too Large", f"{why} of {self.max_size} bytes"
         )
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        channel: Any = self.channel
-        timer = getattr(channel, "_mm7_deadline", None)
-        if timer is not None and timer.active():
-            timer.cancel()
+        self.channel.request_arrived()
         if self._refused:
             return
-        channel._mm7_busy = True
-
-        def idle(_: object) -> None:
-            channel._mm7_busy = False
-
-        self.notifyFinish().addBoth(idle)
+        self.notifyFinish().addBoth(self.channel.request_done)
         super().requestReceived(command, path, version)
+
+
+class MM7Channel(http.HTTPChannel):
+    """An ``HTTPChannel`` with a deadline for each request to arrive whole.
+
+    Twisted's idle timeout restarts on every byte, so a client that drips a
+    byte now and then holds a connection for ever; here the request must
+    arrive whole within the site's ``request_timeout`` of its first byte,
+    else 408 and the connection closes.  The site keeps the set of open
+    channels, to close them when the service stops.
+    """
+
+    site: MM7Site
+    _deadline: IDelayedCall | None = None
+    _busy = False  # a request is being answered: no deadline meanwhile
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.channels.add(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._busy and (self._deadline is None or not self._deadline.active()):
+            self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
+        super().dataReceived(data)
+
+    def request_arrived(self) -> None:
+        """The whole request is here: its deadline is met."""
+        self._cancel_deadline()
+        self._busy = True
+
+    def request_done(self, _: object = None) -> None:
+        self._busy = False
+
+    def refuse(self, code: int, phrase: bytes, text: str) -> None:
+        """Answer and close, whatever state the request is in."""
+        body = text.encode() + b"\n"
+        self.transport.write(  # type: ignore[union-attr]
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (code, phrase, len(body), body)
+        )
+        self.loseConnection()
+        self._cancel_deadline()
+
+    def _too_slow(self) -> None:
+        log.info(
+            "Cut off a client sending too slowly: {peer}",
+            peer=str(self.transport.getPeer()),  # type: ignore[union-attr]
+        )
+        self.refuse(
+            408,
+            b"Request Timeout",
+            f"the request was not received within {self.site.request_timeout:g} s",
+        )
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._cancel_deadline()
+        super().connectionLost(reason)
+        self.site.channel_closed(self)
 
 
 class MM7Site(server.Site):
     """A ``Site`` with a request size limit, a request deadline and an idle
-    keep-alive timeout, logging with passwords in URIs redacted."""
+    keep-alive timeout, logging with passwords in URIs redacted.
+
+    It speaks HTTP/1.1 only (MM7 is HTTP/1.1; Twisted's HTTP/2 negotiation
+    is left out with its generic channel).
+    """
+
+    protocol = MM7Channel  # type: ignore[assignment]
 
     def __init__(
         self,
         resource: Resource,
+        reactor: IReactorTime,
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-        reactor: Any = None,
     ) -> None:
         request = type("Request", (LimitedRequest,), {"max_size": max_request_size})
         super().__init__(
@@ -120,45 +173,25 @@ class MM7Site(server.Site):
             parsePOSTFormSubmission=False,
         )
         self.request_timeout = request_timeout
+        self.channels: set[MM7Channel] = set()
+        self._closed: list[defer.Deferred[None]] = []
 
-    def buildProtocol(self, addr: Any) -> Any:
-        channel = super().buildProtocol(addr)
-        if channel is None:
-            return None
-        inner = getattr(channel, "_channel", channel)
-        inner._mm7_deadline = None
-        inner._mm7_busy = False
-        forward = channel.dataReceived
+    def close_connections(self) -> defer.Deferred[None]:
+        """Close every connection (on stop, once the transactions in flight
+        are done): each once its answers are written, since
+        ``loseConnection`` flushes first.  Fires when all are closed."""
+        if not self.channels:
+            return defer.succeed(None)
+        closed: defer.Deferred[None] = defer.Deferred()
+        self._closed.append(closed)
+        for channel in list(self.channels):
+            channel.loseConnection()
+        return closed
 
-        def dataReceived(data: bytes) -> None:
-            # Every request must arrive whole within request_timeout of its
-            # first byte, however slowly a client drips it in.
-            timer = inner._mm7_deadline
-            if not inner._mm7_busy and (timer is None or not timer.active()):
-                inner._mm7_deadline = inner.callLater(self.request_timeout, too_slow)
-            forward(data)
-
-        def too_slow() -> None:
-            log.info(
-                "Cut off a client sending too slowly: {peer}",
-                peer=str(inner.transport.getPeer()),
-            )
-            _refuse(
-                inner,
-                408,
-                b"Request Timeout",
-                f"the request was not received within {self.request_timeout:g} s",
-            )
-            inner.transport.abortConnection()
-
-        lost = channel.connectionLost
-
-        def connectionLost(reason: Any) -> None:
-            timer = inner._mm7_deadline
-            if timer is not None and timer.active():
-                timer.cancel()
-            lost(reason)
-
-        channel.dataReceived = dataReceived
-        channel.connectionLost = connectionLost
-        return channel
+    def channel_closed(self, channel: MM7Channel) -> None:
+        self.channels.discard(channel)
+        if not self.channels:
+            waiting, self._closed = self._closed, []
+            for closed in waiting:
+                if not closed.called:
+                    closed.callback(None)

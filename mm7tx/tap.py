@@ -1,12 +1,32 @@
-"""``twistd mm7``: command-line options and ``makeService``."""
+"""``twistd mm7``: command-line options and ``makeService``.
+
+A mistake stops ``twistd`` with one line naming where and why: a bad
+``--config`` file (file, line, reason), a bad ``--listen`` or
+``--smtp-relay`` (the option and the reason), or a port that cannot be
+listened on (the endpoint and the reason), instead of the usage text or a
+traceback.
+"""
 
 from __future__ import annotations
 
-from twisted.application.service import IService
+import re
+from typing import cast
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.python import usage
 
-from mm7tx.config import EMBEDDED, ConfigError, load_file, with_overrides
-from mm7tx.service import build_service
+from mm7tx.config import (
+    EMBEDDED,
+    Config,
+    ConfigError,
+    load_file,
+    with_overrides,
+)
+from mm7tx.service import IMM7Reactor, build_service
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -36,12 +56,77 @@ class Options(usage.Options):
         self["listen"].append(endpoint)
 
     def postOptions(self) -> None:
+        """Load and check the configuration.
+
+        A mistake raises ``SystemExit`` with its one-line message: twistd
+        answers a ``UsageError`` with the whole usage text before the
+        message (``twisted.application.app.run``), which buries it.
+        """
         try:
             config = load_file(self["config"]) if self["config"] else EMBEDDED
+            config = with_overrides(config, self["listen"], self["smtp-relay"])
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-        self["mm7_config"] = with_overrides(config, self["listen"], self["smtp-relay"])
+            raise SystemExit(str(e)) from None
+        self["mm7_config"] = config
+
+
+class CannotStart(SystemExit, Exception):
+    """The service cannot start (a port in use); the message is logged.
+
+    An ``Exception``, so twistd's runner removes its PID file and tells a
+    daemon's parent why (``UnixApplicationRunner.postApplication``); a
+    ``SystemExit`` with code 1, so the interpreter then exits with status 1,
+    without a traceback and without printing the message a second time.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = 1
+
+
+class _ListeningService(MultiService):
+    """The mm7tx service, whose listeners failing to listen stop ``twistd``
+    with one line naming the endpoint (twistd listens in
+    ``privilegedStartService``, before the reactor runs)."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise self._cannot_start(e) from None
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except CannotListenError as e:
+            raise self._cannot_start(e) from None
+
+    def _cannot_start(self, error: CannotListenError) -> CannotStart:
+        reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+        endpoint = next(
+            (e for e in self.config.listen if _port_of(e) == error.port),
+            f"{error.interface or '*'}:{error.port}",
+        )
+        message = f"cannot listen on {endpoint}: {reason}"
+        log.critical("{message}", message=message)
+        return CannotStart(message)
+
+
+def _port_of(endpoint: str) -> int | None:
+    """The port of a listener such as ``tcp:8080:interface=…``."""
+    match = re.search(r"(?:^|:)(?:port=)?(\d+)(?::|$)", endpoint)
+    return int(match.group(1)) if match else None
 
 
 def makeService(options: Options) -> IService:
-    return build_service(options["mm7_config"])
+    config: Config = options["mm7_config"]
+    wrapper = _ListeningService(config)
+    # The one place mm7tx takes the global reactor; everything below gets it.
+    from twisted.internet import reactor
+
+    build_service(config, cast(IMM7Reactor, reactor)).setServiceParent(wrapper)
+    return wrapper

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import functools
 import os
+import quopri
 import re
 from collections.abc import Callable
 from typing import Any
 
+from hypothesis import event
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 
 from mm7tx import codec
 from mm7tx import messages as m
@@ -144,11 +150,6 @@ def target() -> tuple[Any, FakeMailSender]:
     sender = FakeMailSender()
     processor = EmailProcessor(sender, RULES)
 
-    class Clockless:
-        @staticmethod
-        def seconds() -> float:
-            return 0.0
-
     root = build_root(
         {
             "/vasp/": MM7Resource(processor, "/vasp/"),
@@ -156,8 +157,8 @@ def target() -> tuple[Any, FakeMailSender]:
                 processor,
                 "/mm7/",
                 "mmsc",
-                portal=portal_for((Account("v", "p"),)),
-                limiter=RateLimiter(Clockless()),
+                portal=portal_for((Account("v", "p"),), MemoryReactorClock()),  # type: ignore[arg-type]
+                limiter=RateLimiter(Clock()),
             ),
         }
     )
@@ -178,3 +179,324 @@ def check(root: Any, path: str, ctype: str, body: bytes) -> HTTPResponse:
     else:
         assert message.status.code in (1000, 1100)  # type: ignore[union-attr]
     return response
+
+
+# Reach ---------------------------------------------------------------------
+#
+# A property test must reach its assertion in most of its examples.  The
+# test calls reached() just before its assertion; must_reach(share) around
+# the hypothesis test counts examples and fails the test when fewer than
+# ``share`` of them got there (so a strategy that drifts into filtering out
+# most of its inputs is caught, not silently weak).  The counts of the last
+# run stay on the test as ``.reach`` (reached, examples).
+
+_REACHED = [False]
+
+
+def reached() -> None:
+    """Mark the current example as having reached the test's assertion."""
+    _REACHED[0] = True
+    event("reached the assertion")
+
+
+def must_reach(share: float) -> Callable[[Any], Any]:
+    """Around ``@settings``/``@given``: fail unless at least ``share`` of the
+    examples called reached()."""
+
+    def decorate(test: Any) -> Any:
+        counts = [0, 0]
+        inner = test.hypothesis.inner_test
+
+        @functools.wraps(inner)
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            _REACHED[0] = False
+            counts[1] += 1
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                counts[0] += _REACHED[0]
+
+        test.hypothesis.inner_test = counting
+
+        @functools.wraps(test)
+        def run(*args: Any, **kwargs: Any) -> None:
+            counts[:] = [0, 0]
+            test(*args, **kwargs)
+            run.reach = tuple(counts)  # type: ignore[attr-defined]
+            assert counts[0] >= share * counts[1], (
+                f"reached its assertion in {counts[0]} of {counts[1]} examples"
+            )
+
+        return run
+
+    return decorate
+
+
+# Valid by construction, then broken on purpose ------------------------------
+
+
+def _sometimes(draw: Callable[..., Any], one_in: int) -> bool:
+    """True about one time in ``one_in`` (hypothesis leans to small
+    integers, so the rare branch is the largest one)."""
+    return bool(draw(st.integers(1, one_in)) == one_in)
+
+
+def _dot_atom(alphabet: str) -> st.SearchStrategy[str]:
+    label = st.text(alphabet=alphabet, min_size=1, max_size=8)
+    return st.lists(label, min_size=1, max_size=3).map(".".join)
+
+
+_LOCAL = _dot_atom("abcXYZ019+_=-")
+_DOMAIN = _dot_atom("abcXYZ019-")
+
+
+@st.composite
+def addresses(draw: Callable[..., Any]) -> str:
+    """A plain dot-atom address, then (one time in three) broken: a
+    character from the edges of the grammar inserted or swapped in, or the
+    address wrapped the way headers carry it."""
+    value: str = draw(_LOCAL) + "@" + draw(_DOMAIN)
+    if _sometimes(draw, 3):
+        op = draw(st.sampled_from(["insert", "replace", "wrap", "dots"]))
+        at = draw(st.integers(0, len(value)))
+        junk = draw(st.sampled_from([*'.@ <>"()[],;:\\\t\xe9', "..", " @"]))
+        if op == "insert":
+            value = value[:at] + junk + value[at:]
+        elif op == "replace":
+            value = value[:at] + junk + value[at + 1 :]
+        elif op == "wrap":
+            value = draw(
+                st.sampled_from(["<{}>", '"x" <{}>', "{} (x)", " {} "])
+            ).format(value)
+        else:
+            value = value[:at] + "." + value[at:]
+    return value
+
+
+_NAMES = [
+    "Content-Type",
+    "Content-ID",
+    "Content-Id",
+    "content-location",
+    "X-A-b",
+    "From",
+]
+
+
+@st.composite
+def header_blocks(draw: Callable[..., Any]) -> bytes:
+    """A part's header block: ASCII ``Name: value`` lines, LF or CRLF, then
+    (one time in four) broken: a folded line, an 8-bit byte, a line that is
+    not a header, a name with a space, an empty line."""
+    eol: str = draw(st.sampled_from(["\r\n", "\n"]))
+    lines = [
+        draw(st.sampled_from([*_NAMES, "A", "b-", "x" * 40]))
+        + ":"
+        + draw(st.sampled_from(["", " ", "\t", "  "]))
+        + draw(st.text(alphabet='Ab-:; \t="<>/@.', max_size=16))
+        for _ in range(draw(st.integers(0, 5)))
+    ]
+    if lines and _sometimes(draw, 4):
+        i = draw(st.integers(0, len(lines) - 1))
+        op = draw(st.sampled_from(["fold", "8bit", "noheader", "space", "empty"]))
+        if op == "fold":
+            lines.insert(i + 1, draw(st.sampled_from([" x", "\tx", " "])))
+        elif op == "8bit":
+            lines[i] += "\xe9"
+        elif op == "noheader":
+            lines[i] = lines[i].replace(":", "", 1)
+        elif op == "space":
+            lines[i] = "A " + lines[i]
+        else:
+            lines.insert(i, "")
+    return eol.join(lines).encode("utf-8")
+
+
+_TYPES = [
+    'text/plain; charset="utf-8"',
+    "image/jpeg",
+    "application/smil",
+    "image/gif; name=x.gif",
+]
+_BASE64 = ["base64", "BASE64", "base64 ", "base64\t"]
+_ENCODINGS = [
+    "base64",
+    "BASE64",
+    "base64 ",
+    "8bit",
+    "7bit",
+    "binary",
+    "quoted-printable",
+    None,
+]
+
+
+def _base64_payload(draw: Callable[..., Any], data: bytes, eol: bytes) -> bytes:
+    """``data`` in base64 as peers write it (76-column lines, one long line,
+    odd widths), then (one time in four) broken: padding lost or doubled,
+    junk characters, a '=' in the middle, a truncated quantum."""
+    encoded = base64.b64encode(data)
+    width = draw(st.sampled_from([76, 64, 4, 10_000]))
+    lines = [encoded[i : i + width] for i in range(0, len(encoded), width)]
+    text = eol.join(lines)
+    if _sometimes(draw, 4):
+        op = draw(st.sampled_from(["unpad", "pad", "junk", "equals", "cut", "space"]))
+        at = draw(st.integers(0, len(text)))
+        if op == "unpad":
+            text = text.rstrip(b"=")
+        elif op == "pad":
+            text += b"=="
+        elif op == "junk":
+            text = (
+                text[:at]
+                + draw(st.sampled_from([b"!", b"*", b"\xe9", b"-", b"_"]))
+                + text[at:]
+            )
+        elif op == "equals":
+            text = text[:at] + b"=" + text[at:]
+        elif op == "cut":
+            text = text[:at]
+        else:
+            text = text[:at] + b" \t" + text[at:]
+    return text
+
+
+@st.composite
+def _leaf(draw: Callable[..., Any], eol: bytes, base64_only: bool) -> bytes:
+    media = draw(st.sampled_from(_TYPES))
+    encodings = _BASE64 if base64_only else _ENCODINGS
+    encoding = draw(st.sampled_from(encodings))
+    headers = [
+        draw(st.sampled_from(["Content-Type", "content-type", "Content-type"]))
+        + ": "
+        + media
+    ]
+    if draw(st.booleans()):
+        cid = draw(st.sampled_from(["<img-{}@x>", "img-{}", " <{}> "]))
+        headers.append(
+            draw(st.sampled_from(["Content-ID", "Content-Id"]))
+            + ":"
+            + cid.format(draw(st.integers(0, 99)))
+        )
+    if draw(st.booleans()):
+        headers.append(f"Content-Location: part{draw(st.integers(0, 99))}.bin")
+    if encoding is not None:
+        headers.append(f"Content-Transfer-Encoding: {encoding}")
+    data = draw(st.binary(max_size=200))
+    if encoding is not None and encoding.strip().lower() == "base64":
+        payload = _base64_payload(draw, data, eol)
+    elif encoding == "quoted-printable":
+        payload = quopri.encodestring(data).replace(b"\n", eol)
+    else:  # raw bytes, but no bare CR (lone CRs are left to the email parser)
+        payload = data.replace(b"\r", b"")
+    return eol.join(h.encode() for h in headers) + eol + eol + payload
+
+
+def _delimiters(
+    draw: Callable[..., Any], boundary: bytes, parts: list[bytes], eol: bytes
+) -> bytes:
+    """Parts between delimiter lines, with an optional preamble and epilogue
+    and the trailing whitespace some peers leave on delimiter lines."""
+    trail: bytes = draw(st.sampled_from([b"", b" ", b"\t", b"  "]))
+    preamble: bytes = draw(st.sampled_from([b"", b"This is a MIME message." + eol]))
+    epilogue: bytes = draw(st.sampled_from([b"", eol, b"epilogue" + eol]))
+    body = preamble
+    for part in parts:
+        body += b"--" + boundary + trail + eol + part + eol
+    return body + b"--" + boundary + b"--" + trail + eol + epilogue
+
+
+@st.composite
+def multipart_bodies(
+    draw: Callable[..., Any], base64_only: bool = False
+) -> tuple[str, bytes]:
+    """A SOAP-with-attachments body valid by construction (the SOAP part,
+    then leaves and maybe a nested multipart, with LF or CRLF, quirky
+    header casing and encodings); then (one time in four) broken on
+    purpose where the fast split has to hand over to the email parser."""
+    eol = draw(st.sampled_from([b"\r\n", b"\n"]))
+    outer = b"outer-" + draw(
+        st.sampled_from([b"1", b"=_Part_15", b"Nokia mm 9", b"a'b()+,-./:=?"])
+    )
+    inner = b"inner-" + draw(st.sampled_from([b"1", b"x y"]))
+    soap = (
+        b"Content-Type: text/xml; charset=utf-8"
+        + eol
+        + b"Content-ID: <soap@x>"
+        + eol
+        + eol
+        + b"<env:Envelope xmlns:env='http://schemas.xmlsoap.org/soap/envelope/'><env:Body/></env:Envelope>"
+    )
+    leaves = draw(st.lists(_leaf(eol, base64_only), min_size=1, max_size=3))
+    if draw(st.booleans()):
+        nested = _delimiters(draw, inner, leaves, eol)
+        content = [
+            b'Content-Type: multipart/related; type="application/smil"; boundary="'
+            + inner
+            + b'"'
+            + eol
+            + b"Content-ID: <content@x>"
+            + eol
+            + eol
+            + nested
+        ]
+    else:
+        content = leaves
+    body = _delimiters(draw, outer, [soap, *content], eol)
+    start = draw(st.sampled_from(['; start="<soap@x>"', "; start=soap@x", ""]))
+    ctype = f'multipart/related; type="text/xml"; boundary="{outer.decode()}"{start}'
+    if _sometimes(draw, 4):
+        body = _broken(draw, body, outer, eol)
+    return ctype, body
+
+
+def _broken(
+    draw: Callable[..., Any], body: bytes, boundary: bytes, eol: bytes
+) -> bytes:
+    op = draw(
+        st.sampled_from(
+            ["cut", "noclose", "lookalike", "noblank", "lonecr", "flip", "fold", "8bit"]
+        )
+    )
+    at = draw(st.integers(0, len(body)))
+    if op == "cut":
+        return body[:at]
+    if op == "noclose":
+        return body.replace(b"--" + boundary + b"--", b"", 1)
+    if op == "lookalike":  # a payload line that starts like a delimiter
+        line = body.find(b"\n", at)
+        extra: bytes = draw(st.sampled_from([b"x", b" x", b"-", b"--x"]))
+        return body[: line + 1] + b"--" + boundary + extra + eol + body[line + 1 :]
+    if op == "noblank":
+        return body.replace(eol + eol, eol, 1)
+    if op == "lonecr":
+        return body[:at] + b"\r" + body[at:]
+    if op == "flip" and body:
+        i = min(at, len(body) - 1)
+        return body[:i] + bytes([draw(st.integers(0, 255))]) + body[i + 1 :]
+    if op == "fold":
+        return body.replace(b"Content-ID:", b"Content-ID:" + eol + b"\t", 1)
+    return body.replace(b"Content-Type: text/xml", b"Content-Type: text/xml\xe9", 1)
+
+
+_MULTIPART_SAMPLES = [
+    (c, b)
+    for c, b in SAMPLES
+    if c.startswith("multipart/") and b.lstrip().startswith(b"--")
+]
+
+
+@st.composite
+def _sample_bodies(draw: Callable[..., Any]) -> tuple[str, bytes]:
+    """A multipart reference sample, then (one time in four) broken."""
+    ctype, body = draw(st.sampled_from(_MULTIPART_SAMPLES))
+    if _sometimes(draw, 4):
+        boundary = body.lstrip().split(b"\n", 1)[0].rstrip()[2:]
+        body = _broken(draw, body, boundary, b"\n")
+    return ctype, body
+
+
+def multipart_cases(base64_only: bool = False) -> st.SearchStrategy[tuple[str, bytes]]:
+    """Constructed bodies, and (one time in three) the reference samples."""
+    built = multipart_bodies(base64_only)
+    return st.one_of(built, built, _sample_bodies())

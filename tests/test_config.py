@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from mm7tx.auth import password_matches
+from mm7tx.auth import Account, password_matches
+from mm7tx.codec.soap import XMLLimits
 from mm7tx.config import (
     EMBEDDED,
+    OPTIONS,
+    Config,
     ConfigError,
+    fill_option_tables,
     load,
     load_file,
     normalise_endpoint,
+    options_markdown,
     with_overrides,
 )
+from mm7tx.esmtp import SMTPSettings
 from mm7tx.processors import AddressRules
-from mm7tx.senders import SMTPSettings
 from tests import samples
+from tests.certs import make_certificate
 
 EXAMPLE_7_1 = samples.EXAMPLE_7_1
 
@@ -184,3 +192,329 @@ def test_momentum_listen_forms():
     assert normalise_endpoint("*:8080") == "tcp:8080"
     assert normalise_endpoint("10.1.2.3:80") == "tcp:80:interface=10.1.2.3"
     assert normalise_endpoint("ssl:443:privateKey=k.pem") == "ssl:443:privateKey=k.pem"
+
+
+# One declaration per option ------------------------------------------------
+
+README = samples.HERE.parent / "README.md"
+MINIMAL = 'mm7_serv { mm7_vasp_uri_paths = ("/a/") }'
+
+
+@pytest.mark.parametrize("scope", ["mm7_serv", "HTTP_Listener", "VASP"])
+def test_the_readme_option_tables_are_generated_from_the_declarations(scope):
+    readme = README.read_text(encoding="utf-8")
+    generated = (
+        f"<!-- options:{scope} -->\n\n{options_markdown(scope)}\n<!-- /options -->"
+    )
+    assert generated in readme, (
+        "README.md's option tables differ from mm7tx.config.OPTIONS; regenerate "
+        "them with mm7tx.config.fill_option_tables (see README.md)"
+    )
+
+
+def test_the_readme_has_nothing_else_between_its_markers():
+    readme = README.read_text(encoding="utf-8")
+    assert readme.count("<!-- options:") == 3
+    assert fill_option_tables(readme) == readme
+
+
+@pytest.mark.parametrize("scope", ["mm7_serv", "VASP"])
+def test_an_option_table_is_one_block_with_a_row_per_option(scope):
+    rows = options_markdown(scope).rstrip("\n").split("\n")
+    assert all(row.startswith("| ") and row.endswith(" |") for row in rows[2:])
+    assert len(rows) == 2 + sum(1 for spec in OPTIONS if spec.scope == scope)
+    assert "" not in rows  # a blank line would cut the table into paragraphs
+
+
+def test_every_option_is_documented_in_the_shipped_example():
+    example = (samples.HERE.parent / "etc" / "mm7tx.conf").read_text().lower()
+    for spec in OPTIONS:
+        assert spec.name.lower() in example, spec.name
+
+
+def test_every_declaration_names_a_real_field():
+    targets = {
+        "config": Config,
+        "rules": AddressRules,
+        "smtp": SMTPSettings,
+        "xml": XMLLimits,
+        "account": Account,
+    }
+    for spec in OPTIONS:
+        group, attribute = spec.field.split(".")
+        assert attribute in {f.name for f in dataclasses.fields(targets[group])}
+
+
+@pytest.mark.parametrize(
+    "spec", [spec for spec in OPTIONS if spec.default is not None], ids=str
+)
+def test_a_documented_default_is_the_default(spec):
+    if spec.name == "Listen":
+        text = f'HTTP_Listener {{ Listen "{spec.default}" {{ }} }}\n{MINIMAL}'
+    else:
+        text = MINIMAL.replace("}", f"\n{spec.name} = {spec.default}\n}}")
+    assert load(text) == load(MINIMAL)
+
+
+# Errors that involve more than one option name the one at fault ------------
+
+
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        (
+            '# no paths\n\nmm7_serv {\n  mm7_server_version = "6.8.0"\n}',
+            3,
+            "mm7_vasp_uri_paths is required in mm7_serv",
+        ),
+        (
+            'mm7_serv {\n mm7_vasp_uri_paths = ("/a/")\n mm7_mmsc_uri_paths = ("/a/")\n}',
+            3,
+            "/a/ is both a VASP path and an MMSC path",
+        ),
+        (
+            'mm7_serv {\n mm7_mmsc_uri_paths = ("/b/")\n mm7_vasp_uri_paths = ("/b/")\n}',
+            3,
+            "/b/ is both a VASP path and an MMSC path",
+        ),
+        (
+            '\nmm7_serv {\n mm7_vasp_uri_paths = ("/mm7/")\n}',
+            3,
+            "/mm7/ is both a VASP path and an MMSC path",
+        ),
+        (
+            'mm7_serv {\n mm7_vasp_uri_paths = ("/a/")\n smtp_username = "u"\n}',
+            3,
+            "smtp_username is set but smtp_password is not",
+        ),
+        (
+            'mm7_serv {\n mm7_vasp_uri_paths = ("/a/")\n\n smtp_password = "p"\n}',
+            4,
+            "smtp_password is set but smtp_username is not",
+        ),
+        (
+            'mm7_serv {\n mm7_vasp_uri_paths = ("/a/")\n'
+            ' Path "/b/" { processor = "mm7tx.processors.EmailProcessor" }\n}',
+            3,
+            "Path '/b/' is not a configured VASP or MMSC path",
+        ),
+        (
+            f'{MINIMAL}\nVASP "v" {{ password = "p" }}\nVASP "v" {{ password = "q" }}',
+            3,
+            'VASP "v" is defined twice',
+        ),
+        (
+            f'{MINIMAL}\nVASP "v" {{ password = "p"\n delivery_report_password = "x" }}',
+            3,
+            "delivery_report_password is set but delivery_report_user is not",
+        ),
+    ],
+)
+def test_cross_option_errors_name_the_line_at_fault(text, line, words):
+    with pytest.raises(ConfigError) as caught:
+        load(text, "my.conf")
+    assert str(caught.value) == f"my.conf, line {line}: {words}"
+
+
+# Endpoints, files and URLs checked at load ---------------------------------
+
+
+def listener(endpoint: str) -> str:
+    return f'{MINIMAL}\nHTTP_Listener {{\n  Listen "{endpoint}" {{ }}\n}}'
+
+
+@pytest.mark.parametrize(
+    "endpoint, words",
+    [
+        ("tcp:99999", "port '99999' is not a number from 0 to 65535"),
+        ("tcp:port=70000", "port '70000'"),
+        ("haproxy:tcp:65536", "port '65536'"),
+        ("8080", "'8080' is not a server endpoint (unknown type '8080')"),
+        ("smtp:25", "unknown type 'smtp'"),
+        ("tcp:http", "port 'http' is not a number"),
+        ("tcp:8080:colour=red", "not a usable endpoint"),
+    ],
+)
+def test_a_bad_listener_is_refused_at_its_line(endpoint, words):
+    with pytest.raises(ConfigError) as caught:
+        load(listener(endpoint), "my.conf")
+    assert str(caught.value).startswith("my.conf, line 3: Listen: ")
+    assert words in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "endpoint, expected",
+    [
+        (":8080", "tcp:8080"),
+        ("*:8080", "tcp:8080"),
+        ("192.0.2.1:8080", "tcp:8080:interface=192.0.2.1"),
+        ("tcp:0", "tcp:0"),
+        ("tcp:65535:interface=127.0.0.1", "tcp:65535:interface=127.0.0.1"),
+        ("tcp6:8080:interface=\\\\:\\\\:1", "tcp6:8080:interface=\\:\\:1"),
+        ("haproxy:tcp:8080", "haproxy:tcp:8080"),
+        ("unix:/tmp/mm7.sock", "unix:/tmp/mm7.sock"),
+    ],
+)
+def test_good_listeners_load(endpoint, expected):
+    assert load(listener(endpoint)).listen == (expected,)
+
+
+def test_an_ssl_listener_needs_its_files(tmp_path):
+    cert, key = make_certificate(tmp_path)
+    good = f"ssl:8443:privateKey={key}:certKey={cert}"
+    assert load(listener(good)).listen == (good,)
+    for name in ("privateKey", "certKey", "extraCertChain"):
+        missing = tmp_path / f"{name}.pem"
+        endpoint = f"ssl:8443:privateKey={key}:certKey={cert}:{name}={missing}"
+        with pytest.raises(ConfigError) as caught:
+            load(listener(endpoint), "my.conf")
+        assert str(caught.value) == (
+            f"my.conf, line 3: Listen: cannot read the {name} file "
+            f"'{missing}': it does not exist"
+        )
+
+
+def test_an_ssl_listener_with_a_file_that_is_not_a_key_is_refused(tmp_path):
+    cert, _ = make_certificate(tmp_path)
+    (tmp_path / "junk.pem").write_text("not a key\n")
+    endpoint = f"ssl:8443:privateKey={tmp_path / 'junk.pem'}:certKey={cert}"
+    with pytest.raises(ConfigError) as caught:
+        load(listener(endpoint), "my.conf")
+    assert str(caught.value).startswith("my.conf, line 3: Listen: ")
+    assert "not a usable endpoint" in str(caught.value)
+
+
+def relay(endpoint: str) -> str:
+    return f'mm7_serv {{\n mm7_vasp_uri_paths = ("/a/")\n smtp_relay = "{endpoint}"\n}}'
+
+
+@pytest.mark.parametrize(
+    "endpoint, words",
+    [
+        (
+            "smtp://relay.example:25",
+            "'smtp://relay.example:25' is a URL, not an endpoint",
+        ),
+        ("relay.example:25", "unknown endpoint type: 'relay.example'"),
+        ("tcp:relay.example:99999", "port '99999' is not a number from 0 to 65535"),
+        ("tls:relay.example:0x1d1", "port '0x1d1'"),
+        ("tcp:relay.example", "not a client endpoint"),
+        ("maildir:", "maildir: needs a folder"),
+    ],
+)
+def test_a_bad_relay_is_refused_at_its_line(endpoint, words):
+    with pytest.raises(ConfigError) as caught:
+        load(relay(endpoint), "my.conf")
+    assert str(caught.value).startswith("my.conf, line 3: smtp_relay: ")
+    assert words.lower() in str(caught.value).lower()
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "tcp:127.0.0.1:25",
+        "tcp:host=relay.example:port=2525",
+        "tls:relay.example:465",
+        "maildir:/var/spool/mm7tx",
+        "maildir:Maildir",
+    ],
+)
+def test_good_relays_load(endpoint):
+    assert load(relay(endpoint)).smtp.endpoint == endpoint
+
+
+def test_smtp_ca_file_must_be_a_readable_certificate(tmp_path):
+    cert, _ = make_certificate(tmp_path)
+
+    def text(path):
+        return MINIMAL.replace("}", f'\n smtp_ca_file = "{path}"\n}}')
+
+    assert load(text(cert)).smtp.ca_file == str(cert)
+    missing = tmp_path / "nowhere.pem"
+    with pytest.raises(ConfigError) as caught:
+        load(text(missing), "my.conf")
+    assert str(caught.value) == (
+        f"my.conf, line 2: smtp_ca_file: cannot read '{missing}': "
+        "No such file or directory"
+    )
+    (tmp_path / "junk.pem").write_text("junk")
+    with pytest.raises(ConfigError, match=r"line 2: smtp_ca_file: .* is not a PEM"):
+        load(text(tmp_path / "junk.pem"), "my.conf")
+
+
+def report_url(url: str) -> str:
+    return (
+        f'{MINIMAL}\nVASP "v" {{\n password = "p"\n delivery_report_url = "{url}"\n}}'
+    )
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("ftp://vasp.example/dr", "must be an http(s) URL with a host"),
+        ("http:///dr", "must be an http(s) URL with a host"),
+        ("vasp.example/dr", "must be an http(s) URL with a host"),
+        ("https://vasp.example:99999/dr", "port that is not 0 to 65535"),
+        (
+            "https://mmsc:s3cr3t@vasp.example/dr",
+            "must not carry credentials: set delivery_report_user and "
+            "delivery_report_password instead",
+        ),
+        ("https://mmsc@vasp.example/dr", "must not carry credentials"),
+    ],
+)
+def test_a_bad_delivery_report_url_is_refused_at_its_line(url, words):
+    with pytest.raises(ConfigError) as caught:
+        load(report_url(url), "my.conf")
+    assert str(caught.value).startswith("my.conf, line 4: delivery_report_url ")
+    assert words in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_command_line_endpoints_are_checked_and_named():
+    config = load(EXAMPLE_7_1)
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(config, ["tcp:8080", "8080"])
+    assert str(caught.value).startswith("--listen: '8080' is not a server endpoint")
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(config, smtp_relay="smtp://x")
+    assert str(caught.value).startswith("--smtp-relay: 'smtp://x' is a URL")
+    with pytest.raises(ConfigError, match=r"^--listen: port '99999'"):
+        with_overrides(config, ["tcp:99999"])
+
+
+# Encodings -----------------------------------------------------------------
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom.conf"
+    path.write_bytes(b"\xef\xbb\xbf" + EXAMPLE_7_1.encode())
+    assert load_file(str(path)).mm7_version == "6.8.0"
+    assert load("\ufeff" + EXAMPLE_7_1).mm7_version == "6.8.0"
+
+
+def test_a_file_that_is_not_utf8_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "latin1.conf"
+    path.write_bytes(
+        b'mm7_serv {\n mm7_vasp_uri_paths = ("/a/")\n'
+        b' mm7_server_default_email_from_address = "Ren\xe9@example.com"\n}\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_file(str(path))
+    assert (
+        str(caught.value) == f"{path}, line 3: the file is not UTF-8 text (byte 0xe9)"
+    )
+
+
+def test_a_systemd_listener_without_a_passed_socket_says_so() -> None:
+    text = (
+        'HTTP_Listener { Listen "systemd:domain=INET:index=0" { } }\n'
+        'mm7_serv { mm7_vasp_uri_paths = ("/v/") }'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(text, "sd.conf")
+    assert str(caught.value) == (
+        "sd.conf, line 1: Listen: 'systemd:domain=INET:index=0': systemd passed "
+        "no socket with that index (LISTEN_FDS); start mm7tx from a .socket unit "
+        "or with systemd-socket-activate"
+    )

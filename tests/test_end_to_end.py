@@ -37,7 +37,7 @@ async def start(relay_endpoint: str) -> tuple[MultiService, str]:
         [f"tcp:{http_port}:interface=127.0.0.1"],
         relay_endpoint,
     )
-    service = build_service(config, reactor)
+    service = build_service(config, reactor)  # type: ignore[arg-type]
     application = MultiService()  # the service joins any other application
     service.setServiceParent(application)
     application.startService()

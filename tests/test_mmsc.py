@@ -8,7 +8,8 @@ import re
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -46,13 +47,35 @@ SUBMIT = m.SubmitReq(
 )
 
 
+class _SyncPool:
+    """A thread pool stand-in running each call at once."""
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        try:
+            result = f(*args, **kwargs)
+        except Exception:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+
+class ThreadedReactor(MemoryReactorClock):
+    """A memory reactor whose thread pool runs at once (scrypt checks)."""
+
+    def getThreadPool(self):
+        return _SyncPool()
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+
 def mmsc(sender: FakeMailSender, processor: object = None, clock: Clock | None = None):
     processor = processor or EmailProcessor(sender, RULES)
     resource = MM7Resource(
         processor,
         "/mm7/",
         "mmsc",
-        portal=portal_for(ACCOUNTS),
+        portal=portal_for(ACCOUNTS, ThreadedReactor()),  # type: ignore[arg-type]
         limiter=RateLimiter(clock or Clock()),
     )
     return build_root({"/mm7/": resource})
@@ -215,7 +238,7 @@ def test_rate_limit_gives_4006_saying_why():
         EmailProcessor(sender, RULES),
         "/mm7/",
         "mmsc",
-        portal=portal_for((Account("quick", "q", rate=2),)),
+        portal=portal_for((Account("quick", "q", rate=2),), ThreadedReactor()),  # type: ignore[arg-type]
         limiter=RateLimiter(clock),
     )
     root = build_root({"/mm7/": resource})
@@ -348,7 +371,7 @@ def test_hash_password_command_makes_a_hash_the_config_accepts():
         EmailProcessor(FakeMailSender(), RULES),
         "/mm7/",
         "mmsc",
-        portal=portal_for((Account("v", stored),)),
+        portal=portal_for((Account("v", stored),), ThreadedReactor()),  # type: ignore[arg-type]
     )
     _, env = submit(build_root({"/mm7/": resource}), "/mm7/v=s3cret")
     assert env.message.status.code == 1000  # type: ignore[union-attr]

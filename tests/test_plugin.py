@@ -89,3 +89,48 @@ def test_embedded_defaults_deliver_into_a_maildir(tmp_path):
     assert f"listening on tcp:{port}:interface=127.0.0.1" in log
     assert f"mail to Maildir {tmp_path / 'Maildir'}" in log
     assert os.path.exists(tmp_path / "Maildir" / "cur")
+
+
+def test_a_bad_config_is_one_line_without_the_usage_text(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text('mm7_serv {\n  mm7_vasp_uri_paths = ("/a/")\n  nonsense = 1\n}\n')
+    out = run(["-n", "--pidfile=", "mm7", "--config", str(conf)], tmp_path)
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert out.stderr == f"{conf}, line 3: unknown mm7_serv option 'nonsense'\n"
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
+    conf = tmp_path / "latin1.conf"
+    conf.write_bytes(b'# caf\xe9\nmm7_serv { mm7_vasp_uri_paths = ("/a/") }\n')
+    out = run(["-n", "--pidfile=", "mm7", "--config", str(conf)], tmp_path)
+    assert out.returncode == 1
+    assert out.stderr == f"{conf}, line 1: the file is not UTF-8 text (byte 0xe9)\n"
+
+
+def test_bad_command_line_endpoints_are_one_line_naming_the_option(tmp_path):
+    out = run(["-n", "--pidfile=", "mm7", "--listen", "8080"], tmp_path)
+    assert out.returncode == 1
+    [line] = out.stderr.splitlines()
+    assert line.startswith("--listen: '8080' is not a server endpoint")
+    out = run(["-n", "--pidfile=", "mm7", "--smtp-relay", "smtp://x"], tmp_path)
+    assert out.returncode == 1
+    [line] = out.stderr.splitlines()
+    assert line.startswith("--smtp-relay: 'smtp://x' is a URL, not an endpoint")
+
+
+def test_a_port_in_use_stops_the_start_with_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        endpoint = f"tcp:{port}:interface=127.0.0.1"
+        out = run(["-n", "mm7", "--listen", endpoint], tmp_path)
+    assert out.returncode == 1
+    log = out.stdout + out.stderr
+    assert "Traceback" not in log
+    errors = [line for line in log.splitlines() if "cannot listen" in line]
+    assert len(errors) == 1
+    assert f"cannot listen on {endpoint}: Address already in use" in errors[0]
+    assert len(log.splitlines()) <= 4
+    assert not (tmp_path / "twistd.pid").exists()  # twistd cleaned up after itself

@@ -18,12 +18,14 @@ from mm7tx.interfaces import (
     IDeliveryReportProcessor,
     IMailSender,
     IReadReplyProcessor,
+    SendResult,
 )
+from mm7tx.maildir import MaildirSender
 from mm7tx.processors import AddressRules, EmailProcessor
-from mm7tx.senders import MaildirSender, SendResult, wire_bytes
 from mm7tx.status import StatusCode
 from mm7tx.testing import FakeMailSender
 from mm7tx.transaction import Transaction
+from mm7tx.wire import wire_bytes
 from tests import samples
 
 RULES = AddressRules(
@@ -263,7 +265,7 @@ def test_maildir_sender_writes_whole_messages(tmp_path, processor):
 
 
 def test_the_fast_generator_writes_what_the_standard_one_does():
-    from mm7tx.senders import _WIRE_POLICY
+    from mm7tx.wire import WIRE_POLICY as _WIRE_POLICY
     from tests.fuzzing import SAMPLES
 
     processor = EmailProcessor(FakeMailSender(), RULES, keep_smil=True)

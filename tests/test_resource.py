@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lxml import etree
+from twisted.internet.testing import MemoryReactorClock
 from twisted.web.resource import Resource
 from twisted.web.static import Data
 from zope.interface import implementer
@@ -25,7 +26,7 @@ PATHS = ("/ringtones/", "/photo_contest/", "/email_gateway/")
 
 def tree(sender: FakeMailSender, **config: object) -> Resource:
     cfg = Config(rules=RULES, vasp_paths=PATHS, **config)  # type: ignore[arg-type]
-    return build_root(build_resources(cfg, sender))
+    return build_root(build_resources(cfg, sender, MemoryReactorClock()))  # type: ignore[arg-type]
 
 
 def status_of(body: bytes) -> tuple[str, int, str]:

@@ -14,9 +14,9 @@ from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from mm7tx.errors import MM7Error
-from mm7tx.interfaces import IMailSender
+from mm7tx.esmtp import ESMTPSender, SMTPSettings
+from mm7tx.interfaces import IMailSender, SendResult
 from mm7tx.processors import BUILD_POLICY
-from mm7tx.senders import ESMTPSender, SendResult, SMTPSettings
 from mm7tx.testing import RecordingDelivery, smtp_server_factory
 from tests.certs import make_certificate
 
@@ -471,7 +471,7 @@ async def test_pipelining_refusals_leave_the_session_usable():
 
 
 def test_smtp_data_ends_lines_with_crlf_and_doubles_leading_dots():
-    from mm7tx.senders import _smtp_data
+    from mm7tx.esmtp import _smtp_data
 
     assert _smtp_data(b"a\n.b\n..c\n") == b"a\r\n..b\r\n...c\r\n.\r\n"
     assert _smtp_data(b".x") == b"..x\r\n.\r\n"
@@ -492,7 +492,7 @@ async def test_a_big_message_arrives_whole(relay, delivery):
 def test_a_big_message_goes_in_chunks_each_restarting_the_timeout():
     from twisted.internet.testing import StringTransport
 
-    from mm7tx.senders import _ONE_WRITE, _smtp_data, _SMTPClient
+    from mm7tx.esmtp import _ONE_WRITE, _smtp_data, _SMTPClient
 
     client = _SMTPClient(sender_for("tcp:127.0.0.1:1"))
     transport = StringTransport()
@@ -522,7 +522,7 @@ async def test_a_mail_without_recipients_is_an_address_error(relay, delivery):
 def _dot_at_chunk_boundary() -> EmailMessage:
     """A text whose line "." starts exactly at byte 16384 of the message as
     handed to the SMTP client: where Twisted's FileSender starts a chunk."""
-    from mm7tx.senders import wire_bytes
+    from mm7tx.wire import wire_bytes
 
     for lines in range(250, 270):
         for pad in range(61):

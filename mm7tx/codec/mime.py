@@ -245,12 +245,17 @@ def _decoded(part: Message) -> bytes:
     line breaks as the ``email`` package does after joining lines); anything
     it refuses, and every other encoding, goes through ``get_payload``."""
     payload = part.get_payload()
-    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    header = part.get("Content-Transfer-Encoding")
+    encoding = str(header or "").strip().lower()
     if encoding == "base64" and isinstance(payload, str):
         try:
             return binascii.a2b_base64(payload.encode("ascii", "surrogateescape"))
         except (binascii.Error, ValueError):
             pass
+    if header is not None and str(header) != encoding:
+        # compat32's get_payload compares the raw value: "base64 " (or one
+        # folded onto a second line) would come back undecoded.
+        part.replace_header("Content-Transfer-Encoding", encoding)
     data = part.get_payload(decode=True)
     return data if isinstance(data, bytes) else b""
 

@@ -1,0 +1,645 @@
+"""The pooled, non-blocking ESMTP sender.
+
+:class:`ESMTPSender` provides :class:`mm7tx.interfaces.IMailSender` over a
+pool of persistent sessions on Twisted's ``ESMTPClient``: one Deferred per
+message, firing only once the relay said 250 to DATA, failing with
+:class:`MM7Error` otherwise.  With a relay that offers PIPELINING (RFC 2920)
+a message takes two round trips instead of five.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from io import BytesIO
+from typing import Any, Literal
+
+from twisted.internet import defer, error, ssl
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory
+from twisted.mail import smtp
+from twisted.protocols.basic import FileSender
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mm7tx.errors import MM7Error
+from mm7tx.interfaces import IMailSender, SendResult
+from mm7tx.status import StatusCode
+from mm7tx.wire import wire_bytes
+
+StartTLS = Literal["off", "opportunistic", "required"]
+
+
+@dataclass(frozen=True, slots=True)
+class SMTPSettings:
+    """How to reach the relay.  Timeouts are in seconds."""
+
+    endpoint: str = "tcp:127.0.0.1:25"
+    starttls: StartTLS = "opportunistic"
+    ca_file: str | None = None
+    tls_hostname: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    helo: str | None = None
+    connect_timeout: float = 10.0
+    command_timeout: float = 60.0
+    total_timeout: float = 120.0
+    max_connections: int = 20
+    idle_timeout: float = 30.0
+
+    @property
+    def host(self) -> str:
+        """The relay's host name, from the endpoint string (for TLS checks)."""
+        if self.tls_hostname:
+            return self.tls_hostname
+        parts = self.endpoint.split(":")
+        for part in parts[1:]:
+            if part.startswith("host="):
+                return part[5:]
+        return parts[1] if len(parts) > 1 and "=" not in parts[1] else "localhost"
+
+
+def _tls_options(settings: SMTPSettings) -> Any:
+    if settings.starttls == "off":
+        return None
+    trust = None
+    if settings.ca_file:
+        with open(settings.ca_file, "rb") as f:
+            trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(f.read())])
+    if settings.starttls == "required" or trust is not None:
+        return ssl.optionsForClientTLS(settings.host, trustRoot=trust)
+    # Opportunistic TLS (RFC 7435): encrypt when offered, as MTAs do, without
+    # refusing a self-signed certificate, which most local relays have.
+    return ssl.CertificateOptions(verify=False)
+
+
+def _classify(code: int, numOk: int, addresses: list[Any]) -> MM7Error:
+    """The MM7 status for an SMTP reply that refused the message."""
+    if 400 <= code < 500 or code < 0:
+        return MM7Error(
+            StatusCode.SERVICE_UNAVAILABLE, details=f"the mail relay answered {code}"
+        )
+    if numOk == 0 and addresses:
+        return MM7Error(
+            StatusCode.ADDRESS_ERROR,
+            details="the mail relay refused every recipient: "
+            + "; ".join(f"{_s(a)} {c}" for a, c, _ in addresses),
+        )
+    return MM7Error(
+        StatusCode.MESSAGE_REJECTED,
+        details=f"the mail relay refused the message ({code})",
+    )
+
+
+def _s(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+class _Job:
+    """One message: owns the Deferred the caller gets, whatever connection
+    ends up carrying it."""
+
+    def __init__(
+        self,
+        pool: ESMTPSender,
+        sender: bytes,
+        recipients: list[bytes],
+        data: bytes,
+        total_timeout: float,
+    ) -> None:
+        self.pool = pool
+        self.sender = sender
+        self.recipients = recipients
+        self.data = data
+        self.client: _SMTPClient | None = None
+        self.answered = False  # the relay has replied to our MAIL FROM
+        self.retried = False
+        self.result: defer.Deferred[SendResult] = defer.Deferred(self._cancel)
+        self.result.addTimeout(total_timeout, pool.reactor)
+
+    def _cancel(self, _: defer.Deferred[SendResult]) -> None:
+        if self.client is not None and self.client.transport is not None:
+            self.client.transport.abortConnection()  # type: ignore[attr-defined]
+        self.pool._forget(self)
+
+    def succeed(self, result: SendResult) -> None:
+        if not self.result.called:
+            self.result.callback(result)
+
+    def fail(self, reason: Exception) -> None:
+        if not self.result.called:
+            self.result.errback(Failure(reason))
+
+
+class _ReplyRouting(smtp.ESMTPClient):
+    """The one place mm7tx touches Twisted's SMTP client state.
+
+    ``SMTPClient`` is a state machine over two private attributes: each reply
+    whose code is in ``_expected`` goes to ``_okresponse``, any other to
+    ``_failresponse``.  It has no public way to send several commands before
+    their replies (RFC 2920 PIPELINING), so the pipelined path routes every
+    reply to its own handler, which counts them and judges their codes.
+    Twisted's own ``smtpState_*`` methods set both attributes the same way.
+    """
+
+    # Every three-digit reply: the handler, not Twisted, judges the codes.
+    _ANY_REPLY: Any = range(1000)
+
+    def _route_replies(self, handler: Callable[[int, bytes], Any]) -> None:
+        self._expected = self._ANY_REPLY
+        self._okresponse = handler
+
+    def quit(self) -> None:
+        """QUIT, and close once the relay answers (as Twisted's private
+        ``_disconnectFromServer`` does), within the command timeout."""
+        self.setTimeout(self.timeout)
+        self._route_replies(self.smtpState_disconnect)
+        self.sendLine(b"QUIT")
+
+
+class _SMTPClient(_ReplyRouting):
+    """A persistent ESMTP session on Twisted's client state machine: it sends
+    the pool's queued messages one after another, RSET between, and waits
+    idle for more."""
+
+    def __init__(self, pool: ESMTPSender) -> None:
+        settings = pool.settings
+        secret = settings.password.encode() if settings.password else None
+        identity = (settings.helo or "localhost").encode()
+        super().__init__(secret, pool.context, identity)
+        self.pool = pool
+        # TimeoutMixin's clock: the pool's reactor, never the global one.
+        self.callLater = pool.reactor.callLater  # type: ignore[method-assign, assignment]
+        # No transcript: it would hold the AUTH exchange, and costs time.
+        self.debug = False
+        self.heloFallback = True
+        self.requireAuthentication = bool(settings.username)
+        self.requireTransportSecurity = settings.starttls == "required"
+        self.timeout = settings.command_timeout  # type: ignore[assignment]
+        if settings.username:
+            user = settings.username.encode()
+            self.registerAuthenticator(smtp.CramMD5ClientAuthenticator(user))
+            self.registerAuthenticator(smtp.LOGINAuthenticator(user))
+            self.registerAuthenticator(smtp.PLAINAuthenticator(user))
+        self.job: _Job | None = None
+        self.sent = 0
+        self.idle = False
+        self.ready = False  # greeted, EHLO, STARTTLS and AUTH done
+        self.pipelining = False  # the relay offers PIPELINING (RFC 2920)
+        self._idle_call: Any = None
+        self._replies: list[tuple[int, bytes]] = []
+
+    def connectionMade(self) -> None:
+        # Commands go one at a time, each awaiting its reply: without
+        # TCP_NODELAY, Nagle and delayed ACKs add ~40 ms to every message.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
+        super().connectionMade()
+
+    def tryTLS(self, code: int, resp: bytes, items: dict[bytes, Any]) -> None:
+        # Called with the extensions of each EHLO answer (again after STARTTLS).
+        self.pipelining = any(key.upper() == b"PIPELINING" for key in items)
+        super().tryTLS(code, resp, items)
+
+    # Taking messages from the pool.
+
+    def smtpState_from(self, code: int, resp: bytes) -> None:
+        self.ready = True
+        job = self.pool._next_job()
+        if job is None:
+            self._park()
+            return
+        self.start(job)
+
+    def start(self, job: _Job) -> None:
+        """Send ``job`` on this (ready) connection."""
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self.idle = False
+        self.job = job
+        job.client = self
+        self.setTimeout(self.timeout)
+        if self.pipelining:
+            self._send_pipelined(job)
+        else:
+            super().smtpState_from(250, b"")
+
+    # RFC 2920 PIPELINING: MAIL FROM, every RCPT TO and DATA go in one write,
+    # the message and its final dot in another, and a session goes straight
+    # on to the next message: two round trips per message instead of five
+    # (Twisted's client sends each command on its own, then RSET).
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _send_pipelined(self, job: _Job) -> None:
+        commands = [b"MAIL FROM:" + smtp.quoteaddr(job.sender)]
+        commands += [b"RCPT TO:" + smtp.quoteaddr(r) for r in job.recipients]
+        commands.append(b"DATA")
+        self._replies = []
+        self._route_replies(self._pipelined_reply)
+        self._write(b"\r\n".join(commands) + b"\r\n")
+
+    def _pipelined_reply(self, code: int, resp: bytes) -> None:
+        job = self.job
+        if job is None:
+            return
+        job.answered = True
+        self._replies.append((code, resp))
+        if len(self._replies) < len(job.recipients) + 2:
+            return
+        (mail, mail_resp), *rcpts, (data, data_resp) = self._replies
+        addresses = [(r, c, t) for r, (c, t) in zip(job.recipients, rcpts, strict=True)]
+        accepted = sum(1 for _, c, _ in addresses if c in smtp.SUCCESS)
+        if data == 354 and mail in smtp.SUCCESS and accepted:
+            self._route_replies(
+                lambda code, resp: self._pipelined_sent(code, resp, accepted, addresses)
+            )
+            wire, job.data = _smtp_data(job.data), b""  # no resend from here on
+            self._send_data(wire)
+            return
+        if data == 354:
+            # A relay that took DATA with no one to deliver to: end it empty.
+            self._route_replies(
+                lambda code, resp: self._pipelined_refused(
+                    mail, mail_resp, accepted, addresses, data, data_resp
+                )
+            )
+            self._write(b".\r\n")
+            return
+        self._pipelined_refused(mail, mail_resp, accepted, addresses, data, data_resp)
+
+    def _send_data(self, wire: bytes) -> None:
+        if len(wire) <= _ONE_WRITE or self.transport is None:
+            self._write(wire)
+            return
+        # A big message goes as Twisted's client sends one: in chunks as the
+        # connection takes them, each restarting the command timeout, so that
+        # a slow link is not taken for a relay that stopped answering.
+        sending = _Chunks().beginFileTransfer(
+            BytesIO(wire), self.transport, self.transformChunk
+        )
+        sending.addErrback(lambda _: None)  # a lost connection fails the job
+
+    def _pipelined_sent(
+        self, code: int, resp: bytes, accepted: int, addresses: list[Any]
+    ) -> None:
+        self.sentMail(code, resp, accepted, addresses, None)
+        self.smtpState_from(code, resp)  # the transaction is over: the next one
+
+    def _pipelined_refused(
+        self,
+        mail: int,
+        mail_resp: bytes,
+        accepted: int,
+        addresses: list[Any],
+        data: int,
+        data_resp: bytes,
+    ) -> None:
+        """The transaction failed before the message was sent: report the
+        reply that decided it (as Twisted's client would), then RSET."""
+        if mail not in smtp.SUCCESS:
+            self.sentMail(mail, mail_resp, 0, [], None)
+        elif not accepted:
+            codes = [c for _, c, _ in addresses]
+            transient = [c for c in codes if 400 <= c < 500]
+            self.sentMail(
+                (transient or codes)[-1], b"No recipients accepted", 0, addresses, None
+            )
+        else:
+            self.sentMail(
+                data if data != 354 else 554, data_resp, accepted, addresses, None
+            )
+        self._route_replies(self.smtpState_from)
+        self.sendLine(b"RSET")
+
+    def _park(self) -> None:
+        self.idle = True
+        self.setTimeout(None)
+        self._idle_call = self.pool.reactor.callLater(
+            self.pool.settings.idle_timeout, self.quit
+        )
+        self.pool._parked(self)
+
+    def getMailFrom(self) -> bytes | None:
+        return self.job.sender if self.job is not None else None
+
+    def smtpState_to(self, code: int, resp: bytes) -> Any:
+        if self.job is not None:
+            self.job.answered = True
+        return super().smtpState_to(code, resp)
+
+    def smtpTransferFailed(self, code: int, resp: bytes) -> None:
+        if self.job is not None:
+            self.job.answered = True
+        super().smtpTransferFailed(code, resp)
+
+    def getMailTo(self) -> list[bytes]:
+        return self.job.recipients if self.job is not None else []
+
+    def getMailData(self) -> BytesIO:
+        # The whole message made SMTP data at once (Twisted's client sends
+        # the final dot).  Twisted's own transformChunk works chunk by chunk:
+        # a line "." starting a chunk would go undoubled, end the message
+        # early and turn the rest of a text into SMTP commands.
+        data = self.job.data if self.job is not None else b""
+        return BytesIO(_stuffed(data))
+
+    def transformChunk(self, chunk: bytes) -> bytes:
+        self.resetTimeout()  # progress: the relay is not silent, just slow
+        return chunk
+
+    def sentMail(
+        self, code: int, resp: bytes, numOk: int, addresses: list[Any], log: Any
+    ) -> None:
+        job, self.job = self.job, None
+        self.sent += 1
+        if job is None:
+            return
+        if code in smtp.SUCCESS:
+            accepted = tuple(_s(a) for a, c, _ in addresses if c in smtp.SUCCESS)
+            refused = tuple(
+                (_s(a), int(c), _s(r)) for a, c, r in addresses if c not in smtp.SUCCESS
+            )
+            job.succeed(SendResult(accepted, refused))
+        else:
+            job.fail(_classify(code, numOk, addresses))
+
+    # Failures.
+
+    def sendError(self, exc: Exception) -> None:
+        code = getattr(exc, "code", -1)
+        if isinstance(exc, smtp.SMTPTimeoutError):
+            detail = "the mail relay timed out"
+        elif isinstance(exc, smtp.TLSRequiredError):
+            detail = "the mail relay does not offer STARTTLS, which is required"
+        elif isinstance(exc, smtp.AUTHRequiredError):
+            detail = "the mail relay does not offer AUTH, which is required"
+        else:
+            detail = f"the mail relay failed: {code} {_s(getattr(exc, 'resp', exc))}"
+        # Connection, TLS and AUTH problems are the operator's to fix and the
+        # sender's to retry: never a permanent status.
+        self._lose_job(MM7Error(StatusCode.SERVICE_UNAVAILABLE, details=detail))
+        super().sendError(exc)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        super().connectionLost(reason)
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._lose_job(
+            MM7Error(
+                StatusCode.SERVICE_UNAVAILABLE,
+                details="the mail relay closed the connection",
+            )
+        )
+        self.pool._gone(self)
+
+    def _lose_job(self, reason: MM7Error) -> None:
+        if not self.ready:
+            # The session failed before it could carry anything (greeting,
+            # STARTTLS, AUTH): the message that has waited longest gets the
+            # error, as when the relay is unreachable.
+            self.ready = True
+            self.pool._fail_oldest(reason)
+            return
+        job, self.job = self.job, None
+        if job is None or job.result.called:
+            return
+        if self.sent and not job.answered and not job.retried:
+            # A reused connection that died before the relay answered our
+            # MAIL FROM (it had timed us out): nothing was accepted, so the
+            # message can go again on a fresh connection.
+            job.retried = True
+            job.client = None
+            self.pool._requeue(job)
+            return
+        job.fail(reason)
+
+
+@implementer(IMailSender)
+class ESMTPSender:
+    """Sends messages to a relay over a pool of persistent ESMTP sessions.
+
+    ``send`` never blocks: it returns a Deferred that fires with a
+    :class:`SendResult` once the relay said 250 to DATA, and fails with an
+    :class:`MM7Error`: 4006 for a relay that is down, slow or answers 4xx,
+    2002 when every recipient got a 5xx, 3002 when the message did.  At most
+    ``max_connections`` sessions are open; each sends one message after
+    another (RSET between) and is closed after ``idle_timeout`` unused.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        settings: SMTPSettings,
+        endpoint: IStreamClientEndpoint | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.settings = settings
+        self.endpoint = endpoint or clientFromString(reactor, settings.endpoint)
+        self.context = _tls_options(settings)
+        self.description = f"SMTP relay {settings.endpoint}"
+        self._queue: deque[_Job] = deque()
+        self._idle: list[_SMTPClient] = []
+        self._open: set[_SMTPClient] = set()
+        self._connecting = 0
+        self._attempts: set[defer.Deferred[Any]] = set()
+        self._dispatch_call: IDelayedCall | None = None
+        self._closed = False
+        self._closing: list[defer.Deferred[None]] = []
+
+    @property
+    def connections(self) -> int:
+        """Sessions open or being opened."""
+        return len(self._open) + self._connecting
+
+    def send(
+        self, sender: str, recipients: list[str], message: EmailMessage
+    ) -> defer.Deferred[SendResult]:
+        if self._closed:
+            return defer.fail(
+                MM7Error(
+                    StatusCode.SERVICE_UNAVAILABLE, details="the server is stopping"
+                )
+            )
+        if not recipients:
+            return defer.fail(
+                MM7Error(StatusCode.ADDRESS_ERROR, details="the mail has no recipient")
+            )
+        job = _Job(
+            self,
+            sender.encode("utf-8"),
+            [r.encode("utf-8") for r in recipients],
+            wire_bytes(message),
+            self.settings.total_timeout,
+        )
+        self._queue.append(job)
+        self._dispatch()
+        return job.result.addErrback(_timeouts_are_transient)
+
+    def close(self, timeout: float = 5.0) -> defer.Deferred[None]:
+        """Stop the pool; fires once every session is closed.
+
+        Messages still queued fail with 4006 (their peers retry), idle
+        sessions QUIT, connection attempts are cancelled, and a session
+        still carrying a message (a drain that ran out of time) is cut: its
+        message fails with 4006 too.  Sessions not closed within
+        ``timeout`` are cut.
+        """
+        self._closed = True
+        stopping = MM7Error(
+            StatusCode.SERVICE_UNAVAILABLE, details="the server is stopping"
+        )
+        while self._queue:
+            self._queue.popleft().fail(stopping)
+        if self._dispatch_call is not None and self._dispatch_call.active():
+            self._dispatch_call.cancel()
+        for attempt in list(self._attempts):
+            attempt.cancel()
+        for client in list(self._open):
+            if client.idle:
+                client.quit()
+            elif client.transport is not None:
+                client.transport.abortConnection()  # type: ignore[attr-defined]
+        if not self._open:
+            return defer.succeed(None)
+        closed: defer.Deferred[None] = defer.Deferred()
+        self._closing.append(closed)
+
+        def cut(result: object, timeout: float) -> None:
+            for client in list(self._open):
+                if client.transport is not None:
+                    client.transport.abortConnection()  # type: ignore[attr-defined]
+
+        return closed.addTimeout(timeout, self.reactor, onTimeoutCancel=cut)
+
+    # The pool.
+
+    def _dispatch(self) -> None:
+        if self._closed:
+            return
+        while self._queue and self._idle:
+            client = self._idle.pop()
+            if client.transport is None or not client.idle:
+                continue
+            client.start(self._queue.popleft())
+        waiting = len(self._queue) - self._connecting
+        while waiting > 0 and self.connections < self.settings.max_connections:
+            self._connect()
+            waiting -= 1
+
+    def _connect(self) -> None:
+        self._connecting += 1
+        factory: Any = Factory.forProtocol(lambda: _SMTPClient(self))  # type: ignore[arg-type, type-var]
+        connecting = self.endpoint.connect(factory)
+        connecting.addTimeout(self.settings.connect_timeout, self.reactor)
+        self._attempts.add(connecting)
+
+        def connected(client: _SMTPClient) -> None:
+            self._attempts.discard(connecting)
+            self._connecting -= 1
+            self._open.add(client)
+
+        def unreachable(reason: Failure) -> None:
+            self._attempts.discard(connecting)
+            self._connecting -= 1
+            if self._closed:
+                return
+            self._fail_oldest(
+                MM7Error(
+                    StatusCode.SERVICE_UNAVAILABLE,
+                    details="the mail relay is unreachable: "
+                    + reason.getErrorMessage(),
+                )
+            )
+            self._dispatch()
+
+        connecting.addCallbacks(connected, unreachable)
+
+    def _fail_oldest(self, reason: MM7Error) -> None:
+        """A session could not be had: the message that has waited longest
+        fails with ``reason`` (so while the relay is down or refusing, each
+        message gets its own quick 4006 rather than waiting for its timeout)."""
+        job = self._next_job()
+        if job is not None:
+            job.fail(reason)
+
+    def _next_job(self) -> _Job | None:
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.result.called:
+                return job
+        return None
+
+    def _parked(self, client: _SMTPClient) -> None:
+        self._idle.append(client)
+        self._dispatch()
+
+    def _requeue(self, job: _Job) -> None:
+        self._queue.appendleft(job)
+        self._dispatch_soon()
+
+    def _dispatch_soon(self) -> None:
+        if self._dispatch_call is None or not self._dispatch_call.active():
+            self._dispatch_call = self.reactor.callLater(0, self._dispatch)
+
+    def _forget(self, job: _Job) -> None:
+        if job in self._queue:
+            self._queue.remove(job)
+
+    def _gone(self, client: _SMTPClient) -> None:
+        self._open.discard(client)
+        if client in self._idle:
+            self._idle.remove(client)
+        if self._queue:
+            self._dispatch_soon()
+        if self._closed and not self._open:
+            closing, self._closing = self._closing, []
+            for closed in closing:
+                if not closed.called:
+                    closed.callback(None)
+
+
+# A message up to this size (as SMTP data) goes to the transport in one write;
+# a bigger one in chunks of this size.
+_ONE_WRITE = 256 * 1024
+
+
+class _Chunks(FileSender):
+    CHUNK_SIZE = _ONE_WRITE
+
+
+def _stuffed(data: bytes) -> bytes:
+    """A message with LF line ends as SMTP DATA without the final dot: CRLF
+    line ends and leading dots doubled (RFC 5321 4.5.2), over the whole
+    message at once, never chunk by chunk."""
+    wire = data.replace(b"\n", b"\r\n").replace(b"\r\n.", b"\r\n..")
+    if wire.startswith(b"."):
+        wire = b"." + wire
+    if wire and not wire.endswith(b"\r\n"):
+        wire += b"\r\n"
+    return wire
+
+
+def _smtp_data(data: bytes) -> bytes:
+    """The message as SMTP DATA, with the final dot."""
+    return _stuffed(data) + b".\r\n"
+
+
+def _timeouts_are_transient(reason: Failure) -> Failure:
+    if reason.check(defer.TimeoutError, defer.CancelledError):
+        return Failure(
+            MM7Error(StatusCode.SERVICE_UNAVAILABLE, details="the mail relay timed out")
+        )
+    return reason

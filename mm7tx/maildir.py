@@ -1,0 +1,54 @@
+"""The Maildir sender: the embedded default, so that ``twistd -n mm7`` works
+on a bare machine with no relay."""
+
+from __future__ import annotations
+
+import mailbox
+import os
+from email import policy
+from email.message import EmailMessage
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from mm7tx.errors import MM7Error
+from mm7tx.interfaces import IMailSender, SendResult
+from mm7tx.status import StatusCode
+
+_FILE_POLICY = policy.default.clone(linesep="\n")
+
+
+@implementer(IMailSender)
+class MaildirSender:
+    """Delivers into a Maildir (the embedded default, for a bare machine).
+
+    The standard library's ``mailbox.Maildir`` writes into ``tmp/`` and renames
+    into ``new/``, so a message is either whole or absent.  The write is local
+    and small; it runs in the reactor thread.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self._maildir = mailbox.Maildir(self.path, create=True)
+        self.description = f"Maildir {self.path}"
+
+    def close(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    def send(
+        self, sender: str, recipients: list[str], message: EmailMessage
+    ) -> defer.Deferred[SendResult]:
+        del message["Return-Path"]
+        del message["Delivered-To"]
+        message["Return-Path"] = f"<{sender}>"
+        message["Delivered-To"] = ", ".join(recipients)
+        try:
+            self._maildir.add(message.as_bytes(policy=_FILE_POLICY))
+        except OSError as e:
+            return defer.fail(
+                MM7Error(
+                    StatusCode.SERVICE_UNAVAILABLE,
+                    details=f"cannot write to the Maildir: {e.strerror}",
+                )
+            )
+        return defer.succeed(SendResult(tuple(recipients)))

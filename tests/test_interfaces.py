@@ -1,0 +1,118 @@
+"""Every provider in mm7tx checked against its interfaces with verifyObject.
+
+``PROVIDERS`` builds one instance of each class that declares
+``@implementer`` in the package; a companion test walks the package and
+fails when a declaring class appears that the list does not cover.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock
+from twisted.mail import smtp
+from zope.interface import implementedBy
+from zope.interface.verify import verifyObject
+
+import mm7tx
+from mm7tx import testing
+from mm7tx.auth import (
+    Account,
+    AccountRealm,
+    IPAddressCredentials,
+    IPChecker,
+    PasswordChecker,
+    VASPAvatar,
+)
+from mm7tx.client import _Body
+from mm7tx.esmtp import ESMTPSender, SMTPSettings
+from mm7tx.interfaces import IMailSender
+from mm7tx.maildir import MaildirSender
+from mm7tx.processors import AddressRules, EmailProcessor
+
+ACCOUNTS = {"v": Account("v", "p")}
+RULES = AddressRules("f@from.example", "from.example", "t@to.example", "to.example")
+
+
+def _maildir(tmp_path: Any) -> MaildirSender:
+    return MaildirSender(str(tmp_path / "Maildir"))
+
+
+def _message(tmp_path: Any) -> Any:
+    user = smtp.User(b"a@b.example", b"helo", None, smtp.Address(b"c@d.example"))
+    return testing._Message(testing.RecordingDelivery(), user)
+
+
+# class -> a factory taking pytest's tmp_path
+PROVIDERS: dict[type, Callable[[Any], object]] = {
+    EmailProcessor: lambda _: EmailProcessor(testing.FakeMailSender(), RULES),
+    ESMTPSender: lambda _: ESMTPSender(
+        MemoryReactorClock(),  # type: ignore[arg-type]
+        SMTPSettings(endpoint="tcp:127.0.0.1:25", starttls="off"),
+    ),
+    MaildirSender: _maildir,
+    testing.FakeMailSender: lambda _: testing.FakeMailSender(),
+    testing._Message: _message,
+    testing.RecordingDelivery: lambda _: testing.RecordingDelivery(),
+    testing._DeliveryRealm: lambda _: testing._DeliveryRealm(
+        testing.RecordingDelivery()
+    ),
+    testing._Passwords: lambda _: testing._Passwords({b"u": b"p"}),
+    PasswordChecker: lambda _: PasswordChecker(ACCOUNTS, MemoryReactorClock()),  # type: ignore[arg-type]
+    IPChecker: lambda _: IPChecker(ACCOUNTS),
+    AccountRealm: lambda _: AccountRealm(ACCOUNTS),
+    VASPAvatar: lambda _: VASPAvatar(ACCOUNTS["v"]),
+    IPAddressCredentials: lambda _: IPAddressCredentials("192.0.2.1"),
+    _Body: lambda _: _Body(b"<x/>"),
+    testing.MemoryReactor: lambda _: testing.MemoryReactor(),
+    testing.MemoryAgent: lambda _: testing.MemoryAgent(testing.MemoryReactor()),
+    testing._MemoryPort: lambda _: testing._MemoryPort(
+        testing.MemoryReactor(), ("127.0.0.1", 80), testing.FakeMailSender()
+    ),
+    testing._MemoryConnector: lambda _: testing._MemoryConnector(
+        IPv4Address("TCP", "127.0.0.1", 80), None
+    ),
+    testing._MemoryEndpoints: lambda _: testing._MemoryEndpoints(
+        testing.MemoryReactor(), "127.0.0.1"
+    ),
+}
+
+
+def declaring_classes() -> set[type]:
+    """Every class defined in mm7tx that declares interfaces itself."""
+    found = set()
+    modules = [mm7tx] + [
+        importlib.import_module(info.name)
+        for info in pkgutil.walk_packages(mm7tx.__path__, "mm7tx.")
+    ]
+    for module in modules:
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == module.__name__ and implementedBy(cls).declared:
+                found.add(cls)
+    return found
+
+
+def test_every_declaring_class_is_verified():
+    assert declaring_classes() == set(PROVIDERS)
+
+
+@pytest.mark.parametrize("cls", PROVIDERS, ids=lambda c: c.__qualname__)
+def test_verify_object(cls, tmp_path):
+    provider = PROVIDERS[cls](tmp_path)
+    assert type(provider) is cls
+    interfaces = list(implementedBy(cls))
+    assert interfaces
+    for interface in interfaces:
+        assert verifyObject(interface, provider)
+
+
+def test_mail_senders_have_send_and_close():
+    assert set(IMailSender.names()) >= {"send", "close"}
+    senders = [c for c in PROVIDERS if IMailSender.implementedBy(c)]
+    assert set(senders) == {ESMTPSender, MaildirSender, testing.FakeMailSender}

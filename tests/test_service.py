@@ -1,0 +1,216 @@
+"""The one wiring point: ``build_service(config, reactor)`` puts everything on
+the reactor it is given, and stopping it leaves nothing behind there."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from email.message import EmailMessage
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet import reactor as global_reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mm7tx import codec
+from mm7tx import messages as m
+from mm7tx.auth import Account
+from mm7tx.config import load
+from mm7tx.esmtp import ESMTPSender
+from mm7tx.interfaces import IMailSender, SendResult
+from mm7tx.limits import TransactionGate
+from mm7tx.reports import DeliveryReporter
+from mm7tx.resource import build_root
+from mm7tx.service import MM7Service, build_resources, build_service
+from tests import samples
+
+CONFIG = """
+HTTP_Listener {
+  Listen "tcp:8080:interface=127.0.0.1" { }
+  Listen ":8081" { }
+}
+mm7_serv {
+  mm7_server_default_email_from_address = "from@example.com"
+  mm7_server_default_email_to_address = "to@example.com"
+  mm7_vasp_uri_paths = ("/vasp/")
+  mm7_mmsc_uri_paths = ("/mm7/")
+  smtp_relay = "tcp:relay.example:25"
+}
+VASP "v" { password = "p" delivery_report_url = "http://vasp.example/dr" }
+"""
+
+
+def global_state() -> tuple[Any, ...]:
+    """What the global reactor holds: ports, connections and timers."""
+    return (
+        set(global_reactor.getReaders()),
+        set(global_reactor.getWriters()),
+        {id(call) for call in global_reactor.getDelayedCalls()},
+    )
+
+
+def test_every_listener_is_on_the_given_reactor_and_none_on_the_global() -> None:
+    before = global_state()
+    reactor = MemoryReactorClock()
+    service = build_service(load(CONFIG, "wiring.conf"), reactor)  # type: ignore[arg-type]
+    service.startService()
+    listening = sorted(
+        (port, interface) for port, _, _, interface in reactor.tcpServers
+    )
+    assert listening == [(8080, "127.0.0.1"), (8081, "")]
+    assert isinstance(service.sender, ESMTPSender)
+    assert service.sender.reactor is reactor
+    assert service.reporter is not None and service.reporter.reactor is reactor
+    assert global_state() == before
+    stopped: list[object] = []
+    service.stopService().addBoth(stopped.append)
+    assert stopped == [None]
+    assert reactor.getDelayedCalls() == []
+    assert global_state() == before
+
+
+def test_a_pending_delivery_report_is_abandoned_with_a_log_line_on_stop() -> None:
+    """A report still being retried when the service stops is given the rest
+    of the drain time, then cancelled with its MessageID and URL logged
+    (never its credentials); no timer is left behind."""
+    reactor = MemoryReactorClock()
+    reporter = DeliveryReporter(reactor, attempts=5)  # type: ignore[arg-type]
+    account = Account(
+        "v",
+        "p",
+        delivery_report_url="http://192.0.2.7:8000/dr",
+        delivery_report_user="user",
+        delivery_report_password="secret",
+    )
+    outcome: list[Any] = []
+    reporter.report(
+        account, m.DeliveryReportReq(message_id="msg-1", mm_status="Forwarded"), "x"
+    ).addBoth(outcome.append)
+    # The VASP never answers: the agent's connection attempt hangs in memory.
+    assert len(reactor.tcpClients) == 1
+    stopped: list[object] = []
+    with capturedLogs() as events:
+        reporter.stop(10).addBoth(stopped.append)
+        reactor.advance(9)
+        assert stopped == [] and outcome == []
+        reactor.advance(1)
+    assert stopped == [None]
+    assert len(outcome) == 1 and outcome[0] is not True
+    lines = [formatEvent(e) for e in events]
+    abandoned = [line for line in lines if "Abandoned" in line]
+    assert abandoned == [
+        "Abandoned delivery report msg-1 to http://192.0.2.7:8000/dr: "
+        "still not answered when the service stopped"
+    ]
+    assert not any("secret" in line for line in lines)
+    assert reporter.pending == {}
+    assert reactor.getDelayedCalls() == []
+
+
+def test_a_report_answered_within_the_drain_is_not_abandoned() -> None:
+    reactor = MemoryReactorClock()
+    reporter = DeliveryReporter(reactor)  # type: ignore[arg-type]
+    stopped: list[object] = []
+    reporter.stop(10).addBoth(stopped.append)
+    assert stopped == [None]  # nothing pending: at once
+    assert reactor.getDelayedCalls() == []
+
+
+def test_urls_in_the_log_lose_their_credentials() -> None:
+    from mm7tx.reports import _without_credentials
+
+    assert _without_credentials("http://u:p@host:80/x?y") == "http://host:80/x?y"
+    assert _without_credentials("https://host/x") == "https://host/x"
+
+
+@implementer(IMailSender)
+class HeldSender:
+    """Takes every message and answers only when the test says so."""
+
+    description = "a held sender"
+
+    def __init__(self) -> None:
+        self.held: list[defer.Deferred[SendResult]] = []
+        self.closed = False
+
+    def send(
+        self, sender: str, recipients: list[str], message: EmailMessage
+    ) -> defer.Deferred[SendResult]:
+        d: defer.Deferred[SendResult] = defer.Deferred()
+        self.held.append(d)
+        return d
+
+    def close(self) -> defer.Deferred[None]:
+        self.closed = True
+        return defer.succeed(None)
+
+
+def started_with_one_in_flight(
+    drain_timeout: float = 30.0,
+) -> tuple[Any, MM7Service, HeldSender, StringTransport, Any]:
+    """A service on a memory reactor with one DeliverReq waiting for the relay."""
+    reactor = MemoryReactorClock()
+    config = replace(load(CONFIG, "drain.conf"), drain_timeout=drain_timeout)
+    sender = HeldSender()
+    gate = TransactionGate(config.max_transactions)
+    root = build_root(build_resources(config, sender, reactor, gate))  # type: ignore[arg-type]
+    service = MM7Service(config, sender, root, gate, reactor)  # type: ignore[arg-type]
+    service.startService()
+    channel = service.site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 5000))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    ctype, body = samples.http_message(
+        samples.read("instantcom-mm7/deliver-req-post.txt")
+    )
+    channel.dataReceived(
+        b"POST /vasp/ HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % ((ctype or "").encode(), len(body), body)
+    )
+    assert gate.in_flight == 1 and len(sender.held) == 1
+    return reactor, service, sender, transport, channel
+
+
+def test_stop_drains_a_transaction_writes_its_answer_then_closes() -> None:
+    reactor, service, sender, transport, channel = started_with_one_in_flight()
+    stopped: list[object] = []
+    with capturedLogs() as events:
+        service.stopService().addBoth(stopped.append)
+        assert stopped == []
+        sender.held[0].callback(SendResult(("to@example.com",)))
+        # The answer is written, then the connection closed (once flushed).
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        answer = codec.decode("text/xml", body)
+        assert isinstance(answer.message, m.DeliverRsp)
+        assert answer.message.status.code == 1000
+        assert transport.disconnecting
+        assert stopped == []  # until the connection is really gone
+        channel.connectionLost(Failure(ConnectionDone()))
+    assert stopped == [None]
+    assert sender.closed
+    lines = [formatEvent(e) for e in events]
+    assert "Draining 1 transactions in flight (at most 30 s)" in lines
+    assert "Drained 1 transactions" in lines
+    assert reactor.getDelayedCalls() == []
+
+
+def test_a_drain_that_runs_out_says_how_many_were_still_in_flight() -> None:
+    reactor, service, _, transport, channel = started_with_one_in_flight(10)
+    stopped: list[object] = []
+    with capturedLogs() as events:
+        service.stopService().addBoth(stopped.append)
+        reactor.advance(9.9)
+        assert stopped == []
+        reactor.advance(0.1)
+        # The connection is closed now (the peer sees it cut and retries).
+        assert transport.disconnecting
+        channel.connectionLost(Failure(ConnectionDone()))
+    assert stopped == [None]
+    lines = [formatEvent(e) for e in events]
+    assert "Stopped with 1 transactions still in flight" in lines
+    assert "Drained 1 transactions" not in lines
+    assert reactor.getDelayedCalls() == []
