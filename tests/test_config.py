@@ -50,7 +50,7 @@ def test_the_shipped_example_file_loads_with_every_option():
     assert config.smtp.connect_timeout == 10
     assert (
         config.processor_for("/photo_contest/")
-        == "tests.example_processor.ShortCodeMailboxes"
+        == "mm7tx.examples.shortcode.ShortCodeMailboxes"
     )
     assert config.processor_for("/ringtones/") is None
     assert config.mmsc_paths == ("/mm7/",)
@@ -85,7 +85,7 @@ def test_grammar_case_comments_lists_scopes():
           smtp_password = "p w \\" q"
           smtp_timeout = 30
           mm7_keep_smil = yes
-          mm7_processor = "tests.example_processor.ShortCodeMailboxes"
+          mm7_processor = "mm7tx.examples.shortcode.ShortCodeMailboxes"
           Path "/b/c/" { processor = "mm7tx.processors.EmailProcessor" }
         }
         """
@@ -101,7 +101,7 @@ def test_grammar_case_comments_lists_scopes():
         total_timeout=30,
     )
     assert config.keep_smil is True
-    assert config.processor_for("/a/") == "tests.example_processor.ShortCodeMailboxes"
+    assert config.processor_for("/a/") == "mm7tx.examples.shortcode.ShortCodeMailboxes"
     assert config.processor_for("/b/c/") == "mm7tx.processors.EmailProcessor"
 
 

@@ -199,7 +199,7 @@ def test_a_path_bound_to_a_subclass_by_dotted_name():
     root = tree(
         sender,
         path_processors=(
-            ("/photo_contest/", "tests.example_processor.ShortCodeMailboxes"),
+            ("/photo_contest/", "mm7tx.examples.shortcode.ShortCodeMailboxes"),
         ),
     )
     req = m.DeliverReq(

@@ -1,4 +1,9 @@
-"""The README's example: a processor subclass that changes the recipient mapping."""
+"""The README's example: a processor subclass that changes the recipient mapping.
+
+It lives in the package (not in tests/) so that an installed mm7tx can load
+``etc/mm7tx.conf``, which binds it with
+``processor = "mm7tx.examples.shortcode.ShortCodeMailboxes"``.
+"""
 
 from mm7tx.messages import Address
 from mm7tx.processors import EmailProcessor
