@@ -332,9 +332,15 @@ class MemoryReactor(MemoryReactorClock):
 
 def result_of(d: defer.Deferred[T]) -> T:
     """The result of a Deferred that has fired (its failure raised), or
-    ``AssertionError`` if it is still waiting."""
+    ``AssertionError`` if it is still waiting.  A result stays in the
+    Deferred for its other callbacks; a failure is taken (it is raised here)."""
     results: list[Any] = []
-    d.addBoth(results.append)
+
+    def keep(result: Any) -> Any:
+        results.append(result)
+        return None if isinstance(result, Failure) else result
+
+    d.addBoth(keep)
     if not results:
         raise AssertionError(f"{d!r} has not fired: is something waiting for time?")
     result = results[0]

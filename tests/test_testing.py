@@ -384,3 +384,17 @@ def test_stop_drains_and_closes_everything(gateway):
     gateway.stop()
     assert gateway.relay.open_sessions == []
     assert gateway.reactor.connections == 0
+
+
+def test_result_of_leaves_a_result_for_later_callbacks() -> None:
+    from mm7tx.testing import result_of
+
+    d: defer.Deferred[int] = defer.succeed(7)
+    assert result_of(d) == 7
+    assert result_of(d) == 7
+    failing: defer.Deferred[int] = defer.fail(ValueError("no"))
+    with pytest.raises(ValueError):
+        result_of(failing)
+    waiting: defer.Deferred[int] = defer.Deferred()
+    with pytest.raises(AssertionError):
+        result_of(waiting)
