@@ -285,7 +285,8 @@ class MM7Resource(Resource):
 
         def outcome(status: m.Status, prefix: str = "") -> None:
             log.info(
-                "{kind} {tid} from {peer} on {path}: {prefix}{code} {text} ({ms:.1f} ms)",
+                "{kind} {tid} from {peer} on {path}: {prefix}{code} {text} "
+                "({ms:.1f} ms){unsent}",
                 kind=name,
                 tid=transaction.transaction_id,
                 peer=peer,
@@ -294,6 +295,8 @@ class MM7Resource(Resource):
                 code=status.code,
                 text=status.details or status.text,
                 ms=1000 * (time.monotonic() - started),
+                # The peer never sees this answer: it will send again.
+                unsent="; not answered, the connection was gone" if gone else "",
             )
 
         entry = DISPATCH.get(type(message))

@@ -335,12 +335,16 @@ def result_of(d: defer.Deferred[T]) -> T:
     ``AssertionError`` if it is still waiting.  A result stays in the
     Deferred for its other callbacks; a failure is taken (it is raised here)."""
     results: list[Any] = []
+    asking = True
 
     def keep(result: Any) -> Any:
+        if not asking:  # fired after we gave up on it: leave it be
+            return result
         results.append(result)
         return None if isinstance(result, Failure) else result
 
     d.addBoth(keep)
+    asking = False
     if not results:
         raise AssertionError(f"{d!r} has not fired: is something waiting for time?")
     result = results[0]

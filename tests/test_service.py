@@ -20,12 +20,14 @@ from mm7tx import codec
 from mm7tx import messages as m
 from mm7tx.auth import Account
 from mm7tx.config import load
+from mm7tx.errors import MM7Error
 from mm7tx.esmtp import ESMTPSender
 from mm7tx.interfaces import IMailSender, SendResult
 from mm7tx.limits import TransactionGate
 from mm7tx.reports import DeliveryReporter
 from mm7tx.resource import build_root
 from mm7tx.service import MM7Service, build_resources, build_service
+from mm7tx.status import StatusCode
 from tests import samples
 
 CONFIG = """
@@ -199,7 +201,7 @@ def test_stop_drains_a_transaction_writes_its_answer_then_closes() -> None:
 
 
 def test_a_drain_that_runs_out_says_how_many_were_still_in_flight() -> None:
-    reactor, service, _, transport, channel = started_with_one_in_flight(10)
+    reactor, service, sender, transport, channel = started_with_one_in_flight(10)
     stopped: list[object] = []
     with capturedLogs() as events:
         service.stopService().addBoth(stopped.append)
@@ -209,8 +211,15 @@ def test_a_drain_that_runs_out_says_how_many_were_still_in_flight() -> None:
         # The connection is closed now (the peer sees it cut and retries).
         assert transport.disconnecting
         channel.connectionLost(Failure(ConnectionDone()))
+        # The relay gives up on it later: the log says no answer went out.
+        sender.held[0].errback(
+            MM7Error(StatusCode.SERVICE_UNAVAILABLE, details="the server is stopping")
+        )
     assert stopped == [None]
     lines = [formatEvent(e) for e in events]
     assert "Stopped with 1 transactions still in flight" in lines
     assert "Drained 1 transactions" not in lines
+    [outcome] = [line for line in lines if line.startswith("DeliverReq")]
+    assert ": fault 4006 the server is stopping (" in outcome
+    assert outcome.endswith(" ms); not answered, the connection was gone")
     assert reactor.getDelayedCalls() == []

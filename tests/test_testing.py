@@ -398,3 +398,7 @@ def test_result_of_leaves_a_result_for_later_callbacks() -> None:
     waiting: defer.Deferred[int] = defer.Deferred()
     with pytest.raises(AssertionError):
         result_of(waiting)
+    # Asked too early, it still gives the failure that comes later.
+    waiting.errback(ValueError("later"))
+    with pytest.raises(ValueError):
+        result_of(waiting)
