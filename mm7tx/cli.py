@@ -18,6 +18,7 @@ import mimetypes
 import os
 import sys
 import time
+from urllib.parse import urlsplit
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -211,7 +212,10 @@ def parser() -> argparse.ArgumentParser:
     def common(name: str, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument(
-            "url", metavar="URL", help="the MM7 endpoint, http:// or https://"
+            "url",
+            metavar="URL",
+            type=mm7_url,
+            help="the MM7 endpoint, http:// or https://",
         )
         auth = sub.add_argument_group("connection")
         auth.add_argument("--user", help="HTTP Basic user (the VASP account)")
@@ -480,6 +484,21 @@ def hash_password_command() -> int:
         return 1
     print(hash_password(password))
     return 0
+
+
+def mm7_url(text: str) -> str:
+    """An http(s) URL with a host, or a usage error (exit status 2)."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an http:// or https:// URL with a host, "
+            "e.g. http://localhost:8080/mm7"
+        )
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

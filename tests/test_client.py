@@ -914,3 +914,16 @@ def test_an_empty_summary_reads_as_zeros():
         "requests/s 0.0 over 0.00 s",
         "latency ms p50 0.0 p95 0.0 p99 0.0",
     ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["localhost:8080/mm7", "ftp://x/mm7", "http://", "http://[::1/vasp", "http://h:x/"],
+)
+def test_a_url_that_is_not_http_is_a_usage_error(url, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.parser().parse_args(["submit", url, "--from", "1", "--to", "2"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("mm7tx submit: error: argument URL: ")
+    assert "Traceback" not in err
