@@ -18,13 +18,13 @@ import mimetypes
 import os
 import sys
 import time
-from urllib.parse import urlsplit
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 from xml.sax.saxutils import quoteattr
 
 from twisted.internet import defer, task
