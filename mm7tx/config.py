@@ -904,6 +904,12 @@ class _Values:
                 raise self.reader.error(
                     entry, f"unknown {scope_name} {kind} {entry.name!r}"
                 )
+            if not spec.is_scope and spec.name in self.lines:
+                raise self.reader.error(
+                    entry,
+                    f"{spec.name} is set twice (first on line "
+                    f"{self.lines[spec.name]}); keep one",
+                )
             group, attribute = spec.field.split(".")
             values = self.groups.setdefault(group, {})
             if spec.is_scope:

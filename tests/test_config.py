@@ -518,3 +518,18 @@ def test_a_systemd_listener_without_a_passed_socket_says_so() -> None:
         "no socket with that index (LISTEN_FDS); start mm7tx from a .socket unit "
         "or with systemd-socket-activate"
     )
+
+
+def test_an_option_set_twice_is_refused_at_its_second_line() -> None:
+    text = (
+        "mm7_serv {\n"
+        '  mm7_vasp_uri_paths = ("/a/")\n'
+        '  MM7_VASP_URI_PATHS = ("/b/")\n'
+        "}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(text, "twice.conf")
+    assert str(caught.value) == (
+        "twice.conf, line 3: mm7_vasp_uri_paths is set twice (first on line 2); "
+        "keep one"
+    )
