@@ -20,9 +20,9 @@ from twisted.python.reflect import namedAny
 
 from mm7tx.auth import Account, network
 from mm7tx.codec.soap import XMLLimits
-from mm7tx.esmtp import SMTPSettings
 from mm7tx.messages import DEFAULT_MM7_VERSION
 from mm7tx.processors import AddressRules
+from mm7tx.senders import SMTPSettings
 from mm7tx.site import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_REQUEST_SIZE,

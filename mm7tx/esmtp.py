@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from email.message import EmailMessage
 from io import BytesIO
-from typing import Any, Literal
+from typing import Any
 
 from twisted.internet import defer, error, ssl
 from twisted.internet.endpoints import clientFromString
@@ -31,39 +30,9 @@ from zope.interface import implementer
 
 from mm7tx.errors import MM7Error
 from mm7tx.interfaces import IMailSender, SendResult
+from mm7tx.senders import SMTPSettings
 from mm7tx.status import StatusCode
 from mm7tx.wire import wire_bytes
-
-StartTLS = Literal["off", "opportunistic", "required"]
-
-
-@dataclass(frozen=True, slots=True)
-class SMTPSettings:
-    """How to reach the relay.  Timeouts are in seconds."""
-
-    endpoint: str = "tcp:127.0.0.1:25"
-    starttls: StartTLS = "opportunistic"
-    ca_file: str | None = None
-    tls_hostname: str | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    helo: str | None = None
-    connect_timeout: float = 10.0
-    command_timeout: float = 60.0
-    total_timeout: float = 120.0
-    max_connections: int = 20
-    idle_timeout: float = 30.0
-
-    @property
-    def host(self) -> str:
-        """The relay's host name, from the endpoint string (for TLS checks)."""
-        if self.tls_hostname:
-            return self.tls_hostname
-        parts = self.endpoint.split(":")
-        for part in parts[1:]:
-            if part.startswith("host="):
-                return part[5:]
-        return parts[1] if len(parts) > 1 and "=" not in parts[1] else "localhost"
 
 
 def _tls_options(settings: SMTPSettings) -> Any:

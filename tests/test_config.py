@@ -20,8 +20,8 @@ from mm7tx.config import (
     options_markdown,
     with_overrides,
 )
-from mm7tx.esmtp import SMTPSettings
 from mm7tx.processors import AddressRules
+from mm7tx.senders import SMTPSettings
 from tests import samples
 from tests.certs import make_certificate
 

@@ -31,10 +31,11 @@ from mm7tx.auth import (
     VASPAvatar,
 )
 from mm7tx.client import _Body
-from mm7tx.esmtp import ESMTPSender, SMTPSettings
+from mm7tx.esmtp import ESMTPSender
 from mm7tx.interfaces import IMailSender
 from mm7tx.maildir import MaildirSender
 from mm7tx.processors import AddressRules, EmailProcessor
+from mm7tx.senders import SMTPSettings
 
 ACCOUNTS = {"v": Account("v", "p")}
 RULES = AddressRules("f@from.example", "from.example", "t@to.example", "to.example")

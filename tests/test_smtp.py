@@ -20,9 +20,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface.verify import verifyObject
 
 from mm7tx.errors import MM7Error
-from mm7tx.esmtp import _ONE_WRITE, ESMTPSender, SMTPSettings, _smtp_data, _SMTPClient
+from mm7tx.esmtp import _ONE_WRITE, ESMTPSender, _smtp_data, _SMTPClient
 from mm7tx.interfaces import IMailSender, SendResult
 from mm7tx.processors import BUILD_POLICY
+from mm7tx.senders import SMTPSettings
 from mm7tx.testing import MemoryReactor, MemorySMTPRelay, _RelayServer, result_of
 from mm7tx.wire import wire_bytes
 

@@ -21,7 +21,8 @@ from zope.interface.verify import verifyObject
 from mm7tx import messages as m
 from mm7tx.auth import hash_password
 from mm7tx.client import MM7Fault
-from mm7tx.esmtp import ESMTPSender, SMTPSettings
+from mm7tx.esmtp import ESMTPSender
+from mm7tx.senders import SMTPSettings
 from mm7tx.testing import (
     MemoryAgent,
     MemoryGateway,
