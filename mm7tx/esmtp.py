@@ -310,6 +310,12 @@ class _SMTPClient(_ReplyRouting):
         if self.transport is not None:
             self.transport.loseConnection()
 
+    def quit(self) -> None:
+        # Out of the pool before the QUIT goes: no message may start on a
+        # session that is closing (the relay's 221 would answer its MAIL).
+        self.idle = False
+        super().quit()
+
     def getMailFrom(self) -> bytes | None:
         return self.job.sender if self.job is not None else None
 
@@ -345,12 +351,21 @@ class _SMTPClient(_ReplyRouting):
         self.sent += 1
         if job is None:
             return
-        if code in smtp.SUCCESS:
-            accepted = tuple(_s(a) for a, c, _ in addresses if c in smtp.SUCCESS)
+        accepted = tuple(_s(a) for a, c, _ in addresses if c in smtp.SUCCESS)
+        if code in smtp.SUCCESS and accepted:
             refused = tuple(
                 (_s(a), int(c), _s(r)) for a, c, r in addresses if c not in smtp.SUCCESS
             )
             job.succeed(SendResult(accepted, refused))
+        elif code in smtp.SUCCESS:
+            # A 2xx that is not the relay taking the message for a recipient
+            # (its 221 to a QUIT crossing our MAIL FROM): never a success.
+            job.fail(
+                MM7Error(
+                    StatusCode.SERVICE_UNAVAILABLE,
+                    details=f"the mail relay answered {code} with no recipient taken",
+                )
+            )
         else:
             job.fail(_classify(code, numOk, addresses))
 

@@ -625,3 +625,23 @@ def test_close_with_nothing_open_fires_at_once(reactor, relay):
     sender = sender_for(reactor, relay)
     assert result_of(sender.close()) is None
     nothing_left(reactor, relay)
+
+
+def test_a_message_sent_as_an_idle_session_quits_goes_on_a_new_one(
+    reactor, relay, pipelining
+):
+    """The idle timer sends QUIT; a message sent in the same instant, before
+    the relay's 221, must not start on that session (the 221 once answered
+    its MAIL FROM, and the message was taken for sent: 1000 with no mail)."""
+    sender = sender_for(reactor, relay, idle_timeout=30)
+    assert sent(reactor, send(sender, ["b@to.example"])).accepted == ("b@to.example",)
+    later: list[defer.Deferred[SendResult]] = []
+    reactor.callLater(30, lambda: later.append(send(sender, ["c@to.example"])))
+    reactor.advance(30)
+    (d,) = later
+    assert sent(reactor, d).accepted == ("c@to.example",)
+    assert [mail.recipients for mail in relay.accepted] == [
+        ["b@to.example"],
+        ["c@to.example"],
+    ]
+    assert len(relay.sessions) == 2
