@@ -42,16 +42,22 @@ class DeliveryReporter:
         self.timeout = timeout
         # Each report being posted: its MessageID and URL, for the log.
         self.pending: dict[defer.Deferred[bool], tuple[str, str]] = {}
-        self._stopped = False
+        self._closing = False  # stop() was called: no new report goes out
 
     def report(
         self, account: Account, request: m.DeliveryReportReq, namespace: str
     ) -> defer.Deferred[bool]:
-        """Post ``request`` to the account's URL; fires True once answered 1000."""
+        """Post ``request`` to the account's URL; fires True once answered 1000.
+
+        Once :meth:`stop` was called (a transaction that outlived the drain)
+        nothing is posted: the report is logged as abandoned."""
+        url = _without_credentials(account.delivery_report_url or "")
+        if self._closing:
+            _log_abandoned(request.message_id or "-", url)
+            return defer.succeed(False)
         d = defer.ensureDeferred(self._post(account, request, namespace))
         if d.called:
             return d
-        url = _without_credentials(account.delivery_report_url or "")
         self.pending[d] = (request.message_id or "-", url)
 
         def done(result: Any) -> Any:
@@ -62,7 +68,9 @@ class DeliveryReporter:
 
     def stop(self, timeout: float) -> defer.Deferred[None]:
         """Let the reports being posted finish within ``timeout`` seconds;
-        cancel the rest (their retries too), logging each as abandoned."""
+        cancel the rest (their retries too), logging each as abandoned, as
+        any report asked for from now on."""
+        self._closing = True
         if not self.pending:
             return defer.succeed(None)
         finished = defer.DeferredList(list(self.pending), consumeErrors=True)
@@ -75,14 +83,10 @@ class DeliveryReporter:
         return finished.addCallback(done)
 
     def _abandon(self) -> None:
-        self._stopped = True  # no retry after the cancelled attempt
+        # Cancelling ends the attempt and its retries: the CancelledError
+        # goes through the retry loop, which catches only MM7 client errors.
         for d, (message_id, url) in list(self.pending.items()):
-            log.warn(
-                "Abandoned delivery report {message_id} to {url}: "
-                "still not answered when the service stopped",
-                message_id=message_id,
-                url=url,
-            )
+            _log_abandoned(message_id, url)
             d.cancel()
 
     async def _post(
@@ -138,8 +142,6 @@ class DeliveryReporter:
                         code=response.status.code,
                     )
                     return response.status.is_success
-                if self._stopped:
-                    raise defer.CancelledError()
                 if attempt < self.attempts:
                     log.info(
                         "Delivery report {message_id} for {vasp}: {error}; "
@@ -170,3 +172,12 @@ def _without_credentials(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _log_abandoned(message_id: str, url: str) -> None:
+    log.warn(
+        "Abandoned delivery report {message_id} to {url}: "
+        "still not answered when the service stopped",
+        message_id=message_id,
+        url=url,
+    )

@@ -244,3 +244,47 @@ def test_importing_mm7tx_leaves_the_reactor_to_the_application() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "AsyncioSelectorReactor"
+
+
+def test_stopping_the_service_abandons_reports_after_the_drain_time() -> None:
+    """Through ``stopService``: a report still retrying gets the drain time,
+    then is abandoned and never tried again; a report asked for after the
+    stop (a transaction that outlived the drain) is never posted."""
+    reactor = MemoryReactorClock()
+    config = replace(load(CONFIG, "reports.conf"), drain_timeout=20)
+    sender = HeldSender()
+    gate = TransactionGate(config.max_transactions)
+    reporter = DeliveryReporter(reactor, attempts=8, timeout=5)  # type: ignore[arg-type]
+    root = build_root(build_resources(config, sender, reactor, gate, reporter))  # type: ignore[arg-type]
+    service = MM7Service(config, sender, root, gate, reactor, reporter)  # type: ignore[arg-type]
+    service.startService()
+    account = Account("v", "p", delivery_report_url="http://192.0.2.7:8000/dr")
+    reporter.report(
+        account, m.DeliveryReportReq(message_id="early", mm_status="Forwarded"), "x"
+    )
+    stopped: list[object] = []
+    with capturedLogs() as events:
+        service.stopService().addBoth(stopped.append)
+        late = reporter.report(
+            account, m.DeliveryReportReq(message_id="late", mm_status="Forwarded"), "x"
+        )
+        for _ in range(199):  # step by step, as time passes
+            reactor.advance(0.1)
+        assert stopped == []
+        attempts = len(reactor.tcpClients)
+        assert attempts >= 2  # it was retried meanwhile
+        reactor.advance(0.1)
+        assert stopped == [None]
+        for _ in range(600):
+            reactor.advance(1)
+    assert len(reactor.tcpClients) == attempts  # no retry after abandonment
+    assert late.result is False
+    lines = [formatEvent(e) for e in events]
+    assert [line for line in lines if line.startswith("Abandoned")] == [
+        "Abandoned delivery report late to http://192.0.2.7:8000/dr: "
+        "still not answered when the service stopped",
+        "Abandoned delivery report early to http://192.0.2.7:8000/dr: "
+        "still not answered when the service stopped",
+    ]
+    assert reporter.pending == {}
+    assert reactor.getDelayedCalls() == []
