@@ -203,10 +203,13 @@ class MM7Service(service.MultiService):
         closing = self.site.close_connections()
         grace = max(deadline, self.reactor.seconds() + CLOSE_GRACE)
         if not await _within(self.reactor, closing, grace):
+            # A peer that does not read what we write: cut it.
             log.warn(
-                "Stopped with {count} HTTP connections not yet closed",
+                "Cutting {count} HTTP connections still not closed",
                 count=len(self.site.channels),
             )
+            cutting = self.site.close_connections(abort=True)
+            await _within(self.reactor, cutting, self.reactor.seconds() + 1)
         await self.sender.close()
 
 

@@ -176,16 +176,20 @@ class MM7Site(server.Site):
         self.channels: set[MM7Channel] = set()
         self._closed: list[defer.Deferred[None]] = []
 
-    def close_connections(self) -> defer.Deferred[None]:
+    def close_connections(self, abort: bool = False) -> defer.Deferred[None]:
         """Close every connection (on stop, once the transactions in flight
         are done): each once its answers are written, since
-        ``loseConnection`` flushes first.  Fires when all are closed."""
+        ``loseConnection`` flushes first; or at once with ``abort``.  Fires
+        when all are closed."""
         if not self.channels:
             return defer.succeed(None)
         closed: defer.Deferred[None] = defer.Deferred()
         self._closed.append(closed)
         for channel in list(self.channels):
-            channel.loseConnection()
+            if abort and channel.transport is not None:
+                channel.transport.abortConnection()  # type: ignore[attr-defined]
+            else:
+                channel.loseConnection()
         return closed
 
     def channel_closed(self, channel: MM7Channel) -> None:

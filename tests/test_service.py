@@ -288,3 +288,32 @@ def test_stopping_the_service_abandons_reports_after_the_drain_time() -> None:
     ]
     assert reporter.pending == {}
     assert reactor.getDelayedCalls() == []
+
+
+def test_a_connection_that_will_not_close_is_cut_after_the_grace() -> None:
+    """A peer that never reads keeps its connection from closing: after the
+    drain and the grace it is cut, so stopping never hangs on it and no timer
+    of it is left behind."""
+    reactor, service, sender, transport, channel = started_with_one_in_flight(10)
+    aborted: list[bool] = []
+
+    def abort() -> None:
+        aborted.append(True)
+        channel.connectionLost(Failure(ConnectionDone()))
+
+    transport.abortConnection = abort  # type: ignore[method-assign]
+    stopped: list[object] = []
+    with capturedLogs() as events:
+        service.stopService().addBoth(stopped.append)
+        sender.held[0].callback(SendResult(("to@example.com",)))
+        assert transport.disconnecting and not aborted  # closing, gently
+        reactor.advance(9.9)
+        assert stopped == [] and not aborted
+        reactor.advance(0.1)  # the drain time is the grace here (10 s > 5 s)
+    assert aborted == [True]
+    assert stopped == [None]
+    assert "Cutting 1 HTTP connections still not closed" in [
+        formatEvent(e) for e in events
+    ]
+    assert service.site.channels == set()
+    assert reactor.getDelayedCalls() == []
