@@ -168,6 +168,8 @@ class Config:
     """Everything mm7tx needs to start, from a file or the embedded defaults."""
 
     listen: tuple[str, ...] = ("tcp:8080",)
+    # Where each listener was set ("FILE, line N" or "--listen"), for errors.
+    listen_origins: tuple[str, ...] = ()
     rules: AddressRules = field(default_factory=AddressRules)
     mm7_version: str = DEFAULT_MM7_VERSION
     vasp_paths: tuple[str, ...] = ()
@@ -928,12 +930,14 @@ def load(text: str, source: str = "<config>") -> Config:
     top = _Values(reader)
     mm7_servs: list[Scope] = []
     vasps: list[tuple[Scope, Account]] = []
+    origins: list[str] = []
     for item in parse(text.removeprefix("\ufeff"), source):
         kind = item.name.lower()
         if isinstance(item, Option):
             raise reader.error(item, f"unknown top-level option {item.name!r}")
         if kind == "http_listener":
             top.read(item, HTTP_LISTENER)
+            origins += [f"{source}, line {entry.line}" for entry in item.body]
         elif kind == "vasp":
             vasps.append((item, _account(reader, item)))
         elif kind == "mm7_serv":
@@ -995,6 +999,7 @@ def load(text: str, source: str = "<config>") -> Config:
         seen.add(vasp.name)
     return Config(
         listen=tuple(values.pop("listen", ())) or _DEFAULTS.listen,
+        listen_origins=tuple(origins),
         rules=AddressRules(**top.get("rules")),
         smtp=SMTPSettings(**smtp),
         path_processors=tuple(values.pop("path_processors", ())),
@@ -1058,7 +1063,11 @@ def with_overrides(
                 endpoints.append(check_listen(endpoint))
             except ValueError as e:
                 raise ConfigError("--listen", 0, str(e)) from None
-        config = replace(config, listen=tuple(endpoints))
+        config = replace(
+            config,
+            listen=tuple(endpoints),
+            listen_origins=("--listen",) * len(endpoints),
+        )
     if smtp_relay:
         try:
             check_relay(smtp_relay)

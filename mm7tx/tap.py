@@ -107,11 +107,19 @@ class _ListeningService(MultiService):
 
     def _cannot_start(self, error: CannotListenError) -> CannotStart:
         reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
-        endpoint = next(
-            (e for e in self.config.listen if _port_of(e) == error.port),
-            f"{error.interface or '*'}:{error.port}",
+        listen = self.config.listen
+        where = next(
+            (i for i, e in enumerate(listen) if _port_of(e) == error.port), None
         )
-        message = f"cannot listen on {endpoint}: {reason}"
+        if where is None:
+            message = f"cannot listen on {error.interface or '*'}:{error.port}"
+        else:
+            origins = self.config.listen_origins
+            origin = origins[where] if where < len(origins) else ""
+            message = f"cannot listen on {listen[where]}"
+            if origin:
+                message = f"{origin}: {message}"
+        message = f"{message}: {reason}"
         log.critical("{message}", message=message)
         return CannotStart(message)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 
 import pytest
 
@@ -253,7 +254,8 @@ def test_a_documented_default_is_the_default(spec):
         text = f'HTTP_Listener {{ Listen "{spec.default}" {{ }} }}\n{MINIMAL}'
     else:
         text = MINIMAL.replace("}", f"\n{spec.name} = {spec.default}\n}}")
-    assert load(text) == load(MINIMAL)
+    # The same configuration, but for where its listener was written.
+    assert replace(load(text), listen_origins=()) == load(MINIMAL)
 
 
 # Errors that involve more than one option name the one at fault ------------

@@ -131,6 +131,6 @@ def test_a_port_in_use_stops_the_start_with_one_line(tmp_path):
     assert "Traceback" not in log
     errors = [line for line in log.splitlines() if "cannot listen" in line]
     assert len(errors) == 1
-    assert f"cannot listen on {endpoint}: Address already in use" in errors[0]
+    assert f"--listen: cannot listen on {endpoint}: Address already in use" in errors[0]
     assert len(log.splitlines()) <= 4
     assert not (tmp_path / "twistd.pid").exists()  # twistd cleaned up after itself

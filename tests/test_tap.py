@@ -74,7 +74,24 @@ def test_a_port_in_use_is_one_logged_line_and_exit_status_1() -> None:
     CannotBind().setServiceParent(wrapper)
     with capturedLogs() as events, pytest.raises(tap.CannotStart) as caught:
         wrapper.privilegedStartService()
-    message = "cannot listen on tcp:8080:interface=127.0.0.1: Address in use"
+    message = "--listen: cannot listen on tcp:8080:interface=127.0.0.1: Address in use"
     assert str(caught.value) == message
     assert caught.value.code == 1
     assert [formatEvent(e) for e in events] == [message]
+
+
+def test_a_port_in_use_names_the_file_and_line_of_its_listener(tmp_path: Path) -> None:
+    path = tmp_path / "mm7tx.conf"
+    path.write_text(
+        "HTTP_Listener {\n"
+        '  Listen "tcp:8081" { }\n'
+        '  Listen "tcp:8080:interface=127.0.0.1" { }\n'
+        "}\n" + samples.EXAMPLE_7_1
+    )
+    wrapper = tap._ListeningService(options("--config", str(path))["mm7_config"])
+    CannotBind().setServiceParent(wrapper)
+    with capturedLogs(), pytest.raises(tap.CannotStart) as caught:
+        wrapper.privilegedStartService()
+    assert str(caught.value) == (
+        f"{path}, line 3: cannot listen on tcp:8080:interface=127.0.0.1: Address in use"
+    )
