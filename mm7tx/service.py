@@ -15,6 +15,8 @@ from twisted.application import service, strports
 from twisted.internet import defer
 from twisted.internet.interfaces import (
     IReactorCore,
+    IReactorPluggableNameResolver,
+    IReactorSSL,
     IReactorTCP,
     IReactorThreads,
     IReactorTime,
@@ -41,7 +43,14 @@ CLOSE_GRACE = 5.0
 
 if TYPE_CHECKING:
 
-    class IMM7Reactor(IReactorCore, IReactorTime, IReactorTCP, IReactorThreads):
+    class IMM7Reactor(
+        IReactorCore,
+        IReactorTime,
+        IReactorTCP,
+        IReactorSSL,
+        IReactorThreads,
+        IReactorPluggableNameResolver,
+    ):
         """What mm7tx needs of a reactor, as one make-believe interface (the
         way ``twisted.internet`` types its global reactor): every real
         reactor provides these, and so does ``mm7tx.testing.MemoryReactor``.

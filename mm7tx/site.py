@@ -176,6 +176,10 @@ class MM7Site(server.Site):
         self.channels: set[MM7Channel] = set()
         self._closed: list[defer.Deferred[None]] = []
 
+    def acceptableProtocols(self) -> list[bytes]:
+        # HTTP/1.1 only (see the class docstring): never offer h2 in ALPN.
+        return [b"http/1.1"]
+
     def close_connections(self, abort: bool = False) -> defer.Deferred[None]:
         """Close every connection (on stop, once the transactions in flight
         are done): each once its answers are written, since
