@@ -44,7 +44,6 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.mail import smtp
@@ -52,16 +51,15 @@ from twisted.mail.imap4 import LOGINCredentials, PLAINCredentials
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.test import iosim
-from twisted.web.client import Agent, ResponseDone
+from twisted.web.client import Agent
 from twisted.web.error import SchemeNotSupported
-from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from mm7tx.client import MM7Client, _Body
+from mm7tx.client import MM7Client, _Body, _read_body
 from mm7tx.config import EMBEDDED, Config, load
 from mm7tx.errors import MM7Error
 from mm7tx.esmtp import ESMTPSender
@@ -398,24 +396,6 @@ class MemoryAgent:
         return answer
 
 
-class _BodyReader(Protocol):
-    """The body whole (``readBody`` warns, needlessly, when the body came in
-    before it was asked for, as it always does in memory)."""
-
-    def __init__(self, done: defer.Deferred[bytes]) -> None:
-        self.done = done
-        self.chunks: list[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self.chunks))
-        else:
-            self.done.errback(reason)
-
-
 @dataclass
 class HTTPResponse:
     """An HTTP answer read whole; header names in lower case."""
@@ -432,9 +412,7 @@ async def _post(
     for name, value in (headers or {}).items():
         sent.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
     response = await agent.request(b"POST", url.encode("utf-8"), sent, _Body(body))
-    reading: defer.Deferred[bytes] = defer.Deferred()
-    response.deliverBody(_BodyReader(reading))
-    data = await reading
+    data = await _read_body(response)
     received = {
         name.decode("latin-1").lower(): values[-1].decode("latin-1")
         for name, values in response.headers.getAllRawHeaders()
