@@ -233,7 +233,8 @@ def test_host_from_endpoint():
 
 def test_a_silent_relay_is_transient_after_the_command_timeout(reactor, relay):
     relay.hang("greeting")  # connects, never says a word
-    d = send(sender_for(reactor, relay, command_timeout=60), ["b@to.example"])
+    sender = sender_for(reactor, relay, command_timeout=60, total_timeout=120)
+    d = send(sender, ["b@to.example"])
     reactor.advance(59.9)
     assert not fired(d)
     reactor.advance(0.1)
@@ -245,7 +246,8 @@ def test_a_silent_relay_is_transient_after_the_command_timeout(reactor, relay):
 
 def test_a_hang_mid_data_is_transient_after_the_command_timeout(reactor, relay):
     relay.hang("message")
-    d = send(sender_for(reactor, relay), ["b@to.example"])
+    sender = sender_for(reactor, relay, command_timeout=60, total_timeout=120)
+    d = send(sender, ["b@to.example"])
     reactor.advance(59.9)
     assert not fired(d)
     reactor.advance(0.1)
@@ -255,7 +257,8 @@ def test_a_hang_mid_data_is_transient_after_the_command_timeout(reactor, relay):
 
 def test_a_hang_after_the_data_is_never_a_success(reactor, relay):
     relay.hang("end")  # took the message, never says 250
-    d = send(sender_for(reactor, relay), ["b@to.example"])
+    sender = sender_for(reactor, relay, command_timeout=60, total_timeout=120)
+    d = send(sender, ["b@to.example"])
     reactor.advance(59.9)
     assert not fired(d)
     assert [m.reply for m in relay.received] == [None]
