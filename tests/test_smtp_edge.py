@@ -95,3 +95,23 @@ def test_a_silent_relay_on_a_reused_session_is_4006_in_under_30_s(gateway):
     gateway.advance(29.9)
     assert answer(gateway, d).code == 4006
     assert gateway.reactor.seconds() - start < 30
+
+
+# Every To, Cc and Bcc counts ------------------------------------------------------
+
+
+def test_a_deliver_with_repeated_to_cc_and_bcc_mails_every_recipient(gateway):
+    from tests.test_recipients import RECIPIENTS, envelope
+
+    response = gateway.post(
+        "/vasp/",
+        envelope("DeliverReq", RECIPIENTS),
+        {"Content-Type": "text/xml", "SOAPAction": '""'},
+    )
+    assert response.code == 200 and b"<StatusCode>1000<" in response.body
+    [mail] = gateway.relay.accepted
+    assert sorted(mail.recipients) == sorted(
+        [f"{n}@to.example" for n in (111, 222, 333, 444, 555, 666, 777)]
+        + ["c@to.example"]
+    )
+    assert "777" not in str(mail.message)  # Bcc: in the envelope only
