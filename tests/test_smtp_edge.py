@@ -115,3 +115,23 @@ def test_a_deliver_with_repeated_to_cc_and_bcc_mails_every_recipient(gateway):
         + ["c@to.example"]
     )
     assert "777" not in str(mail.message)  # Bcc: in the envelope only
+
+
+# A Number or ShortCode is digits -------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["Number", "ShortCode"])
+def test_an_address_in_a_number_is_2002_and_never_reaches_the_relay(gateway, kind):
+    recipients = (
+        f"<Recipients><To><{kind}>&lt;root@localhost&gt;</{kind}></To></Recipients>"
+    )
+    from tests.test_recipients import envelope
+
+    response = gateway.post(
+        "/vasp/",
+        envelope("DeliverReq", recipients),
+        {"Content-Type": "text/xml", "SOAPAction": '""'},
+    )
+    assert b"<StatusCode>2002<" in response.body
+    assert b"is not a number" in response.body
+    assert gateway.relay.sessions == []
