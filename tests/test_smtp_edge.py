@@ -135,3 +135,48 @@ def test_an_address_in_a_number_is_2002_and_never_reaches_the_relay(gateway, kin
     assert b"<StatusCode>2002<" in response.body
     assert b"is not a number" in response.body
     assert gateway.relay.sessions == []
+
+
+# A non-ASCII address: SMTPUTF8 where offered, 2002 otherwise ------------------------
+
+UTF8 = m.Address("üser@example.com", "RFC2822Address")
+
+
+def utf8_deliveries() -> list[m.DeliverReq]:
+    return [
+        m.DeliverReq(
+            sender=UTF8, recipients=DELIVER.recipients, content=DELIVER.content
+        ),
+        m.DeliverReq(
+            sender=DELIVER.sender,
+            recipients=m.Recipients(to=(UTF8,)),
+            content=DELIVER.content,
+        ),
+    ]
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
+@pytest.mark.parametrize("which", [0, 1], ids=["sender", "recipient"])
+def test_a_non_ascii_address_is_delivered_with_smtputf8(pipelining, which):
+    gateway = MemoryGateway(CONFIG, pipelining=pipelining, smtputf8=True)
+    client = gateway.client("/vasp/")
+    assert answer(gateway, client.deliver(utf8_deliveries()[which])).code == 1000
+    [mail] = gateway.relay.accepted
+    assert "üser@example.com" in [mail.sender, *mail.recipients]
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
+@pytest.mark.parametrize("which", [0, 1], ids=["sender", "recipient"])
+def test_a_non_ascii_address_without_smtputf8_is_2002_and_delays_nothing(
+    pipelining, which
+):
+    gateway = MemoryGateway(CONFIG, pipelining=pipelining)
+    client = gateway.client("/vasp/")
+    assert answer(gateway, client.deliver(DELIVER)).code == 1000  # a session, idle
+    bad = client.deliver(utf8_deliveries()[which])
+    legit = client.deliver(DELIVER)
+    status = answer(gateway, bad)  # no time passes
+    assert status.code == 2002  # for good: never 4000, never 4006
+    assert "SMTPUTF8" in (status.details or "")
+    assert answer(gateway, legit).code == 1000
+    assert len(gateway.relay.accepted) == 2 and len(gateway.relay.sessions) == 1
