@@ -810,3 +810,28 @@ def nothing_left_but_the_idle_session(reactor: MemoryReactor) -> None:
         30,
         600,
     ]
+
+
+def test_an_exception_while_sending_the_data_fails_its_message_alone(
+    reactor, relay, monkeypatch, logged_failures
+):
+    sender = sender_for(reactor, relay, max_connections=1)
+    sent(reactor, send(sender, ["b@to.example"]))  # a session, idle
+    real = _SMTPClient.transformChunk
+
+    def transform(self: _SMTPClient, chunk: bytes) -> bytes:
+        if self.job is not None and self.job.recipients == [b"boom@to.example"]:
+            raise RuntimeError("a bug")
+        return real(self, chunk)
+
+    monkeypatch.setattr(_SMTPClient, "transformChunk", transform)
+    big = message(b"x" * (_ONE_WRITE + 1))  # sent in chunks, each transformed
+    bad = send(sender, ["boom@to.example"], big)
+    legit = send(sender, ["c@to.example"])
+    reactor.flush()  # no time passes: the broken session was closed at once
+    assert failure(bad).status.code in (4000, 4006)
+    assert result_of(legit).accepted == ("c@to.example",)
+    assert [m.recipients for m in relay.accepted] == [
+        ["b@to.example"],
+        ["c@to.example"],
+    ]
