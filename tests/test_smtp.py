@@ -817,7 +817,7 @@ def test_an_exception_while_sending_the_data_fails_its_message_alone(
 ):
     sender = sender_for(reactor, relay, max_connections=1)
     sent(reactor, send(sender, ["b@to.example"]))  # a session, idle
-    real = _SMTPClient.transformChunk
+    real: Callable[[_SMTPClient, bytes], bytes] = _SMTPClient.transformChunk
 
     def transform(self: _SMTPClient, chunk: bytes) -> bytes:
         if self.job is not None and self.job.recipients == [b"boom@to.example"]:
