@@ -760,8 +760,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
         MM7_SERV,
         R.seconds,
         "smtp.command_timeout",
-        "to wait for each relay reply",
-        default="60",
+        "to wait for each relay reply (mid-DATA: for the connection to take more)",
+        default="20",
         unit=" s",
     ),
     OptionSpec(
@@ -769,8 +769,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
         MM7_SERV,
         R.seconds,
         "smtp.total_timeout",
-        "for the whole message",
-        default="120",
+        "for the whole message, from its request to the relay's 250 (→ 4006): keep it under the peers' timeout, often 30 s",
+        default="25",
         unit=" s",
     ),
     OptionSpec(

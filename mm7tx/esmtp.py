@@ -9,6 +9,7 @@ a message takes two round trips instead of five.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable
 from email.message import EmailMessage
@@ -23,6 +24,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
@@ -33,6 +35,8 @@ from mm7tx.interfaces import IMailSender, SendResult
 from mm7tx.senders import SMTPSettings
 from mm7tx.status import StatusCode
 from mm7tx.wire import wire_bytes
+
+log = Logger()
 
 
 def _tls_options(settings: SMTPSettings) -> Any:
@@ -84,11 +88,13 @@ class _Job:
         recipients: list[bytes],
         data: bytes,
         total_timeout: float,
+        utf8: bool = False,
     ) -> None:
         self.pool = pool
         self.sender = sender
         self.recipients = recipients
         self.data = data
+        self.utf8 = utf8  # an address is not ASCII: it needs SMTPUTF8
         self.client: _SMTPClient | None = None
         self.answered = False  # the relay has replied to our MAIL FROM
         self.retried = False
@@ -127,6 +133,16 @@ class _ReplyRouting(smtp.ESMTPClient):
         self._expected = self._ANY_REPLY
         self._okresponse = handler
 
+    def _mail_from(self, sender: bytes, command: bytes) -> None:
+        """Start a transaction as Twisted's ``smtpState_from`` does, but with
+        our own MAIL FROM ``command``: Twisted's sends no ESMTP parameter
+        (SMTPUTF8), and its ``quoteaddr`` takes ASCII only."""
+        self._from = sender
+        self._failresponse = self.smtpTransferFailed
+        self._expected = [250]
+        self._okresponse = self.smtpState_to
+        self.sendLine(command)
+
     def quit(self) -> None:
         """QUIT, and close once the relay answers (as Twisted's private
         ``_disconnectFromServer`` does), within the command timeout."""
@@ -164,6 +180,7 @@ class _SMTPClient(_ReplyRouting):
         self.idle = False
         self.ready = False  # greeted, EHLO, STARTTLS and AUTH done
         self.pipelining = False  # the relay offers PIPELINING (RFC 2920)
+        self.smtputf8 = False  # the relay offers SMTPUTF8 (RFC 6531)
         self._idle_call: Any = None
         self._replies: list[tuple[int, bytes]] = []
 
@@ -177,14 +194,16 @@ class _SMTPClient(_ReplyRouting):
 
     def tryTLS(self, code: int, resp: bytes, items: dict[bytes, Any]) -> None:
         # Called with the extensions of each EHLO answer (again after STARTTLS).
-        self.pipelining = any(key.upper() == b"PIPELINING" for key in items)
+        offered = {key.upper() for key in items}
+        self.pipelining = b"PIPELINING" in offered
+        self.smtputf8 = b"SMTPUTF8" in offered
         super().tryTLS(code, resp, items)
 
     # Taking messages from the pool.
 
     def smtpState_from(self, code: int, resp: bytes) -> None:
         self.ready = True
-        job = self.pool._next_job()
+        job = self.pool._next_job(self)
         if job is None:
             self._park()
             return
@@ -198,10 +217,38 @@ class _SMTPClient(_ReplyRouting):
         self.job = job
         job.client = self
         self.setTimeout(self.timeout)
-        if self.pipelining:
-            self._send_pipelined(job)
-        else:
-            super().smtpState_from(250, b"")
+        try:
+            if self.pipelining:
+                self._send_pipelined(job)
+            else:
+                self._mail_from(job.sender, _mail_command(job))
+        except Exception:
+            self._broken(Failure())
+
+    def lineReceived(self, line: bytes) -> Any:
+        try:
+            return super().lineReceived(line)
+        except Exception:
+            self._broken(Failure())
+            return None
+
+    def _broken(self, reason: Failure) -> None:
+        """Our own code raised while this session held a message (a bug, or
+        a case not foreseen): that message fails, and the session, in a
+        state no one can vouch for, is closed at once, so that nothing else
+        waits on it."""
+        log.failure("SMTP session failed", reason)
+        job, self.job = self.job, None
+        self.idle = False
+        if job is not None:
+            job.fail(
+                MM7Error(
+                    StatusCode.GENERAL_SERVICE_ERROR,
+                    details="internal error while sending the mail",
+                )
+            )
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     # RFC 2920 PIPELINING: MAIL FROM, every RCPT TO and DATA go in one write,
     # the message and its final dot in another, and a session goes straight
@@ -213,8 +260,8 @@ class _SMTPClient(_ReplyRouting):
             self.transport.write(data)
 
     def _send_pipelined(self, job: _Job) -> None:
-        commands = [b"MAIL FROM:" + smtp.quoteaddr(job.sender)]
-        commands += [b"RCPT TO:" + smtp.quoteaddr(r) for r in job.recipients]
+        commands = [_mail_command(job)]
+        commands += [b"RCPT TO:" + _path(r) for r in job.recipients]
         commands.append(b"DATA")
         self._replies = []
         self._route_replies(self._pipelined_reply)
@@ -329,8 +376,10 @@ class _SMTPClient(_ReplyRouting):
             self.job.answered = True
         super().smtpTransferFailed(code, resp)
 
-    def getMailTo(self) -> list[bytes]:
-        return self.job.recipients if self.job is not None else []
+    def getMailTo(self) -> list[_Path]:
+        # Twisted's client quotes them with quoteaddr, which takes an
+        # Address as it is (it would decode bytes as ASCII).
+        return [_Path(r) for r in self.job.recipients] if self.job is not None else []
 
     def getMailData(self) -> BytesIO:
         # The whole message made SMTP data at once (Twisted's client sends
@@ -467,12 +516,18 @@ class ESMTPSender:
             return defer.fail(
                 MM7Error(StatusCode.ADDRESS_ERROR, details="the mail has no recipient")
             )
+        try:
+            envelope = [_envelope_address(sender, "sender", empty=True)]
+            envelope += [_envelope_address(r, "recipient") for r in recipients]
+        except MM7Error as e:
+            return defer.fail(e)
         job = _Job(
             self,
-            sender.encode("utf-8"),
-            [r.encode("utf-8") for r in recipients],
+            envelope[0],
+            envelope[1:],
             wire_bytes(message),
             self.settings.total_timeout,
+            utf8=not all(a.isascii() for a in envelope),
         )
         self._queue.append(job)
         self._dispatch()
@@ -524,7 +579,11 @@ class ESMTPSender:
             client = self._idle.pop()
             if client.transport is None or not client.idle:
                 continue
-            client.start(self._queue.popleft())
+            job = self._next_job(client)
+            if job is None:
+                self._idle.append(client)
+                break
+            client.start(job)
         waiting = len(self._queue) - self._connecting
         while waiting > 0 and self.connections < self.settings.max_connections:
             self._connect()
@@ -566,11 +625,24 @@ class ESMTPSender:
         if job is not None:
             job.fail(reason)
 
-    def _next_job(self) -> _Job | None:
+    def _next_job(self, client: _SMTPClient | None = None) -> _Job | None:
+        """The next message still waiting, that ``client`` can carry: one
+        with a non-ASCII address needs a relay that offers SMTPUTF8, and
+        fails for good (2002) before a session without it takes it."""
         while self._queue:
             job = self._queue.popleft()
-            if not job.result.called:
-                return job
+            if job.result.called:
+                continue
+            if client is not None and job.utf8 and not client.smtputf8:
+                job.fail(
+                    MM7Error(
+                        StatusCode.ADDRESS_ERROR,
+                        details="an address is not ASCII, and the mail relay"
+                        " does not offer SMTPUTF8",
+                    )
+                )
+                continue
+            return job
         return None
 
     def _parked(self, client: _SMTPClient) -> None:
@@ -632,6 +704,64 @@ def _stuffed(data: bytes) -> bytes:
 def _smtp_data(data: bytes) -> bytes:
     """The message as SMTP DATA, with the final dot."""
     return _stuffed(data) + b".\r\n"
+
+
+# An address as it may go between < and > in MAIL FROM or RCPT TO: a local
+# part and a domain, with no space, control character, angle bracket or
+# second @ (RFC 5321 4.1.2, UTF-8 allowed as in RFC 6531).
+_ENVELOPE_ADDRESS = re.compile(
+    r"[^\s<>@\x00-\x1f\x7f-\x9f]+@[^\s<>@\x00-\x1f\x7f-\x9f]+"
+)
+
+# A display name and one address in angle brackets, and nothing after them.
+_NAMED_ADDRESS = re.compile(r"[^<>]*<([^<>]*)>\s*")
+
+
+def _envelope_address(address: str, what: str, empty: bool = False) -> bytes:
+    """``address`` as it goes in the SMTP envelope (UTF-8), or a 2002 for one
+    that cannot: checked before any session takes the message, so that no
+    address can break a session or add a command to it."""
+    if address == "" and empty:
+        return b""  # the null reverse-path, <>
+    named = _NAMED_ADDRESS.fullmatch(address)
+    if named:  # "Name <a@b.example>", as a configured default may be
+        address = named.group(1)
+    if _ENVELOPE_ADDRESS.fullmatch(address):
+        try:
+            return address.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+    raise MM7Error(
+        StatusCode.ADDRESS_ERROR,
+        details=f"the {what} {address[:80]!r} cannot go in an SMTP envelope",
+    )
+
+
+def _path(address: bytes) -> bytes:
+    """An envelope address, checked, as an SMTP path."""
+    return b"<" + address + b">"
+
+
+def _mail_command(job: _Job) -> bytes:
+    command = b"MAIL FROM:" + _path(job.sender)
+    return command + b" SMTPUTF8" if job.utf8 else command
+
+
+class _Path(smtp.Address):
+    """An envelope address, checked, for Twisted's client: its ``quoteaddr``
+    takes an ``Address`` as it is (and decodes bytes as ASCII)."""
+
+    addrstr: bytes
+
+    def __init__(self, address: bytes) -> None:
+        self.addrstr = address
+        self.local, _, self.domain = address.rpartition(b"@")
+
+    def __bytes__(self) -> bytes:
+        return self.addrstr
+
+    def __str__(self) -> str:
+        return self.addrstr.decode("utf-8")
 
 
 def _stopping() -> MM7Error:

@@ -22,8 +22,10 @@ _FILE_POLICY = policy.default.clone(linesep="\n")
 class MaildirSender:
     """Delivers into a Maildir (the embedded default, for a bare machine).
 
-    The standard library's ``mailbox.Maildir`` writes into ``tmp/`` and renames
-    into ``new/``, so a message is either whole or absent.  The write is local
+    The standard library's ``mailbox.Maildir`` writes into ``tmp/``, fsyncs
+    the file and links it into ``new/``, so a message is either whole or
+    absent; the ``new/`` directory is then fsynced too, so that the entry
+    survives a crash, before the answer (1000) can go.  The write is local
     and small; it runs in the reactor thread.
     """
 
@@ -44,6 +46,7 @@ class MaildirSender:
         message["Delivered-To"] = ", ".join(recipients)
         try:
             self._maildir.add(message.as_bytes(policy=_FILE_POLICY))
+            _fsync_directory(os.path.join(self.path, "new"))
         except OSError as e:
             return defer.fail(
                 MM7Error(
@@ -52,3 +55,13 @@ class MaildirSender:
                 )
             )
         return defer.succeed(SendResult(tuple(recipients)))
+
+
+def _fsync_directory(path: str) -> None:
+    """Make the entries of directory ``path`` durable (the file's own fsync
+    does not cover its name in the directory)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

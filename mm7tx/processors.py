@@ -142,6 +142,25 @@ def _mailbox(value: str, what: str) -> str:
     return address
 
 
+# A Number or ShortCode: ASCII digits, a leading "+", the separators
+# Address.digits drops, a /TYPE=PLMN suffix (DESIGN.md).
+_NUMBER = re.compile(r"\s*\+?[0-9 ().-]*[0-9][0-9 ().-]*(?:/TYPE=PLMN)?\s*", re.I)
+
+
+def _number(address: Address | None, what: str) -> str:
+    """The digits of a Number or ShortCode (none for no address); anything
+    else is refused, so that it can never make an envelope address of its
+    own (``<root@localhost>``)."""
+    if address is None:
+        return ""
+    if not _NUMBER.fullmatch(address.value):
+        raise MM7Error(
+            StatusCode.ADDRESS_ERROR,
+            details=f"{what} {address.kind} {address.value[:80]!r} is not a number",
+        )
+    return address.digits
+
+
 @implementer(
     IDeliverProcessor, IDeliveryReportProcessor, IReadReplyProcessor, ISubmitProcessor
 )
@@ -173,8 +192,9 @@ class EmailProcessor:
         """The email address for an MM7 sender (or a report's handset)."""
         if address is not None and address.is_email:
             return _mailbox(address.value, "sender")
-        if address is not None and address.digits and self.rules.from_domain:
-            return _mailbox(f"{address.digits}@{self.rules.from_domain}", "sender")
+        digits = _number(address, "sender")
+        if digits and self.rules.from_domain:
+            return _mailbox(f"{digits}@{self.rules.from_domain}", "sender")
         if self.rules.from_address:
             return self.rules.from_address
         raise MM7Error(
@@ -186,8 +206,9 @@ class EmailProcessor:
         """The email address for an MM7 recipient (or a report's sender)."""
         if address is not None and address.is_email:
             return _mailbox(address.value, "recipient")
-        if address is not None and address.digits and self.rules.to_domain:
-            return _mailbox(f"{address.digits}@{self.rules.to_domain}", "recipient")
+        digits = _number(address, "recipient")
+        if digits and self.rules.to_domain:
+            return _mailbox(f"{digits}@{self.rules.to_domain}", "recipient")
         if self.rules.to_address:
             return self.rules.to_address
         raise MM7Error(

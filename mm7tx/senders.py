@@ -21,7 +21,15 @@ StartTLS = Literal["off", "opportunistic", "required"]
 
 @dataclass(frozen=True, slots=True)
 class SMTPSettings:
-    """How to reach the relay.  Timeouts are in seconds."""
+    """How to reach the relay.  Timeouts are in seconds.
+
+    A message waits at most ``total_timeout`` from ``send`` to the relay's
+    250, whatever happens: the wait for a session, ``connect_timeout``, and
+    each reply awaited up to ``command_timeout`` (restarted by each chunk of
+    a big message the connection takes).  The defaults keep the whole under
+    the 30 s many MM7 peers (and mm7tx's own client) wait for an answer, so
+    that a silent relay gets them a 4006, not a timeout of their own.
+    """
 
     endpoint: str = "tcp:127.0.0.1:25"
     starttls: StartTLS = "opportunistic"
@@ -31,8 +39,8 @@ class SMTPSettings:
     password: str | None = field(default=None, repr=False)
     helo: str | None = None
     connect_timeout: float = 10.0
-    command_timeout: float = 60.0
-    total_timeout: float = 120.0
+    command_timeout: float = 20.0
+    total_timeout: float = 25.0
     max_connections: int = 20
     idle_timeout: float = 30.0
 

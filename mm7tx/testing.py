@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email import message_from_bytes, policy
@@ -533,22 +534,103 @@ class RecordingDelivery:
         mail.recipients.append(str(user.dest))
 
 
+class _UTF8Address(smtp.Address):
+    """An address with UTF-8 in it (RFC 6531), which Twisted's ``Address``
+    refuses to parse and to print."""
+
+    addrstr: bytes
+
+    def __init__(self, addr: bytes) -> None:
+        self.addrstr = addr
+        self.local, _, self.domain = addr.rpartition(b"@")
+
+    def __str__(self) -> str:
+        return self.addrstr.decode("utf-8")
+
+
+class _UTF8User(smtp.User):
+    def __str__(self) -> str:
+        return bytes(self).decode("utf-8")
+
+
+# MAIL FROM or RCPT TO with a non-ASCII address, and its parameters.
+_UTF8_PATH = re.compile(rb"\s*(?:FROM|TO):\s*<([^<>\s@]+@[^<>\s@]+)>(.*)", re.I | re.S)
+
+
 class _RecordingESMTP(smtp.ESMTP):
-    """Twisted's ESMTP server, offering PIPELINING if told to and marking
-    where each transaction starts, for :class:`RecordingDelivery`."""
+    """Twisted's ESMTP server, offering PIPELINING and SMTPUTF8 if told to
+    and marking where each transaction starts, for :class:`RecordingDelivery`.
+
+    Twisted's server knows nothing of SMTPUTF8 (RFC 6531): offering it,
+    this one takes UTF-8 addresses in a transaction whose MAIL FROM has the
+    ``SMTPUTF8`` parameter, and refuses them (553 5.6.7) otherwise, as
+    Postfix does.
+    """
 
     pipelining = False
+    smtputf8 = False
     current_mail: ReceivedMail | None = None
+    _utf8_transaction = False
 
     def extensions(self) -> dict[bytes, Any]:
         offered: dict[bytes, Any] = super().extensions()
         if self.pipelining:
             offered[b"PIPELINING"] = None
+        if self.smtputf8:
+            offered[b"8BITMIME"] = None
+            offered[b"SMTPUTF8"] = None
         return offered
+
+    def do_MAIL(self, rest: bytes) -> None:
+        if not self._from:
+            self._utf8_transaction = self.smtputf8 and _has_param(rest, b"SMTPUTF8")
+        if rest.isascii() or self._from:
+            super().do_MAIL(rest)
+            return
+        path = self._utf8_path(rest)
+        if path is None:
+            return
+        self._to = []
+        validated = defer.maybeDeferred(self.validateFrom, self._helo, path)
+        validated.addCallbacks(self._cbFromValidate, self._ebFromValidate)
+
+    def do_RCPT(self, rest: bytes) -> None:
+        if rest.isascii() or not self._from:
+            super().do_RCPT(rest)
+            return
+        path = self._utf8_path(rest)
+        if path is None:
+            return
+        user = _UTF8User(b"<rcpt@placeholder>", self._helo, self, self._from)
+        user.dest = path
+        validated = defer.maybeDeferred(self.validateTo, user)
+        validated.addCallbacks(
+            self._cbToValidate, self._ebToValidate, callbackArgs=(user,)
+        )
+
+    def _utf8_path(self, rest: bytes) -> _UTF8Address | None:
+        if not self._utf8_transaction:
+            self.sendCode(553, b"5.6.7 non-ASCII address without SMTPUTF8")
+            return None
+        match = _UTF8_PATH.fullmatch(rest)
+        try:
+            match and match.group(1).decode("utf-8")
+        except UnicodeDecodeError:
+            match = None
+        if match is None:
+            self.sendCode(501, b"Syntax error")
+            return None
+        return _UTF8Address(match.group(1))
 
     def do_DATA(self, rest: bytes) -> None:
         self.current_mail = None  # a new transaction, a new record
         super().do_DATA(rest)
+
+
+def _has_param(rest: bytes, name: bytes) -> bool:
+    """Whether the MAIL FROM argument ``rest`` carries ESMTP parameter ``name``."""
+    params = rest.rpartition(b">")[2].split()
+    return any(p.split(b"=")[0].upper() == name for p in params)
 
 
 def smtp_server_factory(
@@ -740,6 +822,8 @@ class MemorySMTPRelay:
     """Twisted's real ESMTP server, listening in memory on a
     :class:`MemoryReactor` at ``host:port`` (reach it with the endpoint
     string :attr:`endpoint`), keeping every transaction in :attr:`received`.
+    It offers PIPELINING unless ``pipelining`` is false, and SMTPUTF8
+    (RFC 6531: UTF-8 addresses) if ``smtputf8`` is true.
 
     Faults (:meth:`refuse`, :meth:`hang`, :meth:`drop`, :meth:`close_after`)
     apply to every later session and transaction until :meth:`clear`; the
@@ -753,11 +837,13 @@ class MemorySMTPRelay:
         port: int = 25,
         *,
         pipelining: bool = True,
+        smtputf8: bool = False,
     ) -> None:
         self.reactor = reactor
         self.host = host
         self.port = port
         self.pipelining = pipelining
+        self.smtputf8 = smtputf8
         self.delivery = RecordingDelivery()
         self.faults: list[SMTPFault] = []
         self.sessions: list[_RelayServer] = []
@@ -864,6 +950,7 @@ class _RelayFactory(smtp.SMTPFactory):
         p.relay = relay
         p.delivery = relay.delivery
         p.pipelining = relay.pipelining
+        p.smtputf8 = relay.smtputf8
         p.host = relay.host.encode()
         # Its timeout on the test's clock.
         p.callLater = relay.reactor.callLater  # type: ignore[method-assign, assignment]
@@ -901,6 +988,7 @@ class MemoryGateway:
     ``smtp_relay`` is replaced by the relay's endpoint.  ``processor``, a
     processor class (called as the configuration's processors are) or a
     processor object, serves every path instead of the configured ones.
+    ``pipelining`` and ``smtputf8`` say what the relay offers.
 
     Nothing moves until the test calls :meth:`flush` or :meth:`advance`
     (:meth:`post` and :meth:`result` flush for you).
@@ -912,13 +1000,16 @@ class MemoryGateway:
         *,
         processor: Any = None,
         pipelining: bool = True,
+        smtputf8: bool = False,
     ) -> None:
         if isinstance(config, str):
             config = load(config, "<MemoryGateway>")
         config = config if config is not None else EMBEDDED
         self.reactor = MemoryReactor()
         self.clock: Clock = self.reactor
-        self.relay = MemorySMTPRelay(self.reactor, pipelining=pipelining)
+        self.relay = MemorySMTPRelay(
+            self.reactor, pipelining=pipelining, smtputf8=smtputf8
+        )
         smtp_settings = dataclasses.replace(config.smtp, endpoint=self.relay.endpoint)
         self.config = dataclasses.replace(config, smtp=smtp_settings)
         self.service = build_service(self.config, cast("IMM7Reactor", self.reactor))

@@ -11,14 +11,18 @@ test_smtp_loopback.py.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
+from mm7tx import esmtp
 from mm7tx.errors import MM7Error
 from mm7tx.esmtp import _ONE_WRITE, ESMTPSender, _smtp_data, _SMTPClient
 from mm7tx.interfaces import IMailSender, SendResult
@@ -234,7 +238,8 @@ def test_host_from_endpoint():
 
 def test_a_silent_relay_is_transient_after_the_command_timeout(reactor, relay):
     relay.hang("greeting")  # connects, never says a word
-    d = send(sender_for(reactor, relay, command_timeout=60), ["b@to.example"])
+    sender = sender_for(reactor, relay, command_timeout=60, total_timeout=120)
+    d = send(sender, ["b@to.example"])
     reactor.advance(59.9)
     assert not fired(d)
     reactor.advance(0.1)
@@ -246,7 +251,8 @@ def test_a_silent_relay_is_transient_after_the_command_timeout(reactor, relay):
 
 def test_a_hang_mid_data_is_transient_after_the_command_timeout(reactor, relay):
     relay.hang("message")
-    d = send(sender_for(reactor, relay), ["b@to.example"])
+    sender = sender_for(reactor, relay, command_timeout=60, total_timeout=120)
+    d = send(sender, ["b@to.example"])
     reactor.advance(59.9)
     assert not fired(d)
     reactor.advance(0.1)
@@ -256,7 +262,8 @@ def test_a_hang_mid_data_is_transient_after_the_command_timeout(reactor, relay):
 
 def test_a_hang_after_the_data_is_never_a_success(reactor, relay):
     relay.hang("end")  # took the message, never says 250
-    d = send(sender_for(reactor, relay), ["b@to.example"])
+    sender = sender_for(reactor, relay, command_timeout=60, total_timeout=120)
+    d = send(sender, ["b@to.example"])
     reactor.advance(59.9)
     assert not fired(d)
     assert [m.reply for m in relay.received] == [None]
@@ -645,3 +652,207 @@ def test_a_message_sent_as_an_idle_session_quits_goes_on_a_new_one(
         ["c@to.example"],
     ]
     assert len(relay.sessions) == 2
+
+
+# Addresses: checked before a session takes the message -----------------------------
+
+
+@pytest.fixture
+def utf8_relay(reactor, pipelining) -> MemorySMTPRelay:
+    """The relay offering SMTPUTF8 (RFC 6531), with PIPELINING or not."""
+    return MemorySMTPRelay(reactor, pipelining=pipelining, smtputf8=True)
+
+
+def test_a_non_ascii_address_goes_with_smtputf8_where_offered(
+    reactor, utf8_relay, reads
+):
+    sender = sender_for(reactor, utf8_relay)
+    d = sender.send("üser@example.com", ["b@to.example", "dëst@exämple.com"], message())
+    assert sent(reactor, d).accepted == ("b@to.example", "dëst@exämple.com")
+    [mail] = utf8_relay.accepted
+    assert mail.sender == "üser@example.com"
+    assert mail.recipients == ["b@to.example", "dëst@exämple.com"]
+    [mail_from] = [r for r in reads if r.startswith(b"MAIL FROM")]
+    assert mail_from.startswith("MAIL FROM:<üser@example.com> SMTPUTF8\r\n".encode())
+    # An ASCII message on the same session goes without the parameter.
+    assert sent(reactor, send(sender, ["c@to.example"])).accepted == ("c@to.example",)
+    assert b"MAIL FROM:<a@from.example>\r\n" in b"".join(reads)
+    assert len(utf8_relay.sessions) == 1
+
+
+@pytest.mark.parametrize(
+    ("sender_address", "recipient"),
+    [("üser@example.com", "b@to.example"), ("a@from.example", "üser@example.com")],
+)
+def test_a_non_ascii_address_without_smtputf8_is_2002_and_the_session_goes_on(
+    reactor, relay, reads, sender_address, recipient
+):
+    sender = sender_for(reactor, relay, max_connections=1)
+    sent(reactor, send(sender, ["b@to.example"]))  # a session, idle
+    bad = sender.send(sender_address, [recipient], message())
+    legit = send(sender, ["c@to.example"])
+    reactor.flush()  # no time passes
+    error = failure(bad)
+    assert error.status.code == 2002
+    assert "SMTPUTF8" in (error.status.details or "")
+    assert result_of(legit).accepted == ("c@to.example",)
+    assert not any(b"\xc3" in r for r in reads)  # not a byte of it was sent
+    assert len(relay.sessions) == 1 and len(relay.accepted) == 2
+    # A fresh session learns that the relay does not offer SMTPUTF8 first.
+    fresh = sender_for(reactor, relay)
+    assert status(reactor, fresh.send(sender_address, [recipient], message())) == 2002
+
+
+@pytest.mark.parametrize(
+    ("sender_address", "recipient"),
+    [
+        ("a@from.example", "two words@to.example"),
+        ("a@from.example", "<root@localhost>@to.example"),
+        ("a@from.example", "a <b@to.example> c@to.example"),
+        ("a@from.example", "a <b@to.example> <c@to.example>"),
+        ("a@from.example", "b@to.example>\r\nRCPT TO:<evil@to.example"),
+        ("a@from.example", "b@to.example\x00"),
+        ("a@from.example", "b\u2028@to.example"),
+        ("a@from.example", "no-domain"),
+        ("a@from.example", ""),
+        ("a@from.example", "\udcff@to.example"),  # a lone surrogate: no UTF-8
+        ("a@b@from.example", "b@to.example"),
+        ("a@from.example>", "b@to.example"),
+    ],
+)
+def test_an_address_that_cannot_go_in_an_envelope_is_2002_at_once(
+    reactor, relay, sender_address, recipient
+):
+    d = sender_for(reactor, relay).send(sender_address, [recipient], message())
+    error = failure(d)  # at once: no connection, no time
+    assert error.status.code == 2002
+    assert reactor.tcpClients == []
+
+
+def test_a_named_address_goes_as_its_address(reactor, relay, reads):
+    # A configured default From may have a display name (Twisted's quoteaddr
+    # took it off; so do we).
+    sender = sender_for(reactor, relay)
+    d = sender.send("mm7tx <a@from.example>", ["B <b@to.example> "], message())
+    assert sent(reactor, d).accepted == ("b@to.example",)
+    assert [(m.sender, m.recipients) for m in relay.accepted] == [
+        ("a@from.example", ["b@to.example"])
+    ]
+
+
+def test_the_null_sender_goes_as_an_empty_path(reactor, relay, reads):
+    d = sender_for(reactor, relay).send("", ["b@to.example"], message())
+    assert sent(reactor, d).accepted == ("b@to.example",)
+    assert any(r.startswith(b"MAIL FROM:<>") for r in reads)
+
+
+# An exception in a session fails its message alone ---------------------------------
+
+
+@pytest.fixture
+def logged_failures() -> Iterator[list[Failure]]:
+    """The failures logged (with their tracebacks) while the test runs."""
+    found: list[Failure] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            found.append(event["log_failure"])
+
+    observer = cast("ILogObserver", observe)
+    globalLogPublisher.addObserver(observer)
+    yield found
+    globalLogPublisher.removeObserver(observer)
+
+
+def test_an_exception_as_a_session_takes_a_message_fails_it_alone(
+    reactor, relay, monkeypatch, logged_failures
+):
+    sender = sender_for(reactor, relay, max_connections=1)
+    sent(reactor, send(sender, ["b@to.example"]))  # a session, idle
+    real: Callable[[bytes], bytes] = esmtp._path
+
+    def path(address: bytes) -> bytes:
+        if address == b"boom@from.example":
+            raise RuntimeError("a bug")
+        return real(address)
+
+    monkeypatch.setattr(esmtp, "_path", path)
+    bad = sender.send("boom@from.example", ["b@to.example"], message())
+    legit = send(sender, ["c@to.example"])
+    reactor.flush()  # no time passes: nothing waits for the command timeout
+    error = failure(bad)
+    assert error.status.code == 4000
+    assert result_of(legit).accepted == ("c@to.example",)
+    assert [m.recipients for m in relay.accepted] == [
+        ["b@to.example"],
+        ["c@to.example"],
+    ]
+    assert len(relay.open_sessions) == 1 and sender.connections == 1
+    [logged] = logged_failures  # with its traceback
+    assert logged.check(RuntimeError)
+
+
+def test_an_exception_while_a_session_handles_a_reply_fails_its_message_alone(
+    reactor, relay, pipelining, monkeypatch, logged_failures
+):
+    sender = sender_for(reactor, relay, max_connections=1)
+    sent(reactor, send(sender, ["b@to.example"]))  # a session, idle
+    # The handler of the reply to MAIL FROM, in either mode.
+    name = "_pipelined_reply" if pipelining else "smtpState_to"
+    real = getattr(_SMTPClient, name)
+
+    def handler(self: _SMTPClient, code: int, resp: bytes) -> Any:
+        if self.job is not None and self.job.recipients == [b"boom@to.example"]:
+            raise RuntimeError("a bug")
+        return real(self, code, resp)
+
+    monkeypatch.setattr(_SMTPClient, name, handler)
+    bad = send(sender, ["boom@to.example"])
+    legit = send(sender, ["c@to.example"])
+    reactor.flush()  # no time passes: the broken session was closed at once
+    assert failure(bad).status.code == 4000
+    assert result_of(legit).accepted == ("c@to.example",)
+    assert [m.recipients for m in relay.accepted] == [
+        ["b@to.example"],
+        ["c@to.example"],
+    ]
+    assert len(relay.sessions) == 2 and len(relay.open_sessions) == 1
+    [logged] = logged_failures
+    assert logged.check(RuntimeError)
+    nothing_left_but_the_idle_session(reactor)
+
+
+def nothing_left_but_the_idle_session(reactor: MemoryReactor) -> None:
+    # The idle session's idle timeout and its relay session's own (600 s):
+    # nothing of the broken one.
+    assert sorted(
+        c.getTime() - reactor.seconds() for c in reactor.getDelayedCalls()
+    ) == [
+        30,
+        600,
+    ]
+
+
+def test_an_exception_while_sending_the_data_fails_its_message_alone(
+    reactor, relay, monkeypatch, logged_failures
+):
+    sender = sender_for(reactor, relay, max_connections=1)
+    sent(reactor, send(sender, ["b@to.example"]))  # a session, idle
+    real: Callable[[_SMTPClient, bytes], bytes] = _SMTPClient.transformChunk
+
+    def transform(self: _SMTPClient, chunk: bytes) -> bytes:
+        if self.job is not None and self.job.recipients == [b"boom@to.example"]:
+            raise RuntimeError("a bug")
+        return real(self, chunk)
+
+    monkeypatch.setattr(_SMTPClient, "transformChunk", transform)
+    big = message(b"x" * (_ONE_WRITE + 1))  # sent in chunks, each transformed
+    bad = send(sender, ["boom@to.example"], big)
+    legit = send(sender, ["c@to.example"])
+    reactor.flush()  # no time passes: the broken session was closed at once
+    assert failure(bad).status.code in (4000, 4006)
+    assert result_of(legit).accepted == ("c@to.example",)
+    assert [m.recipients for m in relay.accepted] == [
+        ["b@to.example"],
+        ["c@to.example"],
+    ]

@@ -44,6 +44,7 @@ mm7_serv {
   smtp_relay = "tcp:relay.test:25"
   smtp_starttls = off
   smtp_command_timeout = 60
+  smtp_timeout = 120
 }
 VASP "vasp1" { password = "secret1" }
 """

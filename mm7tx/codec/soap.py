@@ -282,11 +282,18 @@ def _addresses(el: etree._Element | None) -> tuple[m.Address, ...]:
     return tuple(found)
 
 
-def _recipients(el: etree._Element) -> m.Recipients:
+def _recipients(blocks: list[etree._Element]) -> m.Recipients:
+    """Every address of every To, Cc and Bcc, in document order: the schema
+    lets each of them repeat, and a peer that repeats ``Recipients`` itself
+    loses no one either."""
+    found: dict[str, list[m.Address]] = {"To": [], "Cc": [], "Bcc": []}
+    for block in blocks:
+        for child in _children(block):
+            kind = found.get(_local(child))
+            if kind is not None:
+                kind.extend(_addresses(child))
     return m.Recipients(
-        to=_addresses(_child(el, "To")),
-        cc=_addresses(_child(el, "Cc")),
-        bcc=_addresses(_child(el, "Bcc")),
+        to=tuple(found["To"]), cc=tuple(found["Cc"]), bcc=tuple(found["Bcc"])
     )
 
 
@@ -329,6 +336,7 @@ def parse_body(el: etree._Element) -> tuple[Any, str | None]:
     """
     cls = BY_NAME[_local(el)]
     index: dict[str, etree._Element] = {}
+    recipients: list[etree._Element] = []
     for child in _children(el):
         name = _local(child)
         if name == _SID:
@@ -336,6 +344,8 @@ def parse_body(el: etree._Element) -> tuple[Any, str | None]:
                 index.setdefault(_local(grandchild), grandchild)
         else:
             index.setdefault(name, child)
+            if name == "Recipients":
+                recipients.append(child)
     values: dict[str, Any] = {}
     href = None
     for element, attr, kind, _ in SCHEMAS[cls]:
@@ -351,7 +361,7 @@ def parse_body(el: etree._Element) -> tuple[Any, str | None]:
         elif kind is Kind.ADDRESS:
             values[attr] = _address(found)
         elif kind is Kind.RECIPIENTS:
-            values[attr] = _recipients(found)
+            values[attr] = _recipients(recipients)
         elif kind is Kind.STATUS:
             values[attr] = _status(found)
         elif kind is Kind.CONTENT:

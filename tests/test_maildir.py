@@ -1,0 +1,64 @@
+"""The Maildir sender on a real Maildir in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import stat
+from email.message import EmailMessage
+
+import pytest
+
+from mm7tx.errors import MM7Error
+from mm7tx.maildir import MaildirSender
+from mm7tx.testing import result_of
+
+
+def message() -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "a@from.example"
+    msg["To"] = "b@to.example"
+    msg["Subject"] = "to disk"
+    msg.set_content("text\n")
+    return msg
+
+
+def test_the_file_and_then_its_new_directory_entry_are_synced_before_the_answer(
+    tmp_path, monkeypatch
+):
+    maildir = MaildirSender(str(tmp_path / "Maildir"))
+    new = os.stat(tmp_path / "Maildir" / "new")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            same = (st.st_dev, st.st_ino) == (new.st_dev, new.st_ino)
+            synced.append("new/" if same else "another directory")
+        else:
+            synced.append("file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    d = maildir.send("a@from.example", ["b@to.example"], message())
+    # Synchronous: the answer is there, and every fsync happened before it.
+    assert result_of(d).accepted == ("b@to.example",)
+    assert synced == ["file", "new/"]
+    [path] = list((tmp_path / "Maildir" / "new").iterdir())
+    assert b"Subject: to disk" in path.read_bytes()
+
+
+def test_a_failed_directory_sync_is_transient(tmp_path, monkeypatch):
+    maildir = MaildirSender(str(tmp_path / "Maildir"))
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(MM7Error) as caught:
+        result_of(maildir.send("a@from.example", ["b@to.example"], message()))
+    assert caught.value.status.code == 4006
+    assert "Input/output error" in (caught.value.status.details or "")
