@@ -452,3 +452,45 @@ def test_the_deliver_sample_still_goes_through_a_listener():
     channel.dataReceived(request(b"/vasp/", body, ctype.encode()))
     assert answer(transport.value())[0] == 200
     assert len(sender.sent) == 1
+
+
+def test_the_gateway_refuses_connections_past_its_bounds_in_memory():
+    from twisted.internet.protocol import ClientFactory, Protocol
+
+    from mm7tx.testing import MemoryGateway
+
+    config = load(
+        'HTTP_Listener { Listen "tcp:8080" { } Listen "tcp:8081" { } }\n'
+        + CONFIG.replace(
+            "mm7_serv {",
+            "mm7_serv {\n  mm7_max_connections = 3\n"
+            "  mm7_max_connections_per_address = 2\n",
+        ),
+        "bounds.conf",
+    )
+    gateway = MemoryGateway(config)
+    outcomes: list[str] = []
+
+    class Client(ClientFactory):
+        protocol = Protocol
+
+        def buildProtocol(self, addr: Any) -> Protocol:
+            outcomes.append("connected")
+            return Protocol()
+
+        def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+            outcomes.append("refused")
+
+    def connect_from(source: str, port: int = 8080) -> str:
+        gateway.reactor.connectTCP("127.0.0.1", port, Client(), bindAddress=(source, 0))
+        gateway.flush()
+        return outcomes[-1]
+
+    assert [connect_from("192.0.2.1") for _ in range(3)] == [
+        "connected",
+        "connected",
+        "refused",  # the address's bound
+    ]
+    assert connect_from("192.0.2.2") == "connected"
+    assert connect_from("192.0.2.3") == "refused"  # the listener's bound
+    assert connect_from("192.0.2.3", 8081) == "connected"  # another listener
