@@ -1,5 +1,7 @@
-"""SIGTERM under load, with the real ``twistd`` and a real SMTP server on
-loopback: every transaction that finishes during the drain has its answer
+"""The real ``twistd`` on loopback: refusals (408, 413) reach clients that
+keep sending, and SIGTERM under load (issue 11, items 11 and 2).
+
+SIGTERM under load, with a real SMTP server: every transaction that finishes during the drain has its answer
 written before the process exits (issue 11, item 2).
 
 Clients post DeliverReqs with unique TransactionIDs, each on its own
@@ -203,3 +205,65 @@ mm7_serv {{
     assert len(drained) >= CLIENTS // 2, summary
     assert "Draining " in text and "Drained " in text, text
     assert "still in flight" not in text and "not yet closed" not in text, text
+
+
+def test_the_408_and_the_413_reach_clients_that_keep_sending(tmp_path):
+    """Over real TCP: a refused client that is still sending reads its 408 or
+    413 (mm7tx half-closes and drops what follows; a close at once would
+    answer those bytes with a reset that can discard the refusal unread)."""
+    import select
+    import socket
+
+    http_port = free_port()
+    config = tmp_path / "mm7tx.conf"
+    config.write_text(
+        f"""
+HTTP_Listener {{ Listen "tcp:{http_port}:interface=127.0.0.1" {{ }} }}
+mm7_serv {{
+  mm7_vasp_uri_paths = ("/vasp/")
+  smtp_relay = "maildir:Maildir"
+  mm7_request_timeout = 1
+  mm7_max_request_size = 1000
+}}
+"""
+    )
+    mm7tx = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "mm7", "--config", str(config)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+
+    def refused(head: bytes, more: bytes, pause: float) -> bytes:
+        """Send ``head``, then ``more`` every ``pause`` s until an answer
+        can be read; what was read."""
+        with socket.create_connection(("127.0.0.1", http_port), timeout=10) as s:
+            s.sendall(head)
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                readable, _, _ = select.select([s], [], [], pause)
+                if readable:
+                    break
+                s.sendall(more)
+            received = b""
+            while len(received) < 12:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+            return received
+
+    try:
+        wait_for_port(http_port, mm7tx)
+        slow = refused(b"POST /vasp/ HTTP/1.1\r\nHost: x\r\n", b"X-A: b\r\n", 0.1)
+        assert slow.startswith(b"HTTP/1.1 408 "), slow
+        big = refused(
+            b"POST /vasp/ HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
+            b"Content-Length: 100000000\r\n\r\n",
+            b"x" * 65536,
+            0.001,
+        )
+        assert big.startswith(b"HTTP/1.1 413 "), big
+    finally:
+        mm7tx.send_signal(signal.SIGTERM)
+        mm7tx.wait(30)
