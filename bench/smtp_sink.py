@@ -5,7 +5,10 @@
 Each accepted message is written to OUT as one ``.eml`` file.  The first word
 of MODEFILE, read at every step, picks the behaviour: ``ok``; ``busy`` (451 to
 MAIL FROM); ``greet421`` (421 at once, then close); ``hang`` (take the data,
-never answer the final dot, keep nothing).
+never answer the final dot, keep nothing).  ``--delay SECONDS`` answers the
+final dot that much later (a relay writing to a slow disk), keeping the
+message only as it answers 250, so that a message is kept exactly when its
+sender was told so.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ def mode(control: Path) -> str:
 
 @implementer(smtp.IMessage)
 class Message:
-    def __init__(self, out: Path, control: Path) -> None:
-        self.out, self.control = out, control
+    def __init__(self, out: Path, control: Path, delay: float = 0.0) -> None:
+        self.out, self.control, self.delay = out, control, delay
         self.lines: list[bytes] = []
 
     def lineReceived(self, line: bytes) -> None:
@@ -40,11 +43,16 @@ class Message:
     def eomReceived(self) -> defer.Deferred[bytes]:
         if mode(self.control) == "hang":
             return defer.Deferred()  # never answered
+        if self.delay:
+            return task.deferLater(reactor, self.delay, self._keep)
+        return defer.succeed(self._keep())
+
+    def _keep(self) -> bytes:
         path = self.out / f"{uuid.uuid4().hex}.eml"
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(b"\n".join(self.lines) + b"\n")
         os.replace(tmp, path)
-        return defer.succeed(b"kept")
+        return b"kept"
 
     def connectionLost(self) -> None:
         self.lines = []
@@ -52,8 +60,8 @@ class Message:
 
 @implementer(smtp.IMessageDelivery)
 class Delivery:
-    def __init__(self, out: Path, control: Path) -> None:
-        self.out, self.control = out, control
+    def __init__(self, out: Path, control: Path, delay: float = 0.0) -> None:
+        self.out, self.control, self.delay = out, control, delay
 
     def receivedHeader(self, helo: Any, origin: Any, recipients: Any) -> bytes:
         return b"Received: by smtp_sink"
@@ -68,7 +76,7 @@ class Delivery:
         if getattr(user.protocol, "_kept_one", False):
             return lambda: Discard()
         user.protocol._kept_one = True
-        return lambda: Message(self.out, self.control)
+        return lambda: Message(self.out, self.control, self.delay)
 
 
 @implementer(smtp.IMessage)
@@ -110,7 +118,7 @@ def main(reactor: Any, args: argparse.Namespace) -> defer.Deferred[None]:
     factory.protocol = Server
     factory.control = control  # type: ignore[attr-defined]
     factory.pipelining = args.pipelining  # type: ignore[attr-defined]
-    delivery = Delivery(out, control)
+    delivery = Delivery(out, control, args.delay)
     build = factory.buildProtocol
 
     def buildProtocol(addr: Any) -> Any:
@@ -130,5 +138,8 @@ if __name__ == "__main__":
     parser.add_argument("--dir", required=True)
     parser.add_argument("--control", required=True)
     parser.add_argument("--pipelining", action="store_true", help="offer PIPELINING")
+    parser.add_argument(
+        "--delay", type=float, default=0.0, help="seconds before each final 250"
+    )
     task.react(main, (parser.parse_args(),))
     _ = reactor

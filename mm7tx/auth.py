@@ -17,7 +17,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
@@ -211,16 +211,22 @@ def portal_for(accounts: tuple[Account, ...], reactor: IReactorThreads) -> Porta
 
 
 def credentials_from(
-    uri_tail: str, authorization: str | None, peer: str
+    uri_tail: bytes | str, authorization: str | None, peer: str
 ) -> credentials.ICredentials | None:
     """The credentials a request presents: ``account=password`` after the
     MMSC path, else HTTP Basic, else only its address.  None for a malformed
-    Authorization header."""
-    tail = uri_tail.split("?", 1)[0].strip("/")
-    if "=" in tail:
-        name, _, password = tail.partition("=")
+    Authorization header.
+
+    ``uri_tail`` is the path after the MMSC path as sent, percent-decoded
+    here, once: ``account=p%2541ss%2F`` is the password ``p%41ss/``.  The
+    password runs to the end of the path (a raw ``/`` or ``"`` in it is
+    its own), less a trailing ``/``."""
+    raw = uri_tail.encode("utf-8") if isinstance(uri_tail, str) else uri_tail
+    tail = raw.split(b"?", 1)[0].strip(b"/")
+    if b"=" in tail:
+        name, _, password = tail.partition(b"=")
         return credentials.UsernamePassword(
-            unquote(name).encode("utf-8"), unquote(password).encode("utf-8")
+            unquote_to_bytes(name), unquote_to_bytes(password)
         )
     if authorization:
         scheme, _, token = authorization.partition(" ")

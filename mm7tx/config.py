@@ -25,6 +25,8 @@ from mm7tx.processors import AddressRules
 from mm7tx.senders import SMTPSettings
 from mm7tx.site import (
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     DEFAULT_MAX_REQUEST_SIZE,
     DEFAULT_REQUEST_TIMEOUT,
 )
@@ -179,6 +181,8 @@ class Config:
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
     max_transactions: int = 200
     drain_timeout: float = 30.0
     xml_limits: XMLLimits = field(default_factory=XMLLimits)
@@ -656,6 +660,24 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "idle keep-alive connections are closed",
         default="60",
         unit=" s",
+    ),
+    OptionSpec(
+        "mm7_max_connections",
+        MM7_SERV,
+        R.integer,
+        "config.max_connections",
+        "open connections on each listener; past it a new one is closed at once "
+        "(the soft open-file limit is raised to the hard one at start)",
+        default=str(DEFAULT_MAX_CONNECTIONS),
+    ),
+    OptionSpec(
+        "mm7_max_connections_per_address",
+        MM7_SERV,
+        R.integer,
+        "config.max_connections_per_address",
+        "open connections from one source address, over all listeners; past it a "
+        "new one is closed at once (raise it behind a load balancer or proxy)",
+        default=str(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
     ),
     OptionSpec(
         "mm7_max_transactions",

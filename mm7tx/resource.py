@@ -52,6 +52,7 @@ DISPATCH: dict[type[Any], tuple[InterfaceClass, str, Role]] = {
     m.ReplaceReq: (IReplaceProcessor, "replace", "mmsc"),
 }
 XML = b"text/xml; charset=utf-8"
+NOT_ALLOWED = b"MM7 requests are POSTed here\n"
 
 
 class MM7Resource(Resource):
@@ -66,6 +67,7 @@ class MM7Resource(Resource):
     """
 
     isLeaf = True
+    allowedMethods = (b"POST",)
 
     def __init__(
         self,
@@ -88,6 +90,31 @@ class MM7Resource(Resource):
         self.gate = gate if gate is not None else TransactionGate()
         self.xml_limits = xml_limits
 
+    def render(self, request: Request) -> bytes | int:
+        """POST, or 405 with ``Allow: POST``; an error of ours is a 4000
+        fault, never Twisted's HTML "Processing Failed" page."""
+        if request.method != b"POST":
+            request.setResponseCode(http.NOT_ALLOWED)
+            request.setHeader(b"allow", b"POST")
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            request.setHeader(b"content-length", b"%d" % len(NOT_ALLOWED))
+            # HEAD: the headers of the answer a GET gets, without its body
+            # (Twisted would log a warning for a body, and drop it).
+            return b"" if request.method == b"HEAD" else NOT_ALLOWED
+        try:
+            return self.render_POST(request)
+        except Exception:
+            self._internal_error(request, Failure())
+            return NOT_DONE_YET
+
+    def _internal_error(self, request: Request, reason: Failure) -> None:
+        """A 4000 fault for a bug of ours (logged), if nothing was sent yet."""
+        log.failure("Answering failed on {path}", reason, path=self.path)
+        if request.startedWriting or request.finished or request._disconnected:
+            return
+        status = m.Status.of(StatusCode.GENERAL_SERVICE_ERROR, details="internal error")
+        _send(request, self._fault(request, m.DEFAULT_NAMESPACE, "", status))
+
     def render_POST(self, request: Request) -> bytes | int:
         assert request.content is not None
         peer = _peer(request)
@@ -106,8 +133,9 @@ class MM7Resource(Resource):
         if self.portal is None:
             self._transact(request, body, peer, None, gone, started)
             return NOT_DONE_YET
-        tail = "/".join(s.decode("utf-8", "replace") for s in request.postpath or [])
-        creds = credentials_from(tail, request.getHeader("authorization"), peer)
+        creds = credentials_from(
+            _raw_tail(request), _header(request, b"authorization"), peer
+        )
         if creds is None:
             login: defer.Deferred[Any] = defer.fail(UnauthorizedLogin("bad header"))
         else:
@@ -224,6 +252,10 @@ class MM7Resource(Resource):
             return
         try:
             pending = self._run(request, body, peer, account, gone, started)
+        except Exception:
+            self.gate.leave()
+            self._internal_error(request, Failure())
+            return
         except BaseException:
             self.gate.leave()
             raise
@@ -259,7 +291,7 @@ class MM7Resource(Resource):
             )
             fault(m.DEFAULT_NAMESPACE, "", limited)
             return None
-        content_type = request.getHeader("content-type")
+        content_type = _header(request, b"content-type")
         try:
             envelope = codec.decode(content_type, body, self.xml_limits)
         except MM7Error as e:
@@ -375,6 +407,24 @@ def _send(request: Request, data: bytes) -> None:
     request.setHeader(b"content-length", b"%d" % len(data))
     request.write(data)
     request.finish()
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    """A request header as text, its last value: bytes that are not UTF-8
+    are kept as surrogates (``getHeader`` would raise on them), so a
+    boundary keeps its bytes and a bad header is refused by what reads it.
+    """
+    values = request.requestHeaders.getRawHeaders(name)
+    return values[-1].decode("utf-8", "surrogateescape") if values else None
+
+
+def _raw_tail(request: Request) -> bytes:
+    """The request's path after this resource's, as sent (not decoded):
+    ``postpath`` is already percent-decoded, and decoding it again (as the
+    credentials are) would read ``%2541`` as ``A``; a ``%2F`` in it would
+    look like a separator too."""
+    segments = request.path[1:].split(b"/")
+    return b"/".join(segments[len(request.prepath or []) :])
 
 
 def _peer(request: Request) -> str:

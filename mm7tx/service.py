@@ -33,7 +33,7 @@ from mm7tx.processors import EmailProcessor
 from mm7tx.reports import DeliveryReporter
 from mm7tx.resource import MM7Resource, build_root
 from mm7tx.senders import sender_for
-from mm7tx.site import MM7Site
+from mm7tx.site import Listener, MM7Site
 
 log = Logger()
 
@@ -161,11 +161,11 @@ class MM7Service(service.MultiService):
             max_request_size=config.max_request_size,
             request_timeout=config.request_timeout,
             idle_timeout=config.idle_timeout,
+            max_connections_per_address=config.max_connections_per_address,
         )
         for endpoint in config.listen:
-            strports.service(endpoint, self.site, reactor=reactor).setServiceParent(
-                self
-            )
+            listener = Listener(self.site, endpoint, config.max_connections)
+            strports.service(endpoint, listener, reactor=reactor).setServiceParent(self)
 
     def startService(self) -> None:
         log.info(

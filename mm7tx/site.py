@@ -6,16 +6,23 @@ client that sends a byte now and then never trips), so :class:`MM7Site` adds
 both: a ``Content-Length`` over the limit gets 413 before the body is read,
 a chunked body is cut off as soon as it passes the limit, and a request not
 received whole within ``request_timeout`` gets 408 and the connection is
-closed.
+closed.  A refusal (408, 413) is written, then the connection half-closed and
+what the client still sends read and dropped for a moment (a lingering close,
+as Apache does): closing at once would answer the client's next bytes with a
+reset, which can discard the refusal before the client reads it.
+
+Open connections are bounded per listener (:class:`Listener`) and per source
+address (:class:`MM7Site`): past either, a new connection is closed at once,
+before a byte is read.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -26,13 +33,39 @@ log = Logger()
 DEFAULT_MAX_REQUEST_SIZE = 5 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_IDLE_TIMEOUT = 60.0
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 200
+# Seconds a refused client has to read its 408 or 413 before a reset.
+LINGER = 2.0
 
-_SECRET_IN_PATH = re.compile(r"(/[^/\s?\"=]*=)[^/\s?\"]*")
+
+def redact_uri(uri: bytes) -> bytes:
+    """``uri`` with everything after its first ``=`` masked.
+
+    ``/mm7/account=password``: the password runs to the end of the path,
+    whatever it holds (``/``, ``"``, spaces, escapes), and the query, which
+    MM7 never uses, may hold the rest of one with a raw ``?``.  Masking
+    everything after the ``=`` is the only rule that cannot leak a part.
+    """
+    at = uri.find(b"=")
+    return uri if at < 0 else uri[: at + 1] + b"***"
+
+
+class _Redacted:
+    """A request as the access log formatter sees it, its URI redacted."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+        self.uri = redact_uri(request.uri)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
 
 
 def access_log_formatter(timestamp: str, request: Any) -> str:
     """Twisted's combined log line, with ``/mm7/account=password`` redacted."""
-    return _SECRET_IN_PATH.sub(r"\1***", http.combinedLogFormatter(timestamp, request))
+    line: str = http.combinedLogFormatter(timestamp, _Redacted(request))
+    return line
 
 
 class LimitedRequest(server.Request):
@@ -88,14 +121,22 @@ class MM7Channel(http.HTTPChannel):
     """
 
     site: MM7Site
+    listener: Listener | None = None
+    peer_host: str | None = None
     _deadline: IDelayedCall | None = None
+    _linger: IDelayedCall | None = None
     _busy = False  # a request is being answered: no deadline meanwhile
+    _refused = False  # a 408 or 413 was written: the rest is dropped
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.site.channels.add(self)
+        self.site.channel_opened(self)
+        if self.listener is not None:
+            self.listener.channels.add(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
         if not self._busy and (self._deadline is None or not self._deadline.active()):
             self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
         super().dataReceived(data)
@@ -109,15 +150,45 @@ class MM7Channel(http.HTTPChannel):
         self._busy = False
 
     def refuse(self, code: int, phrase: bytes, text: str) -> None:
-        """Answer and close, whatever state the request is in."""
+        """Answer and close, whatever state the request is in.
+
+        The answer goes out with a FIN (``loseWriteConnection``); what the
+        client still sends is read and dropped, and the connection is reset
+        only after :data:`LINGER` seconds, if the client has not closed by
+        then.  Over TLS, which cannot half-close, it is closed at once.
+        """
+        if self._refused:
+            return
+        self._refused = True
+        self._cancel_deadline()
+        self.setTimeout(None)
         body = text.encode() + b"\n"
-        self.transport.write(  # type: ignore[union-attr]
+        transport: Any = self.transport
+        transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
             % (code, phrase, len(body), body)
         )
-        self.loseConnection()
-        self._cancel_deadline()
+        self._networkProducer.unregisterProducer()  # type: ignore[attr-defined]
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is None:
+            transport.loseConnection()
+        else:
+            half_close()
+        self._linger = self.callLater(LINGER, transport.abortConnection)
+
+    def _send100Continue(self) -> None:
+        """No ``100 Continue`` after a final status: ``gotLength`` may have
+        refused the request (413) just before ``allHeadersReceived`` sends it.
+
+        Upstream (twisted.web.http.HTTPChannel.allHeadersReceived): it sends
+        ``100 Continue`` for every ``Expect: 100-continue`` once
+        ``gotLength`` returns, even when the request was answered in it or
+        the transport is closing; it could check ``_handlingRequest`` /
+        ``transport.disconnecting`` first.
+        """
+        if not self._refused:
+            super()._send100Continue()
 
     def _too_slow(self) -> None:
         log.info(
@@ -129,7 +200,6 @@ class MM7Channel(http.HTTPChannel):
             b"Request Timeout",
             f"the request was not received within {self.site.request_timeout:g} s",
         )
-        self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -138,13 +208,19 @@ class MM7Channel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._cancel_deadline()
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
         super().connectionLost(reason)
+        if self.listener is not None:
+            self.listener.channels.discard(self)
         self.site.channel_closed(self)
 
 
 class MM7Site(server.Site):
-    """A ``Site`` with a request size limit, a request deadline and an idle
-    keep-alive timeout, logging with passwords in URIs redacted.
+    """A ``Site`` with a request size limit, a request deadline, an idle
+    keep-alive timeout and a bound on open connections from one source
+    address, logging with passwords in URIs redacted.
 
     It speaks HTTP/1.1 only (MM7 is HTTP/1.1; Twisted's HTTP/2 negotiation
     is left out with its generic channel).
@@ -159,6 +235,7 @@ class MM7Site(server.Site):
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     ) -> None:
         request = type("Request", (LimitedRequest,), {"max_size": max_request_size})
         super().__init__(
@@ -173,8 +250,37 @@ class MM7Site(server.Site):
             parsePOSTFormSubmission=False,
         )
         self.request_timeout = request_timeout
+        self.max_connections_per_address = max_connections_per_address
         self.channels: set[MM7Channel] = set()
         self._closed: list[defer.Deferred[None]] = []
+        self._by_address: dict[str, int] = {}
+        self._refusing: set[str] = set()  # addresses at their bound, logged
+
+    def buildProtocol(self, addr: IAddress) -> MM7Channel | None:  # type: ignore[override]
+        """A channel, or None (the port then closes the connection at once)
+        for an address already at ``max_connections_per_address``."""
+        host = getattr(addr, "host", None)
+        if host is not None:
+            count = self._by_address.get(host, 0)
+            if count >= self.max_connections_per_address:
+                if host not in self._refusing:  # once while it stays there
+                    self._refusing.add(host)
+                    log.warn(
+                        "Refusing connections from {peer}: {count} open, the "
+                        "limit (mm7_max_connections_per_address)",
+                        peer=host,
+                        count=count,
+                    )
+                return None
+        channel: MM7Channel = super().buildProtocol(addr)
+        channel.peer_host = host
+        return channel
+
+    def channel_opened(self, channel: MM7Channel) -> None:
+        self.channels.add(channel)
+        if channel.peer_host is not None:
+            host = channel.peer_host
+            self._by_address[host] = self._by_address.get(host, 0) + 1
 
     def acceptableProtocols(self) -> list[bytes]:
         # HTTP/1.1 only (see the class docstring): never offer h2 in ALPN.
@@ -197,9 +303,67 @@ class MM7Site(server.Site):
         return closed
 
     def channel_closed(self, channel: MM7Channel) -> None:
+        if channel not in self.channels:
+            return
         self.channels.discard(channel)
+        host = channel.peer_host
+        if host is not None:
+            left = self._by_address.pop(host, 1) - 1
+            if left > 0:
+                self._by_address[host] = left
+            if left < self.max_connections_per_address:
+                self._refusing.discard(host)
         if not self.channels:
             waiting, self._closed = self._closed, []
             for closed in waiting:
                 if not closed.called:
                     closed.callback(None)
+
+
+class Listener(Factory):
+    """The factory one endpoint listens with: the site's channels, at most
+    ``max_connections`` of them open at once on this endpoint.
+
+    Past the bound a new connection is closed at once (``buildProtocol``
+    returns None), so idle or slow clients cannot take every file
+    descriptor and lock the others out; the refusal is logged once while
+    the listener stays at its bound.
+    """
+
+    def __init__(
+        self,
+        site: MM7Site,
+        endpoint: str,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        self.site = site
+        self.endpoint = endpoint
+        self.max_connections = max_connections
+        self.channels: set[MM7Channel] = set()
+        self._refusing = False
+
+    def doStart(self) -> None:
+        self.site.doStart()
+
+    def doStop(self) -> None:
+        self.site.doStop()
+
+    def logPrefix(self) -> str:
+        return str(self.site.logPrefix())
+
+    def buildProtocol(self, addr: IAddress) -> MM7Channel | None:  # type: ignore[override]
+        if len(self.channels) >= self.max_connections:
+            if not self._refusing:
+                self._refusing = True
+                log.warn(
+                    "Refusing connections on {endpoint}: {count} open, the limit "
+                    "(mm7_max_connections)",
+                    endpoint=self.endpoint,
+                    count=len(self.channels),
+                )
+            return None
+        self._refusing = False
+        channel = self.site.buildProtocol(addr)
+        if channel is not None:
+            channel.listener = self
+        return channel

@@ -100,6 +100,7 @@ class _ListeningService(MultiService):
             raise self._cannot_start(e) from None
 
     def startService(self) -> None:
+        raise_file_limit(_descriptors_needed(self.config))
         try:
             super().startService()
         except CannotListenError as e:
@@ -122,6 +123,62 @@ class _ListeningService(MultiService):
         message = f"{message}: {reason}"
         log.critical("{message}", message=message)
         return CannotStart(message)
+
+
+def _descriptors_needed(config: Config) -> int:
+    """Descriptors mm7tx may hold at its bounds: every listener full, the
+    SMTP pool, and a margin for logs, listening sockets and the like."""
+    return (
+        len(config.listen) * config.max_connections + config.smtp.max_connections + 64
+    )
+
+
+def raise_file_limit(needed: int = 0) -> None:
+    """Raise the soft limit on open files to the hard limit, and log it.
+
+    systemd and most shells start a process with a soft limit of 1024: a
+    thousand idle connections would then take every descriptor and lock out
+    the others (and the SMTP pool).  ``twistd`` leaves the limit alone, so
+    ``twistd mm7`` raises it, as nginx's ``worker_rlimit_nofile`` does; an
+    application that embeds mm7tx keeps its own.  With no hard limit
+    (macOS), the soft one is raised to 65536 at most.  A limit below
+    ``needed`` is logged as a warning.
+    """
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as e:
+            log.warn(
+                "Open file limit {soft}: could not raise it to {target} ({why})",
+                soft=soft,
+                target=target,
+                why=e,
+            )
+            target = soft
+        else:
+            log.info(
+                "Open file limit raised from {soft} to {target}",
+                soft=soft,
+                target=target,
+            )
+    else:
+        target = soft
+        log.info("Open file limit {soft} (the hard limit)", soft=soft)
+    if target != resource.RLIM_INFINITY and target < needed:
+        log.warn(
+            "Open file limit {limit} is below the {needed} descriptors the "
+            "connection bounds allow (mm7_max_connections per listener, "
+            "smtp_max_connections): raise the hard limit (LimitNOFILE=) or "
+            "lower the bounds",
+            limit=target,
+            needed=needed,
+        )
 
 
 def _port_of(endpoint: str) -> int | None:

@@ -34,6 +34,7 @@ def vasp(sender: FakeMailSender, **kw: Any):
 
 def connect(site: MM7Site) -> tuple[Any, StringTransport]:
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+    assert channel is not None
     transport = StringTransport()
     channel.makeConnection(transport)
     return channel, transport

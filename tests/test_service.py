@@ -165,6 +165,7 @@ def started_with_one_in_flight(
     service = MM7Service(config, sender, root, gate, reactor)  # type: ignore[arg-type]
     service.startService()
     channel = service.site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 5000))
+    assert channel is not None
     transport = StringTransport()
     channel.makeConnection(transport)
     ctype, body = samples.http_message(

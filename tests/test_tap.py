@@ -95,3 +95,70 @@ def test_a_port_in_use_names_the_file_and_line_of_its_listener(tmp_path: Path) -
     assert str(caught.value) == (
         f"{path}, line 3: cannot listen on tcp:8080:interface=127.0.0.1: Address in use"
     )
+
+
+class Limits:
+    """``resource.getrlimit`` / ``setrlimit`` for RLIMIT_NOFILE, in memory."""
+
+    def __init__(self, soft: int, hard: int, refuse: bool = False) -> None:
+        self.soft, self.hard, self.refuse = soft, hard, refuse
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import resource
+
+        def getrlimit(which: int) -> tuple[int, int]:
+            assert which == resource.RLIMIT_NOFILE
+            return self.soft, self.hard
+
+        def setrlimit(which: int, limits: tuple[int, int]) -> None:
+            assert which == resource.RLIMIT_NOFILE
+            if self.refuse:
+                raise ValueError("not allowed")
+            self.soft, self.hard = limits
+
+        monkeypatch.setattr(resource, "getrlimit", getrlimit)
+        monkeypatch.setattr(resource, "setrlimit", setrlimit)
+
+
+def started(config: object) -> list[str]:
+    wrapper = tap._ListeningService(config)  # type: ignore[arg-type]
+    with capturedLogs() as events:
+        wrapper.startService()
+    wrapper.stopService()
+    return [formatEvent(e) for e in events if "file limit" in formatEvent(e)]
+
+
+def test_the_soft_file_limit_is_raised_to_the_hard_one_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limits = Limits(1024, 524288)
+    limits.install(monkeypatch)
+    assert started(options()["mm7_config"]) == [
+        "Open file limit raised from 1024 to 524288"
+    ]
+    assert (limits.soft, limits.hard) == (524288, 524288)
+    assert started(options()["mm7_config"]) == [
+        "Open file limit 524288 (the hard limit)"
+    ]
+
+
+def test_a_file_limit_too_low_for_the_bounds_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    Limits(512, 1024).install(monkeypatch)
+    config = options("--listen", "tcp:1", "--listen", "tcp:2")["mm7_config"]
+    assert started(config) == [
+        "Open file limit raised from 512 to 1024",
+        "Open file limit 1024 is below the 2084 descriptors the connection bounds "
+        "allow (mm7_max_connections per listener, smtp_max_connections): raise the "
+        "hard limit (LimitNOFILE=) or lower the bounds",
+    ]
+
+
+def test_a_file_limit_that_cannot_be_raised_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    Limits(1024, 4096, refuse=True).install(monkeypatch)
+    [refused, low] = started(options()["mm7_config"])
+    assert refused == "Open file limit 1024: could not raise it to 4096 (not allowed)"
+    assert low.startswith("Open file limit 1024 is below the 1084 descriptors ")

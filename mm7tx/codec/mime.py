@@ -27,6 +27,11 @@ from mm7tx.status import StatusCode
 XML_TYPES = frozenset(
     {"text/xml", "application/xml", "application/soap+xml", "text/plain"}
 )
+# How deep MIME parts may nest (multipart in multipart); deeper is 2007.
+# MM7 content is two or three levels deep (the request's multipart/related,
+# the content's multipart/related or mixed, the SMIL's parts); without a
+# bound, a body nested some hundreds deep exhausts Python's recursion.
+MAX_NESTING = 16
 # compat32 parses several times faster than policy.default, and we only read
 # MIME structure and bytes here; the emails we write use policy.default.
 _PARSER = BytesParser(policy=policy.compat32)
@@ -169,6 +174,25 @@ def _fast_part(raw: bytes, depth: int) -> Message | None:
     return part
 
 
+def _depth(parts: list[Message]) -> int:
+    """How deep ``parts`` nest (1 for leaves), without recursion."""
+    deepest = 0
+    stack = [(part, 1) for part in parts]
+    while stack:
+        part, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_NESTING:  # no need to walk further than the limit
+            stack.extend((child, depth + 1) for child in _subparts(part))
+    return deepest
+
+
+def _too_deep() -> MM7Error:
+    return MM7Error(
+        StatusCode.MESSAGE_FORMAT_CORRUPT,
+        details=f"the MIME parts are nested deeper than {MAX_NESTING}",
+    )
+
+
 def split(content_type: str | None, body: bytes) -> tuple[bytes, list[Message]]:
     """Split an HTTP body into the SOAP XML and the other top-level parts."""
     head = Message()
@@ -204,8 +228,13 @@ def split(content_type: str | None, body: bytes) -> tuple[bytes, list[Message]]:
             media.encode("ascii", "replace"),
             marker,
         )
-        msg = _PARSER.parsebytes(header + body)
+        try:
+            msg = _PARSER.parsebytes(header + body)
+        except RecursionError:
+            raise _too_deep() from None
         parts, defects = _subparts(msg), msg.defects
+    if _depth(parts) > MAX_NESTING:
+        raise _too_deep()
     if not parts:
         raise MM7Error(
             StatusCode.VALIDATION_ERROR,
