@@ -947,7 +947,9 @@ class MemoryGateway:
 
     def _base_url(self) -> str:
         for (interface, port), listening in self.reactor._listeners.items():
-            if listening.factory is self.site:
+            # The site, or the site behind a listener's always_allow/deny.
+            factory = getattr(listening.factory, "wrappedFactory", listening.factory)
+            if factory is self.site:
                 host = interface if interface not in ("", "0.0.0.0") else "127.0.0.1"
                 return f"http://{host}:{port}"
         raise ValueError("the configuration listens on no TCP endpoint")
