@@ -516,3 +516,33 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy():
     assert deliver(gateway, basic("mmsc1", "mmsc-pw"), "10.0.0.1")[0] == 200
     headers = {**basic("mmsc1", "mmsc-pw"), "X-Forwarded-For": "198.51.100.1"}
     assert deliver(gateway, headers, "10.0.0.1")[0] == 401
+
+
+@pytest.mark.parametrize(
+    "client, expected",
+    [
+        ("192.0.2.7", b"HTTP/1.1 200 "),  # the IP-named MMSC account
+        ("198.51.100.1", b"HTTP/1.1 401 "),
+        ("203.0.113.5", b""),  # always_deny: cut before HTTP
+    ],
+)
+def test_a_haproxy_listener_serves_the_client_the_proxy_names(client, expected):
+    gateway = MemoryGateway(f'{LOCAL}{SERV}\nMMSC "192.0.2.0/24" {{ }}')
+    access = ListenAccess(deny=(network("203.0.113.0/24"),))  # type: ignore[arg-type]
+    factory = _behind_haproxy(ListenerGuard(gateway.site, access, proxied=True))
+    proxy = IPv4Address("TCP", "10.0.0.1", 5)
+    protocol = factory.buildProtocol(proxy)
+    transport = StringTransport(peerAddress=proxy)
+    protocol.makeConnection(transport)
+    ctype, body = codec.encode(m.Envelope("tx-1", DELIVER))
+    protocol.dataReceived(
+        f"PROXY TCP4 {client} 10.0.0.2 5000 8080\r\n".encode()
+        + b"POST /vasp/ HTTP/1.1\r\nHost: x\r\nContent-Type: "
+        + ctype.encode()
+        + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    gateway.flush()
+    assert transport.value().startswith(expected)
+    assert transport.disconnecting is (expected == b"")
+    assert len(gateway.relay.accepted) == (expected == b"HTTP/1.1 200 ")
