@@ -1,11 +1,12 @@
-"""Who may submit on MMSC paths: VASP accounts checked with ``twisted.cred``.
+"""Who may post where: VASP accounts on MMSC paths, MMSC accounts on VASP
+paths, checked with ``twisted.cred``.
 
 A VASP authenticates with ``/mm7/account=password`` in the URI, with HTTP
 Basic, or, presenting nothing, by its source address matching an account
-named by an IP address or CIDR range.  Presented credentials must be right:
-a wrong password is refused even from an address that has an IP account.
-Secrets are compared in constant time and may be stored as salted scrypt
-hashes (``mm7tx hash-password``).
+named by an IP address or CIDR range; an MMSC the same way, without the URI
+form.  Presented credentials must be right: a wrong password is refused even
+from an address that has an IP account.  Secrets are compared in constant
+time and may be stored as salted scrypt hashes (``mm7tx hash-password``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -23,8 +25,12 @@ from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IAddress, IReactorThreads
+from twisted.logger import Logger
+from twisted.protocols import policies
 from zope.interface import Attribute, Interface, implementer
+
+log = Logger()
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -73,6 +79,41 @@ def address_in(address: str, networks: tuple[Network, ...]) -> bool:
     return any(ip in net for net in networks)
 
 
+def client_address(
+    peer: str, forwarded: Sequence[bytes] | None, trusted: tuple[Network, ...]
+) -> str:
+    """The client's address: ``peer``, or, when ``peer`` is a trusted proxy,
+    the nearest address in ``X-Forwarded-For`` (read from the right) that is
+    not one.  A malformed entry stops the walk at the proxy that sent it."""
+    if not trusted or not forwarded:
+        return peer
+    hops = [
+        hop.strip() for value in forwarded for hop in value.decode("latin-1").split(",")
+    ]
+    address = peer
+    while hops and address_in(address, trusted):
+        hop = hops.pop()
+        if network(hop) is None or "/" in hop:
+            break
+        address = hop
+    return address
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAccess:
+    """``always_allow`` / ``always_deny`` in a ``Listen`` scope: a connection
+    from a denied address, or from outside ``allow`` when it is set, is
+    refused; deny wins over allow."""
+
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+
+    def admits(self, address: str) -> bool:
+        if address_in(address, self.deny):
+            return False
+        return not self.allow or address_in(address, self.allow)
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     """A VASP account (``VASP "name" { … }``) and its limits."""
@@ -106,9 +147,22 @@ class IVASPAccount(Interface):
     account = Attribute("The Account")
 
 
+class IMMSCAccount(Interface):
+    """The avatar of an authenticated MMSC (``MMSC "name" { … }``): its
+    :class:`Account` (only the name, password and networks are used)."""
+
+    account = Attribute("The Account")
+
+
 @implementer(IVASPAccount)
 @dataclass(frozen=True, slots=True)
 class VASPAvatar:
+    account: Account
+
+
+@implementer(IMMSCAccount)
+@dataclass(frozen=True, slots=True)
+class MMSCAvatar:
     account: Account
 
 
@@ -124,20 +178,43 @@ class IPAddressCredentials:
     address: str
 
 
+# Hash checks in flight at once, for all accounts: each scrypt takes ~40 ms
+# of a core and 16 MiB, so twelve guessers took 147% CPU and 224 MB; the
+# rest wait their turn.  A password once right is remembered, so VASPs that
+# know theirs do not queue behind guessers.
+SCRYPT_CONCURRENCY = 2
+
+# A hash no password matches (its digest is zeros), checked in place of an
+# unknown account's so that it costs what a wrong password costs.
+_DUMMY_HASH = "scrypt$" + "A" * 22 + "==$" + "A" * 43 + "="
+
+
 @implementer(ICredentialsChecker)
 class PasswordChecker:
     """Checks an account name and password; the avatar id is the name.
 
     A hashed password is checked in the reactor's thread pool (scrypt takes
-    tens of milliseconds), and remembered once right, as a SHA-256 of the
-    account and password, so a VASP's every request does not pay it again.
+    tens of milliseconds), at most ``scrypt.limit`` at once, and remembered
+    once right, as a SHA-256 of the account and password, so a VASP's every
+    request does not pay it again.  When any account is hashed, an unknown
+    account (or one without a password) costs a check of a dummy hash, so
+    the time of the answer does not tell which accounts exist.
     """
 
     credentialInterfaces = (credentials.IUsernamePassword,)
 
-    def __init__(self, accounts: dict[str, Account], reactor: IReactorThreads) -> None:
+    def __init__(
+        self,
+        accounts: dict[str, Account],
+        reactor: IReactorThreads,
+        scrypt: defer.DeferredSemaphore | None = None,
+    ) -> None:
         self.accounts = accounts
         self.reactor = reactor
+        self.scrypt = scrypt or defer.DeferredSemaphore(SCRYPT_CONCURRENCY)
+        self._hashed = any(
+            (a.password or "").startswith("scrypt$") for a in accounts.values()
+        )
         self._verified: set[bytes] = set()
 
     def requestAvatarId(self, creds: Any) -> defer.Deferred[Any]:
@@ -145,6 +222,10 @@ class PasswordChecker:
         given: str = creds.password.decode("utf-8", "replace")
         account = self.accounts.get(name)
         if account is None or account.password is None:
+            if self._hashed:
+                return self._hash_check(_DUMMY_HASH, given).addCallback(
+                    lambda _: _refused()
+                )
             hmac.compare_digest(b"-", given.encode())  # as long as a plain check
             return _refused()
         stored = account.password
@@ -164,10 +245,19 @@ class PasswordChecker:
             self._verified.add(key)
             return name
 
-        checking: defer.Deferred[bool] = threads.deferToThreadPool(
-            self.reactor, self.reactor.getThreadPool(), password_matches, stored, given
+        return self._hash_check(stored, given).addCallback(checked)
+
+    def _hash_check(self, stored: str, given: str) -> defer.Deferred[bool]:
+        """``password_matches`` in the thread pool, within the bound."""
+        pool = self.reactor.getThreadPool()
+        return self.scrypt.run(
+            threads.deferToThreadPool,
+            self.reactor,
+            pool,
+            password_matches,
+            stored,
+            given,
         )
-        return checking.addCallback(checked)
 
 
 def _refused() -> defer.Deferred[Any]:
@@ -193,20 +283,34 @@ class IPChecker:
 
 @implementer(IRealm)
 class AccountRealm:
-    def __init__(self, accounts: dict[str, Account]) -> None:
+    """Gives the account as an ``IVASPAccount`` (VASP accounts, for MMSC
+    paths) or an ``IMMSCAccount`` (MMSC accounts, for VASP paths)."""
+
+    def __init__(self, accounts: dict[str, Account], mmsc: bool = False) -> None:
         self.accounts = accounts
+        self.interface = IMMSCAccount if mmsc else IVASPAccount
+        self.avatar = MMSCAvatar if mmsc else VASPAvatar
 
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
-        if IVASPAccount not in interfaces:
-            raise NotImplementedError("only IVASPAccount")
-        return IVASPAccount, VASPAvatar(self.accounts[avatarId]), lambda: None
+        if self.interface not in interfaces:
+            raise NotImplementedError(f"only {self.interface.__name__}")
+        return self.interface, self.avatar(self.accounts[avatarId]), lambda: None
 
 
-def portal_for(accounts: tuple[Account, ...], reactor: IReactorThreads) -> Portal:
-    """A Portal over the VASP accounts, with password and IP checkers."""
+def portal_for(
+    accounts: tuple[Account, ...],
+    reactor: IReactorThreads,
+    mmsc: bool = False,
+    scrypt: defer.DeferredSemaphore | None = None,
+) -> Portal:
+    """A Portal over VASP accounts (or MMSC accounts with ``mmsc``), with
+    password and IP checkers; ``scrypt`` bounds the hash checks in flight
+    (share one between portals; default its own of
+    :data:`SCRYPT_CONCURRENCY`)."""
     by_name = {account.name: account for account in accounts}
     return Portal(
-        AccountRealm(by_name), [PasswordChecker(by_name, reactor), IPChecker(by_name)]
+        AccountRealm(by_name, mmsc),
+        [PasswordChecker(by_name, reactor, scrypt), IPChecker(by_name)],
     )
 
 
@@ -242,3 +346,50 @@ def credentials_from(
             return None
         return credentials.UsernamePassword(user, secret)
     return IPAddressCredentials(peer)
+
+
+class _CheckedWhenProxied(policies.ProtocolWrapper):
+    """Behind ``haproxy:``, the client's address is known only once the
+    PROXY header is read: checked on the first bytes after it."""
+
+    factory: ListenerGuard
+    _checked = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._checked:
+            self._checked = True
+            peer = self.transport.getPeer()  # type: ignore[union-attr]
+            if not self.factory.admits(peer):
+                self.transport.abortConnection()  # type: ignore[union-attr]
+                return
+        super().dataReceived(data)
+
+
+class ListenerGuard(policies.WrappingFactory):
+    """The site as one listener serves it, refusing connections that its
+    ``always_allow`` / ``always_deny`` lists do not admit: at once (the
+    protocol is never built), or, on a ``proxied`` (``haproxy:``) listener,
+    as soon as the PROXY header names the client."""
+
+    protocol = _CheckedWhenProxied
+
+    def __init__(self, site: Any, access: ListenAccess, proxied: bool = False) -> None:
+        super().__init__(site)
+        self.access = access
+        self.proxied = proxied
+
+    def admits(self, address: IAddress) -> bool:
+        host = str(getattr(address, "host", ""))
+        if self.access.admits(host):
+            return True
+        log.info(
+            "Refused a connection from {peer}: always_allow/always_deny", peer=host
+        )
+        return False
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        if self.proxied:
+            return super().buildProtocol(addr)
+        if addr is None or not self.admits(addr):
+            return None
+        return self.wrappedFactory.buildProtocol(addr)

@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 
 from twisted.python.reflect import namedAny
 
-from mm7tx.auth import Account, network
+from mm7tx.auth import Account, ListenAccess, Network, network
 from mm7tx.codec.soap import XMLLimits
+from mm7tx.limits import DEFAULT_LOGIN_LOCKOUT, DEFAULT_MAX_FAILED_LOGINS
 from mm7tx.messages import DEFAULT_MM7_VERSION
 from mm7tx.processors import AddressRules
 from mm7tx.senders import SMTPSettings
@@ -172,11 +173,19 @@ class Config:
     listen: tuple[str, ...] = ("tcp:8080",)
     # Where each listener was set ("FILE, line N" or "--listen"), for errors.
     listen_origins: tuple[str, ...] = ()
+    # always_allow / always_deny of each listener, in the order of ``listen``
+    # (none for a listener past the end).
+    listen_access: tuple[ListenAccess, ...] = ()
     rules: AddressRules = field(default_factory=AddressRules)
     mm7_version: str = DEFAULT_MM7_VERSION
     vasp_paths: tuple[str, ...] = ()
     mmsc_paths: tuple[str, ...] = ("/mm7/",)
     vasps: tuple[Account, ...] = ()
+    # MMSC accounts: once there is one, VASP paths require one.
+    mmscs: tuple[Account, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
+    max_failed_logins: int = DEFAULT_MAX_FAILED_LOGINS
+    login_lockout: float = DEFAULT_LOGIN_LOCKOUT
     delivery_report_attempts: int = 8
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
@@ -194,6 +203,12 @@ class Config:
 
     def processor_for(self, path: str) -> str | None:
         return dict(self.path_processors).get(path, self.processor)
+
+    def access_for(self, index: int) -> ListenAccess:
+        """The always_allow / always_deny lists of the ``index``-th listener."""
+        if index < len(self.listen_access):
+            return self.listen_access[index]
+        return ListenAccess()
 
 
 _DEFAULTS = Config()
@@ -234,6 +249,21 @@ _SERVER_PORT_KINDS = ("tcp", "tcp6", "ssl")
 _CLIENT_PORT_KINDS = ("tcp", "tls", "ssl")
 # ssl: server arguments naming files that must exist and be readable.
 _SERVER_FILES = ("privateKey", "certKey", "extraCertChain", "dhParameters")
+
+
+def listens_beyond_loopback(endpoint: str) -> bool:
+    """Whether a listener may take connections from other hosts: anything but
+    a UNIX socket or a TCP listener on a loopback interface."""
+    kind, _, keywords = _fields(endpoint)
+    while kind == "haproxy" and ":" in endpoint:
+        endpoint = endpoint.split(":", 1)[1]
+        kind, _, keywords = _fields(endpoint)
+    if kind == "unix":
+        return False
+    if kind in _SERVER_PORT_KINDS:
+        net = network(keywords.get("interface", ""))
+        return net is None or not net.is_loopback
+    return True
 
 
 def _fields(description: str) -> tuple[str, list[str], dict[str, str]]:
@@ -335,6 +365,7 @@ def check_relay(description: str) -> str:
 # One declaration per option ------------------------------------------------
 
 MM7_SERV, VASP, HTTP_LISTENER = "mm7_serv", "VASP", "HTTP_Listener"
+MMSC, LISTEN = "MMSC", "Listen"
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +404,8 @@ class _Reader:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        # The access lists of the Listen scopes read so far, in order.
+        self.listen_access: list[ListenAccess] = []
 
     def error(self, item: Option | Scope, message: str) -> ConfigError:
         return ConfigError(self.source, item.line, message)
@@ -511,14 +544,14 @@ class _Reader:
         """A ``Listen "ENDPOINT" { }`` scope."""
         if not scope.label:
             raise self.error(scope, 'Listen needs an address: Listen ":8080" { }')
-        if scope.body:
-            raise self.error(
-                scope.body[0], f"unknown Listen option {scope.body[0].name!r}"
-            )
+        found = _Values(self)
+        found.read(scope, LISTEN)
         try:
-            return [check_listen(scope.label)]
+            endpoint = check_listen(scope.label)
         except ValueError as e:
             raise self.error(scope, f"Listen: {e}") from None
+        self.listen_access.append(ListenAccess(**found.get("access")))
+        return [endpoint]
 
     def path(self, scope: Scope) -> list[tuple[str, str]]:
         """A ``Path "/p/" { processor = "…" }`` scope."""
@@ -546,6 +579,24 @@ OPTIONS: tuple[OptionSpec, ...] = (
         default="tcp:8080",
         syntax='HTTP_Listener { Listen "ENDPOINT" { } ... }',
         is_scope=True,
+    ),
+    OptionSpec(
+        "always_allow",
+        LISTEN,
+        R.networks,
+        "access.allow",
+        "only connections from these addresses/ranges are taken, e.g. "
+        '`("192.0.2.0/24" "2001:db8::/32")`',
+        shown="any",
+    ),
+    OptionSpec(
+        "always_deny",
+        LISTEN,
+        R.networks,
+        "access.deny",
+        "connections from these addresses/ranges are refused (even if also in "
+        "`always_allow`)",
+        shown="none",
     ),
     OptionSpec(
         "mm7_server_default_email_from_address",
@@ -616,6 +667,33 @@ OPTIONS: tuple[OptionSpec, ...] = (
         shown="",
         syntax='Path "/p/" { processor = "…" }',
         is_scope=True,
+    ),
+    OptionSpec(
+        "mm7_trusted_proxies",
+        MM7_SERV,
+        R.networks,
+        "config.trusted_proxies",
+        "HTTP proxies (addresses/ranges) whose `X-Forwarded-For` names the client "
+        "for accounts, `allowed_networks` and failed-login counts",
+        shown="none",
+    ),
+    OptionSpec(
+        "mm7_max_failed_logins",
+        MM7_SERV,
+        R.integer,
+        "config.max_failed_logins",
+        "failed logins from one address within 60 s that lock it out "
+        "(401 at once, no password checked)",
+        default=str(DEFAULT_MAX_FAILED_LOGINS),
+    ),
+    OptionSpec(
+        "mm7_login_lockout",
+        MM7_SERV,
+        R.seconds,
+        "config.login_lockout",
+        "how long such an address is locked out",
+        default=f"{DEFAULT_LOGIN_LOCKOUT:g}",
+        unit=" s",
     ),
     OptionSpec(
         "mm7_keep_smil",
@@ -872,6 +950,22 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "account.delivery_report_password",
         "HTTP Basic password for that post; needs `delivery_report_user`",
     ),
+    OptionSpec(
+        "password",
+        MMSC,
+        R.text,
+        "account.password",
+        "for HTTP Basic: plain text, or a salted hash made by `mm7tx hash-password`",
+        shown="required unless the name is an address",
+    ),
+    OptionSpec(
+        "allowed_networks",
+        MMSC,
+        R.networks,
+        "account.networks",
+        "source addresses/ranges that may use the account",
+        shown="any",
+    ),
 )
 del R
 
@@ -952,6 +1046,7 @@ def load(text: str, source: str = "<config>") -> Config:
     top = _Values(reader)
     mm7_servs: list[Scope] = []
     vasps: list[tuple[Scope, Account]] = []
+    mmscs: list[tuple[Scope, Account]] = []
     origins: list[str] = []
     for item in parse(text.removeprefix("\ufeff"), source):
         kind = item.name.lower()
@@ -962,6 +1057,8 @@ def load(text: str, source: str = "<config>") -> Config:
             origins += [f"{source}, line {entry.line}" for entry in item.body]
         elif kind == "vasp":
             vasps.append((item, _account(reader, item)))
+        elif kind == "mmsc":
+            mmscs.append((item, _account(reader, item, MMSC)))
         elif kind == "mm7_serv":
             mm7_servs.append(item)
             top.read(item, MM7_SERV)
@@ -1012,37 +1109,42 @@ def load(text: str, source: str = "<config>") -> Config:
             line("smtp_password"),
             "smtp_password is set but smtp_username is not",
         )
-    seen: set[str] = set()
-    for scope, vasp in vasps:
-        if vasp.name in seen:
-            raise ConfigError(
-                source, scope.line, f'VASP "{vasp.name}" is defined twice'
-            )
-        seen.add(vasp.name)
+    for kind, accounts in (("VASP", vasps), ("MMSC", mmscs)):
+        seen: set[str] = set()
+        for scope, account in accounts:
+            if account.name in seen:
+                raise ConfigError(
+                    source, scope.line, f'{kind} "{account.name}" is defined twice'
+                )
+            seen.add(account.name)
     return Config(
         listen=tuple(values.pop("listen", ())) or _DEFAULTS.listen,
         listen_origins=tuple(origins),
+        listen_access=tuple(reader.listen_access),
         rules=AddressRules(**top.get("rules")),
         smtp=SMTPSettings(**smtp),
         path_processors=tuple(values.pop("path_processors", ())),
         vasps=tuple(vasp for _, vasp in vasps),
+        mmscs=tuple(mmsc for _, mmsc in mmscs),
         xml_limits=XMLLimits(**top.get("xml")),
         source=source,
         **values,
     )
 
 
-def _account(reader: _Reader, scope: Scope) -> Account:
-    """A ``VASP "name" { … }`` scope."""
+def _account(reader: _Reader, scope: Scope, kind: str = VASP) -> Account:
+    """A ``VASP "name" { … }`` or ``MMSC "name" { … }`` scope."""
     if not scope.label:
-        raise reader.error(scope, 'VASP needs a name: VASP "vasp1" { password = "…" }')
+        raise reader.error(
+            scope, f'{kind} needs a name: {kind} "{kind.lower()}1" {{ password = "…" }}'
+        )
     found = _Values(reader)
-    found.read(scope, VASP)
+    found.read(scope, kind)
     values = found.get("account")
     if network(scope.label) is None and "password" not in values:
         raise reader.error(
             scope,
-            f'VASP "{scope.label}" needs a password (or name it by an IP address)',
+            f'{kind} "{scope.label}" needs a password (or name it by an IP address)',
         )
     if "delivery_report_password" in values and "delivery_report_user" not in values:
         raise ConfigError(
@@ -1089,6 +1191,8 @@ def with_overrides(
             config,
             listen=tuple(endpoints),
             listen_origins=("--listen",) * len(endpoints),
+            # The file's always_allow / always_deny went with its listeners.
+            listen_access=(),
         )
     if smtp_relay:
         try:

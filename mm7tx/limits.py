@@ -1,4 +1,5 @@
-"""Per-account limits enforced on MMSC paths."""
+"""Limits: per-account rates, transactions in flight, failed logins per
+address."""
 
 from __future__ import annotations
 
@@ -67,3 +68,66 @@ class TransactionGate:
         d: defer.Deferred[None] = defer.Deferred()
         self._waiting.append(d)
         return d
+
+
+# Failed logins from one address: this many within the window refuse that
+# address's logins at once, without checking, for the lockout.
+DEFAULT_MAX_FAILED_LOGINS = 10
+DEFAULT_FAILED_LOGIN_WINDOW = 60.0
+DEFAULT_LOGIN_LOCKOUT = 300.0
+
+
+class LoginThrottle:
+    """Counts failed logins per source address on the reactor's clock.
+
+    After ``max_failures`` within ``window`` seconds the address is locked
+    out for ``lockout`` seconds: :meth:`locked` says for how much longer, and
+    the resource answers 401 at once without checking a password (no scrypt
+    for a guesser).  A success does not reset the count.  At most
+    ``max_addresses`` are tracked; past it, the stalest are forgotten.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        max_failures: int = DEFAULT_MAX_FAILED_LOGINS,
+        window: float = DEFAULT_FAILED_LOGIN_WINDOW,
+        lockout: float = DEFAULT_LOGIN_LOCKOUT,
+        max_addresses: int = 100000,
+    ) -> None:
+        self.clock = clock
+        self.max_failures = max_failures
+        self.window = window
+        self.lockout = lockout
+        self.max_addresses = max_addresses
+        # address -> (start of its window, failures in it, locked until)
+        self._seen: dict[str, tuple[float, int, float]] = {}
+
+    def locked(self, address: str) -> float:
+        """Seconds ``address`` is still locked out for (0: it is not)."""
+        entry = self._seen.get(address)
+        if entry is None:
+            return 0.0
+        return max(0.0, entry[2] - self.clock.seconds())
+
+    def failed(self, address: str) -> bool:
+        """Count a failed login; whether it locked the address out."""
+        now = self.clock.seconds()
+        start, count, until = self._seen.pop(address, (now, 0, 0.0))
+        if now - start >= self.window:
+            start, count = now, 0
+        count += 1
+        locking = count >= self.max_failures and until <= now
+        if locking:
+            until, start, count = now + self.lockout, now, 0
+        if len(self._seen) >= self.max_addresses:
+            self._forget(now)
+        self._seen[address] = (start, count, until)  # newest last
+        return locking
+
+    def _forget(self, now: float) -> None:
+        for address, (start, _, until) in list(self._seen.items()):
+            if now - start >= self.window and until <= now:
+                del self._seen[address]
+        while len(self._seen) >= self.max_addresses:
+            del self._seen[next(iter(self._seen))]

@@ -23,7 +23,15 @@ from zope.interface.interface import InterfaceClass
 
 from mm7tx import codec
 from mm7tx import messages as m
-from mm7tx.auth import Account, IVASPAccount, credentials_from
+from mm7tx.auth import (
+    Account,
+    IMMSCAccount,
+    IPAddressCredentials,
+    IVASPAccount,
+    Network,
+    client_address,
+    credentials_from,
+)
 from mm7tx.codec.soap import XMLLimits
 from mm7tx.errors import MM7Error
 from mm7tx.interfaces import (
@@ -34,7 +42,7 @@ from mm7tx.interfaces import (
     IReplaceProcessor,
     ISubmitProcessor,
 )
-from mm7tx.limits import RateLimiter, TransactionGate
+from mm7tx.limits import LoginThrottle, RateLimiter, TransactionGate
 from mm7tx.status import StatusCode
 from mm7tx.transaction import Transaction
 
@@ -62,8 +70,12 @@ class MM7Resource(Resource):
     ReadReplyReq and faults with ``VASPErrorRsp``; on an MMSC path SubmitReq,
     CancelReq and ReplaceReq, faulting with ``RSErrorRsp``.  Any sub-path is
     served too (``/mm7/account=password``).  With a ``portal`` every request
-    must authenticate as a VASP account (401 and 4001 otherwise), and the
-    account's limits apply, the rate through ``limiter``.
+    must authenticate (401 and 4001 otherwise): on an MMSC path as a VASP
+    account, whose limits apply (the rate through ``limiter``); on a VASP
+    path as an MMSC account, by HTTP Basic or its address.  ``throttle``
+    refuses at once an address with too many failed logins;
+    ``X-Forwarded-For`` names the peer only when sent by one of
+    ``trusted_proxies``.
     """
 
     isLeaf = True
@@ -79,6 +91,8 @@ class MM7Resource(Resource):
         limiter: RateLimiter | None = None,
         gate: TransactionGate | None = None,
         xml_limits: XMLLimits | None = None,
+        throttle: LoginThrottle | None = None,
+        trusted_proxies: tuple[Network, ...] = (),
     ) -> None:
         super().__init__()
         self.processor = processor
@@ -89,6 +103,8 @@ class MM7Resource(Resource):
         self.limiter = limiter
         self.gate = gate if gate is not None else TransactionGate()
         self.xml_limits = xml_limits
+        self.throttle = throttle
+        self.trusted_proxies = trusted_proxies
 
     def render(self, request: Request) -> bytes | int:
         """POST, or 405 with ``Allow: POST``; an error of ours is a 4000
@@ -117,7 +133,11 @@ class MM7Resource(Resource):
 
     def render_POST(self, request: Request) -> bytes | int:
         assert request.content is not None
-        peer = _peer(request)
+        peer = client_address(
+            _peer(request),
+            request.requestHeaders.getRawHeaders(b"x-forwarded-for"),
+            self.trusted_proxies,
+        )
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
         if self.role == "mmsc" and request.getHeader("content-length") is None:
@@ -133,13 +153,27 @@ class MM7Resource(Resource):
         if self.portal is None:
             self._transact(request, body, peer, None, gone, started)
             return NOT_DONE_YET
-        creds = credentials_from(
-            _raw_tail(request), _header(request, b"authorization"), peer
-        )
+        tail = _raw_tail(request)
+        if self.role == "vasp":
+            tail = b""  # an MMSC uses Basic or its address, not the URI
+        creds = credentials_from(tail, _header(request, b"authorization"), peer)
+        locked = self.throttle.locked(peer) if self.throttle is not None else 0
+        if locked:
+            log.info(
+                "Refused a request from {peer} on {path}: too many failed logins",
+                peer=peer,
+                path=self.path,
+            )
+            request.setHeader(b"retry-after", b"%d" % max(1, round(locked)))
+            self._unauthorized(
+                request, gone, f"too many failed logins, locked out for {locked:.0f} s"
+            )
+            return NOT_DONE_YET
         if creds is None:
             login: defer.Deferred[Any] = defer.fail(UnauthorizedLogin("bad header"))
         else:
-            login = self.portal.login(creds, None, IVASPAccount)
+            avatar = IVASPAccount if self.role == "mmsc" else IMMSCAccount
+            login = self.portal.login(creds, None, avatar)
 
         def authenticated(result: tuple[Any, Any, Any]) -> None:
             account: Account = result[1].account
@@ -156,10 +190,21 @@ class MM7Resource(Resource):
         def refused(reason: Failure) -> None:
             reason.trap(UnauthorizedLogin)
             log.info(
-                "Refused a request from {peer} on {path}: no valid VASP credentials",
+                "Refused a request from {peer} on {path}: no valid {kind} credentials",
                 peer=peer,
                 path=self.path,
+                kind="VASP" if self.role == "mmsc" else "MMSC",
             )
+            guessed = creds is not None and not isinstance(creds, IPAddressCredentials)
+            if self.throttle is not None and guessed and self.throttle.failed(peer):
+                log.warn(
+                    "Locking out {peer} for {lockout:g} s: {count} failed logins "
+                    "within {window:g} s",
+                    peer=peer,
+                    lockout=self.throttle.lockout,
+                    count=self.throttle.max_failures,
+                    window=self.throttle.window,
+                )
             self._unauthorized(request, gone)
 
         login.addCallbacks(authenticated, refused).addErrback(
@@ -167,10 +212,12 @@ class MM7Resource(Resource):
         )
         return NOT_DONE_YET
 
-    def _unauthorized(self, request: Request, gone: list[bool]) -> None:
+    def _unauthorized(
+        self, request: Request, gone: list[bool], details: str | None = None
+    ) -> None:
         if gone:
             return
-        status = m.Status.of(StatusCode.IMPROPER_IDENTIFICATION)
+        status = m.Status.of(StatusCode.IMPROPER_IDENTIFICATION, details=details)
         request.setHeader(b"www-authenticate", b'Basic realm="mm7tx"')
         _send(
             request,

@@ -25,10 +25,10 @@ from twisted.logger import Logger
 from twisted.python.reflect import namedAny
 from twisted.web.resource import Resource
 
-from mm7tx.auth import portal_for
-from mm7tx.config import Config
+from mm7tx.auth import SCRYPT_CONCURRENCY, ListenerGuard, portal_for
+from mm7tx.config import Config, listens_beyond_loopback
 from mm7tx.interfaces import IMailSender
-from mm7tx.limits import RateLimiter, TransactionGate
+from mm7tx.limits import LoginThrottle, RateLimiter, TransactionGate
 from mm7tx.processors import EmailProcessor
 from mm7tx.reports import DeliveryReporter
 from mm7tx.resource import MM7Resource, build_root
@@ -88,13 +88,23 @@ def build_resources(
     """One :class:`MM7Resource` per configured VASP and MMSC path.
 
     All share one :class:`TransactionGate` (the bound on transactions in
-    flight); MMSC paths share one Portal over the VASP accounts (scrypt
-    hashes checked in the reactor's thread pool), one rate limiter on the
-    reactor's clock and one delivery reporter (made on the reactor unless
-    given).
+    flight), one bound on scrypt checks and one count of failed logins per
+    address; MMSC paths share one Portal over the VASP accounts, VASP paths
+    one over the MMSC accounts (none, and so open, without any), one rate
+    limiter on the reactor's clock and one delivery reporter (made on the
+    reactor unless given).
     """
     gate = gate if gate is not None else TransactionGate(config.max_transactions)
+    scrypt = defer.DeferredSemaphore(SCRYPT_CONCURRENCY)
+    throttle = LoginThrottle(
+        reactor, config.max_failed_logins, lockout=config.login_lockout
+    )
     resources: dict[str, Resource] = {}
+    mmsc_portal = (
+        portal_for(config.mmscs, reactor, mmsc=True, scrypt=scrypt)
+        if config.mmscs
+        else None
+    )
     for path in config.vasp_paths:
         processor = make_processor(config.processor_for(path), config, sender)
         resources[path] = MM7Resource(
@@ -102,11 +112,14 @@ def build_resources(
             path,
             "vasp",
             config.mm7_version,
+            mmsc_portal,
             gate=gate,
             xml_limits=config.xml_limits,
+            throttle=throttle,
+            trusted_proxies=config.trusted_proxies,
         )
     if config.mmsc_paths:
-        portal = portal_for(config.vasps, reactor)
+        portal = portal_for(config.vasps, reactor, scrypt=scrypt)
         limiter = RateLimiter(reactor)
         if reporter is None:
             reporter = DeliveryReporter(
@@ -125,6 +138,8 @@ def build_resources(
                 limiter,
                 gate,
                 config.xml_limits,
+                throttle,
+                config.trusted_proxies,
             )
     return resources
 
@@ -163,9 +178,14 @@ class MM7Service(service.MultiService):
             idle_timeout=config.idle_timeout,
             max_connections_per_address=config.max_connections_per_address,
         )
-        for endpoint in config.listen:
-            listener = Listener(self.site, endpoint, config.max_connections)
-            strports.service(endpoint, listener, reactor=reactor).setServiceParent(self)
+        for index, endpoint in enumerate(config.listen):
+            factory: Any = Listener(self.site, endpoint, config.max_connections)
+            access = config.access_for(index)
+            if access.allow or access.deny:
+                factory = ListenerGuard(
+                    factory, access, proxied=endpoint.startswith("haproxy:")
+                )
+            strports.service(endpoint, factory, reactor=reactor).setServiceParent(self)
 
     def startService(self) -> None:
         log.info(
@@ -178,6 +198,14 @@ class MM7Service(service.MultiService):
             accounts=len(self.config.vasps),
             mail=self.sender.description,
         )
+        open_to = [e for e in self.config.listen if listens_beyond_loopback(e)]
+        if self.config.vasp_paths and not self.config.mmscs and open_to:
+            log.warn(
+                "VASP paths {paths} are open to anyone who reaches {listen}: "
+                "no MMSC account is configured",
+                paths=" ".join(self.config.vasp_paths),
+                listen=", ".join(open_to),
+            )
         super().startService()
 
     def stopService(self) -> defer.Deferred[None]:

@@ -1038,8 +1038,9 @@ class MemoryGateway:
 
     def _base_url(self) -> str:
         for (interface, port), listening in self.reactor._listeners.items():
-            # Each endpoint listens with a Listener over the one site.
-            if getattr(listening.factory, "site", None) is self.site:
+            # The site behind the endpoint's Listener (and its access guard).
+            factory = getattr(listening.factory, "wrappedFactory", listening.factory)
+            if getattr(factory, "site", None) is self.site:
                 host = interface if interface not in ("", "0.0.0.0") else "127.0.0.1"
                 return f"http://{host}:{port}"
         raise ValueError("the configuration listens on no TCP endpoint")

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from mm7tx.auth import Account, password_matches
+from mm7tx.auth import Account, ListenAccess, password_matches
 from mm7tx.codec.soap import XMLLimits
 from mm7tx.config import (
     EMBEDDED,
@@ -201,7 +201,9 @@ README = samples.HERE.parent / "README.md"
 MINIMAL = 'mm7_serv { mm7_vasp_uri_paths = ("/a/") }'
 
 
-@pytest.mark.parametrize("scope", ["mm7_serv", "HTTP_Listener", "VASP"])
+@pytest.mark.parametrize(
+    "scope", ["mm7_serv", "HTTP_Listener", "Listen", "VASP", "MMSC"]
+)
 def test_the_readme_option_tables_are_generated_from_the_declarations(scope):
     readme = README.read_text(encoding="utf-8")
     generated = (
@@ -215,11 +217,11 @@ def test_the_readme_option_tables_are_generated_from_the_declarations(scope):
 
 def test_the_readme_has_nothing_else_between_its_markers():
     readme = README.read_text(encoding="utf-8")
-    assert readme.count("<!-- options:") == 3
+    assert readme.count("<!-- options:") == 5
     assert fill_option_tables(readme) == readme
 
 
-@pytest.mark.parametrize("scope", ["mm7_serv", "VASP"])
+@pytest.mark.parametrize("scope", ["mm7_serv", "Listen", "VASP", "MMSC"])
 def test_an_option_table_is_one_block_with_a_row_per_option(scope):
     rows = options_markdown(scope).rstrip("\n").split("\n")
     assert all(row.startswith("| ") and row.endswith(" |") for row in rows[2:])
@@ -240,6 +242,7 @@ def test_every_declaration_names_a_real_field():
         "smtp": SMTPSettings,
         "xml": XMLLimits,
         "account": Account,
+        "access": ListenAccess,
     }
     for spec in OPTIONS:
         group, attribute = spec.field.split(".")
@@ -255,7 +258,7 @@ def test_a_documented_default_is_the_default(spec):
     else:
         text = MINIMAL.replace("}", f"\n{spec.name} = {spec.default}\n}}")
     # The same configuration, but for where its listener was written.
-    assert replace(load(text), listen_origins=()) == load(MINIMAL)
+    assert replace(load(text), listen_origins=(), listen_access=()) == load(MINIMAL)
 
 
 # Errors that involve more than one option name the one at fault ------------

@@ -27,6 +27,7 @@ from mm7tx.auth import (
     AccountRealm,
     IPAddressCredentials,
     IPChecker,
+    MMSCAvatar,
     PasswordChecker,
     VASPAvatar,
 )
@@ -69,6 +70,7 @@ PROVIDERS: dict[type, Callable[[Any], object]] = {
     IPChecker: lambda _: IPChecker(ACCOUNTS),
     AccountRealm: lambda _: AccountRealm(ACCOUNTS),
     VASPAvatar: lambda _: VASPAvatar(ACCOUNTS["v"]),
+    MMSCAvatar: lambda _: MMSCAvatar(ACCOUNTS["v"]),
     IPAddressCredentials: lambda _: IPAddressCredentials("192.0.2.1"),
     _Body: lambda _: _Body(b"<x/>"),
     testing.MemoryReactor: lambda _: testing.MemoryReactor(),
