@@ -223,7 +223,7 @@ def test_line_separators_in_a_report_are_delivered():
     check_mail(gateway.relay.accepted[0].data)
 
 
-TEXT = "Hello there.\n\nA second paragraph.\n".encode()
+TEXT = b"Hello there.\n\nA second paragraph.\n"
 
 
 @pytest.mark.parametrize(
