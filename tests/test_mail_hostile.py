@@ -11,6 +11,7 @@ from __future__ import annotations
 import email
 import email.policy
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -46,8 +47,9 @@ def check_mail(data: bytes) -> EmailMessage:
     return parsed
 
 
-def deliver(gateway: MemoryGateway, request: object) -> m.Status:
+def deliver(gateway: MemoryGateway, request: Any) -> m.Status:
     client = gateway.client("/vasp/")
+    answer: Any
     if isinstance(request, m.DeliveryReportReq):
         answer = gateway.result(client.delivery_report(request))
     elif isinstance(request, m.ReadReplyReq):
