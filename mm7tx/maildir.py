@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import mailbox
 import os
-from email import policy
 from email.message import EmailMessage
 
 from twisted.internet import defer
@@ -14,8 +13,9 @@ from zope.interface import implementer
 from mm7tx.errors import MM7Error
 from mm7tx.interfaces import IMailSender, SendResult
 from mm7tx.status import StatusCode
+from mm7tx.wire import WIRE_POLICY
 
-_FILE_POLICY = policy.default.clone(linesep="\n")
+_FILE_POLICY = WIRE_POLICY  # folds in linear time, as the SMTP sender does
 
 
 @implementer(IMailSender)

@@ -13,6 +13,7 @@ and every email through one ``*_message`` method.
 
 from __future__ import annotations
 
+import codecs
 import re
 import secrets
 import uuid
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage, Message
 from email.utils import format_datetime, make_msgid, parseaddr
 from typing import Any
+from urllib.parse import quote
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -64,7 +66,9 @@ log = Logger()
 # does not negotiate 8BITMIME, and many relays would mangle 8-bit data.
 BUILD_POLICY = RawHeaderPolicy(cte_type="7bit", header_factory=HEADER_CLASSES)
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+# Control characters and every character str.splitlines() breaks at (C1's
+# NEL, U+2028, U+2029): none may reach a header.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _MAILBOX = re.compile(r"^[^@\s<>\"(),;:\\\[\]]+@[^@\s<>\"(),;:\\\[\]]+$")
 
 # MMStatus -> (RFC 3464 Action, Status) for delivery reports.
@@ -86,9 +90,128 @@ MDN_DISPOSITIONS = {"read": "displayed", "deleted": "deleted"}
 
 
 def clean(text: str | None) -> str:
-    """A header-safe one-line value: control characters (CR, LF...) become a
-    space, so nothing from a request can add a header to the email."""
+    """A header-safe one-line value: control characters and line separators
+    (CR, LF, NEL, U+2028...) become a space, so nothing from a request can
+    add a header to the email."""
     return _CONTROL.sub(" ", text or "").strip()
+
+
+# The longest value, in characters, that each request field may put in a
+# header; a longer one is cut there, marked and logged (README, "Hostile
+# input").  A mail is worth more than a whole Subject, and RFC 5322 lines
+# are 998 characters; addresses are never cut (one too long is a 2002).
+FIELD_LIMITS: dict[str, int] = {
+    "Subject": 998,
+    "StatusText": 998,
+    "TransactionID": 256,
+    "MessageID": 256,
+    "LinkedID": 256,
+    "VASPID": 256,
+    "VASID": 256,
+    "MMSRelayServerID": 256,
+    "ServiceCode": 256,
+    "Priority": 256,
+    "MMStatus": 256,
+    "Recipient": 256,
+    "Date": 256,
+    "Content-Type": 256,
+    "Content-ID": 256,
+    "filename": 255,
+}
+# RFC 5321's limit on a path: longer addresses cannot be delivered.
+MAX_ADDRESS = 254
+
+
+def bounded(
+    text: str | None, field: str, transaction: Transaction | None = None
+) -> str:
+    """``clean(text)`` cut to the field's limit in :data:`FIELD_LIMITS`, with
+    a marker saying how much was cut, and the cut logged."""
+    value = clean(text)
+    limit = FIELD_LIMITS[field]
+    if len(value) <= limit:
+        return value
+    cut = len(value) - limit
+    log.warn(
+        "{field} of {length} characters cut to {limit} (TransactionID {tid})",
+        field=field,
+        length=len(value),
+        limit=limit,
+        tid=transaction.transaction_id[:80] if transaction else None,
+    )
+    return f"{value[:limit].rstrip()} [{cut} characters cut]"
+
+
+def _filename(text: str | None, transaction: Transaction | None = None) -> str | None:
+    """A part's filename, cut to its limit keeping its extension."""
+    value = clean(text)
+    limit = FIELD_LIMITS["filename"]
+    if len(value) <= limit:
+        return value or None
+    stem, dot, extension = value.rpartition(".")
+    if not dot or not stem or len(extension) > 16:
+        stem, extension = value, ""
+    bounded(value, "filename", transaction)  # logs the cut
+    ending = f"\u2026.{extension}" if extension else "\u2026"
+    return stem[: limit - len(ending)] + ending
+
+
+def _disposition(kind: str, filename: str | None) -> str:
+    """A Content-Disposition value, built in linear time: a short plain
+    name quoted, any other as RFC 2231 continuations of at most 56
+    characters each, so that folding never needs a line over 78."""
+    if filename is None:
+        return kind
+    if (
+        len(filename) <= 60
+        and filename.isascii()
+        and filename.isprintable()
+        and not set(filename) & set('"\\')
+    ):
+        return f'{kind}; filename="{filename}"'
+    encoded = quote(filename.encode("utf-8", "replace"), safe="")
+    pieces = []
+    at = 0
+    while at < len(encoded):
+        end = min(at + 56, len(encoded))
+        percent = encoded.rfind("%", end - 2, end)
+        if end < len(encoded) and percent >= 0:
+            end = percent  # never split a %XX escape
+        pieces.append(encoded[at:end])
+        at = end
+    first, *rest = pieces
+    params = [f"filename*0*=utf-8''{first}"]
+    params += [f"filename*{i}*={piece}" for i, piece in enumerate(rest, 1)]
+    return f"{kind}; " + "; ".join(params)
+
+
+_MEDIA_TYPE = re.compile(
+    r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}\Z"
+)
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]{1,64}\Z")
+# Codecs that decode text but that no MIME text is written in, or that
+# take more than linear time (punycode): their parts go as attachments.
+_ODD_CODECS = frozenset(
+    {"idna", "punycode", "unicode_escape", "raw_unicode_escape", "undefined"}
+)
+# What the email package's text writer would turn into line breaks (so the
+# text would change) or write raw (NUL): such a text goes base64.
+_UNSAFE_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x85\u2028\u2029]|\r(?!\n)")
+
+
+def _text(part: ContentPart) -> str | None:
+    """A text part's text, or None when its charset is unknown, not a text
+    encoding, odd (see :data:`_ODD_CODECS`) or does not decode it."""
+    try:
+        info = codecs.lookup(part.charset or "utf-8")
+    except (LookupError, ValueError, TypeError):
+        return None
+    if not getattr(info, "_is_text_encoding", True) or info.name in _ODD_CODECS:
+        return None
+    try:
+        return part.data.decode(info.name)
+    except (UnicodeError, ValueError, LookupError):
+        return None
 
 
 def email_date(timestamp: str | None) -> str:
@@ -132,10 +255,14 @@ _PLAIN_ADDRESS = re.compile(
 
 
 def _mailbox(value: str, what: str) -> str:
-    if _PLAIN_ADDRESS.match(value):
+    if len(value) <= MAX_ADDRESS and _PLAIN_ADDRESS.match(value):
         return value  # the common case, without parseaddr's cost
     address = parseaddr(clean(value))[1] or clean(value)
-    if _CONTROL.search(value.strip()) or not _MAILBOX.match(address):
+    if (
+        _CONTROL.search(value.strip())
+        or not _MAILBOX.match(address)
+        or len(address) > MAX_ADDRESS
+    ):
         raise MM7Error(
             StatusCode.ADDRESS_ERROR, details=f"{what} {value[:80]!r} is not an address"
         )
@@ -223,51 +350,71 @@ class EmailProcessor:
         msg["MIME-Version"] = "1.0"
         msg["From"] = sender
         msg["Message-ID"] = make_msgid("mm7", domain=self._msgid_domain)
-        msg["X-MM7-TransactionID"] = clean(transaction.transaction_id)
+        msg["X-MM7-TransactionID"] = bounded(
+            transaction.transaction_id, "TransactionID", transaction
+        )
         msg["X-MM7-Path"] = clean(transaction.path)
         return msg
 
-    def _attach(self, msg: EmailMessage, part: ContentPart, first: bool) -> None:
-        maintype, _, subtype = part.media_type.partition("/")
-        text = None
-        if maintype == "text":
-            try:
-                text = part.data.decode(part.charset or "utf-8")
-            except (LookupError, UnicodeDecodeError):
-                text = None
-        filename = clean(part.filename) or None
-        if text is not None and first:
-            msg.set_content(text, subtype=subtype or "plain")
-            return
+    def _attach(
+        self,
+        msg: EmailMessage,
+        part: ContentPart,
+        first: bool,
+        transaction: Transaction | None = None,
+    ) -> None:
+        media = part.media_type.lower()
+        original = None
+        if not _MEDIA_TYPE.match(media):
+            original, media = media, "application/octet-stream"
+        maintype, _, subtype = media.partition("/")
+        if maintype in ("multipart", "message"):
+            # RFC 2045 allows no base64 for these, and a leaf is no valid
+            # multipart: they go as bytes, their type kept beside.
+            original, media = media, "application/octet-stream"
+            maintype, subtype = "application", "octet-stream"
+        text = _text(part) if maintype == "text" else None
+        filename = _filename(part.filename, transaction)
+        if filename is None and original == "message/rfc822":
+            filename = "message.eml"
         if text is not None:
-            msg.add_attachment(
-                text,
-                subtype=subtype or "plain",
-                disposition="inline",
-                filename=filename,
-            )
-            return
-        # What add_attachment(bytes) makes, with the base64 done in one call
-        # to the C encoder rather than line by line.
-        attachment = EmailMessage(policy=BUILD_POLICY)
-        attachment["Content-Type"] = (
-            f"{maintype}/{subtype}"
-            if maintype and subtype
-            else "application/octet-stream"
-        )
-        attachment["Content-Transfer-Encoding"] = "base64"
-        if filename is not None:
-            attachment.add_header(
-                "Content-Disposition", "attachment", filename=filename
-            )
+            leaf = msg if first else EmailMessage(policy=BUILD_POLICY)
+            if _UNSAFE_TEXT.search(text):
+                # Exact, in UTF-8, where the text writer would change line
+                # breaks or write a NUL raw.
+                leaf["Content-Type"] = f'{media}; charset="utf-8"'
+                leaf["Content-Transfer-Encoding"] = "base64"
+                leaf.set_payload(
+                    base64_lines(text.encode("utf-8", "replace")).decode("ascii")
+                )
+            else:
+                leaf.set_content(text, subtype=subtype)
+            if first:
+                return
+            leaf["Content-Disposition"] = _disposition("inline", filename)
         else:
-            attachment["Content-Disposition"] = "attachment"
+            # What add_attachment(bytes) makes, with the base64 done in one
+            # call to the C encoder rather than line by line.
+            leaf = EmailMessage(policy=BUILD_POLICY)
+            charset = part.charset if maintype == "text" else None
+            if charset and _TOKEN.match(charset):
+                leaf["Content-Type"] = f'{media}; charset="{charset}"'
+            else:
+                leaf["Content-Type"] = media
+            if original is not None:
+                leaf["X-MM7-Content-Type"] = bounded(
+                    original, "Content-Type", transaction
+                )
+            leaf["Content-Transfer-Encoding"] = "base64"
+            leaf["Content-Disposition"] = _disposition("attachment", filename)
+            leaf.set_payload(base64_lines(part.data).decode("ascii"))
         if part.content_id:
-            attachment["Content-ID"] = f"<{clean(part.content_id)}>"
-        attachment.set_payload(base64_lines(part.data).decode("ascii"))
+            leaf["Content-ID"] = (
+                f"<{bounded(part.content_id, 'Content-ID', transaction)}>"
+            )
         if not msg.is_multipart():
             msg.make_mixed()
-        msg.attach(attachment)
+        msg.attach(leaf)
 
     def _mms(
         self,
@@ -292,15 +439,18 @@ class EmailProcessor:
             msg["To"] = ", ".join(to)
         if cc:
             msg["Cc"] = ", ".join(cc)
-        msg["Subject"] = clean(subject)
+        msg["Subject"] = bounded(subject, "Subject", transaction)
         msg["Date"] = email_date(timestamp)
         for header, value in headers.items():
             if value:
-                msg[header] = clean(value)
+                field = header.removeprefix("X-MM7-")
+                msg[header] = bounded(
+                    value, field if field in FIELD_LIMITS else "MessageID", transaction
+                )
         parts = [p for p in content if self.keep_smil or not p.is_smil]
         parts.sort(key=lambda p: not p.media_type.startswith("text/"))
         for index, part in enumerate(parts):
-            self._attach(msg, part, index == 0)
+            self._attach(msg, part, index == 0, transaction)
         if not parts:
             msg.set_content("")
         _set_boundaries(msg)
@@ -361,12 +511,15 @@ class EmailProcessor:
         date: str | None,
     ) -> Mail:
         """A ``multipart/report``: a readable part, then the notification."""
+        recipient_value = (
+            bounded(handset.value, "Recipient", transaction) if handset else ""
+        )
         text = (
             f"MM7 {what} for message {message_id or '(unknown)'}\n\n"
-            f"Recipient:   {clean(handset.value) if handset else '(unknown)'}\n"
+            f"Recipient:   {recipient_value or '(unknown)'}\n"
             f"MMStatus:    {status}\n"
-            f"StatusText:  {clean(status_text) or '-'}\n"
-            f"Date:        {clean(date) or '-'}\n"
+            f"StatusText:  {bounded(status_text, 'StatusText') or '-'}\n"
+            f"Date:        {bounded(date, 'Date') or '-'}\n"
         )
         sender = self.sender_address(handset)
         recipient = self.recipient_address(originator)
@@ -375,7 +528,7 @@ class EmailProcessor:
         msg["Subject"] = f"{what.capitalize()}: {status}"
         msg["Date"] = email_date(date)
         if message_id:
-            msg["X-MM7-MessageID"] = clean(message_id)
+            msg["X-MM7-MessageID"] = message_id
         msg.set_content(text)
         msg.make_mixed()
         msg.set_type("multipart/report")
@@ -391,27 +544,26 @@ class EmailProcessor:
         self, request: DeliveryReportReq, transaction: Transaction
     ) -> Mail:
         """A DeliveryReportReq as an RFC 3464 delivery status notification."""
-        status = clean(request.mm_status) or "Indeterminate"
+        status = bounded(request.mm_status, "MMStatus", transaction) or "Indeterminate"
         action, code = DSN_ACTIONS.get(status.lower(), ("failed", "5.0.0"))
         handset = request.recipient
         final = self.sender_address(handset)
-        message_id = clean(request.message_id)
+        message_id = bounded(request.message_id, "MessageID", transaction)
+        relay = bounded(request.mms_relay_server_id, "MMSRelayServerID", transaction)
+        status_text = bounded(request.status_text, "StatusText", transaction)
         per_message = _fields(
-            ("Reporting-MTA", f"dns; {clean(request.mms_relay_server_id) or 'mm7tx'}"),
+            ("Reporting-MTA", f"dns; {relay or 'mm7tx'}"),
             ("Original-Envelope-Id", message_id),
             ("Arrival-Date", email_date(request.date)),
         )
         per_recipient = _fields(
             ("Final-Recipient", f"rfc822; {final}"),
-            ("X-MM7-Recipient", clean(handset.value) if handset else ""),
+            ("X-MM7-Recipient", bounded(handset.value, "Recipient") if handset else ""),
             ("Action", action),
             ("Status", code),
-            (
-                "Diagnostic-Code",
-                f"X-MM7; {status} {clean(request.status_text)}".strip(),
-            ),
+            ("Diagnostic-Code", f"X-MM7; {status} {status_text}".strip()),
             ("X-MM7-MMStatus", status),
-            ("X-MM7-StatusText", clean(request.status_text)),
+            ("X-MM7-StatusText", status_text),
         )
         return self._report(
             transaction,
@@ -430,19 +582,23 @@ class EmailProcessor:
         self, request: ReadReplyReq, transaction: Transaction
     ) -> Mail:
         """A ReadReplyReq as an RFC 8098 message disposition notification."""
-        status = clean(request.mm_status) or "Indeterminate"
+        status = bounded(request.mm_status, "MMStatus", transaction) or "Indeterminate"
         disposition = MDN_DISPOSITIONS.get(status.lower(), "processed")
         handset = request.recipient
         final = self.sender_address(handset)
-        message_id = clean(request.message_id)
+        message_id = bounded(request.message_id, "MessageID", transaction)
+        relay = bounded(request.mms_relay_server_id, "MMSRelayServerID", transaction)
         notification = _fields(
-            ("Reporting-UA", f"{clean(request.mms_relay_server_id) or 'mm7tx'}; mm7tx"),
+            ("Reporting-UA", f"{relay or 'mm7tx'}; mm7tx"),
             ("Final-Recipient", f"rfc822; {final}"),
-            ("X-MM7-Recipient", clean(handset.value) if handset else ""),
+            ("X-MM7-Recipient", bounded(handset.value, "Recipient") if handset else ""),
             ("Original-Message-ID", f"<{message_id}>" if message_id else ""),
             ("Disposition", f"automatic-action/MDN-sent-automatically; {disposition}"),
             ("X-MM7-MMStatus", status),
-            ("X-MM7-StatusText", clean(request.status_text)),
+            (
+                "X-MM7-StatusText",
+                bounded(request.status_text, "StatusText", transaction),
+            ),
         )
         return self._report(
             transaction,

@@ -500,3 +500,115 @@ def multipart_cases(base64_only: bool = False) -> st.SearchStrategy[tuple[str, b
     """Constructed bodies, and (one time in three) the reference samples."""
     built = multipart_bodies(base64_only)
     return st.one_of(built, built, _sample_bodies())
+
+
+# Hostile values in the fields that become mail headers (issue 11) ----------
+
+_HOSTILE_SIZES = [1_000, 64_000, 512_000]
+
+
+def _hostile_text(kind: str, size: int) -> str:
+    """``size`` characters of one shape the email package's folder is slow on."""
+    unit = {
+        "words": "ab ",
+        "nonascii": "é ",
+        "cjk": "漢",
+        "separators": "a\u2028b\u2029c\x85 ",
+        "encoded": "=?utf-8?q?x?= ",
+        "quotes": '"\\',
+    }[kind]
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+_HOSTILE_FIELDS = [
+    "Subject",
+    "LinkedID",
+    "VASPID",
+    "VASID",
+    "MMSRelayServerID",
+    "MMStatus",
+    "StatusText",
+    "filename",
+    "Content-ID",
+    "Content-Location",
+    "recipients",
+    "charset",
+    "leaf",
+]
+
+
+@st.composite
+def hostile(draw: Callable[..., Any]) -> tuple[str, tuple[str, bytes]]:
+    """A request valid but for one field: a long value of an awkward shape
+    in a field that becomes a header, thousands of recipients, a text part
+    in an odd charset, or a multipart/message leaf.  (A description, then
+    (Content-Type, body).)"""
+    field = draw(st.sampled_from(_HOSTILE_FIELDS))
+    kind = draw(
+        st.sampled_from(["words", "nonascii", "cjk", "separators", "encoded", "quotes"])
+    )
+    size = draw(st.sampled_from(_HOSTILE_SIZES))
+    value = _hostile_text(kind, size)
+    sender = m.Address("+15551234567")
+    to = m.Recipients(to=(m.Address("7255", "ShortCode"),))
+    text = m.ContentPart("text/plain", b"hello", (("charset", "utf-8"),))
+    request: Any
+    if field in ("MMStatus", "StatusText"):
+        request = m.DeliveryReportReq(
+            message_id="M1",
+            recipient=sender,
+            sender=m.Address("7255", "ShortCode"),
+            mm_status=value if field == "MMStatus" else "Retrieved",
+            status_text=value if field == "StatusText" else None,
+        )
+    else:
+        content: tuple[m.ContentPart, ...] = (text,)
+        fields: dict[str, Any] = {}
+        if field in ("Subject", "LinkedID", "VASPID", "VASID", "MMSRelayServerID"):
+            fields[
+                {
+                    "Subject": "subject",
+                    "LinkedID": "linked_id",
+                    "VASPID": "vasp_id",
+                    "VASID": "vas_id",
+                    "MMSRelayServerID": "mms_relay_server_id",
+                }[field]
+            ] = value
+        elif field == "recipients":
+            count = draw(st.sampled_from([100, 5_000, 20_000]))
+            to = m.Recipients(to=tuple(m.Address(str(10**9 + i)) for i in range(count)))
+            value = f"{count} recipients"
+        elif field == "charset":
+            charset = draw(st.sampled_from(["idna", "punycode", "x-nope", "utf-7"]))
+            content = (
+                m.ContentPart(
+                    "text/plain", value.encode("utf-8")[:size], (("charset", charset),)
+                ),
+            )
+            value = f"charset={charset}"
+        elif field == "leaf":
+            media = draw(st.sampled_from(["multipart/mixed", "message/rfc822"]))
+            content = (text, m.ContentPart(media, value.encode("utf-8")))
+            value = media
+        else:
+            # Placeholders, replaced in the body by the raw value below (the
+            # email package's own writer takes quadratic time for it).
+            part = m.ContentPart(
+                "image/gif",
+                b"GIF89a",
+                (("name", "HOSTILE-VALUE"),) if field == "filename" else (),
+                "HOSTILE-VALUE" if field == "Content-ID" else None,
+                "HOSTILE-VALUE" if field == "Content-Location" else None,
+            )
+            content = (text, part)
+        request = m.DeliverReq(sender=sender, recipients=to, content=content, **fields)
+    description = (
+        f"{field} {kind} {size}"
+        if field not in ("recipients", "charset", "leaf")
+        else f"{field} {value}"
+    )
+    ctype, body = codec.encode(m.Envelope("hostile", request))
+    if field in ("Content-ID", "Content-Location"):
+        # A MIME header cannot carry a line separator.
+        value = re.sub("[\u2028\u2029\x85]", " ", value)
+    return description, (ctype, body.replace(b"HOSTILE-VALUE", value.encode()))
