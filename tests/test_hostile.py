@@ -363,3 +363,46 @@ def test_8bit_bytes_in_a_part_header():
     code, env = post(vasp(sender), body, "multipart/related; boundary=b")
     assert (code, status(env)) == (200, (1000, None))
     assert sender.sent[0].message.get_body(("plain",)).get_content() == "bonjour\n"  # type: ignore[union-attr]
+
+
+def _many_parts(count: int, nested: bool = False) -> tuple[str, bytes]:
+    envelope = codec.encode(
+        m.Envelope(
+            "many",
+            m.DeliverReq(sender=m.Address("+15551234567"), subject="parts"),
+        )
+    )[1]
+    leaf = b"--in\r\nContent-Type: text/plain\r\n\r\nx\r\n"
+    if nested:
+        inner = leaf * count + b"--in--\r\n"
+        body = (
+            b"--out\r\nContent-Type: text/xml\r\n\r\n" + envelope + b"\r\n"
+            b'--out\r\nContent-Type: multipart/mixed; boundary="in"\r\n\r\n'
+            + inner
+            + b"\r\n--out--\r\n"
+        )
+    else:
+        body = (
+            b"--out\r\nContent-Type: text/xml\r\n\r\n"
+            + envelope
+            + b"\r\n"
+            + leaf.replace(b"--in", b"--out") * count
+            + b"--out--\r\n"
+        )
+    return 'multipart/related; boundary="out"; type="text/xml"', body
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested"])
+def test_more_than_the_mime_part_limit_is_2007(nested):
+    from mm7tx.codec.mime import MAX_PARTS
+
+    sender = FakeMailSender()
+    for count, code in ((MAX_PARTS - 2, 1000), (10_000, 2007)):
+        ctype, body = _many_parts(count, nested)
+        answer = http_post(vasp(sender), "/vasp/", body, {"Content-Type": ctype})
+        env = codec.decode(answer.headers["content-type"], answer.body)
+        assert env.message.status.code == code, (count, env.message.status)
+    assert env.message.status.details == (
+        f"the request has more than {MAX_PARTS} MIME parts"
+    )
+    assert len(sender.sent) == 1
