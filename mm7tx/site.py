@@ -21,8 +21,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    INegotiated,
+    IReactorTime,
+)
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -170,8 +175,11 @@ class MM7Channel(http.HTTPChannel):
             % (code, phrase, len(body), body)
         )
         self._networkProducer.unregisterProducer()  # type: ignore[attr-defined]
+        # A TLS transport forwards attributes to the TCP one beneath it, so
+        # it seems to half-close: it cannot (the TLS layer would be cut off
+        # under its unsent records, the answer with them).
         half_close = getattr(transport, "loseWriteConnection", None)
-        if half_close is None:
+        if half_close is None or INegotiated.providedBy(transport):
             transport.loseConnection()
         else:
             half_close()
@@ -351,7 +359,16 @@ class Listener(Factory):
     def logPrefix(self) -> str:
         return str(self.site.logPrefix())
 
-    def buildProtocol(self, addr: IAddress) -> MM7Channel | None:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:  # type: ignore[override]
+        channel = self._build(addr)
+        if channel is None and self.endpoint.startswith("haproxy:"):
+            # Twisted's PROXY wrapper wraps whatever it gets, None too (and
+            # then fails on every call, the connection left open): give it
+            # a protocol that closes the connection instead.
+            return _Refused()
+        return channel
+
+    def _build(self, addr: IAddress) -> MM7Channel | None:
         if len(self.channels) >= self.max_connections:
             if not self._refusing:
                 self._refusing = True
@@ -367,3 +384,16 @@ class Listener(Factory):
         if channel is not None:
             channel.listener = self
         return channel
+
+
+class _Refused(Protocol):
+    """A connection a bound refuses, where a wrapper cannot take None for
+    an answer: closed as soon as it is made, its bytes ignored."""
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        abort = getattr(transport, "abortConnection", None)
+        (abort if abort is not None else transport.loseConnection)()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
