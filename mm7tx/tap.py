@@ -64,6 +64,10 @@ class Options(usage.Options):
         """
         try:
             config = load_file(self["config"]) if self["config"] else EMBEDDED
+            # --listen replaces the file's listeners, their access lists too.
+            self["dropped_access"] = bool(self["listen"]) and any(
+                access.allow or access.deny for access in config.listen_access
+            )
             config = with_overrides(config, self["listen"], self["smtp-relay"])
         except ConfigError as e:
             raise SystemExit(str(e)) from None
@@ -189,6 +193,12 @@ def _port_of(endpoint: str) -> int | None:
 
 def makeService(options: Options) -> IService:
     config: Config = options["mm7_config"]
+    if options.get("dropped_access"):
+        log.warn(
+            "--listen replaces the listeners of {source}, and with them their "
+            "always_allow/always_deny lists: these listeners admit any address",
+            source=config.source,
+        )
     wrapper = _ListeningService(config)
     # The one place mm7tx takes the global reactor; everything below gets it.
     from twisted.internet import reactor

@@ -162,3 +162,22 @@ def test_a_file_limit_that_cannot_be_raised_is_a_warning(
     [refused, low] = started(options()["mm7_config"])
     assert refused == "Open file limit 1024: could not raise it to 4096 (not allowed)"
     assert low.startswith("Open file limit 1024 is below the 1084 descriptors ")
+
+
+def test_listen_on_the_command_line_says_it_drops_the_files_access_lists(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "mm7tx.conf"
+    path.write_text(
+        'HTTP_Listener {\n  Listen "tcp:8080" { always_allow = ("192.0.2.0/24") }\n}\n'
+        + samples.EXAMPLE_7_1
+    )
+    with capturedLogs() as events:
+        tap.makeService(options("--config", str(path), "--listen", "tcp:0"))
+    assert [formatEvent(e) for e in events if "--listen" in formatEvent(e)] == [
+        f"--listen replaces the listeners of {path}, and with them their "
+        "always_allow/always_deny lists: these listeners admit any address"
+    ]
+    with capturedLogs() as events:
+        tap.makeService(options("--config", str(path)))
+    assert not [e for e in events if "--listen" in formatEvent(e)]
