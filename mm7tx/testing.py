@@ -329,6 +329,19 @@ class MemoryReactor(MemoryReactorClock):
         return len(self._pumps)
 
 
+def fired(d: defer.Deferred[Any]) -> bool:
+    """Whether ``d`` has its result (``called`` is true already while it
+    waits on an inner Deferred); the result stays in it."""
+    results: list[object] = []
+
+    def keep(result: object) -> object:
+        results.append(result)
+        return result
+
+    d.addBoth(keep)
+    return bool(results)
+
+
 def result_of(d: defer.Deferred[T]) -> T:
     """The result of a Deferred that has fired (its failure raised), or
     ``AssertionError`` if it is still waiting.  A result stays in the

@@ -42,7 +42,7 @@ from mm7tx.interfaces import (
     ISubmitProcessor,
 )
 from mm7tx.resource import MM7Resource, build_root
-from mm7tx.testing import MemoryAgent, MemoryGateway, MemoryReactor, result_of
+from mm7tx.testing import MemoryAgent, MemoryGateway, MemoryReactor, fired, result_of
 from tests import samples
 from tests.certs import make_certificate
 
@@ -161,19 +161,6 @@ def odd_server(resource: Resource, **options: Any) -> tuple[MemoryReactor, MM7Cl
         MemoryAgent(clock), "http://mmsc.test/x/", reactor=clock, **options
     )
     return clock, client
-
-
-def fired(d: defer.Deferred[Any]) -> bool:
-    """Whether ``d`` has its result (``called`` is true already while it
-    waits on an inner Deferred)."""
-    results: list[object] = []
-
-    def keep(result: object) -> object:
-        results.append(result)
-        return result
-
-    d.addBoth(keep)
-    return bool(results)
 
 
 def failure_of(clock: MemoryReactor, d: defer.Deferred[Any]) -> MM7ClientError:

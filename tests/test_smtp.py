@@ -28,7 +28,7 @@ from mm7tx.esmtp import _ONE_WRITE, ESMTPSender, _smtp_data, _SMTPClient
 from mm7tx.interfaces import IMailSender, SendResult
 from mm7tx.processors import BUILD_POLICY
 from mm7tx.senders import SMTPSettings
-from mm7tx.testing import MemoryReactor, MemorySMTPRelay, _RelayServer, result_of
+from mm7tx.testing import MemoryReactor, MemorySMTPRelay, _RelayServer, fired, result_of
 from mm7tx.wire import wire_bytes
 
 
@@ -86,17 +86,6 @@ def send(
     sender: ESMTPSender, recipients: list[str], msg: EmailMessage | None = None
 ) -> defer.Deferred[SendResult]:
     return sender.send("a@from.example", recipients, msg or message())
-
-
-def fired(d: defer.Deferred[Any]) -> bool:
-    results: list[object] = []
-
-    def keep(result: object) -> object:
-        results.append(result)
-        return result
-
-    d.addBoth(keep)
-    return bool(results)
 
 
 def failure(d: defer.Deferred[Any]) -> MM7Error:

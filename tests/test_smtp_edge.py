@@ -13,7 +13,7 @@ from twisted.internet import defer
 from mm7tx import messages as m
 from mm7tx.client import MM7Fault
 from mm7tx.config import EMBEDDED
-from mm7tx.testing import MemoryGateway
+from mm7tx.testing import MemoryGateway, fired
 
 DELIVER = m.DeliverReq(
     sender=m.Address("+44 7700 900123"),
@@ -36,17 +36,6 @@ mm7_serv {
 def gateway(request) -> MemoryGateway:
     """The gateway on default timeouts, with a relay offering PIPELINING or not."""
     return MemoryGateway(CONFIG, pipelining=request.param == "pipelining")
-
-
-def fired(d: defer.Deferred[Any]) -> bool:
-    results: list[object] = []
-
-    def keep(result: object) -> object:
-        results.append(result)
-        return result
-
-    d.addBoth(keep)
-    return bool(results)
 
 
 def answer(gateway: MemoryGateway, d: defer.Deferred[Any]) -> m.Status:

@@ -29,6 +29,7 @@ from mm7tx.testing import (
     MemoryReactor,
     MemorySMTPRelay,
     RecordingDelivery,
+    fired,
     http_post,
     post,
     result_of,
@@ -67,19 +68,6 @@ def gateway(request) -> MemoryGateway:
 def deliver(gateway: MemoryGateway, req: m.DeliverReq = DELIVER):
     # The client waits longer than the relay's command timeout.
     return gateway.client("/vasp/", timeout=300).deliver(req)
-
-
-def fired(d: defer.Deferred[Any]) -> bool:
-    """Whether ``d`` has its result (``called`` is true already while it
-    waits on an inner Deferred)."""
-    results: list[object] = []
-
-    def keep(result: object) -> object:
-        results.append(result)
-        return result
-
-    d.addBoth(keep)
-    return bool(results)
 
 
 def status_of(gateway: MemoryGateway, d: defer.Deferred[Any]) -> int:
