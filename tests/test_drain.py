@@ -30,31 +30,12 @@ import pytest
 
 from mm7tx import codec
 from mm7tx import messages as m
+from tests.processes import free_port, wait_for_port
 
 HERE = Path(__file__).resolve().parent
 TWISTD = str(Path(sys.executable).parent / "twistd")
 SINK = HERE.parent / "bench" / "smtp_sink.py"
 CLIENTS = 12
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    import socket
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on port {port}")
 
 
 def deliver(tid: str) -> tuple[str, bytes]:
@@ -150,8 +131,8 @@ mm7_serv {{
     )
     outcomes: dict[str, tuple[str, float]] = {}
     try:
-        wait_for_port(smtp_port, sink)
-        wait_for_port(http_port, mm7tx)
+        assert wait_for_port(smtp_port, sink)
+        assert wait_for_port(http_port, mm7tx)
         clients = [Client(http_port, outcomes) for _ in range(CLIENTS)]
         for client in clients:
             client.start()
@@ -254,7 +235,7 @@ mm7_serv {{
             return received
 
     try:
-        wait_for_port(http_port, mm7tx)
+        assert wait_for_port(http_port, mm7tx)
         slow = refused(b"POST /vasp/ HTTP/1.1\r\nHost: x\r\n", b"X-A: b\r\n", 0.1)
         assert slow.startswith(b"HTTP/1.1 408 "), slow
         big = refused(

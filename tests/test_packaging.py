@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import time
 import tomllib
 from importlib.metadata import distribution, version
 from pathlib import Path
@@ -21,7 +19,8 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 import mm7tx
-from tests.test_plugin import TWISTD, free_port
+from tests.processes import free_port, wait_for_port
+from tests.test_plugin import TWISTD
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,15 +102,7 @@ def test_the_shipped_config_starts_from_outside_the_checkout(tmp_path):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    break
-                time.sleep(0.1)
+        wait_for_port(port, process)  # the log says what went wrong if not
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)

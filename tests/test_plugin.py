@@ -7,12 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tests import samples
+from tests.processes import free_port, wait_for_port
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 
@@ -42,12 +42,6 @@ def test_a_bad_config_stops_the_start_with_file_and_line(tmp_path):
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_embedded_defaults_deliver_into_a_maildir(tmp_path):
     port = free_port()
     process = subprocess.Popen(
@@ -69,16 +63,9 @@ def test_embedded_defaults_deliver_into_a_maildir(tmp_path):
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/vasp/", data=body, headers={"Content-Type": ctype}
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(request, timeout=10) as answer:
-                    reply = answer.read()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.2)
+        assert wait_for_port(port, process)
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            reply = answer.read()
         assert b"<StatusCode>1000</StatusCode>" in reply
         [mail] = list((tmp_path / "Maildir" / "new").iterdir())
         assert b"Subject: Weather Forecast" in mail.read_bytes()
