@@ -57,7 +57,7 @@ from mm7tx.messages import (
 from mm7tx.reports import DeliveryReporter
 from mm7tx.status import StatusCode
 from mm7tx.transaction import Transaction
-from mm7tx.wire import HEADER_CLASSES, RawHeaderPolicy
+from mm7tx.wire import CONTROLS, HEADER_CLASSES, RawHeaderPolicy
 
 log = Logger()
 
@@ -68,7 +68,6 @@ BUILD_POLICY = RawHeaderPolicy(cte_type="7bit", header_factory=HEADER_CLASSES)
 
 # Control characters and every character str.splitlines() breaks at (C1's
 # NEL, U+2028, U+2029): none may reach a header.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _MAILBOX = re.compile(r"^[^@\s<>\"(),;:\\\[\]]+@[^@\s<>\"(),;:\\\[\]]+$")
 
 # MMStatus -> (RFC 3464 Action, Status) for delivery reports.
@@ -93,7 +92,7 @@ def clean(text: str | None) -> str:
     """A header-safe one-line value: control characters and line separators
     (CR, LF, NEL, U+2028...) become a space, so nothing from a request can
     add a header to the email."""
-    return _CONTROL.sub(" ", text or "").strip()
+    return CONTROLS.sub(" ", text or "").strip()
 
 
 # The longest value, in characters, that each request field may put in a
@@ -259,7 +258,7 @@ def _mailbox(value: str, what: str) -> str:
         return value  # the common case, without parseaddr's cost
     address = parseaddr(clean(value))[1] or clean(value)
     if (
-        _CONTROL.search(value.strip())
+        CONTROLS.search(value.strip())
         or not _MAILBOX.match(address)
         or len(address) > MAX_ADDRESS
     ):

@@ -69,7 +69,7 @@ class RawHeaderPolicy(EmailPolicy):
             type(value) is str
             and value
             and not value.isascii()
-            and not _BREAKING.search(value)
+            and not CONTROLS.search(value)
             and value.strip() == value
             and _unstructured(self.header_factory, name)
         ):
@@ -105,7 +105,7 @@ def _unstructured(factory: Any, name: str) -> bool:
 
 
 # What may not go into a header: line breaks of every kind, controls.
-_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 def _plain(value: Any) -> bool:
@@ -194,8 +194,8 @@ class _Generator(BytesGenerator):
 
 
 def wire_bytes(message: EmailMessage) -> bytes:
-    """The message as Twisted's SMTP client wants it: LF line endings (it
-    turns them into CRLF and dot-stuffs)."""
+    """The message with LF line endings; the ESMTP sender makes them CRLF
+    and dot-stuffs the whole at once (``mm7tx.esmtp._stuffed``)."""
     out = BytesIO()
     _Generator(out, policy=WIRE_POLICY).flatten(message)
     return out.getvalue()
