@@ -151,9 +151,7 @@ def test_a_long_mm_status_is_refused_and_only_40_characters_of_it_shown():
     assert details.startswith("MMStatus must be one of Expired, Retrieved")
     assert details.endswith(f"not {WORDS[:40]!r}")
     assert gateway.relay.accepted == []
-    mail = EmailProcessor(FakeMailSender(), RULES).delivery_report_message(
-        request, TX
-    )
+    mail = EmailProcessor(FakeMailSender(), RULES).delivery_report_message(request, TX)
     assert " characters cut]" in str(mail.message["Subject"])
 
 
