@@ -145,7 +145,7 @@ class Exact:
         assert isinstance(message, self.kind)
         for name, value in self.fields:
             assert getattr(message, name) == value, name
-        content = message.content  # type: ignore[attr-defined]
+        content = message.content  # type: ignore[union-attr]
         assert [part.data for part in content] == _leaves(ctype, body)
         sender = FakeMailSender()
         headers = {"Content-Type": ctype}
