@@ -20,6 +20,24 @@ DEFAULT_NAMESPACE = (
 AddressKind = Literal["RFC2822Address", "Number", "ShortCode"]
 ADDRESS_KINDS: tuple[AddressKind, ...] = ("RFC2822Address", "Number", "ShortCode")
 
+# The schema's spellings of the enumerated elements (3GPP TS 23.140 Rel-5/6),
+# plus the vendor MMStatus values of mm7-reference's status tables.
+DELIVERY_MM_STATUS = (
+    "Expired",
+    "Retrieved",
+    "Rejected",
+    "Deferred",
+    "Unrecognised",
+    "Indeterminate",
+    "Forwarded",
+    "Unreachable",
+    "DeliveryConditionNotMet",
+    "NotSupported",
+)
+READ_MM_STATUS = ("Read", "Deleted", "Indeterminate")
+PRIORITIES = ("Normal", "High", "Low")
+MESSAGE_CLASSES = ("Personal", "Informational", "Advertisement", "Auto")
+
 _TYPE_SUFFIX = re.compile(r"/TYPE=.*$", re.IGNORECASE)
 _NOT_DIGIT = re.compile(r"[\s+\-().]")
 

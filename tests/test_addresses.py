@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from mm7tx import codec
 from mm7tx import messages as m
 from mm7tx.errors import MM7Error
 from mm7tx.processors import AddressRules, EmailProcessor
@@ -64,3 +65,47 @@ def test_no_address_still_takes_the_default():
     processor = EmailProcessor(FakeMailSender(), WITH_DOMAINS)
     assert processor.recipient_address(None) == "to@default"
     assert processor.sender_address(None) == "from@default"
+
+
+def _decoded_sender(element: str) -> m.Address | None:
+    ns = "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-6-MM7-1-4"
+    body = (
+        '<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><e:Body>'
+        f'<SubmitReq xmlns="{ns}"><MM7Version>6.8.0</MM7Version>'
+        f"<SenderIdentification><SenderAddress>{element}</SenderAddress>"
+        "</SenderIdentification>"
+        f"<Recipients><To>{element}</To></Recipients></SubmitReq></e:Body></e:Envelope>"
+    ).encode()
+    message = codec.decode("text/xml", body).message
+    assert isinstance(message, m.SubmitReq)
+    assert message.recipients.to == (message.sender_address,)
+    return message.sender_address
+
+
+@pytest.mark.parametrize(
+    ("element", "address"),
+    [
+        # Mbuni's mmsbox: a number without /TYPE=PLMN written as an RFC2822Address.
+        ("<RFC2822Address>7255</RFC2822Address>", m.Address("7255")),
+        ("<RFC2822Address> +15551234567 </RFC2822Address>", m.Address("+15551234567")),
+        ("<RFC2822Address>7255/TYPE=PLMN</RFC2822Address>", m.Address("7255/TYPE=PLMN")),
+        # instantcom-mm7 names the element after RFC 822.
+        ("<RFC822Address>a@b.example</RFC822Address>", m.Address("a@b.example", "RFC2822Address")),
+        ("<RFC822Address>7255</RFC822Address>", m.Address("7255")),
+        # Anything else stays an RFC2822Address (and is mapped, or refused, as one).
+        ("<RFC2822Address>7255@x.example</RFC2822Address>", m.Address("7255@x.example", "RFC2822Address")),
+        ("<RFC2822Address>72 55</RFC2822Address>", m.Address("72 55", "RFC2822Address")),
+        ("<RFC2822Address>+</RFC2822Address>", m.Address("+", "RFC2822Address")),
+        ("<RFC2822Address>٣٤٥</RFC2822Address>", m.Address("٣٤٥", "RFC2822Address")),
+        ('<Number displayOnly="true">1</Number>', m.Address("1", display_only=True)),
+    ],
+)  # fmt: skip
+def test_addresses_as_peers_write_them(element, address):
+    assert _decoded_sender(element) == address
+
+
+def test_a_digits_only_rfc2822_address_is_mapped_as_a_number():
+    processor = EmailProcessor(FakeMailSender(), WITH_DOMAINS)
+    sender = _decoded_sender("<RFC2822Address>7255</RFC2822Address>")
+    assert processor.sender_address(sender) == "7255@from.example"
+    assert processor.recipient_address(sender) == "7255@to.example"

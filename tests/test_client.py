@@ -621,14 +621,14 @@ def test_deliver_through_the_real_processor_arrives_as_mail(capsys):
 
 
 @pytest.mark.parametrize(
-    ("subcommand", "kind", "status"),
+    ("subcommand", "kind", "status", "other"),
     [
-        ("delivery-report", m.DeliveryReportReq, "Retrieved"),
-        ("read-reply", m.ReadReplyReq, "Read"),
+        ("delivery-report", m.DeliveryReportReq, "Retrieved", "Rejected"),
+        ("read-reply", m.ReadReplyReq, "Read", "Deleted"),
     ],
 )
 def test_reports_send_their_options_and_defaults(
-    gateway, recorder, capsys, subcommand, kind, status
+    gateway, recorder, capsys, subcommand, kind, status, other
 ):
     base = [subcommand, gateway.url + "/vasp/", "--message-id", "M1"]
     assert mm7tx(gateway, *base, "--recipient", "+15551234567") == 0
@@ -640,7 +640,7 @@ def test_reports_send_their_options_and_defaults(
         "--sender",
         "7255",
         "--status",
-        "Rejected",
+        other,
         "--status-text",
         "no room",
         "--date",
@@ -659,7 +659,7 @@ def test_reports_send_their_options_and_defaults(
     assert when == "2024-05-01T12:00:00+00:00"
     assert given.recipient == m.Address("alice@example.com", "RFC2822Address")
     assert given.sender == m.Address("7255", "ShortCode")
-    assert (given.mm_status, given.status_text) == ("Rejected", "no room")
+    assert (given.mm_status, given.status_text) == (other, "no room")
     assert given.mms_relay_server_id == "mmsc-1"
 
 

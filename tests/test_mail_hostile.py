@@ -85,12 +85,6 @@ LONG_FIELDS = {
     "VASPID": (_base(vasp_id=WORDS), "X-MM7-VASPID"),
     "VASID": (_base(vas_id=WORDS), "X-MM7-VASID"),
     "MMSRelayServerID": (_base(mms_relay_server_id=WORDS), "X-MM7-MMSRelayServerID"),
-    "MMStatus": (
-        m.DeliveryReportReq(
-            message_id="M1", recipient=m.Address("+1555"), mm_status=WORDS
-        ),
-        "X-MM7-MMStatus",
-    ),
     "StatusText": (
         m.DeliveryReportReq(
             message_id="M1",
@@ -141,6 +135,24 @@ def test_a_long_field_is_cut_to_its_limit_and_delivered(field):
     else:
         assert " characters cut]" in value  # inside <> for a Content-ID
         assert len(value) <= max(FIELD_LIMITS.values()) + 40
+
+
+def test_a_long_mm_status_is_refused_and_only_40_characters_of_it_shown():
+    """MMStatus is enumerated: a long one is no value at all (2007), and
+    never reaches a mail; the processor still cuts one given to it."""
+    gateway = MemoryGateway()
+    request = m.DeliveryReportReq(
+        message_id="M1", recipient=m.Address("+1555"), mm_status=WORDS
+    )
+    with pytest.raises(MM7Fault) as caught:
+        deliver(gateway, request)
+    assert caught.value.status.code == 2007
+    details = caught.value.status.details or ""
+    assert details.startswith("MMStatus must be one of Expired, Retrieved")
+    assert details.endswith(f"not {WORDS[:40]!r}")
+    assert gateway.relay.accepted == []
+    mail = EmailProcessor(FakeMailSender(), RULES).delivery_report_message(request, TX)
+    assert " characters cut]" in str(mail.message["Subject"])
 
 
 def test_the_cut_is_marked_with_what_was_cut_and_logged(caplog):

@@ -8,8 +8,10 @@ touches the network; a document with a DTD is refused outright.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
+from datetime import datetime, timedelta, timezone
 from enum import Enum, auto
 from typing import Any
 
@@ -151,6 +153,35 @@ for _cls in (
         ("Status", "status", _S, None),
     )
 
+# What a request means nothing without (mm7-reference/information-elements.md):
+# refused with 4004 naming the missing elements.  The other mandatory ones
+# fall back (README, "What is refused and what falls back"): a report's
+# Sender and a DeliverReq's Sender to the default address, a report's Date
+# or TimeStamp to the time it arrived; a SubmitReq without recipients is the
+# resource's 2002 "No recipient".
+MANDATORY: dict[type[Any], tuple[str, ...]] = {
+    m.DeliveryReportReq: ("MessageID", "Recipient", "MMStatus"),
+    m.ReadReplyReq: ("MessageID", "Recipient", "MMStatus"),
+    m.CancelReq: ("MessageID",),
+    m.ReplaceReq: ("MessageID",),
+}
+
+# Enumerated elements, by request and element: any case is read, the
+# schema's spelling kept; anything else is a 2007.
+_ENUMERATED: dict[tuple[type[Any], str], tuple[str, ...]] = {
+    (m.DeliveryReportReq, "MMStatus"): m.DELIVERY_MM_STATUS,
+    (m.ReadReplyReq, "MMStatus"): m.READ_MM_STATUS,
+    (m.DeliverReq, "Priority"): m.PRIORITIES,
+    (m.SubmitReq, "Priority"): m.PRIORITIES,
+    (m.SubmitReq, "MessageClass"): m.MESSAGE_CLASSES,
+}
+_SPELLINGS: dict[tuple[type[Any], str], dict[str, str]] = {
+    key: {value.lower(): value for value in values}
+    for key, values in _ENUMERATED.items()
+}
+# The American spelling vendors send (mm7-mmstatus-values.tsv).
+_SPELLINGS[m.DeliveryReportReq, "MMStatus"]["unrecognized"] = "Unrecognised"
+
 BY_NAME: dict[str, type[Any]] = {cls.__name__: cls for cls in SCHEMAS}
 _FIELDS = {cls: frozenset(f.name for f in fields(cls)) for cls in SCHEMAS}
 FAULT_DETAILS = ("VASPErrorRsp", "RSErrorRsp")
@@ -257,13 +288,32 @@ def parse_xml(data: bytes, limits: XMLLimits | None = None) -> etree._Element:
 
 # Parsing -------------------------------------------------------------------
 
+# instantcom-mm7 names the element after RFC 822.
+_ADDRESS_ALIASES = {"RFC822Address": "RFC2822Address"}
+# Mbuni's mmsbox writes a number without /TYPE=PLMN as an RFC2822Address.
+_DIGITS_ONLY = re.compile(r"\+?[0-9]+(?:/TYPE=PLMN)?", re.IGNORECASE)
+
+
+def _address_of(child: etree._Element) -> m.Address | None:
+    """The address an ``RFC2822Address``, ``Number`` or ``ShortCode`` (or
+    ``RFC822Address``) element holds; None for any other element or an
+    empty one.  A digits-only RFC2822Address is a Number."""
+    kind = _local(child)
+    kind = _ADDRESS_ALIASES.get(kind, kind)
+    text = _text(child)
+    if kind not in m.ADDRESS_KINDS or not text:
+        return None
+    if kind == "RFC2822Address" and _DIGITS_ONLY.fullmatch(text):
+        kind = "Number"
+    display = (_attribute(child, "displayOnly") or "").lower() in ("true", "1")
+    return m.Address(text, kind, display)  # type: ignore[arg-type]
+
 
 def _address(el: etree._Element) -> m.Address | None:
     for child in _children(el):
-        kind = _local(child)
-        if kind in m.ADDRESS_KINDS:
-            display = (_attribute(child, "displayOnly") or "").lower() == "true"
-            return m.Address(_text(child), kind, display)  # type: ignore[arg-type]
+        address = _address_of(child)
+        if address is not None:
+            return address
     text = _text(el)
     return m.Address.guess(text) if text else None
 
@@ -271,12 +321,7 @@ def _address(el: etree._Element) -> m.Address | None:
 def _addresses(el: etree._Element | None) -> tuple[m.Address, ...]:
     if el is None:
         return ()
-    found = []
-    for child in _children(el):
-        kind = _local(child)
-        if kind in m.ADDRESS_KINDS and _text(child):
-            display = (_attribute(child, "displayOnly") or "").lower() == "true"
-            found.append(m.Address(_text(child), kind, display))  # type: ignore[arg-type]
+    found = [a for a in map(_address_of, _children(el)) if a is not None]
     if not found and _text(el):
         found.append(m.Address.guess(_text(el)))
     return tuple(found)
@@ -307,6 +352,90 @@ def _bool(el: etree._Element) -> bool:
         StatusCode.MESSAGE_FORMAT_CORRUPT,
         details=f"{_local(el)} must be true or false, not {text[:40]!r}",
     )
+
+
+def _enumerated(cls: type[Any], el: etree._Element, text: str) -> str:
+    """``text`` in the schema's spelling, if ``el`` is an enumerated element
+    of ``cls``: any case is read (``retrieved``), anything else is a 2007."""
+    spellings = _SPELLINGS.get((cls, _local(el)))
+    if spellings is None:
+        return text
+    spelling = spellings.get(text.lower())
+    if spelling is None:
+        values = _ENUMERATED[cls, _local(el)]
+        raise MM7Error(
+            StatusCode.MESSAGE_FORMAT_CORRUPT,
+            details=f"{_local(el)} must be one of {', '.join(values)}, "
+            f"not {text[:40]!r}",
+        )
+    return spelling
+
+
+# Java's Date.toString(), as instantcom-mm7 writes a DeliverReq's TimeStamp:
+# "Tue Nov 14 22:13:20 UTC 2023", in the JVM's time zone.
+_MONTHS = (
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+    "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+)  # fmt: skip
+_JAVA_DATE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) "
+    rf"({'|'.join(_MONTHS)}) +(\d{{1,2}}) "
+    r"(\d\d):(\d\d):(\d\d) ([A-Za-z]{1,5}|GMT[+-]\d\d:\d\d) (\d{4})"
+)
+# The zone names Java prints, as hours from UTC (CST is North America's,
+# not China's; an unknown name leaves the date as it is).
+_ZONES = {
+    "UTC": 0, "GMT": 0, "UT": 0, "Z": 0, "WET": 0, "WEST": 1, "BST": 1,
+    "CET": 1, "CEST": 2, "MET": 1, "MEST": 2, "EET": 2, "EEST": 3, "MSK": 3,
+    "HKT": 8, "SGT": 8, "JST": 9, "KST": 9, "AEST": 10, "AEDT": 11,
+    "EST": -5, "EDT": -4, "CST": -6, "CDT": -5, "MST": -7, "MDT": -6,
+    "PST": -8, "PDT": -7, "AKST": -9, "AKDT": -8, "HST": -10,
+}  # fmt: skip
+_DATE_ELEMENTS = frozenset({"TimeStamp", "Date", "EarliestDeliveryTime", "ExpiryDate"})
+
+
+def _date(text: str) -> str:
+    """A Java ``Date.toString()`` date as xsd:dateTime (``2023-11-14T22:13:20
+    +00:00``); any other text (xsd:dateTime, a relative ``P1D``, a zone we do
+    not know) as it is."""
+    match = _JAVA_DATE.fullmatch(text)
+    if match is None:
+        return text
+    month, day, hour, minute, second, zone, year = match.groups()
+    if zone.startswith("GMT") and len(zone) > 3:
+        sign = 1 if zone[3] == "+" else -1
+        offset = sign * timedelta(hours=int(zone[4:6]), minutes=int(zone[7:9]))
+    elif zone.upper() in _ZONES:
+        offset = timedelta(hours=_ZONES[zone.upper()])
+    else:
+        return text
+    try:
+        when = datetime(
+            int(year),
+            _MONTHS.index(month) + 1,
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            tzinfo=timezone(offset),
+        )
+    except ValueError:  # Feb 30, 25:00 ...
+        return text
+    return when.isoformat()
+
+
+def _check_mandatory(cls: type[Any], values: dict[str, Any]) -> None:
+    """4004 naming every element in :data:`MANDATORY` that ``values`` lacks."""
+    wanted = MANDATORY.get(cls, ())
+    if not wanted:
+        return
+    attrs = {element: attr for element, attr, _, _ in SCHEMAS[cls]}
+    missing = [e for e in wanted if values.get(attrs[e]) is None]
+    if missing:
+        raise MM7Error(
+            StatusCode.VALIDATION_ERROR,
+            details=f"{cls.__name__} has no {', '.join(missing)}",
+        )
 
 
 def _status(el: etree._Element) -> m.Status:
@@ -354,8 +483,10 @@ def parse_body(el: etree._Element) -> tuple[Any, str | None]:
             continue
         if kind is Kind.TEXT:
             text = _text(found)
+            if text and element in _DATE_ELEMENTS:
+                text = _date(text)
             if text:
-                values[attr] = text
+                values[attr] = _enumerated(cls, found, text)
         elif kind is Kind.BOOL:
             values[attr] = _bool(found)
         elif kind is Kind.ADDRESS:
@@ -370,6 +501,7 @@ def parse_body(el: etree._Element) -> tuple[Any, str | None]:
         raise MM7Error(
             StatusCode.VALIDATION_ERROR, details=f"{cls.__name__} has no Status"
         )
+    _check_mandatory(cls, values)
     return cls(**values), href
 
 
