@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.reflect import namedAny
 from twisted.web.resource import Resource
 
+from mm7tx import __version__
 from mm7tx.auth import SCRYPT_CONCURRENCY, ListenerGuard, portal_for
 from mm7tx.config import Config, listens_beyond_loopback
 from mm7tx.interfaces import IMailSender
@@ -189,8 +190,9 @@ class MM7Service(service.MultiService):
 
     def startService(self) -> None:
         log.info(
-            "mm7tx on {source}: listening on {listen}, VASP paths {paths}, "
-            "MMSC paths {mmsc} for {accounts} VASP accounts, mail to {mail}",
+            "mm7tx {version} on {source}: listening on {listen}, VASP paths "
+            "{paths}, MMSC paths {mmsc} for {accounts} VASP accounts, mail to {mail}",
+            version=__version__,
             source=self.config.source,
             listen=", ".join(self.config.listen),
             paths=" ".join(self.config.vasp_paths) or "-",

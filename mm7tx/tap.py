@@ -9,14 +9,18 @@ traceback.
 
 from __future__ import annotations
 
+import platform
 import re
+import sys
 from typing import cast
 
 from twisted.application.service import IService, MultiService
+from twisted.copyright import version as twisted_version
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from mm7tx import __version__
 from mm7tx.config import (
     EMBEDDED,
     Config,
@@ -49,6 +53,13 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+
+    def opt_version(self) -> None:
+        """Print mm7tx's version, then Twisted's and Python's, and exit."""
+        print(f"mm7tx {__version__}")
+        print(f"Twisted {twisted_version}")
+        print(f"Python {platform.python_version()}")
+        sys.exit(0)
 
     def opt_listen(self, endpoint: str) -> None:
         """An endpoint to listen on (tcp:8080, :8080, ssl:443:...).

@@ -3,14 +3,16 @@ cannot listen (the real ``twistd`` runs in tests/test_plugin.py)."""
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import pytest
 from twisted.application.service import IService, Service
+from twisted.copyright import version as twisted_version
 from twisted.internet.error import CannotListenError
 from twisted.logger import capturedLogs, formatEvent
 
-from mm7tx import tap
+from mm7tx import __version__, tap
 from mm7tx.config import EMBEDDED
 from mm7tx.service import MM7Service
 from tests import samples
@@ -181,3 +183,15 @@ def test_listen_on_the_command_line_says_it_drops_the_files_access_lists(
     with capturedLogs() as events:
         tap.makeService(options("--config", str(path)))
     assert not [e for e in events if "--listen" in formatEvent(e)]
+
+
+def test_version_is_mm7txs_then_twisteds_and_pythons(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        options("--version")
+    assert caught.value.code == 0
+    [ours, twisted, python] = capsys.readouterr().out.splitlines()
+    assert ours == f"mm7tx {__version__}"
+    assert twisted == f"Twisted {twisted_version}"
+    assert python == f"Python {platform.python_version()}"
