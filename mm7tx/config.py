@@ -1109,6 +1109,17 @@ def load(text: str, source: str = "<config>") -> Config:
             line("smtp_password"),
             "smtp_password is set but smtp_username is not",
         )
+    rules = top.get("rules")
+    for side, role in (("from", "sender"), ("to", "recipient")):
+        if not rules.get(f"{side}_domain") and not rules.get(f"{side}_address"):
+            # Every message with a Number or ShortCode there would be 2002.
+            raise ConfigError(
+                source,
+                mm7_serv.line,
+                f"mm7_serv needs mm7_server_default_email_{side}_domain (or "
+                f"mm7_server_default_email_{side}_address): without either, "
+                f"every message whose {role} is a number is refused (2002)",
+            )
     for kind, accounts in (("VASP", vasps), ("MMSC", mmscs)):
         seen: set[str] = set()
         for scope, account in accounts:

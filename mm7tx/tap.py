@@ -28,6 +28,7 @@ from mm7tx.config import (
     load_file,
     with_overrides,
 )
+from mm7tx.maildir import MaildirError
 from mm7tx.service import IMM7Reactor, build_service
 
 log = Logger()
@@ -214,5 +215,10 @@ def makeService(options: Options) -> IService:
     # The one place mm7tx takes the global reactor; everything below gets it.
     from twisted.internet import reactor
 
-    build_service(config, cast(IMM7Reactor, reactor)).setServiceParent(wrapper)
+    try:
+        built = build_service(config, cast(IMM7Reactor, reactor))
+    except MaildirError as e:
+        origin = "--smtp-relay" if options["smtp-relay"] else config.source
+        raise SystemExit(f"{origin}: {e}") from None
+    built.setServiceParent(wrapper)
     return wrapper

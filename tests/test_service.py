@@ -330,3 +330,26 @@ def test_a_connection_that_will_not_close_is_cut_after_the_grace() -> None:
     ]
     assert service.site.channels == set()
     assert reactor.getDelayedCalls() == []
+
+
+def test_mmsc_paths_without_accounts_and_accounts_without_paths_are_warned() -> None:
+    def warnings(text: str) -> list[str]:
+        service = build_service(load(text, "w.conf"), MemoryReactorClock())  # type: ignore[arg-type]
+        with capturedLogs() as events:
+            service.startService()
+        service.stopService()
+        lines = [formatEvent(e) for e in events if e["log_level"].name == "warn"]
+        return [line for line in lines if "open to anyone" not in line]
+
+    assert warnings(CONFIG) == []
+    no_account = CONFIG.split("VASP ")[0]
+    assert warnings(no_account) == [
+        "MMSC paths /mm7/ have no VASP account: every SubmitReq is refused (4001); "
+        'add VASP "name" { password = "…" } (or a VASP named by its IP address), '
+        "or mm7_mmsc_uri_paths = () to serve none"
+    ]
+    no_path = CONFIG.replace('("/mm7/")', "()")
+    assert warnings(no_path) == [
+        "1 VASP accounts are unused: there is no MMSC path (mm7_mmsc_uri_paths) "
+        "for them to submit to"
+    ]

@@ -195,3 +195,16 @@ def test_version_is_mm7txs_then_twisteds_and_pythons(
     assert ours == f"mm7tx {__version__}"
     assert twisted == f"Twisted {twisted_version}"
     assert python == f"Python {platform.python_version()}"
+
+
+def test_a_maildir_it_cannot_write_into_stops_the_start_with_one_line(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "file").write_text("")
+    relay = f"maildir:{tmp_path}/file/Maildir"
+    with pytest.raises(SystemExit) as caught:
+        tap.makeService(options("--smtp-relay", relay))
+    assert str(caught.value) == (
+        f"--smtp-relay: cannot deliver into the Maildir {tmp_path}/file/Maildir: "
+        "Not a directory"
+    )
