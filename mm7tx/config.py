@@ -318,13 +318,13 @@ def check_listen(description: str) -> str:
                 "ssl:8443:privateKey=key.pem:certKey=cert.pem or :8080"
             ) from None
         raise ValueError(f"{description!r} is not a usable endpoint: {e}") from None
-    except IndexError:
+    except (IndexError, KeyError) as e:
         if kind != "systemd":
             raise
+        which = "index (LISTEN_FDS)" if isinstance(e, IndexError) else "name"
         raise ValueError(
-            f"{description!r}: systemd passed no socket with that index "
-            "(LISTEN_FDS); start mm7tx from a .socket unit or with "
-            "systemd-socket-activate"
+            f"{description!r}: systemd passed no socket with that {which}; "
+            "start mm7tx from a .socket unit or with systemd-socket-activate"
         ) from None
     except Exception as e:
         raise ValueError(

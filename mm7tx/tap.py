@@ -20,7 +20,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from mm7tx import __version__
+from mm7tx import __version__, systemd
 from mm7tx.config import (
     EMBEDDED,
     Config,
@@ -74,6 +74,7 @@ class Options(usage.Options):
         answers a ``UsageError`` with the whole usage text before the
         message (``twisted.application.app.run``), which buries it.
         """
+        systemd.adopt()  # before systemd: listeners are checked
         try:
             config = load_file(self["config"]) if self["config"] else EMBEDDED
             # --listen replaces the file's listeners, their access lists too.
