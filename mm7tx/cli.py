@@ -31,6 +31,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IAgent
 
+from mm7tx import __version__
 from mm7tx import messages as m
 from mm7tx.auth import hash_password
 from mm7tx.client import MM7Client, MM7ClientError, MM7Fault
@@ -207,6 +208,7 @@ def parser() -> argparse.ArgumentParser:
         "(ShortCode), or prefixed email:/number:/shortcode:.  "
         "Exit status 0 on 1000 or 1100, 1 otherwise.",
     )
+    top.add_argument("--version", action="version", version=f"mm7tx {__version__}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(name: str, help: str) -> argparse.ArgumentParser:

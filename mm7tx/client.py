@@ -27,6 +27,7 @@ from twisted.web.client import (
     HTTPConnectionPool,
     ResponseDone,
     ResponseFailed,
+    _HTTP11ClientFactory,
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -40,6 +41,18 @@ from mm7tx.errors import MM7Error
 R = TypeVar("R")
 
 NAMESPACE_BASE = "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/"
+
+
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
+class QuietConnectionPool(HTTPConnectionPool):
+    """An ``HTTPConnectionPool`` whose connections are not logged: Twisted's
+    logs "Starting factory _HTTP11ClientFactory(…)" and its "Stopping" twin
+    for each one, which say nothing a reader can use (twisted/twisted#9330)."""
+
+    _factory = _QuietHTTP11ClientFactory
 
 
 class MM7ClientError(Exception):
@@ -179,7 +192,7 @@ class MM7Client:
                 )
         else:
             reactor = agent_or_reactor  # type: ignore[assignment]
-            self.pool = HTTPConnectionPool(reactor, persistent=True)
+            self.pool = QuietConnectionPool(reactor, persistent=True)
             self.pool.maxPersistentPerHost = connections
             self.pool.retryAutomatically = False
             policy = BrowserLikePolicyForHTTPS()

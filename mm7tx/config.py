@@ -318,13 +318,13 @@ def check_listen(description: str) -> str:
                 "ssl:8443:privateKey=key.pem:certKey=cert.pem or :8080"
             ) from None
         raise ValueError(f"{description!r} is not a usable endpoint: {e}") from None
-    except IndexError:
+    except (IndexError, KeyError) as e:
         if kind != "systemd":
             raise
+        which = "index (LISTEN_FDS)" if isinstance(e, IndexError) else "name"
         raise ValueError(
-            f"{description!r}: systemd passed no socket with that index "
-            "(LISTEN_FDS); start mm7tx from a .socket unit or with "
-            "systemd-socket-activate"
+            f"{description!r}: systemd passed no socket with that {which}; "
+            "start mm7tx from a .socket unit or with systemd-socket-activate"
         ) from None
     except Exception as e:
         raise ValueError(
@@ -1109,6 +1109,17 @@ def load(text: str, source: str = "<config>") -> Config:
             line("smtp_password"),
             "smtp_password is set but smtp_username is not",
         )
+    rules = top.get("rules")
+    for side, role in (("from", "sender"), ("to", "recipient")):
+        if not rules.get(f"{side}_domain") and not rules.get(f"{side}_address"):
+            # Every message with a Number or ShortCode there would be 2002.
+            raise ConfigError(
+                source,
+                mm7_serv.line,
+                f"mm7_serv needs mm7_server_default_email_{side}_domain (or "
+                f"mm7_server_default_email_{side}_address): without either, "
+                f"every message whose {role} is a number is refused (2002)",
+            )
     for kind, accounts in (("VASP", vasps), ("MMSC", mmscs)):
         seen: set[str] = set()
         for scope, account in accounts:

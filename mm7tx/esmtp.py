@@ -592,6 +592,7 @@ class ESMTPSender:
     def _connect(self) -> None:
         self._connecting += 1
         factory: Any = Factory.forProtocol(lambda: _SMTPClient(self))  # type: ignore[arg-type, type-var]
+        factory.noisy = False  # no "Starting factory" line for every connection
         connecting = self.endpoint.connect(factory)
         connecting.addTimeout(self.settings.connect_timeout, self.reactor)
         self._attempts.add(connecting)

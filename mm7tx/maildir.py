@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mailbox
 import os
+import tempfile
 from email.message import EmailMessage
 
 from twisted.internet import defer
@@ -18,6 +19,11 @@ from mm7tx.wire import WIRE_POLICY
 _FILE_POLICY = WIRE_POLICY  # folds in linear time, as the SMTP sender does
 
 
+class MaildirError(Exception):
+    """The Maildir cannot be made or written into: every message would
+    fail, so mm7tx does not start."""
+
+
 @implementer(IMailSender)
 class MaildirSender:
     """Delivers into a Maildir (the embedded default, for a bare machine).
@@ -27,11 +33,22 @@ class MaildirSender:
     absent; the ``new/`` directory is then fsynced too, so that the entry
     survives a crash, before the answer (1000) can go.  The write is local
     and small; it runs in the reactor thread.
+
+    A Maildir that cannot be made, or whose ``tmp/`` and ``new/`` cannot be
+    written into (a read-only file system under systemd's
+    ``ProtectSystem=strict``, say), raises :class:`MaildirError` at once.
     """
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
-        self._maildir = mailbox.Maildir(self.path, create=True)
+        try:
+            self._maildir = mailbox.Maildir(self.path, create=True)
+            for folder in ("tmp", "new"):
+                _try_writing(os.path.join(self.path, folder))
+        except OSError as e:
+            raise MaildirError(
+                f"cannot deliver into the Maildir {self.path}: {e.strerror or e}"
+            ) from None
         self.description = f"Maildir {self.path}"
 
     def close(self) -> defer.Deferred[None]:
@@ -55,6 +72,14 @@ class MaildirSender:
                 )
             )
         return defer.succeed(SendResult(tuple(recipients)))
+
+
+def _try_writing(folder: str) -> None:
+    """Make and remove a file in ``folder`` (a dot file, which Maildir
+    readers skip); raises the ``OSError`` a delivery would meet."""
+    fd, name = tempfile.mkstemp(prefix=".mm7tx-check-", dir=folder)
+    os.close(fd)
+    os.unlink(name)
 
 
 def _fsync_directory(path: str) -> None:

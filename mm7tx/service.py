@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.reflect import namedAny
 from twisted.web.resource import Resource
 
+from mm7tx import __version__
 from mm7tx.auth import SCRYPT_CONCURRENCY, ListenerGuard, portal_for
 from mm7tx.config import Config, listens_beyond_loopback
 from mm7tx.interfaces import IMailSender
@@ -144,6 +145,26 @@ def build_resources(
     return resources
 
 
+def useless_parts(config: Config) -> list[str]:
+    """What in ``config`` can only refuse: MMSC paths no VASP can use, VASP
+    accounts with no MMSC path to use them on.  Logged as warnings at start
+    (the embedded defaults have an MMSC path and no account)."""
+    found = []
+    if config.mmsc_paths and not config.vasps:
+        found.append(
+            f"MMSC paths {' '.join(config.mmsc_paths)} have no VASP account: "
+            'every SubmitReq is refused (4001); add VASP "name" '
+            '{ password = "…" } (or a VASP named by its IP address), or '
+            "mm7_mmsc_uri_paths = () to serve none"
+        )
+    if config.vasps and not config.mmsc_paths:
+        found.append(
+            f"{len(config.vasps)} VASP accounts are unused: there is no MMSC "
+            "path (mm7_mmsc_uri_paths) for them to submit to"
+        )
+    return found
+
+
 class MM7Service(service.MultiService):
     """The listeners of one mm7tx configuration, and what they share.
 
@@ -189,8 +210,9 @@ class MM7Service(service.MultiService):
 
     def startService(self) -> None:
         log.info(
-            "mm7tx on {source}: listening on {listen}, VASP paths {paths}, "
-            "MMSC paths {mmsc} for {accounts} VASP accounts, mail to {mail}",
+            "mm7tx {version} on {source}: listening on {listen}, VASP paths "
+            "{paths}, MMSC paths {mmsc} for {accounts} VASP accounts, mail to {mail}",
+            version=__version__,
             source=self.config.source,
             listen=", ".join(self.config.listen),
             paths=" ".join(self.config.vasp_paths) or "-",
@@ -198,6 +220,8 @@ class MM7Service(service.MultiService):
             accounts=len(self.config.vasps),
             mail=self.sender.description,
         )
+        for warning in useless_parts(self.config):
+            log.warn("{warning}", warning=warning)
         open_to = [e for e in self.config.listen if listens_beyond_loopback(e)]
         if self.config.vasp_paths and not self.config.mmscs and open_to:
             log.warn(

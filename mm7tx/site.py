@@ -235,6 +235,7 @@ class MM7Site(server.Site):
     """
 
     protocol = MM7Channel  # type: ignore[assignment]
+    noisy = False  # the start log line says where it listens
 
     def __init__(
         self,

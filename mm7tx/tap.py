@@ -9,14 +9,18 @@ traceback.
 
 from __future__ import annotations
 
+import platform
 import re
+import sys
 from typing import cast
 
 from twisted.application.service import IService, MultiService
+from twisted.copyright import version as twisted_version
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from mm7tx import __version__, systemd
 from mm7tx.config import (
     EMBEDDED,
     Config,
@@ -24,6 +28,7 @@ from mm7tx.config import (
     load_file,
     with_overrides,
 )
+from mm7tx.maildir import MaildirError
 from mm7tx.service import IMM7Reactor, build_service
 
 log = Logger()
@@ -50,6 +55,13 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
 
+    def opt_version(self) -> None:
+        """Print mm7tx's version, then Twisted's and Python's, and exit."""
+        print(f"mm7tx {__version__}")
+        print(f"Twisted {twisted_version}")
+        print(f"Python {platform.python_version()}")
+        sys.exit(0)
+
     def opt_listen(self, endpoint: str) -> None:
         """An endpoint to listen on (tcp:8080, :8080, ssl:443:...).
         Repeatable; overrides the file's HTTP_Listener."""
@@ -62,6 +74,7 @@ class Options(usage.Options):
         answers a ``UsageError`` with the whole usage text before the
         message (``twisted.application.app.run``), which buries it.
         """
+        systemd.adopt()  # before systemd: listeners are checked
         try:
             config = load_file(self["config"]) if self["config"] else EMBEDDED
             # --listen replaces the file's listeners, their access lists too.
@@ -203,5 +216,10 @@ def makeService(options: Options) -> IService:
     # The one place mm7tx takes the global reactor; everything below gets it.
     from twisted.internet import reactor
 
-    build_service(config, cast(IMM7Reactor, reactor)).setServiceParent(wrapper)
+    try:
+        built = build_service(config, cast(IMM7Reactor, reactor))
+    except MaildirError as e:
+        origin = "--smtp-relay" if options["smtp-relay"] else config.source
+        raise SystemExit(f"{origin}: {e}") from None
+    built.setServiceParent(wrapper)
     return wrapper

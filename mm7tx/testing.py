@@ -60,7 +60,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from mm7tx.client import MM7Client, _Body, _read_body
+from mm7tx.client import MM7Client, QuietConnectionPool, _Body, _read_body
 from mm7tx.config import EMBEDDED, Config, load
 from mm7tx.errors import MM7Error
 from mm7tx.esmtp import ESMTPSender
@@ -182,6 +182,7 @@ class _MemoryConnector:
             self.factory.clientConnectionFailed(
                 self, Failure(error.UserError(string="stopConnecting called"))
             )
+            self.factory.doStop()
 
     def disconnect(self) -> None:
         self.stopConnecting()
@@ -201,7 +202,8 @@ class MemoryReactor(MemoryReactorClock):
     relay can listen on ``relay.test``) and port; ``connectTCP`` reaches it
     on the next :meth:`flush`, the client's address taken from
     ``bindAddress`` (default ``127.0.0.1``), or is refused when nothing
-    listens.  The thread pool runs work synchronously, so code that defers
+    listens; its factory is started and stopped around the connection as a
+    real reactor does (so a noisy factory logs here too).  The thread pool runs work synchronously, so code that defers
     to threads (the scrypt password check) is deterministic too.
     """
 
@@ -209,6 +211,7 @@ class MemoryReactor(MemoryReactorClock):
         super().__init__()
         self._listeners: dict[tuple[str, int], _MemoryPort] = {}
         self._pumps: list[iosim.IOPump] = []
+        self._client_factories: dict[iosim.IOPump, Any] = {}
         self._ports = itertools.count(40000)
         self._threadpool = SynchronousThreadPool()
 
@@ -235,6 +238,7 @@ class MemoryReactor(MemoryReactorClock):
     ) -> _MemoryConnector:
         self.tcpClients.append((host, port, factory, timeout, bindAddress))  # type: ignore[arg-type]
         connector = _MemoryConnector(IPv4Address("TCP", host, port), factory)
+        factory.doStart()
         factory.startedConnecting(connector)
         source = bindAddress[0] if bindAddress else "127.0.0.1"
         connector.pending = self.callLater(
@@ -261,18 +265,19 @@ class MemoryReactor(MemoryReactorClock):
                 connector,
                 Failure(error.ConnectionRefusedError(f"nothing at {host}:{port}")),
             )
+            connector.factory.doStop()
             return
         client = connector.factory.buildProtocol(server_address)
-        self._pumps.append(
-            iosim.connect(
-                server,
-                iosim.FakeTransport(server, True, server_address, client_address),
-                client,
-                iosim.FakeTransport(client, False, client_address, server_address),
-                greet=False,
-                clock=self,
-            )
+        pump = iosim.connect(
+            server,
+            iosim.FakeTransport(server, True, server_address, client_address),
+            client,
+            iosim.FakeTransport(client, False, client_address, server_address),
+            greet=False,
+            clock=self,
         )
+        self._pumps.append(pump)
+        self._client_factories[pump] = connector.factory
 
     # IReactorThreads, synchronously.
 
@@ -302,11 +307,10 @@ class MemoryReactor(MemoryReactorClock):
             moved = False
             for pump in list(self._pumps):
                 moved = pump.pump(advanceClock=False) or moved
-            self._pumps = [
-                p
-                for p in self._pumps
-                if not (p.clientIO.disconnected and p.serverIO.disconnected)
-            ]
+            for pump in list(self._pumps):
+                if pump.clientIO.disconnected and pump.serverIO.disconnected:
+                    self._pumps.remove(pump)
+                    self._client_factories.pop(pump).doStop()
             due = self.calls and self.calls[0].getTime() <= self.seconds()
             if not moved and not due:
                 return
@@ -394,7 +398,9 @@ class MemoryAgent:
         self.reactor = reactor
         self.peer = peer
         self._agent = Agent.usingEndpointFactory(
-            reactor, _MemoryEndpoints(reactor, peer)
+            reactor,
+            _MemoryEndpoints(reactor, peer),
+            QuietConnectionPool(reactor, persistent=False),
         )
 
     def request(

@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
-from mm7tx import cli, codec
+from mm7tx import __version__, cli, codec
 from mm7tx import messages as m
 from mm7tx.auth import password_matches
 from mm7tx.client import (
@@ -914,3 +914,10 @@ def test_a_url_that_is_not_http_is_a_usage_error(url, capsys):
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith("mm7tx submit: error: argument URL: ")
     assert "Traceback" not in err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"mm7tx {__version__}\n"

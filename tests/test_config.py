@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import replace
 
 import pytest
@@ -79,6 +80,8 @@ def test_grammar_case_comments_lists_scopes():
         HTTP_LISTENER { Listen "*:9000" { } Listen ":9001" {} }
         MM7_Serv {
           MM7_VASP_URI_PATHS = ( "/a/", "/b/c/" )   # commas are fine too
+          mm7_server_default_email_from_domain = f.example
+          mm7_server_default_email_to_address = "to@t.example"
           mm7_server_version = 5.3.0
           SMTP_Relay = "maildir:/tmp/x"
           smtp_starttls = required
@@ -198,7 +201,11 @@ def test_momentum_listen_forms():
 # One declaration per option ------------------------------------------------
 
 README = samples.HERE.parent / "README.md"
-MINIMAL = 'mm7_serv { mm7_vasp_uri_paths = ("/a/") }'
+MINIMAL = (
+    'mm7_serv { mm7_vasp_uri_paths = ("/a/") '
+    'mm7_server_default_email_from_domain = "f.example" '
+    'mm7_server_default_email_to_domain = "t.example" }'
+)
 
 
 @pytest.mark.parametrize(
@@ -390,7 +397,11 @@ def test_an_ssl_listener_with_a_file_that_is_not_a_key_is_refused(tmp_path):
 
 
 def relay(endpoint: str) -> str:
-    return f'mm7_serv {{\n mm7_vasp_uri_paths = ("/a/")\n smtp_relay = "{endpoint}"\n}}'
+    return (
+        f'mm7_serv {{\n mm7_vasp_uri_paths = ("/a/")\n smtp_relay = "{endpoint}"\n'
+        ' mm7_server_default_email_from_domain = "f.example"\n'
+        ' mm7_server_default_email_to_domain = "t.example"\n}'
+    )
 
 
 @pytest.mark.parametrize(
@@ -538,3 +549,26 @@ def test_an_option_set_twice_is_refused_at_its_second_line() -> None:
         "twice.conf, line 3: mm7_vasp_uri_paths is set twice (first on line 2); "
         "keep one"
     )
+
+
+@pytest.mark.parametrize(
+    "missing, role",
+    [
+        ("mm7_server_default_email_from_domain", "sender"),
+        ("mm7_server_default_email_to_domain", "recipient"),
+    ],
+)
+def test_vasp_paths_that_could_not_map_a_number_are_refused(missing, role):
+    """Without a domain or an address for a side, every DeliverReq from (or
+    to) a Number or ShortCode would be answered 2002."""
+    text = "\n" + re.sub(missing + r' = "[^"]*"', "", MINIMAL)
+    with pytest.raises(ConfigError) as caught:
+        load(text, "my.conf")
+    side = missing.rsplit("_", 2)[-2]
+    assert str(caught.value) == (
+        f"my.conf, line 2: mm7_serv needs {missing} (or "
+        f"mm7_server_default_email_{side}_address): without either, every "
+        f"message whose {role} is a number is refused (2002)"
+    )
+    address = missing.replace("_domain", "_address")
+    assert load(MINIMAL.replace(missing, address)).vasp_paths == ("/a/",)

@@ -202,6 +202,8 @@ def test_the_408_and_the_413_reach_clients_that_keep_sending(tmp_path):
 HTTP_Listener {{ Listen "tcp:{http_port}:interface=127.0.0.1" {{ }} }}
 mm7_serv {{
   mm7_vasp_uri_paths = ("/vasp/")
+  mm7_server_default_email_from_domain = "from.example"
+  mm7_server_default_email_to_domain = "to.example"
   smtp_relay = "maildir:Maildir"
   mm7_request_timeout = 1
   mm7_max_request_size = 1000

@@ -9,7 +9,7 @@ from email.message import EmailMessage
 import pytest
 
 from mm7tx.errors import MM7Error
-from mm7tx.maildir import MaildirSender
+from mm7tx.maildir import MaildirError, MaildirSender
 from mm7tx.testing import result_of
 
 
@@ -62,3 +62,23 @@ def test_a_failed_directory_sync_is_transient(tmp_path, monkeypatch):
         result_of(maildir.send("a@from.example", ["b@to.example"], message()))
     assert caught.value.status.code == 4006
     assert "Input/output error" in (caught.value.status.details or "")
+
+
+def test_a_maildir_that_cannot_be_made_or_written_is_refused_at_once(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(MaildirError) as caught:
+        MaildirSender(str(tmp_path / "file" / "Maildir"))
+    assert str(caught.value) == (
+        f"cannot deliver into the Maildir {tmp_path}/file/Maildir: Not a directory"
+    )
+    # An existing Maildir whose new/ cannot take a file (a read-only file
+    # system looks the same from here; root ignores a chmod).
+    for folder in ("tmp", "cur"):
+        (tmp_path / "Maildir" / folder).mkdir(parents=True)
+    (tmp_path / "Maildir" / "new").write_text("")
+    with pytest.raises(MaildirError, match=r"Maildir$|: Not a directory$"):
+        MaildirSender(str(tmp_path / "Maildir"))
+    (tmp_path / "Maildir" / "new").unlink()
+    (tmp_path / "Maildir" / "new").mkdir()
+    MaildirSender(str(tmp_path / "Maildir"))
+    assert [p.name for p in (tmp_path / "Maildir").glob("*/*")] == []  # no trace

@@ -12,7 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import protocol, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -338,3 +338,16 @@ def test_refused_credentials_mail_nothing(gateway):
     assert caught.value.code == 401
     assert gateway.relay.received == []
     assert vasp.reports == []
+
+
+def test_connections_to_the_relay_and_the_vasp_log_no_factory_start_or_stop(gateway):
+    """Every SMTP connection and every report's HTTP connection started and
+    stopped a factory, each logged as "Starting factory <… at 0x…>"."""
+    vasp = vasp_at(gateway)
+    with capturedLogs() as events:
+        assert gateway.result(submit(gateway)).status.code == 1000
+        gateway.stop()  # closes the SMTP connection
+    assert len(gateway.relay.accepted) == 1 and len(vasp.reports) == 1
+    assert gateway.reactor.connections == 0
+    lines = [formatEvent(e) for e in events]
+    assert not [line for line in lines if "factory" in line.lower()], lines

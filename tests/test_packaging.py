@@ -107,6 +107,8 @@ def test_the_shipped_config_starts_from_outside_the_checkout(tmp_path):
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
         log, _ = process.communicate(timeout=30)
-    assert f"mm7tx on {conf}: listening on {listen}, VASP paths" in log, log
+    assert (
+        f"mm7tx {mm7tx.__version__} on {conf}: listening on {listen}, VASP paths" in log
+    ), log
     assert "/photo_contest/" in log
     assert "Traceback" not in log, log

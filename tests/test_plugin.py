@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from mm7tx import __version__
 from tests import samples
 from tests.processes import free_port, wait_for_port
 
@@ -30,6 +32,15 @@ def test_twistd_help_lists_mm7(tmp_path):
     out = run(["mm7", "--help"], tmp_path)
     for option in ("--config", "--listen", "--smtp-relay"):
         assert option in out.stdout
+
+
+def test_twistd_mm7_version_is_mm7txs_then_twisteds_and_pythons(tmp_path):
+    out = run(["mm7", "--version"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    [ours, twisted, python] = out.stdout.splitlines()
+    assert ours == f"mm7tx {__version__}"
+    assert twisted.startswith("Twisted ")
+    assert python == f"Python {platform.python_version()}"
 
 
 def test_a_bad_config_stops_the_start_with_file_and_line(tmp_path):
@@ -72,7 +83,7 @@ def test_embedded_defaults_deliver_into_a_maildir(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         log, _ = process.communicate(timeout=30)
-    assert "mm7tx on embedded defaults" in log
+    assert f"mm7tx {__version__} on embedded defaults" in log
     assert f"listening on tcp:{port}:interface=127.0.0.1" in log
     assert f"mail to Maildir {tmp_path / 'Maildir'}" in log
     assert os.path.exists(tmp_path / "Maildir" / "cur")

@@ -18,7 +18,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mm7tx import codec
+from mm7tx import __version__, codec
 from mm7tx import messages as m
 from mm7tx.auth import Account
 from mm7tx.config import load
@@ -75,6 +75,18 @@ def test_every_listener_is_on_the_given_reactor_and_none_on_the_global() -> None
     assert stopped == [None]
     assert reactor.getDelayedCalls() == []
     assert global_state() == before
+
+
+def test_the_start_log_line_says_the_version_the_file_and_where_mail_goes() -> None:
+    service = build_service(load(CONFIG, "wiring.conf"), MemoryReactorClock())  # type: ignore[arg-type]
+    with capturedLogs() as events:
+        service.startService()
+    service.stopService()
+    assert formatEvent(events[0]) == (
+        f"mm7tx {__version__} on wiring.conf: listening on "
+        "tcp:8080:interface=127.0.0.1, tcp:8081, VASP paths /vasp/, MMSC paths "
+        "/mm7/ for 1 VASP accounts, mail to SMTP relay tcp:relay.example:25"
+    )
 
 
 def test_a_pending_delivery_report_is_abandoned_with_a_log_line_on_stop() -> None:
@@ -318,3 +330,26 @@ def test_a_connection_that_will_not_close_is_cut_after_the_grace() -> None:
     ]
     assert service.site.channels == set()
     assert reactor.getDelayedCalls() == []
+
+
+def test_mmsc_paths_without_accounts_and_accounts_without_paths_are_warned() -> None:
+    def warnings(text: str) -> list[str]:
+        service = build_service(load(text, "w.conf"), MemoryReactorClock())  # type: ignore[arg-type]
+        with capturedLogs() as events:
+            service.startService()
+        service.stopService()
+        lines = [formatEvent(e) for e in events if e["log_level"].name == "warn"]
+        return [line for line in lines if "open to anyone" not in line]
+
+    assert warnings(CONFIG) == []
+    no_account = CONFIG.split("VASP ")[0]
+    assert warnings(no_account) == [
+        "MMSC paths /mm7/ have no VASP account: every SubmitReq is refused (4001); "
+        'add VASP "name" { password = "…" } (or a VASP named by its IP address), '
+        "or mm7_mmsc_uri_paths = () to serve none"
+    ]
+    no_path = CONFIG.replace('("/mm7/")', "()")
+    assert warnings(no_path) == [
+        "1 VASP accounts are unused: there is no MMSC path (mm7_mmsc_uri_paths) "
+        "for them to submit to"
+    ]

@@ -3,14 +3,16 @@ cannot listen (the real ``twistd`` runs in tests/test_plugin.py)."""
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import pytest
 from twisted.application.service import IService, Service
+from twisted.copyright import version as twisted_version
 from twisted.internet.error import CannotListenError
 from twisted.logger import capturedLogs, formatEvent
 
-from mm7tx import tap
+from mm7tx import __version__, tap
 from mm7tx.config import EMBEDDED
 from mm7tx.service import MM7Service
 from tests import samples
@@ -181,3 +183,28 @@ def test_listen_on_the_command_line_says_it_drops_the_files_access_lists(
     with capturedLogs() as events:
         tap.makeService(options("--config", str(path)))
     assert not [e for e in events if "--listen" in formatEvent(e)]
+
+
+def test_version_is_mm7txs_then_twisteds_and_pythons(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        options("--version")
+    assert caught.value.code == 0
+    [ours, twisted, python] = capsys.readouterr().out.splitlines()
+    assert ours == f"mm7tx {__version__}"
+    assert twisted == f"Twisted {twisted_version}"
+    assert python == f"Python {platform.python_version()}"
+
+
+def test_a_maildir_it_cannot_write_into_stops_the_start_with_one_line(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "file").write_text("")
+    relay = f"maildir:{tmp_path}/file/Maildir"
+    with pytest.raises(SystemExit) as caught:
+        tap.makeService(options("--smtp-relay", relay))
+    assert str(caught.value) == (
+        f"--smtp-relay: cannot deliver into the Maildir {tmp_path}/file/Maildir: "
+        "Not a directory"
+    )

@@ -7,7 +7,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 from twisted.internet.interfaces import (
     IReactorTCP,
     IReactorThreads,
@@ -280,6 +280,42 @@ def test_the_loopback_server_records_equal_messages_twice_too():
 
 
 # Time, threads, the agent --------------------------------------------------------
+
+
+class CountingFactory(protocol.ClientFactory):
+    protocol = protocol.Protocol
+
+    def __init__(self) -> None:
+        self.started = self.stopped = 0
+
+    def startFactory(self) -> None:
+        self.started += 1
+
+    def stopFactory(self) -> None:
+        self.stopped += 1
+
+
+def test_a_client_factory_is_started_and_stopped_as_a_real_reactor_does():
+    """Started when connecting, stopped once the connection is closed or
+    refused (a noisy factory logs each, as over TCP)."""
+    reactor = MemoryReactor()
+    reactor.listenTCP(
+        25, protocol.Factory.forProtocol(protocol.Protocol), interface="x.test"
+    )
+    factory = CountingFactory()
+    reactor.connectTCP("x.test", 25, factory)
+    assert (factory.started, factory.stopped) == (1, 0)
+    reactor.flush()
+    assert (factory.started, factory.stopped) == (1, 0)
+    [pump] = reactor._pumps
+    pump.client.transport.loseConnection()
+    reactor.flush()
+    assert (factory.started, factory.stopped) == (1, 1)
+    reactor.connectTCP("nothing.test", 25, factory)
+    reactor.flush()
+    assert (factory.started, factory.stopped) == (2, 2)
+    reactor.connectTCP("x.test", 25, factory).stopConnecting()
+    assert (factory.started, factory.stopped) == (3, 3)
 
 
 def test_an_idle_smtp_session_closes_on_the_clock(gateway):
