@@ -384,6 +384,8 @@ class _MonitorSite(MM7Site):
     """The metrics and health listener's site: small GETs, and no access
     log line for each scrape."""
 
+    noisy = False  # no "Starting factory" line either
+
     def __init__(self, root: Resource, reactor: IReactorTime) -> None:
         super().__init__(
             root,

@@ -1062,6 +1062,8 @@ class MemoryGateway:
         assert isinstance(sender, ESMTPSender)
         self.sender = sender
         self.service.startService()
+        if metrics:
+            self.flush()  # the relay check at start
         if processor is not None:
             self._use(processor)
         self.url = self._base_url()
