@@ -398,6 +398,9 @@ class _MonitorSite(MM7Site):
     def log(self, request: http.Request) -> None:
         pass
 
+    def logPrefix(self) -> str:
+        return "Metrics and health"
+
 
 def monitor_root(metrics: Metrics, problem: Callable[[], str | None]) -> Resource:
     """``/metrics``, ``/healthz`` and ``/readyz`` (ready unless ``problem``
