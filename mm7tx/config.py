@@ -165,6 +165,9 @@ def parse(text: str, source: str = "<config>") -> list[Option | Scope]:
 
 # The typed configuration ---------------------------------------------------
 
+# The metrics and health listener: on loopback only, unless configured.
+DEFAULT_METRICS_LISTEN = "tcp:9107:interface=127.0.0.1"
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -194,6 +197,8 @@ class Config:
     max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
     max_transactions: int = 200
     drain_timeout: float = 30.0
+    # Where /metrics, /healthz and /readyz are served; None: nowhere.
+    metrics_listen: str | None = DEFAULT_METRICS_LISTEN
     xml_limits: XMLLimits = field(default_factory=XMLLimits)
     smtp: SMTPSettings = field(default_factory=SMTPSettings)
     processor: str | None = None
@@ -540,6 +545,16 @@ class _Reader:
             ) from None
         return url
 
+    def metrics_listen(self, option: Option) -> str | None:
+        """``none``, or a server endpoint checked as a ``Listen`` one."""
+        text = self.text(option)
+        if text.strip().lower() == "none":
+            return None
+        try:
+            return check_listen(text)
+        except ValueError as e:
+            raise self.error(option, f"metrics_listen: {e}") from None
+
     def listen(self, scope: Scope) -> list[str]:
         """A ``Listen "ENDPOINT" { }`` scope."""
         if not scope.label:
@@ -773,6 +788,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "on SIGTERM, how long in-flight transactions may take to finish",
         default="30",
         unit=" s",
+    ),
+    OptionSpec(
+        "metrics_listen",
+        MM7_SERV,
+        R.metrics_listen,
+        "config.metrics_listen",
+        "where `/metrics` (Prometheus), `/healthz` and `/readyz` are served: a "
+        "server endpoint, or `none`; one that cannot listen is logged, and MM7 "
+        "goes on without it",
+        default=f'"{DEFAULT_METRICS_LISTEN}"',
     ),
     OptionSpec(
         "mm7_xml_max_depth",

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from email.message import EmailMessage
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, error, ssl
 from twisted.internet.endpoints import clientFromString
@@ -35,6 +35,9 @@ from mm7tx.interfaces import IMailSender, SendResult
 from mm7tx.senders import SMTPSettings
 from mm7tx.status import StatusCode
 from mm7tx.wire import wire_bytes
+
+if TYPE_CHECKING:
+    from mm7tx.metrics import Metrics
 
 log = Logger()
 
@@ -151,10 +154,9 @@ class _ReplyRouting(smtp.ESMTPClient):
         self.sendLine(b"QUIT")
 
 
-class _SMTPClient(_ReplyRouting):
-    """A persistent ESMTP session on Twisted's client state machine: it sends
-    the pool's queued messages one after another, RSET between, and waits
-    idle for more."""
+class _Session(_ReplyRouting):
+    """An ESMTP session set up as the pool's settings say: EHLO name,
+    STARTTLS, AUTH, timeouts on the pool's reactor."""
 
     def __init__(self, pool: ESMTPSender) -> None:
         settings = pool.settings
@@ -175,6 +177,50 @@ class _SMTPClient(_ReplyRouting):
             self.registerAuthenticator(smtp.CramMD5ClientAuthenticator(user))
             self.registerAuthenticator(smtp.LOGINAuthenticator(user))
             self.registerAuthenticator(smtp.PLAINAuthenticator(user))
+
+
+class _Probe(_Session):
+    """A check that the relay answers: greeting, EHLO (STARTTLS and AUTH as
+    configured), then QUIT, with no message; ``answered`` fires once the
+    session is ready, or fails with why not."""
+
+    def __init__(self, pool: ESMTPSender, answered: defer.Deferred[None]) -> None:
+        super().__init__(pool)
+        self.answered = answered
+
+    def connectionMade(self) -> None:
+        self.pool._probes.add(self)
+        super().connectionMade()
+
+    def smtpState_from(self, code: int, resp: bytes) -> None:
+        if not self.answered.called:
+            self.answered.callback(None)
+        self.quit()
+
+    def sendError(self, exc: Exception) -> None:
+        if not self.answered.called:
+            code = getattr(exc, "code", -1)
+            self.answered.errback(
+                Failure(ConnectionError(f"{code} {_s(getattr(exc, 'resp', exc))}"))
+            )
+        super().sendError(exc)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        super().connectionLost(reason)
+        self.pool._probes.discard(self)
+        if not self.answered.called:
+            self.answered.errback(
+                Failure(ConnectionError("the relay closed the connection"))
+            )
+
+
+class _SMTPClient(_Session):
+    """A persistent ESMTP session on Twisted's client state machine: it sends
+    the pool's queued messages one after another, RSET between, and waits
+    idle for more."""
+
+    def __init__(self, pool: ESMTPSender) -> None:
+        super().__init__(pool)
         self.job: _Job | None = None
         self.sent = 0
         self.idle = False
@@ -479,6 +525,9 @@ class ESMTPSender:
     2002 when every recipient got a 5xx, 3002 when the message did.  At most
     ``max_connections`` sessions are open; each sends one message after
     another (RSET between) and is closed after ``idle_timeout`` unused.
+    :meth:`check` sees whether the relay answers without sending anything;
+    :attr:`last_answer` is when it last did (a message taken, or a check).
+    ``metrics``, if given, counts each message's outcome.
     """
 
     def __init__(
@@ -486,9 +535,13 @@ class ESMTPSender:
         reactor: IReactorTime,
         settings: SMTPSettings,
         endpoint: IStreamClientEndpoint | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.reactor = reactor
         self.settings = settings
+        self.metrics = metrics
+        self.last_answer: float | None = None
+        self._probes: set[_Probe] = set()
         self.endpoint = endpoint or clientFromString(reactor, settings.endpoint)
         self.context = _tls_options(settings)
         self.description = f"SMTP relay {settings.endpoint}"
@@ -531,7 +584,63 @@ class ESMTPSender:
         )
         self._queue.append(job)
         self._dispatch()
-        return job.result.addErrback(_timeouts_are_transient)
+        result = job.result.addErrback(_timeouts_are_transient)
+        return result.addBoth(self._answered, self.reactor.seconds())
+
+    def _answered(
+        self, result: SendResult | Failure, started: float
+    ) -> SendResult | Failure:
+        """Note the relay's final answer to a message (for the readiness
+        check and the metrics); ``result`` goes on unchanged."""
+        now = self.reactor.seconds()
+        if isinstance(result, Failure):
+            status = getattr(result.value, "status", None)
+            # 2xxx/3xxx: refused for good; 4xxx: the relay could not take it now.
+            permanent = status is not None and int(status.code) < 4000
+            outcome = "refused" if permanent else "failed"
+        else:
+            self.last_answer = now
+            outcome = "accepted"
+        if self.metrics is not None:
+            self.metrics.smtp_message(outcome, now - started)
+        return result
+
+    def check(self) -> defer.Deferred[None]:
+        """Whether the relay answers: a session of its own that connects,
+        says EHLO (STARTTLS and AUTH as configured) and QUITs, sending no
+        message.  Fires once the session was ready (and sets
+        :attr:`last_answer`); fails with why not, within ``smtp_timeout``."""
+        probes: list[_Probe] = []
+
+        def cancel(_: defer.Deferred[None]) -> None:
+            connecting.cancel()
+            for probe in probes:
+                if probe.transport is not None:
+                    probe.transport.abortConnection()  # type: ignore[attr-defined]
+
+        answered: defer.Deferred[None] = defer.Deferred(cancel)
+
+        def build() -> _Probe:
+            probe = _Probe(self, answered)
+            probes.append(probe)
+            return probe
+
+        factory: Any = Factory.forProtocol(build)  # type: ignore[arg-type, type-var]
+        factory.noisy = False
+        connecting = self.endpoint.connect(factory)
+        connecting.addTimeout(self.settings.connect_timeout, self.reactor)
+
+        def unreachable(reason: Failure) -> None:
+            if not answered.called:
+                answered.errback(reason)
+
+        connecting.addErrback(unreachable)
+        answered.addTimeout(self.settings.total_timeout, self.reactor)
+
+        def ready(result: None) -> None:
+            self.last_answer = self.reactor.seconds()
+
+        return answered.addCallback(ready)
 
     def close(self, timeout: float = 5.0) -> defer.Deferred[None]:
         """Stop the pool; fires once every session is closed.
@@ -549,6 +658,9 @@ class ESMTPSender:
             self._dispatch_call.cancel()
         for attempt in list(self._attempts):
             attempt.cancel()
+        for probe in list(self._probes):
+            if probe.transport is not None:
+                probe.transport.abortConnection()  # type: ignore[attr-defined]
         for client in list(self._open):
             if client.idle:
                 client.quit()

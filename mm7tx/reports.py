@@ -9,17 +9,21 @@ outcome is logged either way.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mm7tx import messages as m
 from mm7tx.auth import Account
 from mm7tx.client import MM7Client, MM7ClientError, MM7Fault, TimedOut, Unreachable
 from mm7tx.status import StatusCode
+
+if TYPE_CHECKING:
+    from mm7tx.metrics import Metrics
 
 log = Logger()
 
@@ -34,8 +38,10 @@ class DeliveryReporter:
         first_delay: float = 1.0,
         max_delay: float = 300.0,
         timeout: float = 30.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.reactor = reactor
+        self.metrics = metrics
         self.attempts = attempts
         self.first_delay = first_delay
         self.max_delay = max_delay
@@ -54,8 +60,10 @@ class DeliveryReporter:
         url = _without_credentials(account.delivery_report_url or "")
         if self._closing:
             _log_abandoned(request.message_id or "-", url)
+            self._count("abandoned")
             return defer.succeed(False)
         d = defer.ensureDeferred(self._post(account, request, namespace))
+        d.addBoth(self._counted)
         if d.called:
             return d
         self.pending[d] = (request.message_id or "-", url)
@@ -65,6 +73,17 @@ class DeliveryReporter:
             return result
 
         return d.addBoth(done)
+
+    def _counted(self, result: Any) -> Any:
+        if isinstance(result, Failure):
+            self._count("abandoned" if result.check(defer.CancelledError) else "failed")
+        else:
+            self._count("accepted" if result else "failed")
+        return result
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.delivery_report(outcome)
 
     def stop(self, timeout: float) -> defer.Deferred[None]:
         """Let the reports being posted finish within ``timeout`` seconds;

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+from weakref import WeakKeyDictionary
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
@@ -45,6 +47,9 @@ from mm7tx.interfaces import (
 from mm7tx.limits import LoginThrottle, RateLimiter, TransactionGate
 from mm7tx.status import StatusCode
 from mm7tx.transaction import Transaction
+
+if TYPE_CHECKING:
+    from mm7tx.metrics import Metrics
 
 log = Logger()
 
@@ -93,6 +98,7 @@ class MM7Resource(Resource):
         xml_limits: XMLLimits | None = None,
         throttle: LoginThrottle | None = None,
         trusted_proxies: tuple[Network, ...] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self.processor = processor
@@ -105,6 +111,8 @@ class MM7Resource(Resource):
         self.xml_limits = xml_limits
         self.throttle = throttle
         self.trusted_proxies = trusted_proxies
+        self.metrics = metrics
+        self._meters: WeakKeyDictionary[Request, _Meter] = WeakKeyDictionary()
 
     def render(self, request: Request) -> bytes | int:
         """POST, or 405 with ``Allow: POST``; an error of ours is a 4000
@@ -150,6 +158,7 @@ class MM7Resource(Resource):
         body = request.content.read()
         request.content.truncate(0)  # the body lives on only as ``body``
         started = time.monotonic()
+        self._meters[request] = _Meter(started, len(body))
         if self.portal is None:
             self._transact(request, body, peer, None, gone, started)
             return NOT_DONE_YET
@@ -164,6 +173,7 @@ class MM7Resource(Resource):
                 peer=peer,
                 path=self.path,
             )
+            self._auth_failed("locked_out")
             request.setHeader(b"retry-after", b"%d" % max(1, round(locked)))
             self._unauthorized(
                 request, gone, f"too many failed logins, locked out for {locked:.0f} s"
@@ -183,6 +193,7 @@ class MM7Resource(Resource):
                     vasp=account.name,
                     peer=peer,
                 )
+                self._auth_failed("network")
                 self._unauthorized(request, gone)
                 return
             self._transact(request, body, peer, account, gone, started)
@@ -196,6 +207,7 @@ class MM7Resource(Resource):
                 kind="VASP" if self.role == "mmsc" else "MMSC",
             )
             guessed = creds is not None and not isinstance(creds, IPAddressCredentials)
+            self._auth_failed("bad_credentials" if guessed else "no_credentials")
             if self.throttle is not None and guessed and self.throttle.failed(peer):
                 log.warn(
                     "Locking out {peer} for {lockout:g} s: {count} failed logins "
@@ -353,6 +365,7 @@ class MM7Resource(Resource):
             return None
         message = envelope.message
         name = type(message).__name__
+        self._meter(request, name)
         transaction = Transaction(
             transaction_id=envelope.transaction_id,
             path=self.path,
@@ -363,6 +376,7 @@ class MM7Resource(Resource):
         )
 
         def outcome(status: m.Status, prefix: str = "") -> None:
+            self._count(request, status.code)
             log.info(
                 "{kind} {tid} from {peer} on {path}: {prefix}{code} {text} "
                 "({ms:.1f} ms){unsent}",
@@ -438,6 +452,7 @@ class MM7Resource(Resource):
         status: m.Status,
         code: int = http.INTERNAL_SERVER_ERROR,
     ) -> bytes:
+        self._count(request, status.code)
         detail: m.Response = (
             m.VASPErrorRsp(status, self.mm7_version)
             if self.role == "vasp"
@@ -447,6 +462,44 @@ class MM7Resource(Resource):
         request.setResponseCode(code)
         request.setHeader(b"content-type", XML)
         return data
+
+    # Metrics: one count per request, with the status it was answered.
+
+    def _meter(self, request: Request, operation: str) -> None:
+        """The request turned out to be ``operation`` (a request type)."""
+        meter = self._meters.get(request)
+        if meter is not None:
+            meter.operation = operation
+
+    def _count(self, request: Request, status: int) -> None:
+        """Count the request (once) as answered ``status``."""
+        if self.metrics is None:
+            return
+        meter = self._meters.setdefault(request, _Meter(time.monotonic(), None))
+        if meter.counted:
+            return
+        meter.counted = True
+        self.metrics.transaction(
+            self.path,
+            meter.operation,
+            status,
+            time.monotonic() - meter.started,
+            meter.size,
+        )
+
+    def _auth_failed(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.auth_failure(reason)
+
+
+@dataclass
+class _Meter:
+    """What the metrics need of one request until it is counted."""
+
+    started: float
+    size: int | None
+    operation: str = "unknown"
+    counted: bool = False
 
 
 def _send(request: Request, data: bytes) -> None:

@@ -9,12 +9,15 @@ reactor to the application.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from twisted.internet.interfaces import IReactorTime
 
 from mm7tx.interfaces import IMailSender
 from mm7tx.maildir import MaildirSender
+
+if TYPE_CHECKING:
+    from mm7tx.metrics import Metrics
 
 StartTLS = Literal["off", "opportunistic", "required"]
 
@@ -56,11 +59,14 @@ class SMTPSettings:
         return parts[1] if len(parts) > 1 and "=" not in parts[1] else "localhost"
 
 
-def sender_for(reactor: IReactorTime, settings: SMTPSettings) -> IMailSender:
-    """The sender for a relay option: ``maildir:PATH`` or an endpoint string."""
+def sender_for(
+    reactor: IReactorTime, settings: SMTPSettings, metrics: Metrics | None = None
+) -> IMailSender:
+    """The sender for a relay option: ``maildir:PATH`` or an endpoint string
+    (whose messages ``metrics`` counts)."""
     if settings.endpoint.startswith("maildir:"):
         return MaildirSender(settings.endpoint[len("maildir:") :])
     # Here, not at the top: see the module's docstring.
     from mm7tx.esmtp import ESMTPSender
 
-    return ESMTPSender(reactor, settings)
+    return ESMTPSender(reactor, settings, metrics=metrics)

@@ -9,11 +9,14 @@ resource tree alone, to mount in another site.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service, strports
 from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
+    IListeningPort,
     IReactorCore,
     IReactorPluggableNameResolver,
     IReactorSSL,
@@ -22,14 +25,18 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
+from twisted.web import http
 from twisted.web.resource import Resource
 
 from mm7tx import __version__
 from mm7tx.auth import SCRYPT_CONCURRENCY, ListenerGuard, portal_for
 from mm7tx.config import Config, listens_beyond_loopback
+from mm7tx.health import Alive, Checkable, Ready, RelayWatch
 from mm7tx.interfaces import IMailSender
 from mm7tx.limits import LoginThrottle, RateLimiter, TransactionGate
+from mm7tx.metrics import Metrics, MetricsPage
 from mm7tx.processors import EmailProcessor
 from mm7tx.reports import DeliveryReporter
 from mm7tx.resource import MM7Resource, build_root
@@ -85,6 +92,7 @@ def build_resources(
     reactor: IMM7Reactor,
     gate: TransactionGate | None = None,
     reporter: DeliveryReporter | None = None,
+    metrics: Metrics | None = None,
 ) -> dict[str, Resource]:
     """One :class:`MM7Resource` per configured VASP and MMSC path.
 
@@ -93,7 +101,7 @@ def build_resources(
     address; MMSC paths share one Portal over the VASP accounts, VASP paths
     one over the MMSC accounts (none, and so open, without any), one rate
     limiter on the reactor's clock and one delivery reporter (made on the
-    reactor unless given).
+    reactor unless given).  ``metrics``, if given, counts their requests.
     """
     gate = gate if gate is not None else TransactionGate(config.max_transactions)
     scrypt = defer.DeferredSemaphore(SCRYPT_CONCURRENCY)
@@ -118,13 +126,14 @@ def build_resources(
             xml_limits=config.xml_limits,
             throttle=throttle,
             trusted_proxies=config.trusted_proxies,
+            metrics=metrics,
         )
     if config.mmsc_paths:
         portal = portal_for(config.vasps, reactor, scrypt=scrypt)
         limiter = RateLimiter(reactor)
         if reporter is None:
             reporter = DeliveryReporter(
-                reactor, attempts=config.delivery_report_attempts
+                reactor, attempts=config.delivery_report_attempts, metrics=metrics
             )
         for path in config.mmsc_paths:
             processor = make_processor(
@@ -141,6 +150,7 @@ def build_resources(
                 config.xml_limits,
                 throttle,
                 config.trusted_proxies,
+                metrics,
             )
     return resources
 
@@ -173,6 +183,12 @@ class MM7Service(service.MultiService):
     for the transactions in flight and the delivery reports still being
     posted, then closes the HTTP connections and the SMTP pool: nothing of
     it is left on the reactor.
+
+    With ``metrics`` and a ``metrics_listen`` endpoint it serves
+    ``/metrics``, ``/healthz`` and ``/readyz`` there (see
+    :mod:`mm7tx.health`), listening once started and until the very end of
+    the stop, so that ``/readyz`` says it drains.  That listener failing to
+    listen is logged as an error, and the MM7 service runs on without it.
     """
 
     def __init__(
@@ -183,6 +199,7 @@ class MM7Service(service.MultiService):
         gate: TransactionGate,
         reactor: IMM7Reactor,
         reporter: DeliveryReporter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -207,6 +224,75 @@ class MM7Service(service.MultiService):
                     factory, access, proxied=endpoint.startswith("haproxy:")
                 )
             strports.service(endpoint, factory, reactor=reactor).setServiceParent(self)
+        self.metrics = metrics
+        self.relay_watch: RelayWatch | None = None
+        self.monitor: MM7Site | None = None
+        self._monitor_port: defer.Deferred[IListeningPort] | None = None
+        if metrics is not None:
+            metrics.watch(
+                lambda: gate.in_flight,
+                (lambda: sender.connections)
+                if hasattr(sender, "connections")
+                else None,
+            )
+        if metrics is not None and config.metrics_listen is not None:
+            if isinstance(sender, Checkable):
+                self.relay_watch = RelayWatch(reactor, sender)
+            self.monitor = _MonitorSite(monitor_root(metrics, self.problem), reactor)
+
+    def problem(self) -> str | None:
+        """Why the service is not ready for MM7 traffic, or None: what
+        ``/readyz`` answers."""
+        if self.gate.closed:
+            return "draining: the service is stopping"
+        # Each MM7 listener listening has started the site once.
+        if self.site.numPorts < len(self.config.listen):
+            return "not listening on every MM7 listener"
+        if self.relay_watch is not None:
+            return self.relay_watch.problem()
+        return None
+
+    def _start_monitor(self) -> None:
+        endpoint = self.config.metrics_listen
+        if self.monitor is None or endpoint is None:
+            return
+        listening = serverFromString(self.reactor, endpoint).listen(self.monitor)
+        self._monitor_port = listening
+
+        def up(port: IListeningPort) -> IListeningPort:
+            log.info("Metrics and health on {endpoint}", endpoint=endpoint)
+            if self.relay_watch is not None:
+                self.relay_watch.start()
+            return port
+
+        def down(reason: Failure) -> None:
+            self._monitor_port = None
+            log.error(
+                "Cannot serve metrics and health on {endpoint} (metrics_listen): "
+                "{why}; MM7 goes on without them",
+                endpoint=endpoint,
+                why=reason.getErrorMessage(),
+            )
+
+        listening.addCallbacks(up, down)
+
+    async def _stop_monitor(self) -> None:
+        if self.relay_watch is not None:
+            self.relay_watch.stop()
+        listening, self._monitor_port = self._monitor_port, None
+        if listening is None or self.monitor is None:
+            return
+        if not listening.called:
+            listening.cancel()
+        port = await listening
+        stopping = port.stopListening() if port is not None else None
+        if stopping is not None:
+            await stopping
+        await _within(
+            self.reactor,
+            self.monitor.close_connections(abort=True),
+            self.reactor.seconds() + 1,
+        )
 
     def startService(self) -> None:
         log.info(
@@ -231,9 +317,12 @@ class MM7Service(service.MultiService):
                 listen=", ".join(open_to),
             )
         super().startService()
+        self._start_monitor()
 
     def stopService(self) -> defer.Deferred[None]:
         self.gate.close()
+        if self.relay_watch is not None:
+            self.relay_watch.stop()
         stopping = super().stopService()
         return defer.ensureDeferred(self._stop(stopping))
 
@@ -272,6 +361,7 @@ class MM7Service(service.MultiService):
             cutting = self.site.close_connections(abort=True)
             await _within(self.reactor, cutting, self.reactor.seconds() + 1)
         await self.sender.close()
+        await self._stop_monitor()
 
 
 async def _within(
@@ -290,14 +380,50 @@ async def _within(
     return not timed_out
 
 
+class _MonitorSite(MM7Site):
+    """The metrics and health listener's site: small GETs, and no access
+    log line for each scrape."""
+
+    noisy = False  # no "Starting factory" line either
+
+    def __init__(self, root: Resource, reactor: IReactorTime) -> None:
+        super().__init__(
+            root,
+            reactor,
+            max_request_size=64 * 1024,
+            request_timeout=10,
+            max_connections_per_address=16,
+        )
+
+    def log(self, request: http.Request) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "Metrics and health"
+
+
+def monitor_root(metrics: Metrics, problem: Callable[[], str | None]) -> Resource:
+    """``/metrics``, ``/healthz`` and ``/readyz`` (ready unless ``problem``
+    gives a reason), to serve on a listener of their own or mount in a site."""
+    root = Resource()
+    root.putChild(b"metrics", MetricsPage(metrics))
+    root.putChild(b"healthz", Alive())
+    root.putChild(b"readyz", Ready(problem))
+    return root
+
+
 def build_service(config: Config, reactor: IMM7Reactor) -> MM7Service:
     """The whole service for ``config``, wired to ``reactor`` alone."""
-    sender = sender_for(reactor, config.smtp)
+    metrics = Metrics() if config.metrics_listen is not None else None
+    sender = sender_for(reactor, config.smtp, metrics)
     gate = TransactionGate(config.max_transactions)
     reporter = (
-        DeliveryReporter(reactor, attempts=config.delivery_report_attempts)
+        DeliveryReporter(
+            reactor, attempts=config.delivery_report_attempts, metrics=metrics
+        )
         if config.mmsc_paths
         else None
     )
-    root = build_root(build_resources(config, sender, reactor, gate, reporter))
-    return MM7Service(config, sender, root, gate, reactor, reporter)
+    resources = build_resources(config, sender, reactor, gate, reporter, metrics)
+    root = build_root(resources)
+    return MM7Service(config, sender, root, gate, reactor, reporter, metrics)

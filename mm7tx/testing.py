@@ -440,6 +440,21 @@ async def _post(
     return HTTPResponse(response.code, received, data)
 
 
+async def _get(agent: IAgent, url: str) -> HTTPResponse:
+    response = await agent.request(b"GET", url.encode("utf-8"))
+    data = await _read_body(response)
+    received = {
+        name.decode("latin-1").lower(): values[-1].decode("latin-1")
+        for name, values in response.headers.getAllRawHeaders()
+    }
+    return HTTPResponse(response.code, received, data)
+
+
+def get(agent: IAgent, url: str) -> defer.Deferred[HTTPResponse]:
+    """GET ``url`` through ``agent``; fires with the answer."""
+    return defer.ensureDeferred(_get(agent, url))
+
+
 def post(
     agent: IAgent, url: str, body: bytes, headers: dict[str, str] | None = None
 ) -> defer.Deferred[HTTPResponse]:
@@ -1007,7 +1022,11 @@ class MemoryGateway:
     ``smtp_relay`` is replaced by the relay's endpoint.  ``processor``, a
     processor class (called as the configuration's processors are) or a
     processor object, serves every path instead of the configured ones.
-    ``pipelining`` and ``smtputf8`` say what the relay offers.
+    ``pipelining`` and ``smtputf8`` say what the relay offers.  With
+    ``metrics``, the configuration's ``metrics_listen`` (by default
+    ``127.0.0.1:9107``, in memory) serves ``/metrics``, ``/healthz`` and
+    ``/readyz`` (read them with :meth:`get`), and the relay is checked every
+    10 s; without, nothing listens there and nothing checks the relay.
 
     Nothing moves until the test calls :meth:`flush` or :meth:`advance`
     (:meth:`post` and :meth:`result` flush for you).
@@ -1020,6 +1039,7 @@ class MemoryGateway:
         processor: Any = None,
         pipelining: bool = True,
         smtputf8: bool = False,
+        metrics: bool = False,
     ) -> None:
         if isinstance(config, str):
             config = load(config, "<MemoryGateway>")
@@ -1030,7 +1050,11 @@ class MemoryGateway:
             self.reactor, pipelining=pipelining, smtputf8=smtputf8
         )
         smtp_settings = dataclasses.replace(config.smtp, endpoint=self.relay.endpoint)
-        self.config = dataclasses.replace(config, smtp=smtp_settings)
+        self.config = dataclasses.replace(
+            config,
+            smtp=smtp_settings,
+            metrics_listen=config.metrics_listen if metrics else None,
+        )
         self.service = build_service(self.config, cast("IMM7Reactor", self.reactor))
         self.site = self.service.site
         self.root = self.service.root
@@ -1038,6 +1062,8 @@ class MemoryGateway:
         assert isinstance(sender, ESMTPSender)
         self.sender = sender
         self.service.startService()
+        if metrics:
+            self.flush()  # the relay check at start
         if processor is not None:
             self._use(processor)
         self.url = self._base_url()
@@ -1063,6 +1089,21 @@ class MemoryGateway:
                 host = interface if interface not in ("", "0.0.0.0") else "127.0.0.1"
                 return f"http://{host}:{port}"
         raise ValueError("the configuration listens on no TCP endpoint")
+
+    @property
+    def metrics_url(self) -> str:
+        """``http://HOST:PORT`` of the metrics and health listener."""
+        for (interface, port), listening in self.reactor._listeners.items():
+            if listening.factory is self.service.monitor:
+                return f"http://{interface or '127.0.0.1'}:{port}"
+        raise ValueError("no metrics listener: MemoryGateway(metrics=True)?")
+
+    def get(self, url: str) -> HTTPResponse:
+        """GET ``url`` (a path: on the metrics listener); the answer must
+        come without time passing."""
+        if url.startswith("/"):
+            url = self.metrics_url + url
+        return self.result(get(self.agent(), url))
 
     # HTTP in.
 
@@ -1156,6 +1197,7 @@ __all__ = [
     "SMTPFault",
     "SentMail",
     "SynchronousThreadPool",
+    "get",
     "http_post",
     "post",
     "result_of",

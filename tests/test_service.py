@@ -65,7 +65,8 @@ def test_every_listener_is_on_the_given_reactor_and_none_on_the_global() -> None
     listening = sorted(
         (port, interface) for port, _, _, interface in reactor.tcpServers
     )
-    assert listening == [(8080, "127.0.0.1"), (8081, "")]
+    # The MM7 listeners, and metrics_listen's default.
+    assert listening == [(8080, "127.0.0.1"), (8081, ""), (9107, "127.0.0.1")]
     assert isinstance(service.sender, ESMTPSender)
     assert service.sender.reactor is reactor
     assert service.reporter is not None and service.reporter.reactor is reactor
