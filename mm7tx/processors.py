@@ -26,7 +26,6 @@ from urllib.parse import quote
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mm7tx.codec.mime import base64_lines
@@ -622,46 +621,72 @@ class EmailProcessor:
         self, request: SubmitReq, transaction: Transaction
     ) -> defer.Deferred[SubmitRsp]:
         """Mail a SubmitReq; answer with a new MessageID once the relay took it,
-        and post a delivery report back when the VASP asked for one."""
+        and post a delivery report back when the VASP asked for one.
+
+        A report goes back only for a MessageID the VASP was given in a
+        SubmitRsp: none for a fault (the VASP never learnt the MessageID;
+        it resubmits or gives up), none when the VASP's connection was gone
+        before the answer.  On a partial success (1100) each recipient is
+        reported Forwarded or Rejected by what the relay said to its mapped
+        address (recipients mapped to one address share its fate)."""
         message_id = uuid.uuid4().hex
         mail = self.submit_message(request, transaction, message_id)
-        d = self._send(mail)
+        d = self.mail_sender.send(mail.sender, mail.recipients, mail.message)
 
-        def report(mm_status: str) -> None:
-            account = transaction.account
-            if (
-                request.delivery_report
-                and self.reporter is not None
-                and account is not None
-                and account.delivery_report_url
-            ):
-                for recipient in request.recipients.all:
-                    self.reporter.report(
-                        account,
-                        DeliveryReportReq(
-                            mm7_version=self.mm7_version,
-                            message_id=message_id,
-                            recipient=recipient,
-                            sender=request.sender_address,
-                            date=datetime.now(UTC).isoformat(timespec="seconds"),
-                            mm_status=mm_status,
-                            status_text="Accepted by the mail relay"
-                            if mm_status == "Forwarded"
-                            else "Refused by the mail relay",
-                        ),
-                        transaction.namespace,
-                    )
-
-        def accepted(status: Status) -> SubmitRsp:
-            report("Forwarded")
+        def accepted(result: Any) -> SubmitRsp:
+            status = result_status(result)
+            refused = (
+                {address for address, _, _ in result.refused}
+                if isinstance(result, SendResult)
+                else set()
+            )
+            self._report_submit(request, transaction, message_id, refused)
             return SubmitRsp(status, self.mm7_version, message_id)
 
-        def refused(reason: Failure) -> Failure:
-            if reason.check(MM7Error) and not reason.value.is_transient:  # type: ignore[union-attr]
-                report("Rejected")
-            return reason
+        return d.addCallback(accepted)
 
-        return d.addCallbacks(accepted, refused)
+    def _report_submit(
+        self,
+        request: SubmitReq,
+        transaction: Transaction,
+        message_id: str,
+        refused: set[str],
+    ) -> None:
+        """Post one DeliveryReportReq per recipient of an accepted SubmitReq
+        (if it asked for reports and the account has a URL for them)."""
+        account = transaction.account
+        if not (
+            request.delivery_report
+            and self.reporter is not None
+            and account is not None
+            and account.delivery_report_url
+        ):
+            return
+        if transaction.answer_lost():
+            log.info(
+                "No delivery report for {message_id} to {vasp}: its SubmitRsp "
+                "could not be sent, the connection was gone",
+                message_id=message_id,
+                vasp=account.name,
+            )
+            return
+        for recipient in request.recipients.all:
+            forwarded = self.recipient_address(recipient) not in refused
+            self.reporter.report(
+                account,
+                DeliveryReportReq(
+                    mm7_version=self.mm7_version,
+                    message_id=message_id,
+                    recipient=recipient,
+                    sender=request.sender_address,
+                    date=datetime.now(UTC).isoformat(timespec="seconds"),
+                    mm_status="Forwarded" if forwarded else "Rejected",
+                    status_text="Accepted by the mail relay"
+                    if forwarded
+                    else "Refused by the mail relay",
+                ),
+                transaction.namespace,
+            )
 
     def deliver(
         self, request: DeliverReq, transaction: Transaction

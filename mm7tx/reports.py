@@ -1,8 +1,10 @@
 """Delivery reports back to VASPs: MMSC paths post a DeliveryReportReq to the
 account's ``delivery_report_url`` when a SubmitReq asked for one.
 
-The report says ``Forwarded`` once the relay took the mail and ``Rejected``
-when it refused it for good.  While the VASP is unreachable, times out or
+Reports go only for a MessageID the VASP was given in a SubmitRsp: each
+recipient ``Forwarded`` once the relay took the mail for it, ``Rejected``
+when the relay refused it in a partial success (1100); nothing after a
+fault (see ``EmailProcessor.submit``).  While the VASP is unreachable, times out or
 answers 4006, the post is retried with exponential backoff; the final
 outcome is logged either way.
 """

@@ -241,15 +241,35 @@ def test_a_report_per_recipient_and_none_unasked(gateway):
     assert len(vasp.reports) == 2
 
 
-def test_a_relay_refusing_for_good_is_reported_rejected(gateway):
+def test_a_relay_refusing_for_good_reports_nothing(gateway):
+    # The fault carries no MessageID: a report on one would be an orphan
+    # (one per retry of the VASP).
     vasp = vasp_at(gateway)
     gateway.relay.refuse("rcpt", 550)
     with pytest.raises(MM7Fault) as caught:
         gateway.result(submit(gateway))
     assert caught.value.status.code == 2002
-    [report] = vasp.reports
-    assert report.mm_status == "Rejected"
-    assert report.message_id  # the MessageID the refused message would have had
+    gateway.advance(60)
+    assert vasp.reports == []
+
+
+def test_a_partial_success_reports_forwarded_and_rejected(gateway):
+    vasp = vasp_at(gateway)
+    two = dataclasses.replace(
+        ASKING,
+        recipients=m.Recipients(
+            to=(m.Address("+15551234567"),),
+            cc=(m.Address("gone@example.com", "RFC2822Address"),),
+        ),
+    )
+    gateway.relay.refuse("rcpt", 550, recipient="gone@example.com")
+    response = gateway.result(submit(gateway, two))
+    assert response.status.code == 1100
+    assert sorted((r.recipient.value, r.mm_status) for r in vasp.reports) == [
+        ("+15551234567", "Forwarded"),
+        ("gone@example.com", "Rejected"),
+    ]
+    assert {r.message_id for r in vasp.reports} == {response.message_id}
 
 
 def test_a_relay_refusing_for_now_reports_nothing(gateway):
