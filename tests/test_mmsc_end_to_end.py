@@ -5,6 +5,7 @@ moves."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import protocol, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -358,3 +359,61 @@ def test_refused_credentials_mail_nothing(gateway):
     assert caught.value.code == 401
     assert gateway.relay.received == []
     assert vasp.reports == []
+
+
+class RecordingVASP(VASP):
+    """A VASP that notes the URI and Authorization of each post."""
+
+    def __init__(self, clock: Any) -> None:
+        super().__init__(clock)
+        self.requests: list[tuple[bytes, bytes | None]] = []
+
+    def render_POST(self, request: Any) -> bytes:
+        self.requests.append((request.uri, request.getHeader(b"authorization")))
+        return super().render_POST(request)
+
+
+def test_credentials_in_the_report_url_are_sent_as_basic_and_never_logged():
+    gateway = MemoryGateway(
+        CONFIG.replace(VASP_URL, "http://mm%3A7:pa%40ss@vasp.test:9000/dr/")
+    )
+    vasp = RecordingVASP(gateway.reactor)
+    site = Site(build_root({"/dr/": vasp}), reactor=gateway.reactor)
+    gateway.reactor.listenTCP(9000, site, interface="127.0.0.1")
+    with capturedLogs() as events:
+        response = gateway.result(submit(gateway))
+    [report] = vasp.reports
+    assert report.message_id == response.message_id
+    [(uri, authorization)] = vasp.requests
+    assert uri == b"/dr/"
+    assert authorization == b"Basic " + base64.b64encode(b"mm:7:pa@ss")
+    lines = [formatEvent(e) for e in events]
+    assert any(response.message_id in line for line in lines)
+    assert not any("pa" + "@ss" in line or "pa%40ss" in line for line in lines)
+
+
+def test_an_unexpected_failure_to_post_a_report_is_logged(gateway, monkeypatch):
+    # A programmatic account may carry credentials in its URL too: the
+    # log shows the URL without them.
+    account = dataclasses.replace(
+        gateway.service.config.vasps[0],
+        delivery_report_url="http://mmsc:s3cr3t@vasp.test:9000/dr/",
+    )
+
+    def broken(self: MM7Client, request: m.DeliveryReportReq) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(MM7Client, "delivery_report", broken)
+    reporter = gateway.service.reporter
+    assert reporter is not None
+    with capturedLogs() as events:
+        posted = reporter.report(
+            account, m.DeliveryReportReq(message_id="M-9", mm_status="Forwarded"), ""
+        )
+    assert result_of(posted) is False
+    [failed] = [e for e in events if e.get("log_failure") is not None]
+    assert formatEvent(failed) == (
+        "Delivery report M-9 to http://vasp.test:9000/dr/ failed: a bug"
+    )
+    assert not any("s3cr3t" in formatEvent(e) for e in events)
+    assert reporter.pending == {}
