@@ -19,6 +19,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email import quoprimime
 from email.message import EmailMessage, Message
 from email.utils import format_datetime, make_msgid, parseaddr
 from typing import Any
@@ -192,9 +193,45 @@ _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]{1,64}\Z")
 _ODD_CODECS = frozenset(
     {"idna", "punycode", "unicode_escape", "raw_unicode_escape", "undefined"}
 )
-# What the email package's text writer would turn into line breaks (so the
-# text would change) or write raw (NUL): such a text goes base64.
-_UNSAFE_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x85\u2028\u2029]|\r(?!\n)")
+# A line break that is not CRLF: MIME text (7bit, quoted-printable) has
+# only CRLF line breaks, so such a text goes base64 to come out as it came.
+_BARE_BREAK = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+def _text_body(data: bytes, charset: str) -> tuple[str, str]:
+    """The Content-Transfer-Encoding and payload that give back exactly
+    ``data`` once decoded, with no line break added or changed:
+
+    - 7bit when the text is short ASCII lines, each ending in CRLF (the
+      payload has LF line ends; the SMTP sender writes CRLF);
+    - else quoted-printable when its line breaks are all CRLF (a text
+      without a final line break ends with a soft one, ``=``), unless
+      base64 is shorter;
+    - else base64: a bare LF or CR (instantcom's ``✓\nline 2``) is not a
+      MIME text line break, and would come out CRLF in any other encoding.
+    """
+    if _BARE_BREAK.search(data) or _crlf_bytes(charset) != b"\r\n":
+        return "base64", base64_lines(data).decode("ascii")
+    text = data.decode("latin-1")  # one character per byte, for the encoder
+    encoded = quoprimime.body_encode(text, eol="\n")
+    if not data.endswith(b"\n"):
+        if not data:
+            return "7bit", ""
+        encoded += "=\n"  # a soft break: the text ends without one
+    elif encoded == text.replace("\r\n", "\n"):
+        return "7bit", encoded
+    base64 = base64_lines(data).decode("ascii")
+    if len(base64) < len(encoded):
+        return "base64", base64
+    return "quoted-printable", encoded
+
+
+def _crlf_bytes(charset: str) -> bytes | None:
+    """What CRLF is in ``charset`` (a charset _text has decoded with)."""
+    try:
+        return "\r\n".encode(charset)
+    except (LookupError, UnicodeError, ValueError):
+        return None
 
 
 def _text(part: ContentPart) -> str | None:
@@ -365,28 +402,27 @@ class EmailProcessor:
         original = None
         if not _MEDIA_TYPE.match(media):
             original, media = media, "application/octet-stream"
-        maintype, _, subtype = media.partition("/")
+        maintype = media.partition("/")[0]
         if maintype in ("multipart", "message"):
             # RFC 2045 allows no base64 for these, and a leaf is no valid
             # multipart: they go as bytes, their type kept beside.
             original, media = media, "application/octet-stream"
-            maintype, subtype = "application", "octet-stream"
+            maintype = "application"
         text = _text(part) if maintype == "text" else None
         filename = _filename(part.filename, transaction)
         if filename is None and original == "message/rfc822":
             filename = "message.eml"
         if text is not None:
             leaf = msg if first else EmailMessage(policy=BUILD_POLICY)
-            if _UNSAFE_TEXT.search(text):
-                # Exact, in UTF-8, where the text writer would change line
-                # breaks or write a NUL raw.
-                leaf["Content-Type"] = f'{media}; charset="utf-8"'
-                leaf["Content-Transfer-Encoding"] = "base64"
-                leaf.set_payload(
-                    base64_lines(text.encode("utf-8", "replace")).decode("ascii")
-                )
-            else:
-                leaf.set_content(text, subtype=subtype)
+            charset, data = part.charset, part.data
+            if not (charset and _TOKEN.match(charset)):
+                # No charset (the text was read as UTF-8) or one that cannot
+                # be a parameter: the same characters, in UTF-8.
+                charset, data = "utf-8", text.encode("utf-8", "replace")
+            cte, payload = _text_body(data, charset)
+            leaf["Content-Type"] = f'{media}; charset="{charset}"'
+            leaf["Content-Transfer-Encoding"] = cte
+            leaf.set_payload(payload)
             if first:
                 return
             leaf["Content-Disposition"] = _disposition("inline", filename)
