@@ -385,10 +385,13 @@ class EmailProcessor:
         msg["MIME-Version"] = "1.0"
         msg["From"] = sender
         msg["Message-ID"] = make_msgid("mm7", domain=self._msgid_domain)
-        msg["X-MM7-TransactionID"] = bounded(
-            transaction.transaction_id, "TransactionID", transaction
-        )
-        msg["X-MM7-Path"] = clean(transaction.path)
+        # An X-MM7-* header only with a value: no empty ones.
+        tid = bounded(transaction.transaction_id, "TransactionID", transaction)
+        if tid:
+            msg["X-MM7-TransactionID"] = tid
+        path = clean(transaction.path)
+        if path:
+            msg["X-MM7-Path"] = path
         return msg
 
     def _attach(
@@ -435,10 +438,9 @@ class EmailProcessor:
                 leaf["Content-Type"] = f'{media}; charset="{charset}"'
             else:
                 leaf["Content-Type"] = media
-            if original is not None:
-                leaf["X-MM7-Content-Type"] = bounded(
-                    original, "Content-Type", transaction
-                )
+            original = bounded(original, "Content-Type", transaction)
+            if original:
+                leaf["X-MM7-Content-Type"] = original
             leaf["Content-Transfer-Encoding"] = "base64"
             leaf["Content-Disposition"] = _disposition("attachment", filename)
             leaf.set_payload(base64_lines(part.data).decode("ascii"))
@@ -476,11 +478,12 @@ class EmailProcessor:
         msg["Subject"] = bounded(subject, "Subject", transaction)
         msg["Date"] = email_date(timestamp)
         for header, value in headers.items():
+            field = header.removeprefix("X-MM7-")
+            value = bounded(
+                value, field if field in FIELD_LIMITS else "MessageID", transaction
+            )
             if value:
-                field = header.removeprefix("X-MM7-")
-                msg[header] = bounded(
-                    value, field if field in FIELD_LIMITS else "MessageID", transaction
-                )
+                msg[header] = value
         parts = [p for p in content if self.keep_smil or not p.is_smil]
         parts.sort(key=lambda p: not p.media_type.startswith("text/"))
         for index, part in enumerate(parts):
@@ -786,8 +789,9 @@ def _fields(*pairs: tuple[str, str]) -> Message:
     """A header block of a delivery-status or disposition notification."""
     block = Message(policy=BUILD_POLICY)
     for name, value in pairs:
-        if value:
-            block[name] = clean(value)
+        value = clean(value)
+        if value:  # no empty field (X-MM7-StatusText:)
+            block[name] = value
     return block
 
 

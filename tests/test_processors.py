@@ -466,3 +466,88 @@ def test_text_parts_decode_to_their_bytes(text, charset, alone):
         email.message_from_bytes(wire_bytes(sent), policy=email.policy.default)
     )
     assert local.get_content().replace("\r\n", "\n") == text.replace("\r\n", "\n")
+
+
+# No empty X-MM7-* headers ------------------------------------------------------
+
+BLANK = "\r\n"  # nothing once cleaned
+
+
+def _blank_requests() -> list[tuple[str, object]]:
+    parts = (
+        m.ContentPart("text/plain", b"hi", (), BLANK),
+        m.ContentPart("no type", b"\x00", (), None),
+    )
+    recipients = m.Recipients(to=(m.Address("+1555"),))
+    return [
+        (
+            "deliver",
+            m.DeliverReq(
+                sender=m.Address("+1666"),
+                recipients=recipients,
+                linked_id=BLANK,
+                mms_relay_server_id=" ",
+                vasp_id="",
+                vas_id=BLANK,
+                priority=BLANK,
+                content=parts,
+            ),
+        ),
+        (
+            "submit",
+            m.SubmitReq(
+                sender_address=m.Address("+1666"),
+                recipients=recipients,
+                vasp_id=BLANK,
+                vas_id="",
+                service_code=" ",
+                linked_id=BLANK,
+                priority=BLANK,
+                content=parts,
+            ),
+        ),
+        (
+            "delivery_report",
+            m.DeliveryReportReq(
+                message_id=BLANK,
+                recipient=m.Address("+1555"),
+                sender=m.Address("+1666"),
+                mms_relay_server_id=BLANK,
+                mm_status="Retrieved",
+                status_text=BLANK,
+            ),
+        ),
+        (
+            "read_reply",
+            m.ReadReplyReq(
+                message_id=BLANK,
+                recipient=m.Address("+1555"),
+                sender=m.Address("+1666"),
+                mms_relay_server_id=BLANK,
+                mm_status="Read",
+                status_text=" ",
+            ),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("kind, request_", _blank_requests())
+@pytest.mark.parametrize("transaction_id", ["", BLANK])
+def test_no_empty_x_mm7_header_in_any_email(
+    processor, sender, kind, request_, transaction_id
+):
+    tx = Transaction(transaction_id, "/p/", account=None)
+    result(getattr(processor, kind)(request_, tx))
+    [mail] = sender.sent
+    written = email.message_from_bytes(
+        wire_bytes(mail.message), policy=email.policy.default
+    )
+    fields = [
+        (name, str(value))
+        for part in written.walk()
+        for name, value in part.items()
+        if name.lower().startswith("x-mm7-")
+    ]
+    assert ("X-MM7-Path", "/p/") in fields  # the check sees X-MM7-* headers
+    assert [(name, value) for name, value in fields if not value.strip()] == []
+    assert "X-MM7-TransactionID" not in dict(fields)
