@@ -283,7 +283,14 @@ def parser() -> argparse.ArgumentParser:
             help="auto: generate a SMIL presentation; FILE: use that one (default none)",
         )
         sub.add_argument("--linked-id")
-        sub.add_argument("--priority", choices=("Low", "Normal", "High"))
+        # Sent unless told otherwise: VASPs on instantcom-mm7 crash on a
+        # DeliverReq or SubmitReq without one.
+        sub.add_argument(
+            "--priority",
+            choices=("Low", "Normal", "High"),
+            default="Normal",
+            help="Priority (default Normal)",
+        )
 
     submit = common("submit", "Send a SubmitReq, as a VASP to an MMSC.")
     message(submit)

@@ -533,7 +533,7 @@ def test_submit_without_asking_sends_no_report_flags_and_the_defaults(
     assert (request.delivery_report, request.read_reply, request.priority) == (
         None,
         None,
-        None,
+        "Normal",
     )
     assert [p.media_type for p in request.content] == ["text/plain"]  # no SMIL
     assert request.mm7_version == m.DEFAULT_MM7_VERSION
@@ -1010,3 +1010,38 @@ def test_the_password_in_a_url_is_never_printed(gateway, capsys):
         err = capsys.readouterr().err
         assert "argument URL: 'ftp://***@host/mm7'" in err or "***@host:99999" in err
         assert "s3cr3t" not in err
+
+
+@implementer(IAgent)
+class BodyRecorder(URIRecorder):
+    """An agent passing requests on, noting each body sent."""
+
+    def __init__(self, agent: Any) -> None:
+        super().__init__(agent)
+        self.bodies: list[bytes] = []
+
+    def request(self, method: bytes, uri: bytes, *args: Any, **kwargs: Any) -> Any:
+        self.bodies.append(args[1].data)
+        return super().request(method, uri, *args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "subcommand, path, extra, sent",
+    [
+        ("submit", "/mm7/", ["--user", "vasp1", "--password", "pw"], "Normal"),
+        ("deliver", "/vasp/", [], "Normal"),
+        ("deliver", "/vasp/", ["--priority", "High"], "High"),
+    ],
+)
+def test_deliver_and_submit_send_a_priority_unless_told(
+    gateway, recorder, subcommand, path, extra, sent
+):
+    # VASPs built on instantcom-mm7 crash on a request without Priority.
+    agent = BodyRecorder(gateway.agent())
+    args = [subcommand, gateway.url + path, "--to", "1", *extra]
+    assert gateway.result(command(gateway, *args, agent=agent)) == 0
+    [body] = agent.bodies
+    assert body.count(b"<Priority>") == 1
+    assert f"<Priority>{sent}</Priority>".encode() in body
+    [(request, _)] = recorder.requests
+    assert request.priority == sent
