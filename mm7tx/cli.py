@@ -16,6 +16,7 @@ import argparse
 import getpass
 import mimetypes
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -34,7 +35,7 @@ from twisted.web.iweb import IAgent
 from mm7tx import __version__
 from mm7tx import messages as m
 from mm7tx.auth import hash_password
-from mm7tx.client import MM7Client, MM7ClientError, MM7Fault
+from mm7tx.client import MM7Client, MM7ClientError, MM7Fault, url_credentials
 
 mimetypes.add_type("audio/amr", ".amr")
 mimetypes.add_type("video/3gpp", ".3gp")
@@ -284,7 +285,14 @@ def parser() -> argparse.ArgumentParser:
             help="auto: generate a SMIL presentation; FILE: use that one (default none)",
         )
         sub.add_argument("--linked-id")
-        sub.add_argument("--priority", choices=("Low", "Normal", "High"))
+        # Sent unless told otherwise: VASPs on instantcom-mm7 crash on a
+        # DeliverReq or SubmitReq without one.
+        sub.add_argument(
+            "--priority",
+            choices=("Low", "Normal", "High"),
+            default="Normal",
+            help="Priority (default Normal)",
+        )
 
     submit = common("submit", "Send a SubmitReq, as a VASP to an MMSC.")
     message(submit)
@@ -421,14 +429,28 @@ async def run(
     given, carries them (an in-memory one in tests) instead of a new one on
     ``reactor``."""
     password = args.password or os.environ.get("MM7TX_PASSWORD")
-    if args.user and password is None:
+    url, credentials = url_credentials(args.url)
+    if credentials is not None:
+        # http://user:password@host/… (as Mbuni writes it) is HTTP Basic;
+        # http://user@host/… takes --password or MM7TX_PASSWORD.
+        if args.user:
+            print(
+                "mm7tx: give the user in the URL or with --user, not both",
+                file=sys.stderr,
+            )
+            return 2
+        if not credentials[1] and password is not None:
+            credentials = (credentials[0], password)
+    elif args.user and password is None:
         print("mm7tx: --user needs --password or MM7TX_PASSWORD", file=sys.stderr)
         return 2
+    elif args.user and password is not None:
+        credentials = (args.user, password)
     request = build_request(args)
     client = MM7Client(
         reactor if agent is None else agent,
-        args.url,
-        (args.user, password) if args.user and password is not None else None,
+        url,
+        credentials,
         namespace=args.namespace,
         mm7_version=args.mm7_version,
         timeout=args.timeout,
@@ -489,18 +511,24 @@ def hash_password_command() -> int:
 
 
 def mm7_url(text: str) -> str:
-    """An http(s) URL with a host, or a usage error (exit status 2)."""
+    """An http(s) URL with a host, or a usage error (exit status 2) that
+    shows the URL without its ``user:password@``."""
+    shown = _USERINFO.sub(r"\1***@", text)
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a URL: {e}") from None
+        raise argparse.ArgumentTypeError(f"{shown!r} is not a URL: {e}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not an http:// or https:// URL with a host, "
+            f"{shown!r} is not an http:// or https:// URL with a host, "
             "e.g. http://localhost:8080/mm7"
         )
     return text
+
+
+# A URL's userinfo: up to the last "@" of its authority.
+_USERINFO = re.compile(r"^([^:/?#]*:?//)[^/?#]*@")
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -15,6 +15,7 @@ import base64
 import dataclasses
 import uuid
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.internet import defer, error, ssl
 from twisted.internet.interfaces import IConsumer, IReactorTime
@@ -93,6 +94,19 @@ class MM7Fault(MM7ClientError):
         self.envelope = envelope
 
 
+def url_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without its userinfo, and the ``(user, password)`` that was
+    there, percent-decoded (``None`` when it had none): Mbuni writes its
+    URLs ``http://user:pass@host/mm7``, and they mean HTTP Basic."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url, None
+    user, _, password = userinfo.partition(":")
+    bare = urlunsplit(parts._replace(netloc=host))
+    return bare, (unquote(user), unquote(password))
+
+
 def namespace_uri(name: str) -> str:
     """``REL-6-MM7-1-4`` or a full URI, as a full namespace URI."""
     return name if ":" in name else NAMESPACE_BASE + name
@@ -166,7 +180,9 @@ class MM7Client:
     (PEM); or an ``IAgent`` (yours, with your TLS policy and pool, or
     :mod:`mm7tx.testing`'s in-memory one), and then ``reactor`` is the clock
     for the timeout.
-    ``credentials`` is ``(user, password)`` for HTTP Basic.
+    ``credentials`` is ``(user, password)`` for HTTP Basic; a URL's
+    ``user:password@`` is taken as them (and never sent in the URL or shown
+    in an error), but not both at once (``ValueError``).
     """
 
     def __init__(
@@ -203,6 +219,13 @@ class MM7Client:
                     )
             self.agent = Agent(reactor, contextFactory=policy, pool=self.pool)
         self.reactor = reactor
+        url, in_url = url_credentials(url)
+        if in_url is not None:
+            if credentials is not None:
+                raise ValueError(
+                    "credentials both in the URL and given apart: give one"
+                )
+            credentials = in_url
         self.url = url
         self.namespace = namespace_uri(namespace)
         self.mm7_version = mm7_version

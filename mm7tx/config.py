@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from twisted.python.reflect import namedAny
 
 from mm7tx.auth import Account, ListenAccess, Network, network
+from mm7tx.client import url_credentials
 from mm7tx.codec.soap import XMLLimits
 from mm7tx.limits import DEFAULT_LOGIN_LOCKOUT, DEFAULT_MAX_FAILED_LOGINS
 from mm7tx.messages import DEFAULT_MM7_VERSION
@@ -524,18 +525,13 @@ class _Reader:
         return tuple(networks)
 
     def url(self, option: Option) -> str:
-        """An http(s) URL with a host and no credentials (never echoed)."""
+        """An http(s) URL with a host (never echoed: it may carry
+        credentials, which :func:`_account` takes out)."""
         url = self.text(option)
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise self.error(
                 option, "delivery_report_url must be an http(s) URL with a host"
-            )
-        if parts.username is not None or parts.password is not None:
-            raise self.error(
-                option,
-                "delivery_report_url must not carry credentials: set "
-                "delivery_report_user and delivery_report_password instead",
             )
         try:
             parts.port  # noqa: B018 - raises on a port out of range
@@ -959,7 +955,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
         R.url,
         "account.delivery_report_url",
         "where to post `DeliveryReportReq` when a SubmitReq asks for a delivery "
-        "report: an http(s) URL without credentials",
+        "report: an http(s) URL; a `user:password@` in it (percent-encoded, as "
+        "Mbuni writes it) is the HTTP Basic user and password of that post",
     ),
     OptionSpec(
         "delivery_report_user",
@@ -1182,6 +1179,20 @@ def _account(reader: _Reader, scope: Scope, kind: str = VASP) -> Account:
             scope,
             f'{kind} "{scope.label}" needs a password (or name it by an IP address)',
         )
+    url = values.get("delivery_report_url")
+    bare, in_url = url_credentials(url) if url is not None else (url, None)
+    if in_url is not None:
+        # Mbuni's http://user:pass@host/…: HTTP Basic credentials.
+        if "delivery_report_user" in values or "delivery_report_password" in values:
+            raise ConfigError(
+                reader.source,
+                found.lines["delivery_report_url"],
+                "delivery_report_url carries credentials (user:password@) and "
+                "delivery_report_user or delivery_report_password is set too; "
+                "keep one",
+            )
+        values["delivery_report_url"] = bare
+        values["delivery_report_user"], values["delivery_report_password"] = in_url
     if "delivery_report_password" in values and "delivery_report_user" not in values:
         raise ConfigError(
             reader.source,

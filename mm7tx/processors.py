@@ -19,6 +19,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email import quoprimime
 from email.message import EmailMessage, Message
 from email.utils import format_datetime, make_msgid, parseaddr
 from typing import Any
@@ -26,7 +27,6 @@ from urllib.parse import quote
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mm7tx.codec.mime import base64_lines
@@ -193,9 +193,45 @@ _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]{1,64}\Z")
 _ODD_CODECS = frozenset(
     {"idna", "punycode", "unicode_escape", "raw_unicode_escape", "undefined"}
 )
-# What the email package's text writer would turn into line breaks (so the
-# text would change) or write raw (NUL): such a text goes base64.
-_UNSAFE_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x85\u2028\u2029]|\r(?!\n)")
+# A line break that is not CRLF: MIME text (7bit, quoted-printable) has
+# only CRLF line breaks, so such a text goes base64 to come out as it came.
+_BARE_BREAK = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+def _text_body(data: bytes, charset: str) -> tuple[str, str]:
+    """The Content-Transfer-Encoding and payload that give back exactly
+    ``data`` once decoded, with no line break added or changed:
+
+    - 7bit when the text is short ASCII lines, each ending in CRLF (the
+      payload has LF line ends; the SMTP sender writes CRLF);
+    - else quoted-printable when its line breaks are all CRLF (a text
+      without a final line break ends with a soft one, ``=``), unless
+      base64 is shorter;
+    - else base64: a bare LF or CR (instantcom's ``✓\nline 2``) is not a
+      MIME text line break, and would come out CRLF in any other encoding.
+    """
+    if _BARE_BREAK.search(data) or _crlf_bytes(charset) != b"\r\n":
+        return "base64", base64_lines(data).decode("ascii")
+    text = data.decode("latin-1")  # one character per byte, for the encoder
+    encoded = quoprimime.body_encode(text, eol="\n")
+    if not data.endswith(b"\n"):
+        if not data:
+            return "7bit", ""
+        encoded += "=\n"  # a soft break: the text ends without one
+    elif encoded == text.replace("\r\n", "\n"):
+        return "7bit", encoded
+    base64 = base64_lines(data).decode("ascii")
+    if len(base64) < len(encoded):
+        return "base64", base64
+    return "quoted-printable", encoded
+
+
+def _crlf_bytes(charset: str) -> bytes | None:
+    """What CRLF is in ``charset`` (a charset _text has decoded with)."""
+    try:
+        return "\r\n".encode(charset)
+    except (LookupError, UnicodeError, ValueError):
+        return None
 
 
 def _text(part: ContentPart) -> str | None:
@@ -349,10 +385,13 @@ class EmailProcessor:
         msg["MIME-Version"] = "1.0"
         msg["From"] = sender
         msg["Message-ID"] = make_msgid("mm7", domain=self._msgid_domain)
-        msg["X-MM7-TransactionID"] = bounded(
-            transaction.transaction_id, "TransactionID", transaction
-        )
-        msg["X-MM7-Path"] = clean(transaction.path)
+        # An X-MM7-* header only with a value: no empty ones.
+        tid = bounded(transaction.transaction_id, "TransactionID", transaction)
+        if tid:
+            msg["X-MM7-TransactionID"] = tid
+        path = clean(transaction.path)
+        if path:
+            msg["X-MM7-Path"] = path
         return msg
 
     def _attach(
@@ -366,28 +405,27 @@ class EmailProcessor:
         original = None
         if not _MEDIA_TYPE.match(media):
             original, media = media, "application/octet-stream"
-        maintype, _, subtype = media.partition("/")
+        maintype = media.partition("/")[0]
         if maintype in ("multipart", "message"):
             # RFC 2045 allows no base64 for these, and a leaf is no valid
             # multipart: they go as bytes, their type kept beside.
             original, media = media, "application/octet-stream"
-            maintype, subtype = "application", "octet-stream"
+            maintype = "application"
         text = _text(part) if maintype == "text" else None
         filename = _filename(part.filename, transaction)
         if filename is None and original == "message/rfc822":
             filename = "message.eml"
         if text is not None:
             leaf = msg if first else EmailMessage(policy=BUILD_POLICY)
-            if _UNSAFE_TEXT.search(text):
-                # Exact, in UTF-8, where the text writer would change line
-                # breaks or write a NUL raw.
-                leaf["Content-Type"] = f'{media}; charset="utf-8"'
-                leaf["Content-Transfer-Encoding"] = "base64"
-                leaf.set_payload(
-                    base64_lines(text.encode("utf-8", "replace")).decode("ascii")
-                )
-            else:
-                leaf.set_content(text, subtype=subtype)
+            charset, data = part.charset, part.data
+            if not (charset and _TOKEN.match(charset)):
+                # No charset (the text was read as UTF-8) or one that cannot
+                # be a parameter: the same characters, in UTF-8.
+                charset, data = "utf-8", text.encode("utf-8", "replace")
+            cte, payload = _text_body(data, charset)
+            leaf["Content-Type"] = f'{media}; charset="{charset}"'
+            leaf["Content-Transfer-Encoding"] = cte
+            leaf.set_payload(payload)
             if first:
                 return
             leaf["Content-Disposition"] = _disposition("inline", filename)
@@ -400,10 +438,9 @@ class EmailProcessor:
                 leaf["Content-Type"] = f'{media}; charset="{charset}"'
             else:
                 leaf["Content-Type"] = media
-            if original is not None:
-                leaf["X-MM7-Content-Type"] = bounded(
-                    original, "Content-Type", transaction
-                )
+            original = bounded(original, "Content-Type", transaction)
+            if original:
+                leaf["X-MM7-Content-Type"] = original
             leaf["Content-Transfer-Encoding"] = "base64"
             leaf["Content-Disposition"] = _disposition("attachment", filename)
             leaf.set_payload(base64_lines(part.data).decode("ascii"))
@@ -441,11 +478,12 @@ class EmailProcessor:
         msg["Subject"] = bounded(subject, "Subject", transaction)
         msg["Date"] = email_date(timestamp)
         for header, value in headers.items():
+            field = header.removeprefix("X-MM7-")
+            value = bounded(
+                value, field if field in FIELD_LIMITS else "MessageID", transaction
+            )
             if value:
-                field = header.removeprefix("X-MM7-")
-                msg[header] = bounded(
-                    value, field if field in FIELD_LIMITS else "MessageID", transaction
-                )
+                msg[header] = value
         parts = [p for p in content if self.keep_smil or not p.is_smil]
         parts.sort(key=lambda p: not p.media_type.startswith("text/"))
         for index, part in enumerate(parts):
@@ -622,46 +660,72 @@ class EmailProcessor:
         self, request: SubmitReq, transaction: Transaction
     ) -> defer.Deferred[SubmitRsp]:
         """Mail a SubmitReq; answer with a new MessageID once the relay took it,
-        and post a delivery report back when the VASP asked for one."""
+        and post a delivery report back when the VASP asked for one.
+
+        A report goes back only for a MessageID the VASP was given in a
+        SubmitRsp: none for a fault (the VASP never learnt the MessageID;
+        it resubmits or gives up), none when the VASP's connection was gone
+        before the answer.  On a partial success (1100) each recipient is
+        reported Forwarded or Rejected by what the relay said to its mapped
+        address (recipients mapped to one address share its fate)."""
         message_id = uuid.uuid4().hex
         mail = self.submit_message(request, transaction, message_id)
-        d = self._send(mail)
+        d = self.mail_sender.send(mail.sender, mail.recipients, mail.message)
 
-        def report(mm_status: str) -> None:
-            account = transaction.account
-            if (
-                request.delivery_report
-                and self.reporter is not None
-                and account is not None
-                and account.delivery_report_url
-            ):
-                for recipient in request.recipients.all:
-                    self.reporter.report(
-                        account,
-                        DeliveryReportReq(
-                            mm7_version=self.mm7_version,
-                            message_id=message_id,
-                            recipient=recipient,
-                            sender=request.sender_address,
-                            date=datetime.now(UTC).isoformat(timespec="seconds"),
-                            mm_status=mm_status,
-                            status_text="Accepted by the mail relay"
-                            if mm_status == "Forwarded"
-                            else "Refused by the mail relay",
-                        ),
-                        transaction.namespace,
-                    )
-
-        def accepted(status: Status) -> SubmitRsp:
-            report("Forwarded")
+        def accepted(result: Any) -> SubmitRsp:
+            status = result_status(result)
+            refused = (
+                {address for address, _, _ in result.refused}
+                if isinstance(result, SendResult)
+                else set()
+            )
+            self._report_submit(request, transaction, message_id, refused)
             return SubmitRsp(status, self.mm7_version, message_id)
 
-        def refused(reason: Failure) -> Failure:
-            if reason.check(MM7Error) and not reason.value.is_transient:  # type: ignore[union-attr]
-                report("Rejected")
-            return reason
+        return d.addCallback(accepted)
 
-        return d.addCallbacks(accepted, refused)
+    def _report_submit(
+        self,
+        request: SubmitReq,
+        transaction: Transaction,
+        message_id: str,
+        refused: set[str],
+    ) -> None:
+        """Post one DeliveryReportReq per recipient of an accepted SubmitReq
+        (if it asked for reports and the account has a URL for them)."""
+        account = transaction.account
+        if not (
+            request.delivery_report
+            and self.reporter is not None
+            and account is not None
+            and account.delivery_report_url
+        ):
+            return
+        if transaction.answer_lost():
+            log.info(
+                "No delivery report for {message_id} to {vasp}: its SubmitRsp "
+                "could not be sent, the connection was gone",
+                message_id=message_id,
+                vasp=account.name,
+            )
+            return
+        for recipient in request.recipients.all:
+            forwarded = self.recipient_address(recipient) not in refused
+            self.reporter.report(
+                account,
+                DeliveryReportReq(
+                    mm7_version=self.mm7_version,
+                    message_id=message_id,
+                    recipient=recipient,
+                    sender=request.sender_address,
+                    date=datetime.now(UTC).isoformat(timespec="seconds"),
+                    mm_status="Forwarded" if forwarded else "Rejected",
+                    status_text="Accepted by the mail relay"
+                    if forwarded
+                    else "Refused by the mail relay",
+                ),
+                transaction.namespace,
+            )
 
     def deliver(
         self, request: DeliverReq, transaction: Transaction
@@ -725,8 +789,9 @@ def _fields(*pairs: tuple[str, str]) -> Message:
     """A header block of a delivery-status or disposition notification."""
     block = Message(policy=BUILD_POLICY)
     for name, value in pairs:
-        if value:
-            block[name] = clean(value)
+        value = clean(value)
+        if value:  # no empty field (X-MM7-StatusText:)
+            block[name] = value
     return block
 
 

@@ -1,8 +1,10 @@
 """Delivery reports back to VASPs: MMSC paths post a DeliveryReportReq to the
 account's ``delivery_report_url`` when a SubmitReq asked for one.
 
-The report says ``Forwarded`` once the relay took the mail and ``Rejected``
-when it refused it for good.  While the VASP is unreachable, times out or
+Reports go only for a MessageID the VASP was given in a SubmitRsp: each
+recipient ``Forwarded`` once the relay took the mail for it, ``Rejected``
+when the relay refused it in a partial success (1100); nothing after a
+fault (see ``EmailProcessor.submit``).  While the VASP is unreachable, times out or
 answers 4006, the post is retried with exponential backoff; the final
 outcome is logged either way.
 """
@@ -10,7 +12,6 @@ outcome is logged either way.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
@@ -19,7 +20,14 @@ from twisted.python.failure import Failure
 
 from mm7tx import messages as m
 from mm7tx.auth import Account
-from mm7tx.client import MM7Client, MM7ClientError, MM7Fault, TimedOut, Unreachable
+from mm7tx.client import (
+    MM7Client,
+    MM7ClientError,
+    MM7Fault,
+    TimedOut,
+    Unreachable,
+    url_credentials,
+)
 from mm7tx.status import StatusCode
 
 if TYPE_CHECKING:
@@ -64,6 +72,8 @@ class DeliveryReporter:
             return defer.succeed(False)
         d = defer.ensureDeferred(self._post(account, request, namespace))
         d.addBoth(self._counted)
+        # Nobody waits on this Deferred: a failure must be logged here.
+        d.addErrback(_unexpected, request.message_id or "-", url)
         if d.called:
             return d
         self.pending[d] = (request.message_id or "-", url)
@@ -187,10 +197,23 @@ class DeliveryReporter:
 
 def _without_credentials(url: str) -> str:
     """``url`` with any ``user:password@`` taken out, for the log."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return url_credentials(url)[0]
+
+
+def _unexpected(reason: Failure, message_id: str, url: str) -> Any:
+    """A report that failed other than as an MM7 client error (a bug, a URL
+    the agent refuses): logged with its MessageID and URL, never swallowed
+    by the Deferred nobody consumes.  A cancellation (the drain) passes."""
+    if reason.check(defer.CancelledError):
+        return reason
+    log.failure(
+        "Delivery report {message_id} to {url} failed: {error}",
+        reason,
+        message_id=message_id,
+        url=url,
+        error=reason.getErrorMessage(),
+    )
+    return False
 
 
 def _log_abandoned(message_id: str, url: str) -> None:

@@ -373,6 +373,7 @@ class MM7Resource(Resource):
             peer=peer,
             account=account,
             mm7_version=self.mm7_version,
+            connection_gone=lambda: bool(gone),
         )
 
         def outcome(status: m.Status, prefix: str = "") -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from mm7tx.auth import Account
 from mm7tx.messages import DEFAULT_MM7_VERSION, DEFAULT_NAMESPACE
@@ -23,3 +24,12 @@ class Transaction:
     peer: str | None = None
     account: Account | None = None
     mm7_version: str = DEFAULT_MM7_VERSION
+    # Whether the client's connection is gone, so that no answer reaches
+    # it; the resource sets it, a transaction made elsewhere has none.
+    connection_gone: Callable[[], bool] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    def answer_lost(self) -> bool:
+        """True once the client went away: its answer will not be sent."""
+        return self.connection_gone is not None and self.connection_gone()

@@ -19,6 +19,7 @@ from lxml import etree
 from twisted.internet import defer, reactor, ssl, task
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
@@ -532,7 +533,7 @@ def test_submit_without_asking_sends_no_report_flags_and_the_defaults(
     assert (request.delivery_report, request.read_reply, request.priority) == (
         None,
         None,
-        None,
+        "Normal",
     )
     assert [p.media_type for p in request.content] == ["text/plain"]  # no SMIL
     assert request.mm7_version == m.DEFAULT_MM7_VERSION
@@ -921,3 +922,133 @@ def test_version(capsys):
         cli.main(["--version"])
     assert caught.value.code == 0
     assert capsys.readouterr().out == f"mm7tx {__version__}\n"
+
+
+# Credentials in the URL ------------------------------------------------------
+
+
+@implementer(IAgent)
+class URIRecorder:
+    """An agent passing requests on to ``agent``, noting each URI."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.uris: list[bytes] = []
+
+    def request(self, method: bytes, uri: bytes, *args: Any, **kwargs: Any) -> Any:
+        self.uris.append(uri)
+        return self.agent.request(method, uri, *args, **kwargs)
+
+
+def with_userinfo(url: str, userinfo: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{userinfo}@{rest}"
+
+
+def test_a_client_takes_the_urls_userinfo_as_basic_credentials():
+    client = MM7Client(MemoryReactor(), "http://u%3A1:s%40cr3t@host:80/mm7?x")
+    assert client.url == "http://host:80/mm7?x"
+    assert client._authorization == b"Basic " + base64.b64encode(b"u:1:s@cr3t")
+    with pytest.raises(ValueError) as caught:
+        MM7Client(MemoryReactor(), "http://u:s3cr3t@host/mm7", ("u", "s3cr3t"))
+    assert "s3cr3t" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "subcommand, path, extra",
+    [
+        ("submit", "/mm7/", ["--to", "1"]),
+        ("deliver", "/vasp/", ["--to", "1"]),
+        ("delivery-report", "/vasp/", ["--message-id", "M", "--recipient", "1"]),
+        ("read-reply", "/vasp/", ["--message-id", "M", "--recipient", "1"]),
+    ],
+)
+def test_credentials_in_the_url_are_sent_as_basic_not_in_the_url(
+    gateway, recorder, capsys, subcommand, path, extra
+):
+    agent = URIRecorder(gateway.agent())
+    url = with_userinfo(gateway.url, "vasp1:pw") + path
+    code = gateway.result(command(gateway, subcommand, url, *extra, agent=agent))
+    assert code == 0, capsys.readouterr()
+    [(_, transaction)] = recorder.requests
+    if path == "/mm7/":
+        assert transaction.account.name == "vasp1"  # the Basic credentials
+    assert agent.uris == [(gateway.url + path).encode()]
+
+
+def test_a_user_in_the_url_takes_the_password_from_the_environment(
+    gateway, recorder, monkeypatch
+):
+    monkeypatch.setenv("MM7TX_PASSWORD", "pw")
+    url = with_userinfo(gateway.url, "vasp1") + "/mm7/"
+    assert mm7tx(gateway, "submit", url, "--to", "1") == 0
+    [(_, transaction)] = recorder.requests
+    assert transaction.account.name == "vasp1"
+
+
+def test_a_user_both_in_the_url_and_apart_is_a_usage_error(gateway, recorder, capsys):
+    url = with_userinfo(gateway.url, "vasp1:s3cr3t") + "/mm7/"
+    code = mm7tx(gateway, "submit", url, "--to", "1", "--user", "vasp1")
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "mm7tx: give the user in the URL or with --user, not both\n"
+    )
+    assert recorder.requests == []
+
+
+def test_the_password_in_a_url_is_never_printed(gateway, capsys):
+    # Nothing listens on port 9: the error names the URL, without it.
+    code = mm7tx(
+        gateway,
+        "delivery-report",
+        "http://user:s3cr3t@127.0.0.1:9/mm7",
+        "--message-id",
+        "M",
+        "--recipient",
+        "1",
+    )
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert err.startswith("mm7tx: cannot connect to http://127.0.0.1:9/mm7: ")
+    assert "s3cr3t" not in out + err and "Traceback" not in err
+    for bad in ("http://user:s3cr3t@host:99999/mm7", "ftp://user:s3cr3t@host/mm7"):
+        with pytest.raises(SystemExit):
+            cli.parser().parse_args(["deliver", bad, "--to", "1"])
+        err = capsys.readouterr().err
+        assert "argument URL: 'ftp://***@host/mm7'" in err or "***@host:99999" in err
+        assert "s3cr3t" not in err
+
+
+@implementer(IAgent)
+class BodyRecorder(URIRecorder):
+    """An agent passing requests on, noting each body sent."""
+
+    def __init__(self, agent: Any) -> None:
+        super().__init__(agent)
+        self.bodies: list[bytes] = []
+
+    def request(self, method: bytes, uri: bytes, *args: Any, **kwargs: Any) -> Any:
+        self.bodies.append(args[1].data)
+        return super().request(method, uri, *args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "subcommand, path, extra, sent",
+    [
+        ("submit", "/mm7/", ["--user", "vasp1", "--password", "pw"], "Normal"),
+        ("deliver", "/vasp/", [], "Normal"),
+        ("deliver", "/vasp/", ["--priority", "High"], "High"),
+    ],
+)
+def test_deliver_and_submit_send_a_priority_unless_told(
+    gateway, recorder, subcommand, path, extra, sent
+):
+    # VASPs built on instantcom-mm7 crash on a request without Priority.
+    agent = BodyRecorder(gateway.agent())
+    args = [subcommand, gateway.url + path, "--to", "1", *extra]
+    assert gateway.result(command(gateway, *args, agent=agent)) == 0
+    [body] = agent.bodies
+    assert body.count(b"<Priority>") == 1
+    assert f"<Priority>{sent}</Priority>".encode() in body
+    [(request, _)] = recorder.requests
+    assert request.priority == sent

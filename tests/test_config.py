@@ -471,12 +471,8 @@ def report_url(url: str) -> str:
         ("http:///dr", "must be an http(s) URL with a host"),
         ("vasp.example/dr", "must be an http(s) URL with a host"),
         ("https://vasp.example:99999/dr", "port that is not 0 to 65535"),
-        (
-            "https://mmsc:s3cr3t@vasp.example/dr",
-            "must not carry credentials: set delivery_report_user and "
-            "delivery_report_password instead",
-        ),
-        ("https://mmsc@vasp.example/dr", "must not carry credentials"),
+        ("https://mmsc:s3cr3t@vasp.example:99999/dr", "port that is not 0 to"),
+        ("ftp://mmsc:s3cr3t@vasp.example/dr", "must be an http(s) URL"),
     ],
 )
 def test_a_bad_delivery_report_url_is_refused_at_its_line(url, words):
@@ -485,6 +481,42 @@ def test_a_bad_delivery_report_url_is_refused_at_its_line(url, words):
     assert str(caught.value).startswith("my.conf, line 4: delivery_report_url ")
     assert words in str(caught.value)
     assert "s3cr3t" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url, user, password",
+    [
+        ("http://mmsc:s3cr3t@vasp.example/dr", "mmsc", "s3cr3t"),
+        ("http://mm%3Asc:s3%40cr%2Fet@vasp.example/dr", "mm:sc", "s3@cr/et"),
+        ("http://mmsc@vasp.example/dr", "mmsc", ""),
+    ],
+)
+def test_credentials_in_a_delivery_report_url_are_basic_credentials(
+    url, user, password
+):
+    [account] = load(report_url(url)).vasps
+    assert account.delivery_report_url == "http://vasp.example/dr"
+    assert (account.delivery_report_user, account.delivery_report_password) == (
+        user,
+        password,
+    )
+    assert "s3" not in repr(account)
+
+
+@pytest.mark.parametrize(
+    "option", ['delivery_report_user = "u"', 'delivery_report_password = "p"']
+)
+def test_credentials_both_in_the_url_and_apart_are_refused(option):
+    text = report_url("http://mmsc:s3cr3t@vasp.example/dr").replace(
+        "\n}", f"\n {option}\n}}"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(text, "my.conf")
+    assert str(caught.value) == (
+        "my.conf, line 4: delivery_report_url carries credentials "
+        "(user:password@) and delivery_report_user or delivery_report_password "
+        "is set too; keep one"
+    )
 
 
 def test_command_line_endpoints_are_checked_and_named():

@@ -362,7 +362,7 @@ def test_8bit_bytes_in_a_part_header():
     sender = FakeMailSender()
     code, env = post(vasp(sender), body, "multipart/related; boundary=b")
     assert (code, status(env)) == (200, (1000, None))
-    assert sender.sent[0].message.get_body(("plain",)).get_content() == "bonjour\n"  # type: ignore[union-attr]
+    assert sender.sent[0].message.get_body(("plain",)).get_content() == "bonjour"  # type: ignore[union-attr]
 
 
 def _many_parts(count: int, nested: bool = False) -> tuple[str, bytes]:

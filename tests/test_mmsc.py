@@ -377,40 +377,124 @@ def test_hash_password_command_makes_a_hash_the_config_accepts():
     assert env.message.status.code == 1000  # type: ignore[union-attr]
 
 
-def test_reports_say_forwarded_or_rejected():
+class ReportRecorder:
+    """A DeliveryReporter stand-in keeping what it was asked to post."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, m.DeliveryReportReq]] = []
+
+    def report(self, account, request, namespace):
+        self.reports.append((account.name, request))
+
+
+REPORTING = Account("v", "p", delivery_report_url="http://vasp.example/dr")
+ASKING = m.SubmitReq(
+    sender_address=m.Address("777", "ShortCode"),
+    recipients=m.Recipients(
+        to=(m.Address("+1555"),), cc=(m.Address("a@b.example", "RFC2822Address"),)
+    ),
+    delivery_report=True,
+)
+
+
+def test_reports_go_only_for_a_message_id_the_vasp_was_given():
     from mm7tx.errors import MM7Error
     from mm7tx.status import StatusCode
     from mm7tx.transaction import Transaction
 
-    class Recorder:
-        def __init__(self) -> None:
-            self.reports: list[tuple[str, m.DeliveryReportReq]] = []
+    tx = Transaction("t", "/mm7/", account=REPORTING)
+    recorder = ReportRecorder()
 
-        def report(self, account, request, namespace):
-            self.reports.append((account.name, request))
+    def submit(sender: FakeMailSender, request: m.SubmitReq = ASKING):
+        processor = EmailProcessor(sender, RULES, reporter=recorder)  # type: ignore[arg-type]
+        d = processor.submit(request, tx)
+        out: list[object] = []
+        d.addBoth(out.append)
+        return out[0]
 
-    account = Account("v", "p", delivery_report_url="http://vasp.example/dr")
-    tx = Transaction("t", "/mm7/", account=account)
-    request = m.SubmitReq(
-        sender_address=m.Address("777", "ShortCode"),
-        recipients=m.Recipients(to=(m.Address("+1555"),)),
-        delivery_report=True,
-    )
-    recorder = Recorder()
-    EmailProcessor(FakeMailSender(), RULES, reporter=recorder).submit(request, tx)  # type: ignore[arg-type]
-    refusing = FakeMailSender(MM7Error(StatusCode.ADDRESS_ERROR))
-    failed = EmailProcessor(refusing, RULES, reporter=recorder).submit(request, tx)  # type: ignore[arg-type]
-    failed.addErrback(lambda f: f.trap(MM7Error))
-    busy = FakeMailSender(MM7Error(StatusCode.SERVICE_UNAVAILABLE))
-    pending = EmailProcessor(busy, RULES, reporter=recorder).submit(request, tx)  # type: ignore[arg-type]
-    pending.addErrback(lambda f: f.trap(MM7Error))
-    no_report = m.SubmitReq(recipients=request.recipients)
-    EmailProcessor(FakeMailSender(), RULES, reporter=recorder).submit(no_report, tx)  # type: ignore[arg-type]
-    # Forwarded for the accepted one, Rejected for the refused one; nothing for
-    # a transient failure (the VASP will retry) or when no report was asked.
+    answer = submit(FakeMailSender())
+    assert isinstance(answer, m.SubmitRsp)
     assert [(name, r.mm_status) for name, r in recorder.reports] == [
         ("v", "Forwarded"),
-        ("v", "Rejected"),
+        ("v", "Forwarded"),
     ]
+    assert {r.message_id for _, r in recorder.reports} == {answer.message_id}
     assert recorder.reports[0][1].recipient == m.Address("+1555")
     assert recorder.reports[0][1].sender == m.Address("777", "ShortCode")
+    # A fault, permanent (every recipient refused) or transient, told the
+    # VASP no MessageID: nothing to report on.  Nor when none was asked.
+    for error in (StatusCode.ADDRESS_ERROR, StatusCode.SERVICE_UNAVAILABLE):
+        recorder.reports.clear()
+        failure = submit(FakeMailSender(MM7Error(error)))
+        assert isinstance(failure, Failure) and failure.check(MM7Error)
+        assert recorder.reports == []
+    submit(FakeMailSender(), m.SubmitReq(recipients=ASKING.recipients))
+    assert recorder.reports == []
+
+
+def test_a_partial_success_reports_each_recipient_as_the_relay_answered_it():
+    from twisted.internet import defer
+
+    from mm7tx.interfaces import SendResult
+    from mm7tx.transaction import Transaction
+
+    class Partial(FakeMailSender):
+        def send(self, sender, recipients, message):
+            refused = (("a@b.example", 550, "no such user"),)
+            return defer.succeed(SendResult(("1555@to.example",), refused))
+
+    recorder = ReportRecorder()
+    processor = EmailProcessor(Partial(), RULES, reporter=recorder)  # type: ignore[arg-type]
+    tx = Transaction("t", "/mm7/", account=REPORTING)
+    out: list[m.SubmitRsp] = []
+    processor.submit(ASKING, tx).addCallback(out.append)
+    [answer] = out
+    assert answer.status.code == 1100
+    assert [(r.recipient.value, r.mm_status) for _, r in recorder.reports] == [
+        ("+1555", "Forwarded"),
+        ("a@b.example", "Rejected"),
+    ]
+    assert {r.message_id for _, r in recorder.reports} == {answer.message_id}
+
+
+def test_no_report_when_the_vasp_was_gone_before_its_answer():
+    from twisted.internet import defer
+
+    from mm7tx.interfaces import SendResult
+
+    class Held(FakeMailSender):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pending: list[defer.Deferred[SendResult]] = []
+
+        def send(self, sender, recipients, message):
+            d: defer.Deferred[SendResult] = defer.Deferred()
+            self.pending.append(d)
+            return d
+
+    held = Held()
+    recorder = ReportRecorder()
+    processor = EmailProcessor(held, RULES, reporter=recorder)  # type: ignore[arg-type]
+    resource = MM7Resource(
+        processor,
+        "/mm7/",
+        "mmsc",
+        portal=portal_for((REPORTING,), ThreadedReactor()),  # type: ignore[arg-type]
+    )
+    for lose in (False, True):
+        site = Site(build_root({"/mm7/": resource}))
+        channel = site.buildProtocol(IPv4Address("TCP", "1.2.3.4", 1))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        _, body = codec.encode(m.Envelope("t", ASKING))
+        channel.dataReceived(
+            b"POST /mm7/v=p HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+            b"Content-Type: text/xml\r\n\r\n%s" % (len(body), body)
+        )
+        if lose:
+            channel.connectionLost(Failure(ConnectionError("gone")))
+        held.pending.pop().callback(SendResult(("1555@to.example", "a@b.example")))
+        assert (b"SubmitRsp" in transport.value()) is not lose
+    # Reported for the answered one only.
+    assert len(recorder.reports) == 2
+    assert len({r.message_id for _, r in recorder.reports}) == 1

@@ -5,6 +5,7 @@ moves."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from typing import Any
 
@@ -241,15 +242,35 @@ def test_a_report_per_recipient_and_none_unasked(gateway):
     assert len(vasp.reports) == 2
 
 
-def test_a_relay_refusing_for_good_is_reported_rejected(gateway):
+def test_a_relay_refusing_for_good_reports_nothing(gateway):
+    # The fault carries no MessageID: a report on one would be an orphan
+    # (one per retry of the VASP).
     vasp = vasp_at(gateway)
     gateway.relay.refuse("rcpt", 550)
     with pytest.raises(MM7Fault) as caught:
         gateway.result(submit(gateway))
     assert caught.value.status.code == 2002
-    [report] = vasp.reports
-    assert report.mm_status == "Rejected"
-    assert report.message_id  # the MessageID the refused message would have had
+    gateway.advance(60)
+    assert vasp.reports == []
+
+
+def test_a_partial_success_reports_forwarded_and_rejected(gateway):
+    vasp = vasp_at(gateway)
+    two = dataclasses.replace(
+        ASKING,
+        recipients=m.Recipients(
+            to=(m.Address("+15551234567"),),
+            cc=(m.Address("gone@example.com", "RFC2822Address"),),
+        ),
+    )
+    gateway.relay.refuse("rcpt", 550, recipient="gone@example.com")
+    response = gateway.result(submit(gateway, two))
+    assert response.status.code == 1100
+    assert sorted((r.recipient.value, r.mm_status) for r in vasp.reports) == [
+        ("+15551234567", "Forwarded"),
+        ("gone@example.com", "Rejected"),
+    ]
+    assert {r.message_id for r in vasp.reports} == {response.message_id}
 
 
 def test_a_relay_refusing_for_now_reports_nothing(gateway):
@@ -351,3 +372,61 @@ def test_connections_to_the_relay_and_the_vasp_log_no_factory_start_or_stop(gate
     assert gateway.reactor.connections == 0
     lines = [formatEvent(e) for e in events]
     assert not [line for line in lines if "factory" in line.lower()], lines
+
+
+class RecordingVASP(VASP):
+    """A VASP that notes the URI and Authorization of each post."""
+
+    def __init__(self, clock: Any) -> None:
+        super().__init__(clock)
+        self.requests: list[tuple[bytes, bytes | None]] = []
+
+    def render_POST(self, request: Any) -> bytes:
+        self.requests.append((request.uri, request.getHeader(b"authorization")))
+        return super().render_POST(request)
+
+
+def test_credentials_in_the_report_url_are_sent_as_basic_and_never_logged():
+    gateway = MemoryGateway(
+        CONFIG.replace(VASP_URL, "http://mm%3A7:pa%40ss@vasp.test:9000/dr/")
+    )
+    vasp = RecordingVASP(gateway.reactor)
+    site = Site(build_root({"/dr/": vasp}), reactor=gateway.reactor)
+    gateway.reactor.listenTCP(9000, site, interface="127.0.0.1")
+    with capturedLogs() as events:
+        response = gateway.result(submit(gateway))
+    [report] = vasp.reports
+    assert report.message_id == response.message_id
+    [(uri, authorization)] = vasp.requests
+    assert uri == b"/dr/"
+    assert authorization == b"Basic " + base64.b64encode(b"mm:7:pa@ss")
+    lines = [formatEvent(e) for e in events]
+    assert any(response.message_id in line for line in lines)
+    assert not any("pa" + "@ss" in line or "pa%40ss" in line for line in lines)
+
+
+def test_an_unexpected_failure_to_post_a_report_is_logged(gateway, monkeypatch):
+    # A programmatic account may carry credentials in its URL too: the
+    # log shows the URL without them.
+    account = dataclasses.replace(
+        gateway.service.config.vasps[0],
+        delivery_report_url="http://mmsc:s3cr3t@vasp.test:9000/dr/",
+    )
+
+    def broken(self: MM7Client, request: m.DeliveryReportReq) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(MM7Client, "delivery_report", broken)
+    reporter = gateway.service.reporter
+    assert reporter is not None
+    with capturedLogs() as events:
+        posted = reporter.report(
+            account, m.DeliveryReportReq(message_id="M-9", mm_status="Forwarded"), ""
+        )
+    assert result_of(posted) is False
+    [failed] = [e for e in events if e.get("log_failure") is not None]
+    assert formatEvent(failed) == (
+        "Delivery report M-9 to http://vasp.test:9000/dr/ failed: a bug"
+    )
+    assert not any("s3cr3t" in formatEvent(e) for e in events)
+    assert reporter.pending == {}

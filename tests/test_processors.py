@@ -7,6 +7,8 @@ import email.policy
 from copy import deepcopy
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
@@ -135,7 +137,10 @@ def test_deliver_text_and_image_keep_their_bytes(processor, sender):
     result(processor.deliver(req, TX))
     msg = sender.sent[0].message
     assert msg["Subject"] == "\u65e5\u672c Subject"
-    assert msg.get_body(("plain",)).get_content() == "h\u00e9llo\n"  # type: ignore[union-attr]
+    body = msg.get_body(("plain",))
+    assert body.get_content() == "h\u00e9llo"  # type: ignore[union-attr]
+    assert body.get_content_charset() == "iso-8859-1"  # type: ignore[union-attr]
+    assert body.get_payload(decode=True) == "h\u00e9llo".encode("iso-8859-1")  # type: ignore[union-attr]
     jpeg = next(
         p for p in msg.iter_attachments() if p.get_content_type() == "image/jpeg"
     )
@@ -362,9 +367,10 @@ def test_boundaries_are_distinct_and_text_cannot_collide_with_them():
         found = _boundaries(msg)
         assert len(set(found)) == len(found) >= 1
         assert all(b.startswith(processors._BOUNDARY) for b in found)
-    # A text that quotes the boundary line: the email gets fresh boundaries
-    # and parses back with the text whole.
-    hostile = f"--{processors._BOUNDARY}-00\n--{processors._BOUNDARY}-00--\n"
+    # A text that quotes the boundary line (with CRLF line breaks, so that
+    # it goes as it is, not base64): the email gets fresh boundaries and
+    # parses back with the text whole.
+    hostile = f"--{processors._BOUNDARY}-00\r\n--{processors._BOUNDARY}-00--\r\n"
     msg = mms(hostile.encode())
     assert not any(b.startswith(processors._BOUNDARY) for b in _boundaries(msg))
     back = email.message_from_bytes(
@@ -372,5 +378,176 @@ def test_boundaries_are_distinct_and_text_cannot_collide_with_them():
     )
     parts = list(back.iter_parts())
     assert len(parts) == 2
-    assert parts[0].get_content().replace("\r\n", "\n") == hostile
+    assert parts[0]["Content-Transfer-Encoding"] == "7bit"
+    assert parts[0].get_content() == hostile
     assert parts[1].get_content() == b"GIF89a"
+
+
+# Text parts arrive byte for byte ---------------------------------------------
+
+
+def _over_smtp(message) -> email.message.EmailMessage:  # type: ignore[no-untyped-def]
+    """The message as a relay gets it (CRLF line ends, the data ending in
+    one, as the SMTP client makes it), parsed by the email package."""
+    data = wire_bytes(message).replace(b"\n", b"\r\n")
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return email.message_from_bytes(data, policy=email.policy.default)
+
+
+def _texts(message) -> list:  # type: ignore[no-untyped-def, type-arg]
+    return [p for p in message.walk() if p.get_content_maintype() == "text"]
+
+
+TEXTS = [
+    (b"hello", "quoted-printable"),  # no final line break: a soft one
+    (b"hello\r\n", "7bit"),
+    (b"two\r\nlines\r\n\r\n", "7bit"),
+    (b".\r\nFrom me\r\n..\r\n", "7bit"),
+    (b"", "7bit"),
+    (b"a = b \t\r\ntrailing space \r\n", "quoted-printable"),
+    (b"x" * 200 + b"\r\n" + "\u00e9".encode() * 10, "quoted-printable"),
+    ("\u6e2c\u8a66\u2028\u0085\r\n".encode(), "base64"),  # shorter so
+    # A bare LF or CR is no MIME text line break: base64 keeps it.
+    (b"Text from instantcom \xe2\x9c\x93\nline 2", "base64"),
+    (b"bare\rCR\r\n", "base64"),
+    (b"\n", "base64"),
+]
+
+
+@pytest.mark.parametrize("data, cte", TEXTS)
+@pytest.mark.parametrize("alone", [True, False])
+def test_a_text_part_arrives_byte_for_byte(data, cte, alone):
+    processor = EmailProcessor(FakeMailSender(), RULES)
+    parts = [m.ContentPart("text/plain", data, (("charset", "utf-8"),), "t")]
+    if not alone:
+        parts.append(m.ContentPart("image/gif", b"GIF89a", (), "g"))
+    request = m.DeliverReq(sender=m.Address("+1555"), content=tuple(parts))
+    sent = processor.deliver_message(request, TX).message
+    [text] = _texts(_over_smtp(sent))
+    assert text.get_payload(decode=True) == data
+    assert text.get_content_charset() == "utf-8"
+    assert text["Content-Transfer-Encoding"] == cte
+
+
+@given(
+    text=st.lists(
+        st.sampled_from(
+            [
+                *("a", " ", "\t", "=", ".", "From ", "\r\n", "\n", "\r"),
+                *("\u00e9", "\u2713", "\x00", "\x85", "\u2028", "x" * 80, "-" * 30),
+            ]
+        ),
+        max_size=40,
+    ).map("".join),
+    charset=st.sampled_from([None, "utf-8", "iso-8859-1", "utf-16", "shift_jis"]),
+    alone=st.booleans(),
+)
+@settings(max_examples=200, deadline=None)
+def test_text_parts_decode_to_their_bytes(text, charset, alone):
+    try:
+        data = text.encode(charset or "utf-8")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8")
+        charset = "utf-8"
+    processor = EmailProcessor(FakeMailSender(), RULES)
+    params = (("charset", charset),) if charset else ()
+    parts = [m.ContentPart("text/plain", data, params, "t")]
+    if not alone:
+        parts.append(m.ContentPart("image/gif", b"GIF89a", (), "g"))
+    request = m.DeliverReq(sender=m.Address("+1555"), content=tuple(parts))
+    sent = processor.deliver_message(request, TX).message
+    [back] = _texts(_over_smtp(sent))
+    assert back.get_payload(decode=True) == data
+    assert back.get_content_charset() == (charset or "utf-8")
+    # What the Maildir sender writes (LF line ends) reads back as the same
+    # text, line breaks in the local convention.
+    [local] = _texts(
+        email.message_from_bytes(wire_bytes(sent), policy=email.policy.default)
+    )
+    assert local.get_content().replace("\r\n", "\n") == text.replace("\r\n", "\n")
+
+
+# No empty X-MM7-* headers ------------------------------------------------------
+
+BLANK = "\r\n"  # nothing once cleaned
+
+
+def _blank_requests() -> list[tuple[str, object]]:
+    parts = (
+        m.ContentPart("text/plain", b"hi", (), BLANK),
+        m.ContentPart("no type", b"\x00", (), None),
+    )
+    recipients = m.Recipients(to=(m.Address("+1555"),))
+    return [
+        (
+            "deliver",
+            m.DeliverReq(
+                sender=m.Address("+1666"),
+                recipients=recipients,
+                linked_id=BLANK,
+                mms_relay_server_id=" ",
+                vasp_id="",
+                vas_id=BLANK,
+                priority=BLANK,
+                content=parts,
+            ),
+        ),
+        (
+            "submit",
+            m.SubmitReq(
+                sender_address=m.Address("+1666"),
+                recipients=recipients,
+                vasp_id=BLANK,
+                vas_id="",
+                service_code=" ",
+                linked_id=BLANK,
+                priority=BLANK,
+                content=parts,
+            ),
+        ),
+        (
+            "delivery_report",
+            m.DeliveryReportReq(
+                message_id=BLANK,
+                recipient=m.Address("+1555"),
+                sender=m.Address("+1666"),
+                mms_relay_server_id=BLANK,
+                mm_status="Retrieved",
+                status_text=BLANK,
+            ),
+        ),
+        (
+            "read_reply",
+            m.ReadReplyReq(
+                message_id=BLANK,
+                recipient=m.Address("+1555"),
+                sender=m.Address("+1666"),
+                mms_relay_server_id=BLANK,
+                mm_status="Read",
+                status_text=" ",
+            ),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("kind, request_", _blank_requests())
+@pytest.mark.parametrize("transaction_id", ["", BLANK])
+def test_no_empty_x_mm7_header_in_any_email(
+    processor, sender, kind, request_, transaction_id
+):
+    tx = Transaction(transaction_id, "/p/", account=None)
+    result(getattr(processor, kind)(request_, tx))
+    [mail] = sender.sent
+    written = email.message_from_bytes(
+        wire_bytes(mail.message), policy=email.policy.default
+    )
+    fields = [
+        (name, str(value))
+        for part in written.walk()
+        for name, value in part.items()
+        if name.lower().startswith("x-mm7-")
+    ]
+    assert ("X-MM7-Path", "/p/") in fields  # the check sees X-MM7-* headers
+    assert [(name, value) for name, value in fields if not value.strip()] == []
+    assert "X-MM7-TransactionID" not in dict(fields)

@@ -109,7 +109,7 @@ def test_1000_only_once_the_relay_said_250_with_the_mail_recorded(gateway):
     assert mail.sender == "447700900123@from.example"
     assert mail.recipients == ["7255@to.example"]
     assert mail.message["Subject"] == "Entry"
-    assert mail.message.get_body(("plain",)).get_content() == "my photo\n"
+    assert mail.message.get_body(("plain",)).get_content() == "my photo"
 
 
 def test_a_hang_after_the_data_is_never_1000(gateway):
