@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,11 +22,17 @@ from twisted.logger import capturedLogs, formatEvent
 from mm7tx import codec
 from mm7tx import messages as m
 from mm7tx.auth import hash_password
-from mm7tx.client import HTTPError
+from mm7tx.client import HTTPError, TimedOut
 from mm7tx.config import Config, load
 from mm7tx.processors import EmailProcessor
 from mm7tx.service import IMM7Reactor, build_service
-from mm7tx.testing import MemoryGateway, MemoryReactor, MemorySMTPRelay, fired
+from mm7tx.testing import (
+    MemoryGateway,
+    MemoryReactor,
+    MemorySMTPRelay,
+    fired,
+    result_of,
+)
 from tests.processes import free_port, wait_for_port
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
@@ -413,3 +420,20 @@ def test_sighup_to_the_real_twistd_adds_an_account(tmp_path: Path) -> None:
         'VASP "vasp3" needs a password (or name it by an IP address)'
     ) in output_text
     assert len(list((tmp_path / "Maildir" / "new").iterdir())) == 3
+
+
+def test_a_stop_closes_the_senders_of_earlier_configurations_too() -> None:
+    Held.waiting.clear()
+    gateway = MemoryGateway(config("old.example", HELD))
+    old_sender = gateway.sender
+    held = gateway.client("/vasp/").deliver(DELIVER)
+    gateway.flush()
+    assert gateway.reload(config("new.example", HELD + "\nsmtp_helo = new.example"))
+    with capturedLogs() as events:
+        gateway.stop()  # the held transaction outlives the drain
+    assert "Stopped with 1 transactions still in flight" in logged(events)
+    for sender in (old_sender, gateway.sender):
+        refused = sender.send("a@example.com", ["b@example.com"], EmailMessage())
+        assert "stopping" in str(result_of(refused.addErrback(lambda f: f.value)))
+    # Its client gave up waiting (its own 30 s), having had no answer.
+    assert isinstance(result_of(held.addErrback(lambda f: f.value)), TimedOut)
