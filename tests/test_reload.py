@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.logger import capturedLogs, formatEvent
 
 from mm7tx import codec
 from mm7tx import messages as m
 from mm7tx.auth import hash_password
-from mm7tx.client import HTTPError, TimedOut
+from mm7tx.client import HTTPError, MM7Fault, TimedOut
 from mm7tx.config import Config, load
 from mm7tx.processors import EmailProcessor
 from mm7tx.service import IMM7Reactor, build_service
@@ -437,3 +438,60 @@ def test_a_stop_closes_the_senders_of_earlier_configurations_too() -> None:
         assert "stopping" in str(result_of(refused.addErrback(lambda f: f.value)))
     # Its client gave up waiting (its own 30 s), having had no answer.
     assert isinstance(result_of(held.addErrback(lambda f: f.value)), TimedOut)
+
+
+def smtp_connections(gateway: MemoryGateway) -> float:
+    """The ``mm7tx_smtp_connections`` gauge, as scraped."""
+    text = gateway.get("/metrics").body.decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "mm7tx_smtp_connections":
+                return float(sample.value)
+    raise AssertionError("no mm7tx_smtp_connections")
+
+
+def test_metrics_and_readyz_follow_the_new_relay_settings() -> None:
+    gateway = MemoryGateway(config(), metrics=True)
+    # A message in flight on the old sender: the relay never answers its end.
+    gateway.relay.hang("end")
+    answer = gateway.client("/vasp/", timeout=300).deliver(DELIVER)
+    gateway.flush()
+    old_sender = gateway.sender
+    assert old_sender.connections == 1
+    assert gateway.reload(config(extra="smtp_helo = new.example"))
+    watch = gateway.service.relay_watch
+    assert watch is not None and watch.sender is gateway.sender
+    assert smtp_connections(gateway) == 1  # the old sender's session counts
+    gateway.advance(30)  # its relay timeout: 4006, and the old sender closes
+    with pytest.raises(MM7Fault) as fault:
+        gateway.result(answer)
+    assert fault.value.status.code == 4006
+    gateway.advance(10)
+    assert old_sender.connections == 0 and smtp_connections(gateway) == 0
+    # /readyz now watches the new sender's relay.
+    assert gateway.get("/readyz").code == 200
+    gateway.relay.stop()
+    gateway.advance(10)
+    assert gateway.get("/readyz").code == 503
+    gateway.stop()
+
+
+def test_a_maildir_that_cannot_be_written_changes_nothing(tmp_path: Path) -> None:
+    reactor = MemoryReactor()
+    text = config().replace("tcp:relay.test:25", f"maildir:{tmp_path / 'Maildir'}")
+    service = build_service(load(text, "a.conf"), cast(IMM7Reactor, reactor))
+    service.startService()
+    sender = service.sender
+    (tmp_path / "file").write_text("")
+    bad = text.replace(str(tmp_path / "Maildir"), str(tmp_path / "file" / "Maildir"))
+    with capturedLogs() as events:
+        assert not service.reload_from(lambda: load(bad, "a.conf"))
+    assert logged(events) == [
+        f"Not reloading a.conf: cannot deliver into the Maildir "
+        f"{tmp_path / 'file' / 'Maildir'}: Not a directory; the running "
+        "configuration is kept"
+    ]
+    assert service.sender is sender
+    stopped = service.stopService()
+    reactor.flush()
+    assert fired(stopped)
