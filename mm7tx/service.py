@@ -373,14 +373,14 @@ class MM7Service(service.MultiService):
         transactions under way finish with the objects they started with,
         and a mail sender no longer used (the relay settings changed) is
         closed once they are done, its sessions not cut.  The listeners
-        (endpoints, TLS, access lists) stay: a change to them is logged as
-        needing a restart.
+        (endpoints, TLS, access lists, ``metrics_listen``) stay: a change to
+        them is logged as needing a restart.
 
         Kept across reloads: the listeners and their connections, the bound
         on transactions in flight (old and new count together, and the drain
         waits for both), the failed-login counts, the rate limiters'
         buckets, the bound on scrypt checks, the delivery reports being
-        posted, and the mail sender if the relay settings are the same (its
+        posted, the metrics and the mail sender if the relay settings are the same (its
         sessions stay open); the new limits apply to each.
         """
         if self.gate.closed:
