@@ -33,16 +33,27 @@ class TransactionGate:
     Past ``limit`` a new transaction is refused at once (the resource answers
     4006) rather than queued without end; once :meth:`close` is called no new
     one is taken, and :meth:`drained` fires when the last one has finished.
+
+    A gate ``within`` another takes each place in that one too (its limit and
+    its closing apply) and counts its own: the transactions of one
+    configuration, which a reload lets finish with the objects they started
+    with (:meth:`drained` fires once those alone are done).
     """
 
-    def __init__(self, limit: int = 200) -> None:
+    def __init__(self, limit: int = 200, within: TransactionGate | None = None) -> None:
         self.limit = limit
+        self.within = within
         self.in_flight = 0
         self.closed = False
         self._waiting: list[defer.Deferred[None]] = []
 
     def enter(self) -> str | None:
         """Take a place; or the reason there is none."""
+        if self.within is not None:
+            refused = self.within.enter()
+            if refused is None:
+                self.in_flight += 1
+            return refused
         if self.closed:
             return "the server is shutting down"
         if self.in_flight >= self.limit:
@@ -51,6 +62,8 @@ class TransactionGate:
         return None
 
     def leave(self) -> None:
+        if self.within is not None:
+            self.within.leave()
         self.in_flight -= 1
         if self.in_flight == 0:
             waiting, self._waiting = self._waiting, []

@@ -9,7 +9,9 @@ resource tree alone, to mount in another site.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service, strports
@@ -29,13 +31,15 @@ from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 from twisted.web import http
 from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 from mm7tx import __version__
 from mm7tx.auth import SCRYPT_CONCURRENCY, ListenerGuard, portal_for
-from mm7tx.config import Config, listens_beyond_loopback
+from mm7tx.config import Config, ConfigError, listens_beyond_loopback
 from mm7tx.health import Alive, Checkable, Ready, RelayWatch
 from mm7tx.interfaces import IMailSender
 from mm7tx.limits import LoginThrottle, RateLimiter, TransactionGate
+from mm7tx.maildir import MaildirError
 from mm7tx.metrics import Metrics, MetricsPage
 from mm7tx.processors import EmailProcessor
 from mm7tx.reports import DeliveryReporter
@@ -93,6 +97,10 @@ def build_resources(
     gate: TransactionGate | None = None,
     reporter: DeliveryReporter | None = None,
     metrics: Metrics | None = None,
+    *,
+    throttle: LoginThrottle | None = None,
+    limiter: RateLimiter | None = None,
+    scrypt: defer.DeferredSemaphore | None = None,
 ) -> dict[str, Resource]:
     """One :class:`MM7Resource` per configured VASP and MMSC path.
 
@@ -100,14 +108,17 @@ def build_resources(
     flight), one bound on scrypt checks and one count of failed logins per
     address; MMSC paths share one Portal over the VASP accounts, VASP paths
     one over the MMSC accounts (none, and so open, without any), one rate
-    limiter on the reactor's clock and one delivery reporter (made on the
-    reactor unless given).  ``metrics``, if given, counts their requests.
+    limiter on the reactor's clock and one delivery reporter.  Each of the
+    shared objects is made here unless given (a reload gives the running
+    ones).  ``metrics``, if given, counts their requests.
     """
     gate = gate if gate is not None else TransactionGate(config.max_transactions)
-    scrypt = defer.DeferredSemaphore(SCRYPT_CONCURRENCY)
-    throttle = LoginThrottle(
-        reactor, config.max_failed_logins, lockout=config.login_lockout
-    )
+    if scrypt is None:
+        scrypt = defer.DeferredSemaphore(SCRYPT_CONCURRENCY)
+    if throttle is None:
+        throttle = LoginThrottle(
+            reactor, config.max_failed_logins, lockout=config.login_lockout
+        )
     resources: dict[str, Resource] = {}
     mmsc_portal = (
         portal_for(config.mmscs, reactor, mmsc=True, scrypt=scrypt)
@@ -130,7 +141,7 @@ def build_resources(
         )
     if config.mmsc_paths:
         portal = portal_for(config.vasps, reactor, scrypt=scrypt)
-        limiter = RateLimiter(reactor)
+        limiter = limiter if limiter is not None else RateLimiter(reactor)
         if reporter is None:
             reporter = DeliveryReporter(
                 reactor, attempts=config.delivery_report_attempts, metrics=metrics
@@ -175,6 +186,64 @@ def useless_parts(config: Config) -> list[str]:
     return found
 
 
+class _Generation:
+    """One configuration's objects, as a reload swaps them: its resource
+    tree (paths, accounts, processors) and the mail sender its processors
+    hold; and what still uses them: the requests routed into the tree and
+    not finished, and the transactions in its gate."""
+
+    def __init__(
+        self, config: Config, sender: IMailSender, root: Resource, gate: TransactionGate
+    ) -> None:
+        self.config = config
+        self.sender = sender
+        self.root = root
+        self.gate = gate
+        self.resource = _Routing(self)
+        self.requests = 0
+        self._idle: list[defer.Deferred[None]] = []
+
+    def routed(self, request: Request) -> None:
+        self.requests += 1
+        request.notifyFinish().addBoth(self._finished)
+
+    def _finished(self, _: object) -> None:
+        self.requests -= 1
+        if not self.requests:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    async def done(self) -> None:
+        """Once no request and no transaction uses these objects: a request
+        still authenticating has not entered the gate yet, and a transaction
+        whose client went away is no request any more."""
+        while self.requests or self.gate.in_flight:
+            if self.gate.in_flight:
+                await self.gate.drained()
+            else:
+                idle: defer.Deferred[None] = defer.Deferred()
+                self._idle.append(idle)
+                await idle
+
+
+class _Routing(Resource):
+    """The site's resource: a generation's tree, each request routed into it
+    counted until it finishes."""
+
+    def __init__(self, generation: _Generation) -> None:
+        super().__init__()
+        self.generation = generation
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:  # type: ignore[override]
+        self.generation.routed(request)
+        child: Resource = self.generation.root.getChildWithDefault(path, request)
+        return child
+
+    def render(self, request: Request) -> Any:
+        return self.generation.root.render(request)
+
+
 class MM7Service(service.MultiService):
     """The listeners of one mm7tx configuration, and what they share.
 
@@ -189,56 +258,255 @@ class MM7Service(service.MultiService):
     :mod:`mm7tx.health`), listening once started and until the very end of
     the stop, so that ``/readyz`` says it drains.  That listener failing to
     listen is logged as an error, and the MM7 service runs on without it.
+
+    :meth:`reload` swaps in a new configuration (see there).  With ``root``
+    None the service builds the resource tree from ``config``; a tree built
+    elsewhere counts its transactions in ``gate`` alone, so a reload that
+    changes the relay closes its sender once that whole gate is drained.
     """
 
     def __init__(
         self,
         config: Config,
         sender: IMailSender,
-        root: Resource,
+        root: Resource | None,
         gate: TransactionGate,
         reactor: IMM7Reactor,
         reporter: DeliveryReporter | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
-        self.config = config
-        self.sender = sender
-        self.root = root
         self.gate = gate
         self.reactor = reactor
         self.reporter = reporter
+        self.metrics = metrics
+        # Kept across reloads, with the new limits set on them.
+        self.throttle = LoginThrottle(
+            reactor, config.max_failed_logins, lockout=config.login_lockout
+        )
+        self.limiter = RateLimiter(reactor)
+        self.scrypt = defer.DeferredSemaphore(SCRYPT_CONCURRENCY)
+        self._load: Callable[[], Config] | None = None
+        # SIGHUP's handler before ours, while ours is installed.
+        self._previous_sighup: list[Any] = []
+        self._retiring: list[_Generation] = []
+        if root is None:
+            self._current = self._generation(config, sender)
+        else:
+            self._current = _Generation(config, sender, root, gate)
         self.site = MM7Site(
-            root,
+            self._current.resource,
             reactor,
             max_request_size=config.max_request_size,
             request_timeout=config.request_timeout,
             idle_timeout=config.idle_timeout,
             max_connections_per_address=config.max_connections_per_address,
         )
+        self._listeners: list[Listener] = []
         for index, endpoint in enumerate(config.listen):
-            factory: Any = Listener(self.site, endpoint, config.max_connections)
+            listener = Listener(self.site, endpoint, config.max_connections)
+            self._listeners.append(listener)
+            factory: Any = listener
             access = config.access_for(index)
             if access.allow or access.deny:
                 factory = ListenerGuard(
                     factory, access, proxied=endpoint.startswith("haproxy:")
                 )
             strports.service(endpoint, factory, reactor=reactor).setServiceParent(self)
-        self.metrics = metrics
         self.relay_watch: RelayWatch | None = None
         self.monitor: MM7Site | None = None
         self._monitor_port: defer.Deferred[IListeningPort] | None = None
         if metrics is not None:
-            metrics.watch(
-                lambda: gate.in_flight,
-                (lambda: sender.connections)
-                if hasattr(sender, "connections")
-                else None,
-            )
+            metrics.watch(lambda: gate.in_flight, self._smtp_connections)
         if metrics is not None and config.metrics_listen is not None:
             if isinstance(sender, Checkable):
                 self.relay_watch = RelayWatch(reactor, sender)
             self.monitor = _MonitorSite(monitor_root(metrics, self.problem), reactor)
+
+    def _smtp_connections(self) -> float:
+        """SMTP sessions open, those of earlier configurations' senders still
+        finishing their transactions included."""
+        senders = [self.sender] + [g.sender for g in self._retiring]
+        return float(sum(getattr(sender, "connections", 0) for sender in senders))
+
+    @property
+    def config(self) -> Config:
+        """The configuration new transactions get."""
+        return self._current.config
+
+    @property
+    def sender(self) -> IMailSender:
+        """The mail sender of new transactions."""
+        return self._current.sender
+
+    @property
+    def root(self) -> Resource:
+        """The resource tree of new requests."""
+        return self._current.root
+
+    def _generation(self, config: Config, sender: IMailSender) -> _Generation:
+        gate = TransactionGate(within=self.gate)
+        if config.mmsc_paths and self.reporter is None:
+            self.reporter = DeliveryReporter(
+                self.reactor,
+                attempts=config.delivery_report_attempts,
+                metrics=self.metrics,
+            )
+        resources = build_resources(
+            config,
+            sender,
+            self.reactor,
+            gate,
+            self.reporter,
+            self.metrics,
+            throttle=self.throttle,
+            limiter=self.limiter,
+            scrypt=self.scrypt,
+        )
+        return _Generation(config, sender, build_root(resources), gate)
+
+    def reload(self, config: Config) -> bool:
+        """Apply ``config`` to the transactions from now on; whether it was.
+
+        Paths, accounts, processors, limits and the relay settings are built
+        anew and swapped in at once (the site's resource); the requests and
+        transactions under way finish with the objects they started with,
+        and a mail sender no longer used (the relay settings changed) is
+        closed once they are done, its sessions not cut.  The listeners
+        (endpoints, TLS, access lists, ``metrics_listen``) stay: a change to
+        them is logged as needing a restart.
+
+        Kept across reloads: the listeners and their connections, the bound
+        on transactions in flight (old and new count together, and the drain
+        waits for both), the failed-login counts, the rate limiters'
+        buckets, the bound on scrypt checks, the delivery reports being
+        posted, the metrics and the mail sender if the relay settings are the same (its
+        sessions stay open); the new limits apply to each.
+        """
+        if self.gate.closed:
+            log.warn(
+                "Not reloading {source}: the service is stopping",
+                source=config.source,
+            )
+            return False
+        running = self._current
+        changed = _listener_changes(running.config, config)
+        if changed:
+            log.warn(
+                "Reloading {source}: {changed} changed, which takes a restart; "
+                "the running listeners are kept",
+                source=config.source,
+                changed=" and ".join(changed),
+            )
+        # The running listeners, which a later reload compares with.
+        config = replace(
+            config,
+            listen=running.config.listen,
+            listen_origins=running.config.listen_origins,
+            listen_access=running.config.listen_access,
+            metrics_listen=running.config.metrics_listen,
+        )
+        fresh: IMailSender | None = None
+        try:
+            if config.smtp != running.config.smtp:
+                fresh = sender_for(self.reactor, config.smtp, self.metrics)
+            new = self._generation(config, fresh or running.sender)
+        except MaildirError as e:
+            log.error(
+                "Not reloading {source}: {error}; the running configuration is kept",
+                source=config.source,
+                error=str(e),
+            )
+            return False
+        except Exception:
+            log.failure(
+                "Not reloading {source}: the running configuration is kept",
+                source=config.source,
+            )
+            if fresh is not None:
+                fresh.close()
+            return False
+        self.gate.limit = config.max_transactions
+        self.throttle.max_failures = config.max_failed_logins
+        self.throttle.lockout = config.login_lockout
+        if self.reporter is not None:
+            self.reporter.attempts = config.delivery_report_attempts
+        self.site.set_limits(
+            config.max_request_size,
+            config.request_timeout,
+            config.idle_timeout,
+            config.max_connections_per_address,
+        )
+        for listener in self._listeners:
+            listener.max_connections = config.max_connections
+        self.site.resource = new.resource
+        self._current = new
+        if fresh is not None:
+            self._retiring.append(running)
+            defer.ensureDeferred(self._retire(running))
+            self._watch_relay(fresh)
+        log.info(
+            "Reloaded {source}: VASP paths {paths}, MMSC paths {mmsc} for "
+            "{accounts} VASP accounts, mail to {mail}",
+            source=config.source,
+            paths=" ".join(config.vasp_paths) or "-",
+            mmsc=" ".join(config.mmsc_paths) or "-",
+            accounts=len(config.vasps),
+            mail=new.sender.description,
+        )
+        for warning in useless_parts(config):
+            log.warn("{warning}", warning=warning)
+        return True
+
+    def _watch_relay(self, sender: IMailSender) -> None:
+        """``/readyz`` from now on says whether this sender's relay answers."""
+        if self.monitor is None:
+            return
+        if self.relay_watch is not None:
+            self.relay_watch.stop()
+        self.relay_watch = (
+            RelayWatch(self.reactor, sender) if isinstance(sender, Checkable) else None
+        )
+        if self.relay_watch is not None and self._monitor_port is not None:
+            self.relay_watch.start()
+
+    def reload_from(self, load: Callable[[], Config]) -> bool:
+        """Reload what ``load`` returns (the file read again); a mistake in
+        it (a :class:`ConfigError`: file, line, reason) is logged and leaves
+        the running configuration in place.  Whether it reloaded."""
+        try:
+            config = load()
+        except ConfigError as e:
+            log.error(
+                "Not reloading, the running configuration is kept: {error}",
+                error=str(e),
+            )
+            return False
+        return self.reload(config)
+
+    def reload_on_sighup(self, load: Callable[[], Config]) -> None:
+        """While the service runs, SIGHUP reloads what ``load`` returns.
+
+        Only when asked (``twistd mm7`` asks): an application that embeds
+        mm7tx keeps its signals, and may call :meth:`reload` itself.
+        """
+        self._load = load
+
+    async def _retire(self, generation: _Generation) -> None:
+        await generation.done()
+        if generation in self._retiring:  # not closed by a stop meanwhile
+            self._retiring.remove(generation)
+            await generation.sender.close()
+            log.info(
+                "Closed the previous configuration's {mail}",
+                mail=generation.sender.description,
+            )
+
+    def _sighup(self, signum: int, frame: object) -> None:
+        # A signal handler: nothing here but handing it to the reactor.
+        load = self._load
+        if load is not None:
+            self.reactor.callFromThread(self.reload_from, load)
 
     def problem(self) -> str | None:
         """Why the service is not ready for MM7 traffic, or None: what
@@ -316,6 +584,10 @@ class MM7Service(service.MultiService):
                 paths=" ".join(self.config.vasp_paths),
                 listen=", ".join(open_to),
             )
+        if self._load is not None and hasattr(signal, "SIGHUP"):
+            previous = signal.signal(signal.SIGHUP, self._sighup)
+            # None: a handler not set from Python, which cannot be put back.
+            self._previous_sighup = [signal.SIG_DFL if previous is None else previous]
         super().startService()
         self._start_monitor()
 
@@ -360,8 +632,32 @@ class MM7Service(service.MultiService):
             )
             cutting = self.site.close_connections(abort=True)
             await _within(self.reactor, cutting, self.reactor.seconds() + 1)
+        # The senders of earlier configurations not yet closed too.
+        retiring, self._retiring = self._retiring, []
+        for generation in retiring:
+            await generation.sender.close()
         await self.sender.close()
         await self._stop_monitor()
+        # Ours until here: a SIGHUP while draining is no reason to die.
+        if self._previous_sighup:
+            signal.signal(signal.SIGHUP, self._previous_sighup.pop())
+
+
+def _listener_changes(running: Config, new: Config) -> list[str]:
+    """What of the listeners differs in ``new``, in the file's words."""
+    changes = []
+    if new.listen != running.listen:
+        changes.append(
+            f"Listen ({', '.join(running.listen)} -> {', '.join(new.listen)})"
+        )
+    if new.listen_access != running.listen_access:
+        changes.append("always_allow/always_deny")
+    if new.metrics_listen != running.metrics_listen:
+        changes.append(
+            f"metrics_listen ({running.metrics_listen or 'none'} -> "
+            f"{new.metrics_listen or 'none'})"
+        )
+    return changes
 
 
 async def _within(
@@ -417,13 +713,4 @@ def build_service(config: Config, reactor: IMM7Reactor) -> MM7Service:
     metrics = Metrics() if config.metrics_listen is not None else None
     sender = sender_for(reactor, config.smtp, metrics)
     gate = TransactionGate(config.max_transactions)
-    reporter = (
-        DeliveryReporter(
-            reactor, attempts=config.delivery_report_attempts, metrics=metrics
-        )
-        if config.mmsc_paths
-        else None
-    )
-    resources = build_resources(config, sender, reactor, gate, reporter, metrics)
-    root = build_root(resources)
-    return MM7Service(config, sender, root, gate, reactor, reporter, metrics)
+    return MM7Service(config, sender, None, gate, reactor, metrics=metrics)

@@ -246,11 +246,8 @@ class MM7Site(server.Site):
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     ) -> None:
-        request = type("Request", (LimitedRequest,), {"max_size": max_request_size})
         super().__init__(
             resource,
-            requestFactory=request,
-            timeout=idle_timeout,
             logFormatter=access_log_formatter,
             reactor=reactor,
             # MM7 is never an HTML form: without this, Twisted parses the
@@ -258,12 +255,29 @@ class MM7Site(server.Site):
             # transaction in a profile) to look for one.
             parsePOSTFormSubmission=False,
         )
-        self.request_timeout = request_timeout
-        self.max_connections_per_address = max_connections_per_address
+        self.set_limits(
+            max_request_size, request_timeout, idle_timeout, max_connections_per_address
+        )
         self.channels: set[MM7Channel] = set()
         self._closed: list[defer.Deferred[None]] = []
         self._by_address: dict[str, int] = {}
         self._refusing: set[str] = set()  # addresses at their bound, logged
+
+    def set_limits(
+        self,
+        max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    ) -> None:
+        """The limits, for the requests and connections from now on (a
+        reload changes them; those under way keep theirs)."""
+        self.requestFactory = type(  # type: ignore[assignment]
+            "Request", (LimitedRequest,), {"max_size": max_request_size}
+        )
+        self.timeOut = idle_timeout
+        self.request_timeout = request_timeout
+        self.max_connections_per_address = max_connections_per_address
 
     def buildProtocol(self, addr: IAddress) -> MM7Channel | None:  # type: ignore[override]
         """A channel, or None (the port then closes the connection at once)

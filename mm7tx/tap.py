@@ -4,7 +4,8 @@ A mistake stops ``twistd`` with one line naming where and why: a bad
 ``--config`` file (file, line, reason), a bad ``--listen`` or
 ``--smtp-relay`` (the option and the reason), or a port that cannot be
 listened on (the endpoint and the reason), instead of the usage text or a
-traceback.
+traceback.  SIGHUP reads the file again and reloads it (with the same
+command-line overrides); a mistake in it then is logged and changes nothing.
 """
 
 from __future__ import annotations
@@ -221,5 +222,14 @@ def makeService(options: Options) -> IService:
     except MaildirError as e:
         origin = "--smtp-relay" if options["smtp-relay"] else config.source
         raise SystemExit(f"{origin}: {e}") from None
+    built.reload_on_sighup(lambda: load_config(options))
     built.setServiceParent(wrapper)
     return wrapper
+
+
+def load_config(options: Options) -> Config:
+    """The configuration as ``options`` say: the ``--config`` file read (now:
+    again on SIGHUP), with ``--listen`` and ``--smtp-relay`` over it."""
+    path = options["config"]
+    config = load_file(path) if path else EMBEDDED
+    return with_overrides(config, options["listen"], options["smtp-relay"])

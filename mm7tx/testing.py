@@ -1029,7 +1029,8 @@ class MemoryGateway:
     10 s; without, nothing listens there and nothing checks the relay.
 
     Nothing moves until the test calls :meth:`flush` or :meth:`advance`
-    (:meth:`post` and :meth:`result` flush for you).
+    (:meth:`post` and :meth:`result` flush for you).  :meth:`reload` swaps
+    in another configuration as SIGHUP does.
     """
 
     def __init__(
@@ -1049,24 +1050,58 @@ class MemoryGateway:
         self.relay = MemorySMTPRelay(
             self.reactor, pipelining=pipelining, smtputf8=smtputf8
         )
-        smtp_settings = dataclasses.replace(config.smtp, endpoint=self.relay.endpoint)
-        self.config = dataclasses.replace(
-            config,
-            smtp=smtp_settings,
-            metrics_listen=config.metrics_listen if metrics else None,
+        self._metrics = metrics
+        self.service = build_service(
+            self._to_relay(config), cast("IMM7Reactor", self.reactor)
         )
-        self.service = build_service(self.config, cast("IMM7Reactor", self.reactor))
         self.site = self.service.site
-        self.root = self.service.root
-        sender = self.service.sender
-        assert isinstance(sender, ESMTPSender)
-        self.sender = sender
         self.service.startService()
         if metrics:
             self.flush()  # the relay check at start
+        self._processor = processor
         if processor is not None:
             self._use(processor)
         self.url = self._base_url()
+
+    def _to_relay(self, config: Config) -> Config:
+        smtp_settings = dataclasses.replace(config.smtp, endpoint=self.relay.endpoint)
+        return dataclasses.replace(
+            config,
+            smtp=smtp_settings,
+            metrics_listen=config.metrics_listen if self._metrics else None,
+        )
+
+    @property
+    def config(self) -> Config:
+        """The running configuration (its relay this gateway's)."""
+        return self.service.config
+
+    @property
+    def root(self) -> Resource:
+        """The resource tree new requests go to."""
+        return self.service.root
+
+    @property
+    def sender(self) -> ESMTPSender:
+        """The pooled ESMTP sender of new transactions."""
+        sender = self.service.sender
+        assert isinstance(sender, ESMTPSender)
+        return sender
+
+    def reload(self, config: Config | str, source: str = "<MemoryGateway>") -> bool:
+        """Reload as SIGHUP does, with ``config`` or its text (read as the
+        file ``source``; a mistake in it is logged and changes nothing);
+        whether it reloaded.  The relay stays this gateway's, and a
+        ``processor`` given at the start serves again."""
+
+        def read() -> Config:
+            loaded = load(config, source) if isinstance(config, str) else config
+            return self._to_relay(loaded)
+
+        reloaded = self.service.reload_from(read)
+        if reloaded and self._processor is not None:
+            self._use(self._processor)
+        return reloaded
 
     def _use(self, processor: Any) -> None:
         for resource in _mm7_resources(self.root):
