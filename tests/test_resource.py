@@ -97,7 +97,7 @@ def test_bad_input_is_a_soap_fault_and_sends_nothing():
     cases = [
         (b"<not xml", "text/xml", 2007),
         (b'<!DOCTYPE x [<!ENTITY a "b">]><Envelope/>', "text/xml", 2007),
-        (b"plain words", "text/plain", 2007),
+        (b"plain words", "text/plain", 4004),  # not XML: no envelope
         (b"\x00\x01", "image/png", 4004),
         (b"--x\r\n\r\nhi\r\n", "multipart/related; boundary=y", 4004),
     ]
