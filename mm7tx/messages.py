@@ -312,7 +312,11 @@ RESPONSE_FOR: dict[type[Request], type[Response]] = {
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """A whole MM7 message: the SOAP header's TransactionID, the MM7 namespace
-    the peer used, and the request or response in the body."""
+    the peer used, and the request or response in the body.
+
+    ``mm7_version`` is the text of the message's MM7Version element as
+    received, None when it had none (the message's own ``mm7_version`` then
+    holds the default); it is not read when encoding."""
 
     transaction_id: str
     message: Request | Response
@@ -320,6 +324,7 @@ class Envelope:
     fault_code: str | None = None
     fault_string: str | None = None
     content_href: str | None = None
+    mm7_version: str | None = None
 
     @property
     def is_fault(self) -> bool:

@@ -181,7 +181,7 @@ def test_submit_round_trip_is_parsed_back_identically():
     ns = "REL-5-MM7-1-2"
     client = gateway.client("/mm7/", ("vasp1", "pw"), namespace=ns, mm7_version="5.3.0")
     response = gateway.result(client.submit(SUBMIT))
-    assert response == m.SubmitRsp(m.Status(1000, "Success"), "6.8.0", "MID-1")
+    assert response == m.SubmitRsp(m.Status(1000, "Success"), "5.3.0", "MID-1")
     second = gateway.result(client.submit(SUBMIT))
     assert second.message_id == "MID-2"
     [(got, transaction), _] = mmsc.requests

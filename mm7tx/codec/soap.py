@@ -443,12 +443,14 @@ def parse_envelope(
     if namespace == SOAP_ENV:
         namespace = m.DEFAULT_NAMESPACE
     message, href = parse_body(payload)
+    version = _child(payload, "MM7Version")
     envelope = m.Envelope(
         transaction_id=transaction_id,
         message=message,
         namespace=namespace,
         fault_code=fault_code,
         fault_string=fault_string,
+        mm7_version=_text(version) if version is not None else None,
     )
     return envelope, href
 
