@@ -17,11 +17,28 @@ DEFAULT_NAMESPACE = (
     "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-6-MM7-1-4"
 )
 
+# The MM7Version mm7tx sends with a namespace of a release (REL-5-MM7-1-x,
+# REL-6-MM7-1-x) when the version it was given is of another release: the
+# one real peers pair with that release's namespaces (see version_for).
+RELEASE_VERSIONS = {"5": "5.3.0", "6": "6.8.0"}
+_RELEASE = re.compile(r"/REL-(\d{1,2})-MM7-\d{1,2}-\d{1,2}$")
+
 AddressKind = Literal["RFC2822Address", "Number", "ShortCode"]
 ADDRESS_KINDS: tuple[AddressKind, ...] = ("RFC2822Address", "Number", "ShortCode")
 
 _TYPE_SUFFIX = re.compile(r"/TYPE=.*$", re.IGNORECASE)
 _NOT_DIGIT = re.compile(r"[\s+\-().]")
+
+
+def version_for(namespace: str, version: str) -> str:
+    """An MM7Version consistent with ``namespace``: ``version`` itself when
+    it is of the namespace's release (``5.x.y`` for ``REL-5-MM7-1-x``), else
+    the usual one of that release (:data:`RELEASE_VERSIONS`), so that a
+    REL-5 request never says 6.8.0.  Other namespaces keep ``version``."""
+    match = _RELEASE.search(namespace)
+    if match is None or version.split(".")[0] == match.group(1):
+        return version
+    return RELEASE_VERSIONS.get(match.group(1), version)
 
 
 @dataclass(frozen=True, slots=True)
