@@ -637,7 +637,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         MM7_SERV,
         R.text,
         "config.mm7_version",
-        "the MM7Version we answer with",
+        "the MM7Version of our answers to a request without one of its own",
         default="6.8.0",
     ),
     OptionSpec(
