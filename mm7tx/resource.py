@@ -119,9 +119,10 @@ class MM7Resource(Resource):
             # HEAD: the headers of the answer a GET gets, without its body
             # (Twisted would log a warning for a body, and drop it).
             return b"" if request.method == b"HEAD" else NOT_ALLOWED
-        assert request.content is not None
-        body = request.content.read()
-        request.content.truncate(0)  # the body lives on only as ``body``
+        body = b""
+        if request.content is not None:
+            body = request.content.read()
+            request.content.truncate(0)  # the body lives on only as ``body``
         try:
             return self._post(request, body)
         except Exception:
