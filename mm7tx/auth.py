@@ -127,6 +127,9 @@ class Account:
     delivery_report_url: str | None = None
     delivery_report_user: str | None = None
     delivery_report_password: str | None = field(default=None, repr=False)
+    # The HTTP status of our faults to this peer once it is authenticated
+    # (200 for peers that read a fault only there, such as Mbuni's mmsbox).
+    fault_http_status: int = 500
 
     @property
     def ip_network(self) -> Network | None:

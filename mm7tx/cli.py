@@ -236,7 +236,9 @@ def parser() -> argparse.ArgumentParser:
         auth.add_argument(
             "--mm7-version",
             default=m.DEFAULT_MM7_VERSION,
-            help="MM7Version (default 6.8.0)",
+            help="MM7Version (default 6.8.0); one of another release than the "
+            "namespace's is replaced by that release's usual one (5.3.0 for "
+            "REL-5-MM7-1-x)",
         )
         auth.add_argument(
             "--namespace",

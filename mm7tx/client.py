@@ -228,7 +228,7 @@ class MM7Client:
             credentials = in_url
         self.url = url
         self.namespace = namespace_uri(namespace)
-        self.mm7_version = mm7_version
+        self.mm7_version = m.version_for(self.namespace, mm7_version)
         self.timeout = timeout
         self._authorization = None
         if credentials is not None:
@@ -267,8 +267,13 @@ class MM7Client:
         self, request: m.Request, transaction_id: str | None = None
     ) -> defer.Deferred[m.Response]:
         """Send any request; fire with its response (see the module doc)."""
-        if getattr(request, "mm7_version", None) == m.DEFAULT_MM7_VERSION:
-            request = dataclasses.replace(request, mm7_version=self.mm7_version)
+        version = getattr(request, "mm7_version", None)
+        if version == m.DEFAULT_MM7_VERSION:
+            version = self.mm7_version
+        if version is not None:
+            # Never a version of another release than the namespace's.
+            version = m.version_for(self.namespace, version)
+            request = dataclasses.replace(request, mm7_version=version)
         envelope = m.Envelope(
             transaction_id or uuid.uuid4().hex, request, self.namespace
         )

@@ -524,6 +524,12 @@ class _Reader:
             networks.append(net)
         return tuple(networks)
 
+    def fault_status(self, option: Option) -> int:
+        text = self.text(option).strip()
+        if text not in ("200", "500"):
+            raise self.error(option, f"{option.name} must be 200 or 500, not {text!r}")
+        return int(text)
+
     def url(self, option: Option) -> str:
         """An http(s) URL with a host (never echoed: it may carry
         credentials, which :func:`_account` takes out)."""
@@ -642,7 +648,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         MM7_SERV,
         R.text,
         "config.mm7_version",
-        "the MM7Version we answer with",
+        "the MM7Version of our answers to a request without one of its own",
         default="6.8.0",
     ),
     OptionSpec(
@@ -973,6 +979,15 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "HTTP Basic password for that post; needs `delivery_report_user`",
     ),
     OptionSpec(
+        "fault_http_status",
+        VASP,
+        R.fault_status,
+        "account.fault_http_status",
+        "HTTP status of our faults to it once authenticated, `200` or `500`: "
+        "`200` for peers that read faults only there (Mbuni's mmsbox)",
+        shown="`500`",
+    ),
+    OptionSpec(
         "password",
         MMSC,
         R.text,
@@ -987,6 +1002,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "account.networks",
         "source addresses/ranges that may use the account",
         shown="any",
+    ),
+    OptionSpec(
+        "fault_http_status",
+        MMSC,
+        R.fault_status,
+        "account.fault_http_status",
+        "HTTP status of our faults to it once authenticated, `200` or `500`",
+        shown="`500`",
     ),
 )
 del R

@@ -17,6 +17,12 @@ DEFAULT_NAMESPACE = (
     "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-6-MM7-1-4"
 )
 
+# The MM7Version mm7tx sends with a namespace of a release (REL-5-MM7-1-x,
+# REL-6-MM7-1-x) when the version it was given is of another release: the
+# one real peers pair with that release's namespaces (see version_for).
+RELEASE_VERSIONS = {"5": "5.3.0", "6": "6.8.0"}
+_RELEASE = re.compile(r"/REL-(\d{1,2})-MM7-\d{1,2}-\d{1,2}$")
+
 AddressKind = Literal["RFC2822Address", "Number", "ShortCode"]
 ADDRESS_KINDS: tuple[AddressKind, ...] = ("RFC2822Address", "Number", "ShortCode")
 
@@ -40,6 +46,17 @@ MESSAGE_CLASSES = ("Personal", "Informational", "Advertisement", "Auto")
 
 _TYPE_SUFFIX = re.compile(r"/TYPE=.*$", re.IGNORECASE)
 _NOT_DIGIT = re.compile(r"[\s+\-().]")
+
+
+def version_for(namespace: str, version: str) -> str:
+    """An MM7Version consistent with ``namespace``: ``version`` itself when
+    it is of the namespace's release (``5.x.y`` for ``REL-5-MM7-1-x``), else
+    the usual one of that release (:data:`RELEASE_VERSIONS`), so that a
+    REL-5 request never says 6.8.0.  Other namespaces keep ``version``."""
+    match = _RELEASE.search(namespace)
+    if match is None or version.split(".")[0] == match.group(1):
+        return version
+    return RELEASE_VERSIONS.get(match.group(1), version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,7 +347,11 @@ RESPONSE_FOR: dict[type[Request], type[Response]] = {
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """A whole MM7 message: the SOAP header's TransactionID, the MM7 namespace
-    the peer used, and the request or response in the body."""
+    the peer used, and the request or response in the body.
+
+    ``mm7_version`` is the text of the message's MM7Version element as
+    received, None when it had none (the message's own ``mm7_version`` then
+    holds the default); it is not read when encoding."""
 
     transaction_id: str
     message: Request | Response
@@ -338,6 +359,7 @@ class Envelope:
     fault_code: str | None = None
     fault_string: str | None = None
     content_href: str | None = None
+    mm7_version: str | None = None
 
     @property
     def is_fault(self) -> bool:

@@ -344,6 +344,9 @@ class EmailProcessor:
         self.mail_sender = sender
         self.reporter = reporter
         self.rules = rules
+        # The configured mm7_server_version, for subclasses: answers carry
+        # the request's own (``transaction.mm7_version``), which falls back
+        # to it.
         self.mm7_version = mm7_version
         self.keep_smil = keep_smil
         self._msgid_domain = rules.from_domain or "mm7tx.invalid"
@@ -680,7 +683,7 @@ class EmailProcessor:
                 else set()
             )
             self._report_submit(request, transaction, message_id, refused)
-            return SubmitRsp(status, self.mm7_version, message_id)
+            return SubmitRsp(status, transaction.mm7_version, message_id)
 
         return d.addCallback(accepted)
 
@@ -714,7 +717,8 @@ class EmailProcessor:
             self.reporter.report(
                 account,
                 DeliveryReportReq(
-                    mm7_version=self.mm7_version,
+                    # The client makes it fit the namespace.
+                    mm7_version=transaction.mm7_version,
                     message_id=message_id,
                     recipient=recipient,
                     sender=request.sender_address,
@@ -732,7 +736,7 @@ class EmailProcessor:
     ) -> defer.Deferred[DeliverRsp]:
         mail = self.deliver_message(request, transaction)
         return self._send(mail).addCallback(
-            lambda status: DeliverRsp(status, self.mm7_version)
+            lambda status: DeliverRsp(status, transaction.mm7_version)
         )
 
     def delivery_report(
@@ -740,7 +744,7 @@ class EmailProcessor:
     ) -> defer.Deferred[DeliveryReportRsp]:
         mail = self.delivery_report_message(request, transaction)
         return self._send(mail).addCallback(
-            lambda status: DeliveryReportRsp(status, self.mm7_version)
+            lambda status: DeliveryReportRsp(status, transaction.mm7_version)
         )
 
     def read_reply(
@@ -748,7 +752,7 @@ class EmailProcessor:
     ) -> defer.Deferred[ReadReplyRsp]:
         mail = self.read_reply_message(request, transaction)
         return self._send(mail).addCallback(
-            lambda status: ReadReplyRsp(status, self.mm7_version)
+            lambda status: ReadReplyRsp(status, transaction.mm7_version)
         )
 
 

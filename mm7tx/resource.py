@@ -7,6 +7,7 @@ other ``twisted.web`` site.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from mm7tx.auth import (
     client_address,
     credentials_from,
 )
+from mm7tx.codec.sniff import Sniffed, clean_version
 from mm7tx.codec.soap import XMLLimits
 from mm7tx.errors import MM7Error
 from mm7tx.interfaces import (
@@ -125,22 +127,37 @@ class MM7Resource(Resource):
             # HEAD: the headers of the answer a GET gets, without its body
             # (Twisted would log a warning for a body, and drop it).
             return b"" if request.method == b"HEAD" else NOT_ALLOWED
+        body = b""
+        if request.content is not None:
+            body = request.content.read()
+            request.content.truncate(0)  # the body lives on only as ``body``
         try:
-            return self.render_POST(request)
+            return self._post(request, body)
         except Exception:
-            self._internal_error(request, Failure())
+            self._internal_error(request, Failure(), self._echo(request, body))
             return NOT_DONE_YET
 
-    def _internal_error(self, request: Request, reason: Failure) -> None:
+    def _internal_error(
+        self,
+        request: Request,
+        reason: Failure,
+        echo: Sniffed,
+        code: int = http.INTERNAL_SERVER_ERROR,
+    ) -> None:
         """A 4000 fault for a bug of ours (logged), if nothing was sent yet."""
         log.failure("Answering failed on {path}", reason, path=self.path)
         if request.startedWriting or request.finished or request._disconnected:
             return
         status = m.Status.of(StatusCode.GENERAL_SERVICE_ERROR, details="internal error")
-        _send(request, self._fault(request, m.DEFAULT_NAMESPACE, "", status))
+        _send(request, self._fault(request, status, echo, code))
 
-    def render_POST(self, request: Request) -> bytes | int:
-        assert request.content is not None
+    def _echo(self, request: Request, body: bytes) -> Sniffed:
+        """What a fault echoes of a request not decoded (yet): its
+        namespace, TransactionID and MM7Version, sniffed from the raw body
+        (only when there is a fault: most requests never need it)."""
+        return codec.sniff(_header(request, b"content-type"), body)
+
+    def _post(self, request: Request, body: bytes) -> bytes | int:
         peer = client_address(
             _peer(request),
             request.requestHeaders.getRawHeaders(b"x-forwarded-for"),
@@ -153,10 +170,8 @@ class MM7Resource(Resource):
                 StatusCode.VALIDATION_ERROR, details="the POST has no Content-Length"
             )
             return self._fault(
-                request, m.DEFAULT_NAMESPACE, "", status, http.LENGTH_REQUIRED
+                request, status, self._echo(request, body), http.LENGTH_REQUIRED
             )
-        body = request.content.read()
-        request.content.truncate(0)  # the body lives on only as ``body``
         started = time.monotonic()
         self._meters[request] = _Meter(started, len(body))
         if self.portal is None:
@@ -176,7 +191,10 @@ class MM7Resource(Resource):
             self._auth_failed("locked_out")
             request.setHeader(b"retry-after", b"%d" % max(1, round(locked)))
             self._unauthorized(
-                request, gone, f"too many failed logins, locked out for {locked:.0f} s"
+                request,
+                body,
+                gone,
+                f"too many failed logins, locked out for {locked:.0f} s",
             )
             return NOT_DONE_YET
         if creds is None:
@@ -194,7 +212,7 @@ class MM7Resource(Resource):
                     peer=peer,
                 )
                 self._auth_failed("network")
-                self._unauthorized(request, gone)
+                self._unauthorized(request, body, gone)
                 return
             self._transact(request, body, peer, account, gone, started)
 
@@ -217,7 +235,7 @@ class MM7Resource(Resource):
                     count=self.throttle.max_failures,
                     window=self.throttle.window,
                 )
-            self._unauthorized(request, gone)
+            self._unauthorized(request, body, gone)
 
         login.addCallbacks(authenticated, refused).addErrback(
             lambda f: log.failure("Authentication failed", f)
@@ -225,16 +243,18 @@ class MM7Resource(Resource):
         return NOT_DONE_YET
 
     def _unauthorized(
-        self, request: Request, gone: list[bool], details: str | None = None
+        self,
+        request: Request,
+        body: bytes,
+        gone: list[bool],
+        details: str | None = None,
     ) -> None:
         if gone:
             return
         status = m.Status.of(StatusCode.IMPROPER_IDENTIFICATION, details=details)
         request.setHeader(b"www-authenticate", b'Basic realm="mm7tx"')
-        _send(
-            request,
-            self._fault(request, m.DEFAULT_NAMESPACE, "", status, http.UNAUTHORIZED),
-        )
+        echo = self._echo(request, body)
+        _send(request, self._fault(request, status, echo, http.UNAUTHORIZED))
 
     def _limit(self, account: Account | None, body: bytes) -> m.Status | None:
         """The fault status for an account over one of its limits, if any."""
@@ -302,18 +322,20 @@ class MM7Resource(Resource):
         started: float,
     ) -> None:
         """Take a place at the gate, or answer 4006 at once if there is none."""
+        code = _fault_code(account)
         busy = self.gate.enter()
         if busy is not None:
             log.info("Refused a request from {peer}: {why}", peer=peer, why=busy)
             status = m.Status.of(StatusCode.SERVICE_UNAVAILABLE, details=busy)
             if not gone:
-                _send(request, self._fault(request, m.DEFAULT_NAMESPACE, "", status))
+                echo = self._echo(request, body)
+                _send(request, self._fault(request, status, echo, code))
             return
         try:
             pending = self._run(request, body, peer, account, gone, started)
         except Exception:
             self.gate.leave()
-            self._internal_error(request, Failure())
+            self._internal_error(request, Failure(), self._echo(request, body), code)
             return
         except BaseException:
             self.gate.leave()
@@ -335,9 +357,11 @@ class MM7Resource(Resource):
         """Decode, check, dispatch to the processor, and answer; the Deferred
         of the answer if the processor has not answered yet."""
 
-        def fault(namespace: str, transaction_id: str, status: m.Status) -> None:
+        code = _fault_code(account)
+
+        def fault(status: m.Status, echo: Sniffed) -> None:
             if not gone:
-                _send(request, self._fault(request, namespace, transaction_id, status))
+                _send(request, self._fault(request, status, echo, code))
 
         limited = self._limit(account, body)
         if limited is not None:
@@ -348,7 +372,7 @@ class MM7Resource(Resource):
                 code=limited.code,
                 details=limited.details,
             )
-            fault(m.DEFAULT_NAMESPACE, "", limited)
+            fault(limited, self._echo(request, body))
             return None
         content_type = _header(request, b"content-type")
         try:
@@ -361,7 +385,7 @@ class MM7Resource(Resource):
                 code=e.status.code,
                 details=e.status.details,
             )
-            fault(m.DEFAULT_NAMESPACE, "", e.status)
+            fault(e.status, self._echo(request, body))
             return None
         message = envelope.message
         name = type(message).__name__
@@ -372,8 +396,14 @@ class MM7Resource(Resource):
             namespace=envelope.namespace,
             peer=peer,
             account=account,
-            mm7_version=self.mm7_version,
+            # The request's own version, else the configured one.
+            mm7_version=clean_version(envelope.mm7_version) or self.mm7_version,
             connection_gone=lambda: bool(gone),
+        )
+        # From the transaction, not the envelope: the request and its
+        # content need not live until the answer.
+        echo = Sniffed(
+            transaction.namespace, transaction.transaction_id, transaction.mm7_version
         )
 
         def outcome(status: m.Status, prefix: str = "") -> None:
@@ -407,7 +437,7 @@ class MM7Resource(Resource):
             status = self._check(envelope, account, content_type)
         if status is not None:
             outcome(status, "fault ")
-            fault(envelope.namespace, envelope.transaction_id, status)
+            fault(status, echo)
             return None
         assert entry is not None
         d = defer.maybeDeferred(getattr(self.processor, entry[1]), message, transaction)
@@ -415,8 +445,11 @@ class MM7Resource(Resource):
         def answered(response: m.Response) -> None:
             outcome(response.status)
             if not gone:
-                # From the transaction, not the envelope: the request and its
-                # content need not live until the answer.
+                if response.mm7_version in (m.DEFAULT_MM7_VERSION, self.mm7_version):
+                    # Left at a default: answer in the request's version.
+                    response = dataclasses.replace(
+                        response, mm7_version=transaction.mm7_version
+                    )
                 reply = m.Envelope(
                     transaction.transaction_id, response, transaction.namespace
                 )
@@ -439,7 +472,7 @@ class MM7Resource(Resource):
                     StatusCode.GENERAL_SERVICE_ERROR, details="internal error"
                 )
             outcome(status, "fault ")
-            fault(transaction.namespace, transaction.transaction_id, status)
+            fault(status, echo)
 
         return d.addCallbacks(answered, failed).addErrback(
             lambda f: log.failure("Answering failed", f)
@@ -448,18 +481,22 @@ class MM7Resource(Resource):
     def _fault(
         self,
         request: Request,
-        namespace: str,
-        transaction_id: str,
         status: m.Status,
+        echo: Sniffed,
         code: int = http.INTERNAL_SERVER_ERROR,
     ) -> bytes:
+        """A SOAP fault with ``status``, in the request's namespace, with its
+        TransactionID and MM7Version as far as ``echo`` knows them."""
         self._count(request, status.code)
+        version = clean_version(echo.mm7_version) or self.mm7_version
         detail: m.Response = (
-            m.VASPErrorRsp(status, self.mm7_version)
+            m.VASPErrorRsp(status, version)
             if self.role == "vasp"
-            else m.RSErrorRsp(status, self.mm7_version)
+            else m.RSErrorRsp(status, version)
         )
-        _, data = codec.encode(m.Envelope(transaction_id, detail, namespace))
+        namespace = echo.namespace or m.DEFAULT_NAMESPACE
+        envelope = m.Envelope(echo.transaction_id or "", detail, namespace)
+        _, data = codec.encode(envelope)
         request.setResponseCode(code)
         request.setHeader(b"content-type", XML)
         return data
@@ -501,6 +538,11 @@ class _Meter:
     size: int | None
     operation: str = "unknown"
     counted: bool = False
+
+
+def _fault_code(account: Account | None) -> int:
+    """The HTTP status of faults once ``account`` is known: its own."""
+    return account.fault_http_status if account is not None else 500
 
 
 def _send(request: Request, data: bytes) -> None:

@@ -15,7 +15,8 @@ class Transaction:
 
     ``path`` is the configured URI path it was posted to (``/photo_contest/``),
     ``peer`` the client's address, ``account`` the authenticated VASP
-    account on MMSC paths, ``mm7_version`` the version we answer with.
+    account on MMSC paths, ``mm7_version`` the version we answer with: the
+    request's own MM7Version, else ``mm7_server_version``.
     """
 
     transaction_id: str

@@ -182,7 +182,7 @@ def test_submit_round_trip_is_parsed_back_identically():
     ns = "REL-5-MM7-1-2"
     client = gateway.client("/mm7/", ("vasp1", "pw"), namespace=ns, mm7_version="5.3.0")
     response = gateway.result(client.submit(SUBMIT))
-    assert response == m.SubmitRsp(m.Status(1000, "Success"), "6.8.0", "MID-1")
+    assert response == m.SubmitRsp(m.Status(1000, "Success"), "5.3.0", "MID-1")
     second = gateway.result(client.submit(SUBMIT))
     assert second.message_id == "MID-2"
     [(got, transaction), _] = mmsc.requests
@@ -1052,3 +1052,52 @@ def test_deliver_and_submit_send_a_priority_unless_told(
     assert f"<Priority>{sent}</Priority>".encode() in body
     [(request, _)] = recorder.requests
     assert request.priority == sent
+
+
+def test_the_version_sent_fits_the_namespace(gateway, recorder):
+    sent = []
+    for namespace, version, expected in (
+        ("REL-5-MM7-1-0", None, "5.3.0"),  # the default 6.8.0 would not fit
+        ("REL-5-MM7-1-3", "6.8.0", "5.3.0"),
+        ("REL-5-MM7-1-0", "5.2.0", "5.2.0"),  # its own release: kept
+        ("REL-6-MM7-1-0", "6.3.0", "6.3.0"),
+        ("REL-6-MM7-1-4", "5.3.0", "6.8.0"),
+        ("REL-6-MM7-1-4", None, "6.8.0"),
+        ("urn:not-3gpp", "5.3.0", "5.3.0"),  # nothing known: as given
+    ):
+        options = {"namespace": namespace}
+        if version is not None:
+            options["mm7_version"] = version
+        client = gateway.client("/mm7/", ("vasp1", "pw"), **options)
+        assert client.mm7_version == expected
+        for request in (SUBMIT, dataclasses.replace(SUBMIT, mm7_version="6.8.0")):
+            gateway.result(client.submit(request))
+            sent.append((namespace, expected))
+        # A version set on the request is made to fit too.
+        gateway.result(client.submit(dataclasses.replace(SUBMIT, mm7_version="6.7.0")))
+        sent.append((namespace, m.version_for(client.namespace, "6.7.0")))
+    assert [
+        (t.namespace.rpartition("/")[2].rpartition(":")[2], r.mm7_version)
+        for r, t in recorder.requests
+    ] == [(ns.rpartition(":")[2], version) for ns, version in sent]
+
+
+def test_the_command_sends_a_version_that_fits_its_namespace(gateway, recorder):
+    for extra, expected in (
+        (["--namespace", "REL-5-MM7-1-3"], "5.3.0"),
+        (["--namespace", "REL-5-MM7-1-3", "--mm7-version", "5.6.0"], "5.6.0"),
+        ([], "6.8.0"),
+    ):
+        code = mm7tx(
+            gateway,
+            "deliver",
+            gateway.url + "/vasp/",
+            "--to",
+            "7255",
+            "--text",
+            "x",
+            *extra,
+        )
+        assert code == 0
+        request, _ = recorder.requests[-1]
+        assert request.mm7_version == expected

@@ -354,9 +354,17 @@ ENVELOPE = (
         (
             "multipart/related; boundary=abc",
             b"--abc\r\nContent-Type: text/plain\r\n\r\nhi\r\n--abc--\r\n",
-            2007,
-            "not well formed",
+            4004,
+            "not XML",
         ),
+        # Text that is not XML at all is no SOAP envelope (4004); XML that
+        # is not well formed is a corrupt one (2007).
+        ("text/plain", b"Please deliver this MMS, thanks", 4004, "not XML"),
+        ("text/plain", b'{"TransactionID": "t"}', 4004, "not XML"),
+        ("text/xml", b"\xef\xbb\xbf  \n hello <e:Envelope/>", 4004, "not XML"),
+        ("text/plain", b" \r\n<e:Envelope><e:Body>", 2007, "not well formed"),
+        ("text/xml", b"\xef\xbb\xbf\n<e:Envelope", 2007, "not well formed"),
+        ("text/xml", b"\xff\xfe<\x00e\x00", 2007, "not well formed"),
         (
             "multipart/related; boundary=abc",
             b"--abc\r\nContent-Type: text/xml\r\n\r\n<x/>\r\n--abc\r\n",

@@ -205,7 +205,7 @@ def test_multipart_nested_past_the_limit_is_2007(path, depth):
     assert envelope.message.status == m.Status(  # type: ignore[union-attr]
         2007, "Message format corrupt", "the MIME parts are nested deeper than 16"
     )
-    assert envelope.transaction_id == ""
+    assert envelope.transaction_id == "hostile-1"  # echoed, though not decoded
     assert sender.sent == [] and no_traceback(events)
 
 

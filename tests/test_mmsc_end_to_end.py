@@ -430,3 +430,36 @@ def test_an_unexpected_failure_to_post_a_report_is_logged(gateway, monkeypatch):
     )
     assert not any("s3cr3t" in formatEvent(e) for e in events)
     assert reporter.pending == {}
+
+
+# The report's MM7Version fits its namespace --------------------------------
+
+REL5 = "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-5-MM7-1-3"
+
+
+def test_a_rel5_submission_gets_a_rel5_report_in_its_own_version(gateway):
+    vasp = vasp_at(gateway)
+    client = gateway.client(
+        "/mm7/", ("vasp1", "secret1"), namespace=REL5, mm7_version="5.6.0"
+    )
+    response = gateway.result(client.submit(ASKING))
+    assert response.mm7_version == "5.6.0"
+    [(_, envelope)] = vasp.seen
+    assert envelope.namespace == REL5
+    assert envelope.mm7_version == envelope.message.mm7_version == "5.6.0"
+
+
+def test_a_rel5_submission_without_a_version_gets_a_rel5_version(gateway):
+    # mm7_server_version (6.8.0) answers it, but a REL-5 report says 5.3.0.
+    vasp = vasp_at(gateway)
+    ctype, body = codec.encode(m.Envelope("t-nov", ASKING, REL5))
+    body = body.replace(b"<MM7Version>6.8.0</MM7Version>", b"")
+    answer = gateway.post(
+        "/mm7/vasp1=secret1", body, {"Content-Type": ctype, "SOAPAction": '""'}
+    )
+    reply = codec.decode(answer.headers["content-type"], answer.body)
+    assert (reply.namespace, reply.transaction_id) == (REL5, "t-nov")
+    assert reply.mm7_version == "6.8.0"
+    [(_, envelope)] = vasp.seen
+    assert envelope.namespace == REL5
+    assert envelope.mm7_version == "5.3.0"

@@ -9,11 +9,12 @@ import dataclasses
 from typing import Any
 
 from mm7tx.codec import mime, soap
+from mm7tx.codec.sniff import Sniffed, sniff
 from mm7tx.errors import MM7Error
 from mm7tx.messages import Envelope
 from mm7tx.status import StatusCode
 
-__all__ = ["MM7Error", "decode", "encode"]
+__all__ = ["MM7Error", "Sniffed", "decode", "encode", "sniff"]
 
 
 def decode(

@@ -505,13 +505,25 @@ def parse_body(el: etree._Element) -> tuple[Any, str | None]:
     return cls(**values), href
 
 
+# XML starts with "<" after any white space and UTF-8 byte-order mark, or
+# with a UTF-16 byte-order mark.
+_LOOKS_XML = re.compile(rb"\s*(?:\xef\xbb\xbf\s*)?<|\xff\xfe|\xfe\xff")
+
+
 def parse_envelope(
     data: bytes, limits: XMLLimits | None = None
 ) -> tuple[m.Envelope, str | None]:
     """Parse a SOAP envelope holding an MM7 request, response or fault.
 
     Returns the envelope (content not yet resolved) and the Content href.
+    Text that is not XML at all is not an envelope (4004); XML that is not
+    well formed is a corrupt one (2007).
     """
+    if _LOOKS_XML.match(data) is None:
+        raise MM7Error(
+            StatusCode.VALIDATION_ERROR,
+            details="the SOAP part is not XML, so not a SOAP Envelope",
+        )
     root = parse_xml(data, limits)
     if _local(root) != "Envelope":
         raise MM7Error(
@@ -562,12 +574,14 @@ def parse_envelope(
     if namespace == SOAP_ENV:
         namespace = m.DEFAULT_NAMESPACE
     message, href = parse_body(payload)
+    version = _child(payload, "MM7Version")
     envelope = m.Envelope(
         transaction_id=transaction_id,
         message=message,
         namespace=namespace,
         fault_code=fault_code,
         fault_string=fault_string,
+        mm7_version=_text(version) if version is not None else None,
     )
     return envelope, href
 
