@@ -82,6 +82,9 @@ class _Unused(protocol.Factory):
 
     noisy = False
 
+    def logPrefix(self) -> str:
+        return "MM7 listener for the workers"
+
 
 def bind(reactor: Any, endpoint: str) -> IListeningPort:
     """Listen on ``endpoint`` (one of :data:`~mm7tx.config.SHARED_KINDS`)
@@ -106,6 +109,7 @@ def systemd_names(listen: Sequence[str], first: int = FIRST_FD) -> tuple[str, st
 
     descriptors: dict[int, int] = {}
     names: dict[int, str] = {}
+    by_name: list[tuple[str, int]] = []
     for i, endpoint in enumerate(listen):
         kind, _, keywords = _fields(endpoint)
         inner = endpoint
@@ -114,12 +118,14 @@ def systemd_names(listen: Sequence[str], first: int = FIRST_FD) -> tuple[str, st
             kind, _, keywords = _fields(inner)
         if kind != "systemd":
             continue
-        if "index" in keywords and keywords["index"].isdigit():
-            at = int(keywords["index"])
+        if keywords.get("index", "").isdigit():
+            descriptors[int(keywords["index"])] = first + i
         else:
-            at = 1000 + i  # a place of its own, found by name
-            names[at] = keywords.get("name", "unknown")
-        descriptors[at] = first + i
+            by_name.append((keywords.get("name", "unknown"), first + i))
+    # Those found by name after those found by index.
+    for name, fd in by_name:
+        at = max(descriptors, default=-1) + 1
+        descriptors[at], names[at] = fd, name
     if not descriptors:
         return "", ""
     top = max(descriptors) + 1
@@ -217,6 +223,7 @@ class ParentWatch(service.Service):
 class _Slot:
     number: int
     process: IProcessTransport | None = None
+    pid: int | None = None
     started: float = 0.0
     backoff: float = BACKOFF
     restart: IDelayedCall | None = None
@@ -230,7 +237,7 @@ def _how(reason: Failure) -> str:
             name = signal.Signals(value.signal).name
         except ValueError:
             name = str(value.signal)
-        return f"killed by signal {value.signal} ({name})"
+        return f"signal {value.signal} ({name})"
     if isinstance(value, (ProcessDone, ProcessTerminated)):
         return f"exit status {value.exitCode}"
     return str(value)
@@ -338,9 +345,10 @@ class WorkerPool(service.Service):
             env=self.env,
             childFDs=dict(self.child_fds()),
         )
+        slot.pid = slot.process.pid
 
     def ended(self, slot: _Slot, reason: Failure) -> None:
-        pid = slot.process.pid if slot.process is not None else None
+        pid = slot.pid
         slot.process = None
         if self._stopping:
             log.info(
@@ -429,7 +437,13 @@ class WorkersMonitor:
     def __init__(self, reactor: Any, pool: WorkerPool, socket: Callable[[int], str]):
         self.reactor = reactor
         self.pool = pool
-        self.agent = Agent.usingEndpointFactory(reactor, _Sockets(reactor, socket))
+        from mm7tx.client import QuietConnectionPool
+
+        self.agent = Agent.usingEndpointFactory(
+            reactor,
+            _Sockets(reactor, socket),
+            QuietConnectionPool(reactor, persistent=False),
+        )
         self.draining = False
         self.registry = CollectorRegistry(auto_describe=True)
         Gauge(
