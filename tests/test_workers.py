@@ -4,7 +4,20 @@ parent's metrics, and one run of the real ``twistd mm7 --workers 2``."""
 
 from __future__ import annotations
 
+import http.client
 import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +29,11 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from mm7tx import tap, workers
+from mm7tx import codec, tap, workers
 from mm7tx.config import Config, ConfigError, check_shared, load
 from mm7tx.metrics import Metrics
+from tests.processes import free_port, wait_for_port
+from tests.test_drain import TWISTD, deliver
 
 BASE = """
 mm7_serv {
@@ -153,7 +168,7 @@ def pool(reactor: ProcessReactor, count: int = 2) -> workers.WorkerPool:
     return made
 
 
-def messages(events: list[dict[str, Any]]) -> list[str]:
+def messages(events: Sequence[dict[str, Any]]) -> list[str]:
     return [formatEvent(event) for event in events]
 
 
@@ -337,3 +352,122 @@ def test_more_workers_make_a_supervisor() -> None:
         "--listen=tcp:0",
         "--smtp-relay=maildir:M",
     ]
+
+
+# The real twistd -------------------------------------------------------------
+
+
+def _post(port: int, tid: str) -> str:
+    """One DeliverReq on a connection of its own: its MM7 status, or the error."""
+    content_type, body = deliver(tid)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", "/vasp/", body, {"Content-Type": content_type})
+        reply = connection.getresponse()
+        envelope = codec.decode(reply.getheader("content-type"), reply.read())
+        return str(envelope.message.status.code)  # type: ignore[union-attr]
+    except (OSError, http.client.HTTPException) as e:
+        return f"error {type(e).__name__}"
+    finally:
+        connection.close()
+
+
+def _burst(port: int, count: int) -> dict[str, str]:
+    tids = [uuid.uuid4().hex for _ in range(count)]
+    with ThreadPoolExecutor(8) as pool:
+        return dict(
+            zip(tids, pool.map(lambda tid: _post(port, tid), tids), strict=True)
+        )
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _until(condition: Any, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_twistd_with_two_workers(tmp_path: Path) -> None:
+    http_port, metrics_port = free_port(), free_port()
+    mail = tmp_path / "Maildir"
+    config = tmp_path / "mm7tx.conf"
+    config.write_text(
+        BASE.replace("%s", "workers = 2\n  %s") % f'smtp_relay = "maildir:{mail}"\n'
+        f'  metrics_listen = "tcp:{metrics_port}:interface=127.0.0.1"'
+    )
+    log_path = tmp_path / "log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [
+                TWISTD,
+                *("-n", "--pidfile=", "mm7", "--config", str(config)),
+                f"--listen=tcp:{http_port}:interface=127.0.0.1",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        assert wait_for_port(metrics_port, process)
+        assert _until(lambda: _get(metrics_port, "/readyz") == (200, "ready\n"))
+        text = log_path.read_text()
+        assert "2 workers listening on tcp:" in text
+        pids = [
+            int(p) for p in re.findall(r"Started 2 workers: pids (\d+) (\d+)", text)[0]
+        ]
+
+        answers = _burst(http_port, 24)
+        assert set(answers.values()) == {"1000"}
+        _, metrics = _get(metrics_port, "/metrics")
+        served = {
+            s.labels["worker"]
+            for f in text_string_to_metric_families(metrics)
+            if f.name == "mm7tx_transactions"
+            for s in f.samples
+            if s.name.endswith("_total") and s.value
+        }
+        assert served == {"1", "2"}  # both workers took requests
+
+        os.kill(pids[0], signal.SIGKILL)
+        more = _burst(http_port, 8)  # the other worker answers meanwhile
+        assert set(more.values()) == {"1000"}
+        assert _until(
+            lambda: f"Worker 1 (pid {pids[0]}) died: signal 9" in log_path.read_text()
+        )
+        assert _until(lambda: _get(metrics_port, "/readyz") == (200, "ready\n"))
+        assert "mm7tx_workers 2.0" in _get(metrics_port, "/metrics")[1]
+
+        # SIGTERM under load: every 1000 has its mail, nothing else has.
+        results: dict[str, str] = {}
+        loader = threading.Thread(target=lambda: results.update(_burst(http_port, 40)))
+        loader.start()
+        time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) in (0, -signal.SIGTERM)
+        loader.join(15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    answers.update(more)
+    answers.update(results)
+    delivered = Counter(
+        str(message_from_bytes(p.read_bytes())["X-MM7-TransactionID"])
+        for p in (mail / "new").iterdir()
+    )
+    accepted = {tid for tid, outcome in answers.items() if outcome == "1000"}
+    assert set(delivered) == accepted and set(delivered.values()) == {1}
+    assert "All workers stopped" in log_path.read_text()
+    for pid in pids[1:]:  # the workers are gone with their parent
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
