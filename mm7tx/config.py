@@ -198,6 +198,8 @@ class Config:
     max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
     max_transactions: int = 200
     drain_timeout: float = 30.0
+    # Worker processes behind the listeners (1: this process serves alone).
+    workers: int = 1
     # Where /metrics, /healthz and /readyz are served; None: nowhere.
     metrics_listen: str | None = DEFAULT_METRICS_LISTEN
     xml_limits: XMLLimits = field(default_factory=XMLLimits)
@@ -246,6 +248,19 @@ def normalise_endpoint(text: str) -> str:
     if host in (None, "*"):
         return f"tcp:{port}"
     return f"tcp:{port}:interface={host.strip('[]').replace(':', chr(92) + ':')}"
+
+
+def read_workers(text: str) -> int:
+    """``workers``: ``auto`` (``os.cpu_count()``) or a whole number from 1;
+    ``ValueError`` says what is expected."""
+    text = text.strip().lower()
+    if text == "auto":
+        return os.cpu_count() or 1
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(
+            f"workers must be a whole number from 1, or auto, not {text!r}"
+        )
+    return int(text)
 
 
 # Endpoint strings, checked without listening or connecting -----------------
@@ -547,6 +562,13 @@ class _Reader:
             ) from None
         return url
 
+    def workers(self, option: Option) -> int:
+        """``auto`` (one per core) or a whole number from 1."""
+        try:
+            return read_workers(self.text(option))
+        except ValueError as e:
+            raise self.error(option, str(e)) from None
+
     def metrics_listen(self, option: Option) -> str | None:
         """``none``, or a server endpoint checked as a ``Listen`` one."""
         text = self.text(option)
@@ -790,6 +812,15 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "on SIGTERM, how long in-flight transactions may take to finish",
         default="30",
         unit=" s",
+    ),
+    OptionSpec(
+        "workers",
+        MM7_SERV,
+        R.workers,
+        "config.workers",
+        "worker processes serving the listeners (bound once, by the parent), "
+        "or `auto`: one per core; `--workers` overrides it (see Workers)",
+        default="1",
     ),
     OptionSpec(
         "metrics_listen",
@@ -1243,9 +1274,13 @@ def load_file(path: str) -> Config:
 
 
 def with_overrides(
-    config: Config, listen: list[str] | None = None, smtp_relay: str | None = None
+    config: Config,
+    listen: list[str] | None = None,
+    smtp_relay: str | None = None,
+    workers: str | None = None,
 ) -> Config:
-    """The command line's ``--listen`` and ``--smtp-relay`` over the file.
+    """The command line's ``--listen``, ``--smtp-relay`` and ``--workers``
+    over the file.
 
     Each is checked as the file's options are; a :class:`ConfigError` names
     the command-line option.
@@ -1270,4 +1305,37 @@ def with_overrides(
         except ValueError as e:
             raise ConfigError("--smtp-relay", 0, str(e)) from None
         config = replace(config, smtp=replace(config.smtp, endpoint=smtp_relay))
+    if workers is not None:
+        try:
+            config = replace(config, workers=read_workers(workers))
+        except ValueError as e:
+            raise ConfigError("--workers", 0, str(e)) from None
+    if config.workers > 1:
+        check_shared(config)
     return config
+
+
+# Listeners workers can share: the parent binds them and passes each worker
+# the socket (ssl: TLS is done in the worker; haproxy: over these).
+SHARED_KINDS = ("tcp", "tcp6", "ssl", "unix", "systemd")
+
+
+def check_shared(config: Config) -> None:
+    """Every listener of ``config`` is one the parent can bind and pass to
+    workers as a socket; a :class:`ConfigError` names the one that is not."""
+    for index, endpoint in enumerate(config.listen):
+        kind, _, _ = _fields(endpoint)
+        inner = endpoint
+        while kind == "haproxy" and ":" in inner:
+            inner = inner.split(":", 1)[1]
+            kind, _, _ = _fields(inner)
+        if kind not in SHARED_KINDS:
+            origins = config.listen_origins
+            origin = origins[index] if index < len(origins) else config.source
+            raise ConfigError(
+                origin,
+                0,
+                f"Listen {endpoint!r} cannot be shared by workers (workers = "
+                f"{config.workers}): with workers, listen on "
+                f"{', '.join(SHARED_KINDS)} (or haproxy: over one of them)",
+            )

@@ -274,6 +274,7 @@ class MM7Service(service.MultiService):
         reactor: IMM7Reactor,
         reporter: DeliveryReporter | None = None,
         metrics: Metrics | None = None,
+        listen_via: Callable[[int], Any] | None = None,
     ) -> None:
         super().__init__()
         self.gate = gate
@@ -312,7 +313,10 @@ class MM7Service(service.MultiService):
                 factory = ListenerGuard(
                     factory, access, proxied=endpoint.startswith("haproxy:")
                 )
-            strports.service(endpoint, factory, reactor=reactor).setServiceParent(self)
+            # A worker listens through a reactor that adopts the socket its
+            # parent bound (mm7tx.workers.Adopting).
+            via = listen_via(index) if listen_via is not None else reactor
+            strports.service(endpoint, factory, reactor=via).setServiceParent(self)
         self.relay_watch: RelayWatch | None = None
         self.monitor: MM7Site | None = None
         self._monitor_port: defer.Deferred[IListeningPort] | None = None
@@ -708,9 +712,17 @@ def monitor_root(metrics: Metrics, problem: Callable[[], str | None]) -> Resourc
     return root
 
 
-def build_service(config: Config, reactor: IMM7Reactor) -> MM7Service:
-    """The whole service for ``config``, wired to ``reactor`` alone."""
+def build_service(
+    config: Config,
+    reactor: IMM7Reactor,
+    listen_via: Callable[[int], Any] | None = None,
+) -> MM7Service:
+    """The whole service for ``config``, wired to ``reactor`` alone;
+    ``listen_via(index)``, if given, is the reactor the ``index``-th
+    listener listens on (a worker's, adopting its parent's socket)."""
     metrics = Metrics() if config.metrics_listen is not None else None
     sender = sender_for(reactor, config.smtp, metrics)
     gate = TransactionGate(config.max_transactions)
-    return MM7Service(config, sender, None, gate, reactor, metrics=metrics)
+    return MM7Service(
+        config, sender, None, gate, reactor, metrics=metrics, listen_via=listen_via
+    )

@@ -10,6 +10,7 @@ command-line overrides); a mistake in it then is logged and changes nothing.
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import sys
@@ -21,7 +22,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from mm7tx import __version__, systemd
+from mm7tx import __version__, systemd, workers
 from mm7tx.config import (
     EMBEDDED,
     Config,
@@ -36,7 +37,10 @@ log = Logger()
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--listen ENDPOINT]... [--smtp-relay ENDPOINT]"
+    synopsis = (
+        "[--config FILE] [--listen ENDPOINT]... [--smtp-relay ENDPOINT] "
+        "[--workers N|auto]"
+    )
     longdesc = (
         "Run the mm7tx MM7 gateway.  With no --config it runs on embedded "
         "defaults: listen on tcp:8080, VASP path /vasp/, mail into ./Maildir."
@@ -50,6 +54,14 @@ class Options(usage.Options):
             "Where mail goes: an endpoint (tcp:HOST:PORT, tls:HOST:PORT) or "
             "maildir:PATH.  Overrides smtp_relay in the file.",
         ],
+        [
+            "workers",
+            None,
+            None,
+            "Worker processes behind the listeners, or auto (one per core).  "
+            "Overrides workers in the file.",
+        ],
+        ["worker", None, None, "(Internal: set by the parent for its workers.)"],
     ]
 
     def __init__(self) -> None:
@@ -75,17 +87,46 @@ class Options(usage.Options):
         answers a ``UsageError`` with the whole usage text before the
         message (``twisted.application.app.run``), which buries it.
         """
-        systemd.adopt()  # before systemd: listeners are checked
+        if self["worker"] is not None:
+            # The listeners are the parent's sockets: systemd: ones included.
+            systemd.adopt(workers.passed_to_worker())
+        else:
+            systemd.adopt()  # before systemd: listeners are checked
         try:
             config = load_file(self["config"]) if self["config"] else EMBEDDED
             # --listen replaces the file's listeners, their access lists too.
             self["dropped_access"] = bool(self["listen"]) and any(
                 access.allow or access.deny for access in config.listen_access
             )
-            config = with_overrides(config, self["listen"], self["smtp-relay"])
+            config = with_overrides(
+                config,
+                self["listen"],
+                self["smtp-relay"],
+                "1" if self["worker"] is not None else self["workers"],
+            )
         except ConfigError as e:
             raise SystemExit(str(e)) from None
         self["mm7_config"] = config
+
+    def worker_command(self, slot: int) -> list[str]:
+        """How the parent starts worker ``slot``: ``twistd mm7`` with the
+        same configuration, logging JSON events to the parent."""
+        argv = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "--nodaemon",
+            "--pidfile=",
+            "--logger=mm7tx.workers.worker_log_observer",
+            "mm7",
+            f"--worker={slot}",
+        ]
+        if self["config"]:
+            argv.append(f"--config={os.path.abspath(self['config'])}")
+        argv += [f"--listen={endpoint}" for endpoint in self["listen"]]
+        if self["smtp-relay"]:
+            argv.append(f"--smtp-relay={self['smtp-relay']}")
+        return argv
 
 
 class CannotStart(SystemExit, Exception):
@@ -217,12 +258,32 @@ def makeService(options: Options) -> IService:
     # The one place mm7tx takes the global reactor; everything below gets it.
     from twisted.internet import reactor
 
+    if config.workers > 1:
+        workers.Supervisor(config, reactor, options.worker_command).setServiceParent(
+            wrapper
+        )
+        return wrapper
+    listen_via = None
+
+    def load() -> Config:
+        return load_config(options)
+
+    if options["worker"] is not None:
+        slot = int(options["worker"])
+        config = workers.worker_config(config, slot)
+        listen_via = workers.adopting(reactor)
+        workers.ParentWatch(reactor).setServiceParent(wrapper)
+
+        def load() -> Config:
+            # The parent passed SIGHUP on: the same file, as this worker's.
+            return workers.worker_config(load_config(options), slot)
+
     try:
-        built = build_service(config, cast(IMM7Reactor, reactor))
+        built = build_service(config, cast(IMM7Reactor, reactor), listen_via)
     except MaildirError as e:
         origin = "--smtp-relay" if options["smtp-relay"] else config.source
         raise SystemExit(f"{origin}: {e}") from None
-    built.reload_on_sighup(lambda: load_config(options))
+    built.reload_on_sighup(load)
     built.setServiceParent(wrapper)
     return wrapper
 

@@ -1,0 +1,748 @@
+"""``--workers N``: N worker processes behind listeners bound once.
+
+The parent (:class:`Supervisor`) binds every MM7 listener through Twisted's
+own endpoint parser on the real reactor and never accepts on them; it
+spawns N ``twistd mm7`` workers, each given the listening sockets as file
+descriptors 3, 4, … (one per listener, in order) and adopting them with
+``reactor.adoptStreamPort`` (:class:`Adopting`): the kernel hands each
+connection to one worker.  TLS (``ssl:``) and the PROXY protocol
+(``haproxy:``) are done in the worker, by the same endpoint string.  This
+is the way Twisted's "Using processes" and ``adoptStreamPort`` documents;
+unlike ``SO_REUSEPORT`` it works with UNIX and systemd-passed sockets, and a
+dead worker's share of new connections goes to the others at once.
+
+Each worker is the whole single-process mm7tx (:func:`build_service`): its
+own SMTP pool, limits and metrics, the latter served on a private UNIX
+socket that the parent reads to answer ``/metrics`` (every worker's
+samples with a ``worker`` label) and ``/readyz`` (ready when every worker
+is).  Workers log JSON events to the parent, which logs them as its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import UNIXClientEndpoint, serverFromString
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IProcessTransport,
+)
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    eventFromJSON,
+    jsonFileLogObserver,
+)
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.client import Agent, readBody
+from twisted.web.resource import Resource
+
+from mm7tx.health import Alive, Ready
+
+if TYPE_CHECKING:
+    from mm7tx.config import Config
+
+log = Logger()
+
+# The first descriptor a worker finds its listeners at (as systemd does).
+FIRST_FD = 3
+# A worker that dies within this many seconds of its start doubles the
+# wait before the next start of its slot (from BACKOFF to BACKOFF_MAX).
+STEADY = 10.0
+BACKOFF = 1.0
+BACKOFF_MAX = 30.0
+# Seconds the parent waits for a worker's metrics or readiness.
+ASK_TIMEOUT = 5.0
+
+
+# The parent: binding ---------------------------------------------------------
+
+
+class _Unused(protocol.Factory):
+    """What the parent's listening ports are made with: they never accept."""
+
+    noisy = False
+
+    def logPrefix(self) -> str:
+        return "MM7 listener for the workers"
+
+
+def bind(reactor: Any, endpoint: str) -> IListeningPort:
+    """Listen on ``endpoint`` (one of :data:`~mm7tx.config.SHARED_KINDS`)
+    without ever accepting: the socket is for workers to adopt.  A
+    ``CannotListenError`` is raised as from ``listenTCP``."""
+    results: list[Any] = []
+    serverFromString(reactor, endpoint).listen(_Unused()).addBoth(results.append)
+    if not results:  # cannot happen for the kinds checked by check_shared
+        raise RuntimeError(f"{endpoint} did not listen at once")
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    port = results[0]
+    port.stopReading()
+    return port  # type: ignore[no-any-return]
+
+
+def systemd_names(listen: Sequence[str], first: int = FIRST_FD) -> tuple[str, str]:
+    """``LISTEN_FDS``-like descriptors and names for a worker, so that its
+    ``systemd:`` listeners (by ``index=`` or ``name=``) parse and find the
+    socket its parent passed it for that listener (``first + i``)."""
+    from mm7tx.config import _fields
+
+    descriptors: dict[int, int] = {}
+    names: dict[int, str] = {}
+    by_name: list[tuple[str, int]] = []
+    for i, endpoint in enumerate(listen):
+        kind, _, keywords = _fields(endpoint)
+        inner = endpoint
+        while kind == "haproxy" and ":" in inner:
+            inner = inner.split(":", 1)[1]
+            kind, _, keywords = _fields(inner)
+        if kind != "systemd":
+            continue
+        if keywords.get("index", "").isdigit():
+            descriptors[int(keywords["index"])] = first + i
+        else:
+            by_name.append((keywords.get("name", "unknown"), first + i))
+    # Those found by name after those found by index.
+    for name, fd in by_name:
+        at = max(descriptors, default=-1) + 1
+        descriptors[at], names[at] = fd, name
+    if not descriptors:
+        return "", ""
+    top = max(descriptors) + 1
+    return (
+        ",".join(str(descriptors.get(at, -1)) for at in range(top)),
+        ":".join(names.get(at, "unknown") for at in range(top)),
+    )
+
+
+# The worker: adopting --------------------------------------------------------
+
+
+class Adopting:
+    """The reactor a worker's listener listens on: any ``listen*`` (or
+    ``adoptStreamPort``) adopts the socket at ``fd`` instead, with TLS
+    around the factory for ``listenSSL``, as Twisted's own ``listenSSL``
+    does; everything else is the real reactor's."""
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        self._reactor = reactor
+        self._fd = fd
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def _adopt(self, factory: Any) -> Any:
+        import socket
+
+        probe = socket.socket(fileno=os.dup(self._fd))
+        family = probe.family
+        probe.close()
+        port = self._reactor.adoptStreamPort(self._fd, family, factory)
+        if family == socket.AF_UNIX:
+            # The parent owns the path: a worker stopping must not unlink it
+            # (Twisted's UNIX port unlinks its path on close).
+            from twisted.internet import tcp
+
+            port.connectionLost = functools.partial(tcp.Port.connectionLost, port)
+        return port
+
+    def listenTCP(self, port: int, factory: Any, *args: Any, **kw: Any) -> Any:
+        return self._adopt(factory)
+
+    def listenUNIX(self, address: Any, factory: Any, *args: Any, **kw: Any) -> Any:
+        return self._adopt(factory)
+
+    def listenSSL(
+        self, port: int, factory: Any, contextFactory: Any, *args: Any, **kw: Any
+    ) -> Any:
+        listening = self._adopt(TLSMemoryBIOFactory(contextFactory, False, factory))
+        listening._type = "TLS"
+        return listening
+
+    def adoptStreamPort(self, fileDescriptor: int, family: Any, factory: Any) -> Any:
+        return self._adopt(factory)
+
+
+def worker_log_observer() -> ILogObserver:
+    """A worker's log (``twistd --logger``): JSON events, one a line, on its
+    standard output, for the parent to log as its own."""
+    return jsonFileLogObserver(sys.stdout, recordSeparator="")
+
+
+class ParentWatch(service.Service):
+    """A worker's link to its parent: its standard input, which the parent
+    holds open and never writes.  When it closes (the parent is gone, even
+    killed with SIGKILL) the worker stops as on SIGTERM, draining.  SIGINT
+    (a terminal's Ctrl-C reaches the whole process group) is left to the
+    parent, which sends SIGTERM."""
+
+    def __init__(self, reactor: Any, fd: int = 0) -> None:
+        self.reactor = reactor
+        self.fd = fd
+
+    def startService(self) -> None:
+        from twisted.internet.process import ProcessReader
+
+        super().startService()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self._reader = ProcessReader(self.reactor, self, "parent", self.fd)
+
+    def childDataReceived(self, name: str, data: bytes) -> None:
+        pass
+
+    def childConnectionLost(self, name: str, reason: Failure | None = None) -> None:
+        if self.running:
+            log.warn("The parent is gone: stopping")
+            self.reactor.stop()
+
+
+# The parent: processes -------------------------------------------------------
+
+
+@dataclass
+class _Slot:
+    number: int
+    process: IProcessTransport | None = None
+    pid: int | None = None
+    started: float = 0.0
+    backoff: float = BACKOFF
+    restart: IDelayedCall | None = None
+
+
+def _how(reason: Failure) -> str:
+    """How a process ended, in words."""
+    value = reason.value
+    if isinstance(value, ProcessTerminated) and value.signal is not None:
+        try:
+            name = signal.Signals(value.signal).name
+        except ValueError:
+            name = str(value.signal)
+        return f"signal {value.signal} ({name})"
+    if isinstance(value, (ProcessDone, ProcessTerminated)):
+        return f"exit status {value.exitCode}"
+    return str(value)
+
+
+class WorkerProtocol(protocol.ProcessProtocol):
+    """One worker: its JSON log lines are logged in the parent (``log_system``
+    ``worker N``); its standard error line by line; its end told to the pool."""
+
+    def __init__(self, pool: WorkerPool, slot: _Slot) -> None:
+        self.pool = pool
+        self.slot = slot
+        self._buffers: dict[int, bytes] = {1: b"", 2: b""}
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD not in self._buffers:
+            return
+        *lines, self._buffers[childFD] = (self._buffers[childFD] + data).split(b"\n")
+        for line in lines:
+            self._line(childFD, line)
+
+    def _line(self, childFD: int, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        if not text.strip():
+            return
+        system = f"worker {self.slot.number}"
+        if childFD == 1:
+            try:
+                event = eventFromJSON(text)
+            except ValueError:
+                pass
+            else:
+                own = event.get("log_system")
+                event["log_system"] = (
+                    system if own in (None, "-") else f"{system},{own}"
+                )
+                log.observer(event)
+                return
+        log.warn("{text}", text=text, log_system=system)
+
+    def processEnded(self, reason: Failure) -> None:
+        for fd, rest in self._buffers.items():
+            if rest:
+                self._line(fd, rest)
+        self.pool.ended(self.slot, reason)
+
+
+class WorkerPool(service.Service):
+    """``count`` worker processes kept running: each spawned with
+    ``command(slot)`` and ``child_fds()``; one that dies is logged and
+    started again, no sooner than its backoff after its previous start.
+    Stopping sends each SIGTERM and waits for all to exit (SIGKILL after
+    ``stop_timeout``)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        count: int,
+        command: Callable[[int], Sequence[str]],
+        child_fds: Callable[[], Mapping[int, int | str]],
+        stop_timeout: float,
+        env: Mapping[str, str] | None = None,
+        before_start: Callable[[int], None] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.command = command
+        self.child_fds = child_fds
+        self.stop_timeout = stop_timeout
+        self.env = dict(os.environ if env is None else env)
+        self.before_start = before_start
+        self.slots = [_Slot(n) for n in range(1, count + 1)]
+        self.restarts = 0
+        self._stopping = False
+        self._all_ended: defer.Deferred[None] | None = None
+
+    @property
+    def running_count(self) -> int:
+        return sum(1 for slot in self.slots if slot.process is not None)
+
+    def pids(self) -> list[int | None]:
+        return [slot.process.pid if slot.process else None for slot in self.slots]
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        for slot in self.slots:
+            self._spawn(slot)
+        log.info(
+            "Started {count} workers: pids {pids}",
+            count=self.count,
+            pids=" ".join(str(pid) for pid in self.pids()),
+        )
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.restart = None
+        if self.before_start is not None:
+            self.before_start(slot.number)
+        argv = list(self.command(slot.number))
+        slot.started = self.reactor.seconds()
+        slot.process = self.reactor.spawnProcess(
+            WorkerProtocol(self, slot),
+            argv[0],
+            argv,
+            env=self.env,
+            childFDs=dict(self.child_fds()),
+        )
+        slot.pid = slot.process.pid
+
+    def ended(self, slot: _Slot, reason: Failure) -> None:
+        pid = slot.pid
+        slot.process = None
+        if self._stopping:
+            log.info(
+                "Worker {slot} (pid {pid}) exited: {how}",
+                slot=slot.number,
+                pid=pid,
+                how=_how(reason),
+            )
+            if self._all_ended is not None and not self.running_count:
+                self._all_ended.callback(None)
+            return
+        now = self.reactor.seconds()
+        lived = now - slot.started
+        if lived < STEADY:
+            delay = max(0.0, slot.started + slot.backoff - now)
+            slot.backoff = min(slot.backoff * 2, BACKOFF_MAX)
+        else:
+            delay = 0.0
+            slot.backoff = BACKOFF
+        log.error(
+            "Worker {slot} (pid {pid}) died: {how}; starting another in {delay:.1f} s",
+            slot=slot.number,
+            pid=pid,
+            how=_how(reason),
+            delay=delay,
+        )
+        self.restarts += 1
+        slot.restart = self.reactor.callLater(delay, self._spawn, slot)
+
+    def signal_all(self, signame: str) -> None:
+        """Send ``signame`` (``"TERM"``, ``"HUP"``) to every running worker."""
+        for slot in self.slots:
+            if slot.process is not None:
+                # OSError: it just exited, and its end is on the way.
+                with contextlib.suppress(OSError):
+                    slot.process.signalProcess(signame)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        self._stopping = True
+        for slot in self.slots:
+            if slot.restart is not None and slot.restart.active():
+                slot.restart.cancel()
+            slot.restart = None
+        if not self.running_count:
+            return defer.succeed(None)
+        log.info("Stopping {count} workers (SIGTERM)", count=self.running_count)
+        self._all_ended = defer.Deferred()
+        self.signal_all("TERM")
+        kill = self.reactor.callLater(self.stop_timeout, self._kill)
+
+        def done(result: None) -> None:
+            if kill.active():
+                kill.cancel()
+
+        return self._all_ended.addCallback(done)
+
+    def _kill(self) -> None:
+        log.warn(
+            "{count} workers still running after {timeout:g} s: SIGKILL",
+            count=self.running_count,
+            timeout=self.stop_timeout,
+        )
+        self.signal_all("KILL")
+
+
+# The parent: metrics and health ---------------------------------------------
+
+
+class _Sockets:
+    """Agent endpoints: ``http://worker-N/…`` is worker N's socket."""
+
+    def __init__(self, reactor: Any, path: Callable[[int], str]) -> None:
+        self.reactor = reactor
+        self.path = path
+
+    def endpointForURI(self, uri: Any) -> UNIXClientEndpoint:
+        slot = int(uri.host.decode("ascii").rsplit("-", 1)[1])
+        return UNIXClientEndpoint(self.reactor, self.path(slot), timeout=2)
+
+
+class WorkersMonitor:
+    """What the parent's ``/metrics`` and ``/readyz`` say, asked of every
+    worker's own metrics listener (``socket(slot)``)."""
+
+    def __init__(self, reactor: Any, pool: WorkerPool, socket: Callable[[int], str]):
+        self.reactor = reactor
+        self.pool = pool
+        from mm7tx.client import QuietConnectionPool
+
+        self.agent = Agent.usingEndpointFactory(
+            reactor,
+            _Sockets(reactor, socket),
+            QuietConnectionPool(reactor, persistent=False),
+        )
+        self.draining = False
+        self.registry = CollectorRegistry(auto_describe=True)
+        Gauge(
+            "mm7tx_workers", "Worker processes running", registry=self.registry
+        ).set_function(lambda: pool.running_count)
+        restarts = Counter(
+            "mm7tx_worker_restarts",
+            "Workers that died and were started again",
+            registry=self.registry,
+        )
+        restarts.inc(0)
+        self._restarts = restarts
+        self._counted = 0
+
+    async def _ask(self, slot: int, path: str) -> tuple[int, bytes]:
+        asking = self.agent.request(b"GET", f"http://worker-{slot}{path}".encode())
+        asking.addTimeout(ASK_TIMEOUT, self.reactor)
+        response = await asking
+        body = await readBody(response)
+        return response.code, body
+
+    async def metrics(self) -> bytes:
+        """Every worker's metrics with a ``worker`` label, then the parent's."""
+        self._restarts.inc(self.pool.restarts - self._counted)
+        self._counted = self.pool.restarts
+        families: dict[str, Metric] = {}
+        for slot in self.pool.slots:
+            if slot.process is None:
+                continue
+            try:
+                _, body = await self._ask(slot.number, "/metrics")
+            except Exception as e:
+                log.warn(
+                    "No metrics from worker {slot}: {why}",
+                    slot=slot.number,
+                    why=e,
+                )
+                continue
+            for family in text_string_to_metric_families(body.decode("utf-8")):
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
+                    families[family.name] = merged
+                for sample in family.samples:
+                    labels = {**sample.labels, "worker": str(slot.number)}
+                    merged.samples.append(sample._replace(labels=labels))
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Fixed(list(families.values())))  # type: ignore[arg-type]
+        return generate_latest(registry) + generate_latest(self.registry)
+
+    async def problem(self) -> str | None:
+        """Why the workers are not all ready, or None."""
+        if self.draining:
+            return "draining: the service is stopping"
+        for slot in self.pool.slots:
+            if slot.process is None:
+                return f"worker {slot.number} is not running (being restarted)"
+            try:
+                code, body = await self._ask(slot.number, "/readyz")
+            except Exception as e:
+                return f"worker {slot.number} does not answer: {e}"
+            if code != 200:
+                return (
+                    f"worker {slot.number}: {body.decode('utf-8', 'replace').strip()}"
+                )
+        return None
+
+
+class _Fixed:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+class _Asking(Resource):
+    """A GET answered when ``answer(request)`` (a coroutine) gives the body."""
+
+    isLeaf = True
+
+    def __init__(self, answer: Callable[[server.Request], Any]) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def render_GET(self, request: server.Request) -> Any:
+        def write(body: bytes) -> None:
+            if not request._disconnected:
+                request.write(body)
+                request.finish()
+
+        def failed(reason: Failure) -> None:
+            log.failure("Answering {uri}", reason, uri=request.uri)
+            if not request._disconnected:
+                request.setResponseCode(500)
+                request.finish()
+
+        defer.ensureDeferred(self.answer(request)).addCallbacks(write, failed)
+        return server.NOT_DONE_YET
+
+
+def monitor_root(monitor: WorkersMonitor) -> Resource:
+    """The parent's ``/metrics``, ``/healthz`` and ``/readyz``."""
+
+    async def metrics(request: server.Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return await monitor.metrics()
+
+    async def ready(request: server.Request) -> bytes:
+        problem = await monitor.problem()
+        # Ready's own page, so the answers read as a single process's.
+        return Ready(lambda: problem).render_GET(request)  # type: ignore[no-any-return]
+
+    root = Resource()
+    root.putChild(b"metrics", _Asking(metrics))
+    root.putChild(b"healthz", Alive())
+    root.putChild(b"readyz", _Asking(ready))
+    return root
+
+
+# The parent ------------------------------------------------------------------
+
+# Set by the parent for its workers: the folder of their metrics sockets,
+# and what their systemd: listeners find (see systemd_names).
+FOLDER_ENV = "MM7TX_WORKER_FOLDER"
+FDS_ENV, FDNAMES_ENV = "MM7TX_WORKER_LISTEN_FDS", "MM7TX_WORKER_LISTEN_FDNAMES"
+
+
+def metrics_socket(folder: str, slot: int) -> str:
+    """Where worker ``slot`` serves its metrics and health."""
+    return os.path.join(folder, f"{slot}.sock")
+
+
+class Supervisor(service.MultiService):
+    """The parent of ``--workers N``: binds every listener of ``config``
+    (in ``privilegedStartService``, as a single process would), runs the
+    :class:`WorkerPool` with ``command(slot)``, passes SIGHUP on to every
+    worker, and serves the workers' metrics and health on
+    ``metrics_listen``.  Stopping closes the parent's copies of the
+    listening sockets, drains every worker (SIGTERM), then stops."""
+
+    def __init__(
+        self, config: Any, reactor: Any, command: Callable[[int], Sequence[str]]
+    ) -> None:
+        from mm7tx.service import CLOSE_GRACE
+
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.ports: list[IListeningPort] = []
+        self.folder: str | None = None
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+        }
+        env[FDS_ENV], env[FDNAMES_ENV] = systemd_names(config.listen)
+        self.pool = WorkerPool(
+            reactor,
+            config.workers,
+            command,
+            self._child_fds,
+            # A worker drains, then takes up to CLOSE_GRACE to close.
+            stop_timeout=config.drain_timeout + CLOSE_GRACE + 5,
+            env=env,
+            before_start=self._before_start,
+        )
+        self.pool.setServiceParent(self)
+        self.monitor: WorkersMonitor | None = None
+        self._monitor_port: IListeningPort | None = None
+        self._previous_hup: Any = None
+
+    def _child_fds(self) -> dict[int, int | str]:
+        fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+        for i, port in enumerate(self.ports):
+            fds[FIRST_FD + i] = port.fileno()  # type: ignore[attr-defined]
+        return fds
+
+    def _before_start(self, slot: int) -> None:
+        if self.folder is not None:  # a killed worker's socket stays behind
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(metrics_socket(self.folder, slot))
+
+    def privilegedStartService(self) -> None:
+        for endpoint in self.config.listen:
+            self.ports.append(bind(self.reactor, endpoint))
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        import tempfile
+
+        from mm7tx import __version__
+
+        log.info(
+            "mm7tx {version} on {source}: {count} workers listening on {listen}",
+            version=__version__,
+            source=self.config.source,
+            count=self.config.workers,
+            listen=", ".join(self.config.listen),
+        )
+        if self.config.metrics_listen is not None:
+            self.folder = tempfile.mkdtemp(prefix="mm7tx-workers-")
+            self.pool.env[FOLDER_ENV] = self.folder
+            folder = self.folder
+            self.monitor = WorkersMonitor(
+                self.reactor, self.pool, lambda slot: metrics_socket(folder, slot)
+            )
+        self._previous_hup = signal.signal(signal.SIGHUP, self._sighup)
+        super().startService()
+        if self.monitor is not None:
+            self._start_monitor(self.monitor)
+
+    def _sighup(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.forward, "HUP")
+
+    def forward(self, signame: str) -> None:
+        """Pass ``signame`` on to every worker."""
+        log.info(
+            "SIG{signal}: passing it on to {count} workers",
+            signal=signame,
+            count=self.pool.running_count,
+        )
+        self.pool.signal_all(signame)
+
+    def _start_monitor(self, monitor: WorkersMonitor) -> None:
+        from mm7tx.service import _MonitorSite
+
+        endpoint = self.config.metrics_listen
+        site = _MonitorSite(monitor_root(monitor), self.reactor)
+
+        def up(port: IListeningPort) -> None:
+            self._monitor_port = port
+            log.info("Metrics and health on {endpoint}", endpoint=endpoint)
+
+        def down(reason: Failure) -> None:
+            log.error(
+                "Cannot serve metrics and health on {endpoint} (metrics_listen): "
+                "{why}; MM7 goes on without them",
+                endpoint=endpoint,
+                why=reason.getErrorMessage(),
+            )
+
+        serverFromString(self.reactor, endpoint).listen(site).addCallbacks(up, down)
+
+    async def _stop(self) -> None:
+        if self.monitor is not None:
+            self.monitor.draining = True
+        for port in self.ports:
+            # The workers close theirs as they stop: then nothing listens.
+            await defer.maybeDeferred(port.stopListening)
+        self.ports = []
+        await super().stopService()
+        if self._monitor_port is not None:
+            await defer.maybeDeferred(self._monitor_port.stopListening)
+        if self.folder is not None:
+            import shutil
+
+            shutil.rmtree(self.folder, ignore_errors=True)
+        log.info("All workers stopped")
+
+    def stopService(self) -> defer.Deferred[None]:
+        if self._previous_hup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+        return defer.ensureDeferred(self._stop())
+
+
+# The worker ------------------------------------------------------------------
+
+
+def passed_to_worker(environ: Mapping[str, str] = os.environ) -> Any:
+    """The sockets a worker's ``systemd:`` listeners find (its parent's,
+    at the descriptors :func:`systemd_names` says)."""
+    from twisted.python.systemd import ListenFDs
+
+    fds = environ.get(FDS_ENV, "")
+    names = environ.get(FDNAMES_ENV, "")
+    if not fds:
+        return ListenFDs([], ())
+    return ListenFDs([int(fd) for fd in fds.split(",")], tuple(names.split(":")))
+
+
+def worker_config(
+    config: Config, slot: int, environ: Mapping[str, str] = os.environ
+) -> Config:
+    """A worker's configuration: its metrics on its own socket in the
+    parent's folder (or none, when the parent serves none)."""
+    from dataclasses import replace
+
+    folder = environ.get(FOLDER_ENV)
+    listen = f"unix:{metrics_socket(folder, slot)}:mode=600" if folder else None
+    return replace(config, metrics_listen=listen)
+
+
+def adopting(reactor: Any) -> Callable[[int], Adopting]:
+    """For :func:`~mm7tx.service.build_service`: listener ``i`` adopts the
+    socket at descriptor ``FIRST_FD + i``."""
+    return lambda index: Adopting(reactor, FIRST_FD + index)

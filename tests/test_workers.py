@@ -1,0 +1,490 @@
+"""``--workers N``: the option, the pool of worker processes on a fake
+process reactor and a Clock (respawn with backoff, signals, the drain), the
+parent's metrics, and one run of the real ``twistd mm7 --workers 2``."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
+
+from mm7tx import codec, tap, workers
+from mm7tx.config import Config, ConfigError, check_shared, load
+from mm7tx.metrics import Metrics
+from tests.processes import free_port, wait_for_port
+from tests.test_drain import TWISTD, deliver
+
+BASE = """
+mm7_serv {
+  mm7_server_default_email_from_domain = "from.example"
+  mm7_server_default_email_to_domain = "to.example"
+  mm7_vasp_uri_paths = ("/vasp/")
+  %s
+}
+"""
+
+
+# The option ------------------------------------------------------------------
+
+
+def test_workers_in_the_file() -> None:
+    assert load(BASE % "").workers == 1
+    assert load(BASE % "workers = 4").workers == 4
+    assert load(BASE % "workers = AUTO").workers == (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "()"])
+def test_a_bad_workers_value_is_one_line_naming_the_line(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(BASE % f"workers = {value}", "f.conf")
+    assert str(caught.value).startswith("f.conf, line 6: ")
+    assert "workers" in str(caught.value)
+
+
+def test_the_command_line_wins_over_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "mm7tx.conf"
+    path.write_text(BASE % "workers = 4")
+    parsed = tap.Options()
+    parsed.parseOptions(["--config", str(path), "--workers", "2"])
+    assert parsed["mm7_config"].workers == 2
+    parsed = tap.Options()
+    parsed.parseOptions(["--config", str(path), "--workers", "auto"])
+    assert parsed["mm7_config"].workers == (os.cpu_count() or 1)
+    with pytest.raises(SystemExit) as caught:
+        tap.Options().parseOptions(["--config", str(path), "--workers", "0"])
+    assert str(caught.value) == (
+        "--workers: workers must be a whole number from 1, or auto, not '0'"
+    )
+
+
+def test_a_worker_runs_as_one_process_whatever_the_file_says(tmp_path: Path) -> None:
+    path = tmp_path / "mm7tx.conf"
+    path.write_text(BASE % "workers = 4")
+    parsed = tap.Options()
+    parsed.parseOptions(["--config", str(path), "--worker", "2"])
+    assert parsed["mm7_config"].workers == 1
+
+
+def test_listeners_workers_cannot_share_are_refused() -> None:
+    shared = ("tcp:80", "ssl:443:privateKey=k", "unix:/s", "haproxy:tcp:81")
+    check_shared(Config(listen=shared, workers=2))
+    with pytest.raises(ConfigError) as caught:
+        check_shared(
+            Config(
+                listen=("tcp:80", "tor:80"),
+                listen_origins=("f, line 2",) * 2,
+                workers=2,
+            )
+        )
+    assert str(caught.value).startswith(
+        "f, line 2: Listen 'tor:80' cannot be shared by workers (workers = 2)"
+    )
+
+
+def test_systemd_listeners_find_the_socket_the_parent_passed() -> None:
+    fds, names = workers.systemd_names(
+        (
+            "tcp:80",
+            "systemd:domain=INET:index=1",
+            "haproxy:systemd:domain=INET:name=mm7",
+        )
+    )
+    passed = workers.passed_to_worker(
+        {workers.FDS_ENV: fds, workers.FDNAMES_ENV: names}
+    )
+    assert passed.inheritedDescriptors()[1] == 4  # listener 1 at descriptor 4
+    assert passed.inheritedNamedDescriptors()["mm7"] == 5
+    assert workers.systemd_names(("tcp:80",)) == ("", "")
+
+
+def test_worker_metrics_go_to_a_socket_of_their_own() -> None:
+    config = workers.worker_config(Config(), 2, {workers.FOLDER_ENV: "/run/x"})
+    assert config.metrics_listen == "unix:/run/x/2.sock:mode=600"
+    assert workers.worker_config(Config(), 2, {}).metrics_listen is None
+
+
+# The pool --------------------------------------------------------------------
+
+
+class FakeProcess:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[str] = []
+
+    def signalProcess(self, signame: str) -> None:
+        self.signals.append(signame)
+
+
+class ProcessReactor(Clock):
+    """A Clock whose ``spawnProcess`` records each process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[tuple[Any, list[str], dict[int, Any], FakeProcess]] = []
+
+    def spawnProcess(
+        self, protocol: Any, executable: str, args: list[str], env: Any, childFDs: Any
+    ) -> FakeProcess:
+        process = FakeProcess(100 + len(self.spawned))
+        self.spawned.append((protocol, args, childFDs, process))
+        protocol.makeConnection(process)
+        return process
+
+    def end(self, index: int, reason: Exception) -> None:
+        self.spawned[index][0].processEnded(Failure(reason))
+
+
+def pool(reactor: ProcessReactor, count: int = 2) -> workers.WorkerPool:
+    made = workers.WorkerPool(
+        reactor,
+        count,
+        lambda slot: ["python", f"--worker={slot}"],
+        lambda: {0: "w", 1: "r", 2: "r", 3: 7},
+        stop_timeout=40,
+        env={},
+    )
+    made.startService()
+    return made
+
+
+def messages(events: Sequence[dict[str, Any]]) -> list[str]:
+    return [formatEvent(event) for event in events]
+
+
+def test_workers_are_spawned_with_the_listening_sockets() -> None:
+    reactor = ProcessReactor()
+    with capturedLogs() as events:
+        started = pool(reactor, 3)
+    assert [args for _, args, _, _ in reactor.spawned] == [
+        ["python", "--worker=1"],
+        ["python", "--worker=2"],
+        ["python", "--worker=3"],
+    ]
+    assert reactor.spawned[0][2] == {0: "w", 1: "r", 2: "r", 3: 7}
+    assert started.running_count == 3
+    assert "Started 3 workers: pids 100 101 102" in messages(events)
+
+
+def test_a_dead_worker_is_logged_and_replaced_at_most_once_a_second() -> None:
+    reactor = ProcessReactor()
+    started = pool(reactor)
+    reactor.advance(0.25)
+    with capturedLogs() as events:
+        reactor.end(1, ProcessTerminated(signal=9))
+    assert messages(events) == [
+        "Worker 2 (pid 101) died: signal 9 (SIGKILL); starting another in 0.8 s"
+    ]
+    assert len(reactor.spawned) == 2 and started.running_count == 1
+    reactor.advance(0.74)
+    assert len(reactor.spawned) == 2  # not before a second after its start
+    reactor.advance(0.01)
+    assert len(reactor.spawned) == 3
+    assert reactor.spawned[2][1] == ["python", "--worker=2"]
+    # A crash loop: each quick death doubles the wait, up to BACKOFF_MAX.
+    waits = []
+    for _ in range(7):
+        with capturedLogs() as events:
+            reactor.end(len(reactor.spawned) - 1, ProcessTerminated(exitCode=1))
+        waits.append(messages(events)[0].rsplit(" in ", 1)[1])
+        reactor.advance(workers.BACKOFF_MAX)
+    assert waits == ["2.0 s", "4.0 s", "8.0 s", "16.0 s", "30.0 s", "30.0 s", "30.0 s"]
+    assert "exit status 1" in messages(events)[0]
+    # One that ran a while is replaced at once, and its backoff starts over.
+    reactor.advance(workers.STEADY)
+    reactor.end(len(reactor.spawned) - 1, ProcessDone(0))
+    reactor.advance(0)
+    assert started.running_count == 2
+    assert started.slots[1].backoff == workers.BACKOFF
+    assert started.restarts == 9
+
+
+def test_signals_reach_every_worker_and_stop_drains_them_all() -> None:
+    reactor = ProcessReactor()
+    started = pool(reactor)
+    started.signal_all("HUP")
+    assert [p.signals for *_, p in reactor.spawned] == [["HUP"], ["HUP"]]
+    # One dies, then the stop comes before its replacement is due.
+    reactor.end(0, ProcessTerminated(signal=9))
+    stopping = started.stopService()
+    reactor.advance(5)
+    assert len(reactor.spawned) == 2  # not replaced while stopping
+    assert reactor.spawned[1][3].signals == ["HUP", "TERM"]
+    assert not stopping.called  # worker 2 drains
+    with capturedLogs() as events:
+        reactor.end(1, ProcessTerminated(signal=15))
+    assert stopping.called
+    assert messages(events) == ["Worker 2 (pid 101) exited: signal 15 (SIGTERM)"]
+    assert not reactor.getDelayedCalls()
+
+
+def test_a_worker_that_does_not_stop_is_killed_after_the_stop_timeout() -> None:
+    reactor = ProcessReactor()
+    started = pool(reactor, 1)
+    stopping = started.stopService()
+    reactor.advance(39)
+    assert reactor.spawned[0][3].signals == ["TERM"]
+    reactor.advance(1)
+    assert reactor.spawned[0][3].signals == ["TERM", "KILL"]
+    reactor.end(0, ProcessTerminated(signal=9))
+    assert stopping.called
+
+
+def test_a_worker_s_log_events_are_logged_in_the_parent() -> None:
+    reactor = ProcessReactor()
+    pool(reactor, 1)
+    protocol = reactor.spawned[0][0]
+    line = (
+        '{"log_format": "Drained {count} transactions", "count": 3, '
+        '"log_namespace": "mm7tx.service", "log_system": "-"}\n'
+    )
+    with capturedLogs() as events:
+        protocol.childDataReceived(1, line[:20].encode())
+        protocol.childDataReceived(1, line[20:].encode() + b"not json\n")
+        protocol.childDataReceived(2, b"Traceback (most recent call last):\n")
+    assert messages(events) == [
+        "Drained 3 transactions",
+        "not json",
+        "Traceback (most recent call last):",
+    ]
+    assert [event["log_system"] for event in events] == ["worker 1"] * 3
+
+
+# The parent's metrics --------------------------------------------------------
+
+
+def test_the_parent_s_metrics_are_every_worker_s_with_a_worker_label() -> None:
+    reactor = ProcessReactor()
+    started = pool(reactor)
+    counted = {1: Metrics(), 2: Metrics()}
+    counted[1].transaction("/vasp/", "DeliverReq", 1000, 0.01, 100)
+    counted[2].transaction("/vasp/", "DeliverReq", 1000, 0.01, 100)
+    counted[2].transaction("/vasp/", "DeliverReq", 4006, 0.01, 100)
+    monitor = workers.WorkersMonitor(reactor, started, lambda slot: "/nowhere")
+
+    async def ask(slot: int, path: str) -> tuple[int, bytes]:
+        return 200, counted[slot].exposition()
+
+    monitor._ask = ask  # type: ignore[method-assign]
+    text = defer.ensureDeferred(monitor.metrics()).result.decode()  # type: ignore[attr-defined]
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    found = {
+        (s.labels["worker"], s.labels["status"]): s.value
+        for s in families["mm7tx_transactions"].samples
+        if s.name.endswith("_total")
+    }
+    assert found == {("1", "1000"): 1, ("2", "1000"): 1, ("2", "4006"): 1}
+    assert {s.labels["worker"] for s in families["process_cpu_seconds"].samples} == {
+        "1",
+        "2",
+    }
+    assert families["mm7tx_workers"].samples[0].value == 2
+    assert text.count("# TYPE mm7tx_transactions_total counter") == 1
+
+
+def test_the_parent_is_ready_when_every_worker_is() -> None:
+    reactor = ProcessReactor()
+    started = pool(reactor)
+    answers = {1: (200, b"ready\n"), 2: (503, b"the mail relay has not answered yet\n")}
+    monitor = workers.WorkersMonitor(reactor, started, lambda slot: "/nowhere")
+
+    async def ask(slot: int, path: str) -> tuple[int, bytes]:
+        return answers[slot]
+
+    monitor._ask = ask  # type: ignore[method-assign]
+
+    def problem() -> Any:
+        return defer.ensureDeferred(monitor.problem()).result  # type: ignore[attr-defined]
+
+    assert problem() == "worker 2: the mail relay has not answered yet"
+    answers[2] = (200, b"ready\n")
+    assert problem() is None
+    reactor.end(0, ProcessTerminated(signal=9))
+    assert problem() == "worker 1 is not running (being restarted)"
+    monitor.draining = True
+    assert problem() == "draining: the service is stopping"
+
+
+def test_one_worker_is_today_s_single_process() -> None:
+    made = tap.makeService(_options("--listen", "tcp:0:interface=127.0.0.1"))
+    assert not any(isinstance(s, workers.Supervisor) for s in made)  # type: ignore[attr-defined]
+
+
+def _options(*argv: str) -> tap.Options:
+    parsed = tap.Options()
+    parsed.parseOptions(list(argv))
+    return parsed
+
+
+def test_more_workers_make_a_supervisor() -> None:
+    made = tap.makeService(
+        _options("--listen", "tcp:0:interface=127.0.0.1", "--workers", "3")
+    )
+    (supervisor,) = list(made)  # type: ignore[call-overload]
+    assert isinstance(supervisor, workers.Supervisor)
+    assert supervisor.pool.count == 3
+    command = _options("--listen", "tcp:0", "--smtp-relay", "maildir:M").worker_command(
+        2
+    )
+    assert command[-4:] == [
+        "mm7",
+        "--worker=2",
+        "--listen=tcp:0",
+        "--smtp-relay=maildir:M",
+    ]
+
+
+# The real twistd -------------------------------------------------------------
+
+
+def _post(port: int, tid: str) -> str:
+    """One DeliverReq on a connection of its own: its MM7 status, or the error."""
+    content_type, body = deliver(tid)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", "/vasp/", body, {"Content-Type": content_type})
+        reply = connection.getresponse()
+        envelope = codec.decode(reply.getheader("content-type"), reply.read())
+        return str(envelope.message.status.code)  # type: ignore[union-attr]
+    except (OSError, http.client.HTTPException) as e:
+        return f"error {type(e).__name__}"
+    finally:
+        connection.close()
+
+
+def _burst(port: int, count: int) -> dict[str, str]:
+    tids = [uuid.uuid4().hex for _ in range(count)]
+    with ThreadPoolExecutor(8) as pool:
+        return dict(
+            zip(tids, pool.map(lambda tid: _post(port, tid), tids), strict=True)
+        )
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _until(condition: Any, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_twistd_with_two_workers(tmp_path: Path) -> None:
+    http_port, metrics_port = free_port(), free_port()
+    mail = tmp_path / "Maildir"
+    config = tmp_path / "mm7tx.conf"
+    config.write_text(
+        BASE.replace("%s", "workers = 2\n  %s") % f'smtp_relay = "maildir:{mail}"\n'
+        f'  metrics_listen = "tcp:{metrics_port}:interface=127.0.0.1"'
+    )
+    log_path = tmp_path / "log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [
+                TWISTD,
+                *("-n", "--pidfile=", "mm7", "--config", str(config)),
+                f"--listen=tcp:{http_port}:interface=127.0.0.1",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        assert wait_for_port(metrics_port, process)
+        assert _until(lambda: _get(metrics_port, "/readyz") == (200, "ready\n"))
+        text = log_path.read_text()
+        assert "2 workers listening on tcp:" in text
+        pids = [
+            int(p) for p in re.findall(r"Started 2 workers: pids (\d+) (\d+)", text)[0]
+        ]
+
+        answers = _burst(http_port, 24)
+        assert set(answers.values()) == {"1000"}
+        _, metrics = _get(metrics_port, "/metrics")
+        served = {
+            s.labels["worker"]
+            for f in text_string_to_metric_families(metrics)
+            if f.name == "mm7tx_transactions"
+            for s in f.samples
+            if s.name.endswith("_total") and s.value
+        }
+        assert served == {"1", "2"}  # both workers took requests
+
+        os.kill(pids[0], signal.SIGKILL)
+        more = _burst(http_port, 8)  # the other worker answers meanwhile
+        assert set(more.values()) == {"1000"}
+        assert _until(
+            lambda: f"Worker 1 (pid {pids[0]}) died: signal 9" in log_path.read_text()
+        )
+        assert _until(lambda: _get(metrics_port, "/readyz") == (200, "ready\n"))
+        assert "mm7tx_workers 2.0" in _get(metrics_port, "/metrics")[1]
+
+        # SIGHUP reaches every worker, each reloads the file (not the parent).
+        config.write_text(config.read_text().replace("from.example", "new.example"))
+        process.send_signal(signal.SIGHUP)
+        assert _until(lambda: log_path.read_text().count("Reloaded ") == 2)
+        reloaded = _burst(http_port, 8)
+        assert set(reloaded.values()) == {"1000"}
+        froms = {
+            str(message_from_bytes(p.read_bytes())["From"])
+            for p in (mail / "new").iterdir()
+            if str(message_from_bytes(p.read_bytes())["X-MM7-TransactionID"])
+            in reloaded
+        }
+        assert froms and all(
+            f.endswith("@new.example>") or f.endswith("@new.example") for f in froms
+        )
+        more.update(reloaded)
+
+        # SIGTERM under load: every 1000 has its mail, nothing else has.
+        results: dict[str, str] = {}
+        loader = threading.Thread(target=lambda: results.update(_burst(http_port, 40)))
+        loader.start()
+        time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) in (0, -signal.SIGTERM)
+        loader.join(15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    answers.update(more)
+    answers.update(results)
+    delivered = Counter(
+        str(message_from_bytes(p.read_bytes())["X-MM7-TransactionID"])
+        for p in (mail / "new").iterdir()
+    )
+    accepted = {tid for tid, outcome in answers.items() if outcome == "1000"}
+    assert set(delivered) == accepted and set(delivered.values()) == {1}
+    assert "All workers stopped" in log_path.read_text()
+    for pid in pids[1:]:  # the workers are gone with their parent
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
