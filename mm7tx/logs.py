@@ -98,7 +98,7 @@ def log_transaction(
         status=int(status),
         status_text=status_text,
         request_bytes=request_bytes,
-        ms=ms,
+        ms=round(ms, 3),
         peer=peer,
         relay_reply=relay_reply,
         answered=answered,

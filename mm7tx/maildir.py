@@ -71,7 +71,9 @@ class MaildirSender:
                     details=f"cannot write to the Maildir: {e.strerror}",
                 )
             )
-        return defer.succeed(SendResult(tuple(recipients), reply=f"new/{key}"))
+        return defer.succeed(
+            SendResult(tuple(recipients), reply=f"stored as new/{key}")
+        )
 
 
 def _try_writing(folder: str) -> None:
