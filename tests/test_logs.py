@@ -413,4 +413,19 @@ def test_twistd_writes_the_transaction_as_a_json_line_to_the_l_file(tmp_path):
         "answered": True,
     }
     assert isinstance(event["ms"], float)
-    assert any(r["message"].startswith("mm7tx on embedded defaults") for r in records)
+    assert any(" on embedded defaults: listening" in r["message"] for r in records)
+
+
+def test_a_request_refused_undecoded_logs_the_transaction_id_it_echoes():
+    gateway = MemoryGateway(CONFIG)
+    ctype, body = codec.encode(m.Envelope("tx-9", m.DeliveryReportReq()))
+    with capturedLogs() as events:
+        answer = gateway.post(
+            "/vasp/", body, {"Content-Type": ctype, **basic("mmsc1", "secretpw")}
+        )
+    assert b"tx-9" in answer.body  # the fault echoes it
+    [event] = transactions(events)
+    assert (event["operation"], event["status"]) == (None, 4004)
+    assert event["transaction_id"] == "tx-9"
+    assert formatEvent(event).startswith("Request tx-9 from 127.0.0.1 on /vasp/: ")
+    gateway.stop()
