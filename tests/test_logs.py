@@ -46,6 +46,10 @@ VASP "acct" {
   delivery_report_user = "dr"
   delivery_report_password = "secretpw"
 }
+VASP "acct2" {
+  password = "secretpw"
+  delivery_report_url = "http://dr:secretpw@vasp.test:9000/dr/"
+}
 """
 DELIVER = m.DeliverReq(
     sender=m.Address("+447700900123"),
@@ -304,7 +308,8 @@ def test_a_password_in_a_url_is_masked_in_json():
 
 def test_no_password_reaches_the_json_log():
     """URI credentials, Basic credentials (right and wrong), delivery
-    reports posted with a password (and retried, then given up): the
+    reports posted with a password, set apart or in the URL (and retried,
+    then given up): the
     password is nowhere in what the JSON observer writes, the access log
     included."""
     gateway = MemoryGateway(CONFIG)
@@ -312,6 +317,7 @@ def test_no_password_reaches_the_json_log():
     with capturedLogs() as events:
         post(gateway, "/mm7/acct=secretpw", SUBMIT)  # reports to a dead URL
         post(gateway, "/mm7/acct=secretpwX", SUBMIT)
+        post(gateway, "/mm7/acct2=secretpw", SUBMIT)  # its URL has the password
         post(gateway, "/vasp/", DELIVER, basic("mmsc1", "secretpw"))
         post(gateway, "/vasp/", DELIVER, basic("mmsc1", "secretpw-not"))
         gateway.advance(120)
@@ -324,9 +330,11 @@ def test_no_password_reaches_the_json_log():
     assert base64.b64encode(b"mmsc1:secretpw").decode()[:-4] not in written
     # What the test looked at: every transaction and the access log lines.
     records = [json.loads(line) for line in written.splitlines()]
-    assert len([r for r in records if r.get("mm7tx_event") == "transaction"]) == 4
+    assert len([r for r in records if r.get("mm7tx_event") == "transaction"]) == 5
     assert sum("POST /mm7/acct=*** HTTP/1.1" in r["message"] for r in records) == 2
+    assert sum("POST /mm7/acct2=*** HTTP/1.1" in r["message"] for r in records) == 1
     assert any("delivery report" in r["message"].lower() for r in records)
+    assert any("for acct2 after 2 attempts" in r["message"] for r in records)
 
 
 # twistd --logger=mm7tx.logs.json ---------------------------------------------
