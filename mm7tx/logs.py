@@ -43,9 +43,11 @@ TRANSACTION_FIELDS = (
     "answered",
 )
 # The text line; the fields named with a leading ``_`` are only for it
-# (:func:`event_as_json` leaves them out).
+# (:func:`event_as_json` leaves them out).  No format spec (``{ms:.1f}``):
+# Twisted's flatFormat, which formats an event relayed as JSON (from a
+# worker), ignores them.
 TRANSACTION_FORMAT = (
-    "{_what} from {peer} on {path}: {_fault}{status} {status_text} ({ms:.1f} ms){_more}"
+    "{_what} from {peer} on {path}: {_fault}{status} {status_text} ({_ms} ms){_more}"
 )
 
 
@@ -104,6 +106,7 @@ def log_transaction(
         answered=answered,
         _what=" ".join(filter(None, (operation or "Request", transaction_id))),
         _fault="fault " if fault else "",
+        _ms=f"{ms:.1f}",
         _more="".join(notes),
     )
 
