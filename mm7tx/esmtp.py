@@ -34,7 +34,7 @@ from mm7tx.errors import MM7Error
 from mm7tx.interfaces import IMailSender, SendResult
 from mm7tx.senders import SMTPSettings
 from mm7tx.status import StatusCode
-from mm7tx.wire import wire_bytes
+from mm7tx.wire import CONTROLS, wire_bytes
 
 if TYPE_CHECKING:
     from mm7tx.metrics import Metrics
@@ -72,6 +72,16 @@ def _classify(code: int, numOk: int, addresses: list[Any]) -> MM7Error:
         StatusCode.MESSAGE_REJECTED,
         details=f"the mail relay refused the message ({code})",
     )
+
+
+# The longest relay reply kept for the log: a queue id fits many times over.
+MAX_REPLY = 200
+
+
+def _reply(code: int, resp: bytes) -> str:
+    """The relay's reply to DATA as one log-safe line (``250 2.0.0 Ok:
+    queued as 4F3A2B``), cut to :data:`MAX_REPLY` characters."""
+    return CONTROLS.sub(" ", f"{code} {_s(resp)}").strip()[:MAX_REPLY]
 
 
 def _s(value: Any) -> str:
@@ -451,7 +461,7 @@ class _SMTPClient(_Session):
             refused = tuple(
                 (_s(a), int(c), _s(r)) for a, c, r in addresses if c not in smtp.SUCCESS
             )
-            job.succeed(SendResult(accepted, refused))
+            job.succeed(SendResult(accepted, refused, _reply(code, resp)))
         elif code in smtp.SUCCESS:
             # A 2xx that is not the relay taking the message for a recipient
             # (its 221 to a QUIT crossing our MAIL FROM): never a success.

@@ -91,10 +91,13 @@ class IReplaceProcessor(Interface):
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
-    """What the relay did with each recipient of an accepted message."""
+    """What the relay did with each recipient of an accepted message, and
+    its reply to the message (``250 2.0.0 Ok: queued as 4F3A2B``: its queue
+    id), if it gave one, for the log."""
 
     accepted: tuple[str, ...]
     refused: tuple[tuple[str, int, str], ...] = ()
+    reply: str | None = None
 
 
 class IMailSender(Interface):

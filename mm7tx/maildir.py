@@ -62,7 +62,7 @@ class MaildirSender:
         message["Return-Path"] = f"<{sender}>"
         message["Delivered-To"] = ", ".join(recipients)
         try:
-            self._maildir.add(message.as_bytes(policy=_FILE_POLICY))
+            key = self._maildir.add(message.as_bytes(policy=_FILE_POLICY))
             _fsync_directory(os.path.join(self.path, "new"))
         except OSError as e:
             return defer.fail(
@@ -71,7 +71,9 @@ class MaildirSender:
                     details=f"cannot write to the Maildir: {e.strerror}",
                 )
             )
-        return defer.succeed(SendResult(tuple(recipients)))
+        return defer.succeed(
+            SendResult(tuple(recipients), reply=f"stored as new/{key}")
+        )
 
 
 def _try_writing(folder: str) -> None:

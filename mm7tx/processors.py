@@ -655,9 +655,24 @@ class EmailProcessor:
 
     # The transactions.
 
-    def _send(self, mail: Mail) -> defer.Deferred[Status]:
+    def _hand_over(
+        self, mail: Mail, transaction: Transaction | None = None
+    ) -> defer.Deferred[Any]:
+        """Send ``mail``: the sender's result, its reply noted on the
+        transaction for the log."""
         d = self.mail_sender.send(mail.sender, mail.recipients, mail.message)
-        return d.addCallback(result_status)
+
+        def noted(result: Any) -> Any:
+            if transaction is not None and isinstance(result, SendResult):
+                transaction.outcome.relay_reply = result.reply
+            return result
+
+        return d.addCallback(noted)
+
+    def _send(
+        self, mail: Mail, transaction: Transaction | None = None
+    ) -> defer.Deferred[Status]:
+        return self._hand_over(mail, transaction).addCallback(result_status)
 
     def submit(
         self, request: SubmitReq, transaction: Transaction
@@ -673,7 +688,7 @@ class EmailProcessor:
         address (recipients mapped to one address share its fate)."""
         message_id = uuid.uuid4().hex
         mail = self.submit_message(request, transaction, message_id)
-        d = self.mail_sender.send(mail.sender, mail.recipients, mail.message)
+        d = self._hand_over(mail, transaction)
 
         def accepted(result: Any) -> SubmitRsp:
             status = result_status(result)
@@ -735,7 +750,7 @@ class EmailProcessor:
         self, request: DeliverReq, transaction: Transaction
     ) -> defer.Deferred[DeliverRsp]:
         mail = self.deliver_message(request, transaction)
-        return self._send(mail).addCallback(
+        return self._send(mail, transaction).addCallback(
             lambda status: DeliverRsp(status, transaction.mm7_version)
         )
 
@@ -743,7 +758,7 @@ class EmailProcessor:
         self, request: DeliveryReportReq, transaction: Transaction
     ) -> defer.Deferred[DeliveryReportRsp]:
         mail = self.delivery_report_message(request, transaction)
-        return self._send(mail).addCallback(
+        return self._send(mail, transaction).addCallback(
             lambda status: DeliveryReportRsp(status, transaction.mm7_version)
         )
 
@@ -751,7 +766,7 @@ class EmailProcessor:
         self, request: ReadReplyReq, transaction: Transaction
     ) -> defer.Deferred[ReadReplyRsp]:
         mail = self.read_reply_message(request, transaction)
-        return self._send(mail).addCallback(
+        return self._send(mail, transaction).addCallback(
             lambda status: ReadReplyRsp(status, transaction.mm7_version)
         )
 

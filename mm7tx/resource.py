@@ -24,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface.interface import InterfaceClass
 
-from mm7tx import codec
+from mm7tx import codec, logs
 from mm7tx import messages as m
 from mm7tx.auth import (
     Account,
@@ -157,6 +157,28 @@ class MM7Resource(Resource):
         (only when there is a fault: most requests never need it)."""
         return codec.sniff(_header(request, b"content-type"), body)
 
+    def _log_transaction(
+        self,
+        peer: str,
+        started: float,
+        status: m.Status,
+        request_bytes: int,
+        fault: bool = True,
+        **fields: Any,
+    ) -> None:
+        """The one log event of a transaction (:mod:`mm7tx.logs`)."""
+        logs.log_transaction(
+            log,
+            path=self.path,
+            peer=peer,
+            status=status.code,
+            status_text=status.details or status.text,
+            ms=1000 * (time.monotonic() - started),
+            request_bytes=request_bytes,
+            fault=fault,
+            **fields,
+        )
+
     def _post(self, request: Request, body: bytes) -> bytes | int:
         peer = client_address(
             _peer(request),
@@ -169,6 +191,7 @@ class MM7Resource(Resource):
             status = m.Status.of(
                 StatusCode.VALIDATION_ERROR, details="the POST has no Content-Length"
             )
+            self._log_transaction(peer, time.monotonic(), status, len(body))
             return self._fault(
                 request, status, self._echo(request, body), http.LENGTH_REQUIRED
             )
@@ -183,19 +206,12 @@ class MM7Resource(Resource):
         creds = credentials_from(tail, _header(request, b"authorization"), peer)
         locked = self.throttle.locked(peer) if self.throttle is not None else 0
         if locked:
-            log.info(
-                "Refused a request from {peer} on {path}: too many failed logins",
-                peer=peer,
-                path=self.path,
-            )
+            why = f"too many failed logins, locked out for {locked:.0f} s"
+            status = m.Status.of(StatusCode.IMPROPER_IDENTIFICATION, details=why)
+            self._log_transaction(peer, started, status, len(body))
             self._auth_failed("locked_out")
             request.setHeader(b"retry-after", b"%d" % max(1, round(locked)))
-            self._unauthorized(
-                request,
-                body,
-                gone,
-                f"too many failed logins, locked out for {locked:.0f} s",
-            )
+            self._unauthorized(request, body, gone, why)
             return NOT_DONE_YET
         if creds is None:
             login: defer.Deferred[Any] = defer.fail(UnauthorizedLogin("bad header"))
@@ -206,10 +222,12 @@ class MM7Resource(Resource):
         def authenticated(result: tuple[Any, Any, Any]) -> None:
             account: Account = result[1].account
             if not account.allows(peer):
-                log.info(
-                    "Refused VASP {vasp} from {peer}: not an allowed network",
-                    vasp=account.name,
-                    peer=peer,
+                status = m.Status.of(
+                    StatusCode.IMPROPER_IDENTIFICATION,
+                    details="not from an allowed network",
+                )
+                self._log_transaction(
+                    peer, started, status, len(body), account=account.name
                 )
                 self._auth_failed("network")
                 self._unauthorized(request, body, gone)
@@ -218,12 +236,12 @@ class MM7Resource(Resource):
 
         def refused(reason: Failure) -> None:
             reason.trap(UnauthorizedLogin)
-            log.info(
-                "Refused a request from {peer} on {path}: no valid {kind} credentials",
-                peer=peer,
-                path=self.path,
-                kind="VASP" if self.role == "mmsc" else "MMSC",
+            kind = "VASP" if self.role == "mmsc" else "MMSC"
+            status = m.Status.of(
+                StatusCode.IMPROPER_IDENTIFICATION,
+                details=f"no valid {kind} credentials",
             )
+            self._log_transaction(peer, started, status, len(body))
             guessed = creds is not None and not isinstance(creds, IPAddressCredentials)
             self._auth_failed("bad_credentials" if guessed else "no_credentials")
             if self.throttle is not None and guessed and self.throttle.failed(peer):
@@ -325,8 +343,10 @@ class MM7Resource(Resource):
         code = _fault_code(account)
         busy = self.gate.enter()
         if busy is not None:
-            log.info("Refused a request from {peer}: {why}", peer=peer, why=busy)
             status = m.Status.of(StatusCode.SERVICE_UNAVAILABLE, details=busy)
+            self._log_transaction(
+                peer, started, status, len(body), account=_name(account)
+            )
             if not gone:
                 echo = self._echo(request, body)
                 _send(request, self._fault(request, status, echo, code))
@@ -365,27 +385,31 @@ class MM7Resource(Resource):
 
         limited = self._limit(account, body)
         if limited is not None:
-            log.info(
-                "Refused a request from {vasp} at {peer}: {code} {details}",
-                vasp=account.name if account else "-",
-                peer=peer,
-                code=limited.code,
-                details=limited.details,
+            echo = self._echo(request, body)
+            self._log_transaction(
+                peer,
+                started,
+                limited,
+                len(body),
+                account=_name(account),
+                transaction_id=echo.transaction_id,
             )
-            fault(limited, self._echo(request, body))
+            fault(limited, echo)
             return None
         content_type = _header(request, b"content-type")
         try:
             envelope = codec.decode(content_type, body, self.xml_limits)
         except MM7Error as e:
-            log.info(
-                "Refused a request from {peer} on {path}: {code} {details}",
-                peer=peer,
-                path=self.path,
-                code=e.status.code,
-                details=e.status.details,
+            echo = self._echo(request, body)
+            self._log_transaction(
+                peer,
+                started,
+                e.status,
+                len(body),
+                account=_name(account),
+                transaction_id=echo.transaction_id,
             )
-            fault(e.status, self._echo(request, body))
+            fault(e.status, echo)
             return None
         message = envelope.message
         name = type(message).__name__
@@ -406,21 +430,27 @@ class MM7Resource(Resource):
             transaction.namespace, transaction.transaction_id, transaction.mm7_version
         )
 
-        def outcome(status: m.Status, prefix: str = "") -> None:
+        # For the log, taken now: the closures below must not keep the
+        # request or its body alive until the answer.
+        size, named = len(body), getattr(message, "message_id", None)
+
+        def outcome(
+            status: m.Status, prefix: str = "", response: m.Response | None = None
+        ) -> None:
             self._count(request, status.code)
-            log.info(
-                "{kind} {tid} from {peer} on {path}: {prefix}{code} {text} "
-                "({ms:.1f} ms){unsent}",
-                kind=name,
-                tid=transaction.transaction_id,
-                peer=peer,
-                path=self.path,
-                prefix=prefix,
-                code=status.code,
-                text=status.details or status.text,
-                ms=1000 * (time.monotonic() - started),
-                # The peer never sees this answer: it will send again.
-                unsent="; not answered, the connection was gone" if gone else "",
+            self._log_transaction(
+                peer,
+                started,
+                status,
+                size,
+                fault=bool(prefix),
+                account=_name(account),
+                operation=name,
+                transaction_id=transaction.transaction_id,
+                # A SubmitRsp's new MessageID, or the one a request names.
+                message_id=getattr(response, "message_id", None) or named,
+                relay_reply=transaction.outcome.relay_reply,
+                answered=not gone,
             )
 
         entry = DISPATCH.get(type(message))
@@ -443,7 +473,7 @@ class MM7Resource(Resource):
         d = defer.maybeDeferred(getattr(self.processor, entry[1]), message, transaction)
 
         def answered(response: m.Response) -> None:
-            outcome(response.status)
+            outcome(response.status, response=response)
             if not gone:
                 if response.mm7_version in (m.DEFAULT_MM7_VERSION, self.mm7_version):
                     # Left at a default: answer in the request's version.
@@ -568,6 +598,10 @@ def _raw_tail(request: Request) -> bytes:
     look like a separator too."""
     segments = request.path[1:].split(b"/")
     return b"/".join(segments[len(request.prepath or []) :])
+
+
+def _name(account: Account | None) -> str | None:
+    return account.name if account is not None else None
 
 
 def _peer(request: Request) -> str:

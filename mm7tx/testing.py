@@ -488,12 +488,14 @@ class ReceivedMail:
     """One SMTP transaction as the server received it: one record per
     message, with every recipient the server accepted for it.  ``reply`` is
     the code the server answered after the data (250 when it took the
-    message), ``None`` if it never answered."""
+    message), ``None`` if it never answered; ``queue_id`` the id its 250
+    named (``250 2.0.0 Ok: queued as 4F3A2B01``, as Postfix says)."""
 
     sender: str
     recipients: list[str]
     data: bytes
     reply: int | None = None
+    queue_id: str = ""
 
     @property
     def message(self) -> EmailMessage:
@@ -561,7 +563,8 @@ class RecordingDelivery:
         protocol = user.protocol
         mail: ReceivedMail | None = getattr(protocol, "current_mail", None)
         if mail is None:
-            mail = ReceivedMail(str(user.orig), [], data)
+            queue_id = f"{0x4F3A2B01 + len(self.received):X}"
+            mail = ReceivedMail(str(user.orig), [], data, queue_id=queue_id)
             self.received.append(mail)
             if isinstance(protocol, _RecordingESMTP):
                 protocol.current_mail = mail
@@ -659,6 +662,15 @@ class _RecordingESMTP(smtp.ESMTP):
     def do_DATA(self, rest: bytes) -> None:
         self.current_mail = None  # a new transaction, a new record
         super().do_DATA(rest)
+
+    def _messageHandled(self, resultList: list[tuple[bool, Any]]) -> None:
+        # Twisted's server says "250 Delivery in progress"; a relay names
+        # its queue id, which mm7tx logs.
+        mail = self.current_mail
+        if mail is None or not all(ok for ok, _ in resultList):
+            super()._messageHandled(resultList)
+            return
+        self.sendCode(250, b"2.0.0 Ok: queued as " + mail.queue_id.encode())
 
 
 def _has_param(rest: bytes, name: bytes) -> bool:

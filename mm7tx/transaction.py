@@ -9,6 +9,16 @@ from mm7tx.auth import Account
 from mm7tx.messages import DEFAULT_MM7_VERSION, DEFAULT_NAMESPACE
 
 
+@dataclass(slots=True)
+class Outcome:
+    """What became of a transaction, noted as it goes for its log event
+    (README, "Logs"): the processor that hands the mail on notes the relay's
+    reply to it (``250 2.0.0 Ok: queued as 4F3A2B``).  A processor that
+    notes nothing leaves it ``None``."""
+
+    relay_reply: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Transaction:
     """One MM7 transaction as the resource saw it.
@@ -17,6 +27,7 @@ class Transaction:
     ``peer`` the client's address, ``account`` the authenticated VASP
     account on MMSC paths, ``mm7_version`` the version we answer with: the
     request's own MM7Version, else ``mm7_server_version``.
+    ``outcome`` is its one mutable part, for what the log should tell.
     """
 
     transaction_id: str
@@ -30,6 +41,7 @@ class Transaction:
     connection_gone: Callable[[], bool] | None = field(
         default=None, compare=False, repr=False
     )
+    outcome: Outcome = field(default_factory=Outcome, compare=False, repr=False)
 
     def answer_lost(self) -> bool:
         """True once the client went away: its answer will not be sent."""
