@@ -211,6 +211,37 @@ def sink_count(log: Path) -> int:
     return int(numbers[-1]) if numbers else 0
 
 
+SUMMARY_HEADER = (
+    "workers",
+    "request",
+    "req/s",
+    "CPU s/1000",
+    "p99 ms full",
+    "half rate req/s",
+    "p99 ms half",
+)
+
+
+def summary_row(workers: int, name: str, kind: dict[str, float]) -> tuple[str, ...]:
+    """One row of the per-kind summary: a run of ``workers`` mm7tx workers
+    on one request kind (``kind`` as :func:`main` collects it)."""
+    return (
+        str(workers),
+        name,
+        f"{kind['rate']:.0f}",
+        f"{kind['cpu_per_1000']:.2f}",
+        f"{kind['p99_full']:.1f}",
+        f"{kind['half_rate']:.0f}",
+        f"{kind['p99_half']:.1f}",
+    )
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -252,6 +283,7 @@ def main() -> int:
     base = f"http://127.0.0.1:{mm7_port}"
     paths = {"deliver-30k": "/vasp/", "submit-3rcpt": "/mm7/", "report": "/vasp/"}
     rows: list[tuple[str, ...]] = []
+    summary: list[tuple[str, ...]] = [SUMMARY_HEADER]
     answered_1000 = 0
     mm7_transactions = 0
     cpu_before = mm7.cpu_seconds()
@@ -259,7 +291,9 @@ def main() -> int:
         for name, path in paths.items():
             ctype, body = bodies[name]
             ours, ceil, bares = [], [], []
+            kind_cpu = 0.0  # mm7tx's CPU over this kind's own runs only
             for _ in range(args.rounds):  # side by side, round by round
+                started = mm7.cpu_seconds()
                 ours.append(
                     wrk(
                         wrk_path,
@@ -270,6 +304,7 @@ def main() -> int:
                         args.connections,
                     )
                 )
+                kind_cpu += mm7.cpu_seconds() - started
                 ceil.append(
                     wrk(
                         wrk_path,
@@ -302,6 +337,7 @@ def main() -> int:
             bare_top = statistics.median(r["rate"] for r in bares)
             full = min(ours, key=lambda r: abs(r["rate"] - best))
             half_rate = best / 2
+            started = mm7.cpu_seconds()
             half = wrk(
                 wrk_path,
                 base + path,
@@ -311,8 +347,23 @@ def main() -> int:
                 args.connections,
                 delay_ms=1000.0 * args.connections / half_rate,
             )
+            kind_cpu += mm7.cpu_seconds() - started
             answered_1000 += int(half["mm7_1000"])
             mm7_transactions += int(half["requests"])
+            kind_requests = sum(r["requests"] for r in ours) + half["requests"]
+            summary.append(
+                summary_row(
+                    1,
+                    name,
+                    {
+                        "rate": best,
+                        "cpu_per_1000": 1000 * kind_cpu / max(1.0, kind_requests),
+                        "p99_full": full["p99"],
+                        "half_rate": half["rate"],
+                        "p99_half": half["p99"],
+                    },
+                )
+            )
             rows.append(
                 (
                     name,
@@ -398,12 +449,12 @@ def main() -> int:
         "half rate req/s",
         "p50/p99 ms half",
     )
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print(
         f"median of {args.rounds} rounds of {args.seconds:g} s, {args.connections} connections, wrk -t2"
     )
-    for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row)))
+    print_table([header, *rows])
+    print("per request kind (mm7tx's CPU seconds over that kind's runs only):")
+    print_table(summary)
     print(
         f"MM7 1000 answers sent by mm7tx: {logged}, messages at smtp-sink: "
         f"{sink_messages} ({'equal' if logged == sink_messages else 'NOT EQUAL'}); "
@@ -411,7 +462,7 @@ def main() -> int:
     )
     print(f"mm7tx peak RSS under the runs above: {steady_rss:.0f} MiB")
     print(
-        f"mm7tx CPU seconds per 1000 transactions: {1000 * cpu / max(1, mm7_transactions):.2f}"
+        f"mm7tx CPU seconds per 1000 transactions, all kinds: {1000 * cpu / max(1, mm7_transactions):.2f}"
     )
     print(
         f"100 concurrent 1 MiB DeliverReq: {big['rate']:.0f} req/s, peak RSS {big_rss:.0f} MiB"

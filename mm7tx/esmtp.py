@@ -812,11 +812,35 @@ class _Chunks(FileSender):
     CHUNK_SIZE = _ONE_WRITE
 
 
+# Past this many dots, _stuffed stops looking for one that starts a line
+# and doubles every "\r\n." in one call.
+_DOTS_LOOKED_AT = 64
+
+
+def _dot_starts_a_line(data: bytes) -> bool:
+    """Whether a dot follows a line feed in ``data``, or may (past
+    :data:`_DOTS_LOOKED_AT` dots).  The dots are found with ``find`` (a
+    ``memchr``): a mail has a few, in its headers, and none in its base64
+    parts, so this is much faster than a search for a two-byte pattern
+    that stops at every line end (``replace(b"\r\n.", ...)`` was 3/4 of
+    ``_stuffed``'s time for a 30 KB image)."""
+    at = data.find(b".")
+    for _ in range(_DOTS_LOOKED_AT):
+        if at < 0:
+            return False
+        if at > 0 and data[at - 1] == 10:
+            return True
+        at = data.find(b".", at + 1)
+    return at >= 0
+
+
 def _stuffed(data: bytes) -> bytes:
     """A message with LF line ends as SMTP DATA without the final dot: CRLF
     line ends and leading dots doubled (RFC 5321 4.5.2), over the whole
     message at once, never chunk by chunk."""
-    wire = data.replace(b"\n", b"\r\n").replace(b"\r\n.", b"\r\n..")
+    wire = data.replace(b"\n", b"\r\n")
+    if _dot_starts_a_line(data):
+        wire = wire.replace(b"\r\n.", b"\r\n..")
     if wire.startswith(b"."):
         wire = b"." + wire
     if wire and not wire.endswith(b"\r\n"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import binascii
 import tracemalloc
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -166,6 +167,17 @@ def test_base64_lines_is_encodebytes(data):
     import base64
 
     reached()
+    assert mime.base64_lines(data) == base64.encodebytes(data)
+
+
+@pytest.mark.parametrize(
+    "size", [1, 56, 57, 58, 911, 912, 913, 912 * 3, 912 * 3 + 57, 30 * 1024]
+)
+def test_base64_lines_is_encodebytes_around_sixteen_lines(size):
+    # 912 bytes are sixteen whole lines, the block base64_lines cuts at once.
+    import base64
+
+    data = (bytes(range(256)) * (size // 256 + 1))[:size]
     assert mime.base64_lines(data) == base64.encodebytes(data)
 
 

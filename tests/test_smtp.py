@@ -16,6 +16,8 @@ from email.message import EmailMessage
 from typing import Any, cast
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import ILogObserver, globalLogPublisher
@@ -484,6 +486,39 @@ def test_smtp_data_ends_lines_with_crlf_and_doubles_leading_dots():
     assert _smtp_data(b"a\n.b\n..c\n") == b"a\r\n..b\r\n...c\r\n.\r\n"
     assert _smtp_data(b".x") == b"..x\r\n.\r\n"
     assert _smtp_data(b"") == b".\r\n"
+
+
+def _reference_smtp_data(data: bytes) -> bytes:
+    """What _smtp_data wrote before its dots were found with ``find``."""
+    wire = data.replace(b"\n", b"\r\n").replace(b"\r\n.", b"\r\n..")
+    if wire.startswith(b"."):
+        wire = b"." + wire
+    if wire and not wire.endswith(b"\r\n"):
+        wire += b"\r\n"
+    return wire + b".\r\n"
+
+
+@given(
+    st.lists(
+        st.sampled_from([b".", b"..", b"\n", b"\r", b"\r\n", b"a", b"x.y", b"\n."]),
+        max_size=200,
+    )
+)
+def test_smtp_data_equals_the_plain_replace(pieces):
+    data = b"".join(pieces)
+    assert _smtp_data(data) == _reference_smtp_data(data)
+
+
+@pytest.mark.parametrize(
+    "dots", [0, 1, esmtp._DOTS_LOOKED_AT - 1, esmtp._DOTS_LOOKED_AT, 500]
+)
+@pytest.mark.parametrize("tail", [b"\n.end", b"\n", b".\n.", b""])
+def test_smtp_data_finds_a_leading_dot_after_many_others(dots, tail):
+    # Dots inside lines first (a text's sentences), then perhaps one that
+    # starts a line, before or past the dots looked at one by one.
+    data = b"a.b " * dots + tail
+    assert _smtp_data(data) == _reference_smtp_data(data)
+    assert (b"\r\n..end" in _smtp_data(data)) == (tail == b"\n.end")
 
 
 def test_a_big_message_arrives_whole(reactor, relay):

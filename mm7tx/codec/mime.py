@@ -9,7 +9,9 @@ what sloppy peers send: LF-only line endings, boundaries with trailing space,
 from __future__ import annotations
 
 import binascii
+import itertools
 import re
+import struct
 import uuid
 from email import policy
 from email.generator import BytesGenerator
@@ -373,16 +375,26 @@ def resolve_content(href: str | None, parts: list[Message]) -> Content:
 
 # Building ------------------------------------------------------------------
 
-_BASE64_LINES = re.compile(rb".{1,76}", re.DOTALL)
+# Whole 76-character base64 lines, sixteen at a time.
+_SIXTEEN_LINES = struct.Struct("76s" * 16)
 
 
 def base64_lines(data: bytes) -> bytes:
-    """``base64.encodebytes(data)``, byte for byte, in two C calls rather
-    than one per 57-byte line (it was 6% of a transaction in a profile)."""
+    """``base64.encodebytes(data)``, byte for byte, in a few C calls rather
+    than one per 57-byte line (it was 6% of a transaction in a profile):
+    encoded in one piece, cut into lines sixteen at a time by ``struct``
+    (a third faster than a regular expression for a 30 KB image)."""
     if not data:
         return b""
     encoded = binascii.b2a_base64(data, newline=False)
-    return b"\n".join(_BASE64_LINES.findall(encoded)) + b"\n"
+    whole = len(encoded) - len(encoded) % _SIXTEEN_LINES.size
+    lines = list(
+        itertools.chain.from_iterable(
+            _SIXTEEN_LINES.iter_unpack(memoryview(encoded)[:whole])
+        )
+    )
+    lines += [encoded[at : at + 76] for at in range(whole, len(encoded), 76)]
+    return b"\n".join(lines) + b"\n"
 
 
 def _boundary() -> str:
