@@ -191,10 +191,15 @@ class MM7Resource(Resource):
             status = m.Status.of(
                 StatusCode.VALIDATION_ERROR, details="the POST has no Content-Length"
             )
-            self._log_transaction(peer, time.monotonic(), status, len(body))
-            return self._fault(
-                request, status, self._echo(request, body), http.LENGTH_REQUIRED
+            echo = self._echo(request, body)
+            self._log_transaction(
+                peer,
+                time.monotonic(),
+                status,
+                len(body),
+                transaction_id=echo.transaction_id,
             )
+            return self._fault(request, status, echo, http.LENGTH_REQUIRED)
         started = time.monotonic()
         self._meters[request] = _Meter(started, len(body))
         if self.portal is None:
@@ -208,10 +213,13 @@ class MM7Resource(Resource):
         if locked:
             why = f"too many failed logins, locked out for {locked:.0f} s"
             status = m.Status.of(StatusCode.IMPROPER_IDENTIFICATION, details=why)
-            self._log_transaction(peer, started, status, len(body))
+            echo = self._echo(request, body)
+            self._log_transaction(
+                peer, started, status, len(body), transaction_id=echo.transaction_id
+            )
             self._auth_failed("locked_out")
             request.setHeader(b"retry-after", b"%d" % max(1, round(locked)))
-            self._unauthorized(request, body, gone, why)
+            self._unauthorized(request, echo, gone, why)
             return NOT_DONE_YET
         if creds is None:
             login: defer.Deferred[Any] = defer.fail(UnauthorizedLogin("bad header"))
@@ -226,11 +234,17 @@ class MM7Resource(Resource):
                     StatusCode.IMPROPER_IDENTIFICATION,
                     details="not from an allowed network",
                 )
+                echo = self._echo(request, body)
                 self._log_transaction(
-                    peer, started, status, len(body), account=account.name
+                    peer,
+                    started,
+                    status,
+                    len(body),
+                    account=account.name,
+                    transaction_id=echo.transaction_id,
                 )
                 self._auth_failed("network")
-                self._unauthorized(request, body, gone)
+                self._unauthorized(request, echo, gone)
                 return
             self._transact(request, body, peer, account, gone, started)
 
@@ -241,7 +255,10 @@ class MM7Resource(Resource):
                 StatusCode.IMPROPER_IDENTIFICATION,
                 details=f"no valid {kind} credentials",
             )
-            self._log_transaction(peer, started, status, len(body))
+            echo = self._echo(request, body)
+            self._log_transaction(
+                peer, started, status, len(body), transaction_id=echo.transaction_id
+            )
             guessed = creds is not None and not isinstance(creds, IPAddressCredentials)
             self._auth_failed("bad_credentials" if guessed else "no_credentials")
             if self.throttle is not None and guessed and self.throttle.failed(peer):
@@ -253,7 +270,7 @@ class MM7Resource(Resource):
                     count=self.throttle.max_failures,
                     window=self.throttle.window,
                 )
-            self._unauthorized(request, body, gone)
+            self._unauthorized(request, echo, gone)
 
         login.addCallbacks(authenticated, refused).addErrback(
             lambda f: log.failure("Authentication failed", f)
@@ -263,7 +280,7 @@ class MM7Resource(Resource):
     def _unauthorized(
         self,
         request: Request,
-        body: bytes,
+        echo: Sniffed,
         gone: list[bool],
         details: str | None = None,
     ) -> None:
@@ -271,7 +288,6 @@ class MM7Resource(Resource):
             return
         status = m.Status.of(StatusCode.IMPROPER_IDENTIFICATION, details=details)
         request.setHeader(b"www-authenticate", b'Basic realm="mm7tx"')
-        echo = self._echo(request, body)
         _send(request, self._fault(request, status, echo, http.UNAUTHORIZED))
 
     def _limit(self, account: Account | None, body: bytes) -> m.Status | None:

@@ -445,3 +445,20 @@ def test_a_request_refused_undecoded_logs_the_transaction_id_it_echoes():
     assert event["transaction_id"] == "tx-9"
     assert formatEvent(event).startswith("Request tx-9 from 127.0.0.1 on /vasp/: ")
     gateway.stop()
+
+
+@pytest.mark.parametrize("credentials", [None, ("mmsc1", "wrong")])
+def test_a_request_refused_for_its_credentials_logs_the_transaction_id_it_echoes(
+    credentials,
+):
+    gateway = MemoryGateway(CONFIG)
+    ctype, body = codec.encode(m.Envelope("tx-401", DELIVER))
+    headers = {"Content-Type": ctype}
+    if credentials is not None:
+        headers.update(basic(*credentials))
+    with capturedLogs() as events:
+        answer = gateway.post("/vasp/", body, headers)
+    assert answer.code == 401 and b"tx-401" in answer.body
+    [event] = transactions(events)
+    assert (event["status"], event["transaction_id"]) == (4001, "tx-401")
+    gateway.stop()
