@@ -3,7 +3,7 @@ fixed 200.  What Twisted itself can do on this machine and Python.
 
     python bench/ceiling.py PORT [--no-form-parsing]
 
-As issue 6 defines it, the ceiling is a bare resource on a default ``Site``;
+The ceiling is a bare resource on a default ``Site``;
 ``--no-form-parsing`` also turns off Twisted's search of every POST for an
 HTML form (``parsePOSTFormSubmission=False``, as mm7tx does), which it does
 by parsing Content-Type with the email package: the most Twisted can do.
