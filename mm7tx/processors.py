@@ -478,7 +478,9 @@ class EmailProcessor:
             msg["To"] = ", ".join(to)
         if cc:
             msg["Cc"] = ", ".join(cc)
-        msg["Subject"] = bounded(subject, "Subject", transaction)
+        subject = bounded(subject, "Subject", transaction)
+        if subject:  # no empty header for an MMS without one
+            msg["Subject"] = subject
         msg["Date"] = email_date(timestamp)
         for header, value in headers.items():
             field = header.removeprefix("X-MM7-")

@@ -490,6 +490,7 @@ def _blank_requests() -> list[tuple[str, object]]:
                 vasp_id="",
                 vas_id=BLANK,
                 priority=BLANK,
+                subject=BLANK,
                 content=parts,
             ),
         ),
@@ -503,6 +504,7 @@ def _blank_requests() -> list[tuple[str, object]]:
                 service_code=" ",
                 linked_id=BLANK,
                 priority=BLANK,
+                subject=None,
                 content=parts,
             ),
         ),
@@ -551,3 +553,5 @@ def test_no_empty_x_mm7_header_in_any_email(
     assert ("X-MM7-Path", "/p/") in fields  # the check sees X-MM7-* headers
     assert [(name, value) for name, value in fields if not value.strip()] == []
     assert "X-MM7-TransactionID" not in dict(fields)
+    # Nor an empty Subject for an MMS without one.
+    assert [v for v in written.get_all("Subject", []) if not str(v).strip()] == []
