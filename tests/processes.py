@@ -1,12 +1,13 @@
 """For the few end-to-end tests that run real processes on loopback: a free
 port, and waiting (in real time: another process has no Clock) until the
-process listens."""
+process listens, or until anything else it does shows."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -26,5 +27,15 @@ def wait_for_port(
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10) -> bool:
+    """Whether ``condition()`` comes true within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
         time.sleep(0.05)
     return False

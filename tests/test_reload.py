@@ -9,7 +9,6 @@ import http.client
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from email.message import EmailMessage
 from pathlib import Path
@@ -34,7 +33,7 @@ from mm7tx.testing import (
     fired,
     result_of,
 )
-from tests.processes import free_port, wait_for_port
+from tests.processes import free_port, wait_for_port, wait_until
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 
@@ -386,9 +385,7 @@ def test_sighup_to_the_real_twistd_adds_an_account(tmp_path: Path) -> None:
     log = tmp_path / "mm7tx.log"
 
     def wait_for_log(text: str) -> None:
-        deadline = time.monotonic() + 10
-        while text not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: text in log.read_text())
 
     with open(log, "wb") as output:
         process = subprocess.Popen(

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from mm7tx import codec, tap, workers
 from mm7tx.config import Config, ConfigError, check_shared, load
 from mm7tx.metrics import Metrics
-from tests.processes import free_port, wait_for_port
+from tests.processes import free_port, wait_for_port, wait_until
 from tests.test_drain import TWISTD, deliver
 
 BASE = """
@@ -388,15 +388,6 @@ def _get(port: int, path: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def _until(condition: Any, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_twistd_with_two_workers(tmp_path: Path) -> None:
     http_port, metrics_port = free_port(), free_port()
     mail = tmp_path / "Maildir"
@@ -419,7 +410,7 @@ def test_twistd_with_two_workers(tmp_path: Path) -> None:
         )
     try:
         assert wait_for_port(metrics_port, process)
-        assert _until(lambda: _get(metrics_port, "/readyz") == (200, "ready\n"))
+        assert wait_until(lambda: _get(metrics_port, "/readyz") == (200, "ready\n"))
         text = log_path.read_text()
         assert "2 workers listening on tcp:" in text
         pids = [
@@ -441,16 +432,16 @@ def test_twistd_with_two_workers(tmp_path: Path) -> None:
         os.kill(pids[0], signal.SIGKILL)
         more = _burst(http_port, 8)  # the other worker answers meanwhile
         assert set(more.values()) == {"1000"}
-        assert _until(
+        assert wait_until(
             lambda: f"Worker 1 (pid {pids[0]}) died: signal 9" in log_path.read_text()
         )
-        assert _until(lambda: _get(metrics_port, "/readyz") == (200, "ready\n"))
+        assert wait_until(lambda: _get(metrics_port, "/readyz") == (200, "ready\n"))
         assert "mm7tx_workers 2.0" in _get(metrics_port, "/metrics")[1]
 
         # SIGHUP reaches every worker, each reloads the file (not the parent).
         config.write_text(config.read_text().replace("from.example", "new.example"))
         process.send_signal(signal.SIGHUP)
-        assert _until(lambda: log_path.read_text().count("Reloaded ") == 2)
+        assert wait_until(lambda: log_path.read_text().count("Reloaded ") == 2)
         reloaded = _burst(http_port, 8)
         assert set(reloaded.values()) == {"1000"}
         froms = {
