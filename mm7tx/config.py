@@ -207,6 +207,8 @@ class Config:
     processor: str | None = None
     path_processors: tuple[tuple[str, str], ...] = ()
     keep_smil: bool = False
+    # Twisted's access line per request beside the transaction event.
+    access_log: bool = False
     source: str = "embedded defaults"
 
     def processor_for(self, path: str) -> str | None:
@@ -740,6 +742,15 @@ OPTIONS: tuple[OptionSpec, ...] = (
         R.boolean,
         "config.keep_smil",
         "keep the SMIL part in the email",
+        default="false",
+    ),
+    OptionSpec(
+        "mm7_access_log",
+        MM7_SERV,
+        R.boolean,
+        "config.access_log",
+        "also log Twisted's combined access line per request (the transaction "
+        "line, always logged, says as much)",
         default="false",
     ),
     OptionSpec(

@@ -6,8 +6,9 @@ and return them.  Optional elements are ``None`` (or empty) when absent.
 
 from __future__ import annotations
 
+import binascii
 import re
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from typing import Literal, TypeAlias
 
 from mm7tx.status import StatusCode
@@ -117,15 +118,109 @@ class Status:
         return 1000 <= self.code < 2000
 
 
-@dataclass(frozen=True, slots=True)
 class ContentPart:
-    """One leaf of the multimedia content, its bytes decoded from any encoding."""
+    """One leaf of the multimedia content, its bytes decoded from any encoding.
 
+    Immutable, compared and hashed by its fields, like the dataclasses here.
+    A part received as valid base64 (:func:`from_base64`) keeps the text it
+    came as and decodes it only when ``data`` is first read, so that the
+    email can carry the same text without decoding and encoding it again;
+    once decoded, the text is dropped (one copy alive, never both).
+    """
+
+    __slots__ = (
+        "_base64",
+        "_data",
+        "content_id",
+        "content_location",
+        "media_type",
+        "params",
+    )
+    __match_args__ = ("media_type", "data", "params", "content_id", "content_location")
     media_type: str
-    data: bytes
-    params: tuple[tuple[str, str], ...] = ()
-    content_id: str | None = None
-    content_location: str | None = None
+    params: tuple[tuple[str, str], ...]
+    content_id: str | None
+    content_location: str | None
+    _data: bytes | None
+    _base64: bytes | None
+
+    def __init__(
+        self,
+        media_type: str,
+        data: bytes = b"",
+        params: tuple[tuple[str, str], ...] = (),
+        content_id: str | None = None,
+        content_location: str | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "media_type", media_type)
+        init(self, "params", params)
+        init(self, "content_id", content_id)
+        init(self, "content_location", content_location)
+        init(self, "_data", data)
+        init(self, "_base64", None)
+
+    @classmethod
+    def from_base64(
+        cls,
+        media_type: str,
+        lines: bytes,
+        params: tuple[tuple[str, str], ...] = (),
+        content_id: str | None = None,
+        content_location: str | None = None,
+    ) -> ContentPart:
+        """A part whose bytes are ``lines`` decoded: base64 lines of at most
+        76 characters, each ending in LF, as valid MIME base64 (checked by
+        the codec, :func:`mm7tx.codec.mime.mime_base64`)."""
+        part = cls(media_type, b"", params, content_id, content_location)
+        object.__setattr__(part, "_data", None)
+        object.__setattr__(part, "_base64", lines)
+        return part
+
+    @property
+    def data(self) -> bytes:
+        data = self._data
+        if data is None:
+            data = binascii.a2b_base64(self._base64 or b"")
+            object.__setattr__(self, "_data", data)
+            object.__setattr__(self, "_base64", None)
+        return data
+
+    @property
+    def base64(self) -> bytes | None:
+        """The base64 lines (LF ends) the part came as, while ``data`` has
+        not been read; else None."""
+        return self._base64
+
+    def _key(self) -> tuple[object, ...]:
+        return (
+            self.media_type,
+            self.data,
+            self.params,
+            self.content_id,
+            self.content_location,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"ContentPart(media_type={self.media_type!r}, data={self.data!r}, "
+            f"params={self.params!r}, content_id={self.content_id!r}, "
+            f"content_location={self.content_location!r})"
+        )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
 
     def param(self, name: str) -> str | None:
         name = name.lower()

@@ -446,7 +446,12 @@ class EmailProcessor:
                 leaf["X-MM7-Content-Type"] = original
             leaf["Content-Transfer-Encoding"] = "base64"
             leaf["Content-Disposition"] = _disposition("attachment", filename)
-            leaf.set_payload(base64_lines(part.data).decode("ascii"))
+            # Received as valid base64: carried as it came (mm7tx.codec.mime's
+            # mime_base64), not decoded and encoded again.
+            lines = part.base64
+            if lines is None:
+                lines = base64_lines(part.data)
+            leaf.set_payload(lines.decode("ascii"))
         if part.content_id:
             leaf["Content-ID"] = (
                 f"<{bounded(part.content_id, 'Content-ID', transaction)}>"

@@ -302,6 +302,7 @@ class MM7Service(service.MultiService):
             request_timeout=config.request_timeout,
             idle_timeout=config.idle_timeout,
             max_connections_per_address=config.max_connections_per_address,
+            access_log=config.access_log,
         )
         self._listeners: list[Listener] = []
         for index, endpoint in enumerate(config.listen):
@@ -441,6 +442,7 @@ class MM7Service(service.MultiService):
             config.idle_timeout,
             config.max_connections_per_address,
         )
+        self.site.access_log = config.access_log
         for listener in self._listeners:
             listener.max_connections = config.max_connections
         self.site.resource = new.resource

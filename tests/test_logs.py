@@ -44,6 +44,7 @@ mm7_serv {
   mm7_mmsc_uri_paths = ("/mm7/")
   smtp_starttls = off
   mm7_delivery_report_attempts = 2
+  mm7_access_log = true
 }
 MMSC "mmsc1" { password = "secretpw" }
 VASP "acct" {
@@ -103,6 +104,31 @@ def fields(event: dict[str, Any]) -> dict[str, Any]:
 
 
 # The transaction event -------------------------------------------------------
+
+
+def test_one_line_per_transaction_unless_the_access_log_is_asked_for():
+    """By default the transaction event is the only line a request logs;
+    ``mm7_access_log = true`` adds Twisted's access line (redacted), and a
+    reload turns it on and off."""
+    quiet = CONFIG.replace("  mm7_access_log = true\n", "")
+    assert quiet != CONFIG
+    gateway = MemoryGateway(quiet)
+
+    def lines(path: str) -> list[str]:
+        with capturedLogs() as events:
+            post(gateway, path, SUBMIT)
+        assert len(transactions(list(events))) == 1
+        return [formatEvent(e) for e in events]
+
+    logged = lines("/mm7/acct=secretpw")
+    assert any(line.startswith("SubmitReq tx-1 from ") for line in logged)
+    assert not any("HTTP/1.1" in line for line in logged)
+    assert gateway.reload(CONFIG)
+    [access] = [line for line in lines("/mm7/acct=secretpw") if "HTTP/1.1" in line]
+    assert '"POST /mm7/acct=*** HTTP/1.1" 200' in access
+    assert gateway.reload(quiet)
+    assert not any("HTTP/1.1" in line for line in lines("/mm7/acct=secretpw"))
+    gateway.stop()
 
 
 def test_a_deliver_req_is_one_event_with_every_field_and_the_relays_queue_id():

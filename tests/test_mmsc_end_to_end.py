@@ -43,6 +43,7 @@ def config_text(http_port: int, relay: str) -> str:
     return samples.EXAMPLE_7_1.replace(
         "}",
         f"""  mm7_mmsc_uri_paths = ("/mm7/")
+  mm7_access_log = true
   smtp_relay = "{relay}"
   smtp_starttls = off
 }}
