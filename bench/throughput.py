@@ -148,6 +148,11 @@ class Process:
             ticks += int(child_fields[11]) + int(child_fields[12])
         return ticks / TICKS
 
+    def own_cpu_seconds(self) -> float:
+        """CPU of the process alone (for workers, the parent's)."""
+        fields = stat_fields(self.popen.pid)
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
     def peak_rss_mib(self) -> float:
         return peak_rss_mib(self.popen.pid)
 
@@ -400,6 +405,7 @@ def main() -> int:
         instance = instances[n]
         ctype, body = bodies[name]
         before = instance.mm7.cpu_seconds()
+        parent_before = instance.mm7.own_cpu_seconds()
         result = wrk(
             wrk_path,
             instance.base + paths.get(name, "/vasp/"),
@@ -410,6 +416,7 @@ def main() -> int:
             delay_ms=delay_ms,
         )
         result["cpu"] = instance.mm7.cpu_seconds() - before
+        parent_cpu[n] += instance.mm7.own_cpu_seconds() - parent_before
         answered_1000[n] += int(result["mm7_1000"])
         transactions[n] += int(result["requests"])
         cpu_all[n] += result["cpu"]
@@ -438,6 +445,7 @@ def main() -> int:
     answered_1000 = dict.fromkeys(counts, 0)
     transactions = dict.fromkeys(counts, 0)
     cpu_all = dict.fromkeys(counts, 0.0)
+    parent_cpu = dict.fromkeys(counts, 0.0)
     steady_rss: dict[int, float] = {}
     big: dict[int, dict[str, float]] = {}
     big_rss: dict[int, float] = {}
@@ -644,6 +652,8 @@ def main() -> int:
             print(
                 "  1000 answers by worker: "
                 + ", ".join(f"{w}: {shares[w]}" for w in sorted(shares))
+                + f"; the parent's share of the CPU: "
+                f"{100 * parent_cpu[n] / max(1e-9, cpu_all[n]):.0f}%"
             )
         print(
             f"  CPU seconds per 1000 transactions, all kinds: "
