@@ -148,6 +148,17 @@ class Process:
             ticks += int(child_fields[11]) + int(child_fields[12])
         return ticks / TICKS
 
+    def children_cpu_seconds(self) -> dict[int, float]:
+        """CPU of each live child (worker), by pid."""
+        found = {}
+        for child in children(self.popen.pid):
+            try:
+                fields = stat_fields(child)
+            except OSError:
+                continue
+            found[child] = (int(fields[11]) + int(fields[12])) / TICKS
+        return found
+
     def own_cpu_seconds(self) -> float:
         """CPU of the process alone (for workers, the parent's)."""
         fields = stat_fields(self.popen.pid)
@@ -406,6 +417,7 @@ def main() -> int:
         ctype, body = bodies[name]
         before = instance.mm7.cpu_seconds()
         parent_before = instance.mm7.own_cpu_seconds()
+        workers_before = instance.mm7.children_cpu_seconds()
         result = wrk(
             wrk_path,
             instance.base + paths.get(name, "/vasp/"),
@@ -417,6 +429,12 @@ def main() -> int:
         )
         result["cpu"] = instance.mm7.cpu_seconds() - before
         parent_cpu[n] += instance.mm7.own_cpu_seconds() - parent_before
+        used = [
+            cpu - workers_before.get(pid, 0.0)
+            for pid, cpu in instance.mm7.children_cpu_seconds().items()
+        ]
+        # How evenly the kernel spread the (persistent) connections.
+        result["busiest"] = max(used, default=0.0) / max(1e-9, sum(used))
         answered_1000[n] += int(result["mm7_1000"])
         transactions[n] += int(result["requests"])
         cpu_all[n] += result["cpu"]
@@ -439,6 +457,7 @@ def main() -> int:
             "p99 ms full",
             "half rate req/s",
             "p99 ms half",
+            "busiest worker's CPU share",
         )
     ]
     scaling: dict[int, list[str]] = {n: [] for n in counts[1:]}
@@ -544,6 +563,9 @@ def main() -> int:
                         spread([r["p99"] for r in full[n]], ".1f"),
                         spread([r["rate"] for r in half[n]]),
                         spread([r["p99"] for r in half[n]], ".1f"),
+                        spread([100 * r["busiest"] for r in full[n] + half[n]]) + "%"
+                        if n > 1
+                        else "",
                     )
                 )
             for n in counts[1:]:
