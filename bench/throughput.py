@@ -1,12 +1,15 @@
 """Throughput of mm7tx against the twisted.web ceiling, end to end.
 
-    python -m bench.throughput [--rounds 3] [--seconds 8] [--connections 32] [--profile]
+    python -m bench.throughput [--rounds 3] [--seconds 8] [--connections 32]
+                               [--workers 1,2] [--profile]
 
 Needs Debian's ``wrk`` and ``postfix`` (for ``smtp-sink``); it says so and stops
 if they are missing, and installs nothing.  Everything runs on loopback:
 ``smtp-sink`` as the relay, the real ``twistd mm7`` pointed at it, and the
 ceiling (bench/ceiling.py: a bare twisted.web resource reading the same body),
-each driven by ``wrk`` replaying real MM7 requests.  See bench/README.md.
+each driven by ``wrk`` replaying real MM7 requests; one ``twistd mm7`` (and
+one ``smtp-sink``) per worker count, in alternating rounds.  See
+bench/README.md.
 """
 
 from __future__ import annotations
