@@ -202,6 +202,14 @@ class _Generation:
         self.resource = _Routing(self)
         self.requests = 0
         self._idle: list[defer.Deferred[None]] = []
+        # Earlier generations holding the same sender (a reload that kept
+        # the relay settings) and maybe still using it: the sender closes
+        # only once they are done too.
+        self.sharing: list[_Generation] = []
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.requests or self.gate.in_flight)
 
     def routed(self, request: Request) -> None:
         self.requests += 1
@@ -218,7 +226,7 @@ class _Generation:
         """Once no request and no transaction uses these objects: a request
         still authenticating has not entered the gate yet, and a transaction
         whose client went away is no request any more."""
-        while self.requests or self.gate.in_flight:
+        while self.busy:
             if self.gate.in_flight:
                 await self.gate.drained()
             else:
@@ -447,7 +455,9 @@ class MM7Service(service.MultiService):
             listener.max_connections = config.max_connections
         self.site.resource = new.resource
         self._current = new
-        if fresh is not None:
+        if fresh is None:
+            new.sharing = [g for g in (*running.sharing, running) if g.busy]
+        else:
             self._retiring.append(running)
             defer.ensureDeferred(self._retire(running))
             self._watch_relay(fresh)
@@ -499,7 +509,8 @@ class MM7Service(service.MultiService):
         self._load = load
 
     async def _retire(self, generation: _Generation) -> None:
-        await generation.done()
+        for user in (*generation.sharing, generation):
+            await user.done()
         if generation in self._retiring:  # not closed by a stop meanwhile
             self._retiring.remove(generation)
             await generation.sender.close()

@@ -176,6 +176,27 @@ def test_a_transaction_in_flight_finishes_with_the_configuration_it_started_with
     gateway.stop()
 
 
+def test_a_sender_kept_by_one_reload_waits_for_every_configuration_using_it() -> None:
+    """A reload that keeps the relay settings keeps the sender; the next one
+    that changes them closes it only once the transactions of both earlier
+    configurations are done, not just those of the one it replaces."""
+    Held.waiting.clear()
+    gateway = MemoryGateway(config("old.example", HELD))
+    first = gateway.client("/vasp/").deliver(DELIVER)
+    gateway.flush()
+    assert len(Held.waiting) == 1
+    assert gateway.reload(config("old.example", HELD + "\nmm7_max_transactions = 50"))
+    assert gateway.reload(config("new.example", HELD + "\nsmtp_helo = new.example"))
+    gateway.flush()
+    Held.waiting[0].callback(None)
+    assert gateway.result(first).status.code == 1000
+    assert [(r.sender, r.reply) for r in gateway.relay.received] == [
+        ("447700900123@old.example", 250)
+    ]
+    assert gateway.service.gate.in_flight == 0
+    gateway.stop()
+
+
 def test_a_transaction_whose_client_left_keeps_the_old_sender_open() -> None:
     """The request is gone, the transaction is not: its mail still goes out
     through the old sender (the peer will send again, and the relay takes a
