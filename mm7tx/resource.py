@@ -520,9 +520,12 @@ class MM7Resource(Resource):
             outcome(status, "fault ")
             fault(status, echo)
 
-        return d.addCallbacks(answered, failed).addErrback(
-            lambda f: log.failure("Answering failed", f)
-        )
+        def unanswered(reason: Failure) -> None:
+            # A bug of ours, or a response that cannot be written: a 4000
+            # fault if nothing was sent yet, never a request left open.
+            self._internal_error(request, reason, echo, code)
+
+        return d.addCallbacks(answered, failed).addErrback(unanswered)
 
     def _fault(
         self,

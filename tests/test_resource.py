@@ -155,6 +155,32 @@ def test_a_processor_that_raises_gets_a_fault_not_a_traceback():
     assert b"boom" not in codec.encode(env)[1]
 
 
+def test_an_answer_that_cannot_be_written_is_a_4000_fault_not_an_open_request():
+    @implementer(IDeliverProcessor)
+    class Wrong:
+        def deliver(self, request, transaction):
+            return "not a response"  # a processor bug, after its work is done
+
+    root = build_root({"/w/": MM7Resource(Wrong(), "/w/")})
+    ctype, body = samples.body_sample("instantcom-mm7/deliver-req1.txt")
+    env = fault(root, body, ctype, path="/w/")
+    assert env.message.status.code == 4000  # type: ignore[union-attr]
+
+
+def test_text_xml_cannot_carry_is_answered_replaced():
+    @implementer(IDeliverProcessor)
+    class Control:
+        def deliver(self, request, transaction):
+            return m.DeliverRsp(m.Status(1000, "Success", "relay said \x01\ud800"))
+
+    root = build_root({"/c/": MM7Resource(Control(), "/c/")})
+    ctype, body = samples.body_sample("instantcom-mm7/deliver-req1.txt")
+    answer = http_post(root, "/c/", body, {"Content-Type": ctype})
+    assert answer.code == 200
+    env = codec.decode(answer.headers["content-type"], answer.body)
+    assert env.message.status.details == "relay said \ufffd\ufffd"  # type: ignore[union-attr]
+
+
 def test_get_is_not_allowed():
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport

@@ -594,8 +594,13 @@ def _sub(
 ) -> etree._Element:
     el = etree.SubElement(parent, f"{{{ns}}}{name}")
     if text is not None:
-        el.text = text
+        # What XML 1.0 cannot carry (control characters, lone surrogates,
+        # U+FFFE/U+FFFF; lxml raises on them) becomes U+FFFD.
+        el.text = _NOT_XML.sub("\ufffd", text)
     return el
+
+
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def _build_address(parent: etree._Element, ns: str, address: m.Address) -> None:
