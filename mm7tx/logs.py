@@ -76,7 +76,12 @@ def log_transaction(
     """Log the transaction event.  ``path`` is the configured path, never
     the request's (which may hold ``account=password``); ``operation`` is
     the request type (``DeliverReq``), ``None`` when refused before it was
-    read; ``answered`` is false when the connection was gone."""
+    read; ``answered`` is false when the connection was gone.  What the
+    peer chose (TransactionID, MessageID, status text) is cut to
+    :data:`MAX_FIELD` characters: a line is never a multiple of a request."""
+    transaction_id = _cut(transaction_id)
+    message_id = _cut(message_id)
+    status_text = _cut(status_text) or ""
     notes = [
         f"; {label} {value}"
         for label, value in (
@@ -109,6 +114,17 @@ def log_transaction(
         _ms=f"{ms:.1f}",
         _more="".join(notes),
     )
+
+
+# The longest a peer's text is logged (the SOAP TransactionID has no limit
+# of its own; a fault echoes at most 256 characters of one it sniffed).
+MAX_FIELD = 256
+
+
+def _cut(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_FIELD:
+        return text
+    return f"{text[:MAX_FIELD]}… ({len(text)} characters)"
 
 
 # Keys of twisted.python.log (legacy) events, which the message already says.

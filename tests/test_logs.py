@@ -488,3 +488,21 @@ def test_a_request_refused_for_its_credentials_logs_the_transaction_id_it_echoes
     [event] = transactions(events)
     assert (event["status"], event["transaction_id"]) == (4001, "tx-401")
     gateway.stop()
+
+
+def test_a_huge_transaction_id_is_cut_in_the_log_not_repeated():
+    gateway = MemoryGateway(CONFIG)
+    tid = "t" * 100_000
+    ctype, body = codec.encode(m.Envelope(tid, DELIVER))
+    with capturedLogs() as events:
+        answer = gateway.post(
+            "/vasp/", body, {"Content-Type": ctype, **basic("mmsc1", "secretpw")}
+        )
+    assert answer.code == 200
+    [event] = transactions(events)
+    assert event["transaction_id"] == "t" * 256 + "… (100000 characters)"
+    assert len(formatEvent(event)) < 1000
+    out = StringIO()
+    logs.json_lines_observer(out)(event)
+    assert len(out.getvalue()) < 2000
+    gateway.stop()
