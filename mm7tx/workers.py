@@ -75,6 +75,9 @@ BACKOFF = 1.0
 BACKOFF_MAX = 30.0
 # Seconds the parent waits for a worker's metrics or readiness.
 ASK_TIMEOUT = 5.0
+# The longest line a worker's output may have: a longer one is dropped,
+# with a warning (its size and its start), rather than held in the parent.
+MAX_LINE = 64 * 1024
 
 
 # The parent: binding ---------------------------------------------------------
@@ -248,19 +251,55 @@ def _how(reason: Failure) -> str:
 
 class WorkerProtocol(protocol.ProcessProtocol):
     """One worker: its JSON log lines are logged in the parent (``log_system``
-    ``worker N``); its standard error line by line; its end told to the pool."""
+    ``worker N``); its standard error line by line; its end told to the pool.
+    A line over :data:`MAX_LINE` bytes is not kept: a warning gives its size."""
 
     def __init__(self, pool: WorkerPool, slot: _Slot) -> None:
         self.pool = pool
         self.slot = slot
-        self._buffers: dict[int, bytes] = {1: b"", 2: b""}
+        # Each descriptor's line so far: its pieces, their size, and whether
+        # it is over MAX_LINE (then only its size and start are kept).
+        self._pieces: dict[int, list[bytes]] = {1: [], 2: []}
+        self._sizes: dict[int, int] = {1: 0, 2: 0}
+        self._heads: dict[int, bytes | None] = {1: None, 2: None}
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD not in self._buffers:
+        if childFD not in self._pieces:
             return
-        *lines, self._buffers[childFD] = (self._buffers[childFD] + data).split(b"\n")
-        for line in lines:
-            self._line(childFD, line)
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            self._add(childFD, data[start:end])
+            self._end(childFD)
+            start = end + 1
+        if start < len(data):
+            self._add(childFD, data[start:])
+
+    def _add(self, childFD: int, piece: bytes) -> None:
+        self._sizes[childFD] += len(piece)
+        if self._heads[childFD] is not None:
+            return
+        self._pieces[childFD].append(piece)
+        if self._sizes[childFD] > MAX_LINE:
+            self._heads[childFD] = b"".join(self._pieces[childFD])[:200]
+            self._pieces[childFD] = []
+
+    def _end(self, childFD: int) -> None:
+        head, size = self._heads[childFD], self._sizes[childFD]
+        pieces = self._pieces[childFD]
+        self._pieces[childFD], self._sizes[childFD] = [], 0
+        self._heads[childFD] = None
+        if head is None:
+            self._line(childFD, b"".join(pieces))
+            return
+        log.warn(
+            "Worker {slot} wrote a line of {size} bytes, over {limit}: dropped; "
+            "it began {head!r}",
+            slot=self.slot.number,
+            size=size,
+            limit=MAX_LINE,
+            head=head.decode("utf-8", "replace"),
+            log_system=f"worker {self.slot.number}",
+        )
 
     def _line(self, childFD: int, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
@@ -282,9 +321,9 @@ class WorkerProtocol(protocol.ProcessProtocol):
         log.warn("{text}", text=text, log_system=system)
 
     def processEnded(self, reason: Failure) -> None:
-        for fd, rest in self._buffers.items():
-            if rest:
-                self._line(fd, rest)
+        for fd, size in self._sizes.items():
+            if size:
+                self._end(fd)
         self.pool.ended(self.slot, reason)
 
 

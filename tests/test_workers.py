@@ -270,6 +270,33 @@ def test_a_worker_s_log_events_are_logged_in_the_parent() -> None:
     assert [event["log_system"] for event in events] == ["worker 1"] * 3
 
 
+def test_a_worker_s_overlong_line_is_dropped_with_its_size() -> None:
+    reactor = ProcessReactor()
+    pool(reactor, 1)
+    protocol = reactor.spawned[0][0]
+    event = '{"log_format": "{n} long", "n": "%s"}'
+    fits = (event % ("x" * (workers.MAX_LINE - len(event) + 2))).encode()
+    over = (event % ("y" * (16 * 1024 * 1024))).encode() + b"\n"
+    assert len(fits) == workers.MAX_LINE
+    with capturedLogs() as events:
+        # As a pipe gives them: 8 KiB at a time, the newline anywhere.
+        for at in range(0, len(over), 8192):
+            protocol.childDataReceived(1, over[at : at + 8192])
+        protocol.childDataReceived(1, fits + b"\n" + b'{"log_format": "after"}\n')
+        protocol.childDataReceived(2, b"z" * (workers.MAX_LINE + 1))
+        reactor.end(0, ProcessDone(0))
+    said = messages(events)
+    assert said[0] == (
+        f"Worker 1 wrote a line of {len(over) - 1} bytes, over 65536: dropped; "
+        f"it began {over[:200].decode()!r}"
+    )
+    assert said[1] == "x" * (workers.MAX_LINE - len(event) + 2) + " long"
+    assert said[2] == "after"
+    assert said[3].startswith(f"Worker 1 wrote a line of {workers.MAX_LINE + 1} ")
+    assert len(said) == 5  # and the worker's end
+    assert not any(protocol._pieces.values())
+
+
 # The parent's metrics --------------------------------------------------------
 
 
