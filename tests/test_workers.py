@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -382,6 +383,78 @@ def test_more_workers_make_a_supervisor() -> None:
 
 
 # The real twistd -------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def sighup() -> Any:
+    """SIGHUP's default, and the handler before put back after the test
+    (options with ``--worker`` ignore it)."""
+    previous = signal.getsignal(signal.SIGHUP)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_worker_ignores_sighup_until_its_service_takes_it() -> None:
+    _options("--listen", "tcp:0")
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    _options("--listen", "tcp:0", "--worker=1")
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+
+
+def _ignored(pid: int, signum: int) -> bool:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux /proc")
+def test_a_sighup_while_a_worker_starts_does_not_kill_it(tmp_path: Path) -> None:
+    """As its parent passes one on: a real worker, its listener at fd 3."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)  # as the parent's (Twisted's) are
+    port = listener.getsockname()[1]
+    argv = _options(
+        "--listen", f"tcp:{port}", "--smtp-relay", f"maildir:{tmp_path / 'M'}"
+    ).worker_command(1)
+    with open(tmp_path / "log", "wb") as log_file:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import os, sys; os.dup2(int(sys.argv[1]), 3); "
+                "os.execv(sys.argv[2], sys.argv[2:])",
+                str(listener.fileno()),
+                *argv,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            pass_fds=(listener.fileno(),),
+        )
+    try:
+        # Python has started the worker's program, which is still starting.
+        deadline = time.monotonic() + 10
+        while not _ignored(process.pid, signal.SIGHUP):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.001)
+        process.send_signal(signal.SIGHUP)
+        assert wait_for_port(port, process)
+        assert _post(port, uuid.uuid4().hex) == "1000"
+        assert process.poll() is None
+    finally:
+        listener.close()
+        assert process.stdin is not None
+        process.stdin.close()  # as when the parent is gone
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _post(port: int, tid: str) -> str:
