@@ -376,17 +376,31 @@ class WorkerPool(service.Service):
 
     def _spawn(self, slot: _Slot) -> None:
         slot.restart = None
-        if self.before_start is not None:
-            self.before_start(slot.number)
-        argv = list(self.command(slot.number))
         slot.started = self.reactor.seconds()
-        slot.process = self.reactor.spawnProcess(
-            WorkerProtocol(self, slot),
-            argv[0],
-            argv,
-            env=self.env,
-            childFDs=dict(self.child_fds()),
-        )
+        try:
+            if self.before_start is not None:
+                self.before_start(slot.number)
+            argv = list(self.command(slot.number))
+            slot.process = self.reactor.spawnProcess(
+                WorkerProtocol(self, slot),
+                argv[0],
+                argv,
+                env=self.env,
+                childFDs=dict(self.child_fds()),
+            )
+        except Exception as e:  # EMFILE, EAGAIN: tried again, as a death is
+            slot.process = None
+            delay = slot.backoff
+            slot.backoff = min(slot.backoff * 2, BACKOFF_MAX)
+            log.error(
+                "Cannot start worker {slot}: {why}; trying again in {delay:.1f} s",
+                slot=slot.number,
+                why=e,
+                delay=delay,
+            )
+            if not self._stopping:
+                slot.restart = self.reactor.callLater(delay, self._spawn, slot)
+            return
         slot.pid = slot.process.pid
 
     def ended(self, slot: _Slot, reason: Failure) -> None:

@@ -220,6 +220,41 @@ def test_a_dead_worker_is_logged_and_replaced_at_most_once_a_second() -> None:
     assert started.restarts == 9
 
 
+def test_a_worker_that_cannot_be_spawned_is_tried_again_with_the_backoff() -> None:
+    reactor = ProcessReactor()
+    started = pool(reactor)
+    spawn = reactor.spawnProcess
+    failures = [OSError(24, "Too many open files"), OSError(11, "Try again")]
+
+    def failing(*args: Any, **kw: Any) -> FakeProcess:
+        if failures:
+            raise failures.pop(0)
+        return spawn(*args, **kw)
+
+    reactor.spawnProcess = failing  # type: ignore[method-assign]
+    reactor.advance(workers.STEADY)
+    with capturedLogs() as events:
+        reactor.end(0, ProcessTerminated(signal=9))
+        reactor.advance(0)
+        reactor.advance(1)
+    assert messages(events) == [
+        "Worker 1 (pid 100) died: signal 9 (SIGKILL); starting another in 0.0 s",
+        "Cannot start worker 1: [Errno 24] Too many open files; trying again in 1.0 s",
+        "Cannot start worker 1: [Errno 11] Try again; trying again in 2.0 s",
+    ]
+    assert started.running_count == 1
+    reactor.advance(2)
+    assert started.running_count == 2
+    assert reactor.spawned[-1][1] == ["python", "--worker=1"]
+    # Stopping cancels a retry that is due.
+    failures.append(OSError(24, "Too many open files"))
+    reactor.end(len(reactor.spawned) - 1, ProcessTerminated(signal=9))
+    reactor.advance(30)
+    assert not failures and started.slots[0].restart is not None
+    started.stopService()
+    assert [c.func for c in reactor.getDelayedCalls()] == [started._kill]  # type: ignore[attr-defined]
+
+
 def test_signals_reach_every_worker_and_stop_drains_them_all() -> None:
     reactor = ProcessReactor()
     started = pool(reactor)
