@@ -515,30 +515,55 @@ class WorkersMonitor:
         self._counted = 0
 
     async def _ask(self, slot: int, path: str) -> tuple[int, bytes]:
-        asking = self.agent.request(b"GET", f"http://worker-{slot}{path}".encode())
-        asking.addTimeout(ASK_TIMEOUT, self.reactor)
-        response = await asking
-        body = await readBody(response)
-        return response.code, body
+        """Worker ``slot``'s answer to ``GET path``: its status and body,
+        within ASK_TIMEOUT for the whole of it (a TimeoutError then)."""
+
+        async def asking() -> tuple[int, bytes]:
+            response = await self.agent.request(
+                b"GET", f"http://worker-{slot}{path}".encode()
+            )
+            return response.code, await readBody(response)
+
+        # Cancelled on time out, which closes the connection.
+        whole = defer.ensureDeferred(asking())
+        whole.addTimeout(ASK_TIMEOUT, self.reactor)
+        try:
+            return await whole
+        except defer.TimeoutError:
+            raise defer.TimeoutError(f"timed out after {ASK_TIMEOUT:g} s") from None
+
+    async def _families(self, slot: int) -> list[Metric]:
+        code, body = await self._ask(slot, "/metrics")
+        if code != 200:
+            raise ValueError(f"HTTP status {code}")
+        return list(text_string_to_metric_families(body.decode("utf-8")))
 
     async def metrics(self) -> bytes:
-        """Every worker's metrics with a ``worker`` label, then the parent's."""
+        """Every worker's metrics with a ``worker`` label, then the parent's;
+        ``mm7tx_worker_up`` says which workers answered (all asked at once)."""
         self._restarts.inc(self.pool.restarts - self._counted)
         self._counted = self.pool.restarts
+        running = [slot.number for slot in self.pool.slots if slot.process]
+        answers = await defer.DeferredList(
+            [defer.ensureDeferred(self._families(number)) for number in running],
+            consumeErrors=True,
+        )
+        up = Metric("mm7tx_worker_up", "Whether the worker answered", "gauge")
+        answered = dict(zip(running, answers, strict=True))
         families: dict[str, Metric] = {}
         for slot in self.pool.slots:
-            if slot.process is None:
-                continue
-            try:
-                _, body = await self._ask(slot.number, "/metrics")
-            except Exception as e:
+            worker = str(slot.number)
+            ok, found = answered.get(slot.number, (False, None))
+            up.add_sample("mm7tx_worker_up", {"worker": worker}, float(ok))
+            if isinstance(found, Failure):
                 log.warn(
                     "No metrics from worker {slot}: {why}",
                     slot=slot.number,
-                    why=e,
+                    why=found.getErrorMessage(),
                 )
+            if not ok or not isinstance(found, list):
                 continue
-            for family in text_string_to_metric_families(body.decode("utf-8")):
+            for family in found:
                 merged = families.get(family.name)
                 if merged is None:
                     merged = Metric(
@@ -546,28 +571,32 @@ class WorkersMonitor:
                     )
                     families[family.name] = merged
                 for sample in family.samples:
-                    labels = {**sample.labels, "worker": str(slot.number)}
+                    labels = {**sample.labels, "worker": worker}
                     merged.samples.append(sample._replace(labels=labels))
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Fixed(list(families.values())))  # type: ignore[arg-type]
+        registry.register(_Fixed([*families.values(), up]))  # type: ignore[arg-type]
         return generate_latest(registry) + generate_latest(self.registry)
 
+    async def _readiness(self, slot: _Slot) -> str | None:
+        if slot.process is None:
+            return f"worker {slot.number} is not running (being restarted)"
+        try:
+            code, body = await self._ask(slot.number, "/readyz")
+        except Exception as e:
+            return f"worker {slot.number} does not answer: {e}"
+        if code != 200:
+            return f"worker {slot.number}: {body.decode('utf-8', 'replace').strip()}"
+        return None
+
     async def problem(self) -> str | None:
-        """Why the workers are not all ready, or None."""
+        """Why the workers are not all ready (every worker that is not), or
+        None; all are asked at once."""
         if self.draining:
             return "draining: the service is stopping"
-        for slot in self.pool.slots:
-            if slot.process is None:
-                return f"worker {slot.number} is not running (being restarted)"
-            try:
-                code, body = await self._ask(slot.number, "/readyz")
-            except Exception as e:
-                return f"worker {slot.number} does not answer: {e}"
-            if code != 200:
-                return (
-                    f"worker {slot.number}: {body.decode('utf-8', 'replace').strip()}"
-                )
-        return None
+        problems = await defer.gatherResults(
+            [defer.ensureDeferred(self._readiness(slot)) for slot in self.pool.slots]
+        )
+        return "; ".join(p for p in problems if p) or None
 
 
 class _Fixed:

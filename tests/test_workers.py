@@ -388,6 +388,85 @@ def test_the_parent_is_ready_when_every_worker_is() -> None:
     assert problem() == "draining: the service is stopping"
 
 
+class _Body:
+    """A worker's response that gives ``body`` (all of it, or never)."""
+
+    def __init__(self, code: int, body: bytes | None) -> None:
+        self.code, self.phrase, self.body = code, b"", body
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+    def deliverBody(self, protocol: Any) -> None:
+        from twisted.web.client import ResponseDone
+
+        protocol.makeConnection(self)
+        if self.body is not None:
+            protocol.dataReceived(self.body)
+            protocol.connectionLost(Failure(ResponseDone()))
+
+
+class _Workers:
+    """An agent for the monitor: ``answers[slot]`` a response, or None for
+    a worker that never answers."""
+
+    def __init__(self, answers: dict[int, _Body | None]) -> None:
+        self.answers = answers
+        self.asked: list[bytes] = []
+
+    def request(self, method: bytes, uri: bytes) -> defer.Deferred[_Body]:
+        self.asked.append(uri)
+        answer = self.answers[int(uri.split(b"/")[2].rsplit(b"-", 1)[1])]
+        return defer.Deferred() if answer is None else defer.succeed(answer)
+
+
+def test_workers_that_stall_or_answer_nonsense_are_skipped_at_once() -> None:
+    reactor = ProcessReactor()
+    started = pool(reactor, 4)
+    fine = Metrics()
+    fine.transaction("/vasp/", "DeliverReq", 1000, 0.01, 100)
+    stalled = _Body(200, None)
+    answers = {1: stalled, 2: _Body(500, b"oops"), 3: None}
+    answers[4] = _Body(200, fine.exposition())
+    monitor = workers.WorkersMonitor(reactor, started, lambda slot: "/nowhere")
+    monitor.agent = _Workers(answers)  # type: ignore[assignment]
+    with capturedLogs() as events:
+        asking = defer.ensureDeferred(monitor.metrics())
+        assert len(monitor.agent.asked) == 4  # type: ignore[attr-defined]
+        reactor.advance(workers.ASK_TIMEOUT - 0.1)
+        assert not asking.called
+        reactor.advance(0.1)
+    text = asking.result.decode()  # type: ignore[attr-defined]
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {
+        s.labels["worker"]: s.value for s in families["mm7tx_worker_up"].samples
+    } == {
+        "1": 0,
+        "2": 0,
+        "3": 0,
+        "4": 1,
+    }
+    assert {s.labels["worker"] for s in families["mm7tx_transactions"].samples} == {"4"}
+    assert stalled.aborted
+    assert sorted(messages(events)) == [
+        "No metrics from worker 1: timed out after 5 s",
+        "No metrics from worker 2: HTTP status 500",
+        "No metrics from worker 3: timed out after 5 s",
+    ]
+
+    # Readiness: every worker asked at once, each that does not answer named.
+    answers.update({1: _Body(200, None), 2: _Body(200, b"ready\n"), 4: None})
+    monitor.agent = _Workers(answers)  # type: ignore[assignment]
+    ready = defer.ensureDeferred(monitor.problem())
+    reactor.advance(workers.ASK_TIMEOUT)
+    assert ready.result == (  # type: ignore[attr-defined]
+        "worker 1 does not answer: timed out after 5 s; "
+        "worker 3 does not answer: timed out after 5 s; "
+        "worker 4 does not answer: timed out after 5 s"
+    )
+
+
 def test_one_worker_is_today_s_single_process() -> None:
     made = tap.makeService(_options("--listen", "tcp:0:interface=127.0.0.1"))
     assert not any(isinstance(s, workers.Supervisor) for s in made)  # type: ignore[attr-defined]
