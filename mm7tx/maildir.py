@@ -3,6 +3,7 @@ on a bare machine with no relay."""
 
 from __future__ import annotations
 
+import errno
 import mailbox
 import os
 import tempfile
@@ -42,7 +43,11 @@ class MaildirSender:
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
         try:
-            self._maildir = mailbox.Maildir(self.path, create=True)
+            # Made here, not by mailbox.Maildir (which checks, then makes):
+            # workers starting at once make it together.
+            for folder in ("tmp", "new", "cur"):
+                _make_folder(os.path.join(self.path, folder))
+            self._maildir = mailbox.Maildir(self.path, create=False)
             for folder in ("tmp", "new"):
                 _try_writing(os.path.join(self.path, folder))
         except OSError as e:
@@ -74,6 +79,14 @@ class MaildirSender:
         return defer.succeed(
             SendResult(tuple(recipients), reply=f"stored as new/{key}")
         )
+
+
+def _make_folder(path: str) -> None:
+    """``path`` made if it is not there (by this process or another)."""
+    try:
+        os.makedirs(path, 0o700, exist_ok=True)
+    except FileExistsError:  # there, and not a folder
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from None
 
 
 def _try_writing(folder: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import signal
 import sys
 from typing import cast
 
@@ -34,6 +35,14 @@ from mm7tx.maildir import MaildirError
 from mm7tx.service import IMM7Reactor, build_service
 
 log = Logger()
+
+
+# A worker's program: SIGHUP ignored first thing (see Options.postOptions),
+# then twistd.
+WORKER_MAIN = (
+    "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    "from twisted.scripts.twistd import run; run()"
+)
 
 
 class Options(usage.Options):
@@ -88,6 +97,9 @@ class Options(usage.Options):
         message (``twisted.application.app.run``), which buries it.
         """
         if self["worker"] is not None:
+            # A SIGHUP its parent passes on before the service takes it (in
+            # startService) must not kill a starting worker (the default).
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             # The listeners are the parent's sockets: systemd: ones included.
             systemd.adopt(workers.passed_to_worker())
         else:
@@ -114,7 +126,7 @@ class Options(usage.Options):
         argv = [
             sys.executable,
             "-c",
-            "from twisted.scripts.twistd import run; run()",
+            WORKER_MAIN,
             "--nodaemon",
             "--pidfile=",
             "--logger=mm7tx.workers.worker_log_observer",

@@ -75,6 +75,9 @@ BACKOFF = 1.0
 BACKOFF_MAX = 30.0
 # Seconds the parent waits for a worker's metrics or readiness.
 ASK_TIMEOUT = 5.0
+# The longest line a worker's output may have: a longer one is dropped,
+# with a warning (its size and its start), rather than held in the parent.
+MAX_LINE = 64 * 1024
 
 
 # The parent: binding ---------------------------------------------------------
@@ -248,19 +251,55 @@ def _how(reason: Failure) -> str:
 
 class WorkerProtocol(protocol.ProcessProtocol):
     """One worker: its JSON log lines are logged in the parent (``log_system``
-    ``worker N``); its standard error line by line; its end told to the pool."""
+    ``worker N``); its standard error line by line; its end told to the pool.
+    A line over :data:`MAX_LINE` bytes is not kept: a warning gives its size."""
 
     def __init__(self, pool: WorkerPool, slot: _Slot) -> None:
         self.pool = pool
         self.slot = slot
-        self._buffers: dict[int, bytes] = {1: b"", 2: b""}
+        # Each descriptor's line so far: its pieces, their size, and whether
+        # it is over MAX_LINE (then only its size and start are kept).
+        self._pieces: dict[int, list[bytes]] = {1: [], 2: []}
+        self._sizes: dict[int, int] = {1: 0, 2: 0}
+        self._heads: dict[int, bytes | None] = {1: None, 2: None}
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD not in self._buffers:
+        if childFD not in self._pieces:
             return
-        *lines, self._buffers[childFD] = (self._buffers[childFD] + data).split(b"\n")
-        for line in lines:
-            self._line(childFD, line)
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            self._add(childFD, data[start:end])
+            self._end(childFD)
+            start = end + 1
+        if start < len(data):
+            self._add(childFD, data[start:])
+
+    def _add(self, childFD: int, piece: bytes) -> None:
+        self._sizes[childFD] += len(piece)
+        if self._heads[childFD] is not None:
+            return
+        self._pieces[childFD].append(piece)
+        if self._sizes[childFD] > MAX_LINE:
+            self._heads[childFD] = b"".join(self._pieces[childFD])[:200]
+            self._pieces[childFD] = []
+
+    def _end(self, childFD: int) -> None:
+        head, size = self._heads[childFD], self._sizes[childFD]
+        pieces = self._pieces[childFD]
+        self._pieces[childFD], self._sizes[childFD] = [], 0
+        self._heads[childFD] = None
+        if head is None:
+            self._line(childFD, b"".join(pieces))
+            return
+        log.warn(
+            "Worker {slot} wrote a line of {size} bytes, over {limit}: dropped; "
+            "it began {head!r}",
+            slot=self.slot.number,
+            size=size,
+            limit=MAX_LINE,
+            head=head.decode("utf-8", "replace"),
+            log_system=f"worker {self.slot.number}",
+        )
 
     def _line(self, childFD: int, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
@@ -282,9 +321,9 @@ class WorkerProtocol(protocol.ProcessProtocol):
         log.warn("{text}", text=text, log_system=system)
 
     def processEnded(self, reason: Failure) -> None:
-        for fd, rest in self._buffers.items():
-            if rest:
-                self._line(fd, rest)
+        for fd, size in self._sizes.items():
+            if size:
+                self._end(fd)
         self.pool.ended(self.slot, reason)
 
 
@@ -337,17 +376,31 @@ class WorkerPool(service.Service):
 
     def _spawn(self, slot: _Slot) -> None:
         slot.restart = None
-        if self.before_start is not None:
-            self.before_start(slot.number)
-        argv = list(self.command(slot.number))
         slot.started = self.reactor.seconds()
-        slot.process = self.reactor.spawnProcess(
-            WorkerProtocol(self, slot),
-            argv[0],
-            argv,
-            env=self.env,
-            childFDs=dict(self.child_fds()),
-        )
+        try:
+            if self.before_start is not None:
+                self.before_start(slot.number)
+            argv = list(self.command(slot.number))
+            slot.process = self.reactor.spawnProcess(
+                WorkerProtocol(self, slot),
+                argv[0],
+                argv,
+                env=self.env,
+                childFDs=dict(self.child_fds()),
+            )
+        except Exception as e:  # EMFILE, EAGAIN: tried again, as a death is
+            slot.process = None
+            delay = slot.backoff
+            slot.backoff = min(slot.backoff * 2, BACKOFF_MAX)
+            log.error(
+                "Cannot start worker {slot}: {why}; trying again in {delay:.1f} s",
+                slot=slot.number,
+                why=e,
+                delay=delay,
+            )
+            if not self._stopping:
+                slot.restart = self.reactor.callLater(delay, self._spawn, slot)
+            return
         slot.pid = slot.process.pid
 
     def ended(self, slot: _Slot, reason: Failure) -> None:
@@ -462,30 +515,55 @@ class WorkersMonitor:
         self._counted = 0
 
     async def _ask(self, slot: int, path: str) -> tuple[int, bytes]:
-        asking = self.agent.request(b"GET", f"http://worker-{slot}{path}".encode())
-        asking.addTimeout(ASK_TIMEOUT, self.reactor)
-        response = await asking
-        body = await readBody(response)
-        return response.code, body
+        """Worker ``slot``'s answer to ``GET path``: its status and body,
+        within ASK_TIMEOUT for the whole of it (a TimeoutError then)."""
+
+        async def asking() -> tuple[int, bytes]:
+            response = await self.agent.request(
+                b"GET", f"http://worker-{slot}{path}".encode()
+            )
+            return response.code, await readBody(response)
+
+        # Cancelled on time out, which closes the connection.
+        whole = defer.ensureDeferred(asking())
+        whole.addTimeout(ASK_TIMEOUT, self.reactor)
+        try:
+            return await whole
+        except defer.TimeoutError:
+            raise defer.TimeoutError(f"timed out after {ASK_TIMEOUT:g} s") from None
+
+    async def _families(self, slot: int) -> list[Metric]:
+        code, body = await self._ask(slot, "/metrics")
+        if code != 200:
+            raise ValueError(f"HTTP status {code}")
+        return list(text_string_to_metric_families(body.decode("utf-8")))
 
     async def metrics(self) -> bytes:
-        """Every worker's metrics with a ``worker`` label, then the parent's."""
+        """Every worker's metrics with a ``worker`` label, then the parent's;
+        ``mm7tx_worker_up`` says which workers answered (all asked at once)."""
         self._restarts.inc(self.pool.restarts - self._counted)
         self._counted = self.pool.restarts
+        running = [slot.number for slot in self.pool.slots if slot.process]
+        answers = await defer.DeferredList(
+            [defer.ensureDeferred(self._families(number)) for number in running],
+            consumeErrors=True,
+        )
+        up = Metric("mm7tx_worker_up", "Whether the worker answered", "gauge")
+        answered = dict(zip(running, answers, strict=True))
         families: dict[str, Metric] = {}
         for slot in self.pool.slots:
-            if slot.process is None:
-                continue
-            try:
-                _, body = await self._ask(slot.number, "/metrics")
-            except Exception as e:
+            worker = str(slot.number)
+            ok, found = answered.get(slot.number, (False, None))
+            up.add_sample("mm7tx_worker_up", {"worker": worker}, float(ok))
+            if isinstance(found, Failure):
                 log.warn(
                     "No metrics from worker {slot}: {why}",
                     slot=slot.number,
-                    why=e,
+                    why=found.getErrorMessage(),
                 )
+            if not ok or not isinstance(found, list):
                 continue
-            for family in text_string_to_metric_families(body.decode("utf-8")):
+            for family in found:
                 merged = families.get(family.name)
                 if merged is None:
                     merged = Metric(
@@ -493,28 +571,32 @@ class WorkersMonitor:
                     )
                     families[family.name] = merged
                 for sample in family.samples:
-                    labels = {**sample.labels, "worker": str(slot.number)}
+                    labels = {**sample.labels, "worker": worker}
                     merged.samples.append(sample._replace(labels=labels))
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Fixed(list(families.values())))  # type: ignore[arg-type]
+        registry.register(_Fixed([*families.values(), up]))  # type: ignore[arg-type]
         return generate_latest(registry) + generate_latest(self.registry)
 
+    async def _readiness(self, slot: _Slot) -> str | None:
+        if slot.process is None:
+            return f"worker {slot.number} is not running (being restarted)"
+        try:
+            code, body = await self._ask(slot.number, "/readyz")
+        except Exception as e:
+            return f"worker {slot.number} does not answer: {e}"
+        if code != 200:
+            return f"worker {slot.number}: {body.decode('utf-8', 'replace').strip()}"
+        return None
+
     async def problem(self) -> str | None:
-        """Why the workers are not all ready, or None."""
+        """Why the workers are not all ready (every worker that is not), or
+        None; all are asked at once."""
         if self.draining:
             return "draining: the service is stopping"
-        for slot in self.pool.slots:
-            if slot.process is None:
-                return f"worker {slot.number} is not running (being restarted)"
-            try:
-                code, body = await self._ask(slot.number, "/readyz")
-            except Exception as e:
-                return f"worker {slot.number} does not answer: {e}"
-            if code != 200:
-                return (
-                    f"worker {slot.number}: {body.decode('utf-8', 'replace').strip()}"
-                )
-        return None
+        problems = await defer.gatherResults(
+            [defer.ensureDeferred(self._readiness(slot)) for slot in self.pool.slots]
+        )
+        return "; ".join(p for p in problems if p) or None
 
 
 class _Fixed:

@@ -82,3 +82,22 @@ def test_a_maildir_that_cannot_be_made_or_written_is_refused_at_once(tmp_path):
     (tmp_path / "Maildir" / "new").mkdir()
     MaildirSender(str(tmp_path / "Maildir"))
     assert [p.name for p in (tmp_path / "Maildir").glob("*/*")] == []  # no trace
+
+
+def test_a_maildir_another_process_makes_meanwhile_is_used(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers starting at once race to make it: mailbox.Maildir checks,
+    then makes, and the loser's mkdir finds it made."""
+    path = os.path.join(str(tmp_path), "Maildir")
+    mkdir = os.mkdir
+
+    def racing(name: str, mode: int = 0o777) -> None:
+        if name == path and not os.path.exists(path):
+            mkdir(name, mode)  # the other worker, just before this one
+        mkdir(name, mode)
+
+    monkeypatch.setattr(os, "mkdir", racing)
+    sender = MaildirSender(path)
+    assert sender.description == f"Maildir {path}"
+    assert os.path.isdir(os.path.join(path, "new"))

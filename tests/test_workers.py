@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -219,6 +220,41 @@ def test_a_dead_worker_is_logged_and_replaced_at_most_once_a_second() -> None:
     assert started.restarts == 9
 
 
+def test_a_worker_that_cannot_be_spawned_is_tried_again_with_the_backoff() -> None:
+    reactor = ProcessReactor()
+    started = pool(reactor)
+    spawn = reactor.spawnProcess
+    failures = [OSError(24, "Too many open files"), OSError(11, "Try again")]
+
+    def failing(*args: Any, **kw: Any) -> FakeProcess:
+        if failures:
+            raise failures.pop(0)
+        return spawn(*args, **kw)
+
+    reactor.spawnProcess = failing  # type: ignore[method-assign]
+    reactor.advance(workers.STEADY)
+    with capturedLogs() as events:
+        reactor.end(0, ProcessTerminated(signal=9))
+        reactor.advance(0)
+        reactor.advance(1)
+    assert messages(events) == [
+        "Worker 1 (pid 100) died: signal 9 (SIGKILL); starting another in 0.0 s",
+        "Cannot start worker 1: [Errno 24] Too many open files; trying again in 1.0 s",
+        "Cannot start worker 1: [Errno 11] Try again; trying again in 2.0 s",
+    ]
+    assert started.running_count == 1
+    reactor.advance(2)
+    assert started.running_count == 2
+    assert reactor.spawned[-1][1] == ["python", "--worker=1"]
+    # Stopping cancels a retry that is due.
+    failures.append(OSError(24, "Too many open files"))
+    reactor.end(len(reactor.spawned) - 1, ProcessTerminated(signal=9))
+    reactor.advance(30)
+    assert not failures and started.slots[0].restart is not None
+    started.stopService()
+    assert [c.func for c in reactor.getDelayedCalls()] == [started._kill]  # type: ignore[attr-defined]
+
+
 def test_signals_reach_every_worker_and_stop_drains_them_all() -> None:
     reactor = ProcessReactor()
     started = pool(reactor)
@@ -268,6 +304,33 @@ def test_a_worker_s_log_events_are_logged_in_the_parent() -> None:
         "Traceback (most recent call last):",
     ]
     assert [event["log_system"] for event in events] == ["worker 1"] * 3
+
+
+def test_a_worker_s_overlong_line_is_dropped_with_its_size() -> None:
+    reactor = ProcessReactor()
+    pool(reactor, 1)
+    protocol = reactor.spawned[0][0]
+    event = '{"log_format": "{n} long", "n": "%s"}'
+    fits = (event % ("x" * (workers.MAX_LINE - len(event) + 2))).encode()
+    over = (event % ("y" * (16 * 1024 * 1024))).encode() + b"\n"
+    assert len(fits) == workers.MAX_LINE
+    with capturedLogs() as events:
+        # As a pipe gives them: 8 KiB at a time, the newline anywhere.
+        for at in range(0, len(over), 8192):
+            protocol.childDataReceived(1, over[at : at + 8192])
+        protocol.childDataReceived(1, fits + b"\n" + b'{"log_format": "after"}\n')
+        protocol.childDataReceived(2, b"z" * (workers.MAX_LINE + 1))
+        reactor.end(0, ProcessDone(0))
+    said = messages(events)
+    assert said[0] == (
+        f"Worker 1 wrote a line of {len(over) - 1} bytes, over 65536: dropped; "
+        f"it began {over[:200].decode()!r}"
+    )
+    assert said[1] == "x" * (workers.MAX_LINE - len(event) + 2) + " long"
+    assert said[2] == "after"
+    assert said[3].startswith(f"Worker 1 wrote a line of {workers.MAX_LINE + 1} ")
+    assert len(said) == 5  # and the worker's end
+    assert not any(protocol._pieces.values())
 
 
 # The parent's metrics --------------------------------------------------------
@@ -325,6 +388,85 @@ def test_the_parent_is_ready_when_every_worker_is() -> None:
     assert problem() == "draining: the service is stopping"
 
 
+class _Body:
+    """A worker's response that gives ``body`` (all of it, or never)."""
+
+    def __init__(self, code: int, body: bytes | None) -> None:
+        self.code, self.phrase, self.body = code, b"", body
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+    def deliverBody(self, protocol: Any) -> None:
+        from twisted.web.client import ResponseDone
+
+        protocol.makeConnection(self)
+        if self.body is not None:
+            protocol.dataReceived(self.body)
+            protocol.connectionLost(Failure(ResponseDone()))
+
+
+class _Workers:
+    """An agent for the monitor: ``answers[slot]`` a response, or None for
+    a worker that never answers."""
+
+    def __init__(self, answers: dict[int, _Body | None]) -> None:
+        self.answers = answers
+        self.asked: list[bytes] = []
+
+    def request(self, method: bytes, uri: bytes) -> defer.Deferred[_Body]:
+        self.asked.append(uri)
+        answer = self.answers[int(uri.split(b"/")[2].rsplit(b"-", 1)[1])]
+        return defer.Deferred() if answer is None else defer.succeed(answer)
+
+
+def test_workers_that_stall_or_answer_nonsense_are_skipped_at_once() -> None:
+    reactor = ProcessReactor()
+    started = pool(reactor, 4)
+    fine = Metrics()
+    fine.transaction("/vasp/", "DeliverReq", 1000, 0.01, 100)
+    stalled = _Body(200, None)
+    answers = {1: stalled, 2: _Body(500, b"oops"), 3: None}
+    answers[4] = _Body(200, fine.exposition())
+    monitor = workers.WorkersMonitor(reactor, started, lambda slot: "/nowhere")
+    monitor.agent = _Workers(answers)  # type: ignore[assignment]
+    with capturedLogs() as events:
+        asking = defer.ensureDeferred(monitor.metrics())
+        assert len(monitor.agent.asked) == 4  # type: ignore[attr-defined]
+        reactor.advance(workers.ASK_TIMEOUT - 0.1)
+        assert not asking.called
+        reactor.advance(0.1)
+    text = asking.result.decode()  # type: ignore[attr-defined]
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {
+        s.labels["worker"]: s.value for s in families["mm7tx_worker_up"].samples
+    } == {
+        "1": 0,
+        "2": 0,
+        "3": 0,
+        "4": 1,
+    }
+    assert {s.labels["worker"] for s in families["mm7tx_transactions"].samples} == {"4"}
+    assert stalled.aborted
+    assert sorted(messages(events)) == [
+        "No metrics from worker 1: timed out after 5 s",
+        "No metrics from worker 2: HTTP status 500",
+        "No metrics from worker 3: timed out after 5 s",
+    ]
+
+    # Readiness: every worker asked at once, each that does not answer named.
+    answers.update({1: _Body(200, None), 2: _Body(200, b"ready\n"), 4: None})
+    monitor.agent = _Workers(answers)  # type: ignore[assignment]
+    ready = defer.ensureDeferred(monitor.problem())
+    reactor.advance(workers.ASK_TIMEOUT)
+    assert ready.result == (  # type: ignore[attr-defined]
+        "worker 1 does not answer: timed out after 5 s; "
+        "worker 3 does not answer: timed out after 5 s; "
+        "worker 4 does not answer: timed out after 5 s"
+    )
+
+
 def test_one_worker_is_today_s_single_process() -> None:
     made = tap.makeService(_options("--listen", "tcp:0:interface=127.0.0.1"))
     assert not any(isinstance(s, workers.Supervisor) for s in made)  # type: ignore[attr-defined]
@@ -355,6 +497,78 @@ def test_more_workers_make_a_supervisor() -> None:
 
 
 # The real twistd -------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def sighup() -> Any:
+    """SIGHUP's default, and the handler before put back after the test
+    (options with ``--worker`` ignore it)."""
+    previous = signal.getsignal(signal.SIGHUP)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_worker_ignores_sighup_until_its_service_takes_it() -> None:
+    _options("--listen", "tcp:0")
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    _options("--listen", "tcp:0", "--worker=1")
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+
+
+def _ignored(pid: int, signum: int) -> bool:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux /proc")
+def test_a_sighup_while_a_worker_starts_does_not_kill_it(tmp_path: Path) -> None:
+    """As its parent passes one on: a real worker, its listener at fd 3."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)  # as the parent's (Twisted's) are
+    port = listener.getsockname()[1]
+    argv = _options(
+        "--listen", f"tcp:{port}", "--smtp-relay", f"maildir:{tmp_path / 'M'}"
+    ).worker_command(1)
+    with open(tmp_path / "log", "wb") as log_file:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import os, sys; os.dup2(int(sys.argv[1]), 3); "
+                "os.execv(sys.argv[2], sys.argv[2:])",
+                str(listener.fileno()),
+                *argv,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            pass_fds=(listener.fileno(),),
+        )
+    try:
+        # Python has started the worker's program, which is still starting.
+        deadline = time.monotonic() + 10
+        while not _ignored(process.pid, signal.SIGHUP):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.001)
+        process.send_signal(signal.SIGHUP)
+        assert wait_for_port(port, process)
+        assert _post(port, uuid.uuid4().hex) == "1000"
+        assert process.poll() is None
+    finally:
+        listener.close()
+        assert process.stdin is not None
+        process.stdin.close()  # as when the parent is gone
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _post(port: int, tid: str) -> str:
