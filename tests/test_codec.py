@@ -434,3 +434,18 @@ def test_the_fast_multipart_split_agrees_with_the_email_parser(monkeypatch):
         boundary = body.lstrip().split(b"\n", 1)[0][2:].rstrip()
         fast_used += mime._fast_parts(boundary, body) is not None
     assert fast_used >= 7  # most samples take the fast path
+
+
+def test_a_base64_part_not_ascii_once_parsed_is_decoded_not_carried():
+    # The email parser may hand over U+FFFD for a byte it could not read
+    # (found by the fuzzer on the lowest versions): not base64 as it came.
+    from email.message import Message
+
+    from mm7tx.codec import mime
+
+    part = Message()
+    part["Content-Transfer-Encoding"] = "base64"
+    part.set_payload("\ufffdQUJD\n")
+    assert mime._received_base64(part) is None
+    part.set_payload("QUJD\n")
+    assert mime._received_base64(part) == b"QUJD\n"

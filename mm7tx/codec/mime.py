@@ -380,7 +380,13 @@ def _received_base64(part: Message) -> bytes | None:
     payload = part.get_payload()
     if not isinstance(payload, str):
         return None
-    return mime_base64(payload.encode("ascii", "surrogateescape"))
+    try:
+        text = payload.encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:
+        # Not ASCII once parsed (U+FFFD for a byte the parser replaced):
+        # not base64 as it came; the slow path decodes what it can.
+        return None
+    return mime_base64(text)
 
 
 def _leaves(part: Message) -> list[ContentPart]:
