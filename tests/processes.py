@@ -6,9 +6,17 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from tests import samples
+
+# The twistd of this interpreter's environment.
+TWISTD = str(Path(sys.executable).parent / "twistd")
 
 
 def free_port() -> int:
@@ -31,11 +39,30 @@ def wait_for_port(
     return False
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 10) -> bool:
-    """Whether ``condition()`` comes true within ``timeout`` seconds."""
+def wait_until(
+    condition: Callable[[], object], timeout: float = 10, interval: float = 0.05
+) -> bool:
+    """Whether ``condition()`` comes true within ``timeout`` seconds, asked
+    every ``interval`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return True
-        time.sleep(0.05)
+        time.sleep(interval)
     return False
+
+
+def post_sample(
+    port: int,
+    path: str,
+    sample: str = "instantcom-mm7/deliver-req2.txt",
+    timeout: float = 10,
+) -> bytes:
+    """POST a reference sample to ``path`` on ``port`` of 127.0.0.1; the
+    answer's body."""
+    ctype, body = samples.body_sample(sample)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, headers={"Content-Type": ctype}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        return bytes(answer.read())

@@ -30,10 +30,9 @@ import pytest
 
 from mm7tx import codec
 from mm7tx import messages as m
-from tests.processes import free_port, wait_for_port
+from tests.processes import TWISTD, free_port, wait_for_port
 
 HERE = Path(__file__).resolve().parent
-TWISTD = str(Path(sys.executable).parent / "twistd")
 SINK = HERE.parent / "bench" / "smtp_sink.py"
 CLIENTS = 12
 

@@ -9,9 +9,7 @@ import re
 import signal
 import subprocess
 import sys
-import urllib.request
 from io import StringIO
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +31,7 @@ from mm7tx.status import StatusCode
 from mm7tx.testing import FakeMailSender, MemoryGateway, result_of
 from mm7tx.transaction import Transaction
 from tests import samples
-from tests.processes import free_port, wait_for_port
+from tests.processes import TWISTD, free_port, post_sample, wait_for_port
 
 CONFIG = """
 HTTP_Listener { Listen "tcp:8080:interface=127.0.0.1" { } }
@@ -404,10 +402,9 @@ def test_the_json_logger_writes_where_twistds_text_log_would(tmp_path, sigusr1):
 def test_twistd_writes_the_transaction_as_a_json_line_to_the_l_file(tmp_path):
     port = free_port()
     log_path = tmp_path / "mm7tx.json"
-    twistd = str(Path(sys.executable).parent / "twistd")
     process = subprocess.Popen(
         [
-            twistd,
+            TWISTD,
             "--logger=mm7tx.logs.json",
             "-n",
             "--pidfile=",
@@ -423,12 +420,7 @@ def test_twistd_writes_the_transaction_as_a_json_line_to_the_l_file(tmp_path):
     )
     try:
         assert wait_for_port(port, process)
-        ctype, body = samples.body_sample("instantcom-mm7/deliver-req2.txt")
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/vasp/", data=body, headers={"Content-Type": ctype}
-        )
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            assert b"<StatusCode>1000</StatusCode>" in answer.read()
+        assert b"<StatusCode>1000</StatusCode>" in post_sample(port, "/vasp/")
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
@@ -449,7 +441,7 @@ def test_twistd_writes_the_transaction_as_a_json_line_to_the_l_file(tmp_path):
         "message_id": None,
         "status": 1000,
         "status_text": "Success",
-        "request_bytes": len(body),
+        "request_bytes": len(samples.body_sample("instantcom-mm7/deliver-req2.txt")[1]),
         "peer": "127.0.0.1",
         "relay_reply": f"stored as new/{stored.name}",
         "answered": True,

@@ -19,8 +19,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 import mm7tx
-from tests.processes import free_port, wait_for_port
-from tests.test_plugin import TWISTD
+from tests.processes import TWISTD, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

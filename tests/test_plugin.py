@@ -7,16 +7,10 @@ import platform
 import signal
 import socket
 import subprocess
-import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from mm7tx import __version__
-from tests import samples
-from tests.processes import free_port, wait_for_port
-
-TWISTD = str(Path(sys.executable).parent / "twistd")
+from tests.processes import TWISTD, free_port, post_sample, wait_for_port
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -70,13 +64,8 @@ def test_embedded_defaults_deliver_into_a_maildir(tmp_path):
         text=True,
     )
     try:
-        ctype, body = samples.body_sample("instantcom-mm7/deliver-req2.txt")
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/vasp/", data=body, headers={"Content-Type": ctype}
-        )
         assert wait_for_port(port, process)
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            reply = answer.read()
+        reply = post_sample(port, "/vasp/")
         assert b"<StatusCode>1000</StatusCode>" in reply
         [mail] = list((tmp_path / "Maildir" / "new").iterdir())
         assert b"Subject: Weather Forecast" in mail.read_bytes()

@@ -8,7 +8,6 @@ import base64
 import http.client
 import signal
 import subprocess
-import sys
 from collections.abc import Sequence
 from email.message import EmailMessage
 from pathlib import Path
@@ -33,9 +32,7 @@ from mm7tx.testing import (
     fired,
     result_of,
 )
-from tests.processes import free_port, wait_for_port, wait_until
-
-TWISTD = str(Path(sys.executable).parent / "twistd")
+from tests.processes import TWISTD, free_port, wait_for_port, wait_until
 
 CONFIG = """
 HTTP_Listener {{ Listen "tcp:8080:interface=127.0.0.1" {{ }} }}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,7 @@ from twisted.python.systemd import ListenFDs
 from mm7tx import systemd
 from mm7tx.config import ConfigError, check_listen, load
 from tests import samples
-from tests.processes import free_port, wait_for_port
-from tests.test_plugin import TWISTD
+from tests.processes import TWISTD, free_port, post_sample, wait_for_port
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
 
@@ -104,14 +102,7 @@ def test_a_deliver_req_over_a_socket_systemd_socket_activate_passed(
     try:
         assert wait_for_port(port, process)
         # The first connection starts twistd, which then answers it.
-        ctype, body = samples.body_sample("instantcom-mm7/deliver-req2.txt")
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/ringtones/",
-            data=body,
-            headers={"Content-Type": ctype},
-        )
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            reply = answer.read()
+        reply = post_sample(port, "/ringtones/", timeout=30)
     finally:
         process.send_signal(signal.SIGTERM)  # twistd by now, the same process
         log, _ = process.communicate(timeout=30)
