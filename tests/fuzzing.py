@@ -612,3 +612,84 @@ def hostile(draw: Callable[..., Any]) -> tuple[str, tuple[str, bytes]]:
         # A MIME header cannot carry a line separator.
         value = re.sub("[\u2028\u2029\x85]", " ", value)
     return description, (ctype, body.replace(b"HOSTILE-VALUE", value.encode()))
+
+
+# The email package's full parser: the oracle mime.split is held to --------
+
+
+def _as_part(msg: Any) -> Any:
+    """A Message tree from the email parser as mime.split's Part tree."""
+    from mm7tx.codec import mime
+
+    part = mime.Part()
+    part._headers = msg._headers  # type: ignore[attr-defined]
+    part._unixfrom = msg._unixfrom  # type: ignore[attr-defined]
+    if msg.is_multipart():
+        part.set_payload([_as_part(child) for child in msg.get_payload()])
+    else:
+        # The text as parsed (get_payload would replace 8-bit bytes).
+        part.raw = str(msg._payload).encode("utf-8", "surrogateescape")
+        if msg.get_content_maintype() == "multipart":
+            # A multipart read as text (no boundary, or one never found):
+            # the email parser leaves on it the line ending that belongs to
+            # the next delimiter (it strips it only from the "epilogue" a
+            # multipart has); mm7tx strips it as for any part.
+            part.raw = re.sub(rb"(\r\n|\r|\n)\Z", b"", part.raw)
+    return part
+
+
+def email_split(content_type: str, body: bytes) -> tuple[bytes, list[Any]]:
+    """What mime.split gives for a multipart body, read by the ``email``
+    package's full (line by line) parser, with the same limits checked on
+    the tree it builds.  Raises MM7Error as mime.split does."""
+    from email import policy
+    from email.message import Message
+    from email.parser import BytesParser
+
+    from mm7tx.codec import mime
+    from mm7tx.errors import MM7Error
+    from mm7tx.status import StatusCode
+
+    head = Message()
+    head["Content-Type"] = content_type
+    params = mime._params(head)
+    if not params.get("boundary") and body.lstrip()[:1] == b"<":
+        return body, []  # Skycore's bare XML: not read as MIME at all
+    boundary = params.get("boundary") or mime._sniff_boundary(body) or ""
+    marker = boundary.replace('"', "").encode("utf-8", "surrogateescape")
+    header = b'Content-Type: %s; boundary="%s"\r\n\r\n' % (
+        head.get_content_type().encode("ascii", "replace"),
+        marker,
+    )
+    msg = BytesParser(policy=policy.compat32).parsebytes(header + body)
+    parts = [_as_part(p) for p in mime._subparts(msg)]
+    stack = [(p, 1) for p in parts]
+    count = 0
+    while stack:
+        part, depth = stack.pop()
+        count += 1
+        if depth > mime.MAX_NESTING:
+            raise mime._too_deep()
+        stack.extend((child, depth + 1) for child in mime._subparts(part))
+    if count > mime.MAX_PARTS:
+        raise mime._too_many()
+    if not parts:
+        raise MM7Error(
+            StatusCode.VALIDATION_ERROR,
+            details="the body is not MIME: its boundary never appears",
+        )
+    if any(type(d).__name__ == "CloseBoundaryNotFoundDefect" for d in msg.defects):
+        raise MM7Error(
+            StatusCode.VALIDATION_ERROR,
+            details="the multipart body is truncated: its closing boundary is missing",
+        )
+    start = mime.normalise_id(params.get("start"))
+    soap = parts[0]
+    if start is not None:
+        soap = next(
+            (p for p in parts if mime.normalise_id(p.get("Content-ID")) == start),
+            soap,
+        )
+    if soap.is_multipart():
+        raise MM7Error(StatusCode.VALIDATION_ERROR, details="the SOAP part is missing")
+    return mime._decoded(soap), [p for p in parts if p is not soap]

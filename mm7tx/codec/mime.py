@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import binascii
 import itertools
+import quopri
 import re
 import struct
 import uuid
 from email import policy
 from email.generator import BytesGenerator
 from email.message import Message, MIMEPart
-from email.parser import BytesHeaderParser, BytesParser
+from email.parser import BytesHeaderParser
 from email.utils import collapse_rfc2231_value
 from io import BytesIO
 from typing import Any
@@ -42,9 +43,6 @@ MAX_PARTS = 256
 # hundred): checked before any header value is read, since reading the
 # parameters of a 512 KB one (an RFC 2231 filename) held the reactor 40 ms.
 MAX_PART_HEADERS = 16 * 1024
-# compat32 parses several times faster than policy.default, and we only read
-# MIME structure and bytes here; the emails we write use policy.default.
-_PARSER = BytesParser(policy=policy.compat32)
 
 
 def normalise_id(header: object) -> str | None:
@@ -86,55 +84,201 @@ def _sniff_boundary(body: bytes) -> str | None:
     return None
 
 
+class Part(Message):
+    """A MIME part as :func:`split` reads it: its headers, parsed by the
+    ``email`` package, and either its subparts (the payload, as in any
+    ``Message``) or, for a leaf, its content bytes as they came (``raw``),
+    never copied into a string."""
+
+    raw: bytes = b""
+
+
 _HEADERS = BytesHeaderParser(policy=policy.compat32)
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+# A line ending as the email parser reads them: CRLF, LF or a lone CR.
+_EOL = re.compile(rb"\r\n|\r|\n")
+# A blank line: a line ending right after another (possessive: a CRLF is
+# one line ending, never a CR and an LF).
+_BLANK_LINE = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
 _LONE_CR = re.compile(rb"\r(?!\n)")
+# A line of headers as the email parser tells them from body lines.
+_HEADER_OR_CONTINUATION = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
+# What may follow ``--boundary`` on a delimiter line: ``--`` for the close,
+# some blanks, the line's end (or the end of the enclosing part).
+_DELIMITER_TAIL = re.compile(rb"(--)?[ \t]{0,256}+(?:\r\n|\r|\n|\Z)")
+# Lines that start like a delimiter but make no part (RFC 2046 forbids them
+# in content; a delimiter line repeated makes no empty part): each costs a
+# step, so a body holding more is refused.
+MAX_FALSE_DELIMITERS = 1024
 
 
-def _fast_parts(boundary: bytes, body: bytes, depth: int = 0) -> list[Message] | None:
-    """The parts of a well-formed multipart body, found with ``bytes.find``.
+class _Reader:
+    """Splits a multipart body into :class:`Part` trees in one pass over its
+    bytes, counting parts and depth as it finds them.
 
-    The ``email`` parser reads a body line by line, which a profile showed
-    as the largest cost of a transaction.  This finds the boundaries in one
-    pass and hands each part's headers to the ``email`` header parser; it
-    builds the same ``Message`` tree the full parser would.  Anything it is
-    not sure of (a line that starts like a boundary but is not one, a part
-    without a blank line after its headers, a missing close, lone CRs, deep
-    nesting) returns None, and the full parser takes over.
+    Boundaries are found with ``bytes.find`` and each part's headers handed
+    to the ``email`` header parser; the tree is the one the ``email``
+    package's full parser builds (the tests hold the two side by side), but
+    no step reads the body a line at a time: the full parser does, and a
+    body of lone CRs or of many nested header-less parts held the reactor
+    for seconds in it.  Every count is enforced before the work it bounds.
     """
-    if depth > 8:
-        return None
-    # A lone CR ends a line for the email parser: leave such bodies to it.
-    # (Checked once: a nested body is a slice of this one, cut before CRLFs.)
-    if depth == 0 and b"\r" in body and _LONE_CR.search(body):
-        return None
-    delimiter = b"--" + boundary
-    at = 0 if body.startswith(delimiter) else body.find(b"\n" + delimiter) + 1
-    if at <= 0 and not body.startswith(delimiter):
-        return None
-    parts: list[Message] = []
-    while True:
-        line_end = body.find(b"\n", at + len(delimiter))
-        rest = body[at + len(delimiter) : line_end if line_end >= 0 else len(body)]
-        rest = rest.rstrip(b"\r \t")
-        if rest == b"--":
-            return parts if parts else None  # a close with no part before it
-        if rest or line_end < 0:
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.parts = 0
+        self.false_delimiters = 0
+        # (line ending + delimiter, end of range) -> its next position (-1:
+        # none left), for :meth:`_next`.
+        self._hits: dict[tuple[bytes, int], int] = {}
+
+    def multipart(
+        self, boundary: bytes, start: int, end: int, depth: int
+    ) -> tuple[list[Message], bool] | None:
+        """The parts between ``start`` and ``end`` under ``boundary`` and
+        whether its close delimiter came; None when the boundary never
+        starts a line there (the email parser then takes the whole as
+        text)."""
+        delimiter = b"--" + boundary
+        found = self._delimiter(delimiter, start, start, end)
+        if found is None:
             return None
-        start = line_end + 1
-        following = body.find(b"\n" + delimiter, start - 1)
-        if following < 0:
-            return None
-        end = (
-            following - 1
-            if following > start and body[following - 1] == 13
-            else following
-        )
-        part = _fast_part(body[start:end] if end >= start else b"", depth)
-        if part is None:
-            return None
-        parts.append(part)
-        at = following + 1
+        if depth > MAX_NESTING:
+            raise _too_deep()
+        parts: list[Message] = []
+        _, at, closed = found
+        while not closed:
+            # Delimiter lines in a row make no empty parts (the email
+            # parser skips them), and a part runs to the next delimiter.
+            found = self._delimiter(delimiter, at, at, end)
+            while found is not None and found[0] == at:
+                _, at, closed = found
+                if closed:
+                    return parts, True
+                self._wasted()
+                found = self._delimiter(delimiter, at, at, end)
+            if found is None:
+                parts.append(self.part(at, end, depth))
+                return parts, False
+            content_end, after, closed = found
+            parts.append(self.part(at, content_end, depth))
+            at = after
+        return parts, True
+
+    def _delimiter(
+        self, delimiter: bytes, line_start: int, search: int, end: int
+    ) -> tuple[int, int, bool] | None:
+        """The next delimiter line from ``search``: where the content
+        before it ends (its line ending belongs to the delimiter), where the
+        line after it starts, and whether it is the close."""
+        body = self.body
+        at = search
+        while True:
+            if at == line_start and body.startswith(delimiter, at, end):
+                hit, content_end = at, at
+            else:
+                hit = self._next(delimiter, max(at - 1, line_start), end)
+                if hit < 0:
+                    return None
+                # A CRLF before the delimiter belongs to it, as an LF or a lone
+                # CR does.
+                crlf = body[hit : hit + 1] == b"\n" and body[hit - 1 : hit] == b"\r"
+                content_end = hit - 1 if crlf else hit
+                content_end = max(content_end, line_start)
+                hit += 1
+            tail = _DELIMITER_TAIL.match(body, hit + len(delimiter), end)
+            if tail is not None:
+                return content_end, tail.end(), tail.group(1) is not None
+            self._wasted()
+            at = hit + len(delimiter)
+
+    def _next(self, delimiter: bytes, start: int, end: int) -> int:
+        """Where the next line ending followed by ``delimiter`` is, from
+        ``start``: an LF, or a lone CR.  Each kind's next hit is kept, so
+        that a kind the body never holds is looked for once, not once a
+        part (which made a body of many parts quadratic)."""
+        found = -1
+        for ending in b"\n", b"\r":
+            key = (ending + delimiter, end)
+            cached = self._hits.get(key)
+            if cached is None or (0 <= cached < start):
+                cached = self.body.find(key[0], start, end)
+                self._hits[key] = cached
+            if cached >= 0 and (found < 0 or cached < found):
+                found = cached
+        return found
+
+    def _wasted(self) -> None:
+        """One more line that starts like a delimiter but makes no part."""
+        self.false_delimiters += 1
+        if self.false_delimiters > MAX_FALSE_DELIMITERS:
+            raise MM7Error(
+                StatusCode.MESSAGE_FORMAT_CORRUPT,
+                details=f"over {MAX_FALSE_DELIMITERS} lines start like a MIME "
+                "boundary but make no part",
+            )
+
+    def part(self, start: int, end: int, depth: int) -> Message:
+        """The part whose bytes run from ``start`` to ``end``."""
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise _too_many()
+        part, content = self.headers(start, end)
+        if part.get_content_maintype() == "multipart":
+            boundary = part.get_boundary()
+            if boundary:
+                inner = self.multipart(
+                    boundary.encode("utf-8", "surrogateescape"), content, end, depth + 1
+                )
+                if inner is not None:
+                    part.set_payload(inner[0])  # type: ignore[arg-type]
+                    return part
+        part.raw = self.body[content:end]
+        return part
+
+    def headers(self, start: int, end: int) -> tuple[Part, int]:
+        """The part's headers and where its content starts: after the blank
+        line, or at the first line that is not a header (as the email parser
+        reads a part without a blank line).  Headers over
+        :data:`MAX_PART_HEADERS` bytes are refused before any is parsed."""
+        body = self.body
+        limit = min(end, start + MAX_PART_HEADERS + 4)
+        eol = _EOL.match(body, start, limit)
+        if eol is not None:  # no headers: the content follows the blank line
+            return Part(), eol.end()
+        blank = _BLANK_LINE.search(body, start, limit)
+        block_end = blank.start() if blank is not None else limit
+        block = body[start:block_end]
+        if blank is not None and (part := _fast_headers(block)) is not None:
+            return _as_part(part), blank.end()
+        # Line by line (a bounded block): the first line that is not a
+        # header starts the content.
+        at = start
+        content = -1
+        while at < block_end:
+            if not _HEADER_OR_CONTINUATION.match(body, at, block_end):
+                content = at
+                break
+            eol = _EOL.search(body, at, block_end)
+            at = eol.end() if eol is not None else block_end
+        if content < 0:
+            if blank is not None:
+                content = blank.end()
+            elif limit == end:  # headers to the end of the part, no content
+                content = end
+            else:
+                raise MM7Error(
+                    StatusCode.MESSAGE_FORMAT_CORRUPT,
+                    details=f"a MIME part's headers are over {MAX_PART_HEADERS} bytes",
+                )
+        block = body[start:content]
+        return _as_part(_HEADERS.parsebytes(block.rstrip(b"\r\n") + b"\n\n")), content
+
+
+def _as_part(headers: Message) -> Part:
+    part = Part()
+    part._headers = headers._headers  # type: ignore[attr-defined]
+    part._unixfrom = headers._unixfrom  # type: ignore[attr-defined]
+    return part
 
 
 _HEADER_LINE = re.compile(r"([\x21-\x39\x3b-\x7e]+):")
@@ -143,7 +287,7 @@ _HEADER_LINE = re.compile(r"([\x21-\x39\x3b-\x7e]+):")
 def _fast_headers(block: bytes) -> Message | None:
     """A part's header block as the compat32 parser reads it, for the plain
     case: ASCII, one line per header.  None for anything else (folded
-    lines, 8-bit bytes, a line that is not a header)."""
+    lines, 8-bit bytes, a line that is not a header, a lone CR)."""
     part = Message()
     if not block:
         return part
@@ -153,71 +297,10 @@ def _fast_headers(block: bytes) -> Message | None:
         return None
     for line in text.split("\n"):
         match = _HEADER_LINE.match(line)
-        if match is None:
+        if match is None or "\r" in line[:-1]:
             return None
         part.set_raw(match.group(1), line[match.end() :].lstrip(" \t").rstrip("\r"))
     return part
-
-
-def _fast_part(raw: bytes, depth: int) -> Message | None:
-    blank = _BLANK_LINE.search(raw)
-    if blank is None:
-        return None
-    part = _fast_headers(raw[: blank.start()])
-    if part is None:
-        part = _HEADERS.parsebytes(raw[: blank.start()] + b"\n\n")
-        if part.defects:
-            return None
-    content = raw[blank.end() :]
-    if part.get_content_maintype() == "multipart":
-        inner_boundary = part.get_boundary()
-        if not inner_boundary:
-            return None
-        inner = _fast_parts(
-            inner_boundary.encode("utf-8", "surrogateescape"), content, depth + 1
-        )
-        if inner is None:
-            return None
-        part.set_payload(inner)  # type: ignore[arg-type]
-    else:
-        part.set_payload(content.decode("ascii", "surrogateescape"))
-    return part
-
-
-def _depth(parts: list[Message]) -> int:
-    """How deep ``parts`` nest (1 for leaves), without recursion."""
-    deepest = 0
-    stack = [(part, 1) for part in parts]
-    while stack:
-        part, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if depth <= MAX_NESTING:  # no need to walk further than the limit
-            stack.extend((child, depth + 1) for child in _subparts(part))
-    return deepest
-
-
-def _count(parts: list[Message]) -> int:
-    """How many parts ``parts`` hold, at every level."""
-    count = 0
-    stack = list(parts)
-    while stack:
-        part = stack.pop()
-        count += 1
-        stack.extend(_subparts(part))
-    return count
-
-
-def _check_header_sizes(parts: list[Message]) -> None:
-    stack = list(parts)
-    while stack:
-        part = stack.pop()
-        size = sum(len(name) + len(value) + 4 for name, value in part.raw_items())
-        if size > MAX_PART_HEADERS:
-            raise MM7Error(
-                StatusCode.MESSAGE_FORMAT_CORRUPT,
-                details=f"a MIME part's headers are over {MAX_PART_HEADERS} bytes",
-            )
-        stack.extend(_subparts(part))
 
 
 def _too_many() -> MM7Error:
@@ -260,33 +343,14 @@ def split(content_type: str | None, body: bytes) -> tuple[bytes, list[Message]]:
                 details="multipart Content-Type without a boundary",
             )
     marker = boundary.replace('"', "").encode("utf-8", "surrogateescape")
-    if body.count(b"--" + marker) > MAX_PARTS + 1:  # before parsing any of them
-        raise _too_many()
-    fast = _fast_parts(marker, body)
-    if fast is not None:
-        parts = fast
-        defects: list[Any] = []
-    else:
-        header = b'Content-Type: %s; boundary="%s"\r\n\r\n' % (
-            media.encode("ascii", "replace"),
-            marker,
-        )
-        try:
-            msg = _PARSER.parsebytes(header + body)
-        except RecursionError:
-            raise _too_deep() from None
-        parts, defects = _subparts(msg), msg.defects
-    if _depth(parts) > MAX_NESTING:
-        raise _too_deep()
-    if _count(parts) > MAX_PARTS:
-        raise _too_many()
-    _check_header_sizes(parts)
-    if not parts:
+    found = _Reader(body).multipart(marker, 0, len(body), 1)
+    if found is None or not found[0]:
         raise MM7Error(
             StatusCode.VALIDATION_ERROR,
             details="the body is not MIME: its boundary never appears",
         )
-    if any(type(d).__name__ == "CloseBoundaryNotFoundDefect" for d in defects):
+    parts, closed = found
+    if not closed:
         raise MM7Error(
             StatusCode.VALIDATION_ERROR,
             details="the multipart body is truncated: its closing boundary is missing",
@@ -297,10 +361,9 @@ def split(content_type: str | None, body: bytes) -> tuple[bytes, list[Message]]:
         soap = next(
             (p for p in parts if normalise_id(p.get("Content-ID")) == start), soap
         )
-    data = soap.get_payload(decode=True)
-    if not isinstance(data, bytes) or soap.is_multipart():
+    if soap.is_multipart():
         raise MM7Error(StatusCode.VALIDATION_ERROR, details="the SOAP part is missing")
-    return data, [p for p in parts if p is not soap]
+    return _decoded(soap), [p for p in parts if p is not soap]
 
 
 def _find(parts: list[Message], ref: str) -> Message | None:
@@ -316,23 +379,33 @@ def _find(parts: list[Message], ref: str) -> Message | None:
 
 
 def _decoded(part: Message) -> bytes:
-    """The part's bytes.  Base64 goes straight to the C decoder (which skips
-    line breaks as the ``email`` package does after joining lines); anything
-    it refuses, and every other encoding, goes through ``get_payload``."""
-    payload = part.get_payload()
-    header = part.get("Content-Transfer-Encoding")
-    encoding = str(header or "").strip().lower()
-    if encoding == "base64" and isinstance(payload, str):
+    """The part's content decoded by its Content-Transfer-Encoding, as the
+    ``email`` package decodes it.  Base64 goes straight to the C decoder
+    (which skips line breaks as the ``email`` package does after joining
+    lines), quoted-printable to the one the ``email`` package uses; what
+    the decoder refuses, and uuencode, go through ``get_payload``."""
+    raw = part.raw if isinstance(part, Part) else b""
+    encoding = str(part.get("Content-Transfer-Encoding") or "").strip().lower()
+    if encoding == "base64":
         try:
-            return binascii.a2b_base64(payload.encode("ascii", "surrogateescape"))
+            return binascii.a2b_base64(raw)
         except (binascii.Error, ValueError):
             pass
-    if header is not None and str(header) != encoding:
-        # compat32's get_payload compares the raw value: "base64 " (or one
-        # folded onto a second line) would come back undecoded.
-        part.replace_header("Content-Transfer-Encoding", encoding)
-    data = part.get_payload(decode=True)
+    elif encoding == "quoted-printable":
+        return quopri.decodestring(raw)
+    elif encoding not in _UUENCODE:
+        return raw
+    # The rare rest: the email package's own decoding (with its repairs of
+    # bad base64).  compat32 compares the raw header value, hence the
+    # stripped, lower-case copy.
+    copy = Message()
+    copy["Content-Transfer-Encoding"] = encoding
+    copy.set_payload(raw.decode("ascii", "surrogateescape"))
+    data = copy.get_payload(decode=True)
     return data if isinstance(data, bytes) else b""
+
+
+_UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
 
 
 # What MIME base64 lines hold besides their padding.
@@ -377,16 +450,7 @@ def _received_base64(part: Message) -> bytes | None:
     header = part.get("Content-Transfer-Encoding")
     if header is None or str(header).strip().lower() != "base64":
         return None
-    payload = part.get_payload()
-    if not isinstance(payload, str):
-        return None
-    try:
-        text = payload.encode("ascii", "surrogateescape")
-    except UnicodeEncodeError:
-        # Not ASCII once parsed (U+FFFD for a byte the parser replaced):
-        # not base64 as it came; the slow path decodes what it can.
-        return None
-    return mime_base64(text)
+    return mime_base64(part.raw) if isinstance(part, Part) else None
 
 
 def _leaves(part: Message) -> list[ContentPart]:
