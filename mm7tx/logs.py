@@ -131,8 +131,10 @@ def _cut(text: str | None) -> str | None:
 _LEGACY = frozenset(
     {"message", "format", "isError", "system", "why", "time", "printed", "failure"}
 )
-# ``scheme://user:password@``: the password goes, wherever it shows.
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/@\s:]*):[^/@\s]*@")
+# ``scheme://user:password@``: the password goes, wherever it shows.  The
+# scheme is bounded: tried at every word in "a.a.a.a…", an unbounded one
+# made the search quadratic.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,31}+://[^/@\s:]*+):[^/@\s]*+@")
 
 
 def _redacted(text: str) -> str:

@@ -306,7 +306,10 @@ def _mailbox(value: str, what: str) -> str:
 
 # A Number or ShortCode: ASCII digits, a leading "+", the separators
 # Address.digits drops, a /TYPE=PLMN suffix (DESIGN.md).
-_NUMBER = re.compile(r"\s*\+?[0-9 ().-]*[0-9][0-9 ().-]*(?:/TYPE=PLMN)?\s*", re.I)
+# (Possessive, each character read once; whether it holds a digit is a
+# second search: "[0-9 ().-]*[0-9][0-9 ().-]*" was quadratic.)
+_NUMBER = re.compile(r"\s*+\+?+[0-9 ().-]*+(?:/TYPE=PLMN)?+\s*+", re.I)
+_DIGIT = re.compile(r"[0-9]")
 
 
 def _number(address: Address | None, what: str) -> str:
@@ -315,7 +318,7 @@ def _number(address: Address | None, what: str) -> str:
     own (``<root@localhost>``)."""
     if address is None:
         return ""
-    if not _NUMBER.fullmatch(address.value):
+    if not (_NUMBER.fullmatch(address.value) and _DIGIT.search(address.value)):
         raise MM7Error(
             StatusCode.ADDRESS_ERROR,
             details=f"{what} {address.kind} {address.value[:80]!r} is not a number",

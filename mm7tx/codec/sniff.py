@@ -40,7 +40,9 @@ _TRANSACTION_ID = re.compile(
     rb"<(?:(" + _NAME + rb"):)?TransactionID(" + _ATTRIBUTES + rb")>"
 )
 _VERSION = re.compile(rb"<(?:" + _NAME + rb":)?MM7Version" + _ATTRIBUTES + rb">")
-_START = re.compile(r"""(?i)(?:^|;)\s*start\s*=\s*"?\s*<?([^"<>;\s]{1,256})""")
+# Possessive: each blank run is read once (with plain ``\s*`` around an
+# optional quote, a run of spaces was tried in every split: quadratic).
+_START = re.compile(r"""(?i)(?:^|;)\s*+start\s*+=\s*+"?+\s*+<?+([^"<>;\s]{1,256})""")
 _REFERENCE = re.compile(r"&(#x[0-9A-Fa-f]{1,6}|#[0-9]{1,7}|lt|gt|amp|quot|apos);")
 _ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
 
