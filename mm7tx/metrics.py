@@ -5,7 +5,8 @@ One :class:`Metrics` per service, with its own ``CollectorRegistry`` (never
 count apart).  :func:`~mm7tx.service.build_service` hands it to what it
 wires; each of those calls one method of it per event.  Labels take values
 from small fixed sets only: the configured path (never the request's, which
-may carry a password), the request type, the MM7 status code, an outcome.
+may carry a password), the request type, the MM7 status code, an outcome,
+the configured endpoint of a listener.
 """
 
 from __future__ import annotations
@@ -94,6 +95,14 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self._connections_refused = Counter(
+            "mm7tx_connections_refused",
+            "Connections closed at once, by listener (its endpoint) and bound: "
+            "per_address (mm7_max_connections_per_address), per_listener "
+            "(mm7_max_connections)",
+            ["listener", "reason"],
+            registry=registry,
+        )
 
     def watch(
         self,
@@ -132,6 +141,11 @@ class Metrics:
     def delivery_report(self, outcome: str) -> None:
         """A delivery report's end: ``accepted``, ``failed`` or ``abandoned``."""
         self._delivery_reports.labels(outcome).inc()
+
+    def connection_refused(self, listener: str, reason: str) -> None:
+        """A connection to ``listener`` closed at once for a bound:
+        ``per_address`` or ``per_listener``."""
+        self._connections_refused.labels(listener, reason).inc()
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""

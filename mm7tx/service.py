@@ -311,6 +311,7 @@ class MM7Service(service.MultiService):
             idle_timeout=config.idle_timeout,
             max_connections_per_address=config.max_connections_per_address,
             access_log=config.access_log,
+            metrics=metrics,
         )
         self._listeners: list[Listener] = []
         for index, endpoint in enumerate(config.listen):
@@ -334,7 +335,12 @@ class MM7Service(service.MultiService):
         if metrics is not None and config.metrics_listen is not None:
             if isinstance(sender, Checkable):
                 self.relay_watch = RelayWatch(reactor, sender)
-            self.monitor = _MonitorSite(monitor_root(metrics, self.problem), reactor)
+            self.monitor = _MonitorSite(
+                monitor_root(metrics, self.problem),
+                reactor,
+                metrics,
+                config.metrics_listen,
+            )
 
     def _smtp_connections(self) -> float:
         """SMTP sessions open, those of earlier configurations' senders still
@@ -695,17 +701,30 @@ async def _within(
 
 class _MonitorSite(MM7Site):
     """The metrics and health listener's site: small GETs, and no access
-    log line for each scrape."""
+    log line for each scrape.  Its refusals are counted under its endpoint
+    and warned of apart from the MM7 listeners'."""
 
     noisy = False  # no "Starting factory" line either
+    refusing = (
+        "Refusing connections to the metrics listener from {peer}: {count} "
+        "open, its limit"
+    )
 
-    def __init__(self, root: Resource, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        root: Resource,
+        reactor: IReactorTime,
+        metrics: Metrics | None = None,
+        endpoint: str = "metrics",
+    ) -> None:
         super().__init__(
             root,
             reactor,
             max_request_size=64 * 1024,
             request_timeout=10,
             max_connections_per_address=16,
+            metrics=metrics,
+            name=endpoint,
         )
 
     def log(self, request: http.Request) -> None:

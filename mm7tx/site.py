@@ -13,12 +13,14 @@ reset, which can discard the refusal before the client reads it.
 
 Open connections are bounded per listener (:class:`Listener`) and per source
 address (:class:`MM7Site`): past either, a new connection is closed at once,
-before a byte is read.
+before a byte is read, counted in the metrics and warned of at most once a
+minute per address or listener (a client that churns at the bound would
+otherwise write a line per connection).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import (
@@ -32,6 +34,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import Resource
+
+from mm7tx.ratelog import RateLimitedWarning
+
+if TYPE_CHECKING:
+    from mm7tx.metrics import Metrics
 
 log = Logger()
 
@@ -231,11 +238,18 @@ class MM7Site(server.Site):
     address, logging with passwords in URIs redacted.
 
     It speaks HTTP/1.1 only (MM7 is HTTP/1.1; Twisted's HTTP/2 negotiation
-    is left out with its generic channel).
+    is left out with its generic channel).  A connection refused for a
+    bound is counted in ``metrics`` (if given) under the listener it came
+    to: a :class:`Listener`'s endpoint, else ``name``.
     """
 
     protocol = MM7Channel  # type: ignore[assignment]
     noisy = False  # the start log line says where it listens
+    # The warning for an address at its bound, once a minute per address.
+    refusing = (
+        "Refusing connections from {peer}: {count} open, the limit "
+        "(mm7_max_connections_per_address)"
+    )
 
     def __init__(
         self,
@@ -246,6 +260,8 @@ class MM7Site(server.Site):
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         access_log: bool = False,
+        metrics: Metrics | None = None,
+        name: str = "http",
     ) -> None:
         super().__init__(
             resource,
@@ -265,7 +281,11 @@ class MM7Site(server.Site):
         self.channels: set[MM7Channel] = set()
         self._closed: list[defer.Deferred[None]] = []
         self._by_address: dict[str, int] = {}
-        self._refusing: set[str] = set()  # addresses at their bound, logged
+        self.metrics = metrics
+        self.name = name
+        self._refusing = RateLimitedWarning(
+            log, reactor, self.refusing, suppressed="refused"
+        )
 
     def set_limits(
         self,
@@ -293,22 +313,27 @@ class MM7Site(server.Site):
     def buildProtocol(self, addr: IAddress) -> MM7Channel | None:  # type: ignore[override]
         """A channel, or None (the port then closes the connection at once)
         for an address already at ``max_connections_per_address``."""
+        return self.channel_for(addr, self.name)
+
+    def channel_for(self, addr: IAddress, listener: str) -> MM7Channel | None:
+        """:meth:`buildProtocol` for a connection to ``listener`` (the name
+        a refusal is counted under)."""
         host = getattr(addr, "host", None)
         if host is not None:
             count = self._by_address.get(host, 0)
             if count >= self.max_connections_per_address:
-                if host not in self._refusing:  # once while it stays there
-                    self._refusing.add(host)
-                    log.warn(
-                        "Refusing connections from {peer}: {count} open, the "
-                        "limit (mm7_max_connections_per_address)",
-                        peer=host,
-                        count=count,
-                    )
+                self.count_refused(listener, "per_address")
+                self._refusing(host, peer=host, count=count)
                 return None
         channel: MM7Channel = super().buildProtocol(addr)
         channel.peer_host = host
         return channel
+
+    def count_refused(self, listener: str, reason: str) -> None:
+        """A connection to ``listener`` closed at once for a bound
+        (``per_address`` or ``per_listener``), in the metrics if any."""
+        if self.metrics is not None:
+            self.metrics.connection_refused(listener, reason)
 
     def channel_opened(self, channel: MM7Channel) -> None:
         self.channels.add(channel)
@@ -345,8 +370,6 @@ class MM7Site(server.Site):
             left = self._by_address.pop(host, 1) - 1
             if left > 0:
                 self._by_address[host] = left
-            if left < self.max_connections_per_address:
-                self._refusing.discard(host)
         if not self.channels:
             waiting, self._closed = self._closed, []
             for closed in waiting:
@@ -360,8 +383,8 @@ class Listener(Factory):
 
     Past the bound a new connection is closed at once (``buildProtocol``
     returns None), so idle or slow clients cannot take every file
-    descriptor and lock the others out; the refusal is logged once while
-    the listener stays at its bound.
+    descriptor and lock the others out; each refusal is counted in the
+    site's metrics, and warned of at most once a minute.
     """
 
     def __init__(
@@ -374,7 +397,13 @@ class Listener(Factory):
         self.endpoint = endpoint
         self.max_connections = max_connections
         self.channels: set[MM7Channel] = set()
-        self._refusing = False
+        self._refusing = RateLimitedWarning(
+            log,
+            site.reactor,
+            "Refusing connections on {endpoint}: {count} open, the limit "
+            "(mm7_max_connections)",
+            suppressed="refused",
+        )
 
     def doStart(self) -> None:
         self.site.doStart()
@@ -396,17 +425,12 @@ class Listener(Factory):
 
     def _build(self, addr: IAddress) -> MM7Channel | None:
         if len(self.channels) >= self.max_connections:
-            if not self._refusing:
-                self._refusing = True
-                log.warn(
-                    "Refusing connections on {endpoint}: {count} open, the limit "
-                    "(mm7_max_connections)",
-                    endpoint=self.endpoint,
-                    count=len(self.channels),
-                )
+            self.site.count_refused(self.endpoint, "per_listener")
+            self._refusing(
+                self.endpoint, endpoint=self.endpoint, count=len(self.channels)
+            )
             return None
-        self._refusing = False
-        channel = self.site.buildProtocol(addr)
+        channel = self.site.channel_for(addr, self.endpoint)
         if channel is not None:
             channel.listener = self
         return channel

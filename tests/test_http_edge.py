@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from mm7tx import codec
 from mm7tx import messages as m
 from mm7tx.config import load
+from mm7tx.metrics import Metrics
 from mm7tx.resource import build_root
 from mm7tx.service import build_resources
 from mm7tx.site import Listener, MM7Site, access_log_formatter
@@ -454,6 +455,112 @@ def test_the_deliver_sample_still_goes_through_a_listener():
     assert len(sender.sent) == 1
 
 
+def open_from(factory: Any, host: str, port: int) -> Any:
+    """A channel ``factory`` builds and connects, or None if it refuses."""
+    channel = factory.buildProtocol(IPv4Address("TCP", host, port))
+    if channel is not None:
+        channel.makeConnection(Transport(peerAddress=IPv4Address("TCP", host, port)))
+    return channel
+
+
+def churn(factory: Any, held: list[Any], host: str, port: int) -> None:
+    """Close one held connection and open two: one taken, one refused."""
+    held.pop(0).connectionLost(Failure(ConnectionDone()))
+    held.append(open_from(factory, host, port))
+    assert held[-1] is not None
+    assert open_from(factory, host, port + 1) is None
+
+
+def refusals(events: list[dict[str, Any]]) -> list[str]:
+    return [formatEvent(e) for e in events if "Refusing" in formatEvent(e)]
+
+
+def refused(metrics: Metrics, listener: str, reason: str) -> float | None:
+    return metrics.registry.get_sample_value(
+        "mm7tx_connections_refused_total", {"listener": listener, "reason": reason}
+    )
+
+
+def test_churn_at_the_per_address_bound_is_warned_once_a_minute_and_counted():
+    clock = Clock()
+    metrics = Metrics()
+    site, _ = make_site(clock, max_connections_per_address=2, metrics=metrics)
+    listener = Listener(site, "tcp:8080", max_connections=1000)
+    held = [open_from(listener, "192.0.2.1", n) for n in (1, 2)]
+    limit = "2 open, the limit (mm7_max_connections_per_address)"
+    with capturedLogs() as events:
+        for n in range(100):  # 10 s of churn
+            churn(listener, held, "192.0.2.1", 1000 + 2 * n)
+            clock.advance(0.1)
+        # Another address has a warning of its own.
+        other = [open_from(listener, "192.0.2.2", n) for n in (1, 2)]
+        assert open_from(listener, "192.0.2.2", 3) is None
+        clock.advance(60)
+        churn(listener, held, "192.0.2.1", 5000)
+        assert other
+    assert refusals(events) == [
+        f"Refusing connections from 192.0.2.1: {limit}",
+        f"Refusing connections from 192.0.2.2: {limit}",
+        f"Refusing connections from 192.0.2.1: {limit} "
+        "(99 more refused since the last warning)",
+    ]
+    assert refused(metrics, "tcp:8080", "per_address") == 102
+    assert not refused(metrics, "tcp:8080", "per_listener")
+
+
+def test_churn_at_the_listener_bound_is_warned_once_a_minute_and_counted():
+    clock = Clock()
+    metrics = Metrics()
+    site, _ = make_site(clock, metrics=metrics)
+    listener = Listener(site, "tcp:8080", max_connections=3)
+    other = Listener(site, "tcp:8081", max_connections=1)
+    held = [open_from(listener, "127.0.0.1", n) for n in range(3)]
+    limit = "3 open, the limit (mm7_max_connections)"
+    with capturedLogs() as events:
+        for n in range(100):
+            churn(listener, held, "127.0.0.1", 1000 + 2 * n)
+            clock.advance(0.1)
+        assert open_from(other, "127.0.0.1", 1) is not None
+        assert open_from(other, "127.0.0.1", 2) is None  # its own key
+        clock.advance(60)
+        churn(listener, held, "127.0.0.1", 5000)
+    assert refusals(events) == [
+        f"Refusing connections on tcp:8080: {limit}",
+        "Refusing connections on tcp:8081: 1 open, the limit (mm7_max_connections)",
+        f"Refusing connections on tcp:8080: {limit} "
+        "(99 more refused since the last warning)",
+    ]
+    assert refused(metrics, "tcp:8080", "per_listener") == 101
+    assert refused(metrics, "tcp:8081", "per_listener") == 1
+
+
+def test_churn_on_the_metrics_listener_is_warned_once_a_minute_and_counted():
+    from mm7tx.testing import MemoryGateway
+
+    gateway = MemoryGateway(CONFIG, metrics=True)
+    monitor, endpoint = gateway.service.monitor, gateway.config.metrics_listen
+    assert monitor is not None and endpoint is not None
+    held = [open_from(monitor, "192.0.2.1", n) for n in range(16)]
+    with capturedLogs() as events:
+        for n in range(100):
+            churn(monitor, held, "192.0.2.1", 1000 + 2 * n)
+            gateway.clock.advance(0.1)
+        gateway.clock.advance(60)
+        churn(monitor, held, "192.0.2.1", 5000)
+    limit = "16 open, its limit"
+    assert refusals(events) == [
+        f"Refusing connections to the metrics listener from 192.0.2.1: {limit}",
+        f"Refusing connections to the metrics listener from 192.0.2.1: {limit} "
+        "(99 more refused since the last warning)",
+    ]
+    metrics = gateway.service.metrics
+    assert metrics is not None
+    assert refused(metrics, endpoint, "per_address") == 101
+    for channel in held:
+        channel.connectionLost(Failure(ConnectionDone()))
+    gateway.stop()
+
+
 def test_the_gateway_refuses_connections_past_its_bounds_in_memory():
     from twisted.internet.protocol import ClientFactory, Protocol
 
@@ -468,7 +575,7 @@ def test_the_gateway_refuses_connections_past_its_bounds_in_memory():
         ),
         "bounds.conf",
     )
-    gateway = MemoryGateway(config)
+    gateway = MemoryGateway(config, metrics=True)
     outcomes: list[str] = []
 
     class Client(ClientFactory):
@@ -494,3 +601,8 @@ def test_the_gateway_refuses_connections_past_its_bounds_in_memory():
     assert connect_from("192.0.2.2") == "connected"
     assert connect_from("192.0.2.3") == "refused"  # the listener's bound
     assert connect_from("192.0.2.3", 8081) == "connected"  # another listener
+    # Each refusal counted, under the listener it came to.
+    metrics = gateway.service.metrics
+    assert metrics is not None
+    assert refused(metrics, "tcp:8080", "per_address") == 1
+    assert refused(metrics, "tcp:8080", "per_listener") == 1
