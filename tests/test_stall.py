@@ -1,0 +1,162 @@
+"""No request holds the reactor: what a peer sends is read in linear time,
+every count enforced while reading (issue: the edge, second pass).
+
+The reactor budget itself is measured by ``bench/stall.py`` on real
+processes; here each hostile shape is shown to take the linear path: the
+patterns that see peer bytes finish on inputs where a quadratic one would
+take minutes (a watchdog, far from any machine's speed), and no body goes
+through the ``email`` package's line-by-line parser.
+"""
+
+from __future__ import annotations
+
+import email.feedparser
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from email import message_from_bytes, policy
+from typing import Any
+
+import pytest
+
+from bench.stall import shapes
+from mm7tx import codec
+from mm7tx import messages as m
+from mm7tx.codec import mime
+from mm7tx.codec.sniff import sniff
+from mm7tx.errors import MM7Error
+from mm7tx.logs import _redacted
+from mm7tx.processors import _number
+from mm7tx.testing import FakeMailSender, http_post
+from tests.test_hostile import vasp
+
+SIZE = 5_000_000  # the default mm7_max_request_size
+
+
+@contextmanager
+def watchdog(seconds: float) -> Iterator[None]:
+    """Fail the test if the block runs longer than ``seconds`` (the regular
+    expression engine checks for signals as it runs)."""
+
+    def expired(*_: Any) -> None:
+        raise AssertionError(f"still running after {seconds} s: not linear")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _number_of(value: str) -> None:
+    with pytest.raises(MM7Error):
+        _number(m.Address(value), "Sender")
+
+
+# Each: a shape a backtracking pattern takes quadratic time on, at a size
+# where quadratic is minutes and linear milliseconds.
+LINEAR: dict[str, Callable[[int], object]] = {
+    "sniffed start= with blanks": lambda n: sniff(
+        "multipart/related; start=" + " " * n + ";", b"x"
+    ),
+    "a Number of digits then a letter": lambda n: _number_of("1" * n + "x"),
+    "a log line of a.a.a.a": lambda n: _redacted("a." * n),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LINEAR))
+def test_every_pattern_that_sees_peer_bytes_is_linear(case):
+    with watchdog(2.0):
+        LINEAR[case](300_000)
+
+
+@contextmanager
+def counting_the_line_parser() -> Iterator[list[int]]:
+    """How many bytes the email package's line-by-line parser is fed."""
+    fed = [0]
+    push = email.feedparser.BufferedSubFile.push
+
+    def counting(self: Any, data: str) -> None:
+        fed[0] += len(data)
+        push(self, data)
+
+    email.feedparser.BufferedSubFile.push = counting  # type: ignore[method-assign]
+    try:
+        yield fed
+    finally:
+        email.feedparser.BufferedSubFile.push = push  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("shape", ["cr", "x-cr", "random", "lf", "nested", "deep"])
+def test_no_body_goes_through_the_line_by_line_parser(shape):
+    # Lone CRs sent a body to it (1.9 s for 4.9 MB of CRs); nested parts
+    # were all parsed there before being counted (5.1 s).  Only part
+    # headers, each bounded, may go to it.
+    _, ctype, body = shapes(SIZE)[shape]()
+    with counting_the_line_parser() as fed:
+        try:
+            codec.decode(ctype, body)
+        except MM7Error:
+            pass
+    assert fed[0] <= 2 * mime.MAX_PART_HEADERS
+
+
+def test_parts_nested_inside_one_part_are_counted_as_they_are_read():
+    _, ctype, body = shapes(SIZE)["nested"]()
+    assert body.count(b"--n\r\n") > 400_000
+    sender = FakeMailSender()
+    answer = http_post(vasp(sender), "/vasp/", body, {"Content-Type": ctype})
+    status = codec.decode(answer.headers["content-type"], answer.body).message.status
+    assert (status.code, status.details) == (
+        2007,
+        f"the request has more than {mime.MAX_PARTS} MIME parts",
+    )
+    assert sender.sent == []
+
+
+@pytest.mark.parametrize("shape", ["cr", "x-cr", "random"])
+def test_a_binary_part_with_lone_crs_is_mailed_byte_for_byte(shape):
+    _, ctype, body = shapes(SIZE)[shape]()
+    expected = mime.split(ctype, body)[1][0].raw
+    assert b"\r" in expected
+    sender = FakeMailSender()
+    answer = http_post(vasp(sender), "/vasp/", body, {"Content-Type": ctype})
+    assert (
+        codec.decode(answer.headers["content-type"], answer.body).message.status.code
+        == 1000
+    )
+    (mail,) = sender.sent
+    message = message_from_bytes(mail.message.as_bytes(), policy=policy.default)
+    (attachment,) = [
+        p for p in message.walk() if p.get_content_type() == "application/octet-stream"
+    ]
+    assert attachment.get_content() == expected
+
+
+def test_lines_that_only_look_like_the_boundary_are_bounded():
+    envelope = codec.encode(m.Envelope("t1", m.DeliverReq(sender=m.Address("+1555"))))[
+        1
+    ]
+    decoy = b"--b0X\r\n" * (mime.MAX_FALSE_DELIMITERS + 1)
+    body = (
+        b"--b0\r\nContent-Type: text/xml\r\n\r\n" + envelope + b"\r\n"
+        b"--b0\r\nContent-Type: text/plain\r\n\r\n" + decoy + b"\r\n--b0--\r\n"
+    )
+    with pytest.raises(MM7Error) as refused:
+        codec.decode('multipart/related; boundary="b0"', body)
+    assert refused.value.status.code == 2007
+    assert "start like a MIME boundary" in str(refused.value.status.details)
+    # A few are content, as the email package reads them.
+    few = body.replace(decoy, b"--b0X\r\n" * 3)
+    parts = mime.split('multipart/related; boundary="b0"', few)[1]
+    assert parts[0].raw == b"--b0X\r\n" * 3
+
+
+def test_a_header_block_that_never_ends_is_refused_before_it_is_parsed():
+    _, ctype, body = shapes(SIZE)["folded"]()
+    with counting_the_line_parser() as fed, pytest.raises(MM7Error) as refused:
+        codec.decode(ctype, body)
+    assert refused.value.status.code == 2007
+    assert fed[0] == 0 or fed[0] <= 2 * mime.MAX_PART_HEADERS
