@@ -97,8 +97,9 @@ def clean(text: str | None) -> str:
 
 # The longest value, in characters, that each request field may put in a
 # header; a longer one is cut there, marked and logged (README, "Hostile
-# input").  A mail is worth more than a whole Subject, and RFC 5322 lines
-# are 998 characters; addresses are never cut (one too long is a 2002).
+# input").  A mail is worth more than a whole Subject, and 998 characters
+# are an RFC 5322 line's worth (how a longer word still fits its lines:
+# mm7tx.wire.fitted_words); addresses are never cut (one too long is a 2002).
 FIELD_LIMITS: dict[str, int] = {
     "Subject": 998,
     "StatusText": 998,

@@ -780,6 +780,7 @@ class _RelayServer(_RecordingESMTP):
     _muted = False
     _reply_instead: tuple[int, bytes] | None = None
     _last_code: int | None = None
+    _illegal_line = False  # strict: this message has a line RFC 5321 forbids
 
     def sendCode(self, code: int, message: bytes = b"") -> None:
         if self._muted or self._stalled:
@@ -808,7 +809,13 @@ class _RelayServer(_RecordingESMTP):
         if self._stalled:
             return None
         stage, recipient = self._stage_of(line)
+        if stage == "message" and self.relay.strict and not _legal_line(line):
+            self._illegal_line = True
         fault = self.relay.fault_at(stage, recipient) if stage else None
+        if fault is None and stage == "end" and self._illegal_line:
+            fault = SMTPFault("end", "refuse", 500, "5.5.2 Line too long")
+        if stage == "end":
+            self._illegal_line = False
         if fault is None:
             return self._received(stage, line)
         if fault.action == "hang":
@@ -860,6 +867,13 @@ class _RelayServer(_RecordingESMTP):
         return None, None
 
 
+def _legal_line(line: bytes) -> bool:
+    """Whether a line of DATA (as sent, without its CRLF) is one RFC 5321
+    allows: at most 998 octets (4.5.3.1.6), no CR or LF but in the CRLF
+    that ends it (2.3.8)."""
+    return len(line) <= 998 and b"\r" not in line and b"\n" not in line
+
+
 def _text(fault: SMTPFault) -> bytes:
     return (fault.text or f"mm7tx test relay: {fault.action} at {fault.stage}").encode()
 
@@ -869,7 +883,10 @@ class MemorySMTPRelay:
     :class:`MemoryReactor` at ``host:port`` (reach it with the endpoint
     string :attr:`endpoint`), keeping every transaction in :attr:`received`.
     It offers PIPELINING unless ``pipelining`` is false, and SMTPUTF8
-    (RFC 6531: UTF-8 addresses) if ``smtputf8`` is true.
+    (RFC 6531: UTF-8 addresses) if ``smtputf8`` is true.  ``strict`` makes
+    it refuse a message with a line RFC 5321 forbids (over 998 octets, or
+    with a bare CR or LF) with ``500 5.5.2 Line too long`` after its final
+    dot, as a strict relay does.
 
     Faults (:meth:`refuse`, :meth:`hang`, :meth:`drop`, :meth:`close_after`)
     apply to every later session and transaction until :meth:`clear`; the
@@ -884,12 +901,14 @@ class MemorySMTPRelay:
         *,
         pipelining: bool = True,
         smtputf8: bool = False,
+        strict: bool = False,
     ) -> None:
         self.reactor = reactor
         self.host = host
         self.port = port
         self.pipelining = pipelining
         self.smtputf8 = smtputf8
+        self.strict = strict
         self.delivery = RecordingDelivery()
         self.faults: list[SMTPFault] = []
         self.sessions: list[_RelayServer] = []
@@ -1034,7 +1053,8 @@ class MemoryGateway:
     ``smtp_relay`` is replaced by the relay's endpoint.  ``processor``, a
     processor class (called as the configuration's processors are) or a
     processor object, serves every path instead of the configured ones.
-    ``pipelining`` and ``smtputf8`` say what the relay offers.  With
+    ``pipelining`` and ``smtputf8`` say what the relay offers, ``strict``
+    whether it refuses lines RFC 5321 forbids (:class:`MemorySMTPRelay`).  With
     ``metrics``, the configuration's ``metrics_listen`` (by default
     ``127.0.0.1:9107``, in memory) serves ``/metrics``, ``/healthz`` and
     ``/readyz`` (read them with :meth:`get`), and the relay is checked every
@@ -1052,6 +1072,7 @@ class MemoryGateway:
         processor: Any = None,
         pipelining: bool = True,
         smtputf8: bool = False,
+        strict: bool = False,
         metrics: bool = False,
     ) -> None:
         if isinstance(config, str):
@@ -1060,7 +1081,7 @@ class MemoryGateway:
         self.reactor = MemoryReactor()
         self.clock: Clock = self.reactor
         self.relay = MemorySMTPRelay(
-            self.reactor, pipelining=pipelining, smtputf8=smtputf8
+            self.reactor, pipelining=pipelining, smtputf8=smtputf8, strict=strict
         )
         self._metrics = metrics
         self.service = build_service(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import binascii
 import functools
 import re
-import sys
 from email.generator import BytesGenerator
 from email.headerregistry import HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
@@ -58,7 +57,10 @@ class RawHeaderPolicy(EmailPolicy):
     Here a value that fits on one line is written unchanged (which is what
     folding gives for it), a longer one is broken before its spaces into
     lines of at most 78 characters where its words allow, and reading either
-    gives the same structured header as ever.
+    gives the same structured header as ever.  A word of an unstructured
+    header too long for even a line of 998 characters (RFC 5322's limit) is
+    written as encoded words, as ``policy.default`` does with any word too
+    long for its line (:func:`fitted_words`).
     Anything else (control characters, a non-ASCII structured header, a
     header object) goes the normal way."""
 
@@ -94,15 +96,26 @@ class RawHeaderPolicy(EmailPolicy):
         return super().fold_binary(name, value)  # type: ignore[no-any-return]
 
     def _fold_plain(self, name: str, value: str) -> str:
-        width = self.max_line_length or sys.maxsize
+        width = min(self.max_line_length or MAX_LINE, MAX_LINE)
         if len(name) + 2 + len(value) <= width:
             return f"{name}: {value}{self.linesep}"
+        if _unstructured(self.header_factory, name):
+            # What a line leaves beside the name, where the first word goes:
+            # no word may be longer, wherever folding puts it.
+            value = fitted_words(value, MAX_LINE - len(name) - 2)
+        # A structured header's words stay whole, however long: the values
+        # processors give them are cut far shorter than a line
+        # (mm7tx.processors.FIELD_LIMITS).
         return fold_words(f"{name}: {value}", width, self.linesep)
 
 
 def _unstructured(factory: Any, name: str) -> bool:
     return issubclass(factory[name], UnstructuredHeader)
 
+
+# RFC 5322 2.1.1 (and RFC 5321 4.5.3.1.6): no line of a mail may be longer
+# than 998 characters without its CRLF; a strict relay refuses the mail.
+MAX_LINE = 998
 
 # What may not go into a header: line breaks of every kind, controls.
 CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -149,6 +162,39 @@ def fold_words(line: str, width: int = 78, linesep: str = "\n") -> str:
         first = False
     lines.append(current + pending)
     return linesep.join(lines) + linesep
+
+
+def fitted_words(value: str, room: int) -> str:
+    """``value`` (an unstructured header's printable ASCII, no space at its
+    ends) with each word that, with the spaces before it, is longer than
+    ``room`` characters written as RFC 2047 encoded words instead, so that
+    no line :func:`fold_words` makes of it is over ``room`` characters and a
+    reader gets the same text back: one pass, linear in the length.
+
+    The spaces before such a word go inside its encoded words but one, which
+    separates them from the text before (a reader keeps the space between
+    text and an encoded word, and drops it between two encoded words).  The
+    other words are left as they are: a long StatusText keeps its first
+    words readable, and Diagnostic-Code its ``X-MM7;`` type."""
+    if len(value) <= room:
+        return value
+    out: list[str] = []
+    gap = -1  # the spaces before the word (none before the first)
+    after_encoded = False
+    for word in value.split(" "):
+        gap += 1
+        if not word:
+            continue
+        spaces, gap = " " * gap, 0
+        if len(spaces) + len(word) <= room:
+            out.append(spaces + word)
+            after_encoded = False
+        elif after_encoded:
+            out.append(" " + encoded_words(spaces + word))
+        else:
+            out.append(spaces[:1] + encoded_words(spaces[1:] + word))
+            after_encoded = True
+    return "".join(out)
 
 
 def encoded_words(text: str) -> str:
