@@ -160,3 +160,12 @@ def test_a_header_block_that_never_ends_is_refused_before_it_is_parsed():
         codec.decode(ctype, body)
     assert refused.value.status.code == 2007
     assert fed[0] == 0 or fed[0] <= 2 * mime.MAX_PART_HEADERS
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1, 57 * 3 + 5])
+def test_base64_in_steps_is_what_encodebytes_gives(extra):
+    import base64
+    import os
+
+    data = os.urandom(2 * mime._STEP + extra)
+    assert mime.base64_lines(data) == base64.encodebytes(data)
