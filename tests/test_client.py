@@ -568,6 +568,15 @@ def test_a_hostile_vasp_cannot_grow_the_gateway_through_a_delivery_report():
     assert peak < 2 * MiB, peak  # the 8 MiB went by, none of it kept
 
 
+def test_the_reports_limit_follows_a_reload():
+    gateway = MemoryGateway(REPORTING)
+    reporter = gateway.service.reporter
+    assert reporter is not None and reporter.max_answer_size == 64 * KiB
+    assert gateway.reload(REPORTING.replace("= 64K", "= 2M"))
+    assert gateway.service.reporter is reporter
+    assert reporter.max_answer_size == 2 * MiB
+
+
 def test_unreachable():
     clock, client = odd_server(Resource())
     client.url = "http://mmsc.test:81/x/"  # nothing listens there
