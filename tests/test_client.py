@@ -986,6 +986,48 @@ def test_unreachable_exits_1(gateway, capsys):
     assert err.startswith("mm7tx: cannot connect to http://127.0.0.1:1/x/: ")
 
 
+def test_the_max_answer_size_option_bounds_the_answer(capsys):
+    clock = MemoryReactor()
+    site = Site(
+        build_root({"/x/": Canned(200, b"text/xml", b"x" * 2048)}), reactor=clock
+    )
+    clock.listenTCP(80, site, interface="127.0.0.1")  # every name, in memory
+    url = "http://vasp1:s3cr3t@mmsc.test/x/"
+    args = cli.parser().parse_args(["deliver", url, "--max-answer-size", "1K"])
+    running = defer.ensureDeferred(cli.run(clock, args))  # its own agent and pool
+    clock.flush()
+    assert result_of(running) == 1
+    assert capsys.readouterr() == (
+        "",
+        "mm7tx: the answer from http://mmsc.test/x/ is over 1 KiB "
+        "(Content-Length: 2048)\n",
+    )
+    assert clock.connections == 0
+
+
+@pytest.mark.parametrize("given", ["0", "-1", "1G", "lots", "1.5M", ""])
+def test_a_max_answer_size_that_is_not_a_size_is_a_usage_error(given, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.parser().parse_args(
+            ["deliver", "http://x.test/", "--max-answer-size", given]
+        )
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        f"mm7tx deliver: error: argument --max-answer-size: {given!r} is not a "
+        "size in bytes like 4096, 64K or 1M"
+    )
+
+
+@pytest.mark.parametrize(
+    "given, size", [("4096", 4096), ("64K", 64 * KiB), ("1m", MiB), (None, MiB)]
+)
+def test_max_answer_size_reads_k_and_m(given, size):
+    extra = [] if given is None else ["--max-answer-size", given]
+    args = cli.parser().parse_args(["deliver", "http://x.test/", *extra])
+    assert args.max_answer_size == size
+
+
 def test_the_timeout_option_runs_on_the_clock(capsys):
     gateway = MemoryGateway(CONFIG)
     gateway.relay.hang("end")
