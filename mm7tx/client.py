@@ -309,7 +309,9 @@ class _BodyReader(Protocol):
 def _read_body(response: Any, limit: int | None = None) -> defer.Deferred[bytes]:
     """``response``'s body, whole; with a ``limit``, at most that many bytes
     (see :class:`_BodyReader`)."""
-    reader = _BodyReader(limit, response.length)
+    # Every IResponse has a length (UNKNOWN_LENGTH without Content-Length);
+    # a stand-in with only deliverBody is read as one without.
+    reader = _BodyReader(limit, getattr(response, "length", None))
     response.deliverBody(reader)
     return reader.done
 
