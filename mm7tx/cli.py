@@ -35,7 +35,13 @@ from twisted.web.iweb import IAgent
 from mm7tx import __version__
 from mm7tx import messages as m
 from mm7tx.auth import hash_password
-from mm7tx.client import MM7Client, MM7ClientError, MM7Fault, url_credentials
+from mm7tx.client import (
+    DEFAULT_MAX_ANSWER_SIZE,
+    MM7Client,
+    MM7ClientError,
+    MM7Fault,
+    url_credentials,
+)
 
 mimetypes.add_type("audio/amr", ".amr")
 mimetypes.add_type("video/3gpp", ".3gp")
@@ -229,6 +235,14 @@ def parser() -> argparse.ArgumentParser:
         )
         auth.add_argument(
             "--timeout", type=float, default=30.0, help="seconds (default 30)"
+        )
+        auth.add_argument(
+            "--max-answer-size",
+            type=size,
+            default=DEFAULT_MAX_ANSWER_SIZE,
+            metavar="SIZE",
+            help="the most of an answer's body read, in bytes or with K or M "
+            "(default 1M); past it the answer is cut off, a failure",
         )
         auth.add_argument(
             "--ca-file", help="a PEM CA certificate to check an https:// server with"
@@ -456,6 +470,7 @@ async def run(
         namespace=args.namespace,
         mm7_version=args.mm7_version,
         timeout=args.timeout,
+        max_answer_size=args.max_answer_size,
         connections=max(1, args.concurrency),
         ca_file=args.ca_file,
         reactor=reactor,
@@ -527,6 +542,18 @@ def mm7_url(text: str) -> str:
             "e.g. http://localhost:8080/mm7"
         )
     return text
+
+
+def size(text: str) -> int:
+    """A size of at least one byte: digits, or digits and ``K`` or ``M``
+    (KiB, MiB), as the configuration's sizes; else a usage error."""
+    match = re.fullmatch(r"([0-9]+)([KkMm]?)", text.strip())
+    number = int(match[1]) if match else 0
+    if match is None or number < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size in bytes like 4096, 64K or 1M"
+        )
+    return number * {"": 1, "K": 1024, "M": 1024 * 1024}[match[2].upper()]
 
 
 # A URL's userinfo: up to the last "@" of its authority.

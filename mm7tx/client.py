@@ -6,7 +6,10 @@
 Every call returns a Deferred of the parsed response.  A SOAP fault becomes
 :class:`MM7Fault` (carrying the MM7 status), and every other failure one of
 the :class:`MM7ClientError` subclasses below with a message a person can read.
-Connections are reused through an ``HTTPConnectionPool``.
+Connections are reused through an ``HTTPConnectionPool``.  An answer is
+read within bounds: its status line and headers at most
+:data:`MAX_ANSWER_HEADERS`, its body at most ``max_answer_size``, the whole
+exchange within ``timeout``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
@@ -43,6 +47,24 @@ R = TypeVar("R")
 
 NAMESPACE_BASE = "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/"
 
+# The most of an answer's body read (MM7 answers are a few KB).
+DEFAULT_MAX_ANSWER_SIZE = 1024 * 1024
+
+# The most of an answer's status line and headers read, interim 1xx answers
+# included: the bound Twisted's own server puts on a request's headers
+# (``HTTPChannel.totalHeadersSize``).  No more than Twisted's line bound
+# (``HTTPParser.MAX_LENGTH``, also 16 KiB), so that one endless header line
+# gets this error too rather than a close without a word.
+MAX_ANSWER_HEADERS = 16 * 1024
+
+
+def format_size(size: int) -> str:
+    """``1048576`` as ``1 MiB``, ``65536`` as ``64 KiB``, others in bytes."""
+    for unit, scale in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} bytes"
+
 
 class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
     noisy = False
@@ -54,6 +76,95 @@ class QuietConnectionPool(HTTPConnectionPool):
     for each one, which say nothing a reader can use (twisted/twisted#9330)."""
 
     _factory = _QuietHTTP11ClientFactory
+
+
+class _OverLimit(Exception):
+    """An answer went over a bound, where the URL is not known:
+    :class:`MM7Client` makes it an :class:`AnswerTooLarge` naming it."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+class _BoundedHTTP11ClientProtocol(HTTP11ClientProtocol):
+    """An ``HTTP11ClientProtocol`` that reads at most ``max_header_size``
+    bytes of an answer's status line and headers.
+
+    Twisted's parser (``HTTPClientParser``, a ``LineReceiver``) bounds each
+    line but neither how many there are nor how many interim 1xx answers
+    come first: a server sending header lines, continuation lines or
+    ``100 Continue`` without end is read, and its headers kept, for as long
+    as it sends (see ``docs/upstream-twisted-client-headers.md``).  Here
+    the parser is fed at most the bytes left under the bound while it reads
+    a status line or headers; past it the connection is aborted and the
+    request fails with :class:`_OverLimit`.  Bytes after the headers (the
+    body, which :class:`_BodyReader` bounds) pass as they are.
+    """
+
+    def __init__(self, quiescentCallback: Any, max_header_size: int) -> None:
+        super().__init__(quiescentCallback)
+        self.max_header_size = max_header_size
+        self._header_bytes = 0
+        self._over = False
+
+    def request(self, request: Any) -> defer.Deferred[Any]:
+        self._header_bytes = 0
+        answer: defer.Deferred[Any] = super().request(request)
+        return answer
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._over:
+            return  # aborted: what was already on its way is dropped
+        while data and self._reading_head():
+            room = self.max_header_size - self._header_bytes
+            if room <= 0:
+                self._over = True
+                connection: Any = self.transport  # TCP or TLS: either aborts
+                connection.abortConnection()
+                limit = format_size(self.max_header_size)
+                self._giveUp(Failure(_OverLimit(f"has headers over {limit}")))
+                return
+            piece, data = data[:room], data[room:]
+            self._header_bytes += len(piece)
+            super().dataReceived(piece)
+        if data:
+            super().dataReceived(data)
+
+    def _reading_head(self) -> bool:
+        """Whether the parser is reading a status line or headers."""
+        return self._parser is not None and self._parser.state in (STATUS, HEADER)
+
+
+class _BoundedHTTP11ClientFactory(_QuietHTTP11ClientFactory):
+    def __init__(
+        self, quiescentCallback: Any, metadata: Any, max_header_size: int
+    ) -> None:
+        super().__init__(quiescentCallback, metadata)
+        self.max_header_size = max_header_size
+
+    def buildProtocol(self, addr: Any) -> _BoundedHTTP11ClientProtocol:
+        return _BoundedHTTP11ClientProtocol(
+            self._quiescentCallback, self.max_header_size
+        )
+
+
+class BoundedConnectionPool(QuietConnectionPool):
+    """A :class:`QuietConnectionPool` whose connections read at most
+    ``max_header_size`` bytes of an answer's status line and headers
+    (:class:`_BoundedHTTP11ClientProtocol`)."""
+
+    max_header_size = MAX_ANSWER_HEADERS
+
+    # HTTPConnectionPool makes each connection's factory with
+    # ``self._factory(quiescentCallback, metadata)``: a method here, to pass
+    # the bound on.
+    def _factory(  # type: ignore[override]
+        self, quiescentCallback: Any, metadata: Any
+    ) -> _BoundedHTTP11ClientFactory:
+        return _BoundedHTTP11ClientFactory(
+            quiescentCallback, metadata, self.max_header_size
+        )
 
 
 class MM7ClientError(Exception):
@@ -78,6 +189,11 @@ class HTTPError(MM7ClientError):
 
 class NotMM7(MM7ClientError):
     """The server answered something that is not an MM7 message."""
+
+
+class AnswerTooLarge(MM7ClientError):
+    """The answer's headers or body went over the client's bound; the
+    connection was aborted there, and nothing of it is kept."""
 
 
 class MM7Fault(MM7ClientError):
@@ -140,14 +256,39 @@ class _BodyReader(Protocol):
     ``Agent``'s response hands its protocol (a ``TransportProxyProducer``)
     has no ``abortConnection``, so a timeout while the body trickles in
     would leave the connection open (Twisted issue #8227); see
-    ``docs/upstream-twisted-readbody-abort.md``."""
+    ``docs/upstream-twisted-readbody-abort.md``.
 
-    def __init__(self) -> None:
+    With a ``limit``, a body of more bytes fails with :class:`_OverLimit`
+    and aborts the connection: at once when its ``length``
+    (``Content-Length``) says so, else as the first byte over arrives
+    (chunked, or read until the server closes)."""
+
+    def __init__(self, limit: int | None = None, length: object = None) -> None:
         self.chunks: list[bytes] = []
-        self.done: defer.Deferred[bytes] = defer.Deferred(self._cancel)
+        self.received = 0
+        self.limit = limit
+        self.length = length
+        self.done: defer.Deferred[bytes] = defer.Deferred(self._abort)
+
+    def connectionMade(self) -> None:
+        length = self.length
+        if self.limit is not None and isinstance(length, int) and length > self.limit:
+            self._refuse(f" (Content-Length: {length})")
 
     def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return  # refused or cancelled: dropped
+        self.received += len(data)
+        if self.limit is not None and self.received > self.limit:
+            self._refuse("")
+            return
         self.chunks.append(data)
+
+    def _refuse(self, detail: str) -> None:
+        assert self.limit is not None
+        self.chunks = []
+        self._abort()
+        self.done.errback(_OverLimit(f"is over {format_size(self.limit)}{detail}"))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.done.called:
@@ -157,7 +298,7 @@ class _BodyReader(Protocol):
         else:
             self.done.errback(reason)
 
-    def _cancel(self, _: object) -> None:
+    def _abort(self, _: object = None) -> None:
         # The proxy's producer is the connection's transport (TCP or TLS).
         connection = getattr(self.transport, "_producer", None)
         abort = getattr(connection, "abortConnection", None)
@@ -165,8 +306,12 @@ class _BodyReader(Protocol):
             abort()
 
 
-def _read_body(response: Any) -> defer.Deferred[bytes]:
-    reader = _BodyReader()
+def _read_body(response: Any, limit: int | None = None) -> defer.Deferred[bytes]:
+    """``response``'s body, whole; with a ``limit``, at most that many bytes
+    (see :class:`_BodyReader`)."""
+    # Every IResponse has a length (UNKNOWN_LENGTH without Content-Length);
+    # a stand-in with only deliverBody is read as one without.
+    reader = _BodyReader(limit, getattr(response, "length", None))
     response.deliverBody(reader)
     return reader.done
 
@@ -183,6 +328,12 @@ class MM7Client:
     ``credentials`` is ``(user, password)`` for HTTP Basic; a URL's
     ``user:password@`` is taken as them (and never sent in the URL or shown
     in an error), but not both at once (``ValueError``).
+    An answer's body is read up to ``max_answer_size`` bytes, its status
+    line and headers up to :data:`MAX_ANSWER_HEADERS` (on the client's own
+    pool; with your agent, your pool's bound), and the whole exchange,
+    from connecting to the body's last byte, within ``timeout`` seconds:
+    past any of them the connection is aborted and the call fails with
+    :class:`AnswerTooLarge` or :class:`TimedOut`.
     """
 
     def __init__(
@@ -194,6 +345,7 @@ class MM7Client:
         namespace: str = m.DEFAULT_NAMESPACE,
         mm7_version: str = m.DEFAULT_MM7_VERSION,
         timeout: float = 30.0,
+        max_answer_size: int = DEFAULT_MAX_ANSWER_SIZE,
         connections: int = 2,
         ca_file: str | None = None,
         reactor: IReactorTime | None = None,
@@ -208,7 +360,7 @@ class MM7Client:
                 )
         else:
             reactor = agent_or_reactor  # type: ignore[assignment]
-            self.pool = QuietConnectionPool(reactor, persistent=True)
+            self.pool = BoundedConnectionPool(reactor, persistent=True)
             self.pool.maxPersistentPerHost = connections
             self.pool.retryAutomatically = False
             policy = BrowserLikePolicyForHTTPS()
@@ -219,6 +371,8 @@ class MM7Client:
                     )
             self.agent = Agent(reactor, contextFactory=policy, pool=self.pool)
         self.reactor = reactor
+        if max_answer_size < 1:
+            raise ValueError("max_answer_size must be at least 1 byte")
         url, in_url = url_credentials(url)
         if in_url is not None:
             if credentials is not None:
@@ -230,6 +384,7 @@ class MM7Client:
         self.namespace = namespace_uri(namespace)
         self.mm7_version = m.version_for(self.namespace, mm7_version)
         self.timeout = timeout
+        self.max_answer_size = max_answer_size
         self._authorization = None
         if credentials is not None:
             user, password = credentials
@@ -300,7 +455,7 @@ class MM7Client:
         return defer.ensureDeferred(self._parse(response, sent))
 
     async def _parse(self, response: Any, sent: m.Envelope) -> m.Response:
-        data: bytes = await _read_body(response)
+        data: bytes = await _read_body(response, self.max_answer_size)
         code = response.code
         if code == http.UNAUTHORIZED:
             raise HTTPError(code, "the server refused our credentials")
@@ -336,6 +491,11 @@ class MM7Client:
     def _transport_error(self, reason: Any) -> Any:
         if reason.check(MM7ClientError):
             return reason
+        # Over a bound: raised by the body's reader, or inside the
+        # ResponseFailed of a connection that gave up on the headers.
+        for over in [reason, *getattr(reason.value, "reasons", [])]:
+            if over.check(_OverLimit):
+                raise AnswerTooLarge(f"the answer from {self.url} {over.value.what}")
         if reason.check(error.ConnectError, error.DNSLookupError):
             raise Unreachable(
                 f"cannot connect to {self.url}: {reason.getErrorMessage()}"

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from twisted.python.reflect import namedAny
 
 from mm7tx.auth import Account, ListenAccess, Network, network
-from mm7tx.client import url_credentials
+from mm7tx.client import DEFAULT_MAX_ANSWER_SIZE, url_credentials
 from mm7tx.codec.soap import XMLLimits
 from mm7tx.limits import DEFAULT_LOGIN_LOCKOUT, DEFAULT_MAX_FAILED_LOGINS
 from mm7tx.messages import DEFAULT_MM7_VERSION
@@ -191,6 +191,8 @@ class Config:
     max_failed_logins: int = DEFAULT_MAX_FAILED_LOGINS
     login_lockout: float = DEFAULT_LOGIN_LOCKOUT
     delivery_report_attempts: int = 8
+    # The most of an answer's body mm7tx reads when it posts (delivery reports).
+    client_max_answer_size: int = DEFAULT_MAX_ANSWER_SIZE
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
@@ -760,6 +762,17 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "config.delivery_report_attempts",
         "tries to post a delivery report back (1 s, 2 s, 4 s … apart, at most 300 s)",
         default="8",
+    ),
+    OptionSpec(
+        "mm7_client_max_answer_size",
+        MM7_SERV,
+        R.integer,
+        "config.client_max_answer_size",
+        "the most of an answer's body read when mm7tx posts (delivery reports): a "
+        "larger `Content-Length`, or a body going past it, aborts the post, logged "
+        "as failed and not retried; the answer's headers are at most 16 KiB "
+        "(`K`, `M` suffixes)",
+        default="1M",
     ),
     OptionSpec(
         "mm7_max_request_size",

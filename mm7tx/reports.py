@@ -6,7 +6,8 @@ recipient ``Forwarded`` once the relay took the mail for it, ``Rejected``
 when the relay refused it in a partial success (1100); nothing after a
 fault (see ``EmailProcessor.submit``).  While the VASP is unreachable, times out or
 answers 4006, the post is retried with exponential backoff; the final
-outcome is logged either way.
+outcome is logged either way.  Any other failure (a refusal, an answer that
+is not MM7 or is over ``mm7_client_max_answer_size``) is logged at once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from twisted.python.failure import Failure
 from mm7tx import messages as m
 from mm7tx.auth import Account
 from mm7tx.client import (
+    DEFAULT_MAX_ANSWER_SIZE,
     MM7Client,
     MM7ClientError,
     MM7Fault,
@@ -47,6 +49,7 @@ class DeliveryReporter:
         max_delay: float = 300.0,
         timeout: float = 30.0,
         metrics: Metrics | None = None,
+        max_answer_size: int = DEFAULT_MAX_ANSWER_SIZE,
     ) -> None:
         self.reactor = reactor
         self.metrics = metrics
@@ -54,6 +57,9 @@ class DeliveryReporter:
         self.first_delay = first_delay
         self.max_delay = max_delay
         self.timeout = timeout
+        # The most of a VASP's answer read (its body; the headers are
+        # bounded by the client): a VASP answering without end cannot grow us.
+        self.max_answer_size = max_answer_size
         # Each report being posted: its MessageID and URL, for the log.
         self.pending: dict[defer.Deferred[bool], tuple[str, str]] = {}
         self._closing = False  # stop() was called: no new report goes out
@@ -135,6 +141,7 @@ class DeliveryReporter:
             namespace=namespace,
             mm7_version=request.mm7_version,
             timeout=self.timeout,
+            max_answer_size=self.max_answer_size,
         )
         delay = self.first_delay
         try:

@@ -144,7 +144,10 @@ def build_resources(
         limiter = limiter if limiter is not None else RateLimiter(reactor)
         if reporter is None:
             reporter = DeliveryReporter(
-                reactor, attempts=config.delivery_report_attempts, metrics=metrics
+                reactor,
+                attempts=config.delivery_report_attempts,
+                metrics=metrics,
+                max_answer_size=config.client_max_answer_size,
             )
         for path in config.mmsc_paths:
             processor = make_processor(
@@ -370,6 +373,7 @@ class MM7Service(service.MultiService):
                 self.reactor,
                 attempts=config.delivery_report_attempts,
                 metrics=self.metrics,
+                max_answer_size=config.client_max_answer_size,
             )
         resources = build_resources(
             config,
@@ -450,6 +454,7 @@ class MM7Service(service.MultiService):
         self.throttle.lockout = config.login_lockout
         if self.reporter is not None:
             self.reporter.attempts = config.delivery_report_attempts
+            self.reporter.max_answer_size = config.client_max_answer_size
         self.site.set_limits(
             config.max_request_size,
             config.request_timeout,

@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import io
 import sys
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,11 @@ import pytest_twisted
 from lxml import etree
 from twisted.internet import defer, reactor, ssl, task
 from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import IPullProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -28,6 +33,7 @@ from mm7tx import __version__, cli, codec
 from mm7tx import messages as m
 from mm7tx.auth import password_matches
 from mm7tx.client import (
+    AnswerTooLarge,
     HTTPError,
     MM7Client,
     MM7ClientError,
@@ -296,6 +302,279 @@ def test_a_body_that_stalls_times_out_and_the_connection_is_closed():
     clock.advance(0.5)
     assert isinstance(failure_of(clock, d), TimedOut)
     assert clock.connections == 0  # not left open until the server gives up
+
+
+# Bounded answers ---------------------------------------------------------------
+
+KiB = 1024
+MiB = 1024 * KiB
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n"
+
+
+@implementer(IPullProducer)
+class Hostile(Protocol):
+    """An HTTP server that answers a request with ``head``, then ``piece``
+    once per turn of the in-memory pump, ``times`` times, and never ends
+    its answer.  ``sent`` counts the bytes it wrote: the pump has it write
+    a piece before it moves the last one, so it runs one or two pieces
+    ahead of what the client has read."""
+
+    transport: Any
+
+    def __init__(self, head: bytes, piece: bytes, times: int) -> None:
+        self.head, self.piece, self.times = head, piece, times
+        self.sent = 0
+        self.closed = False
+        self.started = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.started:
+            return
+        self.started = True
+        self.transport.write(self.head)
+        self.sent += len(self.head)
+        self.transport.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        if self.times == 0 or self.closed:
+            self.transport.unregisterProducer()
+            return
+        self.times -= 1
+        self.transport.write(self.piece)
+        self.sent += len(self.piece)
+
+    def stopProducing(self) -> None:
+        self.times = 0
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed = True
+
+
+class HostileFactory(Factory):
+    def __init__(self, head: bytes, piece: bytes, times: int) -> None:
+        self.head, self.piece, self.times = head, piece, times
+        self.servers: list[Hostile] = []
+
+    def buildProtocol(self, addr: Any) -> Hostile:
+        server = Hostile(self.head, self.piece, self.times)
+        self.servers.append(server)
+        return server
+
+
+def hostile_exchange(
+    head: bytes, piece: bytes, times: int, **options: Any
+) -> tuple[MemoryReactor, Hostile, defer.Deferred[Any], list[int]]:
+    """A ``deliver`` from an ``MM7Client`` made as the CLI and the delivery
+    reports make theirs (its own pool, on the reactor) to a
+    :class:`Hostile` server at ``http://mmsc.test/x/``, the URL carrying
+    credentials; the bytes the server had sent when the result came."""
+    clock = MemoryReactor()
+    factory = HostileFactory(head, piece, times)
+    clock.listenTCP(80, factory, interface="127.0.0.1")  # every name, in memory
+    client = MM7Client(clock, "http://vasp1:s3cr3t@mmsc.test/x/", **options)
+    d = client.deliver(m.DeliverReq(sender=m.Address("1")))
+    sent_at: list[int] = []
+
+    def note(result: Any) -> Any:
+        sent_at.append(factory.servers[0].sent)
+        return result
+
+    d.addBoth(note)
+    clock.flush()
+    [server] = factory.servers
+    return clock, server, d, sent_at
+
+
+def too_large(clock: MemoryReactor, d: defer.Deferred[Any]) -> AnswerTooLarge:
+    error = failure_of(clock, d)
+    assert isinstance(error, AnswerTooLarge), error
+    assert "s3cr3t" not in str(error)
+    return error
+
+
+def test_an_answer_whose_content_length_is_over_the_limit_is_refused_unread():
+    head = OK_HEAD + b"Content-Length: 1073741824\r\n\r\n"
+    piece = b"x" * (64 * KiB)
+    clock, server, d, sent_at = hostile_exchange(head, piece, 32)
+    error = too_large(clock, d)
+    assert str(error) == (
+        "the answer from http://mmsc.test/x/ is over 1 MiB (Content-Length: 1073741824)"
+    )
+    # Refused from the headers alone, with the first two pieces.
+    assert sent_at == [len(head) + 2 * len(piece)]
+    assert clock.connections == 0 and server.closed
+
+
+@pytest.mark.parametrize(
+    "framing, piece",
+    [
+        (b"Transfer-Encoding: chunked\r\n", b"4000\r\n" + b"x" * (16 * KiB) + b"\r\n"),
+        (b"Connection: close\r\n", b"x" * (16 * KiB)),  # read until the close
+    ],
+    ids=["chunked", "unframed"],
+)
+def test_a_body_that_goes_on_past_the_limit_is_cut_off_there(framing, piece):
+    head = OK_HEAD + framing + b"\r\n"
+    clock, server, d, sent_at = hostile_exchange(head, piece, 256)  # 4 MiB
+    error = too_large(clock, d)
+    assert str(error) == "the answer from http://mmsc.test/x/ is over 1 MiB"
+    # Cut off in the 65th piece of 16 KiB, the first over 1 MiB, not at the end.
+    [sent] = sent_at
+    assert 64 < (sent - len(head)) // len(piece) <= 64 + 2
+    assert clock.connections == 0 and server.closed
+
+
+def test_the_limit_is_an_option_and_an_answer_of_exactly_it_is_read():
+    body = codec.encode(m.Envelope("t", m.DeliverRsp(m.Status(1000, "Success"))))[1]
+    exact = len(body)
+    clock, client = odd_server(Canned(200, b"text/xml", body), max_answer_size=exact)
+    response = result_of_now(clock, client.deliver(m.DeliverReq()))
+    assert response.status.code == 1000
+    clock, client = odd_server(
+        Canned(200, b"text/xml", body), max_answer_size=exact - 1
+    )
+    error = failure_of(clock, client.deliver(m.DeliverReq()))
+    assert isinstance(error, AnswerTooLarge)
+    assert str(error) == (
+        f"the answer from http://mmsc.test/x/ is over {exact - 1} bytes "
+        f"(Content-Length: {exact})"
+    )
+
+
+def result_of_now(clock: MemoryReactor, d: defer.Deferred[Any]) -> Any:
+    clock.flush()
+    return result_of(d)
+
+
+@pytest.mark.parametrize(
+    "head, piece",
+    [
+        (b"HTTP/1.1 200 OK\r\n", b"X-Filler: " + b"a" * 1012 + b"\r\n"),
+        (b"HTTP/1.1 200 OK\r\nX-Long: ", b"a" * 1024),  # one line, never ended
+        (b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n", b" " + b"a" * 1021 + b"\r\n"),
+        (b"", b"HTTP/1.1 100 Continue\r\n\r\n" * 40),  # interim answers
+    ],
+    ids=["lines", "one-line", "continuations", "interim"],
+)
+def test_endless_headers_are_cut_off_at_16_kib(head, piece):
+    clock, server, d, sent_at = hostile_exchange(head, piece, 1024)  # 1 MiB
+    error = too_large(clock, d)
+    assert str(error) == "the answer from http://mmsc.test/x/ has headers over 16 KiB"
+    [sent] = sent_at
+    assert 16 * KiB < sent <= 16 * KiB + 2 * len(piece)
+    assert clock.connections == 0 and server.closed
+
+
+@pytest.mark.parametrize(
+    "head, drop",
+    [
+        (OK_HEAD + b"Content-Length: 100000\r\n\r\n", b"x"),
+        (OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n", b"1\r\nx\r\n"),
+        (b"HTTP/1.1 200 OK\r\n", b"X-Drip: x\r\n"),
+    ],
+    ids=["body", "chunked-body", "headers"],
+)
+def test_an_answer_trickling_in_times_out_at_the_deadline(head, drop):
+    clock = MemoryReactor()
+    servers: list[Trickle] = []
+
+    def trickle() -> Trickle:
+        servers.append(Trickle(clock, head, drop))
+        return servers[-1]
+
+    clock.listenTCP(80, Factory.forProtocol(trickle), interface="127.0.0.1")
+    client = MM7Client(clock, "http://mmsc.test/x/", timeout=30)
+    d = client.deliver(m.DeliverReq(sender=m.Address("1")))
+    clock.advance(29.5)
+    assert not fired(d) and servers[0].sent > 25  # a byte a second, then more
+    clock.advance(0.5)
+    error = failure_of(clock, d)
+    assert isinstance(error, TimedOut)
+    assert str(error) == "no answer from http://mmsc.test/x/ within 30 s"
+    clock.advance(2)
+    assert clock.connections == 0 and servers[0].closed
+
+
+class Trickle(Protocol):
+    """An HTTP server that answers ``head``, then ``drop`` every second."""
+
+    transport: Any
+
+    def __init__(self, clock: MemoryReactor, head: bytes, drop: bytes) -> None:
+        self.clock, self.head, self.drop = clock, head, drop
+        self.sent = 0
+        self.closed = False
+        self.timer: Any = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.timer is None:
+            self.transport.write(self.head)
+            self.timer = task.LoopingCall(self._drip)
+            self.timer.clock = self.clock
+            self.timer.start(1.0, now=False)
+
+    def _drip(self) -> None:
+        self.transport.write(self.drop)
+        self.sent += len(self.drop)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed = True
+        if self.timer is not None and self.timer.running:
+            self.timer.stop()
+
+
+REPORTING = CONFIG.replace(
+    'VASP "vasp1" { password = "pw" }',
+    'VASP "vasp1" {\n  password = "pw"\n'
+    '  delivery_report_url = "http://dr:s3cr3t@vasp.test:9000/dr/"\n}',
+).replace(
+    "  mm7_mmsc_uri_paths", "  mm7_client_max_answer_size = 64K\n  mm7_mmsc_uri_paths"
+)
+
+
+def test_a_hostile_vasp_cannot_grow_the_gateway_through_a_delivery_report():
+    # The VASP's delivery_report_url streams a chunked answer that never
+    # ends (8 MiB here, then it stalls): the report fails at 64 KiB, is
+    # logged, not retried, and the gateway holds none of it.
+    gateway = MemoryGateway(REPORTING)
+    piece = b"4000\r\n" + b"x" * (16 * KiB) + b"\r\n"
+    vasp = HostileFactory(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n", piece, 512)
+    gateway.reactor.listenTCP(9000, vasp, interface="127.0.0.1")
+    asking = dataclasses.replace(
+        SUBMIT,
+        recipients=m.Recipients(to=(m.Address("+15551234567"),)),
+        content=cli.content(["hello"], [], "none"),
+    )
+    client = gateway.client("/mm7/", ("vasp1", "pw"))
+    tracemalloc.start()
+    try:
+        with capturedLogs() as events:
+            response = gateway.result(client.submit(asking))
+            gateway.advance(600)  # any retry would have come by now
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status.code == 1000
+    [server] = vasp.servers  # posted once: not retried
+    assert server.sent > 8 * MiB and server.closed
+    lines = [formatEvent(e) for e in events]
+    assert (
+        f"Delivery report {response.message_id} for vasp1 failed: the answer "
+        "from http://vasp.test:9000/dr/ is over 64 KiB"
+    ) in lines
+    assert not any("s3cr3t" in line for line in lines)
+    assert gateway.service.reporter is not None
+    assert gateway.service.reporter.pending == {}
+    assert peak < 2 * MiB, peak  # the 8 MiB went by, none of it kept
+
+
+def test_the_reports_limit_follows_a_reload():
+    gateway = MemoryGateway(REPORTING)
+    reporter = gateway.service.reporter
+    assert reporter is not None and reporter.max_answer_size == 64 * KiB
+    assert gateway.reload(REPORTING.replace("= 64K", "= 2M"))
+    assert gateway.service.reporter is reporter
+    assert reporter.max_answer_size == 2 * MiB
 
 
 def test_unreachable():
@@ -705,6 +984,48 @@ def test_unreachable_exits_1(gateway, capsys):
     out, err = capsys.readouterr()
     assert (code, out) == (1, "")
     assert err.startswith("mm7tx: cannot connect to http://127.0.0.1:1/x/: ")
+
+
+def test_the_max_answer_size_option_bounds_the_answer(capsys):
+    clock = MemoryReactor()
+    site = Site(
+        build_root({"/x/": Canned(200, b"text/xml", b"x" * 2048)}), reactor=clock
+    )
+    clock.listenTCP(80, site, interface="127.0.0.1")  # every name, in memory
+    url = "http://vasp1:s3cr3t@mmsc.test/x/"
+    args = cli.parser().parse_args(["deliver", url, "--max-answer-size", "1K"])
+    running = defer.ensureDeferred(cli.run(clock, args))  # its own agent and pool
+    clock.flush()
+    assert result_of(running) == 1
+    assert capsys.readouterr() == (
+        "",
+        "mm7tx: the answer from http://mmsc.test/x/ is over 1 KiB "
+        "(Content-Length: 2048)\n",
+    )
+    assert clock.connections == 0
+
+
+@pytest.mark.parametrize("given", ["0", "-1", "1G", "lots", "1.5M", ""])
+def test_a_max_answer_size_that_is_not_a_size_is_a_usage_error(given, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.parser().parse_args(
+            ["deliver", "http://x.test/", "--max-answer-size", given]
+        )
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        f"mm7tx deliver: error: argument --max-answer-size: {given!r} is not a "
+        "size in bytes like 4096, 64K or 1M"
+    )
+
+
+@pytest.mark.parametrize(
+    "given, size", [("4096", 4096), ("64K", 64 * KiB), ("1m", MiB), (None, MiB)]
+)
+def test_max_answer_size_reads_k_and_m(given, size):
+    extra = [] if given is None else ["--max-answer-size", given]
+    args = cli.parser().parse_args(["deliver", "http://x.test/", *extra])
+    assert args.max_answer_size == size
 
 
 def test_the_timeout_option_runs_on_the_clock(capsys):
