@@ -96,9 +96,8 @@ def test_no_body_goes_through_the_line_by_line_parser(shape):
     # were all parsed there before being counted (5.1 s).  Only part
     # headers, each bounded, may go to it.
     _, ctype, body = shapes(SIZE)[shape]()
-    with counting_the_line_parser() as fed:
-        with suppress(MM7Error):
-            codec.decode(ctype, body)
+    with counting_the_line_parser() as fed, suppress(MM7Error):
+        codec.decode(ctype, body)
     assert fed[0] <= 2 * mime.MAX_PART_HEADERS
 
 
