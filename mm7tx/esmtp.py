@@ -32,9 +32,10 @@ from zope.interface import implementer
 
 from mm7tx.errors import MM7Error
 from mm7tx.interfaces import IMailSender, SendResult
+from mm7tx.offload import OFFLOAD_SIZE, Offload
 from mm7tx.senders import SMTPSettings
 from mm7tx.status import StatusCode
-from mm7tx.wire import CONTROLS, wire_bytes
+from mm7tx.wire import CONTROLS, mail_size, wire_bytes
 
 if TYPE_CHECKING:
     from mm7tx.metrics import Metrics
@@ -338,7 +339,7 @@ class _SMTPClient(_Session):
             self._route_replies(
                 lambda code, resp: self._pipelined_sent(code, resp, accepted, addresses)
             )
-            wire, job.data = _smtp_data(job.data), b""  # no resend from here on
+            wire, job.data = job.data + b".\r\n", b""  # no resend from here on
             self._send_data(wire)
             return
         if data == 354:
@@ -442,8 +443,7 @@ class _SMTPClient(_Session):
         # the final dot).  Twisted's own transformChunk works chunk by chunk:
         # a line "." starting a chunk would go undoubled, end the message
         # early and turn the rest of a text into SMTP commands.
-        data = self.job.data if self.job is not None else b""
-        return BytesIO(_stuffed(data))
+        return BytesIO(self.job.data if self.job is not None else b"")
 
     def transformChunk(self, chunk: bytes) -> bytes:
         self.resetTimeout()  # progress: the relay is not silent, just slow
@@ -537,7 +537,9 @@ class ESMTPSender:
     another (RSET between) and is closed after ``idle_timeout`` unused.
     :meth:`check` sees whether the relay answers without sending anything;
     :attr:`last_answer` is when it last did (a message taken, or a check).
-    ``metrics``, if given, counts each message's outcome.
+    ``metrics``, if given, counts each message's outcome.  With an
+    ``offload`` (:mod:`mm7tx.offload`), a message over ``OFFLOAD_SIZE`` is
+    made SMTP data there, off the reactor thread.
     """
 
     def __init__(
@@ -546,10 +548,12 @@ class ESMTPSender:
         settings: SMTPSettings,
         endpoint: IStreamClientEndpoint | None = None,
         metrics: Metrics | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self.reactor = reactor
         self.settings = settings
         self.metrics = metrics
+        self.offload = offload
         self.last_answer: float | None = None
         self._probes: set[_Probe] = set()
         self.endpoint = endpoint or clientFromString(reactor, settings.endpoint)
@@ -584,18 +588,29 @@ class ESMTPSender:
             envelope += [_envelope_address(r, "recipient") for r in recipients]
         except MM7Error as e:
             return defer.fail(e)
+        utf8 = not all(a.isascii() for a in envelope)
+        started = self.reactor.seconds()
+        if self.offload is not None and mail_size(message) > OFFLOAD_SIZE:
+            # Tens of megabytes: made SMTP data in a thread.
+            made = self.offload(_smtp_form, message)
+            return made.addCallback(self._enqueue, envelope, utf8, started)
+        return self._enqueue(_smtp_form(message), envelope, utf8, started)
+
+    def _enqueue(
+        self, data: bytes, envelope: list[bytes], utf8: bool, started: float
+    ) -> defer.Deferred[SendResult]:
         job = _Job(
             self,
             envelope[0],
             envelope[1:],
-            wire_bytes(message),
+            data,
             self.settings.total_timeout,
-            utf8=not all(a.isascii() for a in envelope),
+            utf8=utf8,
         )
         self._queue.append(job)
         self._dispatch()
         result = job.result.addErrback(_timeouts_are_transient)
-        return result.addBoth(self._answered, self.reactor.seconds())
+        return result.addBoth(self._answered, started)
 
     def _answered(
         self, result: SendResult | Failure, started: float
@@ -848,9 +863,10 @@ def _stuffed(data: bytes) -> bytes:
     return wire
 
 
-def _smtp_data(data: bytes) -> bytes:
-    """The message as SMTP DATA, with the final dot."""
-    return _stuffed(data) + b".\r\n"
+def _smtp_form(message: EmailMessage) -> bytes:
+    """The message as SMTP DATA without the final dot: made once, whatever
+    the connection that carries it."""
+    return _stuffed(wire_bytes(message))
 
 
 # An address as it may go between < and > in MAIL FROM or RCPT TO: a local

@@ -14,12 +14,14 @@ from email.message import EmailMessage
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mm7tx.errors import MM7Error
 from mm7tx.interfaces import IMailSender, SendResult
+from mm7tx.offload import OFFLOAD_SIZE, Offload
 from mm7tx.status import StatusCode
-from mm7tx.wire import WIRE_POLICY
+from mm7tx.wire import WIRE_POLICY, mail_size
 
 log = Logger()
 
@@ -47,7 +49,8 @@ class MaildirSender:
     directory is then fsynced too, so that the entry survives a crash,
     before the answer (1000) can go.  A write refused on the way (a full
     disk) answers 4006 and removes its ``tmp/`` file.  The write is local
-    and small; it runs in the reactor thread.
+    and small; it runs in the reactor thread, but for a message over
+    ``OFFLOAD_SIZE`` given an ``offload`` (:mod:`mm7tx.offload`).
 
     A Maildir that cannot be made, or whose ``tmp/`` and ``new/`` cannot be
     written into (a read-only file system under systemd's
@@ -56,8 +59,9 @@ class MaildirSender:
     :data:`TMP_MAX_AGE` ago are removed, and counted in the log.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, offload: Offload | None = None) -> None:
         self.path = os.path.abspath(path)
+        self.offload = offload
         try:
             # Made whether or not it is there (never checked, then made):
             # workers starting at once make it together.
@@ -82,19 +86,30 @@ class MaildirSender:
         del message["Delivered-To"]
         message["Return-Path"] = f"<{sender}>"
         message["Delivered-To"] = ", ".join(recipients)
-        try:
+
+        def write() -> str:
             key = _deliver(self.path, message.as_bytes(policy=_FILE_POLICY))
             _fsync_directory(os.path.join(self.path, "new"))
-        except OSError as e:
-            return defer.fail(
+            return key
+
+        def stored(key: str) -> SendResult:
+            return SendResult(tuple(recipients), reply=f"stored as new/{key}")
+
+        def refused(reason: Failure) -> Failure:
+            reason.trap(OSError)
+            return Failure(
                 MM7Error(
                     StatusCode.SERVICE_UNAVAILABLE,
-                    details=f"cannot write to the Maildir: {e.strerror}",
+                    details=f"cannot write to the Maildir: {reason.value.strerror}",  # type: ignore[union-attr]
                 )
             )
-        return defer.succeed(
-            SendResult(tuple(recipients), reply=f"stored as new/{key}")
-        )
+
+        if self.offload is not None and mail_size(message) > OFFLOAD_SIZE:
+            # Tens of megabytes: written in a thread.
+            writing = self.offload(write)
+        else:
+            writing = defer.maybeDeferred(write)
+        return writing.addCallbacks(stored, refused)
 
 
 def _deliver(path: str, data: bytes) -> str:

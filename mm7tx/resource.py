@@ -47,6 +47,7 @@ from mm7tx.interfaces import (
     ISubmitProcessor,
 )
 from mm7tx.limits import LoginThrottle, RateLimiter, TransactionGate
+from mm7tx.offload import OFFLOAD_SIZE, Offload
 from mm7tx.status import StatusCode
 from mm7tx.transaction import Transaction
 
@@ -82,7 +83,8 @@ class MM7Resource(Resource):
     path as an MMSC account, by HTTP Basic or its address.  ``throttle``
     refuses at once an address with too many failed logins;
     ``X-Forwarded-For`` names the peer only when sent by one of
-    ``trusted_proxies``.
+    ``trusted_proxies``.  With an ``offload`` (:mod:`mm7tx.offload`), a
+    body over ``OFFLOAD_SIZE`` is decoded there, off the reactor thread.
     """
 
     isLeaf = True
@@ -101,6 +103,7 @@ class MM7Resource(Resource):
         throttle: LoginThrottle | None = None,
         trusted_proxies: tuple[Network, ...] = (),
         metrics: Metrics | None = None,
+        offload: Offload | None = None,
     ) -> None:
         super().__init__()
         self.processor = processor
@@ -114,6 +117,7 @@ class MM7Resource(Resource):
         self.throttle = throttle
         self.trusted_proxies = trusted_proxies
         self.metrics = metrics
+        self.offload = offload
         self._meters: WeakKeyDictionary[Request, _Meter] = WeakKeyDictionary()
 
     def render(self, request: Request) -> bytes | int:
@@ -413,20 +417,65 @@ class MM7Resource(Resource):
             fault(limited, echo)
             return None
         content_type = _header(request, b"content-type")
-        try:
-            envelope = codec.decode(content_type, body, self.xml_limits)
-        except MM7Error as e:
+
+        def undecodable(status: m.Status) -> None:
             echo = self._echo(request, body)
             self._log_transaction(
                 peer,
                 started,
-                e.status,
+                status,
                 len(body),
                 account=_name(account),
                 transaction_id=echo.transaction_id,
             )
-            fault(e.status, echo)
+            fault(status, echo)
+
+        size = len(body)
+        if self.offload is not None and size > OFFLOAD_SIZE:
+            # Tens of megabytes: read in a thread, the reactor free meanwhile.
+            decoding = self.offload(codec.decode, content_type, body, self.xml_limits)
+
+            def decoded(envelope: m.Envelope) -> defer.Deferred[None] | None:
+                return self._dispatch(
+                    request, envelope, content_type, size, peer, account, gone, started
+                )
+
+            def refused(reason: Failure) -> None:
+                reason.trap(MM7Error)
+                undecodable(reason.value.status)  # type: ignore[union-attr]
+
+            def failed(reason: Failure) -> None:
+                self._internal_error(request, reason, self._echo(request, body), code)
+
+            return decoding.addCallbacks(decoded, refused).addErrback(failed)
+        try:
+            envelope = codec.decode(content_type, body, self.xml_limits)
+        except MM7Error as e:
+            undecodable(e.status)
             return None
+        return self._dispatch(
+            request, envelope, content_type, size, peer, account, gone, started
+        )
+
+    def _dispatch(
+        self,
+        request: Request,
+        envelope: m.Envelope,
+        content_type: str | None,
+        size: int,
+        peer: str,
+        account: Account | None,
+        gone: list[bool],
+        started: float,
+    ) -> defer.Deferred[None] | None:
+        """Check a decoded request, hand it to the processor, and answer;
+        the Deferred of the answer if the processor has not answered yet."""
+        code = _fault_code(account)
+
+        def fault(status: m.Status, echo: Sniffed) -> None:
+            if not gone:
+                _send(request, self._fault(request, status, echo, code))
+
         message = envelope.message
         name = type(message).__name__
         self._meter(request, name)
@@ -447,8 +496,8 @@ class MM7Resource(Resource):
         )
 
         # For the log, taken now: the closures below must not keep the
-        # request or its body alive until the answer.
-        size, named = len(body), getattr(message, "message_id", None)
+        # request alive until the answer.
+        named = getattr(message, "message_id", None)
 
         def outcome(
             status: m.Status, prefix: str = "", response: m.Response | None = None

@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from mm7tx.interfaces import IMailSender
 from mm7tx.maildir import MaildirSender
+from mm7tx.offload import in_threads
 
 if TYPE_CHECKING:
     from mm7tx.metrics import Metrics
@@ -65,8 +66,10 @@ def sender_for(
     """The sender for a relay option: ``maildir:PATH`` or an endpoint string
     (whose messages ``metrics`` counts)."""
     if settings.endpoint.startswith("maildir:"):
-        return MaildirSender(settings.endpoint[len("maildir:") :])
+        return MaildirSender(
+            settings.endpoint[len("maildir:") :], offload=in_threads(reactor)
+        )
     # Here, not at the top: see the module's docstring.
     from mm7tx.esmtp import ESMTPSender
 
-    return ESMTPSender(reactor, settings, metrics=metrics)
+    return ESMTPSender(reactor, settings, metrics=metrics, offload=in_threads(reactor))

@@ -41,6 +41,7 @@ from mm7tx.interfaces import IMailSender
 from mm7tx.limits import LoginThrottle, RateLimiter, TransactionGate
 from mm7tx.maildir import MaildirError
 from mm7tx.metrics import Metrics, MetricsPage
+from mm7tx.offload import in_threads
 from mm7tx.processors import EmailProcessor
 from mm7tx.reports import DeliveryReporter
 from mm7tx.resource import MM7Resource, build_root
@@ -115,6 +116,7 @@ def build_resources(
     gate = gate if gate is not None else TransactionGate(config.max_transactions)
     if scrypt is None:
         scrypt = defer.DeferredSemaphore(SCRYPT_CONCURRENCY)
+    offload = in_threads(reactor)
     if throttle is None:
         throttle = LoginThrottle(
             reactor, config.max_failed_logins, lockout=config.login_lockout
@@ -138,6 +140,7 @@ def build_resources(
             throttle=throttle,
             trusted_proxies=config.trusted_proxies,
             metrics=metrics,
+            offload=offload,
         )
     if config.mmsc_paths:
         portal = portal_for(config.vasps, reactor, scrypt=scrypt)
@@ -165,6 +168,7 @@ def build_resources(
                 throttle,
                 config.trusted_proxies,
                 metrics,
+                offload,
             )
     return resources
 

@@ -245,3 +245,13 @@ def wire_bytes(message: EmailMessage) -> bytes:
     out = BytesIO()
     _Generator(out, policy=WIRE_POLICY).flatten(message)
     return out.getvalue()
+
+
+def mail_size(message: EmailMessage) -> int:
+    """About how many bytes the message makes: its leaves' payloads."""
+    size = 0
+    for part in message.walk():
+        payload = part.get_payload()
+        if isinstance(payload, (str, bytes)):
+            size += len(payload)
+    return size

@@ -26,7 +26,7 @@ from zope.interface.verify import verifyObject
 
 from mm7tx import esmtp
 from mm7tx.errors import MM7Error
-from mm7tx.esmtp import _ONE_WRITE, ESMTPSender, _smtp_data, _SMTPClient
+from mm7tx.esmtp import _ONE_WRITE, ESMTPSender, _SMTPClient, _stuffed
 from mm7tx.interfaces import IMailSender, SendResult
 from mm7tx.processors import BUILD_POLICY
 from mm7tx.senders import SMTPSettings
@@ -480,6 +480,11 @@ def test_refusals_leave_the_session_usable(reactor, relay, reads, pipelining):
 
 
 # Big messages and dots --------------------------------------------------------------
+
+
+def _smtp_data(data: bytes) -> bytes:
+    """The message as SMTP DATA, with the final dot."""
+    return _stuffed(data) + b".\r\n"
 
 
 def test_smtp_data_ends_lines_with_crlf_and_doubles_leading_dots():

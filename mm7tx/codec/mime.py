@@ -39,6 +39,11 @@ MAX_NESTING = 16
 # a handful): each costs the reactor a header parse, and 10,000 of them in
 # 5 MB held it for a third of a second.
 MAX_PARTS = 256
+# A binary leaf over this many bytes is made base64 lines as it is read, as
+# if it had come so (ContentPart.from_base64): the mail takes them as they
+# are, and a large request's encoding happens where it is read (in a
+# thread, mm7tx.offload) rather than on the reactor when the mail is made.
+ENCODE_AHEAD = 1024 * 1024
 # At most this many bytes of headers in one part (an MMS part has a few
 # hundred): checked before any header value is read, since reading the
 # parameters of a 512 KB one (an RFC 2231 filename) held the reactor 40 ms.
@@ -469,6 +474,12 @@ def _leaves(part: Message) -> list[ContentPart]:
     media_type = part.get_content_type()
     content_id = normalise_id(part.get("Content-ID"))
     content_location = str(location).strip() if location else None
+    if (
+        lines is None
+        and len(data) > ENCODE_AHEAD
+        and not media_type.startswith("text/")
+    ):
+        lines = base64_lines(data)
     if lines is not None:
         return [
             ContentPart.from_base64(

@@ -1,0 +1,48 @@
+"""Work too large for one turn of the reactor, done in a thread.
+
+Reading a request of tens of megabytes, or writing its mail, is pure work
+(bytes in, bytes out) that would hold the reactor for hundreds of
+milliseconds in one piece.  Above :data:`OFFLOAD_SIZE` it goes to the
+reactor's thread pool through an :data:`Offload`; every step of it is a C
+call over at most a megabyte or so, so that the reactor thread gets the
+interpreter back within milliseconds while it runs.  Smaller work stays on
+the reactor thread, where it costs less than the trip to a thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
+
+T = TypeVar("T")
+
+# Bodies and mails over this many bytes are worked on in a thread.
+OFFLOAD_SIZE = 1024 * 1024
+
+# Runs ``function(*args)`` and gives its result as a Deferred.
+Offload = Callable[..., "defer.Deferred[Any]"]
+
+
+def inline(function: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+    """An :data:`Offload` that runs the work at once, on the caller's
+    thread (the in-memory gateway's, and where no thread pool is wanted)."""
+    return defer.maybeDeferred(function, *args)
+
+
+def in_threads(reactor: Any) -> Offload:
+    """An :data:`Offload` on ``reactor``'s thread pool; :func:`inline` for a
+    reactor without threads (``MemoryReactor``, a ``Clock``)."""
+    if not (
+        IReactorThreads.providedBy(reactor) and IReactorFromThreads.providedBy(reactor)
+    ):
+        return inline
+
+    def offload(function: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return threads.deferToThreadPool(
+            reactor, reactor.getThreadPool(), function, *args
+        )
+
+    return offload
