@@ -851,8 +851,27 @@ def _dot_starts_a_line(data: bytes) -> bool:
 
 def _stuffed(data: bytes) -> bytes:
     """A message with LF line ends as SMTP DATA without the final dot: CRLF
-    line ends and leading dots doubled (RFC 5321 4.5.2), over the whole
-    message at once, never chunk by chunk."""
+    line ends and leading dots doubled (RFC 5321 4.5.2), over whole lines at
+    once, never chunk by chunk (a dot starting a chunk would be missed).  A
+    large message goes a megabyte of whole lines at a time: no single call
+    holds the interpreter for long (it may run in a thread, mm7tx.offload)."""
+    if len(data) <= _PIECE:
+        return _stuffed_lines(data)
+    pieces = []
+    at = 0
+    while at < len(data):
+        end = data.find(b"\n", at + _PIECE - 1) + 1 or len(data)
+        pieces.append(_stuffed_lines(data[at:end]))
+        at = end
+    return b"".join(pieces)
+
+
+# How much of a message _stuffed works on at a time.
+_PIECE = 1024 * 1024
+
+
+def _stuffed_lines(data: bytes) -> bytes:
+    """:func:`_stuffed` for ``data`` starting at the start of a line."""
     wire = data.replace(b"\n", b"\r\n")
     if _dot_starts_a_line(data):
         wire = wire.replace(b"\r\n.", b"\r\n..")

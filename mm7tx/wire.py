@@ -234,9 +234,17 @@ class _Generator(BytesGenerator):
 
     def _write_lines(self, lines: str) -> None:
         if "\r" not in lines:
-            self.write(lines if self._NL == "\n" else lines.replace("\n", self._NL))  # type: ignore[attr-defined]
+            if self._NL != "\n":  # type: ignore[attr-defined]
+                lines = lines.replace("\n", self._NL)  # type: ignore[attr-defined]
+            # A megabyte at a time: no single encoding holds the interpreter
+            # long (the flattening of a large mail runs in a thread).
+            for at in range(0, len(lines), _PIECE):
+                self.write(lines[at : at + _PIECE])
             return
         super()._write_lines(lines)  # type: ignore[misc]
+
+
+_PIECE = 1024 * 1024
 
 
 def wire_bytes(message: EmailMessage) -> bytes:
