@@ -789,13 +789,23 @@ class EmailProcessor:
 _BOUNDARY = f"mm7tx-{secrets.token_urlsafe(16)}"
 
 
+def _text_payload(part: Message) -> object:
+    """The payload as the generator writes it, unless base64 (whose
+    alphabet has no "-": it cannot hold a boundary).  Not ``get_payload``,
+    which encodes the whole text once more to look for surrogates (tens of
+    milliseconds for a large part)."""
+    if str(part.get("Content-Transfer-Encoding", "")).lower() == "base64":
+        return None
+    return part._payload  # type: ignore[attr-defined]
+
+
 def _set_boundaries(msg: Message) -> None:
     """Boundaries for the multiparts that have none, set now: otherwise the
     generator makes one and scans the whole text for it."""
     fresh = any(
         (isinstance(payload, str) and _BOUNDARY in payload)
         or (isinstance(payload, bytes) and _BOUNDARY.encode() in payload)
-        for payload in (part.get_payload() for part in msg.walk())
+        for payload in (_text_payload(part) for part in msg.walk())
     )
 
     def visit(part: Message, depth: int) -> None:

@@ -256,10 +256,11 @@ def wire_bytes(message: EmailMessage) -> bytes:
 
 
 def mail_size(message: EmailMessage) -> int:
-    """About how many bytes the message makes: its leaves' payloads."""
+    """About how many bytes the message makes: its leaves' payloads (read
+    as they are: ``get_payload`` would encode each once more)."""
     size = 0
     for part in message.walk():
-        payload = part.get_payload()
+        payload = part._payload  # type: ignore[attr-defined]
         if isinstance(payload, (str, bytes)):
             size += len(payload)
     return size
