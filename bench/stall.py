@@ -245,6 +245,7 @@ def run_shape(
         "size": len(body),
         "worst": max(waits),
         "median": statistics.median(waits),
+        "p99": sorted(waits)[int(0.99 * (len(waits) - 1))],
         "probes": len(waits),
         "own": statistics.median(t for t, _ in hostile) if hostile else float("nan"),
         "statuses": sorted({s for _, s in hostile}),
@@ -272,7 +273,7 @@ def main() -> int:
         try:
             print(f"relay: {gateway.relay}")
             print(
-                f"{'shape':8} {'bytes':>9} {'probe worst':>12} {'median':>8} "
+                f"{'shape':8} {'bytes':>9} {'probe worst':>12} {'p99':>6} {'median':>8} "
                 f"{'own median':>10} {'sent':>5} {'statuses':>10} {'peak rise':>10}"
             )
             for name in chosen:
@@ -280,6 +281,7 @@ def main() -> int:
                 worst = max(worst, float(r["worst"]))  # type: ignore[arg-type]
                 print(
                     f"{name:8} {r['size']:>9} {1000 * r['worst']:>10.0f}ms "  # type: ignore[operator]
+                    f"{1000 * r['p99']:>4.0f}ms "  # type: ignore[operator]
                     f"{1000 * r['median']:>6.0f}ms {1000 * r['own']:>8.0f}ms "  # type: ignore[operator]
                     f"{r['sent']:>5} {','.join(map(str, r['statuses'])):>10} "  # type: ignore[call-overload]
                     f"{r['rise'] / MB:>8.0f}MB",  # type: ignore[operator]

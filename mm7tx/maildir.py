@@ -19,9 +19,9 @@ from zope.interface import implementer
 
 from mm7tx.errors import MM7Error
 from mm7tx.interfaces import IMailSender, SendResult
-from mm7tx.offload import OFFLOAD_SIZE, Offload
+from mm7tx.offload import Offload, inline
 from mm7tx.status import StatusCode
-from mm7tx.wire import WIRE_POLICY, mail_size
+from mm7tx.wire import WIRE_POLICY
 
 log = Logger()
 
@@ -48,9 +48,9 @@ class MaildirSender:
     (:func:`_deliver`), so it is either whole or absent; the ``new/``
     directory is then fsynced too, so that the entry survives a crash,
     before the answer (1000) can go.  A write refused on the way (a full
-    disk) answers 4006 and removes its ``tmp/`` file.  The write is local
-    and small; it runs in the reactor thread, but for a message over
-    ``OFFLOAD_SIZE`` given an ``offload`` (:mod:`mm7tx.offload`).
+    disk) answers 4006 and removes its ``tmp/`` file.  Given an ``offload``
+    (:mod:`mm7tx.offload`) the write runs there, off the reactor thread:
+    an fsync waits as long as the disk is busy.
 
     A Maildir that cannot be made, or whose ``tmp/`` and ``new/`` cannot be
     written into (a read-only file system under systemd's
@@ -104,11 +104,9 @@ class MaildirSender:
                 )
             )
 
-        if self.offload is not None and mail_size(message) > OFFLOAD_SIZE:
-            # Tens of megabytes: written in a thread.
-            writing = self.offload(write)
-        else:
-            writing = defer.maybeDeferred(write)
+        # In a thread whatever its size: an fsync may wait for the disk as
+        # long as it is busy (another message of tens of megabytes written).
+        writing = self.offload(write) if self.offload is not None else inline(write)
         return writing.addCallbacks(stored, refused)
 
 

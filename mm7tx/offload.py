@@ -33,16 +33,27 @@ def inline(function: Callable[..., T], *args: Any) -> defer.Deferred[T]:
 
 
 def in_threads(reactor: Any) -> Offload:
-    """An :data:`Offload` on ``reactor``'s thread pool; :func:`inline` for a
-    reactor without threads (``MemoryReactor``, a ``Clock``)."""
+    """An :data:`Offload` on ``reactor``'s thread pool, one piece of work at
+    a time (others wait their turn); :func:`inline` for a reactor without
+    threads (``MemoryReactor``, a ``Clock``).
+
+    One at a time: the work holds the interpreter while it runs, so that
+    with two threads at it the reactor thread would get a third of the
+    time, not half; and the memory of one large request is worked on at
+    once rather than that of all in flight."""
     if not (
         IReactorThreads.providedBy(reactor) and IReactorFromThreads.providedBy(reactor)
     ):
         return inline
+    turn = defer.DeferredSemaphore(1)
 
     def offload(function: Callable[..., T], *args: Any) -> defer.Deferred[T]:
-        return threads.deferToThreadPool(
-            reactor, reactor.getThreadPool(), function, *args
+        return turn.run(
+            threads.deferToThreadPool,
+            reactor,
+            reactor.getThreadPool(),
+            function,
+            *args,
         )
 
     return offload
