@@ -3,7 +3,7 @@
     python -m bench.stall [--seconds 3] [--shapes sniff,nested,...] [--big]
 
 Real processes on loopback: the real ``twistd mm7`` and a real SMTP server
-(Postfix's ``smtp-sink`` when installed, else bench/smtp_sink.py).  A probe posts a small DeliverReq every 50 ms on its own
+that keeps nothing, a process per session (bench/fork_sink.py).  A probe posts a small DeliverReq every 50 ms on its own
 connection and times each answer; meanwhile ``--clients`` hostile clients post
 one shape of request over and over for ``--seconds``.  For each shape it prints
 the probe's worst and median latency, the hostile request's own median time
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -160,28 +159,10 @@ class Gateway:
         extra = "  mm7_max_request_size = 50M\n  smtp_timeout = 600\n" if big else ""
         config = folder / "mm7tx.conf"
         config.write_text(mm7tx_config(self.port, smtp_port, extra, ""))
-        control = folder / "mode"
-        control.write_text("ok")
-        sink = shutil.which("smtp-sink") or (
-            "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None
-        )
-        if sink is not None:
-            # Postfix's, in C: the relay takes next to no CPU from the two
-            # processes measured (ours reads every line in Python).
-            user = ["-u", "nobody"] if os.geteuid() == 0 else []
-            command = [sink, *user, f"127.0.0.1:{smtp_port}", "100"]
-        else:
-            command = [
-                sys.executable,
-                str(HERE / "smtp_sink.py"),
-                "--port",
-                str(smtp_port),
-                "--dir",
-                str(folder / "mail"),
-                "--control",
-                str(control),
-            ]
-        self.relay = Path(command[0]).name
+        # A process per session (bench/fork_sink.py): a session taking a
+        # large message never delays the probe's answer at the relay.
+        command = [sys.executable, str(HERE / "fork_sink.py"), "--port", str(smtp_port)]
+        self.relay = Path(command[1]).name
         self.smtp = subprocess.Popen(command)
         wait_for_port(smtp_port)
         self.log = open(folder / "mm7tx.log", "ab")  # noqa: SIM115
