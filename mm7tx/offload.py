@@ -21,6 +21,10 @@ T = TypeVar("T")
 
 # Bodies and mails over this many bytes are worked on in a thread.
 OFFLOAD_SIZE = 1024 * 1024
+# The interpreter's switch interval `twistd mm7` sets (seconds; Python's
+# default is 0.005): how long the reactor thread may wait for the
+# interpreter while a thread works.
+SWITCH_INTERVAL = 0.0005
 
 # Runs ``function(*args)`` and gives its result as a Deferred.
 Offload = Callable[..., "defer.Deferred[Any]"]
