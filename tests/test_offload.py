@@ -103,7 +103,8 @@ def posting(root: Any, body: bytes, ctype: str) -> tuple[MemoryReactor, Any]:
 
 
 def _status(answer: Any) -> int:
-    return codec.decode(answer.headers["content-type"], answer.body).message.status.code
+    message: Any = codec.decode(answer.headers["content-type"], answer.body).message
+    return int(message.status.code)
 
 
 def test_a_reactor_without_threads_works_inline():
