@@ -13,7 +13,6 @@ import re
 from collections import deque
 from collections.abc import Callable
 from email.message import EmailMessage
-from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, error, ssl
@@ -100,14 +99,14 @@ class _Job:
         pool: ESMTPSender,
         sender: bytes,
         recipients: list[bytes],
-        data: bytes,
+        data: list[bytes],
         total_timeout: float,
         utf8: bool = False,
     ) -> None:
         self.pool = pool
         self.sender = sender
         self.recipients = recipients
-        self.data = data
+        self.data = data  # the SMTP data without its final dot, in pieces
         self.utf8 = utf8  # an address is not ASCII: it needs SMTPUTF8
         self.client: _SMTPClient | None = None
         self.answered = False  # the relay has replied to our MAIL FROM
@@ -339,7 +338,7 @@ class _SMTPClient(_Session):
             self._route_replies(
                 lambda code, resp: self._pipelined_sent(code, resp, accepted, addresses)
             )
-            wire, job.data = job.data + b".\r\n", b""  # no resend from here on
+            wire, job.data = [*job.data, b".\r\n"], []  # no resend from here on
             self._send_data(wire)
             return
         if data == 354:
@@ -353,15 +352,15 @@ class _SMTPClient(_Session):
             return
         self._pipelined_refused(mail, mail_resp, accepted, addresses, data, data_resp)
 
-    def _send_data(self, wire: bytes) -> None:
-        if len(wire) <= _ONE_WRITE or self.transport is None:
-            self._write(wire)
+    def _send_data(self, wire: list[bytes]) -> None:
+        if sum(map(len, wire)) <= _ONE_WRITE or self.transport is None:
+            self._write(b"".join(wire))
             return
         # A big message goes as Twisted's client sends one: in chunks as the
         # connection takes them, each restarting the command timeout, so that
         # a slow link is not taken for a relay that stopped answering.
         sending = _Chunks().beginFileTransfer(
-            BytesIO(wire), self.transport, self.transformChunk
+            _Pieces(wire), self.transport, self.transformChunk
         )
         sending.addErrback(lambda _: None)  # a lost connection fails the job
 
@@ -438,12 +437,12 @@ class _SMTPClient(_Session):
         # Address as it is (it would decode bytes as ASCII).
         return [_Path(r) for r in self.job.recipients] if self.job is not None else []
 
-    def getMailData(self) -> BytesIO:
+    def getMailData(self) -> _Pieces:  # type: ignore[override]
         # The whole message made SMTP data at once (Twisted's client sends
         # the final dot).  Twisted's own transformChunk works chunk by chunk:
         # a line "." starting a chunk would go undoubled, end the message
         # early and turn the rest of a text into SMTP commands.
-        return BytesIO(self.job.data if self.job is not None else b"")
+        return _Pieces(self.job.data if self.job is not None else [])
 
     def transformChunk(self, chunk: bytes) -> bytes:
         self.resetTimeout()  # progress: the relay is not silent, just slow
@@ -592,12 +591,12 @@ class ESMTPSender:
         started = self.reactor.seconds()
         if self.offload is not None and mail_size(message) > OFFLOAD_SIZE:
             # Tens of megabytes: made SMTP data in a thread.
-            made = self.offload(_smtp_form, message)
+            made = self.offload(_smtp_pieces, message)
             return made.addCallback(self._enqueue, envelope, utf8, started)
-        return self._enqueue(_smtp_form(message), envelope, utf8, started)
+        return self._enqueue(_smtp_pieces(message), envelope, utf8, started)
 
     def _enqueue(
-        self, data: bytes, envelope: list[bytes], utf8: bool, started: float
+        self, data: list[bytes], envelope: list[bytes], utf8: bool, started: float
     ) -> defer.Deferred[SendResult]:
         job = _Job(
             self,
@@ -851,19 +850,24 @@ def _dot_starts_a_line(data: bytes) -> bool:
 
 def _stuffed(data: bytes) -> bytes:
     """A message with LF line ends as SMTP DATA without the final dot: CRLF
-    line ends and leading dots doubled (RFC 5321 4.5.2), over whole lines at
-    once, never chunk by chunk (a dot starting a chunk would be missed).  A
-    large message goes a megabyte of whole lines at a time: no single call
-    holds the interpreter for long (it may run in a thread, mm7tx.offload)."""
+    line ends and leading dots doubled (RFC 5321 4.5.2)."""
+    return b"".join(_stuffed_pieces(data))
+
+
+def _stuffed_pieces(data: bytes) -> list[bytes]:
+    """:func:`_stuffed` in pieces of about a megabyte of whole lines: each
+    piece over whole lines at once, never chunk by chunk (a dot starting a
+    chunk would be missed), and no single call over a large message holds
+    the interpreter for long (this may run in a thread, mm7tx.offload)."""
     if len(data) <= _PIECE:
-        return _stuffed_lines(data)
+        return [_stuffed_lines(data)]
     pieces = []
     at = 0
     while at < len(data):
         end = data.find(b"\n", at + _PIECE - 1) + 1 or len(data)
         pieces.append(_stuffed_lines(data[at:end]))
         at = end
-    return b"".join(pieces)
+    return pieces
 
 
 # How much of a message _stuffed works on at a time.
@@ -882,10 +886,34 @@ def _stuffed_lines(data: bytes) -> bytes:
     return wire
 
 
-def _smtp_form(message: EmailMessage) -> bytes:
-    """The message as SMTP DATA without the final dot: made once, whatever
-    the connection that carries it."""
-    return _stuffed(wire_bytes(message))
+def _smtp_pieces(message: EmailMessage) -> list[bytes]:
+    """The message as SMTP DATA without the final dot, in pieces: made once,
+    whatever the connection that carries it; never joined whole (a copy of
+    tens of megabytes, with the pieces still alive)."""
+    return _stuffed_pieces(wire_bytes(message))
+
+
+class _Pieces:
+    """The pieces of a message read as a file, as ``FileSender`` reads one:
+    no piece is copied but for the slices read."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self._pieces = pieces
+        self._index = 0
+        self._offset = 0
+
+    def read(self, size: int = -1) -> bytes:
+        out = []
+        want = size if size >= 0 else sum(map(len, self._pieces))
+        while want > 0 and self._index < len(self._pieces):
+            piece = self._pieces[self._index]
+            taken = piece[self._offset : self._offset + want]
+            out.append(taken)
+            want -= len(taken)
+            self._offset += len(taken)
+            if self._offset >= len(piece):
+                self._index, self._offset = self._index + 1, 0
+        return b"".join(out)
 
 
 # An address as it may go between < and > in MAIL FROM or RCPT TO: a local

@@ -418,22 +418,26 @@ class MM7Resource(Resource):
             return None
         content_type = _header(request, b"content-type")
 
-        def undecodable(status: m.Status) -> None:
-            echo = self._echo(request, body)
+        size = len(body)
+
+        def undecodable(status: m.Status, echo: Sniffed) -> None:
             self._log_transaction(
                 peer,
                 started,
                 status,
-                len(body),
+                size,
                 account=_name(account),
                 transaction_id=echo.transaction_id,
             )
             fault(status, echo)
 
-        size = len(body)
         if self.offload is not None and size > OFFLOAD_SIZE:
             # Tens of megabytes: read in a thread, the reactor free meanwhile.
+            # What a fault would echo is read now (a bounded look), so that
+            # nothing below keeps the body alive once it is decoded.
+            echo = self._echo(request, body)
             decoding = self.offload(codec.decode, content_type, body, self.xml_limits)
+            del body
 
             def decoded(envelope: m.Envelope) -> defer.Deferred[None] | None:
                 return self._dispatch(
@@ -442,16 +446,16 @@ class MM7Resource(Resource):
 
             def refused(reason: Failure) -> None:
                 reason.trap(MM7Error)
-                undecodable(reason.value.status)  # type: ignore[union-attr]
+                undecodable(reason.value.status, echo)  # type: ignore[union-attr]
 
             def failed(reason: Failure) -> None:
-                self._internal_error(request, reason, self._echo(request, body), code)
+                self._internal_error(request, reason, echo, code)
 
             return decoding.addCallbacks(decoded, refused).addErrback(failed)
         try:
             envelope = codec.decode(content_type, body, self.xml_limits)
         except MM7Error as e:
-            undecodable(e.status)
+            undecodable(e.status, self._echo(request, body))
             return None
         return self._dispatch(
             request, envelope, content_type, size, peer, account, gone, started

@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from mm7tx import codec
 from mm7tx import messages as m
-from mm7tx.esmtp import ESMTPSender, _smtp_form
+from mm7tx.esmtp import ESMTPSender, _smtp_pieces
 from mm7tx.maildir import MaildirSender
 from mm7tx.offload import OFFLOAD_SIZE, in_threads, inline
 from mm7tx.processors import EmailProcessor
@@ -190,9 +190,9 @@ def test_a_large_mail_is_made_smtp_data_in_the_thread_pool():
     small = sender.send("a@from.example", ["b@to.example"], message())
     assert reactor.pool.work == []
     big_message = message(os.urandom(OFFLOAD_SIZE))
-    expected = _smtp_form(big_message)
+    expected = b"".join(_smtp_pieces(big_message))
     big = sender.send("a@from.example", ["b@to.example"], big_message)
-    assert reactor.pool.run() == "_smtp_form"
+    assert reactor.pool.run() == "_smtp_pieces"
     reactor.flush()
     result_of(small), result_of(big)
     assert expected.endswith(b"\r\n")
@@ -227,3 +227,18 @@ def test_a_maildir_write_refused_in_the_thread_is_4006(tmp_path, monkeypatch):
         result_of(d)
     assert refused.value.status.code == 4006  # type: ignore[attr-defined]
     assert "No space left" in str(refused.value.status.details)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 1000, -1])
+def test_the_pieces_read_as_the_joined_bytes_would(size):
+    from io import BytesIO
+
+    from mm7tx.esmtp import _Pieces
+
+    pieces = [b"abc", b"", b"defgh", b"i" * 2000, b"j"]
+    ours, theirs = _Pieces(pieces), BytesIO(b"".join(pieces))
+    while True:
+        chunk = theirs.read(size)
+        assert ours.read(size) == chunk
+        if not chunk:
+            break

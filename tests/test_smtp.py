@@ -542,11 +542,11 @@ def test_a_big_message_goes_in_chunks_each_restarting_the_timeout(reactor):
     client.makeConnection(transport)  # the command timeout starts
     transport.clear()
     small = _smtp_data(b"x" * 1000)
-    client._send_data(small)
+    client._send_data([small])
     assert transport.value() == small and transport.producer is None
     transport.clear()
     wire = _smtp_data(b"line\n" * (_ONE_WRITE // 4))
-    client._send_data(wire)
+    client._send_data([wire[:1000], wire[1000:]])
     takes = 0
     while transport.producer is not None:
         reactor.advance(59)  # a slow link: it takes a chunk every 59 s
