@@ -34,7 +34,7 @@ from mm7tx.interfaces import IMailSender, SendResult
 from mm7tx.offload import OFFLOAD_SIZE, Offload
 from mm7tx.senders import SMTPSettings
 from mm7tx.status import StatusCode
-from mm7tx.wire import CONTROLS, mail_size, wire_bytes
+from mm7tx.wire import CONTROLS, mail_size, write_wire
 
 if TYPE_CHECKING:
     from mm7tx.metrics import Metrics
@@ -888,9 +888,41 @@ def _stuffed_lines(data: bytes) -> bytes:
 
 def _smtp_pieces(message: EmailMessage) -> list[bytes]:
     """The message as SMTP DATA without the final dot, in pieces: made once,
-    whatever the connection that carries it; never joined whole (a copy of
-    tens of megabytes, with the pieces still alive)."""
-    return _stuffed_pieces(wire_bytes(message))
+    whatever the connection that carries it, as it is written (never whole
+    with LF line ends first, nor joined: copies of tens of megabytes)."""
+    out = _Stuffer()
+    write_wire(message, out)
+    return out.close()
+
+
+class _Stuffer:
+    """What the generator writes, made SMTP data as it comes: the whole
+    lines of about a megabyte at a time through :func:`_stuffed_lines`
+    (mail lines are at most 998 octets, so a piece ends soon after)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self._pending: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._size += len(data)
+        if self._size >= _PIECE:
+            self._stuff(final=False)
+
+    def close(self) -> list[bytes]:
+        """The pieces, the last line ended if it was not."""
+        self._stuff(final=True)
+        return self.pieces
+
+    def _stuff(self, final: bool) -> None:
+        data = b"".join(self._pending)
+        end = len(data) if final else data.rfind(b"\n") + 1
+        if end:
+            self.pieces.append(_stuffed_lines(data[:end]))
+        rest = data[end:]
+        self._pending, self._size = ([rest] if rest else []), len(rest)
 
 
 class _Pieces:

@@ -251,8 +251,14 @@ def wire_bytes(message: EmailMessage) -> bytes:
     """The message with LF line endings; the ESMTP sender makes them CRLF
     and dot-stuffs the whole at once (``mm7tx.esmtp._stuffed``)."""
     out = BytesIO()
-    _Generator(out, policy=WIRE_POLICY).flatten(message)
+    write_wire(message, out)
     return out.getvalue()
+
+
+def write_wire(message: EmailMessage, out: Any) -> None:
+    """Write the message with LF line endings into ``out`` (anything with
+    ``write(bytes)``), as :func:`wire_bytes` gives it."""
+    _Generator(out, policy=WIRE_POLICY).flatten(message)
 
 
 def mail_size(message: EmailMessage) -> int:

@@ -242,3 +242,18 @@ def test_the_pieces_read_as_the_joined_bytes_would(size):
         assert ours.read(size) == chunk
         if not chunk:
             break
+
+
+@pytest.mark.parametrize("size", [0, 10, OFFLOAD_SIZE, 3 * OFFLOAD_SIZE + 5])
+def test_smtp_data_made_as_it_is_written_is_the_whole_stuffed(size):
+    from email.message import EmailMessage
+
+    from mm7tx.esmtp import _stuffed
+    from mm7tx.processors import BUILD_POLICY
+    from mm7tx.wire import wire_bytes
+
+    text = EmailMessage(policy=BUILD_POLICY)
+    text["Subject"] = "dots"
+    text.set_content((".dot\n..two\nplain\n" * (size // 18 + 1))[:size] or "x")
+    for made in (text, message(os.urandom(size))):
+        assert b"".join(_smtp_pieces(made)) == _stuffed(wire_bytes(made))
