@@ -93,9 +93,23 @@ class Part(Message):
     """A MIME part as :func:`split` reads it: its headers, parsed by the
     ``email`` package, and either its subparts (the payload, as in any
     ``Message``) or, for a leaf, its content bytes as they came (``raw``),
-    never copied into a string."""
+    never copied into a string.  A leaf read from a body is a view of it
+    (``view``) until ``raw`` is first read: a large binary leaf is encoded
+    from the view, never copied."""
 
-    raw: bytes = b""
+    view: memoryview | None = None
+    _raw: bytes | None = None
+
+    @property
+    def raw(self) -> bytes:
+        if self._raw is None:
+            self._raw = bytes(self.view) if self.view is not None else b""
+            self.view = None
+        return self._raw
+
+    @raw.setter
+    def raw(self, value: bytes) -> None:
+        self._raw, self.view = value, None
 
 
 _HEADERS = BytesHeaderParser(policy=policy.compat32)
@@ -237,7 +251,7 @@ class _Reader:
                 if inner is not None:
                     part.set_payload(inner[0])  # type: ignore[arg-type]
                     return part
-        part.raw = self.body[content:end]
+        part.view = memoryview(self.body)[content:end]
         return part
 
     def headers(self, start: int, end: int) -> tuple[Part, int]:
@@ -390,7 +404,7 @@ def _decoded(part: Message) -> bytes:
     lines), quoted-printable to the one the ``email`` package uses; what
     the decoder refuses, and uuencode, go through ``get_payload``."""
     raw = part.raw if isinstance(part, Part) else b""
-    encoding = str(part.get("Content-Transfer-Encoding") or "").strip().lower()
+    encoding = _encoding(part)
     if encoding == "base64":
         try:
             return binascii.a2b_base64(raw)
@@ -398,7 +412,7 @@ def _decoded(part: Message) -> bytes:
             pass
     elif encoding == "quoted-printable":
         return quopri.decodestring(raw)
-    elif encoding not in _UUENCODE:
+    elif encoding in _AS_IS or encoding not in _UUENCODE:
         return raw
     # The rare rest: the email package's own decoding (with its repairs of
     # bad base64).  compat32 compares the raw header value, hence the
@@ -411,6 +425,13 @@ def _decoded(part: Message) -> bytes:
 
 
 _UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
+# Encodings whose content is the data itself.
+_AS_IS = frozenset({"", "7bit", "8bit", "binary"})
+
+
+def _encoding(part: Message) -> str:
+    """The Content-Transfer-Encoding token (RFC 2045: no case, no blanks)."""
+    return str(part.get("Content-Transfer-Encoding") or "").strip().lower()
 
 
 # What MIME base64 lines hold besides their padding.
@@ -462,6 +483,16 @@ def _leaves(part: Message) -> list[ContentPart]:
     if part.is_multipart():
         return [leaf for child in _subparts(part) for leaf in _leaves(child)]
     lines = _received_base64(part)
+    media_type = part.get_content_type()
+    view = part.view if isinstance(part, Part) else None
+    if (
+        lines is None
+        and view is not None
+        and len(view) > ENCODE_AHEAD
+        and not media_type.startswith("text/")
+        and _encoding(part) in _AS_IS
+    ):
+        lines = base64_lines(view)  # from the body, never copied
     data = _decoded(part) if lines is None else b""
     params = tuple(
         (
@@ -471,7 +502,6 @@ def _leaves(part: Message) -> list[ContentPart]:
         for key, value in (part.get_params() or [])[1:]
     )
     location = part.get("Content-Location")
-    media_type = part.get_content_type()
     content_id = normalise_id(part.get("Content-ID"))
     content_location = str(location).strip() if location else None
     if (
@@ -515,7 +545,7 @@ _SIXTEEN_LINES = struct.Struct("76s" * 16)
 _STEP = 57 * 16 * 1024
 
 
-def base64_lines(data: bytes) -> bytes:
+def base64_lines(data: bytes | memoryview) -> bytes:
     """``base64.encodebytes(data)``, byte for byte, in a few C calls rather
     than one per 57-byte line (it was 6% of a transaction in a profile):
     a megabyte at a time, encoded in one piece and cut into lines sixteen
