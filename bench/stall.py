@@ -126,6 +126,14 @@ def shapes(size: int) -> dict[str, Callable[[], Shape]]:
         long = b"X-Folded: a\r\n" + b" b\r\n" * (room // 4)
         return ("/vasp/", *_with_part(b"x", octet + long))
 
+    def many_headers() -> Shape:
+        # Parts each under the bound on one part's headers, folded lines.
+        folded = b"X-Folded: a\r\n" + b" b\r\n" * 3900
+        soap = _soap("stall-1")
+        parts = [(b"Content-Type: text/xml\r\n", soap)]
+        parts += [(octet + folded, b"x")] * min(250, room // 16000)
+        return "/vasp/", 'multipart/related; boundary="b0"', _multipart(parts)
+
     return {
         "sniff": sniff,
         "nested": nested,
@@ -136,6 +144,7 @@ def shapes(size: int) -> dict[str, Callable[[], Shape]]:
         "lf": lines,
         "headers": headers,
         "folded": folded,
+        "many-headers": many_headers,
     }
 
 

@@ -39,6 +39,10 @@ MAX_NESTING = 16
 # a handful): each costs the reactor a header parse, and 10,000 of them in
 # 5 MB held it for a third of a second.
 MAX_PARTS = 256
+# At most this many bytes of part headers in a request, all parts together
+# (an MMS has a few hundred a part): each line of them is parsed, and 250
+# parts of 16 KiB of folded lines held the reactor for 0.7 s.
+MAX_HEADER_BYTES = 128 * 1024
 # A binary leaf over this many bytes is made base64 lines as it is read, as
 # if it had come so (ContentPart.from_base64): the mail takes them as they
 # are, and a large request's encoding happens where it is read (in a
@@ -146,6 +150,7 @@ class _Reader:
         self.body = body
         self.parts = 0
         self.false_delimiters = 0
+        self.header_bytes = 0
         # (line ending + delimiter, end of range) -> its next position (-1:
         # none left), for :meth:`_next`.
         self._hits: dict[tuple[bytes, int], int] = {}
@@ -268,6 +273,7 @@ class _Reader:
         block_end = blank.start() if blank is not None else limit
         block = body[start:block_end]
         if blank is not None and (part := _fast_headers(block)) is not None:
+            self._spend(len(block))
             return _as_part(part), blank.end()
         # Line by line (a bounded block): the first line that is not a
         # header starts the content.
@@ -289,8 +295,20 @@ class _Reader:
                     StatusCode.MESSAGE_FORMAT_CORRUPT,
                     details=f"a MIME part's headers are over {MAX_PART_HEADERS} bytes",
                 )
+        self._spend(content - start)
         block = body[start:content]
         return _as_part(_HEADERS.parsebytes(block.rstrip(b"\r\n") + b"\n\n")), content
+
+    def _spend(self, size: int) -> None:
+        """Count ``size`` bytes of part headers against the request's
+        :data:`MAX_HEADER_BYTES`, before they are parsed."""
+        self.header_bytes += size
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise MM7Error(
+                StatusCode.MESSAGE_FORMAT_CORRUPT,
+                details=f"the MIME parts' headers are over {MAX_HEADER_BYTES} "
+                "bytes in all",
+            )
 
 
 def _as_part(headers: Message) -> Part:
