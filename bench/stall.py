@@ -266,14 +266,14 @@ def main() -> int:
         try:
             print(f"relay: {gateway.relay}")
             print(
-                f"{'shape':8} {'bytes':>9} {'probe worst':>12} {'p99':>6} {'median':>8} "
+                f"{'shape':12} {'bytes':>9} {'probe worst':>12} {'p99':>6} {'median':>8} "
                 f"{'own median':>10} {'sent':>5} {'statuses':>10} {'peak rise':>10}"
             )
             for name in chosen:
                 r = run_shape(gateway, made[name], args.seconds, args.clients)
                 worst = max(worst, float(r["worst"]))  # type: ignore[arg-type]
                 print(
-                    f"{name:8} {r['size']:>9} {1000 * r['worst']:>10.0f}ms "  # type: ignore[operator]
+                    f"{name:12} {r['size']:>9} {1000 * r['worst']:>10.0f}ms "  # type: ignore[operator]
                     f"{1000 * r['p99']:>4.0f}ms "  # type: ignore[operator]
                     f"{1000 * r['median']:>6.0f}ms {1000 * r['own']:>8.0f}ms "  # type: ignore[operator]
                     f"{r['sent']:>5} {','.join(map(str, r['statuses'])):>10} "  # type: ignore[call-overload]
