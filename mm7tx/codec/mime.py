@@ -122,7 +122,6 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 # A blank line: a line ending right after another (possessive: a CRLF is
 # one line ending, never a CR and an LF).
 _BLANK_LINE = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
-_LONE_CR = re.compile(rb"\r(?!\n)")
 # A line of headers as the email parser tells them from body lines.
 _HEADER_OR_CONTINUATION = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 # What may follow ``--boundary`` on a delimiter line: ``--`` for the close,
