@@ -9,14 +9,18 @@ act on.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import importlib.util
 import os
 import re
+import sys
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
-
-from twisted.python.reflect import namedAny
 
 from mm7tx.auth import Account, ListenAccess, Network, network
 from mm7tx.client import DEFAULT_MAX_ANSWER_SIZE, url_credentials
@@ -208,6 +212,9 @@ class Config:
     smtp: SMTPSettings = field(default_factory=SMTPSettings)
     processor: str | None = None
     path_processors: tuple[tuple[str, str], ...] = ()
+    # The options of each Path scope's processor, converted to the types its
+    # Options declares: (path, ((name, value), ...)).
+    path_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     keep_smil: bool = False
     # Twisted's access line per request beside the transaction event.
     access_log: bool = False
@@ -215,6 +222,11 @@ class Config:
 
     def processor_for(self, path: str) -> str | None:
         return dict(self.path_processors).get(path, self.processor)
+
+    def options_for(self, path: str) -> dict[str, Any]:
+        """The options set in ``path``'s Path scope for its processor (none
+        for a path served by ``mm7_processor``: its defaults apply)."""
+        return dict(dict(self.path_options).get(path, ()))
 
     def access_for(self, index: int) -> ListenAccess:
         """The always_allow / always_deny lists of the ``index``-th listener."""
@@ -431,6 +443,8 @@ class _Reader:
         self.source = source
         # The access lists of the Listen scopes read so far, in order.
         self.listen_access: list[ListenAccess] = []
+        # The processor options of the Path scopes read so far.
+        self.path_options: list[tuple[str, tuple[tuple[str, Any], ...]]] = []
 
     def error(self, item: Option | Scope, message: str) -> ConfigError:
         return ConfigError(self.source, item.line, message)
@@ -461,16 +475,24 @@ class _Reader:
         return number
 
     def processor(self, option: Option) -> str:
-        """A processor's dotted name, checked now so a typo stops the start."""
+        """A processor's dotted name, checked now so a typo stops the start;
+        ``mm7_processor`` serves paths without a Path scope, so its class may
+        not need options (it gets the defaults of those it declares)."""
         name = self.text(option)
         try:
-            found = namedAny(name)
-        except Exception as e:
-            raise self.error(
-                option, f"cannot load processor {name!r}: {type(e).__name__}: {e}"
-            ) from None
+            found = find_processor(name)
+            fields = declared_options(found, name)
+        except ValueError as e:
+            raise self.error(option, str(e)) from None
         if not callable(found):
             raise self.error(option, f"processor {name!r} is not a class or factory")
+        needed = [key for key, (_, required) in (fields or {}).items() if required]
+        if needed and option.name.lower() == "mm7_processor":
+            raise self.error(
+                option,
+                f"{name} needs option {needed[0]}: bind it in a "
+                f'Path "/p/" {{ processor = "…" {needed[0]} = "…" }} scope',
+            )
         return name
 
     def number(self, option: Option, integer: bool = True) -> float:
@@ -597,15 +619,209 @@ class _Reader:
         return [endpoint]
 
     def path(self, scope: Scope) -> list[tuple[str, str]]:
-        """A ``Path "/p/" { processor = "…" }`` scope."""
+        """A ``Path "/p/" { processor = "…"  OPTION = … }`` scope: its
+        processor, and the options that processor declares (its ``Options``
+        dataclass), each converted to its declared type."""
         if not scope.label:
             raise self.error(scope, 'Path needs a path: Path "/p/" { processor = "…" }')
-        found = []
-        for option in scope.body:
-            if isinstance(option, Scope) or option.name.lower() != "processor":
-                raise self.error(option, f"unknown Path option {option.name!r}")
-            found.append((scope.label, self.processor(option)))
+        named: Option | None = None
+        given: dict[str, Option] = {}
+        for entry in scope.body:
+            if isinstance(entry, Scope):
+                raise self.error(entry, f"unknown Path option {entry.name!r}")
+            key = entry.name.lower()
+            earlier = named if key == "processor" else given.get(key)
+            if earlier is not None:
+                raise self.error(
+                    entry,
+                    f"{entry.name} is set twice (first on line {earlier.line}); "
+                    "keep one",
+                )
+            if key == "processor":
+                named = entry
+            else:
+                given[key] = entry
+        if named is None:
+            if given:
+                raise self.error(
+                    scope, f'Path "{scope.label}" has options but no processor'
+                )
+            return []
+        name = self.processor(named)
+        fields = declared_options(find_processor(name), name)
+        values: list[tuple[str, Any]] = []
+        for key, entry in given.items():
+            if fields is None:
+                raise self.error(
+                    entry,
+                    f"{name} has no option {entry.name!r} (it declares no Options)",
+                )
+            if key not in fields:
+                raise self.error(
+                    entry,
+                    f"{name} has no option {entry.name!r} "
+                    f"(its options: {', '.join(fields)})",
+                )
+            try:
+                values.append((key, option_value(fields[key][0], entry.value)))
+            except ValueError as e:
+                raise self.error(entry, f"option {key} of {name} {e}") from None
+        missing = [
+            key
+            for key, (_, required) in (fields or {}).items()
+            if required and key not in given
+        ]
+        if missing:
+            many = "s" if len(missing) > 1 else ""
+            raise self.error(
+                scope,
+                f"{name} needs option{many} {', '.join(missing)} in its Path scope",
+            )
+        self.path_options.append((scope.label, tuple(values)))
+        return [(scope.label, name)]
+
+
+# Processors and their options ----------------------------------------------
+
+# The types a processor's option may be declared with, as a configuration
+# value can give them.
+_OPTION_KINDS = (str, int, float, bool)
+
+
+def find_processor(name: str) -> Any:
+    """The object a processor's dotted name names; ``ValueError`` says, in
+    one line, why it cannot be loaded: for a module not found, where Python
+    looked and that ``twistd`` does not put the current folder there."""
+    where = f"cannot load processor {name!r}"
+    parts = name.split(".")
+    if len(parts) < 2 or not all(part.isidentifier() for part in parts):
+        raise ValueError(f"{where}: not a dotted name like package.module.Class")
+    prefixes = {".".join(parts[:i]) for i in range(1, len(parts))}
+    for end in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:end])
+        try:
+            spec = importlib.util.find_spec(module_name)
+            module = importlib.import_module(module_name) if spec else None
+        except ModuleNotFoundError as e:
+            if e.name in prefixes:
+                continue  # a parent is a module, not a package: look higher
+            raise ValueError(f"{where}: importing {module_name!r} failed: {e}") from e
+        except Exception as e:
+            raise ValueError(
+                f"{where}: importing {module_name!r} failed: {type(e).__name__}: {e}"
+            ) from e
+        if module is None:
+            continue
+        found: Any = module
+        for attribute in parts[end:]:
+            try:
+                found = getattr(found, attribute)
+            except AttributeError:
+                rest = ".".join(parts[end:])
+                raise ValueError(
+                    f"{where}: module {module_name!r} has no {rest}"
+                ) from None
         return found
+    raise ValueError(f"{where}: {_not_on_path(parts[0])}")
+
+
+def _not_on_path(top: str) -> str:
+    """Why ``top`` was not imported: the import path, and the hint that
+    ``twistd`` (unlike ``python``) leaves the current folder out of it."""
+    looked = ", ".join(entry or "." for entry in sys.path)
+    folder = os.getcwd()
+    fix = "start it with PYTHONPATH=. or install the package"
+    for candidate in (f"{top}.py", f"{top}/"):
+        if os.path.exists(os.path.join(folder, candidate)) and not any(
+            os.path.abspath(entry or ".") == folder for entry in sys.path
+        ):
+            return (
+                f"no module {top!r} on the import path ({looked}); {candidate} is "
+                f"in the current folder {folder}, which twistd does not put on "
+                f"the import path: {fix}"
+            )
+    return (
+        f"no module {top!r} on the import path ({looked}; twistd does not put "
+        f"the current folder on it: {fix})"
+    )
+
+
+def declared_options(found: Any, name: str) -> dict[str, tuple[Any, bool]] | None:
+    """The options a processor declares in its ``Options`` dataclass, by
+    name: (the type a value is converted to, whether it is required);
+    ``None`` when it declares none.  ``ValueError`` for a declaration a
+    configuration cannot fill."""
+    declared = getattr(found, "Options", None)
+    if declared is None:
+        return None
+    if not (isinstance(declared, type) and dataclasses.is_dataclass(declared)):
+        raise ValueError(f"Options of {name} is not a dataclass")
+    try:
+        hints = typing.get_type_hints(declared)
+    except Exception as e:
+        raise ValueError(
+            f"Options of {name}: cannot read its types: {type(e).__name__}: {e}"
+        ) from None
+    fields: dict[str, tuple[Any, bool]] = {}
+    for spec in dataclasses.fields(declared):
+        if not spec.init:
+            continue
+        kind = _option_kind(hints.get(spec.name, Any))
+        if kind is None:
+            hint = hints.get(spec.name)
+            shown = hint.__name__ if isinstance(hint, type) else str(hint)
+            raise ValueError(
+                f"option {spec.name} of {name} is declared {shown}: a "
+                "configuration gives only str, int, float, bool or tuple[str, ...]"
+            )
+        required = (
+            spec.default is dataclasses.MISSING
+            and spec.default_factory is dataclasses.MISSING
+        )
+        fields[spec.name.lower()] = (kind, required)
+    return fields
+
+
+def _option_kind(hint: Any) -> Any:
+    """``str``, ``int``, ``float``, ``bool`` or ``tuple`` (of strings) for
+    a declared type (``X | None`` as ``X``); ``None`` for any other."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        others = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(others) != 1:
+            return None
+        hint = others[0]
+    if hint in _OPTION_KINDS:
+        return hint
+    if typing.get_origin(hint) is tuple and typing.get_args(hint) == (str, ...):
+        return tuple
+    return None
+
+
+def option_value(kind: Any, value: str | list[str]) -> Any:
+    """A configuration value as ``kind`` (:func:`_option_kind`);
+    ``ValueError`` ends "option NAME of PROCESSOR …" with what is wrong."""
+    if kind is tuple:
+        return tuple(value) if isinstance(value, list) else (value,)
+    if isinstance(value, list):
+        raise ValueError("takes one value, not a list")
+    if kind is bool:
+        text = value.lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        raise ValueError(f"must be true or false, not {value!r}")
+    if kind is int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"must be a whole number, not {value!r}") from None
+    if kind is float:
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"must be a number, not {value!r}") from None
+    return value
 
 
 R = _Reader
@@ -1235,6 +1451,7 @@ def load(text: str, source: str = "<config>") -> Config:
         rules=AddressRules(**top.get("rules")),
         smtp=SMTPSettings(**smtp),
         path_processors=tuple(values.pop("path_processors", ())),
+        path_options=tuple(reader.path_options),
         vasps=tuple(vasp for _, vasp in vasps),
         mmscs=tuple(mmsc for _, mmsc in mmscs),
         xml_limits=XMLLimits(**top.get("xml")),

@@ -61,3 +61,21 @@ def in_threads(reactor: Any) -> Offload:
         )
 
     return offload
+
+
+def in_pool(reactor: Any) -> Offload:
+    """An :data:`Offload` for a processor's blocking work
+    (:meth:`mm7tx.transaction.Transaction.in_thread`): ``deferToThread`` on
+    ``reactor``'s thread pool, as many at once as the pool has threads;
+    :func:`inline` for a reactor without threads."""
+    if not (
+        IReactorThreads.providedBy(reactor) and IReactorFromThreads.providedBy(reactor)
+    ):
+        return inline
+
+    def offload(function: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return threads.deferToThreadPool(
+            reactor, reactor.getThreadPool(), function, *args
+        )
+
+    return offload

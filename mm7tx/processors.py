@@ -344,6 +344,7 @@ class EmailProcessor:
         mm7_version: str = "6.8.0",
         keep_smil: bool = False,
         reporter: DeliveryReporter | None = None,
+        options: Any = None,
     ) -> None:
         self.mail_sender = sender
         self.reporter = reporter
@@ -353,6 +354,9 @@ class EmailProcessor:
         # to it.
         self.mm7_version = mm7_version
         self.keep_smil = keep_smil
+        # A subclass's own options: an instance of its ``Options`` dataclass,
+        # filled from its Path scope (None for a class that declares none).
+        self.options = options
         self._msgid_domain = rules.from_domain or "mm7tx.invalid"
 
     # Address mapping: override these to change who mail comes from and goes to.

@@ -84,7 +84,9 @@ class MM7Resource(Resource):
     refuses at once an address with too many failed logins;
     ``X-Forwarded-For`` names the peer only when sent by one of
     ``trusted_proxies``.  With an ``offload`` (:mod:`mm7tx.offload`), a
-    body over ``OFFLOAD_SIZE`` is decoded there, off the reactor thread.
+    body over ``OFFLOAD_SIZE`` is decoded there, off the reactor thread;
+    ``in_thread`` runs a processor's blocking work
+    (:meth:`Transaction.in_thread`).
     """
 
     isLeaf = True
@@ -104,6 +106,7 @@ class MM7Resource(Resource):
         trusted_proxies: tuple[Network, ...] = (),
         metrics: Metrics | None = None,
         offload: Offload | None = None,
+        in_thread: Offload | None = None,
     ) -> None:
         super().__init__()
         self.processor = processor
@@ -118,6 +121,7 @@ class MM7Resource(Resource):
         self.trusted_proxies = trusted_proxies
         self.metrics = metrics
         self.offload = offload
+        self.in_thread = in_thread
         self._meters: WeakKeyDictionary[Request, _Meter] = WeakKeyDictionary()
 
     def render(self, request: Request) -> bytes | int:
@@ -492,6 +496,7 @@ class MM7Resource(Resource):
             # The request's own version, else the configured one.
             mm7_version=clean_version(envelope.mm7_version) or self.mm7_version,
             connection_gone=lambda: bool(gone),
+            threads=self.in_thread,
         )
         # From the transaction, not the envelope: the request and its
         # content need not live until the answer.

@@ -10,7 +10,7 @@ resource tree alone, to mount in another site.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ from mm7tx.interfaces import IMailSender
 from mm7tx.limits import LoginThrottle, RateLimiter, TransactionGate
 from mm7tx.maildir import MaildirError
 from mm7tx.metrics import Metrics, MetricsPage
-from mm7tx.offload import in_threads
+from mm7tx.offload import in_pool, in_threads
 from mm7tx.processors import EmailProcessor
 from mm7tx.reports import DeliveryReporter
 from mm7tx.resource import MM7Resource, build_root
@@ -74,20 +74,32 @@ else:
 
 
 def make_processor(
-    name: str | None,
+    name: str | Callable[..., object] | None,
     config: Config,
     sender: IMailSender,
     reporter: DeliveryReporter | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> object:
     """The processor for a path: :class:`EmailProcessor` or the class named
-    by dotted name, called with the same arguments."""
-    factory: Any = EmailProcessor if name is None else namedAny(name)
+    by dotted name (or given), called with the same arguments; a class that
+    declares ``Options`` (a dataclass) is given ``options=Options(**options)``
+    too, the options of its Path scope (checked when the file was loaded)."""
+    factory: Any = EmailProcessor if name is None else name
+    if isinstance(factory, str):
+        factory = namedAny(factory)
+    declared = getattr(factory, "Options", None)
+    extra: dict[str, Any] = {}
+    if declared is not None:
+        extra["options"] = declared(**(options or {}))
+    elif options:
+        raise ValueError(f"{name} declares no Options, so it takes no options")
     return factory(
         sender,
         config.rules,
         mm7_version=config.mm7_version,
         keep_smil=config.keep_smil,
         reporter=reporter,
+        **extra,
     )
 
 
@@ -117,6 +129,7 @@ def build_resources(
     if scrypt is None:
         scrypt = defer.DeferredSemaphore(SCRYPT_CONCURRENCY)
     offload = in_threads(reactor)
+    blocking = in_pool(reactor)
     if throttle is None:
         throttle = LoginThrottle(
             reactor, config.max_failed_logins, lockout=config.login_lockout
@@ -128,7 +141,12 @@ def build_resources(
         else None
     )
     for path in config.vasp_paths:
-        processor = make_processor(config.processor_for(path), config, sender)
+        processor = make_processor(
+            config.processor_for(path),
+            config,
+            sender,
+            options=config.options_for(path),
+        )
         resources[path] = MM7Resource(
             processor,
             path,
@@ -141,6 +159,7 @@ def build_resources(
             trusted_proxies=config.trusted_proxies,
             metrics=metrics,
             offload=offload,
+            in_thread=blocking,
         )
     if config.mmsc_paths:
         portal = portal_for(config.vasps, reactor, scrypt=scrypt)
@@ -154,7 +173,11 @@ def build_resources(
             )
         for path in config.mmsc_paths:
             processor = make_processor(
-                config.processor_for(path), config, sender, reporter
+                config.processor_for(path),
+                config,
+                sender,
+                reporter,
+                config.options_for(path),
             )
             resources[path] = MM7Resource(
                 processor,
@@ -169,6 +192,7 @@ def build_resources(
                 config.trusted_proxies,
                 metrics,
                 offload,
+                in_thread=blocking,
             )
     return resources
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -75,7 +75,7 @@ from mm7tx.interfaces import (
     SendResult,
 )
 from mm7tx.resource import MM7Resource
-from mm7tx.service import build_service
+from mm7tx.service import build_service, make_processor
 
 if TYPE_CHECKING:
     from mm7tx.service import IMM7Reactor
@@ -1051,7 +1051,8 @@ class MemoryGateway:
     ``config`` is a :class:`~mm7tx.config.Config` or its text (default: the
     embedded one, VASP path ``/vasp/`` and MMSC path ``/mm7/``); its
     ``smtp_relay`` is replaced by the relay's endpoint.  ``processor``, a
-    processor class (called as the configuration's processors are) or a
+    processor class (called as the configuration's processors are, with
+    ``processor_options`` as its ``Options`` if it declares them) or a
     processor object, serves every path instead of the configured ones.
     ``pipelining`` and ``smtputf8`` say what the relay offers, ``strict``
     whether it refuses lines RFC 5321 forbids (:class:`MemorySMTPRelay`).  With
@@ -1070,6 +1071,7 @@ class MemoryGateway:
         config: Config | str | None = None,
         *,
         processor: Any = None,
+        processor_options: Mapping[str, Any] | None = None,
         pipelining: bool = True,
         smtputf8: bool = False,
         strict: bool = False,
@@ -1092,6 +1094,7 @@ class MemoryGateway:
         if metrics:
             self.flush()  # the relay check at start
         self._processor = processor
+        self._processor_options = processor_options
         if processor is not None:
             self._use(processor)
         self.url = self._base_url()
@@ -1141,12 +1144,12 @@ class MemoryGateway:
             if any(i.providedBy(processor) for i in _PROCESSOR_INTERFACES):
                 resource.processor = processor
                 continue
-            resource.processor = processor(
+            resource.processor = make_processor(
+                processor,
+                self.config,
                 self.sender,
-                self.config.rules,
-                mm7_version=self.config.mm7_version,
-                keep_smil=self.config.keep_smil,
-                reporter=self.service.reporter if resource.role == "mmsc" else None,
+                self.service.reporter if resource.role == "mmsc" else None,
+                self._processor_options,
             )
 
     def _base_url(self) -> str:

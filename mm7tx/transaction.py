@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from twisted.internet import defer
 
 from mm7tx.auth import Account
 from mm7tx.messages import DEFAULT_MM7_VERSION, DEFAULT_NAMESPACE
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -42,7 +47,23 @@ class Transaction:
         default=None, compare=False, repr=False
     )
     outcome: Outcome = field(default_factory=Outcome, compare=False, repr=False)
+    # Runs blocking work off the reactor thread (mm7tx.offload.in_pool):
+    # the resource sets it, a transaction made elsewhere has none.
+    threads: Callable[..., defer.Deferred[Any]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def answer_lost(self) -> bool:
         """True once the client went away: its answer will not be sent."""
         return self.connection_gone is not None and self.connection_gone()
+
+    def in_thread(self, function: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """``function(*args)`` in a thread of the service's reactor
+        (``twisted.internet.threads.deferToThread`` on that reactor), its
+        result or exception as a Deferred: for blocking work (files, a
+        database driver, an HTTP library without Twisted), which would stop
+        every other transaction if run here.  At once, in this thread, for
+        a transaction made without a reactor (a unit test)."""
+        if self.threads is None:
+            return defer.maybeDeferred(function, *args)
+        return self.threads(function, *args)
