@@ -922,9 +922,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
         MM7_SERV,
         R.path,
         "config.path_processors",
-        "the processor for one path (a VASP or MMSC path)",
+        "the processor for one path (a VASP or MMSC path), and the options "
+        "it declares ([its own options](#a-processors-own-options))",
         shown="",
-        syntax='Path "/p/" { processor = "…" }',
+        syntax='Path "/p/" { processor = "…" OPTION = … }',
         is_scope=True,
     ),
     OptionSpec(
