@@ -87,11 +87,14 @@ def test_a_readme_example_runs_and_its_tests_pass(
 
 
 def test_a_shipped_example_is_the_readme_block_as_written() -> None:
-    shipped = [(SHIPPED.fullmatch(mark), code) for mark, code in blocks()]
-    shipped = [(found, code) for found, code in shipped if found]
+    shipped = [
+        (found.group(1), code)
+        for mark, code in blocks()
+        if (found := SHIPPED.fullmatch(mark))
+    ]
     assert shipped
-    for found, code in shipped:
-        assert code in (ROOT / found.group(1)).read_text(encoding="utf-8")
+    for module, code in shipped:
+        assert code in (ROOT / module).read_text(encoding="utf-8")
 
 
 def test_the_runner_runs_every_parametrized_case() -> None:
