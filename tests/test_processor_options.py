@@ -315,3 +315,38 @@ def test_a_transaction_runs_blocking_work_in_a_thread_or_at_once() -> None:
     d = transaction.in_thread(ran.append, "now")
     assert ran == ["now"]
     assert d.result is None
+
+
+class Threaded(EmailProcessor):
+    """Does its blocking work through ``transaction.in_thread``."""
+
+    ran: list[str] = []
+
+    def deliver(self, request: m.DeliverReq, transaction: Transaction) -> Any:
+        work = transaction.in_thread(Threaded.ran.append, transaction.transaction_id)
+        mail = super().deliver
+        return work.addCallback(lambda _: mail(request, transaction))
+
+
+def test_blocking_work_goes_to_the_reactors_thread_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    Threaded.ran.clear()
+    gateway = MemoryGateway(processor=Threaded)
+    pool = gateway.reactor.getThreadPool()
+    in_pool: list[Any] = []
+    run = pool.callInThreadWithCallback
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        in_pool.append(args[1])
+        run(*args, **kwargs)
+
+    monkeypatch.setattr(pool, "callInThreadWithCallback", counted)
+    entry = m.DeliverReq(
+        sender=m.Address("+447700900123"),
+        recipients=m.Recipients(to=(m.Address("7255", "ShortCode"),)),
+    )
+    client = gateway.client("/vasp/")
+    assert gateway.result(client.deliver(entry)).status.code == 1000
+    assert len(Threaded.ran) == 1
+    assert Threaded.ran.append in in_pool

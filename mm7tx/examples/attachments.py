@@ -9,6 +9,7 @@ save_dir = "/var/lib/mm7tx/parts" }``.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +22,13 @@ from mm7tx.transaction import Transaction
 
 def save_parts(folder: Path, content: Content) -> None:
     """Blocking: run in a thread.  A part's file is named after its bytes,
-    and written under a temporary name then renamed, so the same request
-    twice leaves the same files, never half of one."""
+    and written under a name of its own then renamed, so the same request
+    twice, even at once, leaves the same files, never half of one."""
     folder.mkdir(parents=True, exist_ok=True)
     for part in content:
         final = folder / hashlib.sha256(part.data).hexdigest()
         if not final.exists():
-            partial = final.with_suffix(".partial")
+            partial = folder / f".{final.name}.{uuid.uuid4().hex}"
             partial.write_bytes(part.data)
             partial.replace(final)
 
