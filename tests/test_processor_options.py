@@ -350,3 +350,20 @@ def test_blocking_work_goes_to_the_reactors_thread_pool(
     assert gateway.result(client.deliver(entry)).status.code == 1000
     assert len(Threaded.ran) == 1
     assert Threaded.ran.append in in_pool
+
+
+def test_a_module_that_fails_to_import_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "needs_more_mm7tx_test.py").write_text("import not_installed_dep\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as caught:
+        load(
+            config('Path "/vasp/" { processor = "needs_more_mm7tx_test.Cls" }'),
+            "my.conf",
+        )
+    assert str(caught.value) == (
+        "my.conf, line 5: cannot load processor 'needs_more_mm7tx_test.Cls': "
+        "importing 'needs_more_mm7tx_test' failed: No module named "
+        "'not_installed_dep'"
+    )
