@@ -8,15 +8,22 @@ from typing import Any, cast
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import defer
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from mm7tx import messages as m
 from mm7tx.client import MM7Client
+from mm7tx.codec import encode
 from mm7tx.config import load
-from mm7tx.service import IMM7Reactor, build_service
-from mm7tx.testing import MemoryReactor, MemorySMTPRelay, result_of
+from mm7tx.resource import build_root
+from mm7tx.senders import sender_for
+from mm7tx.service import IMM7Reactor, build_resources, build_service
+from mm7tx.testing import MemoryAgent, MemoryReactor, MemorySMTPRelay, post, result_of
 
 CONFIG = """
 mm7_serv {
@@ -126,3 +133,73 @@ def test_stopping_the_parent_leaves_nothing_of_mm7tx_and_spares_the_other():
         result_of(d)
     assert reactor.connections == 0
     assert [c for c in reactor.getDelayedCalls() if not the_others(c)] == []
+
+
+# Mounted in a plain twisted.web Site --------------------------------------------
+
+LIMITED = CONFIG.replace(
+    "  smtp_starttls = off\n", "  smtp_starttls = off\n  mm7_max_request_size = 20K\n"
+)
+
+
+@implementer(IBodyProducer)
+class Chunked:
+    """A body of unknown length: the agent sends it chunked."""
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
+        consumer.write(self.data)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def test_a_plain_site_gets_413_over_the_limit_and_a_warning_once():
+    reactor = MemoryReactor()
+    relay = MemorySMTPRelay(reactor)
+    config = load(LIMITED, "cohosted.conf")
+    sender = sender_for(reactor, config.smtp)
+    resources = build_resources(config, sender, cast(IMM7Reactor, reactor))
+    reactor.listenTCP(8081, Site(build_root(resources), reactor=reactor))
+    agent = MemoryAgent(reactor)
+    url = "http://127.0.0.1:8081/vasp/"
+    ctype, small = encode(m.Envelope("t1", DELIVER))
+    big = small.replace(b"my photo", b"x" * 30_000)
+    headers = {"Content-Type": ctype}
+
+    with capturedLogs() as events:
+        answers = [post(agent, url, big, headers), post(agent, url, small, headers)]
+        raw = agent.request(
+            b"POST",
+            url.encode(),
+            Headers({b"content-type": [ctype.encode()]}),
+            Chunked(big),
+        )
+        reactor.flush()
+        chunked = result_of(raw)
+    too_big, fine = (result_of(a) for a in answers)
+
+    assert too_big.code == 413
+    assert too_big.body == (
+        b"the request of %d bytes is over the limit of 20480 bytes\n" % len(big)
+    )
+    assert fine.code == 200 and b"<StatusCode>1000</StatusCode>" in fine.body
+    assert chunked.code == 413
+    assert len(relay.accepted) == 1  # the small one alone
+    warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert warnings == [
+        "MM7 on /vasp/ is served by Site, not mm7tx.site.MM7Site: Twisted "
+        "receives each request whole (past 100 kB into a temporary file) before "
+        "mm7tx sees it, so a body over mm7_max_request_size (20480 bytes) is "
+        "refused only once received, and no deadline bounds how long a request "
+        "takes to arrive (mm7_request_timeout); serve the tree with MM7Site "
+        "(README.md, Co-hosting)"
+    ]
