@@ -158,6 +158,9 @@ class Chunked:
     def pauseProducing(self) -> None:
         pass
 
+    def resumeProducing(self) -> None:
+        pass
+
     def stopProducing(self) -> None:
         pass
 
