@@ -3,12 +3,16 @@ leaves nothing of its own behind, and touches nothing that is not its own."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, cast
 
+import pytest
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.python import usage
+from twisted.python.reflect import namedAny
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
@@ -16,14 +20,23 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from mm7tx import cohost
 from mm7tx import messages as m
 from mm7tx.client import MM7Client
 from mm7tx.codec import encode
+from mm7tx.cohost import mounted_service, site_for
 from mm7tx.config import load
 from mm7tx.resource import build_root
 from mm7tx.senders import sender_for
-from mm7tx.service import IMM7Reactor, build_resources, build_service
-from mm7tx.testing import MemoryAgent, MemoryReactor, MemorySMTPRelay, post, result_of
+from mm7tx.service import IMM7Reactor, MM7Service, build_resources, build_service
+from mm7tx.testing import (
+    MemoryAgent,
+    MemoryReactor,
+    MemorySMTPRelay,
+    get,
+    post,
+    result_of,
+)
 
 CONFIG = """
 mm7_serv {
@@ -206,3 +219,109 @@ def test_a_plain_site_gets_413_over_the_limit_and_a_warning_once():
         "takes to arrive (mm7_request_timeout); serve the tree with MM7Site "
         "(README.md, Co-hosting)"
     ]
+
+
+# A service mounted in a site of the application's ---------------------------------
+
+OTHER = CONFIG.replace(
+    'mm7_vasp_uri_paths = ("/vasp/")', 'mm7_vasp_uri_paths = ("/b/")'
+)
+
+
+def closes(service: MM7Service) -> list[bool]:
+    """Records each call to the service's sender's close."""
+    calls: list[bool] = []
+    sender: Any = service.sender
+    close = sender.close
+
+    def recorded() -> Any:
+        calls.append(True)
+        return close()
+
+    sender.close = recorded
+    return calls
+
+
+def test_a_mounted_service_serves_in_the_applications_site_and_closes_its_sender():
+    reactor = MemoryReactor()
+    relay = MemorySMTPRelay(reactor)
+    mm7 = mounted_service(load(CONFIG, "cohosted.conf"), cast(IMM7Reactor, reactor))
+    root = mm7.resource
+    root.putChild(b"hello", Hello())
+    application = MultiService()
+    mm7.setServiceParent(application)
+    site = site_for(root, mm7.config, reactor)
+    strports.service("tcp:8081", site, reactor=reactor).setServiceParent(application)
+    application.startService()
+    # Its own listener (tcp:8080 in the file) is left out.
+    assert [port for _, port in reactor._listeners if port in (8080, 8081)] == [8081]
+    assert (site.request_timeout, site.timeOut) == (30, 60)
+
+    client = MM7Client(reactor, "http://127.0.0.1:8081/vasp/")
+    answer = client.deliver(DELIVER)
+    page = get(MemoryAgent(reactor), "http://127.0.0.1:8081/hello")
+    reactor.flush()
+    assert result_of(answer).status.code == 1000
+    assert result_of(page).body == b"hello 1"
+    assert len(relay.accepted) == 1
+    assert len(relay.open_sessions) == 1  # idle, kept for the next message
+
+    # A reload moves the mounted paths with it.
+    assert mm7.reload(load(OTHER, "other.conf"))
+    moved = MM7Client(reactor, "http://127.0.0.1:8081/b/").deliver(DELIVER)
+    gone = post(MemoryAgent(reactor), "http://127.0.0.1:8081/vasp/", b"")
+    reactor.flush()
+    assert result_of(moved).status.code == 1000
+    assert result_of(gone).code == 404
+
+    closed = closes(mm7)
+    stopped = application.stopService()
+    reactor.flush()  # no time passes: the sender closes its sessions at once
+    result_of(stopped)
+    assert closed == [True]
+    assert relay.open_sessions == []
+    assert mm7.sender.connections == 0  # type: ignore[attr-defined]
+    closing = client.close()
+    reactor.flush()
+    result_of(closing)
+
+
+def test_twistd_web_class_serves_the_factorys_resource_and_closes_on_shutdown(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "mm7tx.conf"
+    conf.write_text(CONFIG)
+    reactor = MemoryReactor()
+    relay = MemorySMTPRelay(reactor)
+    # What `twistd web --class=mm7tx.cohost.resource` calls (with no
+    # arguments: the global reactor, os.environ), and the site it serves.
+    factory = namedAny("mm7tx.cohost.resource")
+    root = factory(reactor, {"MM7TX_CONFIG": str(conf)})
+    reactor.listenTCP(8081, Site(root, reactor=reactor))
+    reactor.run()  # the hooks twistd's reactor runs as it starts
+
+    client = MM7Client(reactor, "http://127.0.0.1:8081/vasp/")
+    answer = client.deliver(DELIVER)
+    reactor.flush()
+    assert result_of(answer).status.code == 1000
+    assert len(relay.accepted) == 1
+    assert len(relay.open_sessions) == 1
+
+    [(stop, args, kw)] = reactor.triggers["before"]["shutdown"]
+    stopping = stop(*args, **kw)
+    reactor.flush()
+    result_of(stopping)
+    assert relay.open_sessions == []
+    closing = client.close()
+    reactor.flush()
+    result_of(closing)
+
+
+def test_twistd_web_class_says_what_is_wrong_with_the_file_in_one_line(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "mm7tx.conf"
+    conf.write_text("mm7_serv {\n  nonsense = 1\n}\n")
+    with pytest.raises(usage.UsageError) as caught:
+        cohost.resource(MemoryReactor(), {"MM7TX_CONFIG": str(conf)})
+    assert str(caught.value) == (f"{conf}, line 2: unknown mm7_serv option 'nonsense'")
