@@ -323,5 +323,5 @@ def test_twistd_web_class_says_what_is_wrong_with_the_file_in_one_line(
     conf = tmp_path / "mm7tx.conf"
     conf.write_text("mm7_serv {\n  nonsense = 1\n}\n")
     with pytest.raises(usage.UsageError) as caught:
-        cohost.resource(MemoryReactor(), {"MM7TX_CONFIG": str(conf)})
+        cohost.resource(cast(IMM7Reactor, MemoryReactor()), {"MM7TX_CONFIG": str(conf)})
     assert str(caught.value) == (f"{conf}, line 2: unknown mm7_serv option 'nonsense'")
