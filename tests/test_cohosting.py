@@ -3,6 +3,10 @@ leaves nothing of its own behind, and touches nothing that is not its own."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,6 +41,8 @@ from mm7tx.testing import (
     post,
     result_of,
 )
+from tests import samples
+from tests.processes import TWISTD, free_port, post_sample, wait_for_port
 
 CONFIG = """
 mm7_serv {
@@ -325,3 +331,50 @@ def test_twistd_web_class_says_what_is_wrong_with_the_file_in_one_line(
     with pytest.raises(usage.UsageError) as caught:
         cohost.resource(cast(IMM7Reactor, MemoryReactor()), {"MM7TX_CONFIG": str(conf)})
     assert str(caught.value) == (f"{conf}, line 2: unknown mm7_serv option 'nonsense'")
+
+
+# The example .tac under the real twistd ---------------------------------------------
+
+TAC = Path(__file__).parent.parent / "etc" / "cohost.tac"
+
+
+def test_the_example_tac_under_twistd_mails_a_deliver_req_and_serves_its_page(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "mm7tx.conf"
+    conf.write_text(
+        samples.EXAMPLE_7_1.replace(
+            "}", '  smtp_relay = "maildir:Maildir"\n  metrics_listen = none\n}'
+        )
+    )
+    port = free_port()
+    environ = {
+        **os.environ,
+        "MM7TX_CONFIG": str(conf),
+        "COHOST_LISTEN": f"tcp:{port}:interface=127.0.0.1",
+    }
+    process = subprocess.Popen(
+        [TWISTD, "-ny", str(TAC), "--pidfile="],
+        cwd=tmp_path,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert wait_for_port(port, process)
+        reply = post_sample(port, "/ringtones/")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/hello") as page:
+            hello = page.read()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        log, _ = process.communicate(timeout=30)
+    assert b"<StatusCode>1000</StatusCode>" in reply, log
+    assert hello == b"hello\n"
+    # twistd ends by the signal it was stopped with, once shut down.
+    assert process.returncode == -signal.SIGTERM, log
+    assert "Server Shut Down." in log
+    assert "listening on nothing of its own" in log
+    assert "Traceback" not in log, log
+    [mail] = list((tmp_path / "Maildir" / "new").iterdir())
+    assert b"Subject: Weather Forecast" in mail.read_bytes()
