@@ -4,6 +4,8 @@ leaves nothing of its own behind, and touches nothing that is not its own."""
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import urllib.request
@@ -333,14 +335,34 @@ def test_twistd_web_class_says_what_is_wrong_with_the_file_in_one_line(
     assert str(caught.value) == (f"{conf}, line 2: unknown mm7_serv option 'nonsense'")
 
 
-# The example .tac under the real twistd ---------------------------------------------
+# The README's commands under the real twistd -----------------------------------------
 
-TAC = Path(__file__).parent.parent / "etc" / "cohost.tac"
+ROOT = Path(__file__).parent.parent
+MARK = "<!-- tests/test_cohosting.py runs these commands -->"
 
 
-def test_the_example_tac_under_twistd_mails_a_deliver_req_and_serves_its_page(
-    tmp_path: Path,
+def readme_commands() -> list[str]:
+    """The command lines of the README's Co-hosting block."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(re.escape(MARK) + r"\n\n((?:    .*\n)+)", text)
+    assert found, f"README.md has no indented block after {MARK}"
+    return [line.strip() for line in found.group(1).splitlines()]
+
+
+def test_the_readme_runs_the_tac_and_twistd_web_class():
+    assert [line.split(" twistd ")[1].split()[:2] for line in readme_commands()] == [
+        ["-ny", "etc/cohost.tac"],
+        ["-n", "web"],
+    ]
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["tac", "web-class"])
+def test_a_readme_command_under_twistd_mails_a_deliver_req(
+    tmp_path: Path, index: int
 ) -> None:
+    """The command as the README writes it, but for the file, the port and
+    the twistd (this virtualenv's): a reference DeliverReq gets 1000 and its
+    mail; the .tac serves its own page beside; SIGTERM stops it cleanly."""
     conf = tmp_path / "mm7tx.conf"
     conf.write_text(
         samples.EXAMPLE_7_1.replace(
@@ -348,13 +370,18 @@ def test_the_example_tac_under_twistd_mails_a_deliver_req_and_serves_its_page(
         )
     )
     port = free_port()
-    environ = {
-        **os.environ,
-        "MM7TX_CONFIG": str(conf),
-        "COHOST_LISTEN": f"tcp:{port}:interface=127.0.0.1",
-    }
+    line = readme_commands()[index]
+    line = line.replace("/etc/mm7tx/mm7tx.conf", str(conf))
+    line = line.replace("tcp:8080", f"tcp:{port}:interface=127.0.0.1")
+    line = line.replace("etc/cohost.tac", str(ROOT / "etc" / "cohost.tac"))
+    words = shlex.split(line)
+    environ = dict(os.environ)
+    while "=" in words[0]:
+        name, _, value = words.pop(0).partition("=")
+        environ[name] = value
+    assert words[0] == "twistd"
     process = subprocess.Popen(
-        [TWISTD, "-ny", str(TAC), "--pidfile="],
+        [TWISTD, *words[1:]],
         cwd=tmp_path,
         env=environ,
         stdout=subprocess.PIPE,
@@ -364,17 +391,19 @@ def test_the_example_tac_under_twistd_mails_a_deliver_req_and_serves_its_page(
     try:
         assert wait_for_port(port, process)
         reply = post_sample(port, "/ringtones/")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/hello") as page:
-            hello = page.read()
+        if index == 0:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/hello") as page:
+                assert page.read() == b"hello\n"
     finally:
         process.send_signal(signal.SIGTERM)
         log, _ = process.communicate(timeout=30)
     assert b"<StatusCode>1000</StatusCode>" in reply, log
-    assert hello == b"hello\n"
     # twistd ends by the signal it was stopped with, once shut down.
     assert process.returncode == -signal.SIGTERM, log
     assert "Server Shut Down." in log
     assert "listening on nothing of its own" in log
     assert "Traceback" not in log, log
+    plain = "MM7 on /ringtones/ is served by Site, not mm7tx.site.MM7Site"
+    assert (plain in log) == (index == 1), log
     [mail] = list((tmp_path / "Maildir" / "new").iterdir())
     assert b"Subject: Weather Forecast" in mail.read_bytes()
