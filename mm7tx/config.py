@@ -997,7 +997,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
         R.integer,
         "config.max_request_size",
         "larger `Content-Length` → 413 before the body is read; a chunked body is "
-        "cut off at the limit (`K`, `M` suffixes)",
+        "cut off at the limit (`K`, `M` suffixes); in a plain `Site`, 413 once "
+        "received (Co-hosting)",
         default="5M",
     ),
     OptionSpec(

@@ -2,7 +2,10 @@
 
 :class:`MM7Resource` answers MM7 POSTs on one configured path; :func:`build_root`
 puts several of them in a tree that can be served alone or mounted in any
-other ``twisted.web`` site.
+other ``twisted.web`` site.  Served by a site that is not an
+:class:`~mm7tx.site.MM7Site`, a resource refuses a body over its size limit
+itself (413), once Twisted has received it, and warns once that the site
+does not bound what it reads nor how long it waits.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from mm7tx.interfaces import (
 )
 from mm7tx.limits import LoginThrottle, RateLimiter, TransactionGate
 from mm7tx.offload import OFFLOAD_SIZE, Offload
+from mm7tx.site import DEFAULT_MAX_REQUEST_SIZE, MM7Site
 from mm7tx.status import StatusCode
 from mm7tx.transaction import Transaction
 
@@ -87,6 +91,11 @@ class MM7Resource(Resource):
     body over ``OFFLOAD_SIZE`` is decoded there, off the reactor thread;
     ``in_thread`` runs a processor's blocking work
     (:meth:`Transaction.in_thread`).
+
+    A body over ``max_request_size`` is refused (413, unread) when the site
+    serving the resource is not an :class:`~mm7tx.site.MM7Site`, which
+    refuses it itself before it is received (and applies its own limit,
+    the one a keep-alive connection started with).
     """
 
     isLeaf = True
@@ -107,6 +116,7 @@ class MM7Resource(Resource):
         metrics: Metrics | None = None,
         offload: Offload | None = None,
         in_thread: Offload | None = None,
+        max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
     ) -> None:
         super().__init__()
         self.processor = processor
@@ -122,7 +132,9 @@ class MM7Resource(Resource):
         self.metrics = metrics
         self.offload = offload
         self.in_thread = in_thread
+        self.max_request_size = max_request_size
         self._meters: WeakKeyDictionary[Request, _Meter] = WeakKeyDictionary()
+        self._warned = False  # of being served by a plain Site
 
     def render(self, request: Request) -> bytes | int:
         """POST, or 405 with ``Allow: POST``; an error of ours is a 4000
@@ -135,6 +147,10 @@ class MM7Resource(Resource):
             # HEAD: the headers of the answer a GET gets, without its body
             # (Twisted would log a warning for a body, and drop it).
             return b"" if request.method == b"HEAD" else NOT_ALLOWED
+        if not isinstance(getattr(request, "site", None), MM7Site):
+            refused = self._plain_site(request)
+            if refused is not None:
+                return refused
         body = b""
         if request.content is not None:
             body = request.content.read()
@@ -144,6 +160,45 @@ class MM7Resource(Resource):
         except Exception:
             self._internal_error(request, Failure(), self._echo(request, body))
             return NOT_DONE_YET
+
+    def _plain_site(self, request: Request) -> bytes | None:
+        """Under a site that is not an ``MM7Site``: warn once, and the 413
+        answer for a body over ``max_request_size`` (its size as received:
+        Twisted has read it whole, chunked or not, before rendering)."""
+        if not self._warned:
+            self._warned = True
+            log.warn(
+                "MM7 on {path} is served by {site}, not mm7tx.site.MM7Site: "
+                "Twisted receives each request whole (past 100 kB into a "
+                "temporary file) before mm7tx sees it, so a body over "
+                "mm7_max_request_size ({limit} bytes) is refused only once "
+                "received, and no deadline bounds how long a request takes "
+                "to arrive (mm7_request_timeout); serve the tree with "
+                "MM7Site (README.md, Co-hosting)",
+                path=self.path,
+                site=type(getattr(request, "site", None)).__qualname__,
+                limit=self.max_request_size,
+            )
+        content = request.content
+        if content is None:
+            return None
+        size = content.seek(0, 2)
+        content.seek(0)
+        if size <= self.max_request_size:
+            return None
+        why = f"the request of {size} bytes is over the limit"
+        log.info(
+            "Refused a request from {peer}: {why} of {limit} bytes",
+            peer=_peer(request),
+            why=why,
+            limit=self.max_request_size,
+        )
+        content.truncate(0)
+        text = f"{why} of {self.max_request_size} bytes\n".encode()
+        request.setResponseCode(http.REQUEST_ENTITY_TOO_LARGE)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"content-length", b"%d" % len(text))
+        return text
 
     def _internal_error(
         self,

@@ -160,6 +160,7 @@ def build_resources(
             metrics=metrics,
             offload=offload,
             in_thread=blocking,
+            max_request_size=config.max_request_size,
         )
     if config.mmsc_paths:
         portal = portal_for(config.vasps, reactor, scrypt=scrypt)
@@ -192,6 +193,7 @@ def build_resources(
                 config.trusted_proxies,
                 metrics,
                 offload,
+                max_request_size=config.max_request_size,
                 in_thread=blocking,
             )
     return resources
@@ -283,6 +285,25 @@ class _Routing(Resource):
         return self.generation.root.render(request)
 
 
+class _Current(Resource):
+    """A service's MM7 paths, as its configuration in force has them (a
+    reload switches to the new one), to mount in a site of your own.
+    Children put here (your own resources beside MM7) come first."""
+
+    def __init__(self, service: MM7Service) -> None:
+        super().__init__()
+        self.service = service
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        child: Resource = self.service._current.resource.getChildWithDefault(
+            path, request
+        )
+        return child
+
+    def render(self, request: Request) -> Any:
+        return self.service._current.resource.render(request)
+
+
 class MM7Service(service.MultiService):
     """The listeners of one mm7tx configuration, and what they share.
 
@@ -297,6 +318,11 @@ class MM7Service(service.MultiService):
     :mod:`mm7tx.health`), listening once started and until the very end of
     the stop, so that ``/readyz`` says it drains.  That listener failing to
     listen is logged as an error, and the MM7 service runs on without it.
+
+    ``resource`` serves the MM7 paths in a site of your own, the way its
+    own site does (reloads included): stopping the service then drains the
+    transactions come that way too and closes the sender
+    (:mod:`mm7tx.cohost`).
 
     :meth:`reload` swaps in a new configuration (see there).  With ``root``
     None the service builds the resource tree from ``config``; a tree built
@@ -334,6 +360,7 @@ class MM7Service(service.MultiService):
             self._current = self._generation(config, sender)
         else:
             self._current = _Generation(config, sender, root, gate)
+        self.resource: Resource = _Current(self)
         self.site = MM7Site(
             self._current.resource,
             reactor,
@@ -624,7 +651,7 @@ class MM7Service(service.MultiService):
             "{paths}, MMSC paths {mmsc} for {accounts} VASP accounts, mail to {mail}",
             version=__version__,
             source=self.config.source,
-            listen=", ".join(self.config.listen),
+            listen=", ".join(self.config.listen) or "nothing of its own",
             paths=" ".join(self.config.vasp_paths) or "-",
             mmsc=" ".join(self.config.mmsc_paths) or "-",
             accounts=len(self.config.vasps),
