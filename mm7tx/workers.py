@@ -329,8 +329,13 @@ class ParentWatch(service.Service):
 
     def childDataReceived(self, name: str, data: bytes) -> None:
         for payload in self._frames.feed(data):
-            if self.received is not None:
+            if self.received is None:
+                continue
+            try:
                 self.received(payload)
+            except Exception:
+                # Not the end of the link to the parent, as raising would be.
+                log.failure("Reloading what the parent passed on")
 
     def childConnectionLost(self, name: str, reason: Failure | None = None) -> None:
         if self.running:

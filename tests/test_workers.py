@@ -721,6 +721,17 @@ def test_a_running_worker_reloads_what_its_parent_passes_on() -> None:
     watch.childDataReceived("parent", data[5:])
     assert received == [b"first", b"second"]
 
+    # One that cannot be reloaded is logged; the link to the parent stays.
+    def reload(payload: bytes) -> None:
+        received.append(payload)
+        workers.configuration(payload, [], None)
+
+    watch.received = reload
+    with capturedLogs() as events:
+        watch.childDataReceived("parent", workers.frame(b"{") + workers.frame(b"3"))
+    assert received[2:] == [b"{", b"3"]
+    assert messages(events) == ["Reloading what the parent passed on"] * 2
+
 
 def test_readyz_says_a_worker_is_being_replaced_while_it_starts(
     tmp_path: Path,
