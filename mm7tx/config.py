@@ -1501,6 +1501,12 @@ def _account(reader: _Reader, scope: Scope, kind: str = VASP) -> Account:
 
 def load_file(path: str) -> Config:
     """Read a configuration file; :class:`ConfigError` names the file on error."""
+    return load(read_text(path), path)
+
+
+def read_text(path: str) -> str:
+    """A configuration file's text; :class:`ConfigError` if it cannot be
+    read or is not UTF-8."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -1513,7 +1519,7 @@ def load_file(path: str) -> Config:
         raise ConfigError(
             path, line, f"the file is not UTF-8 text (byte 0x{data[e.start]:02x})"
         ) from None
-    return load(text, path)
+    return text
 
 
 def with_overrides(

@@ -10,7 +10,6 @@ command-line overrides); a mistake in it then is logged and changes nothing.
 
 from __future__ import annotations
 
-import os
 import platform
 import re
 import signal
@@ -29,17 +28,18 @@ from mm7tx.config import (
     Config,
     ConfigError,
     load_file,
+    read_text,
     with_overrides,
 )
-from mm7tx.maildir import MaildirError
+from mm7tx.maildir import MaildirError, MaildirSender
 from mm7tx.offload import SWITCH_INTERVAL
 from mm7tx.service import IMM7Reactor, build_service
 
 log = Logger()
 
 
-# A worker's program: SIGHUP ignored first thing (see Options.postOptions),
-# then twistd.
+# A worker's program: SIGHUP ignored first thing (it is the parent's: see
+# Options.postOptions), then twistd.
 WORKER_MAIN = (
     "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
     "from twisted.scripts.twistd import run; run()"
@@ -71,12 +71,24 @@ class Options(usage.Options):
             "Worker processes behind the listeners, or auto (one per core).  "
             "Overrides workers in the file.",
         ],
+        # Set by the parent for its workers; not shown (see getUsage).
         ["worker", None, None, "(Internal: set by the parent for its workers.)"],
     ]
+    # Where a worker reads its configuration from its parent (standard input).
+    parent_fd = 0
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The usage text, without the internal ``--worker``."""
+        shown = self.longOpt
+        self.longOpt = [name for name in shown if name != "worker="]
+        try:
+            return super().getUsage(width)
+        finally:
+            self.longOpt = shown
 
     def opt_version(self) -> None:
         """Print mm7tx's version, then Twisted's and Python's, and exit."""
@@ -98,32 +110,52 @@ class Options(usage.Options):
         message (``twisted.application.app.run``), which buries it.
         """
         if self["worker"] is not None:
-            # A SIGHUP its parent passes on before the service takes it (in
-            # startService) must not kill a starting worker (the default).
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-            # The listeners are the parent's sockets: systemd: ones included.
-            systemd.adopt(workers.passed_to_worker())
-        else:
-            systemd.adopt()  # before systemd: listeners are checked
+            self._worker_options()
+            return
+        systemd.adopt()  # before systemd: listeners are checked
         try:
-            config = load_file(self["config"]) if self["config"] else EMBEDDED
+            accepted = _read(self["config"])
+            config = accepted.load()
             # --listen replaces the file's listeners, their access lists too.
             self["dropped_access"] = bool(self["listen"]) and any(
                 access.allow or access.deny for access in config.listen_access
             )
             config = with_overrides(
-                config,
-                self["listen"],
-                self["smtp-relay"],
-                "1" if self["worker"] is not None else self["workers"],
+                config, self["listen"], self["smtp-relay"], self["workers"]
             )
         except ConfigError as e:
             raise SystemExit(str(e)) from None
         self["mm7_config"] = config
+        self["mm7_accepted"] = accepted
+
+    def _worker_options(self) -> None:
+        """A worker's configuration: the one its parent accepted, which the
+        parent writes on its standard input (it reads no file)."""
+        # SIGHUP is the parent's, which passes on what it reloads: the
+        # default (to die) must not kill a worker the signal reaches too.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # The listeners are the parent's sockets: systemd: ones included.
+        systemd.adopt(workers.passed_to_worker())
+        try:
+            payload = workers.read_frame(self.parent_fd)
+        except (OSError, ValueError):
+            payload = None
+        if payload is None:
+            raise SystemExit(
+                "--worker: no configuration from the parent on standard input "
+                "(--worker is for the parent of --workers N only)"
+            )
+        try:
+            config = workers.configuration(payload, self["listen"], self["smtp-relay"])
+        except ConfigError as e:
+            raise SystemExit(str(e)) from None
+        self["dropped_access"] = False  # the parent says so
+        self["mm7_config"] = config
 
     def worker_command(self, slot: int) -> list[str]:
         """How the parent starts worker ``slot``: ``twistd mm7`` with the
-        same configuration, logging JSON events to the parent."""
+        same command-line overrides, logging JSON events to the parent (its
+        configuration comes on its standard input)."""
         argv = [
             sys.executable,
             "-c",
@@ -134,8 +166,6 @@ class Options(usage.Options):
             "mm7",
             f"--worker={slot}",
         ]
-        if self["config"]:
-            argv.append(f"--config={os.path.abspath(self['config'])}")
         argv += [f"--listen={endpoint}" for endpoint in self["listen"]]
         if self["smtp-relay"]:
             argv.append(f"--smtp-relay={self['smtp-relay']}")
@@ -272,9 +302,11 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     if config.workers > 1:
-        workers.Supervisor(config, reactor, options.worker_command).setServiceParent(
-            wrapper
-        )
+        try:
+            _check_maildir(config, options)
+        except ConfigError as e:
+            raise SystemExit(str(e)) from None
+        supervisor(options, reactor).setServiceParent(wrapper)
         return wrapper
     # The process serves MM7 (a worker, or alone): while a thread works on a
     # large request (mm7tx.offload), the reactor thread gets the interpreter
@@ -283,28 +315,77 @@ def makeService(options: Options) -> IService:
     # makes for us: an application hosting mm7tx keeps its own setting.
     sys.setswitchinterval(SWITCH_INTERVAL)
     listen_via = None
-
-    def load() -> Config:
-        return load_config(options)
-
-    if options["worker"] is not None:
-        slot = int(options["worker"])
+    worker = options["worker"]
+    if worker is not None:
+        slot = int(worker)
         config = workers.worker_config(config, slot)
         listen_via = workers.adopting(reactor)
-        workers.ParentWatch(reactor).setServiceParent(wrapper)
 
-        def load() -> Config:
-            # The parent passed SIGHUP on: the same file, as this worker's.
-            return workers.worker_config(load_config(options), slot)
+        def reload(payload: bytes) -> None:
+            # What the parent accepted at a SIGHUP, as this worker's.
+            def load() -> Config:
+                accepted = workers.configuration(
+                    payload, options["listen"], options["smtp-relay"]
+                )
+                return workers.worker_config(accepted, slot)
+
+            built.reload_from(load)
+
+        workers.ParentWatch(reactor, received=reload).setServiceParent(wrapper)
 
     try:
         built = build_service(config, cast(IMM7Reactor, reactor), listen_via)
     except MaildirError as e:
         origin = "--smtp-relay" if options["smtp-relay"] else config.source
         raise SystemExit(f"{origin}: {e}") from None
-    built.reload_on_sighup(load)
+    if worker is None:
+        built.reload_on_sighup(lambda: load_config(options))
     built.setServiceParent(wrapper)
     return wrapper
+
+
+def supervisor(options: Options, reactor: object) -> workers.Supervisor:
+    """The parent of ``--workers N`` for ``options``: it gives its workers
+    the configuration read at start, then the one each good SIGHUP reads."""
+    return workers.Supervisor(
+        options["mm7_config"],
+        reactor,
+        options.worker_command,
+        options["mm7_accepted"],
+        lambda: accept(options),
+    )
+
+
+def accept(options: Options) -> tuple[Config, workers.Accepted]:
+    """What the parent of workers reads on SIGHUP: the ``--config`` file
+    (the configuration, and the text it was read from), with the command
+    line over it, its Maildir checked; a :class:`ConfigError` if not."""
+    accepted = _read(options["config"])
+    config = with_overrides(
+        accepted.load(), options["listen"], options["smtp-relay"], options["workers"]
+    )
+    _check_maildir(config, options)
+    return config, accepted
+
+
+def _read(path: str | None) -> workers.Accepted:
+    """The ``--config`` file's text (the embedded defaults without one)."""
+    if not path:
+        return workers.Accepted(EMBEDDED.source, None)
+    return workers.Accepted(path, read_text(path))
+
+
+def _check_maildir(config: Config, options: Options) -> None:
+    """A ``maildir:`` relay made and written into, as a worker would: a
+    :class:`ConfigError` if it cannot be (each worker would die at start)."""
+    endpoint = config.smtp.endpoint
+    if not endpoint.startswith("maildir:"):
+        return
+    try:
+        MaildirSender(endpoint[len("maildir:") :])
+    except MaildirError as e:
+        origin = "--smtp-relay" if options["smtp-relay"] else config.source
+        raise ConfigError(origin, 0, str(e)) from None
 
 
 def load_config(options: Options) -> Config:

@@ -16,12 +16,20 @@ own SMTP pool, limits and metrics, the latter served on a private UNIX
 socket that the parent reads to answer ``/metrics`` (every worker's
 samples with a ``worker`` label) and ``/readyz`` (ready when every worker
 is).  Workers log JSON events to the parent, which logs them as its own.
+
+Workers read no configuration file: the parent reads it (at start, and again
+on SIGHUP, when it checks it before anything changes) and writes the text it
+accepted on each worker's standard input (:func:`frame`), at the worker's
+start and after each good SIGHUP.  A worker started at any time, a
+replacement too, thus runs what the parent last accepted, never a file
+changed since; its listeners stay the ones the parent bound.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import signal
 import sys
@@ -41,7 +49,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import UNIXClientEndpoint, serverFromString
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ConnectError, ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
@@ -141,6 +149,104 @@ def systemd_names(listen: Sequence[str], first: int = FIRST_FD) -> tuple[str, st
     )
 
 
+# The configuration the parent accepted ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A configuration as the parent accepted it: the file's ``text`` as
+    read (None: the embedded defaults) and ``source``, its name in messages.
+    Relative paths in it resolve as in the parent: a worker has its folder."""
+
+    source: str
+    text: str | None
+
+    def load(self) -> Config:
+        from mm7tx.config import EMBEDDED, load
+
+        return EMBEDDED if self.text is None else load(self.text, self.source)
+
+
+def frame(payload: bytes) -> bytes:
+    """``payload`` as the parent writes it on a worker's standard input:
+    its length in decimal, a newline, then the bytes."""
+    return b"%d\n%s" % (len(payload), payload)
+
+
+def configuration_frame(bound: Accepted, accepted: Accepted) -> bytes:
+    """What a worker runs: ``accepted``, with the listeners of ``bound``
+    (the configuration the parent bound its sockets for)."""
+    payload = {"accepted": [accepted.source, accepted.text]}
+    if bound != accepted:
+        payload["bound"] = [bound.source, bound.text]
+    return frame(json.dumps(payload).encode("utf-8"))
+
+
+def configuration(
+    payload: bytes, listen: Sequence[str], smtp_relay: str | None
+) -> Config:
+    """The configuration a worker runs from a frame's ``payload``, with its
+    command line's ``--listen`` and ``--smtp-relay`` over it; a
+    :class:`~mm7tx.config.ConfigError` as for the file."""
+    from dataclasses import replace
+
+    from mm7tx.config import with_overrides
+
+    found = json.loads(payload)
+    accepted = Accepted(*found["accepted"])
+    config = with_overrides(accepted.load(), list(listen), smtp_relay, "1")
+    if "bound" not in found:
+        return config
+    bound = with_overrides(Accepted(*found["bound"]).load(), list(listen), None, "1")
+    # Listener i adopts the parent's socket i: the listeners it was bound for.
+    return replace(
+        config,
+        listen=bound.listen,
+        listen_origins=bound.listen_origins,
+        listen_access=bound.listen_access,
+    )
+
+
+class Frames:
+    """A worker's standard input as it comes: :meth:`feed` returns the
+    payloads of the frames it completes."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        found = []
+        while (end := self._buffer.find(b"\n")) >= 0:
+            size = int(self._buffer[:end])
+            if len(self._buffer) < end + 1 + size:
+                break
+            found.append(self._buffer[end + 1 : end + 1 + size])
+            self._buffer = self._buffer[end + 1 + size :]
+        return found
+
+
+def read_frame(fd: int) -> bytes | None:
+    """The next frame's payload on ``fd``, waiting for all of it and reading
+    no byte past it (the frames after it are the running worker's); None if
+    ``fd`` ends first (the parent is gone)."""
+    header = b""
+    while not header.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            return None
+        header += byte
+    size = int(header)
+    pieces: list[bytes] = []
+    while size:
+        piece = os.read(fd, min(size, 1 << 16))
+        if not piece:
+            return None
+        pieces.append(piece)
+        size -= len(piece)
+    return b"".join(pieces)
+
+
 # The worker: adopting --------------------------------------------------------
 
 
@@ -197,14 +303,22 @@ def worker_log_observer() -> ILogObserver:
 
 class ParentWatch(service.Service):
     """A worker's link to its parent: its standard input, which the parent
-    holds open and never writes.  When it closes (the parent is gone, even
-    killed with SIGKILL) the worker stops as on SIGTERM, draining.  SIGINT
-    (a terminal's Ctrl-C reaches the whole process group) is left to the
-    parent, which sends SIGTERM."""
+    holds open.  Each configuration the parent accepts on SIGHUP comes
+    there as a frame, whose payload goes to ``received``.  When it closes
+    (the parent is gone, even killed with SIGKILL) the worker stops as on
+    SIGTERM, draining.  SIGINT (a terminal's Ctrl-C reaches the whole
+    process group) is left to the parent, which sends SIGTERM."""
 
-    def __init__(self, reactor: Any, fd: int = 0) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        fd: int = 0,
+        received: Callable[[bytes], object] | None = None,
+    ) -> None:
         self.reactor = reactor
         self.fd = fd
+        self.received = received
+        self._frames = Frames()
 
     def startService(self) -> None:
         from twisted.internet.process import ProcessReader
@@ -214,7 +328,14 @@ class ParentWatch(service.Service):
         self._reader = ProcessReader(self.reactor, self, "parent", self.fd)
 
     def childDataReceived(self, name: str, data: bytes) -> None:
-        pass
+        for payload in self._frames.feed(data):
+            if self.received is None:
+                continue
+            try:
+                self.received(payload)
+            except Exception:
+                # Not the end of the link to the parent, as raising would be.
+                log.failure("Reloading what the parent passed on")
 
     def childConnectionLost(self, name: str, reason: Failure | None = None) -> None:
         if self.running:
@@ -233,6 +354,8 @@ class _Slot:
     started: float = 0.0
     backoff: float = BACKOFF
     restart: IDelayedCall | None = None
+    # Processes started in this slot: more than one, and it is a replacement.
+    spawned: int = 0
 
 
 def _how(reason: Failure) -> str:
@@ -329,10 +452,10 @@ class WorkerProtocol(protocol.ProcessProtocol):
 
 class WorkerPool(service.Service):
     """``count`` worker processes kept running: each spawned with
-    ``command(slot)`` and ``child_fds()``; one that dies is logged and
-    started again, no sooner than its backoff after its previous start.
-    Stopping sends each SIGTERM and waits for all to exit (SIGKILL after
-    ``stop_timeout``)."""
+    ``command(slot)`` and ``child_fds()``, and given ``hello()`` on its
+    standard input; one that dies is logged and started again, no sooner
+    than its backoff after its previous start.  Stopping sends each SIGTERM
+    and waits for all to exit (SIGKILL after ``stop_timeout``)."""
 
     def __init__(
         self,
@@ -343,6 +466,7 @@ class WorkerPool(service.Service):
         stop_timeout: float,
         env: Mapping[str, str] | None = None,
         before_start: Callable[[int], None] | None = None,
+        hello: Callable[[], bytes] | None = None,
     ) -> None:
         self.reactor = reactor
         self.count = count
@@ -351,6 +475,7 @@ class WorkerPool(service.Service):
         self.stop_timeout = stop_timeout
         self.env = dict(os.environ if env is None else env)
         self.before_start = before_start
+        self.hello = hello
         self.slots = [_Slot(n) for n in range(1, count + 1)]
         self.restarts = 0
         self._stopping = False
@@ -402,6 +527,9 @@ class WorkerPool(service.Service):
                 slot.restart = self.reactor.callLater(delay, self._spawn, slot)
             return
         slot.pid = slot.process.pid
+        slot.spawned += 1
+        if self.hello is not None:
+            slot.process.writeToChild(0, self.hello())
 
     def ended(self, slot: _Slot, reason: Failure) -> None:
         pid = slot.pid
@@ -441,6 +569,12 @@ class WorkerPool(service.Service):
                 # OSError: it just exited, and its end is on the way.
                 with contextlib.suppress(OSError):
                     slot.process.signalProcess(signame)
+
+    def tell_all(self, data: bytes) -> None:
+        """Write ``data`` on every running worker's standard input."""
+        for slot in self.slots:
+            if slot.process is not None:
+                slot.process.writeToChild(0, data)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
@@ -493,6 +627,7 @@ class WorkersMonitor:
     def __init__(self, reactor: Any, pool: WorkerPool, socket: Callable[[int], str]):
         self.reactor = reactor
         self.pool = pool
+        self.socket = socket
         from mm7tx.client import QuietConnectionPool
 
         self.agent = Agent.usingEndpointFactory(
@@ -578,10 +713,19 @@ class WorkersMonitor:
         return generate_latest(registry) + generate_latest(self.registry)
 
     async def _readiness(self, slot: _Slot) -> str | None:
+        being_replaced = f"worker {slot.number} is not running (being restarted)"
         if slot.process is None:
-            return f"worker {slot.number} is not running (being restarted)"
+            return being_replaced
         try:
             code, body = await self._ask(slot.number, "/readyz")
+        except ConnectError as e:
+            # The parent removes a worker's socket before starting it: none
+            # yet, and the worker is still starting.
+            if os.path.exists(self.socket(slot.number)):
+                return f"worker {slot.number} does not answer: {e}"
+            if slot.spawned > 1:
+                return being_replaced
+            return f"worker {slot.number} is starting"
         except Exception as e:
             return f"worker {slot.number} does not answer: {e}"
         if code != 200:
@@ -667,19 +811,28 @@ def metrics_socket(folder: str, slot: int) -> str:
 class Supervisor(service.MultiService):
     """The parent of ``--workers N``: binds every listener of ``config``
     (in ``privilegedStartService``, as a single process would), runs the
-    :class:`WorkerPool` with ``command(slot)``, passes SIGHUP on to every
-    worker, and serves the workers' metrics and health on
-    ``metrics_listen``.  Stopping closes the parent's copies of the
-    listening sockets, drains every worker (SIGTERM), then stops."""
+    :class:`WorkerPool` with ``command(slot)``, gives each worker the
+    configuration it accepted (``accepted``: at start, then what ``load``
+    returns at each SIGHUP that loads cleanly), and serves the workers'
+    metrics and health on ``metrics_listen``.  Stopping closes the
+    parent's copies of the listening sockets, drains every worker
+    (SIGTERM), then stops."""
 
     def __init__(
-        self, config: Any, reactor: Any, command: Callable[[int], Sequence[str]]
+        self,
+        config: Config,
+        reactor: Any,
+        command: Callable[[int], Sequence[str]],
+        accepted: Accepted | None = None,
+        load: Callable[[], tuple[Config, Accepted]] | None = None,
     ) -> None:
-        from mm7tx.service import CLOSE_GRACE
-
         super().__init__()
         self.config = config
         self.reactor = reactor
+        # The configuration the listeners were bound for, and the one the
+        # workers run.
+        self.bound = self.accepted = accepted or Accepted(config.source, None)
+        self.load = load
         self.ports: list[IListeningPort] = []
         self.folder: str | None = None
         env = {
@@ -693,15 +846,19 @@ class Supervisor(service.MultiService):
             config.workers,
             command,
             self._child_fds,
-            # A worker drains, then takes up to CLOSE_GRACE to close.
-            stop_timeout=config.drain_timeout + CLOSE_GRACE + 5,
+            stop_timeout=_stop_timeout(config),
             env=env,
             before_start=self._before_start,
+            hello=self.frame,
         )
         self.pool.setServiceParent(self)
         self.monitor: WorkersMonitor | None = None
         self._monitor_port: IListeningPort | None = None
         self._previous_hup: Any = None
+
+    def frame(self) -> bytes:
+        """What a worker is given at its start: the configuration accepted."""
+        return configuration_frame(self.bound, self.accepted)
 
     def _child_fds(self) -> dict[int, int | str]:
         fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
@@ -744,16 +901,44 @@ class Supervisor(service.MultiService):
             self._start_monitor(self.monitor)
 
     def _sighup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.forward, "HUP")
+        self.reactor.callFromThread(self.reload)
 
-    def forward(self, signame: str) -> None:
-        """Pass ``signame`` on to every worker."""
+    def reload(self) -> bool:
+        """SIGHUP: the file read again (``load``) and, if it loads cleanly,
+        passed on to every worker, and to every worker started from now on;
+        a mistake in it is logged and changes nothing.  Whether it was."""
+        from mm7tx.config import ConfigError
+        from mm7tx.service import _listener_changes
+
+        if self.load is None:
+            return False
+        try:
+            config, accepted = self.load()
+        except ConfigError as e:
+            log.error(
+                "Not reloading, the running configuration is kept: {error}",
+                error=str(e),
+            )
+            return False
+        changed = _listener_changes(self.config, config)
+        if config.workers != self.config.workers:
+            changed.append(f"workers ({self.config.workers} -> {config.workers})")
+        if changed:
+            log.warn(
+                "Reloading {source}: {changed} changed, which takes a restart; "
+                "the running listeners are kept",
+                source=config.source,
+                changed=" and ".join(changed),
+            )
+        self.accepted = accepted
+        self.pool.stop_timeout = _stop_timeout(config)
         log.info(
-            "SIG{signal}: passing it on to {count} workers",
-            signal=signame,
+            "SIGHUP: passing {source} on to {count} workers",
+            source=config.source,
             count=self.pool.running_count,
         )
-        self.pool.signal_all(signame)
+        self.pool.tell_all(self.frame())
+        return True
 
     def _start_monitor(self, monitor: WorkersMonitor) -> None:
         from mm7tx.service import _MonitorSite
@@ -795,6 +980,14 @@ class Supervisor(service.MultiService):
         if self._previous_hup is not None:
             signal.signal(signal.SIGHUP, self._previous_hup)
         return defer.ensureDeferred(self._stop())
+
+
+def _stop_timeout(config: Config) -> float:
+    """How long the parent's stop waits for its workers before SIGKILL."""
+    from mm7tx.service import CLOSE_GRACE
+
+    # A worker drains, then takes up to CLOSE_GRACE to close.
+    return config.drain_timeout + CLOSE_GRACE + 5
 
 
 # The worker ------------------------------------------------------------------

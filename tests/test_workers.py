@@ -4,6 +4,7 @@ parent's metrics, and one run of the real ``twistd mm7 --workers 2``."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -31,10 +32,12 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from mm7tx import codec, tap, workers
+from mm7tx import messages as m
 from mm7tx.config import Config, ConfigError, check_shared, load
 from mm7tx.metrics import Metrics
 from tests.processes import TWISTD, free_port, wait_for_port, wait_until
 from tests.test_drain import deliver
+from tests.test_reload import SUBMIT
 
 BASE = """
 mm7_serv {
@@ -79,11 +82,24 @@ def test_the_command_line_wins_over_the_file(tmp_path: Path) -> None:
     )
 
 
-def test_a_worker_runs_as_one_process_whatever_the_file_says(tmp_path: Path) -> None:
-    path = tmp_path / "mm7tx.conf"
-    path.write_text(BASE % "workers = 4")
+def _worker(text: str | None, *argv: str) -> tap.Options:
+    """A worker's options, given ``text`` (None: the embedded defaults) by
+    its parent on its standard input."""
+    accepted = workers.Accepted("mm7tx.conf", text)
+    read, write = os.pipe()
+    os.write(write, workers.configuration_frame(accepted, accepted))
+    os.close(write)
     parsed = tap.Options()
-    parsed.parseOptions(["--config", str(path), "--worker", "2"])
+    parsed.parent_fd = read
+    try:
+        parsed.parseOptions(list(argv))
+    finally:
+        os.close(read)
+    return parsed
+
+
+def test_a_worker_runs_as_one_process_whatever_the_file_says() -> None:
+    parsed = _worker(BASE % "workers = 4", "--worker", "2")
     assert parsed["mm7_config"].workers == 1
 
 
@@ -132,9 +148,14 @@ class FakeProcess:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.signals: list[str] = []
+        self.stdin = b""
 
     def signalProcess(self, signame: str) -> None:
         self.signals.append(signame)
+
+    def writeToChild(self, childFD: int, data: bytes) -> None:
+        assert childFD == 0
+        self.stdin += data
 
 
 class ProcessReactor(Clock):
@@ -496,6 +517,256 @@ def test_more_workers_make_a_supervisor() -> None:
     ]
 
 
+def test_the_internal_worker_option_is_parsed_but_not_shown() -> None:
+    usage = str(tap.Options())
+    assert "--workers=" in usage
+    assert "--worker=" not in usage and "Internal" not in usage
+    assert "worker=" in tap.Options().longOpt
+
+
+# The configuration the parent accepted ----------------------------------------
+
+ACCOUNTS = 'VASP "vasp1" { password = "secret1" }\n'
+VASP2 = 'VASP "vasp2" { password = "secret2" }\n'
+
+
+def _accounts(process: FakeProcess) -> list[list[str]]:
+    """The VASP accounts of each configuration the parent wrote on a
+    worker's standard input, as the worker reads them."""
+    frames = workers.Frames().feed(process.stdin)
+    return [
+        sorted(v.name for v in workers.configuration(frame, [], None).vasps)
+        for frame in frames
+    ]
+
+
+def _parent(tmp_path: Path, reactor: ProcessReactor, text: str) -> Any:
+    path = tmp_path / "mm7tx.conf"
+    path.write_text(text)
+    options = _options(
+        "--config", str(path), "--smtp-relay", f"maildir:{tmp_path / 'M'}"
+    )
+    supervisor = tap.supervisor(options, reactor)
+    supervisor.pool.startService()
+    return supervisor, path
+
+
+def test_every_worker_runs_the_configuration_the_parent_accepted(
+    tmp_path: Path,
+) -> None:
+    reactor = ProcessReactor()
+    accepted = BASE % "workers = 2" + ACCOUNTS
+    supervisor, path = _parent(tmp_path, reactor, accepted)
+    command = supervisor.pool.command(1)
+    assert not any(arg.startswith("--config") for arg in command)  # no file
+    assert [_accounts(p) for *_, p in reactor.spawned] == [[["vasp1"]], [["vasp1"]]]
+
+    # A VASP appended without SIGHUP, then a worker killed: its replacement
+    # runs what the parent accepted, as the other worker does.
+    path.write_text(accepted + VASP2)
+    reactor.advance(workers.STEADY)
+    reactor.end(0, ProcessTerminated(signal=9))
+    reactor.advance(0)
+    assert _accounts(reactor.spawned[2][3]) == [["vasp1"]]
+
+    # A typo, then a worker killed, then SIGHUP: the replacement starts (no
+    # crash loop), the reload says why and passes nothing on.
+    path.write_text(accepted + "nonsense { }\n")
+    reactor.end(1, ProcessTerminated(signal=9))
+    reactor.advance(0)
+    assert _accounts(reactor.spawned[3][3]) == [["vasp1"]]
+    with capturedLogs() as events:
+        assert not supervisor.reload()
+    assert messages(events) == [
+        f"Not reloading, the running configuration is kept: {path}, line 9: "
+        "unknown scope 'nonsense'"
+    ]
+    assert _accounts(reactor.spawned[2][3]) == [["vasp1"]]
+
+    # A good SIGHUP: every running worker is given the new file, and so is
+    # a later replacement, the new file alone.
+    path.write_text(accepted + VASP2)
+    with capturedLogs() as events:
+        assert supervisor.reload()
+    assert messages(events) == [f"SIGHUP: passing {path} on to 2 workers"]
+    for index in (2, 3):
+        assert _accounts(reactor.spawned[index][3]) == [
+            ["vasp1"],
+            ["vasp1", "vasp2"],
+        ]
+    path.unlink()  # nothing reads the file but the parent, at SIGHUP
+    reactor.advance(workers.STEADY)
+    reactor.end(2, ProcessTerminated(signal=9))
+    reactor.advance(0)
+    assert _accounts(reactor.spawned[4][3]) == [["vasp1", "vasp2"]]
+
+
+def test_a_worker_keeps_the_listeners_its_parent_bound(tmp_path: Path) -> None:
+    reactor = ProcessReactor()
+    listening = 'HTTP_Listener { Listen "tcp:1111" { always_allow = ("10.0.0.1") } }'
+    supervisor, path = _parent(
+        tmp_path, reactor, listening + BASE % "workers = 2" + ACCOUNTS
+    )
+    moved = listening.replace("1111", "2222").replace("10.0.0.1", "10.0.0.2")
+    path.write_text(moved + BASE % "workers = 3" + ACCOUNTS + VASP2)
+    with capturedLogs() as events:
+        assert supervisor.reload()
+    assert messages(events)[0] == (
+        f"Reloading {path}: Listen (tcp:1111 -> tcp:2222) and "
+        "always_allow/always_deny and workers (2 -> 3) changed, which takes a "
+        "restart; the running listeners are kept"
+    )
+    reactor.advance(workers.STEADY)
+    reactor.end(0, ProcessTerminated(signal=9))
+    reactor.advance(0)
+    (frame,) = workers.Frames().feed(reactor.spawned[2][3].stdin)
+    config = workers.configuration(frame, [], None)
+    assert config.listen == ("tcp:1111",)
+    assert [str(n) for n in config.listen_access[0].allow] == ["10.0.0.1/32"]
+    assert [v.name for v in config.vasps] == ["vasp1", "vasp2"]
+    # The command line's overrides apply over it, as over the file.
+    config = workers.configuration(frame, ["tcp:0"], "maildir:elsewhere")
+    assert config.listen == ("tcp:0",) and config.smtp.endpoint == "maildir:elsewhere"
+    assert config.workers == 1
+
+
+def test_a_maildir_that_cannot_be_written_is_not_passed_on(tmp_path: Path) -> None:
+    reactor = ProcessReactor()
+    (tmp_path / "file").write_text("")
+    accepted = BASE % f'smtp_relay = "maildir:{tmp_path / "M"}"\n workers = 2'
+    path = tmp_path / "mm7tx.conf"
+    path.write_text(accepted)
+    supervisor = tap.supervisor(_options("--config", str(path)), reactor)
+    supervisor.pool.startService()
+    path.write_text(accepted.replace(str(tmp_path / "M"), str(tmp_path / "file")))
+    with capturedLogs() as events:
+        assert not supervisor.reload()
+    assert messages(events) == [
+        f"Not reloading, the running configuration is kept: {path}: cannot "
+        f"deliver into the Maildir {tmp_path / 'file'}: Not a directory"
+    ]
+    assert all(len(workers.Frames().feed(p.stdin)) == 1 for *_, p in reactor.spawned)
+
+
+def test_frames_are_read_whole_one_at_a_time(tmp_path: Path) -> None:
+    first, second = workers.frame(b"one"), workers.frame(b"x" * 100_000)
+    reader = workers.Frames()
+    whole = first + second
+    found = [
+        f for at in range(0, len(whole), 7) for f in reader.feed(whole[at : at + 7])
+    ]
+    assert found == [b"one", b"x" * 100_000]
+    # At a worker's start, from its standard input: no byte past the first.
+    read, write = os.pipe()
+    try:
+        os.write(write, first + second[:10])
+        assert workers.read_frame(read) == b"one"
+        os.write(write, second[10:60000])
+        waited: list[bytes | None] = []
+        reading = threading.Thread(
+            target=lambda: waited.append(workers.read_frame(read))
+        )
+        reading.start()
+        os.write(write, second[60000:])
+        reading.join(5)
+        assert waited == [b"x" * 100_000]
+        os.close(write)
+        assert workers.read_frame(read) is None  # the parent is gone
+    finally:
+        os.close(read)
+        with contextlib.suppress(OSError):
+            os.close(write)
+
+
+def test_a_worker_reads_its_configuration_from_its_parent(tmp_path: Path) -> None:
+    path = tmp_path / "mm7tx.conf"
+    path.write_text(BASE % "workers = 4" + ACCOUNTS)
+    options = _options("--config", str(path))
+    read, write = os.pipe()
+    os.write(write, tap.supervisor(options, ProcessReactor()).frame())
+    os.close(write)
+    path.unlink()  # a worker reads no file
+    worker = tap.Options()
+    worker.parent_fd = read
+    try:
+        worker.parseOptions(["--worker=2", "--listen=tcp:0"])
+    finally:
+        os.close(read)
+    config = worker["mm7_config"]
+    assert config.workers == 1 and config.listen == ("tcp:0",)
+    assert config.source == str(path) and [v.name for v in config.vasps] == ["vasp1"]
+    # No frame (the parent is gone, or the worker was started by hand).
+    read, write = os.pipe()
+    os.close(write)
+    worker = tap.Options()
+    worker.parent_fd = read
+    try:
+        with pytest.raises(SystemExit) as caught:
+            worker.parseOptions(["--worker=1"])
+    finally:
+        os.close(read)
+    assert str(caught.value) == (
+        "--worker: no configuration from the parent on standard input "
+        "(--worker is for the parent of --workers N only)"
+    )
+
+
+def test_a_running_worker_reloads_what_its_parent_passes_on() -> None:
+    reactor = Clock()
+    received: list[bytes] = []
+    watch = workers.ParentWatch(reactor, received=received.append)
+    watch.running = True
+    data = workers.frame(b"first") + workers.frame(b"second")
+    watch.childDataReceived("parent", data[:5])
+    watch.childDataReceived("parent", data[5:])
+    assert received == [b"first", b"second"]
+
+    # One that cannot be reloaded is logged; the link to the parent stays.
+    def reload(payload: bytes) -> None:
+        received.append(payload)
+        workers.configuration(payload, [], None)
+
+    watch.received = reload
+    with capturedLogs() as events:
+        watch.childDataReceived("parent", workers.frame(b"{") + workers.frame(b"3"))
+    assert received[2:] == [b"{", b"3"]
+    assert messages(events) == ["Reloading what the parent passed on"] * 2
+
+
+def test_readyz_says_a_worker_is_being_replaced_while_it_starts(
+    tmp_path: Path,
+) -> None:
+    from twisted.internet.error import ConnectError
+
+    reactor = ProcessReactor()
+    started = pool(reactor)
+    sockets = {n: tmp_path / f"{n}.sock" for n in (1, 2)}
+    sockets[2].write_text("")  # worker 2 serves; worker 1 is not there yet
+    monitor = workers.WorkersMonitor(reactor, started, lambda n: str(sockets[n]))
+
+    class Agent:
+        def request(self, method: bytes, uri: bytes) -> Any:
+            if b"worker-1" in uri:
+                return defer.fail(ConnectError(string="2: No such file or directory"))
+            return defer.succeed(_Body(200, b"ready\n"))
+
+    monitor.agent = Agent()  # type: ignore[assignment]
+
+    def problem() -> Any:
+        return defer.ensureDeferred(monitor.problem()).result  # type: ignore[attr-defined]
+
+    assert problem() == "worker 1 is starting"  # its first start
+    reactor.advance(workers.STEADY)
+    reactor.end(0, ProcessTerminated(signal=9))
+    assert problem() == "worker 1 is not running (being restarted)"
+    reactor.advance(0)  # its replacement is there, its socket not yet
+    assert started.running_count == 2
+    assert problem() == "worker 1 is not running (being restarted)"
+    # A worker that is there and does not answer is still said to.
+    sockets[1].write_text("")
+    assert problem().startswith("worker 1 does not answer: ")
+
+
 # The real twistd -------------------------------------------------------------
 
 
@@ -509,10 +780,10 @@ def sighup() -> Any:
     signal.signal(signal.SIGHUP, previous)
 
 
-def test_a_worker_ignores_sighup_until_its_service_takes_it() -> None:
+def test_a_worker_ignores_sighup_which_is_its_parent_s() -> None:
     _options("--listen", "tcp:0")
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
-    _options("--listen", "tcp:0", "--worker=1")
+    _worker(None, "--listen", "tcp:0", "--worker=1")
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
 
 
@@ -526,7 +797,8 @@ def _ignored(pid: int, signum: int) -> bool:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux /proc")
 def test_a_sighup_while_a_worker_starts_does_not_kill_it(tmp_path: Path) -> None:
-    """As its parent passes one on: a real worker, its listener at fd 3."""
+    """As its parent's could: a real worker, its listener at fd 3, signalled
+    before it has its configuration (its parent's, on standard input)."""
     import socket
 
     listener = socket.create_server(("127.0.0.1", 0))
@@ -558,6 +830,10 @@ def test_a_sighup_while_a_worker_starts_does_not_kill_it(tmp_path: Path) -> None
             interval=0.001,
         )
         process.send_signal(signal.SIGHUP)
+        assert process.stdin is not None
+        embedded = workers.Accepted("embedded defaults", None)
+        process.stdin.write(workers.configuration_frame(embedded, embedded))
+        process.stdin.flush()
         assert wait_for_port(port, process)
         assert _post(port, uuid.uuid4().hex) == "1000"
         assert process.poll() is None
@@ -694,3 +970,151 @@ def test_twistd_with_two_workers(tmp_path: Path) -> None:
     for pid in pids[1:]:  # the workers are gone with their parent
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def _submit(port: int, account: str, password: str) -> str:
+    """One SubmitReq from ``account`` on a connection of its own: its MM7
+    status, ``401`` for refused credentials, or the error."""
+    import base64
+
+    content_type, body = codec.encode(m.Envelope(uuid.uuid4().hex, SUBMIT))
+    credentials = base64.b64encode(f"{account}:{password}".encode()).decode()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(
+            "POST",
+            "/mm7/",
+            body,
+            {"Content-Type": content_type, "Authorization": f"Basic {credentials}"},
+        )
+        reply = connection.getresponse()
+        data = reply.read()
+        if reply.status == 401:
+            return "401"
+        envelope = codec.decode(reply.getheader("content-type"), data)
+        return str(envelope.message.status.code)  # type: ignore[union-attr]
+    except (OSError, http.client.HTTPException) as e:
+        return f"error {type(e).__name__}"
+    finally:
+        connection.close()
+
+
+def _submits(port: int, account: str, password: str, count: int = 12) -> Counter[str]:
+    with ThreadPoolExecutor(6) as pool:
+        return Counter(
+            pool.map(lambda _: _submit(port, account, password), range(count))
+        )
+
+
+class _Running:
+    """``twistd mm7`` with two workers on ``config``, its log in ``log``."""
+
+    def __init__(self, tmp_path: Path, accounts: str) -> None:
+        self.port, self.metrics = free_port(), free_port()
+        self.config = tmp_path / "mm7tx.conf"
+        self.text = (
+            BASE
+            % (
+                'mm7_mmsc_uri_paths = ("/mm7/")\n  workers = 2\n'
+                f'  smtp_relay = "maildir:{tmp_path / "Maildir"}"\n'
+                f'  metrics_listen = "tcp:{self.metrics}:interface=127.0.0.1"'
+            )
+            + accounts
+        )
+        self.config.write_text(self.text)
+        self.log = tmp_path / "log"
+        with open(self.log, "wb") as log_file:
+            self.process = subprocess.Popen(
+                [
+                    TWISTD,
+                    *("-n", "--pidfile=", "mm7", "--config", str(self.config)),
+                    f"--listen=tcp:{self.port}:interface=127.0.0.1",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+            )
+
+    def ready(self) -> bool:
+        return wait_until(lambda: self._ready() == (200, "ready\n"))
+
+    def _ready(self) -> tuple[int, str]:
+        try:
+            return _get(self.metrics, "/readyz")
+        except OSError as e:
+            return 0, str(e)
+
+    def pids(self) -> list[int]:
+        found = re.findall(r"Started 2 workers: pids (\d+) (\d+)", self.log.read_text())
+        return [int(pid) for pid in found[0]]
+
+    def replace(self, slot: int) -> set[tuple[int, str]]:
+        """Kill worker ``slot``; what ``/readyz`` said until it is ready again."""
+        pid = self.pids()[slot - 1]
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(
+            lambda: f"Worker {slot} (pid {pid}) died" in self.log.read_text()
+        )
+        said: set[tuple[int, str]] = set()
+
+        def ready() -> bool:
+            said.add(self._ready())
+            return (200, "ready\n") in said
+
+        assert wait_until(ready, interval=0.01)
+        return said - {(200, "ready\n")}
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def test_twistd_a_replacement_worker_runs_the_accepted_configuration(
+    tmp_path: Path,
+) -> None:
+    """A VASP appended to the file without SIGHUP, a worker killed: its
+    replacement refuses that VASP as the other worker does, until SIGHUP."""
+    running = _Running(tmp_path, ACCOUNTS)
+    try:
+        assert running.ready()
+        running.config.write_text(running.text + VASP2)
+        being_replaced = (503, "worker 1 is not running (being restarted)\n")
+        assert running.replace(1) <= {being_replaced}
+        assert _submits(running.port, "vasp2", "secret2") == {"401": 12}
+        assert _submits(running.port, "vasp1", "secret1") == {"1000": 12}
+        running.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: running.log.read_text().count("Reloaded ") == 2)
+        assert _submits(running.port, "vasp2", "secret2") == {"1000": 12}
+    finally:
+        running.stop()
+    log = running.log.read_text()
+    assert f"SIGHUP: passing {running.config} on to 2 workers" in log
+    assert "does not answer" not in log
+
+
+def test_twistd_a_typo_on_disk_reaches_no_worker(tmp_path: Path) -> None:
+    """A typo left in the file, a worker killed: its replacement starts on
+    the accepted configuration (no crash loop); SIGHUP says why once."""
+    running = _Running(tmp_path, ACCOUNTS)
+    try:
+        assert running.ready()
+        running.config.write_text(running.text + "nonsense = 1\n")
+        assert running.replace(2) <= {
+            (503, "worker 2 is not running (being restarted)\n")
+        }
+        assert _submits(running.port, "vasp1", "secret1") == {"1000": 12}
+        running.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "Not reloading" in running.log.read_text())
+        assert _submits(running.port, "vasp1", "secret1") == {"1000": 12}
+        assert running.process.poll() is None
+    finally:
+        running.stop()
+    log = running.log.read_text()
+    assert log.count(" died: ") == 1
+    assert log.count("Not reloading, the running configuration is kept: ") == 1
+    assert f"{running.config}, line 12: unknown top-level option 'nonsense'" in log
