@@ -85,6 +85,8 @@ class MM7Resource(Resource):
     ``X-Forwarded-For`` names the peer only when sent by one of
     ``trusted_proxies``.  With an ``offload`` (:mod:`mm7tx.offload`), a
     body over ``OFFLOAD_SIZE`` is decoded there, off the reactor thread.
+    ``log_addresses`` (``masked``, ``full``, ``none``) says how the log
+    event shows the request's sender and recipients.
     """
 
     isLeaf = True
@@ -104,6 +106,7 @@ class MM7Resource(Resource):
         trusted_proxies: tuple[Network, ...] = (),
         metrics: Metrics | None = None,
         offload: Offload | None = None,
+        log_addresses: str = "masked",
     ) -> None:
         super().__init__()
         self.processor = processor
@@ -118,6 +121,8 @@ class MM7Resource(Resource):
         self.trusted_proxies = trusted_proxies
         self.metrics = metrics
         self.offload = offload
+        # mm7_log_addresses: how the transaction event shows addresses.
+        self.log_addresses = log_addresses
         self._meters: WeakKeyDictionary[Request, _Meter] = WeakKeyDictionary()
 
     def render(self, request: Request) -> bytes | int:
@@ -502,6 +507,7 @@ class MM7Resource(Resource):
         # For the log, taken now: the closures below must not keep the
         # request alive until the answer.
         named = getattr(message, "message_id", None)
+        addresses = logs.logged_addresses(message, self.log_addresses)
 
         def outcome(
             status: m.Status, prefix: str = "", response: m.Response | None = None
@@ -520,6 +526,7 @@ class MM7Resource(Resource):
                 message_id=getattr(response, "message_id", None) or named,
                 relay_reply=transaction.outcome.relay_reply,
                 answered=not gone,
+                **addresses,
             )
 
         entry = DISPATCH.get(type(message))

@@ -141,6 +141,7 @@ def build_resources(
             trusted_proxies=config.trusted_proxies,
             metrics=metrics,
             offload=offload,
+            log_addresses=config.log_addresses,
         )
     if config.mmsc_paths:
         portal = portal_for(config.vasps, reactor, scrypt=scrypt)
@@ -169,6 +170,7 @@ def build_resources(
                 config.trusted_proxies,
                 metrics,
                 offload,
+                log_addresses=config.log_addresses,
             )
     return resources
 
