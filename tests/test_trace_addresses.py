@@ -8,11 +8,13 @@ event has them too, masked by default (``mm7_log_addresses``)."""
 from __future__ import annotations
 
 import json
+import re
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import Logger, capturedLogs, formatEvent
 
 from mm7tx import logs
 from mm7tx import messages as m
@@ -307,3 +309,50 @@ def test_another_log_addresses_value_is_refused_with_its_line(value):
     assert str(caught.value).startswith(
         "gw.conf, line 8: mm7_log_addresses must be masked, full or none"
     )
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+README_MARK = "<!-- tests/test_trace_addresses.py checks these lines -->"
+
+
+def test_the_readmes_log_lines_are_what_mm7tx_logs():
+    """The README's example lines (one log line may wrap over several)."""
+    text = README.read_text(encoding="utf-8")
+    found = re.search(re.escape(README_MARK) + r"\n\n((?:    .*\n)+)", text)
+    assert found, f"README.md has no indented block after {README_MARK}"
+    shown = " ".join(line.strip() for line in found.group(1).splitlines())
+    deliver = m.DeliverReq(
+        sender=m.Address("+1 555 123-4567"),
+        recipients=m.Recipients(
+            to=(m.Address("7255", "ShortCode"),),
+            cc=(m.Address("jane.doe@example.com", "RFC2822Address"),),
+            bcc=(m.Address("+19998887777"),),
+        ),
+    )
+    with capturedLogs() as events:
+        log = Logger(namespace="mm7tx.resource")
+        logs.log_transaction(
+            log,
+            path="/vasp/",
+            peer="192.0.2.1",
+            status=1000,
+            status_text="Success",
+            ms=3.8,
+            request_bytes=1,
+            operation="DeliverReq",
+            transaction_id="tx-1",
+            account="mmsc1",
+            relay_reply="250 2.0.0 Ok: queued as 4F3A2B01",
+            **logs.logged_addresses(deliver, "masked"),
+        )
+        logs.log_transaction(
+            log,
+            path="/mm7/",
+            peer="192.0.2.1",
+            status=4001,
+            status_text="no valid VASP credentials",
+            ms=0.1,
+            request_bytes=1,
+            fault=True,
+        )
+    assert shown == " ".join(formatEvent(e) for e in events)
