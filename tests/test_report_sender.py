@@ -52,8 +52,8 @@ SUBMIT = m.SubmitReq(
 )
 
 
-def gateway(option: str = "") -> MemoryGateway:
-    return MemoryGateway(CONFIG % option)
+def gateway(option: str = "", pipelining: bool = True) -> MemoryGateway:
+    return MemoryGateway(CONFIG % option, pipelining=pipelining)
 
 
 def report(gw: MemoryGateway, request: Any) -> None:
@@ -65,9 +65,12 @@ def report(gw: MemoryGateway, request: Any) -> None:
     assert code == 1000
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
 @pytest.mark.parametrize("request_", [REPORT, READ_REPLY], ids=["dr", "rr"])
-def test_a_report_goes_from_the_null_sender_and_says_it_is_auto_replied(request_):
-    gw = gateway()
+def test_a_report_goes_from_the_null_sender_and_says_it_is_auto_replied(
+    request_, pipelining
+):
+    gw = gateway(pipelining=pipelining)
     report(gw, request_)
     [mail] = gw.relay.accepted
     assert mail.sender == ""  # MAIL FROM:<>
