@@ -26,6 +26,7 @@ from mm7tx.auth import Account, ListenAccess, Network, network
 from mm7tx.client import DEFAULT_MAX_ANSWER_SIZE, url_credentials
 from mm7tx.codec.soap import XMLLimits
 from mm7tx.limits import DEFAULT_LOGIN_LOCKOUT, DEFAULT_MAX_FAILED_LOGINS
+from mm7tx.logs import LOG_ADDRESSES
 from mm7tx.messages import DEFAULT_MM7_VERSION
 from mm7tx.processors import AddressRules
 from mm7tx.senders import SMTPSettings
@@ -218,6 +219,8 @@ class Config:
     keep_smil: bool = False
     # Twisted's access line per request beside the transaction event.
     access_log: bool = False
+    # How the transaction event shows addresses: masked, full or none.
+    log_addresses: str = "masked"
     source: str = "embedded defaults"
 
     def processor_for(self, path: str) -> str | None:
@@ -400,6 +403,11 @@ def check_relay(description: str) -> str:
 
 
 # One declaration per option ------------------------------------------------
+
+# mm7_report_mail_from: a mailbox with no space, bracket, quote or control
+# character, which no relay could misread in MAIL FROM.
+_NOT_IN_SENDER = r'\s<>@"(),;:\\\[\]\x00-\x1f\x7f-\x9f'
+_ENVELOPE_SENDER = re.compile(f"[^{_NOT_IN_SENDER}]+@[^{_NOT_IN_SENDER}]+")
 
 MM7_SERV, VASP, HTTP_LISTENER = "mm7_serv", "VASP", "HTTP_Listener"
 MMSC, LISTEN = "MMSC", "Listen"
@@ -587,6 +595,31 @@ class _Reader:
                 option, "delivery_report_url has a port that is not 0 to 65535"
             ) from None
         return url
+
+    def report_mail_from(self, option: Option) -> str:
+        """An envelope sender: one plain address (``<a@b>`` too), or empty
+        (``""`` or ``<>``) for the null sender."""
+        text = self.text(option).strip()
+        if text.startswith("<") and text.endswith(">"):
+            text = text[1:-1].strip()
+        if text and not (len(text) <= 254 and _ENVELOPE_SENDER.fullmatch(text)):
+            raise self.error(
+                option,
+                f"mm7_report_mail_from must be one address such as "
+                f'"bounces@example.com", or "" for the null sender <>, not '
+                f"{self.text(option)[:80]!r}",
+            )
+        return text
+
+    def log_addresses(self, option: Option) -> str:
+        text = self.text(option).strip().lower()
+        if text not in LOG_ADDRESSES:
+            raise self.error(
+                option,
+                f"mm7_log_addresses must be {', '.join(LOG_ADDRESSES[:-1])} or "
+                f"{LOG_ADDRESSES[-1]}, not {self.text(option)[:80]!r}",
+            )
+        return text
 
     def workers(self, option: Option) -> int:
         """``auto`` (one per core) or a whole number from 1."""
@@ -971,6 +1004,28 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "also log Twisted's combined access line per request (the transaction "
         "line, always logged, says as much)",
         default="false",
+    ),
+    OptionSpec(
+        "mm7_report_mail_from",
+        MM7_SERV,
+        R.report_mail_from,
+        "rules.report_mail_from",
+        "the envelope sender (`MAIL FROM`) of the mails that report on another "
+        "message (from a DeliveryReportReq or ReadReplyReq, marked "
+        "`Auto-Submitted: auto-replied`): empty, the null sender `<>`, so that "
+        "a bounce of one goes nowhere; an address for relays that refuse `<>`",
+        default='""',
+    ),
+    OptionSpec(
+        "mm7_log_addresses",
+        MM7_SERV,
+        R.log_addresses,
+        "config.log_addresses",
+        "the sender and recipients in the transaction log: `masked` (numbers "
+        "to their last four digits, `*******4567`; email addresses to the "
+        "first character of the local part, `j***@example.com`), `full` or "
+        "`none` (see Logs)",
+        default="masked",
     ),
     OptionSpec(
         "mm7_delivery_report_attempts",

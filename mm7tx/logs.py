@@ -18,7 +18,9 @@ import math
 import re
 import signal
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from email.utils import parseaddr
 from typing import IO, Any, cast
 
 from twisted.logger import FileLogObserver, Logger, formatEvent
@@ -41,6 +43,9 @@ TRANSACTION_FIELDS = (
     "peer",
     "relay_reply",
     "answered",
+    "sender",
+    "recipients",
+    "recipient_count",
 )
 # The text line; the fields named with a leading ``_`` are only for it
 # (:func:`event_as_json` leaves them out).  No format spec (``{ms:.1f}``):
@@ -72,20 +77,34 @@ def log_transaction(
     relay_reply: str | None = None,
     fault: bool = False,
     answered: bool = True,
+    sender: str | None = None,
+    recipients: Sequence[str] | None = None,
+    recipient_count: int | None = None,
 ) -> None:
     """Log the transaction event.  ``path`` is the configured path, never
     the request's (which may hold ``account=password``); ``operation`` is
     the request type (``DeliverReq``), ``None`` when refused before it was
     read; ``answered`` is false when the connection was gone.  What the
     peer chose (TransactionID, MessageID, status text) is cut to
-    :data:`MAX_FIELD` characters: a line is never a multiple of a request."""
+    :data:`MAX_FIELD` characters: a line is never a multiple of a request.
+    ``sender``, ``recipients`` and ``recipient_count`` are what
+    :func:`logged_addresses` makes of the request, ``None`` before it was
+    read."""
     transaction_id = _cut(transaction_id)
     message_id = _cut(message_id)
     status_text = _cut(status_text) or ""
+    to = ""
+    if recipients:
+        to = ", ".join(recipients)
+        more = (recipient_count or 0) - len(recipients)
+        if more > 0:
+            to += f" and {more} more"
     notes = [
         f"; {label} {value}"
         for label, value in (
             ("account", account),
+            ("sender", sender),
+            ("to", to),
             ("MessageID", message_id),
             ("relay", relay_reply),
         )
@@ -109,6 +128,9 @@ def log_transaction(
         peer=peer,
         relay_reply=relay_reply,
         answered=answered,
+        sender=sender,
+        recipients=list(recipients) if recipients is not None else None,
+        recipient_count=recipient_count,
         _what=" ".join(filter(None, (operation or "Request", transaction_id))),
         _fault="fault " if fault else "",
         _ms=f"{ms:.1f}",
@@ -125,6 +147,77 @@ def _cut(text: str | None) -> str | None:
     if text is None or len(text) <= MAX_FIELD:
         return text
     return f"{text[:MAX_FIELD]}… ({len(text)} characters)"
+
+
+# Addresses in the transaction event --------------------------------------------
+
+# ``mm7_log_addresses``: how the event shows the sender and the recipients.
+LOG_ADDRESSES = ("masked", "full", "none")
+# How many recipients the event names; ``recipient_count`` counts them all.
+LOGGED_RECIPIENTS = 5
+# Control characters and line separators: a value never adds a log line.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_DIGITS = re.compile("[0-9]")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(_CONTROLS.sub(" ", text).split())
+
+
+def mask_address(value: str) -> str:
+    """An MM7 address as ``mm7_log_addresses = masked`` logs it.
+
+    An email address (any value with an ``@``) keeps its domain and the
+    first character of its local part, ``j***@example.com``
+    (``***@example.com`` for a local part of one or two characters); any
+    other value (a Number, a ShortCode) keeps only its last four digits,
+    each other digit a ``*`` and nothing else (``+44 7700 900123`` →
+    ``********0123``; ``7255`` as it is), ``***`` if it has no digit."""
+    text = _one_line(value)
+    if "@" in text:
+        # (parseaddr only on a value that could be an address: RFC 5321
+        # allows 254 characters, and it is not linear on every input.)
+        address = parseaddr(text)[1] if len(text) <= 1024 else ""
+        local, _, domain = (address if "@" in address else text).rpartition("@")
+        head = local[0] if len(local) > 2 else ""
+        return _cut(f"{head}***@{domain}") or ""
+    digits = "".join(_DIGITS.findall(text))
+    if not digits:
+        return "***"
+    return _cut("*" * (len(digits) - 4) + digits[-4:]) or ""
+
+
+def _as_sent(value: str) -> str:
+    return _cut(_one_line(value)) or ""
+
+
+def logged_addresses(message: object, mode: str) -> dict[str, Any]:
+    """The ``sender``, ``recipients`` and ``recipient_count`` fields of the
+    event for an MM7 request, by ``mm7_log_addresses`` (``mode``).
+
+    The sender is the request's ``Sender`` or ``SenderAddress``; the
+    recipients its To and Cc (never Bcc), or a report's ``Recipient``: the
+    first :data:`LOGGED_RECIPIENTS`, each masked (``masked``), as sent
+    (``full``, one line, cut to :data:`MAX_FIELD`) or left out (``none``:
+    ``sender`` and ``recipients`` are ``None``); ``recipient_count`` counts
+    them all, whatever the mode."""
+    sender = getattr(message, "sender", None) or getattr(
+        message, "sender_address", None
+    )
+    listed = getattr(message, "recipients", None)
+    if listed is not None:
+        recipients = tuple(listed.to) + tuple(listed.cc)
+    else:
+        one = getattr(message, "recipient", None)
+        recipients = (one,) if one is not None else ()
+    if mode == "none":
+        return {"sender": None, "recipients": None, "recipient_count": len(recipients)}
+    show = mask_address if mode == "masked" else _as_sent
+    return {
+        "sender": show(sender.value) if sender is not None else None,
+        "recipients": [show(a.value) for a in recipients[:LOGGED_RECIPIENTS]],
+        "recipient_count": len(recipients),
+    }
 
 
 # Keys of twisted.python.log (legacy) events, which the message already says.

@@ -17,6 +17,7 @@ import codecs
 import re
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import quoprimime
@@ -113,6 +114,10 @@ FIELD_LIMITS: dict[str, int] = {
     "Priority": 256,
     "MMStatus": 256,
     "Recipient": 256,
+    "Sender": 256,
+    # X-MM7-Recipients as a whole: the first recipients that fit, then
+    # "[N more recipients]".
+    "Recipients": 998,
     "Date": 256,
     "Content-Type": 256,
     "Content-ID": 256,
@@ -267,17 +272,21 @@ def email_date(timestamp: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AddressRules:
-    """The four ``mm7_server_default_email_*`` options (see DESIGN.md)."""
+    """The four ``mm7_server_default_email_*`` options (see DESIGN.md), and
+    ``mm7_report_mail_from``: the envelope sender of the mails that report
+    on another message, ``""`` for the null sender ``<>``."""
 
     from_address: str | None = None
     from_domain: str | None = None
     to_address: str | None = None
     to_domain: str | None = None
+    report_mail_from: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Mail:
-    """An email ready for a sender: envelope sender, recipients, message."""
+    """An email ready for a sender: envelope sender (``""``: the null
+    sender, ``MAIL FROM:<>``), recipients, message."""
 
     sender: str
     recipients: list[str]
@@ -325,6 +334,41 @@ def _number(address: Address | None, what: str) -> str:
             details=f"{what} {address.kind} {address.value[:80]!r} is not a number",
         )
     return address.digits
+
+
+def _mm7_address(
+    address: Address, field: str, transaction: Transaction | None = None
+) -> str:
+    """An MM7 address as an X-MM7-Sender or X-MM7-Recipients names it: a
+    Number as sent (``+15551234567``), a ShortCode with its kind
+    (``7255 (ShortCode)``), an RFC2822Address as its bare address; one
+    line, cut to the field's limit."""
+    value = clean(address.value)
+    if address.is_email:
+        value = (parseaddr(value)[1] if len(value) <= 1024 else "") or value
+    elif address.kind == "ShortCode" and value:
+        value += " (ShortCode)"
+    return bounded(value, field, transaction)
+
+
+def _mm7_addresses(
+    addresses: Sequence[Address], transaction: Transaction | None = None
+) -> str:
+    """``addresses``, comma separated, as many as fit the limit of
+    ``Recipients`` in :data:`FIELD_LIMITS`, then ``[N more recipients]``:
+    a request to thousands of recipients makes one short header."""
+    limit = FIELD_LIMITS["Recipients"]
+    named: list[str] = []
+    length = 0
+    for index, address in enumerate(addresses):
+        value = _mm7_address(address, "Recipient", transaction)
+        if not value:
+            continue
+        if length + len(value) + 2 * bool(named) > limit:
+            return f"{', '.join(named)} [{len(addresses) - index} more recipients]"
+        named.append(value)
+        length += len(value) + 2 * (len(named) > 1)
+    return ", ".join(named)
 
 
 @implementer(
@@ -391,7 +435,17 @@ class EmailProcessor:
 
     # Building the emails.
 
-    def _new_message(self, transaction: Transaction, sender: str) -> EmailMessage:
+    def _new_message(
+        self,
+        transaction: Transaction,
+        sender: str,
+        mm7_sender: Address | None = None,
+        mm7_recipients: Sequence[Address] = (),
+    ) -> EmailMessage:
+        """A message with the headers every mail has; ``mm7_sender`` and
+        ``mm7_recipients`` (To and Cc: never Bcc) are the request's MM7
+        addresses, named in ``X-MM7-Sender`` and ``X-MM7-Recipients``
+        whatever the address mapping made of them."""
         msg = EmailMessage(policy=BUILD_POLICY)
         msg["MIME-Version"] = "1.0"
         msg["From"] = sender
@@ -403,6 +457,13 @@ class EmailProcessor:
         path = clean(transaction.path)
         if path:
             msg["X-MM7-Path"] = path
+        if mm7_sender is not None:
+            named = _mm7_address(mm7_sender, "Sender", transaction)
+            if named:
+                msg["X-MM7-Sender"] = named
+        listed = _mm7_addresses(mm7_recipients, transaction)
+        if listed:
+            msg["X-MM7-Recipients"] = listed
         return msg
 
     def _attach(
@@ -486,7 +547,9 @@ class EmailProcessor:
         bcc = [self.recipient_address(a) for a in recipients.bcc]
         if not (to or cc or bcc):
             to = [self.recipient_address(None)]
-        msg = self._new_message(transaction, sender)
+        msg = self._new_message(
+            transaction, sender, sender_address, recipients.to + recipients.cc
+        )
         if to:
             msg["To"] = ", ".join(to)
         if cc:
@@ -565,7 +628,13 @@ class EmailProcessor:
         message_id: str,
         date: str | None,
     ) -> Mail:
-        """A ``multipart/report``: a readable part, then the notification."""
+        """A ``multipart/report``: a readable part, then the notification.
+
+        It reports on another message, so it goes from the null sender (or
+        ``mm7_report_mail_from``) and says ``Auto-Submitted: auto-replied``
+        (RFC 3834): a bounce of it goes nowhere, never back into the
+        system, and no auto-responder answers it.  Its From is still the
+        handset's address."""
         recipient_value = (
             bounded(handset.value, "Recipient", transaction) if handset else ""
         )
@@ -578,8 +647,13 @@ class EmailProcessor:
         )
         sender = self.sender_address(handset)
         recipient = self.recipient_address(originator)
-        msg = self._new_message(transaction, sender)
+        # The request's own Sender and Recipient: the originator and the
+        # handset, the other way round from the mail's From and To.
+        msg = self._new_message(
+            transaction, sender, originator, (handset,) if handset else ()
+        )
         msg["To"] = recipient
+        msg["Auto-Submitted"] = "auto-replied"
         msg["Subject"] = f"{what.capitalize()}: {status}"
         msg["Date"] = email_date(date)
         if message_id:
@@ -593,7 +667,7 @@ class EmailProcessor:
         notification.set_payload(fields)  # type: ignore[arg-type]
         msg.attach(notification)
         _set_boundaries(msg)
-        return Mail(sender, [recipient], msg)
+        return Mail(self.rules.report_mail_from, [recipient], msg)
 
     def delivery_report_message(
         self, request: DeliveryReportReq, transaction: Transaction

@@ -96,6 +96,8 @@ class MM7Resource(Resource):
     serving the resource is not an :class:`~mm7tx.site.MM7Site`, which
     refuses it itself before it is received (and applies its own limit,
     the one a keep-alive connection started with).
+    ``log_addresses`` (``masked``, ``full``, ``none``) says how the log
+    event shows the request's sender and recipients.
     """
 
     isLeaf = True
@@ -117,6 +119,7 @@ class MM7Resource(Resource):
         offload: Offload | None = None,
         in_thread: Offload | None = None,
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+        log_addresses: str = "masked",
     ) -> None:
         super().__init__()
         self.processor = processor
@@ -133,6 +136,8 @@ class MM7Resource(Resource):
         self.offload = offload
         self.in_thread = in_thread
         self.max_request_size = max_request_size
+        # mm7_log_addresses: how the transaction event shows addresses.
+        self.log_addresses = log_addresses
         self._meters: WeakKeyDictionary[Request, _Meter] = WeakKeyDictionary()
         self._warned = False  # of being served by a plain Site
 
@@ -562,6 +567,7 @@ class MM7Resource(Resource):
         # For the log, taken now: the closures below must not keep the
         # request alive until the answer.
         named = getattr(message, "message_id", None)
+        addresses = logs.logged_addresses(message, self.log_addresses)
 
         def outcome(
             status: m.Status, prefix: str = "", response: m.Response | None = None
@@ -580,6 +586,7 @@ class MM7Resource(Resource):
                 message_id=getattr(response, "message_id", None) or named,
                 relay_reply=transaction.outcome.relay_reply,
                 answered=not gone,
+                **addresses,
             )
 
         entry = DISPATCH.get(type(message))

@@ -161,6 +161,7 @@ def build_resources(
             offload=offload,
             in_thread=blocking,
             max_request_size=config.max_request_size,
+            log_addresses=config.log_addresses,
         )
     if config.mmsc_paths:
         portal = portal_for(config.vasps, reactor, scrypt=scrypt)
@@ -195,6 +196,7 @@ def build_resources(
                 offload,
                 max_request_size=config.max_request_size,
                 in_thread=blocking,
+                log_addresses=config.log_addresses,
             )
     return resources
 

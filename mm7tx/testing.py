@@ -489,7 +489,8 @@ class ReceivedMail:
     message, with every recipient the server accepted for it.  ``reply`` is
     the code the server answered after the data (250 when it took the
     message), ``None`` if it never answered; ``queue_id`` the id its 250
-    named (``250 2.0.0 Ok: queued as 4F3A2B01``, as Postfix says)."""
+    named (``250 2.0.0 Ok: queued as 4F3A2B01``, as Postfix says).
+    ``sender`` is ``""`` for the null sender (``MAIL FROM:<>``)."""
 
     sender: str
     recipients: list[str]

@@ -176,7 +176,8 @@ def test_a_report_without_sender_or_date_goes_to_the_default_address_dated_now(
     before = datetime.now(UTC)
     mail = mailed(kind, elements)
     assert mail.recipients == ["t@to.example"]  # mm7_server_default_email_to_address
-    assert mail.sender == "15551234567@from.example"
+    assert mail.sender == ""  # a report goes from the null sender
+    assert mail.message["From"] == "15551234567@from.example"
     assert received_now(mail.message["Date"], before)
 
 

@@ -153,11 +153,15 @@ def test_a_deliver_req_is_one_event_with_every_field_and_the_relays_queue_id():
         "peer": "127.0.0.1",
         "relay_reply": f"250 2.0.0 Ok: queued as {mail.queue_id}",
         "answered": True,
+        "sender": "********0123",
+        "recipients": ["7255"],
+        "recipient_count": 1,
     }
     line = formatEvent(event)
     assert re.sub(r"\(\d+\.\d ms\)", "(1.2 ms)", line) == (
         "DeliverReq tx-1 from 127.0.0.1 on /vasp/: 1000 Success (1.2 ms); "
-        f"account mmsc1; relay 250 2.0.0 Ok: queued as {mail.queue_id}"
+        "account mmsc1; sender ********0123; to 7255; "
+        f"relay 250 2.0.0 Ok: queued as {mail.queue_id}"
     )
     # The same line from the event relayed as JSON (as a worker's are).
     assert formatEvent(eventFromJSON(eventAsJSON(event))) == line
@@ -297,6 +301,9 @@ def test_a_transaction_event_is_one_json_object_with_its_fields():
         "peer": "192.0.2.1",
         "relay_reply": "250 2.0.0 Ok: queued as 4F3A2B",
         "answered": True,
+        "sender": None,
+        "recipients": None,
+        "recipient_count": None,
     }
 
 
@@ -445,6 +452,9 @@ def test_twistd_writes_the_transaction_as_a_json_line_to_the_l_file(tmp_path):
         "peer": "127.0.0.1",
         "relay_reply": f"stored as new/{stored.name}",
         "answered": True,
+        "sender": "9***@OMMS.com",
+        "recipients": [],
+        "recipient_count": 0,
     }
     assert isinstance(event["ms"], float)
     assert any(" on embedded defaults: listening" in r["message"] for r in records)

@@ -322,6 +322,12 @@ def requests(draw: st.DrawFn) -> tuple[Any, str, dict[str, str]]:
     """A request, a TransactionID, and the headers its mail must hold."""
     make = draw(st.sampled_from([_deliver, _submit, _delivery_report, _read_reply]))
     request, expected = make(draw)
+    if make in (_deliver, _submit):
+        expected["X-MM7-Sender"] = "+15551234567"
+        expected["X-MM7-Recipients"] = "7255 (ShortCode)"
+    else:
+        expected["X-MM7-Sender"] = "7255 (ShortCode)"
+        expected["X-MM7-Recipients"] = "+1555"
     transaction_id = draw(header_values())
     expected["X-MM7-TransactionID"] = bounded(transaction_id, "TransactionID")
     return request, transaction_id, {k: v for k, v in expected.items() if v}

@@ -241,12 +241,11 @@ def test_mbuni_delivery_report_as_bare_xml():
     assert env.message.status.code == 1000
     assert (env.transaction_id, env.namespace) == ("mbuni-dr-7", REL_5)
     [mail] = gateway.relay.accepted
-    # From the handset, to the report's Sender (a digits-only RFC2822Address).
-    assert (mail.sender, mail.recipients) == (
-        "15551230001@from.example",
-        ["7255@to.example"],
-    )
+    # From the handset, to the report's Sender (a digits-only RFC2822Address),
+    # from the null sender in the envelope.
+    assert (mail.sender, mail.recipients) == ("", ["7255@to.example"])
     report = mail.message
+    assert report["From"] == "15551230001@from.example"
     assert report.get_content_type() == "multipart/report"
     assert report["Subject"] == "Delivery report: Retrieved"
     assert parsedate_to_datetime(report["Date"]) == WHEN

@@ -175,8 +175,10 @@ def test_delivery_report_is_a_dsn(processor, sender):
     assert rsp.status.code == 1000
     [mail] = sender.sent
     assert mail.recipients == ["111122@exampleto.com"]  # to the original sender
-    assert mail.sender == "16175550123@messagesystems.com"  # from the handset
+    assert mail.sender == ""  # the null sender: a bounce of it goes nowhere
     msg = mail.message
+    assert msg["From"] == "16175550123@messagesystems.com"  # from the handset
+    assert msg["Auto-Submitted"] == "auto-replied"
     assert msg.get_content_type() == "multipart/report"
     assert msg.get_param("report-type") == "delivery-status"
     assert msg["Subject"] == "Delivery report: Retrieved"
