@@ -180,10 +180,11 @@ class TimedOut(MM7ClientError):
 
 
 class HTTPError(MM7ClientError):
-    """An HTTP error that is not an MM7 fault (401, 404, 502...)."""
+    """An HTTP error that is not an MM7 fault (401, 404, 502...); its
+    message is one line, never the answer's body (an HTML error page)."""
 
     def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"HTTP {code}: {message}")
+        super().__init__(message)
         self.code = code
 
 
@@ -391,6 +392,13 @@ class MM7Client:
             token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
             self._authorization = f"Basic {token}".encode("ascii")
 
+    @property
+    def sends_credentials(self) -> bool:
+        """Whether requests carry credentials: HTTP Basic, or
+        ``account=password`` at the end of the URL's path (NowSMS's way)."""
+        path = urlsplit(self.url).path.rstrip("/")
+        return self._authorization is not None or "=" in path.rpartition("/")[2]
+
     def close(self) -> defer.Deferred[None]:
         """Close the pooled connections (only those this client made)."""
         if self.pool is None:
@@ -458,19 +466,34 @@ class MM7Client:
         data: bytes = await _read_body(response, self.max_answer_size)
         code = response.code
         if code == http.UNAUTHORIZED:
-            raise HTTPError(code, "the server refused our credentials")
+            if self.sends_credentials:
+                raise HTTPError(code, "HTTP 401: the server refused our credentials")
+            raise HTTPError(code, "HTTP 401: no credentials were sent")
         types = response.headers.getRawHeaders(b"content-type") or [b""]
         content_type = types[0].decode("latin-1")
         try:
             envelope = codec.decode(content_type, data)
         except MM7Error as e:
-            snippet = data[:120].decode("utf-8", "replace")
+            answered = f"{self.url} answered {code} {response.phrase.decode('latin-1')}"
             if code != http.OK:
-                raise HTTPError(
-                    code, f"{response.phrase.decode('latin-1')}: {snippet!r}"
-                ) from None
+                # An error page (Twisted's 404 is HTML): the status says it.
+                hint = (
+                    "not an MM7 path?"
+                    if code == http.NOT_FOUND
+                    else "not an MM7 answer"
+                )
+                raise HTTPError(code, f"{answered} ({hint})") from None
+            snippet = data[:120].decode("utf-8", "replace")
+            if "html" in content_type.lower() or snippet.lstrip().lower().startswith(
+                ("<!doctype html", "<html")
+            ):
+                # An HTML page: its type says enough, its markup would not.
+                shown = content_type or "no Content-Type"
+            else:
+                shown = repr(snippet)
             raise NotMM7(
-                f"HTTP {code} with an answer that is not MM7 ({e.status.details}): {snippet!r}"
+                f"{answered} with an answer that is not MM7 ({e.status.details}): "
+                f"{shown}"
             ) from None
         if envelope.is_fault:
             raise MM7Fault(envelope)
@@ -482,7 +505,9 @@ class MM7Client:
                 f"{type(envelope.message).__name__}"
             )
         if code != http.OK:
-            raise HTTPError(code, "an MM7 answer with an HTTP error status")
+            raise HTTPError(
+                code, f"HTTP {code}: an MM7 answer with an HTTP error status"
+            )
         return envelope.message
 
     def _timed_out(self, result: Any, timeout: float) -> Any:
