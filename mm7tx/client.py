@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 import uuid
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -211,6 +212,11 @@ class MM7Fault(MM7ClientError):
         self.envelope = envelope
 
 
+# account=password in a URL's path: the password runs to the end of the
+# path (a "/" in it is its own), less a trailing "/", as the server reads it.
+_PATH_PASSWORD = re.compile(r"^([^?#]*?/[^/?#=]*=)[^?#]*?(/?(?:[?#].*)?)$")
+
+
 def url_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     """``url`` without its userinfo, and the ``(user, password)`` that was
     there, percent-decoded (``None`` when it had none): Mbuni writes its
@@ -393,11 +399,16 @@ class MM7Client:
             self._authorization = f"Basic {token}".encode("ascii")
 
     @property
+    def shown_url(self) -> str:
+        """The URL as messages show it: a password in its path
+        (``/mm7/account=password``) masked."""
+        return _PATH_PASSWORD.sub(r"\1***\2", self.url)
+
+    @property
     def sends_credentials(self) -> bool:
         """Whether requests carry credentials: HTTP Basic, or
-        ``account=password`` at the end of the URL's path (NowSMS's way)."""
-        path = urlsplit(self.url).path.rstrip("/")
-        return self._authorization is not None or "=" in path.rpartition("/")[2]
+        ``account=password`` in the URL's path (NowSMS's way)."""
+        return self._authorization is not None or "=" in urlsplit(self.url).path
 
     def close(self) -> defer.Deferred[None]:
         """Close the pooled connections (only those this client made)."""
@@ -474,7 +485,9 @@ class MM7Client:
         try:
             envelope = codec.decode(content_type, data)
         except MM7Error as e:
-            answered = f"{self.url} answered {code} {response.phrase.decode('latin-1')}"
+            answered = (
+                f"{self.shown_url} answered {code} {response.phrase.decode('latin-1')}"
+            )
             if code != http.OK:
                 # An error page (Twisted's 404 is HTML): the status says it.
                 hint = (
@@ -511,7 +524,7 @@ class MM7Client:
         return envelope.message
 
     def _timed_out(self, result: Any, timeout: float) -> Any:
-        raise TimedOut(f"no answer from {self.url} within {timeout:g} s")
+        raise TimedOut(f"no answer from {self.shown_url} within {timeout:g} s")
 
     def _transport_error(self, reason: Any) -> Any:
         if reason.check(MM7ClientError):
@@ -520,17 +533,23 @@ class MM7Client:
         # ResponseFailed of a connection that gave up on the headers.
         for over in [reason, *getattr(reason.value, "reasons", [])]:
             if over.check(_OverLimit):
-                raise AnswerTooLarge(f"the answer from {self.url} {over.value.what}")
+                raise AnswerTooLarge(
+                    f"the answer from {self.shown_url} {over.value.what}"
+                )
         if reason.check(error.ConnectError, error.DNSLookupError):
             raise Unreachable(
-                f"cannot connect to {self.url}: {reason.getErrorMessage()}"
+                f"cannot connect to {self.shown_url}: {reason.getErrorMessage()}"
             )
         if reason.check(ResponseFailed):
             inner = [r.getErrorMessage() for r in getattr(reason.value, "reasons", [])]
             tls = [text for text in inner if "certificate" in text or "SSL" in text]
             if tls:
-                raise Unreachable(f"TLS with {self.url} failed: {tls[0]}")
-            raise Unreachable(f"{self.url} closed the connection without an answer")
+                raise Unreachable(f"TLS with {self.shown_url} failed: {tls[0]}")
+            raise Unreachable(
+                f"{self.shown_url} closed the connection without an answer"
+            )
         if reason.check(error.ConnectionLost, error.ConnectionDone):
-            raise Unreachable(f"{self.url} closed the connection without an answer")
+            raise Unreachable(
+                f"{self.shown_url} closed the connection without an answer"
+            )
         return reason

@@ -1051,6 +1051,23 @@ def test_a_401_without_credentials_says_none_were_sent(gateway, recorder, capsys
     assert recorder.requests == []
 
 
+def test_a_password_in_the_path_is_never_printed(gateway, capsys):
+    # /mm7/account=password (NowSMS's way): a 404 here, unreachable there.
+    wrong = gateway.url + "/wrong/vasp1=s3cr3t"
+    assert mm7tx(gateway, "submit", wrong, "--to", "1") == 1
+    assert capsys.readouterr().err == (
+        f"mm7tx: {gateway.url}/wrong/vasp1=*** answered 404 Not Found "
+        "(not an MM7 path?)\n"
+    )
+    dead = "http://127.0.0.1:1/mm7/vasp1=s3cr3t/"
+    assert mm7tx(gateway, "submit", dead, "--to", "1") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "mm7tx: cannot connect to http://127.0.0.1:1/mm7/vasp1=***/: "
+    )
+    assert "s3cr3t" not in err
+
+
 def test_unreachable_exits_1(gateway, capsys):
     args = ["read-reply", "http://127.0.0.1:1/x/", "--message-id", "M"]
     code = mm7tx(gateway, *args, *SENDER_RECIPIENT)
