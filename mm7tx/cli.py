@@ -2,8 +2,8 @@
 
     mm7tx submit URL --from 12345 --to +15551234567 --text "hi" --attach photo.jpg
     mm7tx deliver URL --from +15551234567 --to 12345 --subject "MO" --text "yes"
-    mm7tx delivery-report URL --message-id M1 --recipient +1555... --status Retrieved
-    mm7tx read-reply URL --message-id M1 --recipient +1555... --status Read
+    mm7tx delivery-report URL --message-id M1 --recipient +1555... --sender 12345
+    mm7tx read-reply URL --message-id M1 --recipient +1555... --sender 12345
     mm7tx hash-password < password.txt
 
 Exit status: 0 on 1000 or 1100, 1 on any other answer or failure, 2 on a
@@ -37,6 +37,7 @@ from mm7tx import messages as m
 from mm7tx.auth import hash_password
 from mm7tx.client import (
     DEFAULT_MAX_ANSWER_SIZE,
+    HTTPError,
     MM7Client,
     MM7ClientError,
     MM7Fault,
@@ -49,6 +50,24 @@ mimetypes.add_type("application/smil", ".smil")
 mimetypes.add_type("text/x-vcard", ".vcf")
 
 SUCCESS_CODES = (1000, 1100)
+
+# The MMStatus values of TS 23.140 each report may carry, as it spells them.
+DELIVERY_REPORT_STATUSES = (
+    "Expired",
+    "Retrieved",
+    "Rejected",
+    "Deferred",
+    "Unrecognised",
+    "Indeterminate",
+    "Forwarded",
+    "Unreachable",
+    "DeliveryConditionNotMet",
+)
+READ_REPLY_STATUSES = ("Read", "Deleted", "Indeterminate")
+
+
+class UsageError(Exception):
+    """A command line that asks for something impossible: exit status 2."""
 
 
 def address(text: str) -> m.Address:
@@ -127,7 +146,7 @@ def content(texts: Sequence[str], attachments: Sequence[str], smil: str) -> m.Co
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise SystemExit(f"mm7tx: cannot read {name}: {e.strerror}") from None
+            raise UsageError(f"cannot read {name}: {e.strerror}") from None
         media = (
             mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         ).lower()
@@ -141,7 +160,7 @@ def content(texts: Sequence[str], attachments: Sequence[str], smil: str) -> m.Co
         try:
             data = Path(smil).read_bytes()
         except OSError as e:
-            raise SystemExit(f"mm7tx: cannot read {smil}: {e.strerror}") from None
+            raise UsageError(f"cannot read {smil}: {e.strerror}") from None
         parts.insert(
             0, m.ContentPart("application/smil", data, (), "mm7tx.smil", "mm7tx.smil")
         )
@@ -157,10 +176,11 @@ def _recipients(args: argparse.Namespace) -> m.Recipients:
 
 
 def build_request(args: argparse.Namespace) -> m.Request:
-    """The request a parsed command line asks for."""
+    """The request a parsed command line asks for; :class:`UsageError` if
+    it cannot be made (no recipient, a file that cannot be read)."""
     if args.command == "submit":
         if not (args.to or args.cc or args.bcc):
-            raise SystemExit("mm7tx submit: give at least one --to, --cc or --bcc")
+            raise UsageError("give at least one --to, --cc or --bcc")
         return m.SubmitReq(
             vasp_id=args.vasp_id,
             vas_id=args.vas_id,
@@ -213,13 +233,15 @@ def parser() -> argparse.ArgumentParser:
         description="Send MM7 (3GPP TS 23.140) requests to an MM7 server.",
         epilog="Addresses: alice@example.com, +15551234567 (Number), 12345 "
         "(ShortCode), or prefixed email:/number:/shortcode:.  "
-        "Exit status 0 on 1000 or 1100, 1 otherwise.",
+        "Exit status 0 on 1000 or 1100, 2 on a command-line mistake, 1 otherwise.",
     )
     top.add_argument("--version", action="version", version=f"mm7tx {__version__}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(name: str, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
+        # For parse(): the mistakes found after parsing are this one's.
+        sub.set_defaults(subparser=sub)
         sub.add_argument(
             "url",
             metavar="URL",
@@ -234,7 +256,7 @@ def parser() -> argparse.ArgumentParser:
             "the process list and shell history)",
         )
         auth.add_argument(
-            "--timeout", type=float, default=30.0, help="seconds (default 30)"
+            "--timeout", type=seconds, default=30.0, help="seconds (default 30)"
         )
         auth.add_argument(
             "--max-answer-size",
@@ -249,6 +271,7 @@ def parser() -> argparse.ArgumentParser:
         )
         auth.add_argument(
             "--mm7-version",
+            type=mm7_version,
             default=m.DEFAULT_MM7_VERSION,
             help="MM7Version (default 6.8.0); one of another release than the "
             "namespace's is replaced by that release's usual one (5.3.0 for "
@@ -256,6 +279,7 @@ def parser() -> argparse.ArgumentParser:
         )
         auth.add_argument(
             "--namespace",
+            type=namespace,
             default="REL-6-MM7-1-4",
             help="MM7 namespace: a name like REL-5-MM7-1-0 or a full URI "
             "(default REL-6-MM7-1-4)",
@@ -272,8 +296,14 @@ def parser() -> argparse.ArgumentParser:
         )
         return sub
 
-    def message(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--from", dest="sender", type=address, help="the sender")
+    def message(sub: argparse.ArgumentParser, sender_required: bool) -> None:
+        sub.add_argument(
+            "--from",
+            dest="sender",
+            type=address,
+            required=sender_required,
+            help="the sender" + (" (required)" if sender_required else ""),
+        )
         sub.add_argument(
             "--to", action="append", type=address, default=[], help="repeatable"
         )
@@ -311,7 +341,7 @@ def parser() -> argparse.ArgumentParser:
         )
 
     submit = common("submit", "Send a SubmitReq, as a VASP to an MMSC.")
-    message(submit)
+    message(submit, sender_required=False)
     submit.add_argument("--vasp-id")
     submit.add_argument("--vas-id")
     submit.add_argument("--service-code")
@@ -319,28 +349,45 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--read-reply", action="store_true", help="ask for one")
 
     deliver = common("deliver", "Send a DeliverReq, as an MMSC to a VASP.")
-    message(deliver)
+    # A DeliverReq's Sender is mandatory (TS 23.140): the VASP mails from it.
+    message(deliver, sender_required=True)
     deliver.add_argument("--relay-server-id", help="MMSRelayServerID")
 
-    for name, what, default in (
+    for name, what, default, statuses in (
         (
             "delivery-report",
             "Send a DeliveryReportReq, as an MMSC to a VASP.",
             "Retrieved",
+            DELIVERY_REPORT_STATUSES,
         ),
-        ("read-reply", "Send a ReadReplyReq, as an MMSC to a VASP.", "Read"),
+        (
+            "read-reply",
+            "Send a ReadReplyReq, as an MMSC to a VASP.",
+            "Read",
+            READ_REPLY_STATUSES,
+        ),
     ):
         sub = common(name, what)
         sub.add_argument(
             "--message-id", required=True, help="the MessageID reported on"
         )
         sub.add_argument("--recipient", type=address, required=True, help="the handset")
-        sub.add_argument("--sender", type=address, help="who sent the original message")
+        # Mandatory (TS 23.140), and what the VASP mails the report to: no
+        # default could name the real originator of the message.
         sub.add_argument(
-            "--status", default=default, help=f"MMStatus (default {default})"
+            "--sender",
+            type=address,
+            required=True,
+            help="who sent the original message, to whom the report goes (required)",
+        )
+        sub.add_argument(
+            "--status",
+            type=status(name.replace("-", " "), statuses),
+            default=default,
+            help=f"MMStatus: {', '.join(statuses)} (default {default})",
         )
         sub.add_argument("--status-text")
-        sub.add_argument("--date", help="ISO 8601 (default now)")
+        sub.add_argument("--date", type=iso_date, help="ISO 8601 (default now)")
         sub.add_argument("--relay-server-id", help="MMSRelayServerID")
     commands.add_parser(
         "hash-password",
@@ -462,7 +509,13 @@ async def run(
         return 2
     elif args.user and password is not None:
         credentials = (args.user, password)
-    request = build_request(args)
+    request = getattr(args, "request", None)
+    if request is None:
+        try:
+            request = build_request(args)
+        except UsageError as e:
+            print(f"mm7tx {args.command}: error: {e}", file=sys.stderr)
+            return 2
     client = MM7Client(
         reactor if agent is None else agent,
         url,
@@ -481,6 +534,15 @@ async def run(
                 response = await client.send(request)
             except MM7Fault as fault:
                 print(f"fault {fault}", file=sys.stderr)
+                return 1
+            except HTTPError as e:
+                hint = ""
+                if e.code == 401 and not client.sends_credentials:
+                    hint = (
+                        " (use --user with --password or MM7TX_PASSWORD, or "
+                        "user:password@ in the URL)"
+                    )
+                print(f"mm7tx: {e}{hint}", file=sys.stderr)
                 return 1
             except MM7ClientError as e:
                 print(f"mm7tx: {e}", file=sys.stderr)
@@ -556,16 +618,88 @@ def size(text: str) -> int:
     return number * {"": 1, "K": 1024, "M": 1024 * 1024}[match[2].upper()]
 
 
+def seconds(text: str) -> float:
+    """A positive number of seconds; else a usage error."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = 0.0
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive number of seconds"
+        )
+    return number
+
+
+def mm7_version(text: str) -> str:
+    """An MM7Version such as ``6.8.0``; else a usage error."""
+    if re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an MM7Version like 6.8.0")
+    return text
+
+
+def namespace(text: str) -> str:
+    """A namespace name such as ``REL-6-MM7-1-4``, or a full URI (with a
+    ``:``); else a usage error."""
+    if ":" not in text and re.fullmatch(r"REL-[0-9]+-MM7-[0-9]+-[0-9]+", text) is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a namespace name like REL-6-MM7-1-4 or a URI"
+        )
+    return text
+
+
+def iso_date(text: str) -> str:
+    """An ISO 8601 date and time, sent as written; else a usage error."""
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 date and time like 2024-05-01T12:00:00+00:00"
+        ) from None
+    return text
+
+
+def status(what: str, statuses: Sequence[str]) -> Callable[[str], str]:
+    """A reader of an MMStatus among ``statuses``, in any case, sent as
+    TS 23.140 spells it; anything else is a usage error listing them."""
+    by_lower = {name.lower(): name for name in statuses}
+
+    def read(text: str) -> str:
+        found = by_lower.get(text.lower())
+        if found is None:
+            accepted = ", ".join(statuses[:-1]) + " or " + statuses[-1]
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a {what} MMStatus: {accepted}"
+            )
+        return found
+
+    return read
+
+
 # A URL's userinfo: up to the last "@" of its authority.
 _USERINFO = re.compile(r"^([^:/?#]*:?//)[^/?#]*@")
 
 
-def main(argv: Sequence[str] | None = None) -> NoReturn:
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line read, and its request built (``args.request``):
+    every mistake, in one option or between them, is a usage error (exit
+    status 2) before anything is sent."""
     args = parser().parse_args(argv)
     if args.command == "hash-password":
-        raise SystemExit(hash_password_command())
+        return args
     if args.count < 1 or args.concurrency < 1:
-        parser().error("--count and --concurrency must be at least 1")
+        args.subparser.error("--count and --concurrency must be at least 1")
+    try:
+        args.request = build_request(args)
+    except UsageError as e:
+        args.subparser.error(str(e))
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = parse(argv)
+    if args.command == "hash-password":
+        raise SystemExit(hash_password_command())
 
     async def go(reactor: Any) -> None:
         code = await run(reactor, args)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 import uuid
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -180,10 +181,11 @@ class TimedOut(MM7ClientError):
 
 
 class HTTPError(MM7ClientError):
-    """An HTTP error that is not an MM7 fault (401, 404, 502...)."""
+    """An HTTP error that is not an MM7 fault (401, 404, 502...); its
+    message is one line, never the answer's body (an HTML error page)."""
 
     def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"HTTP {code}: {message}")
+        super().__init__(message)
         self.code = code
 
 
@@ -208,6 +210,11 @@ class MM7Fault(MM7ClientError):
         )
         self.status = status
         self.envelope = envelope
+
+
+# account=password in a URL's path: the password runs to the end of the
+# path (a "/" in it is its own), less a trailing "/", as the server reads it.
+_PATH_PASSWORD = re.compile(r"^([^?#]*?/[^/?#=]*=)[^?#]*?(/?(?:[?#].*)?)$")
 
 
 def url_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
@@ -391,6 +398,18 @@ class MM7Client:
             token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
             self._authorization = f"Basic {token}".encode("ascii")
 
+    @property
+    def shown_url(self) -> str:
+        """The URL as messages show it: a password in its path
+        (``/mm7/account=password``) masked."""
+        return _PATH_PASSWORD.sub(r"\1***\2", self.url)
+
+    @property
+    def sends_credentials(self) -> bool:
+        """Whether requests carry credentials: HTTP Basic, or
+        ``account=password`` in the URL's path (NowSMS's way)."""
+        return self._authorization is not None or "=" in urlsplit(self.url).path
+
     def close(self) -> defer.Deferred[None]:
         """Close the pooled connections (only those this client made)."""
         if self.pool is None:
@@ -458,19 +477,36 @@ class MM7Client:
         data: bytes = await _read_body(response, self.max_answer_size)
         code = response.code
         if code == http.UNAUTHORIZED:
-            raise HTTPError(code, "the server refused our credentials")
+            if self.sends_credentials:
+                raise HTTPError(code, "HTTP 401: the server refused our credentials")
+            raise HTTPError(code, "HTTP 401: no credentials were sent")
         types = response.headers.getRawHeaders(b"content-type") or [b""]
         content_type = types[0].decode("latin-1")
         try:
             envelope = codec.decode(content_type, data)
         except MM7Error as e:
-            snippet = data[:120].decode("utf-8", "replace")
+            answered = (
+                f"{self.shown_url} answered {code} {response.phrase.decode('latin-1')}"
+            )
             if code != http.OK:
-                raise HTTPError(
-                    code, f"{response.phrase.decode('latin-1')}: {snippet!r}"
-                ) from None
+                # An error page (Twisted's 404 is HTML): the status says it.
+                hint = (
+                    "not an MM7 path?"
+                    if code == http.NOT_FOUND
+                    else "not an MM7 answer"
+                )
+                raise HTTPError(code, f"{answered} ({hint})") from None
+            snippet = data[:120].decode("utf-8", "replace")
+            if "html" in content_type.lower() or snippet.lstrip().lower().startswith(
+                ("<!doctype html", "<html")
+            ):
+                # An HTML page: its type says enough, its markup would not.
+                shown = content_type or "no Content-Type"
+            else:
+                shown = repr(snippet)
             raise NotMM7(
-                f"HTTP {code} with an answer that is not MM7 ({e.status.details}): {snippet!r}"
+                f"{answered} with an answer that is not MM7 ({e.status.details}): "
+                f"{shown}"
             ) from None
         if envelope.is_fault:
             raise MM7Fault(envelope)
@@ -482,11 +518,13 @@ class MM7Client:
                 f"{type(envelope.message).__name__}"
             )
         if code != http.OK:
-            raise HTTPError(code, "an MM7 answer with an HTTP error status")
+            raise HTTPError(
+                code, f"HTTP {code}: an MM7 answer with an HTTP error status"
+            )
         return envelope.message
 
     def _timed_out(self, result: Any, timeout: float) -> Any:
-        raise TimedOut(f"no answer from {self.url} within {timeout:g} s")
+        raise TimedOut(f"no answer from {self.shown_url} within {timeout:g} s")
 
     def _transport_error(self, reason: Any) -> Any:
         if reason.check(MM7ClientError):
@@ -495,17 +533,23 @@ class MM7Client:
         # ResponseFailed of a connection that gave up on the headers.
         for over in [reason, *getattr(reason.value, "reasons", [])]:
             if over.check(_OverLimit):
-                raise AnswerTooLarge(f"the answer from {self.url} {over.value.what}")
+                raise AnswerTooLarge(
+                    f"the answer from {self.shown_url} {over.value.what}"
+                )
         if reason.check(error.ConnectError, error.DNSLookupError):
             raise Unreachable(
-                f"cannot connect to {self.url}: {reason.getErrorMessage()}"
+                f"cannot connect to {self.shown_url}: {reason.getErrorMessage()}"
             )
         if reason.check(ResponseFailed):
             inner = [r.getErrorMessage() for r in getattr(reason.value, "reasons", [])]
             tls = [text for text in inner if "certificate" in text or "SSL" in text]
             if tls:
-                raise Unreachable(f"TLS with {self.url} failed: {tls[0]}")
-            raise Unreachable(f"{self.url} closed the connection without an answer")
+                raise Unreachable(f"TLS with {self.shown_url} failed: {tls[0]}")
+            raise Unreachable(
+                f"{self.shown_url} closed the connection without an answer"
+            )
         if reason.check(error.ConnectionLost, error.ConnectionDone):
-            raise Unreachable(f"{self.url} closed the connection without an answer")
+            raise Unreachable(
+                f"{self.shown_url} closed the connection without an answer"
+            )
         return reason

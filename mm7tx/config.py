@@ -10,6 +10,7 @@ act on.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import importlib.util
 import os
@@ -58,6 +59,7 @@ _TOKEN = re.compile(
     (?P<newline>\n) |
     (?P<comment>\#[^\n]*) |
     (?P<string>"(?:[^"\\\n]|\\.)*") |
+    (?P<unterminated>") |
     (?P<punct>[=(){},]) |
     (?P<word>[^\s=(){}",\#]+) |
     (?P<bad>.)
@@ -97,6 +99,11 @@ def _tokens(text: str, source: str) -> list[Token]:
             line += 1
         elif kind == "string":
             tokens.append(Token("string", re.sub(r"\\(.)", r"\1", value[1:-1]), line))
+        elif kind == "unterminated":
+            # A string may not span lines: its closing quote is missing.
+            raise ConfigError(
+                source, line, "unterminated string (no closing '\"' on this line)"
+            )
         elif kind == "bad":
             raise ConfigError(source, line, f"unexpected character {value!r}")
         elif kind in ("punct", "word"):
@@ -211,6 +218,10 @@ class Config:
     metrics_listen: str | None = DEFAULT_METRICS_LISTEN
     xml_limits: XMLLimits = field(default_factory=XMLLimits)
     smtp: SMTPSettings = field(default_factory=SMTPSettings)
+    # Where smtp_relay was set ("FILE, line N", "--smtp-relay", or the
+    # source alone for its default), for errors found when it is used: a
+    # Maildir that cannot be made.
+    smtp_relay_origin: str = "embedded defaults"
     processor: str | None = None
     path_processors: tuple[tuple[str, str], ...] = ()
     # The options of each Path scope's processor, converted to the types its
@@ -248,14 +259,11 @@ EMBEDDED = Config(
     smtp=SMTPSettings(endpoint="maildir:Maildir"),
 )
 
-_STARTTLS = {
-    "off": "off",
-    "no": "off",
-    "opportunistic": "opportunistic",
-    "when_offered": "opportunistic",
-    "required": "required",
-    "yes": "required",
-}
+# The values of the boolean and enumerated options: exactly the words the
+# README lists (in any case), no aliases: "smtp_starttls = yes" could mean
+# opportunistic or required, and a reader of the file should not have to know.
+_STARTTLS = ("off", "opportunistic", "required")
+_BOOLEANS = {"true": True, "false": False}
 
 
 def normalise_endpoint(text: str) -> str:
@@ -523,21 +531,20 @@ class _Reader:
     def real(self, option: Option) -> float:
         return self.number(option, integer=False)
 
+    def choice(self, option: Option, values: tuple[str, ...]) -> str:
+        """One of ``values`` (in any case); anything else is refused with
+        the accepted values."""
+        text = self.text(option)
+        if text.lower() in values:
+            return text.lower()
+        accepted = ", ".join(values[:-1]) + " or " + values[-1]
+        raise self.error(option, f"{option.name} must be {accepted}, not {text!r}")
+
     def boolean(self, option: Option) -> bool:
-        text = self.text(option).lower()
-        if text in ("true", "yes", "on", "1"):
-            return True
-        if text in ("false", "no", "off", "0"):
-            return False
-        raise self.error(option, f"{option.name} must be true or false")
+        return _BOOLEANS[self.choice(option, tuple(_BOOLEANS))]
 
     def starttls(self, option: Option) -> str:
-        mode = _STARTTLS.get(self.text(option).lower())
-        if mode is None:
-            raise self.error(
-                option, "smtp_starttls must be off, opportunistic or required"
-            )
-        return mode
+        return self.choice(option, _STARTTLS)
 
     def relay(self, option: Option) -> str:
         try:
@@ -612,14 +619,7 @@ class _Reader:
         return text
 
     def log_addresses(self, option: Option) -> str:
-        text = self.text(option).strip().lower()
-        if text not in LOG_ADDRESSES:
-            raise self.error(
-                option,
-                f"mm7_log_addresses must be {', '.join(LOG_ADDRESSES[:-1])} or "
-                f"{LOG_ADDRESSES[-1]}, not {self.text(option)[:80]!r}",
-            )
-        return text
+        return self.choice(option, tuple(LOG_ADDRESSES))
 
     def workers(self, option: Option) -> int:
         """``auto`` (one per core) or a whole number from 1."""
@@ -993,7 +993,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         MM7_SERV,
         R.boolean,
         "config.keep_smil",
-        "keep the SMIL part in the email",
+        "keep the SMIL part in the email: `true` or `false`",
         default="false",
     ),
     OptionSpec(
@@ -1002,7 +1002,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         R.boolean,
         "config.access_log",
         "also log Twisted's combined access line per request (the transaction "
-        "line, always logged, says as much)",
+        "line, always logged, says as much): `true` or `false`",
         default="false",
     ),
     OptionSpec(
@@ -1392,8 +1392,15 @@ class _Values:
                 kind = "scope" if isinstance(entry, Scope) else "option"
                 if scope_name == HTTP_LISTENER:
                     kind = "entry"
+                names = [
+                    other.name
+                    for other in specs.values()
+                    if other.is_scope == isinstance(entry, Scope)
+                ]
                 raise self.reader.error(
-                    entry, f"unknown {scope_name} {kind} {entry.name!r}"
+                    entry,
+                    f"unknown {scope_name} {kind} {entry.name!r}"
+                    + did_you_mean(entry.name, names),
                 )
             if not spec.is_scope and spec.name in self.lines:
                 raise self.reader.error(
@@ -1413,6 +1420,18 @@ class _Values:
         return self.groups.get(group, {})
 
 
+def did_you_mean(name: str, names: list[str]) -> str:
+    """``; did you mean 'x'?`` for the name in ``names`` closest to
+    ``name`` (names are case-insensitive), or nothing when none is close."""
+    by_lower = {other.lower(): other for other in names}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+
+
+# The scopes a file may have at its top level.
+_TOP_SCOPES = [HTTP_LISTENER, MM7_SERV, VASP, MMSC]
+
+
 def load(text: str, source: str = "<config>") -> Config:
     """Read a configuration text into a :class:`Config`."""
     reader = _Reader(source)
@@ -1424,7 +1443,13 @@ def load(text: str, source: str = "<config>") -> Config:
     for item in parse(text.removeprefix("\ufeff"), source):
         kind = item.name.lower()
         if isinstance(item, Option):
-            raise reader.error(item, f"unknown top-level option {item.name!r}")
+            homes = [
+                scope
+                for scope in _TOP_SCOPES
+                if item.name.lower() in _BY_SCOPE.get(scope, {})
+            ]
+            where = f"; it belongs in {homes[0]} {{ }}" if homes else ""
+            raise reader.error(item, f"unknown top-level option {item.name!r}{where}")
         if kind == "http_listener":
             top.read(item, HTTP_LISTENER)
             origins += [f"{source}, line {entry.line}" for entry in item.body]
@@ -1436,7 +1461,10 @@ def load(text: str, source: str = "<config>") -> Config:
             mm7_servs.append(item)
             top.read(item, MM7_SERV)
         else:
-            raise reader.error(item, f"unknown scope {item.name!r}")
+            raise reader.error(
+                item,
+                f"unknown scope {item.name!r}" + did_you_mean(item.name, _TOP_SCOPES),
+            )
     if not mm7_servs:
         raise ConfigError(source, 1, "no mm7_serv { } scope")
     mm7_serv = mm7_servs[0]
@@ -1507,6 +1535,11 @@ def load(text: str, source: str = "<config>") -> Config:
         listen_access=tuple(reader.listen_access),
         rules=AddressRules(**top.get("rules")),
         smtp=SMTPSettings(**smtp),
+        smtp_relay_origin=(
+            f"{source}, line {top.lines['smtp_relay']}"
+            if "smtp_relay" in top.lines
+            else source
+        ),
         path_processors=tuple(values.pop("path_processors", ())),
         path_options=tuple(reader.path_options),
         vasps=tuple(vasp for _, vasp in vasps),
@@ -1608,7 +1641,11 @@ def with_overrides(
             check_relay(smtp_relay)
         except ValueError as e:
             raise ConfigError("--smtp-relay", 0, str(e)) from None
-        config = replace(config, smtp=replace(config.smtp, endpoint=smtp_relay))
+        config = replace(
+            config,
+            smtp=replace(config.smtp, endpoint=smtp_relay),
+            smtp_relay_origin="--smtp-relay",
+        )
     if workers is not None:
         try:
             config = replace(config, workers=read_workers(workers))

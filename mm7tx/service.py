@@ -493,8 +493,10 @@ class MM7Service(service.MultiService):
             new = self._generation(config, fresh or running.sender)
         except MaildirError as e:
             log.error(
-                "Not reloading {source}: {error}; the running configuration is kept",
+                "Not reloading {source}: {origin}: {error}; the running "
+                "configuration is kept",
                 source=config.source,
+                origin=config.smtp_relay_origin,
                 error=str(e),
             )
             return False

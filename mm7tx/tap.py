@@ -336,8 +336,7 @@ def makeService(options: Options) -> IService:
     try:
         built = build_service(config, cast(IMM7Reactor, reactor), listen_via)
     except MaildirError as e:
-        origin = "--smtp-relay" if options["smtp-relay"] else config.source
-        raise SystemExit(f"{origin}: {e}") from None
+        raise SystemExit(f"{config.smtp_relay_origin}: {e}") from None
     if worker is None:
         built.reload_on_sighup(lambda: load_config(options))
     built.setServiceParent(wrapper)

@@ -8,6 +8,8 @@ import argparse
 import base64
 import dataclasses
 import io
+import re
+import shlex
 import sys
 import tracemalloc
 from collections.abc import Iterator
@@ -155,6 +157,11 @@ FAULT_4006 = codec.encode(
 )[1]
 
 
+# A report's addresses on the command line.
+SENDER_RECIPIENT = ["--recipient", "+15551234567", "--sender", "12345"]
+REPORT = ["--message-id", "M1", *SENDER_RECIPIENT]
+
+
 # The client, in memory ------------------------------------------------------
 
 
@@ -259,8 +266,48 @@ def test_401_is_an_http_error_and_basic_auth_is_sent():
 def test_garbage_is_not_mm7():
     error = answer_of(Canned(200, b"text/html", b"<html><body>hello</body></html>"))
     assert isinstance(error, NotMM7)
+    assert "<" not in str(error)
     error = answer_of(Canned(502, b"text/plain", b"bad gateway"))
     assert isinstance(error, HTTPError) and error.code == 502
+
+
+@pytest.mark.parametrize(
+    "code, ctype, body, said",
+    [
+        (
+            404,
+            b"text/html",
+            b"<html><body><h1>No Such Resource</h1></body></html>",
+            "404 Not Found (not an MM7 path?)",
+        ),
+        (
+            502,
+            b"text/html",
+            b"<!DOCTYPE html>\n<html>proxy</html>",
+            "502 Bad Gateway (not an MM7 answer)",
+        ),
+        (
+            503,
+            b"text/plain",
+            b"down\nfor maintenance",
+            "503 Service Unavailable (not an MM7 answer)",
+        ),
+        (405, b"", b"", "405 Method Not Allowed (not an MM7 answer)"),
+    ],
+)
+def test_an_http_error_that_is_not_mm7_is_one_line_without_its_body(
+    code, ctype, body, said
+):
+    error = answer_of(Canned(code, ctype, body))
+    assert isinstance(error, HTTPError) and error.code == code
+    assert str(error) == f"http://mmsc.test/x/ answered {said}"
+
+
+def test_401_says_whether_credentials_were_sent():
+    refused = Canned(401, b"text/plain", b"no")
+    assert str(answer_of(refused)) == "HTTP 401: no credentials were sent"
+    sent = answer_of(refused, credentials=("vasp1", "x"))
+    assert str(sent) == "HTTP 401: the server refused our credentials"
 
 
 def test_the_wrong_response_type_is_not_mm7():
@@ -663,11 +710,11 @@ def test_generated_smil_references_every_part(tmp_path):
     etree.fromstring(smil.data)  # well formed
 
 
-def test_unreadable_files_stop_the_command_with_one_line(tmp_path):
+def test_unreadable_files_are_usage_errors_of_one_line(tmp_path):
     missing = str(tmp_path / "missing.jpg")
-    with pytest.raises(SystemExit, match=r"^mm7tx: cannot read .*missing.jpg: No "):
+    with pytest.raises(cli.UsageError, match=r"^cannot read .*missing.jpg: No "):
         cli.content([], [missing], "none")
-    with pytest.raises(SystemExit, match=r"^mm7tx: cannot read .*missing.jpg: No "):
+    with pytest.raises(cli.UsageError, match=r"^cannot read .*missing.jpg: No "):
         cli.content(["x"], [], missing)
 
 
@@ -679,7 +726,7 @@ def command(
 ) -> defer.Deferred[int]:
     """``mm7tx argv...`` in process, over the gateway's agent; fires with
     the exit status as the test moves the gateway."""
-    args = cli.parser().parse_args(list(argv))
+    args = cli.parse(list(argv))
     return defer.ensureDeferred(
         cli.run(
             gateway.reactor, args, agent=agent if agent is not None else gateway.agent()
@@ -826,6 +873,8 @@ def test_a_smil_file_is_sent_as_given(gateway, recorder, tmp_path):
         gateway,
         "deliver",
         gateway.url + "/vasp/",
+        "--from",
+        "2",
         "--to",
         "1",
         "--text",
@@ -911,7 +960,7 @@ def test_reports_send_their_options_and_defaults(
     gateway, recorder, capsys, subcommand, kind, status, other
 ):
     base = [subcommand, gateway.url + "/vasp/", "--message-id", "M1"]
-    assert mm7tx(gateway, *base, "--recipient", "+15551234567") == 0
+    assert mm7tx(gateway, *base, "--recipient", "+15551234567", "--sender", "1") == 0
     code = mm7tx(
         gateway,
         *base,
@@ -934,7 +983,7 @@ def test_reports_send_their_options_and_defaults(
     assert isinstance(default, kind) and isinstance(given, kind)
     assert default.message_id == "M1" and default.mm_status == status
     assert default.recipient == m.Address("+15551234567", "Number")
-    assert (default.sender, default.status_text) == (None, None)
+    assert (default.sender, default.status_text) == (m.Address("1", "ShortCode"), None)
     when = given.date if kind is m.DeliveryReportReq else given.timestamp
     assert when == "2024-05-01T12:00:00+00:00"
     assert given.recipient == m.Address("alice@example.com", "RFC2822Address")
@@ -945,7 +994,7 @@ def test_reports_send_their_options_and_defaults(
 
 def test_a_partial_success_exits_0_and_prints_its_details(gateway, recorder, capsys):
     recorder.status = m.Status(1100, "Partial success", "one recipient refused")
-    code = mm7tx(gateway, "deliver", gateway.url + "/vasp/", "--to", "1")
+    code = mm7tx(gateway, "deliver", gateway.url + "/vasp/", "--from", "2", "--to", "1")
     assert code == 0
     assert capsys.readouterr().out == (
         "1100 Partial success\nDetails: one recipient refused\n"
@@ -954,7 +1003,7 @@ def test_a_partial_success_exits_0_and_prints_its_details(gateway, recorder, cap
 
 def test_an_answer_that_is_not_a_success_exits_1(gateway, recorder, capsys):
     recorder.status = m.Status(2000, "Client error")
-    code = mm7tx(gateway, "deliver", gateway.url + "/vasp/", "--to", "1")
+    code = mm7tx(gateway, "deliver", gateway.url + "/vasp/", "--from", "2", "--to", "1")
     assert (code, capsys.readouterr().out) == (1, "2000 Client error\n")
 
 
@@ -978,9 +1027,50 @@ def test_refused_credentials_exit_1(gateway, recorder, capsys):
     assert recorder.requests == []
 
 
+def test_a_wrong_path_prints_one_line_and_no_html(gateway, recorder, capsys):
+    code = mm7tx(gateway, "deliver", gateway.url + "/wrong", "--from", "2", "--to", "1")
+    assert (code, capsys.readouterr()) == (
+        1,
+        ("", f"mm7tx: {gateway.url}/wrong answered 404 Not Found (not an MM7 path?)\n"),
+    )
+
+
+def test_a_401_without_credentials_says_none_were_sent(gateway, recorder, capsys):
+    code = mm7tx(gateway, "submit", gateway.url + "/mm7/", "--to", "1")
+    assert (code, capsys.readouterr().err) == (
+        1,
+        "mm7tx: HTTP 401: no credentials were sent (use --user with --password or "
+        "MM7TX_PASSWORD, or user:password@ in the URL)\n",
+    )
+    # account=password in the path are credentials: refused, not missing.
+    code = mm7tx(gateway, "submit", gateway.url + "/mm7/vasp1=wrong", "--to", "1")
+    assert (code, capsys.readouterr().err) == (
+        1,
+        "mm7tx: HTTP 401: the server refused our credentials\n",
+    )
+    assert recorder.requests == []
+
+
+def test_a_password_in_the_path_is_never_printed(gateway, capsys):
+    # /mm7/account=password (NowSMS's way): a 404 here, unreachable there.
+    wrong = gateway.url + "/wrong/vasp1=s3cr3t"
+    assert mm7tx(gateway, "submit", wrong, "--to", "1") == 1
+    assert capsys.readouterr().err == (
+        f"mm7tx: {gateway.url}/wrong/vasp1=*** answered 404 Not Found "
+        "(not an MM7 path?)\n"
+    )
+    dead = "http://127.0.0.1:1/mm7/vasp1=s3cr3t/"
+    assert mm7tx(gateway, "submit", dead, "--to", "1") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "mm7tx: cannot connect to http://127.0.0.1:1/mm7/vasp1=***/: "
+    )
+    assert "s3cr3t" not in err
+
+
 def test_unreachable_exits_1(gateway, capsys):
     args = ["read-reply", "http://127.0.0.1:1/x/", "--message-id", "M"]
-    code = mm7tx(gateway, *args, "--recipient", "+1555")
+    code = mm7tx(gateway, *args, *SENDER_RECIPIENT)
     out, err = capsys.readouterr()
     assert (code, out) == (1, "")
     assert err.startswith("mm7tx: cannot connect to http://127.0.0.1:1/x/: ")
@@ -993,7 +1083,9 @@ def test_the_max_answer_size_option_bounds_the_answer(capsys):
     )
     clock.listenTCP(80, site, interface="127.0.0.1")  # every name, in memory
     url = "http://vasp1:s3cr3t@mmsc.test/x/"
-    args = cli.parser().parse_args(["deliver", url, "--max-answer-size", "1K"])
+    args = cli.parser().parse_args(
+        ["deliver", url, "--from", "2", "--max-answer-size", "1K"]
+    )
     running = defer.ensureDeferred(cli.run(clock, args))  # its own agent and pool
     clock.flush()
     assert result_of(running) == 1
@@ -1009,7 +1101,7 @@ def test_the_max_answer_size_option_bounds_the_answer(capsys):
 def test_a_max_answer_size_that_is_not_a_size_is_a_usage_error(given, capsys):
     with pytest.raises(SystemExit) as caught:
         cli.parser().parse_args(
-            ["deliver", "http://x.test/", "--max-answer-size", given]
+            ["deliver", "http://x.test/", "--from", "2", "--max-answer-size", given]
         )
     assert caught.value.code == 2
     err = capsys.readouterr().err
@@ -1024,7 +1116,7 @@ def test_a_max_answer_size_that_is_not_a_size_is_a_usage_error(given, capsys):
 )
 def test_max_answer_size_reads_k_and_m(given, size):
     extra = [] if given is None else ["--max-answer-size", given]
-    args = cli.parser().parse_args(["deliver", "http://x.test/", *extra])
+    args = cli.parser().parse_args(["deliver", "http://x.test/", "--from", "2", *extra])
     assert args.max_answer_size == size
 
 
@@ -1062,10 +1154,128 @@ def test_user_without_a_password_is_a_usage_error(gateway, recorder, capsys):
     assert len(gateway.reactor.tcpClients) == connections  # nothing sent
 
 
-def test_submit_without_recipients_stops_before_sending(gateway, recorder):
-    with pytest.raises(SystemExit, match="give at least one --to, --cc or --bcc"):
-        mm7tx(gateway, "submit", gateway.url + "/mm7/", "--text", "x")
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["submit", "--text", "x"], "give at least one --to, --cc or --bcc"),
+        (["deliver", "--to", "1"], "the following arguments are required: --from"),
+        (
+            ["delivery-report", "--message-id", "M1", "--recipient", "1"],
+            "the following arguments are required: --sender",
+        ),
+        (
+            ["read-reply", "--message-id", "M1", "--recipient", "1"],
+            "the following arguments are required: --sender",
+        ),
+        (
+            ["delivery-report", *REPORT, "--status", "Retreived"],
+            "argument --status: 'Retreived' is not a delivery report MMStatus: "
+            "Expired, Retrieved, Rejected, Deferred, Unrecognised, Indeterminate, "
+            "Forwarded, Unreachable or DeliveryConditionNotMet",
+        ),
+        (
+            ["read-reply", *REPORT, "--status", "Retrieved"],
+            "argument --status: 'Retrieved' is not a read reply MMStatus: Read, "
+            "Deleted or Indeterminate",
+        ),
+        (
+            ["delivery-report", *REPORT, "--date", "yesterday"],
+            "argument --date: 'yesterday' is not an ISO 8601 date and time like "
+            "2024-05-01T12:00:00+00:00",
+        ),
+        (
+            ["deliver", "--from", "2", "--timeout", "0"],
+            "argument --timeout: '0' is not a positive number of seconds",
+        ),
+        (
+            ["deliver", "--from", "2", "--timeout", "soon"],
+            "argument --timeout: 'soon' is not a positive number of seconds",
+        ),
+        (
+            ["deliver", "--from", "2", "--mm7-version", "six"],
+            "argument --mm7-version: 'six' is not an MM7Version like 6.8.0",
+        ),
+        (
+            ["deliver", "--from", "2", "--namespace", "REL-9"],
+            "argument --namespace: 'REL-9' is not a namespace name like "
+            "REL-6-MM7-1-4 or a URI",
+        ),
+        (
+            ["deliver", "--from", "2", "--priority", "Urgent"],
+            "argument --priority: invalid choice: 'Urgent'",
+        ),
+        (["deliver", "--from", "hello"], "argument --from: 'hello' is not an email "),
+        (
+            ["deliver", "--from", "2", "--attach", "/nonexistent/p.jpg"],
+            "cannot read /nonexistent/p.jpg: No such file or directory",
+        ),
+        (
+            ["deliver", "--from", "2", "--smil", "/nonexistent/s.smil"],
+            "cannot read /nonexistent/s.smil: No such file or directory",
+        ),
+        (
+            ["deliver", "--from", "2", "--count", "0"],
+            "--count and --concurrency must be at least 1",
+        ),
+    ],
+)
+def test_every_usage_error_exits_2_before_sending(
+    gateway, recorder, capsys, argv, said
+):
+    command, *options = argv
+    with pytest.raises(SystemExit) as caught:
+        mm7tx(gateway, command, gateway.url + "/vasp/", *options)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: mm7tx {command} ")
+    assert err.splitlines()[-1].startswith(f"mm7tx {command}: error: {said}")
     assert recorder.requests == []
+
+
+@pytest.mark.parametrize(
+    "command, given, sent",
+    [
+        ("delivery-report", "retrieved", "Retrieved"),
+        ("delivery-report", "DELIVERYCONDITIONNOTMET", "DeliveryConditionNotMet"),
+        ("read-reply", "deleted", "Deleted"),
+    ],
+)
+def test_a_status_is_read_in_any_case_and_sent_as_the_standard_spells_it(
+    gateway, recorder, command, given, sent
+):
+    url = gateway.url + "/vasp/"
+    assert mm7tx(gateway, command, url, *REPORT, "--status", given) == 0
+    [(request, _)] = recorder.requests
+    assert request.mm_status == sent
+
+
+def readme_tour_conf() -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    found = re.search(r"`tour\.conf`:\n\n((?:    .*\n)+)", readme)
+    assert found, "README.md has no tour.conf block"
+    return found.group(1)
+
+
+def readme_report_commands() -> list[list[str]]:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    lines = re.findall(r"^    (mm7tx (?:delivery-report|read-reply) .*)$", readme, re.M)
+    assert len(lines) == 2, lines
+    return [shlex.split(line)[1:] for line in lines]
+
+
+def test_the_readme_report_commands_work_on_the_tour_configuration(capsys):
+    """The README's ``delivery-report`` and ``read-reply`` examples, as
+    written but for the host, against its ``tour.conf``: a to-domain and no
+    to-address, where a report without a Sender would be 2002."""
+    gateway = MemoryGateway(readme_tour_conf())
+    for argv in readme_report_commands():
+        argv = [gateway.url + "/vasp/" if a.endswith("/vasp/") else a for a in argv]
+        assert mm7tx(gateway, *argv) == 0, capsys.readouterr()
+        assert capsys.readouterr() == ("1000 Success\n", "")
+    assert [mail.recipients for mail in gateway.relay.accepted] == [
+        ["12345@mms.example"],
+        ["12345@mms.example"],
+    ]
 
 
 def test_load_mode_prints_its_summary(capsys, monkeypatch):
@@ -1076,6 +1286,8 @@ def test_load_mode_prints_its_summary(capsys, monkeypatch):
         gateway,
         "deliver",
         gateway.url + "/vasp/",
+        "--from",
+        "2",
         "--to",
         "1",
         "--text",
@@ -1118,7 +1330,8 @@ def test_load_mode_counts_faults_by_status_and_failures_by_kind(capsys):
         "answers by status: 4006: 3",
         "failures: -",
     ]
-    dead = ["deliver", "http://127.0.0.1:1/vasp/", "--to", "1", "--count", "4"]
+    dead = ["deliver", "http://127.0.0.1:1/vasp/", "--from", "2", "--to", "1"]
+    dead += ["--count", "4"]
     assert mm7tx(gateway, *dead) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[:3] == [
@@ -1126,6 +1339,17 @@ def test_load_mode_counts_faults_by_status_and_failures_by_kind(capsys):
         "answers by status: -",
         "failures: Unreachable: 4",
     ]
+
+
+def test_main_refuses_a_submission_without_recipients_before_the_reactor_runs(
+    capsys,
+):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["submit", "http://127.0.0.1:1/mm7", "--text", "x"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "mm7tx submit: error: give at least one --to, --cc or --bcc"
+    )
 
 
 def test_count_and_concurrency_must_be_positive(capsys):
@@ -1279,9 +1503,9 @@ def test_a_client_takes_the_urls_userinfo_as_basic_credentials():
     "subcommand, path, extra",
     [
         ("submit", "/mm7/", ["--to", "1"]),
-        ("deliver", "/vasp/", ["--to", "1"]),
-        ("delivery-report", "/vasp/", ["--message-id", "M", "--recipient", "1"]),
-        ("read-reply", "/vasp/", ["--message-id", "M", "--recipient", "1"]),
+        ("deliver", "/vasp/", ["--from", "2", "--to", "1"]),
+        ("delivery-report", "/vasp/", ["--message-id", "M", *SENDER_RECIPIENT]),
+        ("read-reply", "/vasp/", ["--message-id", "M", *SENDER_RECIPIENT]),
     ],
 )
 def test_credentials_in_the_url_are_sent_as_basic_not_in_the_url(
@@ -1325,8 +1549,7 @@ def test_the_password_in_a_url_is_never_printed(gateway, capsys):
         "http://user:s3cr3t@127.0.0.1:9/mm7",
         "--message-id",
         "M",
-        "--recipient",
-        "1",
+        *SENDER_RECIPIENT,
     )
     out, err = capsys.readouterr()
     assert code == 1
@@ -1334,7 +1557,7 @@ def test_the_password_in_a_url_is_never_printed(gateway, capsys):
     assert "s3cr3t" not in out + err and "Traceback" not in err
     for bad in ("http://user:s3cr3t@host:99999/mm7", "ftp://user:s3cr3t@host/mm7"):
         with pytest.raises(SystemExit):
-            cli.parser().parse_args(["deliver", bad, "--to", "1"])
+            cli.parser().parse_args(["deliver", bad, "--from", "2", "--to", "1"])
         err = capsys.readouterr().err
         assert "argument URL: 'ftp://***@host/mm7'" in err or "***@host:99999" in err
         assert "s3cr3t" not in err
@@ -1357,8 +1580,8 @@ class BodyRecorder(URIRecorder):
     "subcommand, path, extra, sent",
     [
         ("submit", "/mm7/", ["--user", "vasp1", "--password", "pw"], "Normal"),
-        ("deliver", "/vasp/", [], "Normal"),
-        ("deliver", "/vasp/", ["--priority", "High"], "High"),
+        ("deliver", "/vasp/", ["--from", "2"], "Normal"),
+        ("deliver", "/vasp/", ["--from", "2", "--priority", "High"], "High"),
     ],
 )
 def test_deliver_and_submit_send_a_priority_unless_told(
@@ -1413,6 +1636,8 @@ def test_the_command_sends_a_version_that_fits_its_namespace(gateway, recorder):
             gateway,
             "deliver",
             gateway.url + "/vasp/",
+            "--from",
+            "2",
             "--to",
             "7255",
             "--text",

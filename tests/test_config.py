@@ -88,7 +88,7 @@ def test_grammar_case_comments_lists_scopes():
           smtp_username = "u"
           smtp_password = "p w \\" q"
           smtp_timeout = 30
-          mm7_keep_smil = yes
+          mm7_keep_smil = true
           mm7_processor = "mm7tx.examples.shortcode.ShortCodeMailboxes"
           Path "/b/c/" { processor = "mm7tx.processors.EmailProcessor" }
         }
@@ -156,7 +156,7 @@ def test_grammar_case_comments_lists_scopes():
             "both a VASP path and an MMSC path",
         ),
         ("mm7_serv { }", 1, "mm7_vasp_uri_paths is required"),
-        ('mm7_serv {\n x = "unterminated\n}', 2, "unexpected character"),
+        ('mm7_serv {\n x = "unterminated\n}', 2, "unterminated string"),
         (
             'mm7_serv {\n mm7_vasp_uri_paths = ("/a/")\n mm7_processor = "nowhere.Nothing"\n}',
             3,
@@ -264,8 +264,11 @@ def test_a_documented_default_is_the_default(spec):
         text = f'HTTP_Listener {{ Listen "{spec.default}" {{ }} }}\n{MINIMAL}'
     else:
         text = MINIMAL.replace("}", f"\n{spec.name} = {spec.default}\n}}")
-    # The same configuration, but for where its listener was written.
-    assert replace(load(text), listen_origins=(), listen_access=()) == load(MINIMAL)
+    # The same configuration, but for where its listener or relay was written.
+    written = replace(
+        load(text), listen_origins=(), listen_access=(), smtp_relay_origin="<config>"
+    )
+    assert written == load(MINIMAL)
 
 
 # Errors that involve more than one option name the one at fault ------------
@@ -604,3 +607,129 @@ def test_vasp_paths_that_could_not_map_a_number_are_refused(missing, role):
     )
     address = missing.replace("_domain", "_address")
     assert load(MINIMAL.replace(missing, address)).vasp_paths == ("/a/",)
+
+
+# Messages that help a reader fix the file -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            'mm7_serv {\n mm7_vasp_uri_paths = ("/a/")\n smtp_max_conections = 5\n}',
+            "my.conf, line 3: unknown mm7_serv option 'smtp_max_conections'; "
+            "did you mean 'smtp_max_connections'?",
+        ),
+        (
+            'mm7_serv {\n mm7_vasp_uri_paths = ("/a/")\n MM7_Keep_Smill = true\n}',
+            "my.conf, line 3: unknown mm7_serv option 'MM7_Keep_Smill'; "
+            "did you mean 'mm7_keep_smil'?",
+        ),
+        (
+            'mm7_serv { mm7_vasp_uri_paths = ("/a/") }\nVASP "v" { pasword = "p" }',
+            "my.conf, line 2: unknown VASP option 'pasword'; did you mean 'password'?",
+        ),
+        (
+            'mm7_serv { mm7_vasp_uri_paths = ("/a/") }\nMMSC "m" {\n alowed_networks = ("10.0.0.1")\n}',
+            "my.conf, line 3: unknown MMSC option 'alowed_networks'; "
+            "did you mean 'allowed_networks'?",
+        ),
+        (
+            'HTTP_Listener { Listen ":1" { always_alow = ("10.0.0.1") } }\n'
+            'mm7_serv { mm7_vasp_uri_paths = ("/a/") }',
+            "my.conf, line 1: unknown Listen option 'always_alow'; "
+            "did you mean 'always_allow'?",
+        ),
+        (
+            'mm7_servv { mm7_vasp_uri_paths = ("/a/") }',
+            "my.conf, line 1: unknown scope 'mm7_servv'; did you mean 'mm7_serv'?",
+        ),
+        (
+            'mm7_serv { mm7_vasp_uri_paths = ("/a/") }\nsmtp_relay = "tcp:h:25"',
+            "my.conf, line 2: unknown top-level option 'smtp_relay'; it belongs "
+            "in mm7_serv { }",
+        ),
+        (
+            'mm7_serv {\n mm7_vasp_uri_paths = ("/a/")\n nonsense = 1\n}',
+            "my.conf, line 3: unknown mm7_serv option 'nonsense'",
+        ),
+    ],
+)
+def test_an_unknown_name_suggests_the_closest_valid_one(text, message):
+    with pytest.raises(ConfigError) as caught:
+        load(text, "my.conf")
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ('mm7_serv {\n mm7_vasp_uri_paths = ("/a/)\n}', 2),
+        ('mm7_serv {\n mm7_vasp_uri_paths = ("/a/")\n smtp_helo = "x', 3),
+        ('mm7_serv {\n mm7_vasp_uri_paths = ("/a/")\n smtp_helo = "x\\"\n}', 3),
+    ],
+)
+def test_a_missing_closing_quote_is_an_unterminated_string_where_it_starts(text, line):
+    with pytest.raises(ConfigError) as caught:
+        load(text, "my.conf")
+    assert str(caught.value) == (
+        f"my.conf, line {line}: unterminated string (no closing '\"' on this line)"
+    )
+
+
+@pytest.mark.parametrize(
+    "option, given, accepted",
+    [
+        ("smtp_starttls", "yes", "off, opportunistic or required"),
+        ("smtp_starttls", "no", "off, opportunistic or required"),
+        ("smtp_starttls", "when_offered", "off, opportunistic or required"),
+        ("mm7_keep_smil", "yes", "true or false"),
+        ("mm7_keep_smil", "on", "true or false"),
+        ("mm7_access_log", "1", "true or false"),
+        ("mm7_access_log", "no", "true or false"),
+    ],
+)
+def test_an_alias_of_a_boolean_or_enumerated_value_is_refused_with_the_accepted_ones(
+    option, given, accepted
+):
+    text = f'mm7_serv {{\n mm7_vasp_uri_paths = ("/a/")\n {option} = {given}\n}}'
+    with pytest.raises(ConfigError) as caught:
+        load(text, "my.conf")
+    assert str(caught.value) == (
+        f"my.conf, line 3: {option} must be {accepted}, not {given!r}"
+    )
+
+
+@pytest.mark.parametrize(
+    "option, given, value",
+    [
+        ("smtp_starttls", "Required", "required"),
+        ("smtp_starttls", '"off"', "off"),
+        ("mm7_keep_smil", "TRUE", True),
+        ("mm7_keep_smil", "false", False),
+    ],
+)
+def test_the_documented_values_are_read_in_any_case(option, given, value):
+    config = load(EXAMPLE_7_1.replace("}", f" {option} = {given}\n}}"))
+    if option == "smtp_starttls":
+        assert config.smtp.starttls == value
+    else:
+        assert config.keep_smil is value
+
+
+def test_every_enumerated_option_lists_its_values_in_the_readme_table():
+    rows = {spec.name: spec.markdown_row() for spec in OPTIONS}
+    assert "`off`, `opportunistic`" in rows["smtp_starttls"]
+    assert "`required`" in rows["smtp_starttls"]
+    for name in ("mm7_keep_smil", "mm7_access_log"):
+        assert "`true` or `false`" in rows[name]
+
+
+def test_the_relay_option_s_line_is_kept_for_errors_found_later(tmp_path):
+    text = EXAMPLE_7_1.replace("}", '  smtp_relay = "maildir:/proc/x"\n}')
+    line = text[: text.index("smtp_relay")].count("\n") + 1
+    assert load(text, "my.conf").smtp_relay_origin == f"my.conf, line {line}"
+    assert load(EXAMPLE_7_1, "my.conf").smtp_relay_origin == "my.conf"
+    overridden = with_overrides(load(text, "my.conf"), smtp_relay="maildir:M")
+    assert overridden.smtp_relay_origin == "--smtp-relay"
+    assert EMBEDDED.smtp_relay_origin == "embedded defaults"

@@ -501,9 +501,10 @@ def test_a_maildir_that_cannot_be_written_changes_nothing(tmp_path: Path) -> Non
     bad = text.replace(str(tmp_path / "Maildir"), str(tmp_path / "file" / "Maildir"))
     with capturedLogs() as events:
         assert not service.reload_from(lambda: load(bad, "a.conf"))
+    line = bad[: bad.index("smtp_relay")].count("\n") + 1
     assert logged(events) == [
-        f"Not reloading a.conf: cannot deliver into the Maildir "
-        f"{tmp_path / 'file' / 'Maildir'}: Not a directory; the running "
+        f"Not reloading a.conf: a.conf, line {line}: cannot deliver into the "
+        f"Maildir {tmp_path / 'file' / 'Maildir'}: Not a directory; the running "
         "configuration is kept"
     ]
     assert service.sender is sender

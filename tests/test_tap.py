@@ -208,3 +208,26 @@ def test_a_maildir_it_cannot_write_into_stops_the_start_with_one_line(
         f"--smtp-relay: cannot deliver into the Maildir {tmp_path}/file/Maildir: "
         "Not a directory"
     )
+
+
+def test_a_maildir_it_cannot_make_names_the_file_and_line_of_smtp_relay(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "mm7tx.conf"
+    path.write_text(
+        samples.EXAMPLE_7_1.replace(
+            "}", f'  smtp_relay = "maildir:{tmp_path}/file/Maildir"\n}}'
+        )
+    )
+    line = (
+        path.read_text()
+        .splitlines()
+        .index(f'  smtp_relay = "maildir:{tmp_path}/file/Maildir"')
+    )
+    with pytest.raises(SystemExit) as caught:
+        tap.makeService(options("--config", str(path)))
+    assert str(caught.value) == (
+        f"{path}, line {line + 1}: cannot deliver into the Maildir "
+        f"{tmp_path}/file/Maildir: Not a directory"
+    )
