@@ -45,7 +45,9 @@ READ_MM_STATUS = ("Read", "Deleted", "Indeterminate")
 PRIORITIES = ("Normal", "High", "Low")
 MESSAGE_CLASSES = ("Personal", "Informational", "Advertisement", "Auto")
 
-_TYPE_SUFFIX = re.compile(r"/TYPE=.*$", re.IGNORECASE)
+# Where a ``/TYPE=...`` suffix starts (found, then cut: ``/TYPE=.*$`` with
+# ``sub`` is tried at every "/TYPE=" of a value and runs to its line end).
+_TYPE_SUFFIX = re.compile(r"/TYPE=", re.IGNORECASE)
 _NOT_DIGIT = re.compile(r"[\s+\-().]")
 
 
@@ -83,7 +85,9 @@ class Address:
     @property
     def digits(self) -> str:
         """The number without ``+``, spaces, dashes or a ``/TYPE=...`` suffix."""
-        return _NOT_DIGIT.sub("", _TYPE_SUFFIX.sub("", self.value))
+        suffix = _TYPE_SUFFIX.search(self.value)
+        value = self.value[: suffix.start()] if suffix else self.value
+        return _NOT_DIGIT.sub("", value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -439,3 +439,56 @@ def test_the_multipart_reader_agrees_with_the_email_parser_on_the_samples():
             theirs = e.status
         assert ours == theirs, ctype
     assert multipart >= 7
+
+
+_S = b"Content-Type: text/xml\r\n\r\n<x/>\r\n"
+# Bodies where the email package reads MIME its own way: mm7tx's reader must
+# read them the same (found in review of the reader).
+_QUIRKS = {
+    "a close right after a delimiter is skipped": b"--b\r\n" + _S + b"--b\r\n--b--\r\n",
+    "blanks after a delimiter": b"--b\r\n"
+    + _S
+    + b"--b"
+    + b" " * 300
+    + b"\r\nContent-Type: image/gif\r\n\r\nGIF\r\n--b--\r\n",
+    "a nested multipart closed first is its text": b"--b\r\n"
+    + _S
+    + b"--b\r\nContent-Type: multipart/mixed; boundary=i\r\n\r\npre\r\n--i--\r\n"
+    b"--i\r\n\r\nX\r\n--i--\r\n--b--\r\n",
+    "an empty nested boundary": b"--b\r\n"
+    + _S
+    + b'--b\r\nContent-Type: multipart/mixed; boundary=""\r\n\r\n--\r\n'
+    b"Content-Type: image/gif\r\n\r\nGIF\r\n----\r\n--b--\r\n",
+    "a folded nested boundary": b"--b\r\n"
+    + _S
+    + b'--b\r\nContent-Type: multipart/mixed; boundary="i\r\n x"\r\n\r\n--i\r\n'
+    b" x\r\n\r\nGIF\r\n--i\r\n x--\r\n--b--\r\n",
+    "an RFC 2231 nested boundary": b"--b\r\n"
+    + _S
+    + b"--b\r\nContent-Type: multipart/mixed; boundary*=utf-8''%C3%A9\r\n\r\n"
+    b"--\xc3\xa9\r\n\r\nGIF\r\n--\xc3\xa9--\r\n--b--\r\n",
+    "a From line ends the headers": b"--b\r\nContent-Type: text/xml\r\n"
+    b"From me\r\n\r\n<x/>\r\n--b--\r\n",
+    "an empty line then a delimiter is an empty part": b"--b\r\n"
+    + _S
+    + b"--b\r\n\r\n--b\r\nContent-Type: image/gif\r\n\r\nGIF\r\n--b--\r\n",
+    "lone CR line ends": b"--b\r" + _S.replace(b"\r\n", b"\r") + b"--b--\r",
+}
+
+
+@pytest.mark.parametrize("case", sorted(_QUIRKS))
+def test_the_reader_reads_the_email_packages_quirks_as_it_does(case):
+    from mm7tx.codec import mime
+    from tests.fuzzing import email_split
+
+    def read(split):
+        try:
+            soap_xml, parts = split('multipart/related; boundary="b"', _QUIRKS[case])
+        except MM7Error as e:
+            return e.status
+        return soap_xml, [
+            (p.media_type, p.data, p.params, p.content_id, p.content_location)
+            for p in mime.resolve_content(None, parts)
+        ]
+
+    assert read(mime.split) == read(email_split)

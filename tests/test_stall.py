@@ -63,6 +63,9 @@ LINEAR: dict[str, Callable[[int], object]] = {
     ),
     "a Number of digits then a letter": lambda n: _number_of("1" * n + "x"),
     "a log line of a.a.a.a": lambda n: _redacted("a." * n),
+    "a ShortCode of /TYPE= repeated": lambda n: (
+        m.Address("/TYPE=" * (n // 6) + "\nx", "ShortCode").digits
+    ),
 }
 
 
@@ -191,3 +194,19 @@ def test_the_headers_of_all_parts_together_are_bounded_before_they_are_parsed():
     assert refused.value.status.code == 2007
     assert "in all" in str(refused.value.status.details)
     assert fed[0] <= mime.MAX_HEADER_BYTES + mime.MAX_PART_HEADERS
+
+
+def test_base64_of_short_lines_is_checked_in_bounded_memory():
+    import tracemalloc
+
+    text = b"QUJD\r\n" * (SIZE // 6)
+    tracemalloc.start()
+    try:
+        assert mime.mime_base64(text) == text.replace(b"\r", b"")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # A copy without its CRs (and the one translate sizes before it
+    # shrinks), and the lines of 64 KiB at a time (a list
+    # of every line took twelve times the part).
+    assert peak < 2 * len(text)

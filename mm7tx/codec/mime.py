@@ -20,7 +20,7 @@ from email.message import Message, MIMEPart
 from email.parser import BytesHeaderParser
 from email.utils import collapse_rfc2231_value
 from io import BytesIO
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 from mm7tx.errors import MM7Error
@@ -126,11 +126,22 @@ _BLANK_LINE = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
 _HEADER_OR_CONTINUATION = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 # What may follow ``--boundary`` on a delimiter line: ``--`` for the close,
 # some blanks, the line's end (or the end of the enclosing part).
-_DELIMITER_TAIL = re.compile(rb"(--)?[ \t]{0,256}+(?:\r\n|\r|\n|\Z)")
+_DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*+(?:\r\n|\r|\n|\Z)")
 # Lines that start like a delimiter but make no part (RFC 2046 forbids them
 # in content; a delimiter line repeated makes no empty part): each costs a
 # step, so a body holding more is refused.
 MAX_FALSE_DELIMITERS = 1024
+
+
+class _Delimiter(NamedTuple):
+    """A delimiter line: where it starts, where the content before it ends
+    (its line ending belongs to the delimiter), where the line after it
+    starts, and whether it is the close."""
+
+    line: int
+    content_end: int
+    after: int
+    closed: bool
 
 
 class _Reader:
@@ -156,48 +167,46 @@ class _Reader:
 
     def multipart(
         self, boundary: bytes, start: int, end: int, depth: int
-    ) -> tuple[list[Message], bool] | None:
+    ) -> tuple[list[Message], bool] | int | None:
         """The parts between ``start`` and ``end`` under ``boundary`` and
-        whether its close delimiter came; None when the boundary never
-        starts a line there (the email parser then takes the whole as
-        text)."""
-        delimiter = b"--" + boundary
-        found = self._delimiter(delimiter, start, start, end)
+        whether its close delimiter came.  As the email parser reads it: None
+        when the boundary never starts a line there, and where the text
+        before it ends when the first delimiter is the close (the multipart
+        is then that text)."""
+        found = self._delimiter(delimiter := b"--" + boundary, start, start, end)
         if found is None:
             return None
+        if found.closed:
+            return found.content_end
         if depth > MAX_NESTING:
             raise _too_deep()
         parts: list[Message] = []
-        _, at, closed = found
-        while not closed:
-            # Delimiter lines in a row make no empty parts (the email
-            # parser skips them), and a part runs to the next delimiter.
+        at = found.after
+        while True:
+            # Delimiter lines right after a delimiter, the close too, make no
+            # part: the email parser skips them.
             found = self._delimiter(delimiter, at, at, end)
-            while found is not None and found[0] == at:
-                _, at, closed = found
-                if closed:
-                    return parts, True
+            while found is not None and found.line == at:
                 self._wasted()
+                at = found.after
                 found = self._delimiter(delimiter, at, at, end)
             if found is None:
                 parts.append(self.part(at, end, depth))
                 return parts, False
-            content_end, after, closed = found
-            parts.append(self.part(at, content_end, depth))
-            at = after
-        return parts, True
+            parts.append(self.part(at, found.content_end, depth))
+            if found.closed:
+                return parts, True
+            at = found.after
 
     def _delimiter(
         self, delimiter: bytes, line_start: int, search: int, end: int
-    ) -> tuple[int, int, bool] | None:
-        """The next delimiter line from ``search``: where the content
-        before it ends (its line ending belongs to the delimiter), where the
-        line after it starts, and whether it is the close."""
+    ) -> _Delimiter | None:
+        """The next delimiter line from ``search``."""
         body = self.body
         at = search
         while True:
             if at == line_start and body.startswith(delimiter, at, end):
-                hit, content_end = at, at
+                line = content_end = at
             else:
                 hit = self._next(delimiter, max(at - 1, line_start), end)
                 if hit < 0:
@@ -205,14 +214,15 @@ class _Reader:
                 # A CRLF before the delimiter belongs to it, as an LF or a lone
                 # CR does.
                 crlf = body[hit : hit + 1] == b"\n" and body[hit - 1 : hit] == b"\r"
-                content_end = hit - 1 if crlf else hit
-                content_end = max(content_end, line_start)
-                hit += 1
-            tail = _DELIMITER_TAIL.match(body, hit + len(delimiter), end)
+                content_end = max(hit - 1 if crlf else hit, line_start)
+                line = hit + 1
+            tail = _DELIMITER_TAIL.match(body, line + len(delimiter), end)
             if tail is not None:
-                return content_end, tail.end(), tail.group(1) is not None
+                return _Delimiter(
+                    line, content_end, tail.end(), tail.group(1) is not None
+                )
             self._wasted()
-            at = hit + len(delimiter)
+            at = line + len(delimiter)
 
     def _next(self, delimiter: bytes, start: int, end: int) -> int:
         """Where the next line ending followed by ``delimiter`` is, from
@@ -245,43 +255,68 @@ class _Reader:
         self.parts += 1
         if self.parts > MAX_PARTS:
             raise _too_many()
-        part, content = self.headers(start, end)
+        part, content, lead = self.headers(start, end)
         if part.get_content_maintype() == "multipart":
-            boundary = part.get_boundary()
-            if boundary:
-                inner = self.multipart(
-                    boundary.encode("utf-8", "surrogateescape"), content, end, depth + 1
-                )
-                if inner is not None:
-                    part.set_payload(inner[0])  # type: ignore[arg-type]
-                    return part
-        part.view = memoryview(self.body)[content:end]
+            inner = self._inner(part, content, end, depth)
+            if isinstance(inner, tuple):
+                part.set_payload(inner[0])  # type: ignore[arg-type]
+                return part
+            if inner is not None:
+                end = inner  # the text before a first delimiter that closes
+        if lead:
+            part.raw = lead + self.body[content:end]
+        else:
+            part.view = memoryview(self.body)[content:end]
         return part
 
-    def headers(self, start: int, end: int) -> tuple[Part, int]:
-        """The part's headers and where its content starts: after the blank
-        line, or at the first line that is not a header (as the email parser
-        reads a part without a blank line).  Headers over
+    def _inner(
+        self, part: Message, start: int, end: int, depth: int
+    ) -> tuple[list[Message], bool] | int | None:
+        """A multipart part's parts, as :meth:`multipart` gives them; None
+        for one whose boundary cannot be read or matched (the email parser
+        matches it against bytes read as ASCII: a boundary of other
+        characters never matches)."""
+        try:
+            boundary = part.get_boundary()
+            marker = (
+                None
+                if boundary is None
+                else boundary.encode("ascii", "surrogateescape")
+            )
+        except (UnicodeError, LookupError):
+            return None
+        if marker is None or b"\r" in marker or b"\n" in marker:
+            return None  # a folded one spans lines: no line is its delimiter
+        return self.multipart(marker, start, end, depth + 1)
+
+    def headers(self, start: int, end: int) -> tuple[Part, int, bytes]:
+        """The part's headers, where its content starts, and a line to put
+        before the content: after the blank line, or at the first line that
+        is not a header (as the email parser reads a part without a blank
+        line), and a ``From `` line ending the headers goes to the content
+        (the email parser takes it for the body's first line).  Headers over
         :data:`MAX_PART_HEADERS` bytes are refused before any is parsed."""
         body = self.body
         limit = min(end, start + MAX_PART_HEADERS + 4)
         eol = _EOL.match(body, start, limit)
         if eol is not None:  # no headers: the content follows the blank line
-            return Part(), eol.end()
+            return Part(), eol.end(), b""
         blank = _BLANK_LINE.search(body, start, limit)
         block_end = blank.start() if blank is not None else limit
         block = body[start:block_end]
         if blank is not None and (part := _fast_headers(block)) is not None:
             self._spend(len(block))
-            return _as_part(part), blank.end()
+            return _as_part(part), blank.end(), b""
         # Line by line (a bounded block): the first line that is not a
         # header starts the content.
         at = start
         content = -1
+        last = start  # where the last header line starts
         while at < block_end:
             if not _HEADER_OR_CONTINUATION.match(body, at, block_end):
                 content = at
                 break
+            last = at
             eol = _EOL.search(body, at, block_end)
             at = eol.end() if eol is not None else block_end
         if content < 0:
@@ -294,9 +329,20 @@ class _Reader:
                     StatusCode.MESSAGE_FORMAT_CORRUPT,
                     details=f"a MIME part's headers are over {MAX_PART_HEADERS} bytes",
                 )
+        lead = b""
+        header_end = min(content, block_end)
+        if last > start and body.startswith(b"From ", last) and last < header_end:
+            # The email parser puts a "From " line that ends the headers
+            # back, as the body's first line (the blank line is gone).
+            eol = _EOL.search(body, last, content)
+            lead = body[last : eol.end() if eol is not None else header_end]
+            if content == header_end:  # no blank line: the line comes back as is
+                content, lead = last, b""
+            header_end = last
         self._spend(content - start)
-        block = body[start:content]
-        return _as_part(_HEADERS.parsebytes(block.rstrip(b"\r\n") + b"\n\n")), content
+        block = body[start:header_end]
+        headers = _HEADERS.parsebytes(block.rstrip(b"\r\n") + b"\n\n")
+        return _as_part(headers), content, lead
 
     def _spend(self, size: int) -> None:
         """Count ``size`` bytes of part headers against the request's
@@ -380,7 +426,7 @@ def split(content_type: str | None, body: bytes) -> tuple[bytes, list[Message]]:
             )
     marker = boundary.replace('"', "").encode("utf-8", "surrogateescape")
     found = _Reader(body).multipart(marker, 0, len(body), 1)
-    if found is None or not found[0]:
+    if not isinstance(found, tuple) or not found[0]:
         raise MM7Error(
             StatusCode.VALIDATION_ERROR,
             details="the body is not MIME: its boundary never appears",
@@ -464,28 +510,51 @@ def mime_base64(text: bytes) -> bytes | None:
     with its padding at the very end; else None.
 
     What it gives decodes to exactly what ``text`` does, so the email can
-    carry it as it came rather than decoding and encoding it again."""
+    carry it as it came rather than decoding and encoding it again.  At
+    most one copy of ``text`` is made (without its CRs), and lines are
+    looked at 64 KiB at a time: a list of every line of a large part took
+    twelve times its size."""
     # CR goes (one pass, rather than a search for CRLF that stops at every
     # line): the decoder skips it wherever it stands, so the bytes stay.
-    text = text.translate(None, b"\r").rstrip(b"\n")
-    core = text.rstrip(b"=")
-    breaks = text.count(b"\n")
+    text = text.translate(None, b"\r")
+    size = len(text)  # without the line breaks at the end
+    while size and text[size - 1] == 10:
+        size -= 1
+    padding = 0
+    while padding < 3 and padding < size and text[size - 1 - padding] == 61:
+        padding += 1
+    core = size - padding
+    breaks = text.count(b"\n", 0, size)
     if (
         not core
-        or len(text) - len(core) > 2
-        or (len(text) - breaks) % 4
-        or core.endswith(b"\n")
-        or core.translate(None, _BASE64_LINE_BYTES)
+        or padding > 2
+        or (size - breaks) % 4
+        or text[core - 1] == 10
+        or text.find(b"=", 0, core) >= 0
+        or text.translate(None, _BASE64_LINE_BYTES + b"=")
     ):
         return None
-    # Lines of 76 (most encoders) are checked by a slice, others one by one
-    # (an empty one, two line breaks in a row, is refused too).
-    ends = text[76::77]
-    if not (len(ends) == breaks and ends.count(b"\n") == breaks):
-        lengths = list(map(len, text.split(b"\n")))
+    if not _lines_fit(text, size, breaks):
+        return None
+    return text if size + 1 == len(text) else text[:size] + b"\n"
+
+
+def _lines_fit(text: bytes, size: int, breaks: int) -> bool:
+    """Whether the lines of ``text[:size]`` are all 1 to 76 characters.
+    Lines of 76 (most encoders) are checked by a slice, others 64 KiB of
+    lines at a time (an empty line, two breaks in a row, is refused)."""
+    ends = text[76:size:77]
+    if len(ends) == breaks and ends.count(b"\n") == breaks:
+        return True
+    at = 0
+    while at < size:
+        cut = text.find(b"\n", at + 64 * 1024, size)
+        stop = size if cut < 0 else cut
+        lengths = list(map(len, text[at:stop].split(b"\n")))
         if max(lengths) > 76 or min(lengths) == 0:
-            return None
-    return text + b"\n"
+            return False
+        at = stop + 1
+    return True
 
 
 def _received_base64(part: Message) -> bytes | None:
