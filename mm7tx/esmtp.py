@@ -592,12 +592,19 @@ class ESMTPSender:
         if self.offload is not None and mail_size(message) > OFFLOAD_SIZE:
             # Tens of megabytes: made SMTP data in a thread.
             made = self.offload(_smtp_pieces, message)
-            return made.addCallback(self._enqueue, envelope, utf8, started)
+            return made.addCallbacks(
+                self._enqueue,
+                self._answered,
+                callbackArgs=(envelope, utf8, started),
+                errbackArgs=(started,),
+            )
         return self._enqueue(_smtp_pieces(message), envelope, utf8, started)
 
     def _enqueue(
         self, data: list[bytes], envelope: list[bytes], utf8: bool, started: float
     ) -> defer.Deferred[SendResult]:
+        if self._closed:  # closed while the data was made in a thread
+            return defer.fail(_stopping()).addBoth(self._answered, started)
         job = _Job(
             self,
             envelope[0],

@@ -87,12 +87,24 @@ class MaildirSender:
         message["Return-Path"] = f"<{sender}>"
         message["Delivered-To"] = ", ".join(recipients)
 
-        def write() -> str:
-            key = _deliver(self.path, message.as_bytes(policy=_FILE_POLICY))
+        def write() -> str | _Delivered:
+            try:
+                key: str | _Delivered = _deliver(
+                    self.path, message.as_bytes(policy=_FILE_POLICY)
+                )
+            except _Delivered as e:
+                key = e
             _fsync_directory(os.path.join(self.path, "new"))
             return key
 
-        def stored(key: str) -> SendResult:
+        def stored(key: str | _Delivered) -> SendResult:
+            if isinstance(key, _Delivered):
+                log.warn(
+                    "Could not remove {file} once delivered: {why}",
+                    file=key.file,
+                    why=key.why,
+                )
+                key = key.name
             return SendResult(tuple(recipients), reply=f"stored as new/{key}")
 
         def refused(reason: Failure) -> Failure:
@@ -147,10 +159,18 @@ def _deliver(path: str, data: bytes) -> str:
     try:
         os.unlink(tmp)
     except OSError as e:  # delivered all the same: the sweep takes it later
-        log.warn(
-            "Could not remove {file} once delivered: {why}", file=tmp, why=e.strerror
-        )
+        # Logged by the caller: this runs in a thread (mm7tx.offload), and
+        # Twisted's log observers expect the reactor's.
+        raise _Delivered(name, tmp, str(e.strerror or e)) from None
     return name
+
+
+class _Delivered(Exception):
+    """Delivered as ``name``, but its ``tmp/`` file could not be removed."""
+
+    def __init__(self, name: str, file: str, why: str) -> None:
+        super().__init__(name, file, why)
+        self.name, self.file, self.why = name, file, why
 
 
 def _unique_name() -> str:

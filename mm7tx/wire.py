@@ -295,7 +295,7 @@ def _streams(msg: Any, policy: Any) -> bool:
     if getattr(policy, "cte_type", "8bit") == "7bit":
         return False
     return all(
-        part.get_boundary() is not None
+        part.get_boundary()  # one "" would be replaced: buffered, as before
         for part in msg.walk()
         if part.is_multipart() and part.get_content_maintype() == "multipart"
     )

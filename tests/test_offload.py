@@ -9,6 +9,7 @@ is seen without a thread or a sleep.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -257,3 +258,40 @@ def test_smtp_data_made_as_it_is_written_is_the_whole_stuffed(size):
     text.set_content((".dot\n..two\nplain\n" * (size // 18 + 1))[:size] or "x")
     for made in (text, message(os.urandom(size))):
         assert b"".join(_smtp_pieces(made)) == _stuffed(wire_bytes(made))
+
+
+def test_a_mail_made_in_the_thread_after_the_sender_closed_fails_at_once():
+    reactor = ThreadedReactor()
+    relay = MemorySMTPRelay(reactor)
+    sender = ESMTPSender(
+        reactor,
+        SMTPSettings(endpoint=relay.endpoint, starttls="off"),
+        offload=in_threads(reactor),
+    )
+    big = sender.send(
+        "a@from.example", ["b@to.example"], message(os.urandom(OFFLOAD_SIZE))
+    )
+    closing = sender.close()
+    reactor.pool.run()
+    with pytest.raises(Exception) as refused:
+        result_of(big)
+    assert refused.value.status.code == 4006  # type: ignore[attr-defined]
+    result_of(closing)
+    assert relay.accepted == []
+
+
+def test_a_multipart_with_an_empty_boundary_is_written_as_the_standard_generator_does():
+    from email.generator import BytesGenerator
+    from io import BytesIO
+
+    from mm7tx.wire import WIRE_POLICY, wire_bytes
+
+    import copy
+
+    made = message(b"data")
+    made.set_boundary("")
+    ours = wire_bytes(copy.deepcopy(made))  # each writes a boundary of its own
+    standard = BytesIO()
+    BytesGenerator(standard, policy=WIRE_POLICY).flatten(made)
+    pattern = rb"=+[0-9]+=+"
+    assert re.sub(pattern, b"B", ours) == re.sub(pattern, b"B", standard.getvalue())

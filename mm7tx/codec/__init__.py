@@ -27,17 +27,33 @@ def decode(
     """
     if not body.strip():
         raise MM7Error(StatusCode.VALIDATION_ERROR, details="the request body is empty")
-    xml, parts = mime.split(content_type, body)
+    try:
+        xml, parts = mime.split(content_type, body)
+    except (UnicodeError, LookupError) as e:
+        raise _unreadable(e) from None
     envelope, href = soap.parse_envelope(xml, limits)
     message: Any = envelope.message
     if hasattr(message, "content"):
-        content = mime.resolve_content(href, parts)
+        try:
+            content = mime.resolve_content(href, parts)
+        except (UnicodeError, LookupError) as e:
+            raise _unreadable(e) from None
         envelope = dataclasses.replace(
             envelope,
             message=dataclasses.replace(message, content=content),
             content_href=href or None,
         )
     return envelope
+
+
+def _unreadable(error: Exception) -> MM7Error:
+    """A MIME parameter the email package cannot decode: RFC 2231 values
+    name their charset, and some codecs (``idna``, say) raise on bad
+    input rather than replace it."""
+    return MM7Error(
+        StatusCode.MESSAGE_FORMAT_CORRUPT,
+        details=f"a MIME parameter cannot be decoded: {str(error)[:200]}",
+    )
 
 
 def encode(envelope: Envelope) -> tuple[str, bytes]:
