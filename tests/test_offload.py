@@ -281,12 +281,11 @@ def test_a_mail_made_in_the_thread_after_the_sender_closed_fails_at_once():
 
 
 def test_a_multipart_with_an_empty_boundary_is_written_as_the_standard_generator_does():
+    import copy
     from email.generator import BytesGenerator
     from io import BytesIO
 
     from mm7tx.wire import WIRE_POLICY, wire_bytes
-
-    import copy
 
     made = message(b"data")
     made.set_boundary("")
