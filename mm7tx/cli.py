@@ -16,6 +16,7 @@ import argparse
 import getpass
 import mimetypes
 import os
+import platform
 import re
 import sys
 import time
@@ -227,6 +228,18 @@ def build_request(args: argparse.Namespace) -> m.Request:
     )
 
 
+class _Version(argparse.Action):
+    """mm7tx's version, then Twisted's and Python's, as ``twistd mm7
+    --version`` prints them."""
+
+    def __call__(self, parser: Any, *_: Any) -> None:
+        from twisted.copyright import version as twisted
+
+        print(f"mm7tx {__version__}\nTwisted {twisted}")
+        print(f"Python {platform.python_version()}")
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="mm7tx",
@@ -235,7 +248,9 @@ def parser() -> argparse.ArgumentParser:
         "(ShortCode), or prefixed email:/number:/shortcode:.  "
         "Exit status 0 on 1000 or 1100, 2 on a command-line mistake, 1 otherwise.",
     )
-    top.add_argument("--version", action="version", version=f"mm7tx {__version__}")
+    top.add_argument(
+        "--version", action=_Version, nargs=0, help="show the versions and exit"
+    )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(name: str, help: str) -> argparse.ArgumentParser:
@@ -684,7 +699,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line read, and its request built (``args.request``):
     every mistake, in one option or between them, is a usage error (exit
     status 2) before anything is sent."""
-    args = parser().parse_args(argv)
+    top = parser()
+    args, unknown = top.parse_known_args(argv)
+    if unknown:  # the command's own usage line, not the top level's
+        getattr(args, "subparser", top).error(
+            f"unrecognized arguments: {' '.join(unknown)}"
+        )
     if args.command == "hash-password":
         return args
     if args.count < 1 or args.concurrency < 1:

@@ -323,6 +323,20 @@ def _read_body(response: Any, limit: int | None = None) -> defer.Deferred[bytes]
     return reader.done
 
 
+def _why_refused(response: Any, data: bytes) -> str:
+    """What a 401's fault says beyond "no valid credentials" (a lockout,
+    a network the account may not post from), as ``: why``; else ""."""
+    types = response.headers.getRawHeaders(b"content-type") or [b""]
+    try:
+        envelope = codec.decode(types[0].decode("latin-1"), data)
+    except MM7Error:
+        return ""
+    details = getattr(getattr(envelope.message, "status", None), "details", None)
+    if not details or details.startswith("no valid"):
+        return ""
+    return f": {details[:200]}"
+
+
 class MM7Client:
     """Sends MM7 requests to one URL.
 
@@ -477,9 +491,12 @@ class MM7Client:
         data: bytes = await _read_body(response, self.max_answer_size)
         code = response.code
         if code == http.UNAUTHORIZED:
+            why = _why_refused(response, data)
             if self.sends_credentials:
-                raise HTTPError(code, "HTTP 401: the server refused our credentials")
-            raise HTTPError(code, "HTTP 401: no credentials were sent")
+                raise HTTPError(
+                    code, f"HTTP 401: the server refused our credentials{why}"
+                )
+            raise HTTPError(code, f"HTTP 401: no credentials were sent{why}")
         types = response.headers.getRawHeaders(b"content-type") or [b""]
         content_type = types[0].decode("latin-1")
         try:

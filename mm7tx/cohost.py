@@ -16,7 +16,6 @@ from dataclasses import replace
 from typing import cast
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.python import usage
 from twisted.web.resource import Resource
 
 from mm7tx.config import EMBEDDED, Config, ConfigError, load_file
@@ -74,8 +73,8 @@ def resource(
     --wsgi`` does its thread pool): the drain and the sender's close
     delay the shutdown.  Its site is a plain ``Site``: the resources
     refuse a body over ``mm7_max_request_size`` only once received, and
-    warn so at the first request.  A mistake in the configuration is a
-    usage error (one line) for ``twistd``.
+    warn so at the first request.  A mistake in the configuration stops
+    ``twistd`` with one line.
     """
     if reactor is None:
         from twisted.internet import reactor as installed
@@ -84,7 +83,9 @@ def resource(
     try:
         service = mounted_service(load_config(environ), reactor)
     except (ConfigError, MaildirError) as e:
-        raise usage.UsageError(str(e)) from None
+        # SystemExit, not UsageError: twistd prints its whole usage text
+        # (fifty lines of twistd web's options) before a UsageError's line.
+        raise SystemExit(str(e)) from None
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     return service.resource

@@ -303,6 +303,17 @@ def test_an_http_error_that_is_not_mm7_is_one_line_without_its_body(
     assert str(error) == f"http://mmsc.test/x/ answered {said}"
 
 
+def test_a_401_says_why_when_the_fault_says_more_than_no_credentials():
+    from mm7tx.status import StatusCode
+
+    why = "too many failed logins, locked out for 275 s"
+    status = m.Status.of(StatusCode.IMPROPER_IDENTIFICATION, details=why)
+    ctype, body = codec.encode(m.Envelope("t1", m.RSErrorRsp(status, "6.8.0")))
+    refused = Canned(401, ctype.encode(), body)
+    sent = answer_of(refused, credentials=("vasp1", "x"))
+    assert str(sent) == f"HTTP 401: the server refused our credentials: {why}"
+
+
 def test_401_says_whether_credentials_were_sent():
     refused = Canned(401, b"text/plain", b"no")
     assert str(answer_of(refused)) == "HTTP 401: no credentials were sent"
@@ -1466,7 +1477,23 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as caught:
         cli.main(["--version"])
     assert caught.value.code == 0
-    assert capsys.readouterr().out == f"mm7tx {__version__}\n"
+    # As the README says, and as twistd mm7 --version prints them.
+    import platform
+
+    from twisted.copyright import version as twisted
+
+    assert capsys.readouterr().out == (
+        f"mm7tx {__version__}\nTwisted {twisted}\nPython {platform.python_version()}\n"
+    )
+
+
+def test_an_unknown_option_is_the_commands_usage_error(capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["submit", "http://localhost:1/mm7", "--to", "+1555", "--bogus"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: mm7tx submit ")
+    assert err.endswith("mm7tx submit: error: unrecognized arguments: --bogus\n")
 
 
 # Credentials in the URL ------------------------------------------------------

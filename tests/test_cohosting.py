@@ -17,7 +17,6 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import LogLevel, capturedLogs, formatEvent
-from twisted.python import usage
 from twisted.python.reflect import namedAny
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
@@ -330,9 +329,22 @@ def test_twistd_web_class_says_what_is_wrong_with_the_file_in_one_line(
 ) -> None:
     conf = tmp_path / "mm7tx.conf"
     conf.write_text("mm7_serv {\n  nonsense = 1\n}\n")
-    with pytest.raises(usage.UsageError) as caught:
+    expected = f"{conf}, line 2: unknown mm7_serv option 'nonsense'"
+    with pytest.raises(SystemExit) as caught:
         cohost.resource(cast(IMM7Reactor, MemoryReactor()), {"MM7TX_CONFIG": str(conf)})
-    assert str(caught.value) == (f"{conf}, line 2: unknown mm7_serv option 'nonsense'")
+    assert str(caught.value) == expected
+    # The real twistd prints that line alone, not twistd web's usage text.
+    done = subprocess.run(
+        [TWISTD, "-n", "web", "--class=mm7tx.cohost.resource"],
+        env={**os.environ, "MM7TX_CONFIG": str(conf)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == expected
+    assert "Usage:" not in done.stdout + done.stderr
 
 
 # The README's commands under the real twistd -----------------------------------------
