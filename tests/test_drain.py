@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from mm7tx import codec
-from mm7tx import messages as m
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 from tests.processes import TWISTD, free_port, wait_for_port
 
 HERE = Path(__file__).resolve().parent

@@ -13,10 +13,10 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
-from mm7tx import codec
-from mm7tx import messages as m
+from mm7tx.app.service import build_service
 from mm7tx.config import load, with_overrides
-from mm7tx.service import build_service
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 from mm7tx.testing import MemoryGateway
 from tests import samples
 

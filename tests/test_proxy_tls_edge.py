@@ -17,8 +17,8 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.haproxy import proxyEndpoint
 from twisted.web.resource import Resource
 
-from mm7tx.auth import ListenAccess, ListenerGuard, network
-from mm7tx.site import Listener, MM7Site
+from mm7tx.http.auth import ListenAccess, ListenerGuard, network
+from mm7tx.http.site import Listener, MM7Site
 from tests.certs import make_certificate
 
 

@@ -17,10 +17,10 @@ from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.logger import formatEvent, globalLogPublisher
 
-from mm7tx.errors import MM7Error
-from mm7tx.esmtp import ESMTPSender
 from mm7tx.interfaces import SendResult
-from mm7tx.senders import SMTPSettings
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.smtp.esmtp import ESMTPSender
+from mm7tx.smtp.settings import SMTPSettings
 from mm7tx.testing import RecordingDelivery, smtp_server_factory
 from tests.certs import make_certificate
 from tests.test_smtp import message

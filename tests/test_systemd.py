@@ -13,7 +13,7 @@ import pytest
 from twisted.internet.endpoints import _SystemdParser
 from twisted.python.systemd import ListenFDs
 
-from mm7tx import systemd
+from mm7tx.app import systemd
 from mm7tx.config import ConfigError, check_listen, load
 from tests import samples
 from tests.processes import TWISTD, free_port, post_sample, wait_for_port

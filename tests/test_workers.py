@@ -31,10 +31,11 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from mm7tx import codec, tap, workers
-from mm7tx import messages as m
+from mm7tx.app import tap, workers
 from mm7tx.config import Config, ConfigError, check_shared, load
 from mm7tx.metrics import Metrics
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 from tests.processes import TWISTD, free_port, wait_for_port, wait_until
 from tests.test_drain import deliver
 from tests.test_reload import SUBMIT

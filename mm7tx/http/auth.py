@@ -30,7 +30,8 @@ from twisted.logger import Logger
 from twisted.protocols import policies
 from zope.interface import Attribute, Interface, implementer
 
-log = Logger()
+# Named as before the move into packages: the namespace is in every log event.
+log = Logger(namespace="mm7tx.auth")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

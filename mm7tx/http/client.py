@@ -40,9 +40,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.errors import MM7Error
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.errors import MM7Error
 
 R = TypeVar("R")
 

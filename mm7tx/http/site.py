@@ -35,12 +35,13 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
-from mm7tx.ratelog import RateLimitedWarning
+from mm7tx.http.ratelog import RateLimitedWarning
 
 if TYPE_CHECKING:
     from mm7tx.metrics import Metrics
 
-log = Logger()
+# Named as before the move into packages: the namespace is in every log event.
+log = Logger(namespace="mm7tx.site")
 
 DEFAULT_MAX_REQUEST_SIZE = 5 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 30.0
