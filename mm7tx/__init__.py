@@ -36,7 +36,6 @@ MOVED = {
     "mm7tx.reports": "mm7tx.gateway.reports",
     "mm7tx.cohost": "mm7tx.app.cohost",
     "mm7tx.health": "mm7tx.app.health",
-    "mm7tx.logs": "mm7tx.app.logs",
     "mm7tx.service": "mm7tx.app.service",
     "mm7tx.systemd": "mm7tx.app.systemd",
     "mm7tx.tap": "mm7tx.app.tap",

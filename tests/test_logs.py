@@ -23,7 +23,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 
-from mm7tx.app import logs
+from mm7tx import logs
 from mm7tx.gateway.processors import AddressRules, EmailProcessor
 from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m

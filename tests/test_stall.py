@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from bench.stall import shapes
-from mm7tx.app.logs import _redacted
 from mm7tx.gateway.processors import _number
 from mm7tx.http.site import MM7Site
+from mm7tx.logs import _redacted
 from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m
 from mm7tx.mm7.codec import mime

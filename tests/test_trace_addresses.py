@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from twisted.logger import Logger, capturedLogs, formatEvent
 
-from mm7tx.app import logs
+from mm7tx import logs
 from mm7tx.config import ConfigError, load
 from mm7tx.gateway.processors import AddressRules, EmailProcessor
 from mm7tx.mail.wire import wire_bytes

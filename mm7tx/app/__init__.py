@@ -1,2 +1,2 @@
 """The running application: the service that wires everything, workers, the
-``twistd`` plugin's options, logs, health, systemd and co-hosting."""
+``twistd`` plugin's options, health, systemd and co-hosting."""

@@ -27,7 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface.interface import InterfaceClass
 
-from mm7tx.app import logs
+from mm7tx import logs
 from mm7tx.http.auth import (
     Account,
     IMMSCAccount,
