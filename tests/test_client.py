@@ -641,6 +641,7 @@ def test_a_client_with_an_agent_needs_a_clock():
 # The one client exchange over real TLS ---------------------------------------
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_https_with_a_ca_file(tmp_path, capsys):
     cert, key = make_certificate(tmp_path)

@@ -356,6 +356,7 @@ def test_the_readme_runs_the_tac_and_twistd_web_class():
     ]
 
 
+@pytest.mark.loopback
 @pytest.mark.parametrize("index", [0, 1], ids=["tac", "web-class"])
 def test_a_readme_command_under_twistd_mails_a_deliver_req(
     tmp_path: Path, index: int

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from io import BytesIO
 
+import pytest
 import pytest_twisted
 from twisted.application.service import MultiService
 from twisted.internet import protocol, reactor
@@ -61,6 +62,7 @@ async def post(url: str, ctype: str, body: bytes) -> tuple[int, m.Envelope]:
     )
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_every_deliver_sample_arrives_as_mail(relay, delivery):
     application, base = await start(relay)
@@ -120,6 +122,7 @@ async def test_every_deliver_sample_arrives_as_mail(relay, delivery):
         await application.stopService().addTimeout(20, reactor)
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_reports_arrive_as_reports(relay, delivery):
     application, base = await start(relay)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,3 +168,10 @@ def test_a_submodule_by_its_old_name_is_the_one_module() -> None:
     assert old.__spec__ is not None
     assert old.__spec__.name == "mm7tx.mm7.codec.mime"
     assert namedAny("mm7tx.codec").mime is old
+
+
+def test_a_test_without_the_loopback_mark_gets_no_real_socket_or_process() -> None:
+    with socket.socket() as s, pytest.raises(AssertionError, match="loopback"):
+        s.bind(("127.0.0.1", 0))
+    with pytest.raises(AssertionError, match="loopback"):
+        subprocess.run([sys.executable, "-c", "pass"], check=False)

@@ -407,6 +407,7 @@ def test_the_json_logger_writes_where_twistds_text_log_would(tmp_path, sigusr1):
         where(["-l", "-", "mm7"])
 
 
+@pytest.mark.loopback
 def test_twistd_writes_the_transaction_as_a_json_line_to_the_l_file(tmp_path):
     port = free_port()
     log_path = tmp_path / "mm7tx.json"

@@ -341,6 +341,7 @@ def test_a_metrics_port_in_use_is_an_error_and_mm7_serves_on() -> None:
     result_of(stopping)
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_on_real_ports_a_taken_metrics_port_leaves_mm7_serving(tmp_path):
     taken = socket.socket()
@@ -378,6 +379,7 @@ async def test_on_real_ports_a_taken_metrics_port_leaves_mm7_serving(tmp_path):
         taken.close()
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_on_real_ports_metrics_and_readyz(relay, tmp_path):
     http_port, metrics_port = await _free_port(), await _free_port()

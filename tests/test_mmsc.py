@@ -356,6 +356,7 @@ def test_the_access_log_hides_the_password_in_the_uri():
     assert re.search(r'"POST /mm7/vasp1=\*\*\* HTTP/1.1"', requests[0])
 
 
+@pytest.mark.loopback
 def test_hash_password_command_makes_a_hash_the_config_accepts():
     import subprocess
     import sys

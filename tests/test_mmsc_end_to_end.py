@@ -56,6 +56,7 @@ VASP "vasp1" {{
     )
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_submit_mails_every_recipient_and_reports_back(relay, delivery):
     events: list[dict[str, Any]] = []

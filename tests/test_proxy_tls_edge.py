@@ -3,6 +3,7 @@ each failed before its fix)."""
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, ssl
 from twisted.internet.address import IPv4Address
@@ -95,6 +96,7 @@ class _Collect(Protocol):
         self.lost.callback(None)
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_the_408_reaches_a_slow_client_over_tls(tmp_path):
     """A TLS transport forwards ``loseWriteConnection`` to the TCP one: the

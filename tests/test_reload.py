@@ -368,6 +368,7 @@ def test_sighup_reloads_only_when_asked_and_the_handler_goes_with_the_service(
     assert signal.getsignal(signal.SIGHUP) is mine
 
 
+@pytest.mark.loopback
 def test_sighup_to_the_real_twistd_adds_an_account(tmp_path: Path) -> None:
     """The real ``twistd -n mm7``: the file rewritten with a second account,
     SIGHUP, and that account is let in by the same process."""

@@ -9,6 +9,7 @@ from dataclasses import replace
 from email.message import EmailMessage
 from typing import Any
 
+import pytest
 from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
@@ -242,6 +243,7 @@ def test_a_drain_that_runs_out_says_how_many_were_still_in_flight() -> None:
     assert reactor.getDelayedCalls() == []
 
 
+@pytest.mark.loopback
 def test_importing_mm7tx_leaves_the_reactor_to_the_application() -> None:
     """``twisted.mail.smtp`` installs the default reactor as it is imported;
     mm7tx imports it only when a relay needs the ESMTP sender, so an
