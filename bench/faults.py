@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet import defer, task, threads
 
 from bench.common import free_port, mm7tx_config, wait_for_port
-from mm7tx import messages as m
-from mm7tx.client import MM7Client, MM7ClientError, MM7Fault
+from mm7tx.http.client import MM7Client, MM7ClientError, MM7Fault
+from mm7tx.mm7 import messages as m
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from mm7tx import codec
+from mm7tx.mm7 import codec
 from tests.fuzzing import check, hostile, mutated, target
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.processors import AddressRules, EmailProcessor
+from mm7tx.gateway.processors import AddressRules, EmailProcessor
+from mm7tx.mail.wire import wire_bytes
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 from mm7tx.testing import FakeMailSender
 from mm7tx.transaction import Transaction
-from mm7tx.wire import wire_bytes
 
 
 def per_call_ms(function: Callable[[], object], count: int) -> float:

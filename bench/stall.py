@@ -33,8 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import free_port, mm7tx_config, wait_for_port
-from mm7tx import codec
-from mm7tx import messages as m
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent

@@ -13,9 +13,9 @@ from twisted.application import service, strports
 from twisted.internet import reactor
 from twisted.web.resource import Resource
 
-from mm7tx.cohost import load_config, mounted_service, site_for
+from mm7tx.app.cohost import load_config, mounted_service, site_for
+from mm7tx.app.service import IMM7Reactor
 from mm7tx.config import ConfigError
-from mm7tx.service import IMM7Reactor
 
 
 class Hello(Resource):

@@ -34,9 +34,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IAgent
 
 from mm7tx import __version__
-from mm7tx import messages as m
-from mm7tx.auth import hash_password
-from mm7tx.client import (
+from mm7tx.http.auth import hash_password
+from mm7tx.http.client import (
     DEFAULT_MAX_ANSWER_SIZE,
     HTTPError,
     MM7Client,
@@ -44,6 +43,7 @@ from mm7tx.client import (
     MM7Fault,
     url_credentials,
 )
+from mm7tx.mm7 import messages as m
 
 mimetypes.add_type("audio/amr", ".amr")
 mimetypes.add_type("video/3gpp", ".3gp")

@@ -18,7 +18,7 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from mm7tx.messages import (
+    from mm7tx.mm7.messages import (
         CancelReq,
         CancelRsp,
         DeliverReq,

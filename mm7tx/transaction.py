@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 from twisted.internet import defer
 
-from mm7tx.auth import Account
-from mm7tx.messages import DEFAULT_MM7_VERSION, DEFAULT_NAMESPACE
+from mm7tx.mm7.messages import DEFAULT_MM7_VERSION, DEFAULT_NAMESPACE
+from mm7tx.mm7.peers import Account
 
 T = TypeVar("T")
 

@@ -1,6 +1,11 @@
-"""Fixtures shared by the tests: a real ESMTP server on loopback."""
+"""Fixtures shared by the tests: a real ESMTP server on loopback, and the
+guard that keeps every test without the ``loopback`` mark in memory."""
 
 from __future__ import annotations
+
+import socket
+import subprocess
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -8,6 +13,28 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
 from mm7tx.testing import RecordingDelivery, smtp_server_factory
+
+
+@pytest.fixture(autouse=True)
+def in_memory_unless_marked(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test without ``@pytest.mark.loopback`` runs in memory: a real socket
+    bound or connected, or a process started, fails it at once, naming the
+    mark, so that ``pytest -m "not loopback"`` stays the in-memory suite
+    (CONTRIBUTING.md)."""
+    if request.node.get_closest_marker("loopback") is not None:
+        return
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(
+            f"{request.node.nodeid} uses a real socket or process: "
+            "mark it @pytest.mark.loopback"
+        )
+
+    monkeypatch.setattr(socket.socket, "bind", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture

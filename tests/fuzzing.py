@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.auth import Account, portal_for
-from mm7tx.limits import RateLimiter
-from mm7tx.processors import AddressRules, EmailProcessor
-from mm7tx.resource import MM7Resource, build_root
+from mm7tx.gateway.processors import AddressRules, EmailProcessor
+from mm7tx.http.auth import Account, portal_for
+from mm7tx.http.limits import RateLimiter
+from mm7tx.http.resource import MM7Resource, build_root
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 from mm7tx.testing import FakeMailSender, HTTPResponse, http_post
 from tests import samples
 
@@ -619,7 +619,7 @@ def hostile(draw: Callable[..., Any]) -> tuple[str, tuple[str, bytes]]:
 
 def _as_part(msg: Any) -> Any:
     """A Message tree from the email parser as mime.split's Part tree."""
-    from mm7tx.codec import mime
+    from mm7tx.mm7.codec import mime
 
     part = mime.Part()
     part._headers = msg._headers  # type: ignore[attr-defined]
@@ -646,9 +646,9 @@ def email_split(content_type: str, body: bytes) -> tuple[bytes, list[Any]]:
     from email.message import Message
     from email.parser import BytesParser
 
-    from mm7tx.codec import mime
-    from mm7tx.errors import MM7Error
-    from mm7tx.status import StatusCode
+    from mm7tx.mm7.codec import mime
+    from mm7tx.mm7.errors import MM7Error
+    from mm7tx.mm7.status import StatusCode
 
     head = Message()
     head["Content-Type"] = content_type

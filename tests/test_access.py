@@ -16,9 +16,9 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.protocols.haproxy import proxyEndpoint
 
-from mm7tx import auth, codec
-from mm7tx import messages as m
-from mm7tx.auth import (
+from mm7tx.config import ConfigError, check_listen, load, with_overrides
+from mm7tx.http import auth
+from mm7tx.http.auth import (
     Account,
     ListenAccess,
     ListenerGuard,
@@ -27,7 +27,8 @@ from mm7tx.auth import (
     hash_password,
     network,
 )
-from mm7tx.config import ConfigError, check_listen, load, with_overrides
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 from mm7tx.testing import MemoryGateway, result_of
 
 SERV = """

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.errors import MM7Error
-from mm7tx.processors import AddressRules, EmailProcessor
+from mm7tx.gateway.processors import AddressRules, EmailProcessor
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.errors import MM7Error
 from mm7tx.testing import FakeMailSender
 
 WITH_DOMAINS = AddressRules("from@default", "from.example", "to@default", "to.example")

@@ -31,10 +31,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
-from mm7tx import __version__, cli, codec
-from mm7tx import messages as m
-from mm7tx.auth import password_matches
-from mm7tx.client import (
+from mm7tx import __version__, cli
+from mm7tx.http.auth import password_matches
+from mm7tx.http.client import (
     AnswerTooLarge,
     HTTPError,
     MM7Client,
@@ -44,13 +43,15 @@ from mm7tx.client import (
     TimedOut,
     Unreachable,
 )
+from mm7tx.http.resource import MM7Resource, build_root
 from mm7tx.interfaces import (
     IDeliverProcessor,
     IDeliveryReportProcessor,
     IReadReplyProcessor,
     ISubmitProcessor,
 )
-from mm7tx.resource import MM7Resource, build_root
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 from mm7tx.testing import MemoryAgent, MemoryGateway, MemoryReactor, fired, result_of
 from tests import samples
 from tests.certs import make_certificate
@@ -651,6 +652,7 @@ def test_a_client_with_an_agent_needs_a_clock():
 # The one client exchange over real TLS ---------------------------------------
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_https_with_a_ca_file(tmp_path, capsys):
     cert, key = make_certificate(tmp_path)

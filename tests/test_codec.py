@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 from lxml import etree
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.codec import soap
-from mm7tx.errors import MM7Error
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.codec import soap
+from mm7tx.mm7.errors import MM7Error
 from tests import samples
 
 NAMESPACES = [
@@ -404,7 +404,7 @@ def test_address_digits():
 
 
 def _split_all(ctype, body):
-    from mm7tx.codec import mime
+    from mm7tx.mm7.codec import mime
 
     soap_xml, parts = mime.split(ctype, body)
     return soap_xml, [
@@ -414,7 +414,7 @@ def _split_all(ctype, body):
 
 
 def test_the_multipart_reader_agrees_with_the_email_parser_on_the_samples():
-    from mm7tx.codec import mime
+    from mm7tx.mm7.codec import mime
     from tests.fuzzing import SAMPLES, email_split
 
     multipart = 0
@@ -478,7 +478,7 @@ _QUIRKS = {
 
 @pytest.mark.parametrize("case", sorted(_QUIRKS))
 def test_the_reader_reads_the_email_packages_quirks_as_it_does(case):
-    from mm7tx.codec import mime
+    from mm7tx.mm7.codec import mime
     from tests.fuzzing import email_split
 
     def read(split):

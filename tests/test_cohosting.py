@@ -25,15 +25,15 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from mm7tx import cohost
-from mm7tx import messages as m
-from mm7tx.client import MM7Client
-from mm7tx.codec import encode
-from mm7tx.cohost import mounted_service, site_for
+from mm7tx.app import cohost
+from mm7tx.app.cohost import mounted_service, site_for
+from mm7tx.app.service import IMM7Reactor, MM7Service, build_resources, build_service
 from mm7tx.config import load
-from mm7tx.resource import build_root
-from mm7tx.senders import sender_for
-from mm7tx.service import IMM7Reactor, MM7Service, build_resources, build_service
+from mm7tx.http.client import MM7Client
+from mm7tx.http.resource import build_root
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.codec import encode
+from mm7tx.smtp.senders import sender_for
 from mm7tx.testing import (
     MemoryAgent,
     MemoryReactor,
@@ -368,6 +368,7 @@ def test_the_readme_runs_the_tac_and_twistd_web_class():
     ]
 
 
+@pytest.mark.loopback
 @pytest.mark.parametrize("index", [0, 1], ids=["tac", "web-class"])
 def test_a_readme_command_under_twistd_mails_a_deliver_req(
     tmp_path: Path, index: int

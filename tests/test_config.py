@@ -8,8 +8,6 @@ from dataclasses import replace
 
 import pytest
 
-from mm7tx.auth import Account, ListenAccess, password_matches
-from mm7tx.codec.soap import XMLLimits
 from mm7tx.config import (
     EMBEDDED,
     OPTIONS,
@@ -22,8 +20,10 @@ from mm7tx.config import (
     options_markdown,
     with_overrides,
 )
-from mm7tx.processors import AddressRules
-from mm7tx.senders import SMTPSettings
+from mm7tx.http.auth import Account, ListenAccess, password_matches
+from mm7tx.mail.rules import AddressRules
+from mm7tx.mm7.codec.soap import XMLLimits
+from mm7tx.smtp.settings import SMTPSettings
 from tests import samples
 from tests.certs import make_certificate
 

@@ -13,12 +13,12 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from mm7tx import codec
-from mm7tx import messages as m
 from mm7tx.config import ConfigError, load
-from mm7tx.errors import MM7Error
 from mm7tx.interfaces import IDeliverProcessor, ISubmitProcessor
-from mm7tx.status import StatusCode
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.mm7.status import StatusCode
 from mm7tx.testing import HTTPResponse, MemoryGateway
 
 NS = "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-5-MM7-1-3"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from io import BytesIO
 
+import pytest
 import pytest_twisted
 from twisted.application.service import MultiService
 from twisted.internet import protocol, reactor
@@ -13,10 +14,10 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
-from mm7tx import codec
-from mm7tx import messages as m
+from mm7tx.app.service import build_service
 from mm7tx.config import load, with_overrides
-from mm7tx.service import build_service
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 from mm7tx.testing import MemoryGateway
 from tests import samples
 
@@ -61,6 +62,7 @@ async def post(url: str, ctype: str, body: bytes) -> tuple[int, m.Envelope]:
     )
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_every_deliver_sample_arrives_as_mail(relay, delivery):
     application, base = await start(relay)
@@ -120,6 +122,7 @@ async def test_every_deliver_sample_arrives_as_mail(relay, delivery):
         await application.stopService().addTimeout(20, reactor)
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_reports_arrive_as_reports(relay, delivery):
     application, base = await start(relay)

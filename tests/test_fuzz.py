@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mm7tx.codec import mime
-from mm7tx.errors import MM7Error
-from mm7tx.status import StatusCode
+from mm7tx.mm7.codec import mime
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.mm7.status import StatusCode
 from tests.fuzzing import (
     SAMPLES,
     addresses,
@@ -181,7 +181,7 @@ def test_base64_lines_is_encodebytes_around_sixteen_lines(size):
 def test_the_plain_address_shortcut_is_what_parseaddr_gives(value):
     from email.utils import parseaddr
 
-    from mm7tx.processors import _PLAIN_ADDRESS
+    from mm7tx.gateway.processors import _PLAIN_ADDRESS
 
     if _PLAIN_ADDRESS.match(value):
         reached()
@@ -292,8 +292,8 @@ _SOAP = (
 
 def _deliver_with_image(encoded: bytes) -> bytes:
     """The email a DeliverReq with this base64 image part becomes."""
+    from mm7tx.mail.wire import wire_bytes
     from mm7tx.testing import FakeMailSender, http_post
-    from mm7tx.wire import wire_bytes
     from tests.test_resource import tree
 
     body = (

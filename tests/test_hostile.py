@@ -12,14 +12,14 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.codec.soap import XMLLimits
+from mm7tx.gateway.processors import AddressRules, EmailProcessor
+from mm7tx.http.limits import TransactionGate
+from mm7tx.http.resource import MM7Resource, build_root
+from mm7tx.http.site import MM7Site
 from mm7tx.interfaces import IDeliverProcessor
-from mm7tx.limits import TransactionGate
-from mm7tx.processors import AddressRules, EmailProcessor
-from mm7tx.resource import MM7Resource, build_root
-from mm7tx.site import MM7Site
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.codec.soap import XMLLimits
 from mm7tx.testing import FakeMailSender, http_post
 from tests import samples
 
@@ -396,7 +396,7 @@ def _many_parts(count: int, nested: bool = False) -> tuple[str, bytes]:
 
 @pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested"])
 def test_more_than_the_mime_part_limit_is_2007(nested):
-    from mm7tx.codec.mime import MAX_PARTS
+    from mm7tx.mm7.codec.mime import MAX_PARTS
 
     sender = FakeMailSender()
     for count, code in ((MAX_PARTS - 2, 1000), (10_000, 2007)):

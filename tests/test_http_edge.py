@@ -15,13 +15,13 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from mm7tx import codec
-from mm7tx import messages as m
+from mm7tx.app.service import build_resources
 from mm7tx.config import load
+from mm7tx.http.resource import build_root
+from mm7tx.http.site import Listener, MM7Site, access_log_formatter
 from mm7tx.metrics import Metrics
-from mm7tx.resource import build_root
-from mm7tx.service import build_resources
-from mm7tx.site import Listener, MM7Site, access_log_formatter
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 from mm7tx.testing import FakeMailSender
 from tests import samples
 from tests.test_hostile import soap

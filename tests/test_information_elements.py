@@ -12,9 +12,6 @@ from typing import Any
 import pytest
 from zope.interface import implementer
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.errors import MM7Error
 from mm7tx.interfaces import (
     ICancelProcessor,
     IDeliverProcessor,
@@ -23,6 +20,9 @@ from mm7tx.interfaces import (
     IReplaceProcessor,
     ISubmitProcessor,
 )
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.errors import MM7Error
 from mm7tx.testing import FakeMailSender, http_post
 from tests.test_mmsc import basic, mmsc
 from tests.test_resource import tree

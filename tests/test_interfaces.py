@@ -22,7 +22,8 @@ from zope.interface.verify import verifyObject
 
 import mm7tx
 from mm7tx import testing
-from mm7tx.auth import (
+from mm7tx.gateway.processors import AddressRules, EmailProcessor
+from mm7tx.http.auth import (
     Account,
     AccountRealm,
     IPAddressCredentials,
@@ -31,12 +32,11 @@ from mm7tx.auth import (
     PasswordChecker,
     VASPAvatar,
 )
-from mm7tx.client import _Body
-from mm7tx.esmtp import ESMTPSender
+from mm7tx.http.client import _Body
 from mm7tx.interfaces import IMailSender
-from mm7tx.maildir import MaildirSender
-from mm7tx.processors import AddressRules, EmailProcessor
-from mm7tx.senders import SMTPSettings
+from mm7tx.smtp.esmtp import ESMTPSender
+from mm7tx.smtp.maildir import MaildirSender
+from mm7tx.smtp.settings import SMTPSettings
 
 ACCOUNTS = {"v": Account("v", "p")}
 RULES = AddressRules("f@from.example", "from.example", "t@to.example", "to.example")

@@ -23,11 +23,12 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 
-from mm7tx import codec, logs
-from mm7tx import messages as m
-from mm7tx.maildir import MaildirSender
-from mm7tx.processors import AddressRules, EmailProcessor
-from mm7tx.status import StatusCode
+from mm7tx import logs
+from mm7tx.gateway.processors import AddressRules, EmailProcessor
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.status import StatusCode
+from mm7tx.smtp.maildir import MaildirSender
 from mm7tx.testing import FakeMailSender, MemoryGateway, result_of
 from mm7tx.transaction import Transaction
 from tests import samples
@@ -245,7 +246,7 @@ def test_the_processor_notes_the_relays_reply_on_the_transaction(tmp_path):
 
 
 def test_the_relays_reply_is_one_line_cut_to_size():
-    from mm7tx.esmtp import MAX_REPLY, _reply
+    from mm7tx.smtp.esmtp import MAX_REPLY, _reply
 
     assert (
         _reply(250, b"2.0.0 Ok\r\n250 queued as X\x00")
@@ -406,6 +407,7 @@ def test_the_json_logger_writes_where_twistds_text_log_would(tmp_path, sigusr1):
         where(["-l", "-", "mm7"])
 
 
+@pytest.mark.loopback
 def test_twistd_writes_the_transaction_as_a_json_line_to_the_l_file(tmp_path):
     port = free_port()
     log_path = tmp_path / "mm7tx.json"

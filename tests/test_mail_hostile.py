@@ -17,14 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.client import MM7Fault
-from mm7tx.errors import MM7Error
-from mm7tx.processors import FIELD_LIMITS, AddressRules, EmailProcessor
+from mm7tx.gateway.processors import FIELD_LIMITS, AddressRules, EmailProcessor
+from mm7tx.http.client import MM7Fault
+from mm7tx.mail.wire import fold_words, wire_bytes
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.errors import MM7Error
 from mm7tx.testing import FakeMailSender, MemoryGateway
 from mm7tx.transaction import Transaction
-from mm7tx.wire import fold_words, wire_bytes
 from tests.fuzzing import SAMPLES, examples, must_reach, reached
 
 RULES = AddressRules("f@from.example", "from.example", "t@to.example", "to.example")
@@ -458,7 +458,7 @@ def test_every_generated_request_makes_a_mail_without_defects(request, keep_smil
 @pytest.mark.parametrize("field", ["filename", "Content-ID", "Content-Location"])
 def test_a_part_with_headers_over_the_limit_is_2007(field):
     """Over 16 KiB of headers in one part is refused before any value is read."""
-    from mm7tx.codec.mime import MAX_PART_HEADERS
+    from mm7tx.mm7.codec.mime import MAX_PART_HEADERS
 
     over = "ab " * 7000  # 21 KB: over the limit (the client writes it slowly)
     request = {

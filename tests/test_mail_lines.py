@@ -20,12 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mm7tx import messages as m
-from mm7tx.errors import MM7Error
-from mm7tx.processors import AddressRules, EmailProcessor, bounded
+from mm7tx.gateway.processors import AddressRules, EmailProcessor, bounded
+from mm7tx.mail.wire import WIRE_POLICY, fitted_words, wire_bytes
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.errors import MM7Error
 from mm7tx.testing import FakeMailSender, MemoryGateway
 from mm7tx.transaction import Transaction
-from mm7tx.wire import WIRE_POLICY, fitted_words, wire_bytes
 from tests.fuzzing import examples, must_reach, reached
 
 RULES = AddressRules("f@from.example", "from.example", "t@to.example", "to.example")

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from twisted.logger import capturedLogs, formatEvent
 
-from mm7tx.errors import MM7Error
-from mm7tx.maildir import MaildirError, MaildirSender
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.smtp.maildir import MaildirError, MaildirSender
 from mm7tx.testing import result_of
 
 

@@ -21,12 +21,12 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.web.client import Agent, readBody
 
-from mm7tx import messages as m
-from mm7tx.client import HTTPError, MM7Fault
+from mm7tx.app.health import RelayWatch
+from mm7tx.app.service import build_service
 from mm7tx.config import load
-from mm7tx.health import RelayWatch
+from mm7tx.http.client import HTTPError, MM7Fault
 from mm7tx.metrics import Metrics
-from mm7tx.service import build_service
+from mm7tx.mm7 import messages as m
 from mm7tx.testing import (
     MemoryAgent,
     MemoryGateway,
@@ -341,6 +341,7 @@ def test_a_metrics_port_in_use_is_an_error_and_mm7_serves_on() -> None:
     result_of(stopping)
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_on_real_ports_a_taken_metrics_port_leaves_mm7_serving(tmp_path):
     taken = socket.socket()
@@ -358,7 +359,7 @@ async def test_on_real_ports_a_taken_metrics_port_leaves_mm7_serving(tmp_path):
                 1,
             )
         )
-        from mm7tx import tap
+        from mm7tx.app import tap
 
         wrapper = tap._ListeningService(config)  # twistd's: MM7 ports are fatal
         build_service(config, reactor).setServiceParent(wrapper)  # type: ignore[arg-type]
@@ -378,6 +379,7 @@ async def test_on_real_ports_a_taken_metrics_port_leaves_mm7_serving(tmp_path):
         taken.close()
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_on_real_ports_metrics_and_readyz(relay, tmp_path):
     http_port, metrics_port = await _free_port(), await _free_port()

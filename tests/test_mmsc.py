@@ -14,14 +14,20 @@ from twisted.web.server import Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.auth import Account, hash_password, network, password_matches, portal_for
+from mm7tx.gateway.processors import AddressRules, EmailProcessor
+from mm7tx.http.auth import (
+    Account,
+    hash_password,
+    network,
+    password_matches,
+    portal_for,
+)
+from mm7tx.http.limits import RateLimiter
+from mm7tx.http.resource import MM7Resource, build_root
+from mm7tx.http.site import access_log_formatter
 from mm7tx.interfaces import ICancelProcessor, ISubmitProcessor
-from mm7tx.limits import RateLimiter
-from mm7tx.processors import AddressRules, EmailProcessor
-from mm7tx.resource import MM7Resource, build_root
-from mm7tx.site import access_log_formatter
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 from mm7tx.testing import FakeMailSender, http_post
 from tests import samples
 
@@ -350,6 +356,7 @@ def test_the_access_log_hides_the_password_in_the_uri():
     assert re.search(r'"POST /mm7/vasp1=\*\*\* HTTP/1.1"', requests[0])
 
 
+@pytest.mark.loopback
 def test_hash_password_command_makes_a_hash_the_config_accepts():
     import subprocess
     import sys
@@ -398,8 +405,8 @@ ASKING = m.SubmitReq(
 
 
 def test_reports_go_only_for_a_message_id_the_vasp_was_given():
-    from mm7tx.errors import MM7Error
-    from mm7tx.status import StatusCode
+    from mm7tx.mm7.errors import MM7Error
+    from mm7tx.mm7.status import StatusCode
     from mm7tx.transaction import Transaction
 
     tx = Transaction("t", "/mm7/", account=REPORTING)

@@ -17,13 +17,13 @@ from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.client import HTTPError, MM7Client, MM7Fault
+from mm7tx.app.service import build_service
 from mm7tx.config import load
-from mm7tx.reports import DeliveryReporter
-from mm7tx.resource import build_root
-from mm7tx.service import build_service
+from mm7tx.gateway.reports import DeliveryReporter
+from mm7tx.http.client import HTTPError, MM7Client, MM7Fault
+from mm7tx.http.resource import build_root
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 from mm7tx.testing import MemoryGateway, result_of
 from tests import samples
 
@@ -56,6 +56,7 @@ VASP "vasp1" {{
     )
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_submit_mails_every_recipient_and_reports_back(relay, delivery):
     events: list[dict[str, Any]] = []

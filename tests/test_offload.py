@@ -18,14 +18,14 @@ from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.esmtp import ESMTPSender, _smtp_pieces
-from mm7tx.maildir import MaildirSender
+from mm7tx.gateway.processors import EmailProcessor
+from mm7tx.http.resource import MM7Resource, build_root
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 from mm7tx.offload import OFFLOAD_SIZE, in_threads, inline
-from mm7tx.processors import EmailProcessor
-from mm7tx.resource import MM7Resource, build_root
-from mm7tx.senders import SMTPSettings
+from mm7tx.smtp.esmtp import ESMTPSender, _smtp_pieces
+from mm7tx.smtp.maildir import MaildirSender
+from mm7tx.smtp.settings import SMTPSettings
 from mm7tx.testing import (
     FakeMailSender,
     MemoryAgent,
@@ -213,7 +213,7 @@ def test_every_maildir_write_is_in_the_thread_pool(tmp_path):
 
 
 def test_a_maildir_write_refused_in_the_thread_is_4006(tmp_path, monkeypatch):
-    import mm7tx.maildir
+    import mm7tx.smtp.maildir
 
     reactor = ThreadedReactor()
     sender = MaildirSender(str(tmp_path / "Maildir"), offload=in_threads(reactor))
@@ -221,7 +221,7 @@ def test_a_maildir_write_refused_in_the_thread_is_4006(tmp_path, monkeypatch):
     def full(*_: Any) -> str:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(mm7tx.maildir, "_deliver", full)
+    monkeypatch.setattr(mm7tx.smtp.maildir, "_deliver", full)
     d = sender.send("a@from.example", ["b@to.example"], message())
     reactor.pool.run()
     with pytest.raises(Exception) as refused:
@@ -234,7 +234,7 @@ def test_a_maildir_write_refused_in_the_thread_is_4006(tmp_path, monkeypatch):
 def test_the_pieces_read_as_the_joined_bytes_would(size):
     from io import BytesIO
 
-    from mm7tx.esmtp import _Pieces
+    from mm7tx.smtp.esmtp import _Pieces
 
     pieces = [b"abc", b"", b"defgh", b"i" * 2000, b"j"]
     ours, theirs = _Pieces(pieces), BytesIO(b"".join(pieces))
@@ -249,9 +249,9 @@ def test_the_pieces_read_as_the_joined_bytes_would(size):
 def test_smtp_data_made_as_it_is_written_is_the_whole_stuffed(size):
     from email.message import EmailMessage
 
-    from mm7tx.esmtp import _stuffed
-    from mm7tx.processors import BUILD_POLICY
-    from mm7tx.wire import wire_bytes
+    from mm7tx.gateway.processors import BUILD_POLICY
+    from mm7tx.mail.wire import wire_bytes
+    from mm7tx.smtp.esmtp import _stuffed
 
     text = EmailMessage(policy=BUILD_POLICY)
     text["Subject"] = "dots"
@@ -285,7 +285,7 @@ def test_a_multipart_with_an_empty_boundary_is_written_as_the_standard_generator
     from email.generator import BytesGenerator
     from io import BytesIO
 
-    from mm7tx.wire import WIRE_POLICY, wire_bytes
+    from mm7tx.mail.wire import WIRE_POLICY, wire_bytes
 
     made = message(b"data")
     made.set_boundary("")

@@ -88,6 +88,7 @@ def test_the_wheel_ships_the_plugin_the_examples_and_the_type_marker():
     assert "twisted/plugins/__init__.py" not in names
 
 
+@pytest.mark.loopback
 def test_the_shipped_config_starts_from_outside_the_checkout(tmp_path):
     """etc/mm7tx.conf binds mm7tx.examples.shortcode: the installed package has it."""
     conf = ROOT / "etc" / "mm7tx.conf"

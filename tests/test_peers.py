@@ -12,9 +12,9 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.processors import EmailProcessor
+from mm7tx.gateway.processors import EmailProcessor
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 from mm7tx.testing import FakeMailSender, MemoryGateway, http_post
 from mm7tx.transaction import Transaction
 from tests import samples

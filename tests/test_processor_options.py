@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from mm7tx import messages as m
+from mm7tx.app.service import make_processor
 from mm7tx.config import ConfigError, load
-from mm7tx.processors import EmailProcessor
-from mm7tx.service import make_processor
+from mm7tx.gateway.processors import EmailProcessor
+from mm7tx.mm7 import messages as m
 from mm7tx.testing import FakeMailSender, MemoryGateway
 from mm7tx.transaction import Transaction
 

@@ -12,9 +12,7 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.errors import MM7Error
+from mm7tx.gateway.processors import AddressRules, EmailProcessor
 from mm7tx.interfaces import (
     IDeliverProcessor,
     IDeliveryReportProcessor,
@@ -22,12 +20,14 @@ from mm7tx.interfaces import (
     IReadReplyProcessor,
     SendResult,
 )
-from mm7tx.maildir import MaildirSender
-from mm7tx.processors import AddressRules, EmailProcessor
-from mm7tx.status import StatusCode
+from mm7tx.mail.wire import wire_bytes
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.mm7.status import StatusCode
+from mm7tx.smtp.maildir import MaildirSender
 from mm7tx.testing import FakeMailSender
 from mm7tx.transaction import Transaction
-from mm7tx.wire import wire_bytes
 from tests import samples
 
 RULES = AddressRules(
@@ -272,7 +272,7 @@ def test_maildir_sender_writes_whole_messages(tmp_path, processor):
 
 
 def test_the_fast_generator_writes_what_the_standard_one_does():
-    from mm7tx.wire import WIRE_POLICY as _WIRE_POLICY
+    from mm7tx.mail.wire import WIRE_POLICY as _WIRE_POLICY
     from tests.fuzzing import SAMPLES
 
     processor = EmailProcessor(FakeMailSender(), RULES, keep_smil=True)
@@ -342,7 +342,7 @@ def _boundaries(message):
 
 
 def test_boundaries_are_distinct_and_text_cannot_collide_with_them():
-    from mm7tx import processors
+    from mm7tx.gateway import processors
 
     processor = EmailProcessor(FakeMailSender(), RULES)
     image = m.ContentPart("image/gif", b"GIF89a", (), "a")

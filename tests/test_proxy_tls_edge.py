@@ -3,6 +3,7 @@ each failed before its fix)."""
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, ssl
 from twisted.internet.address import IPv4Address
@@ -17,8 +18,8 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.haproxy import proxyEndpoint
 from twisted.web.resource import Resource
 
-from mm7tx.auth import ListenAccess, ListenerGuard, network
-from mm7tx.site import Listener, MM7Site
+from mm7tx.http.auth import ListenAccess, ListenerGuard, network
+from mm7tx.http.site import Listener, MM7Site
 from tests.certs import make_certificate
 
 
@@ -95,6 +96,7 @@ class _Collect(Protocol):
         self.lost.callback(None)
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_the_408_reaches_a_slow_client_over_tls(tmp_path):
     """A TLS transport forwards ``loseWriteConnection`` to the TCP one: the

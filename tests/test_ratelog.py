@@ -11,7 +11,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, capturedLogs, formatEvent
 
-from mm7tx.ratelog import RateLimitedWarning
+from mm7tx.http.ratelog import RateLimitedWarning
 
 log = Logger()
 

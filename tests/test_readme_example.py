@@ -112,7 +112,7 @@ def test_the_runner_runs_every_parametrized_case() -> None:
 
 def test_the_hooks_are_listed_with_their_real_signatures() -> None:
     from mm7tx import interfaces
-    from mm7tx.processors import EmailProcessor
+    from mm7tx.gateway.processors import EmailProcessor
 
     text = processor_sections()
     methods: dict[str, Any] = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mm7tx import codec
-from mm7tx import messages as m
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 
 NS = "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-6-MM7-1-4"
 

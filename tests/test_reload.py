@@ -18,13 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.logger import capturedLogs, formatEvent
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.auth import hash_password
-from mm7tx.client import HTTPError, MM7Fault, TimedOut
+from mm7tx.app.service import IMM7Reactor, build_service
 from mm7tx.config import Config, load
-from mm7tx.processors import EmailProcessor
-from mm7tx.service import IMM7Reactor, build_service
+from mm7tx.gateway.processors import EmailProcessor
+from mm7tx.http.auth import hash_password
+from mm7tx.http.client import HTTPError, MM7Fault, TimedOut
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 from mm7tx.testing import (
     MemoryGateway,
     MemoryReactor,
@@ -368,6 +368,7 @@ def test_sighup_reloads_only_when_asked_and_the_handler_goes_with_the_service(
     assert signal.getsignal(signal.SIGHUP) is mine
 
 
+@pytest.mark.loopback
 def test_sighup_to_the_real_twistd_adds_an_account(tmp_path: Path) -> None:
     """The real ``twistd -n mm7``: the file rewritten with a second account,
     SIGHUP, and that account is let in by the same process."""

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from mm7tx import messages as m
 from mm7tx.config import ConfigError, load
-from mm7tx.maildir import MaildirSender
-from mm7tx.processors import AddressRules, EmailProcessor
+from mm7tx.gateway.processors import AddressRules, EmailProcessor
+from mm7tx.mm7 import messages as m
+from mm7tx.smtp.maildir import MaildirSender
 from mm7tx.testing import MemoryGateway, result_of
 from mm7tx.transaction import Transaction
 

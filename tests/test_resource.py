@@ -8,15 +8,15 @@ from twisted.web.resource import Resource
 from twisted.web.static import Data
 from zope.interface import implementer
 
-from mm7tx import codec
-from mm7tx import messages as m
+from mm7tx.app.service import build_resources
 from mm7tx.config import Config
-from mm7tx.errors import MM7Error
+from mm7tx.gateway.processors import AddressRules, EmailProcessor
+from mm7tx.http.resource import MM7Resource, build_root
 from mm7tx.interfaces import IDeliverProcessor
-from mm7tx.processors import AddressRules, EmailProcessor
-from mm7tx.resource import MM7Resource, build_root
-from mm7tx.service import build_resources
-from mm7tx.status import StatusCode
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.mm7.status import StatusCode
 from mm7tx.testing import FakeMailSender, http_post
 from tests import samples
 

@@ -29,15 +29,15 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.client import MM7Client, MM7Fault, NotMM7
-from mm7tx.codec import soap
-from mm7tx.errors import MM7Error
-from mm7tx.processors import DSN_ACTIONS, MDN_DISPOSITIONS
-from mm7tx.status import StatusCode
+from mm7tx.gateway.processors import DSN_ACTIONS, MDN_DISPOSITIONS
+from mm7tx.http.client import MM7Client, MM7Fault, NotMM7
+from mm7tx.mail.wire import wire_bytes
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.codec import soap
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.mm7.status import StatusCode
 from mm7tx.testing import FakeMailSender, http_post
-from mm7tx.wire import wire_bytes
 from tests import samples
 from tests.test_mmsc import basic, mmsc
 from tests.test_resource import tree

@@ -9,6 +9,7 @@ from dataclasses import replace
 from email.message import EmailMessage
 from typing import Any
 
+import pytest
 from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
@@ -18,18 +19,19 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mm7tx import __version__, codec
-from mm7tx import messages as m
-from mm7tx.auth import Account
+from mm7tx import __version__
+from mm7tx.app.service import MM7Service, build_resources, build_service
 from mm7tx.config import load
-from mm7tx.errors import MM7Error
-from mm7tx.esmtp import ESMTPSender
+from mm7tx.gateway.reports import DeliveryReporter
+from mm7tx.http.auth import Account
+from mm7tx.http.limits import TransactionGate
+from mm7tx.http.resource import build_root
 from mm7tx.interfaces import IMailSender, SendResult
-from mm7tx.limits import TransactionGate
-from mm7tx.reports import DeliveryReporter
-from mm7tx.resource import build_root
-from mm7tx.service import MM7Service, build_resources, build_service
-from mm7tx.status import StatusCode
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.mm7.status import StatusCode
+from mm7tx.smtp.esmtp import ESMTPSender
 from tests import samples
 
 CONFIG = """
@@ -138,7 +140,7 @@ def test_a_report_answered_within_the_drain_is_not_abandoned() -> None:
 
 
 def test_urls_in_the_log_lose_their_credentials() -> None:
-    from mm7tx.reports import _without_credentials
+    from mm7tx.gateway.reports import _without_credentials
 
     assert _without_credentials("http://u:p@host:80/x?y") == "http://host:80/x?y"
     assert _without_credentials("https://host/x") == "https://host/x"
@@ -241,6 +243,7 @@ def test_a_drain_that_runs_out_says_how_many_were_still_in_flight() -> None:
     assert reactor.getDelayedCalls() == []
 
 
+@pytest.mark.loopback
 def test_importing_mm7tx_leaves_the_reactor_to_the_application() -> None:
     """``twisted.mail.smtp`` installs the default reactor as it is imported;
     mm7tx imports it only when a relay needs the ESMTP sender, so an

@@ -24,14 +24,14 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from mm7tx import esmtp
-from mm7tx.errors import MM7Error
-from mm7tx.esmtp import _ONE_WRITE, ESMTPSender, _SMTPClient, _stuffed
+from mm7tx.gateway.processors import BUILD_POLICY
 from mm7tx.interfaces import IMailSender, SendResult
-from mm7tx.processors import BUILD_POLICY
-from mm7tx.senders import SMTPSettings
+from mm7tx.mail.wire import wire_bytes
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.smtp import esmtp
+from mm7tx.smtp.esmtp import _ONE_WRITE, ESMTPSender, _SMTPClient, _stuffed
+from mm7tx.smtp.settings import SMTPSettings
 from mm7tx.testing import MemoryReactor, MemorySMTPRelay, _RelayServer, fired, result_of
-from mm7tx.wire import wire_bytes
 
 
 def message(body: bytes = b"\x00\x01binary\r\n.\r\n..dots") -> EmailMessage:

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 
-from mm7tx import messages as m
-from mm7tx.client import MM7Fault
 from mm7tx.config import EMBEDDED
+from mm7tx.http.client import MM7Fault
+from mm7tx.mm7 import messages as m
 from mm7tx.testing import MemoryGateway, fired
 
 DELIVER = m.DeliverReq(

@@ -17,10 +17,10 @@ from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.logger import formatEvent, globalLogPublisher
 
-from mm7tx.errors import MM7Error
-from mm7tx.esmtp import ESMTPSender
 from mm7tx.interfaces import SendResult
-from mm7tx.senders import SMTPSettings
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.smtp.esmtp import ESMTPSender
+from mm7tx.smtp.settings import SMTPSettings
 from mm7tx.testing import RecordingDelivery, smtp_server_factory
 from tests.certs import make_certificate
 from tests.test_smtp import message
@@ -52,6 +52,7 @@ def certificate(tmp_path):
     return cert, server
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_delivers_with_bytes_intact_over_loopback(relay, delivery):
     # ``relay`` (tests/conftest.py): with and without PIPELINING.
@@ -68,6 +69,7 @@ async def test_delivers_with_bytes_intact_over_loopback(relay, delivery):
     await sender.close()
 
 
+@pytest.mark.loopback
 @pytest.mark.parametrize("pipelining", [False, True])
 @pytest_twisted.ensureDeferred
 async def test_opportunistic_starttls_encrypts_when_offered(certificate, pipelining):
@@ -85,6 +87,7 @@ async def test_opportunistic_starttls_encrypts_when_offered(certificate, pipelin
         await port.stopListening()
 
 
+@pytest.mark.loopback
 @pytest.mark.parametrize("pipelining", [False, True])
 @pytest_twisted.ensureDeferred
 async def test_required_starttls_checks_the_certificate(certificate, pipelining):
@@ -114,6 +117,7 @@ async def test_required_starttls_checks_the_certificate(certificate, pipelining)
         await port.stopListening()
 
 
+@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_implicit_tls_endpoint(certificate):
     delivery = RecordingDelivery()
@@ -131,6 +135,7 @@ async def test_implicit_tls_endpoint(certificate):
         await port.stopListening()
 
 
+@pytest.mark.loopback
 @pytest.mark.parametrize("pipelining", [False, True])
 @pytest_twisted.ensureDeferred
 async def test_auth_with_the_right_password_and_never_logs_it(pipelining):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.codec.sniff import MAX_TRANSACTION_ID, WINDOW, Sniffed, clean_version
-from mm7tx.errors import MM7Error
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.codec.sniff import MAX_TRANSACTION_ID, WINDOW, Sniffed, clean_version
+from mm7tx.mm7.errors import MM7Error
 from tests import samples
 
 NS = "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-5-MM7-1-3"

@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 
 from bench.stall import shapes
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.codec import mime
-from mm7tx.codec.sniff import sniff
-from mm7tx.errors import MM7Error
+from mm7tx.gateway.processors import _number
+from mm7tx.http.site import MM7Site
 from mm7tx.logs import _redacted
-from mm7tx.processors import _number
-from mm7tx.site import MM7Site
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.codec import mime
+from mm7tx.mm7.codec.sniff import sniff
+from mm7tx.mm7.errors import MM7Error
 from mm7tx.testing import (
     FakeMailSender,
     MemoryAgent,
@@ -182,7 +182,7 @@ def test_base64_in_steps_is_what_encodebytes_gives(extra):
 
 @pytest.mark.parametrize("shift", [-2, -1, 0, 1, 2])
 def test_a_large_mail_made_smtp_data_in_pieces_is_what_one_piece_gives(shift):
-    from mm7tx.esmtp import _PIECE, _stuffed, _stuffed_lines
+    from mm7tx.smtp.esmtp import _PIECE, _stuffed, _stuffed_lines
 
     # Lines of dots around each piece's end, where a piece must still
     # start at a line start for its leading dot to be doubled.

@@ -13,7 +13,7 @@ import pytest
 from twisted.internet.endpoints import _SystemdParser
 from twisted.python.systemd import ListenFDs
 
-from mm7tx import systemd
+from mm7tx.app import systemd
 from mm7tx.config import ConfigError, check_listen, load
 from tests import samples
 from tests.processes import TWISTD, free_port, post_sample, wait_for_port
@@ -80,6 +80,7 @@ def test_a_systemd_listener_by_name_without_that_socket_says_so(
     )
 
 
+@pytest.mark.loopback
 @pytest.mark.skipif(SOCKET_ACTIVATE is None, reason="no systemd-socket-activate")
 def test_a_deliver_req_over_a_socket_systemd_socket_activate_passed(
     tmp_path: Path,
@@ -188,6 +189,7 @@ def verify(folder: Path) -> tuple[int, str]:
     return out.returncode, out.stdout + out.stderr
 
 
+@pytest.mark.loopback
 def test_systemd_analyze_verify_finds_nothing_to_say(tmp_path: Path) -> None:
     """The units as shipped, for the README's install.
 

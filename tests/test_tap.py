@@ -12,9 +12,10 @@ from twisted.copyright import version as twisted_version
 from twisted.internet.error import CannotListenError
 from twisted.logger import capturedLogs, formatEvent
 
-from mm7tx import __version__, tap
+from mm7tx import __version__
+from mm7tx.app import tap
+from mm7tx.app.service import MM7Service
 from mm7tx.config import EMBEDDED
-from mm7tx.service import MM7Service
 from tests import samples
 
 

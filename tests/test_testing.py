@@ -18,11 +18,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface.verify import verifyObject
 
-from mm7tx import messages as m
-from mm7tx.auth import hash_password
-from mm7tx.client import MM7Fault
-from mm7tx.esmtp import ESMTPSender
-from mm7tx.senders import SMTPSettings
+from mm7tx.http.auth import hash_password
+from mm7tx.http.client import MM7Fault
+from mm7tx.mm7 import messages as m
+from mm7tx.smtp.esmtp import ESMTPSender
+from mm7tx.smtp.settings import SMTPSettings
 from mm7tx.testing import (
     MemoryAgent,
     MemoryGateway,

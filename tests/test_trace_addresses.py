@@ -17,12 +17,12 @@ import pytest
 from twisted.logger import Logger, capturedLogs, formatEvent
 
 from mm7tx import logs
-from mm7tx import messages as m
 from mm7tx.config import ConfigError, load
-from mm7tx.processors import AddressRules, EmailProcessor
+from mm7tx.gateway.processors import AddressRules, EmailProcessor
+from mm7tx.mail.wire import wire_bytes
+from mm7tx.mm7 import messages as m
 from mm7tx.testing import FakeMailSender, MemoryGateway
 from mm7tx.transaction import Transaction
-from mm7tx.wire import wire_bytes
 from tests.test_mail_lines import parsed, strict_lines
 
 # The defaults a new operator starts with: no from domain, so the sender's

@@ -31,10 +31,11 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from mm7tx import codec, tap, workers
-from mm7tx import messages as m
+from mm7tx.app import tap, workers
 from mm7tx.config import Config, ConfigError, check_shared, load
 from mm7tx.metrics import Metrics
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
 from tests.processes import TWISTD, free_port, wait_for_port, wait_until
 from tests.test_drain import deliver
 from tests.test_reload import SUBMIT
@@ -795,6 +796,7 @@ def _ignored(pid: int, signum: int) -> bool:
     return False
 
 
+@pytest.mark.loopback
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux /proc")
 def test_a_sighup_while_a_worker_starts_does_not_kill_it(tmp_path: Path) -> None:
     """As its parent's could: a real worker, its listener at fd 3, signalled
@@ -879,6 +881,7 @@ def _get(port: int, path: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
+@pytest.mark.loopback
 def test_twistd_with_two_workers(tmp_path: Path) -> None:
     http_port, metrics_port = free_port(), free_port()
     mail = tmp_path / "Maildir"
@@ -1074,6 +1077,7 @@ class _Running:
                 self.process.wait()
 
 
+@pytest.mark.loopback
 def test_twistd_a_replacement_worker_runs_the_accepted_configuration(
     tmp_path: Path,
 ) -> None:
@@ -1097,6 +1101,7 @@ def test_twistd_a_replacement_worker_runs_the_accepted_configuration(
     assert "does not answer" not in log
 
 
+@pytest.mark.loopback
 def test_twistd_a_typo_on_disk_reaches_no_worker(tmp_path: Path) -> None:
     """A typo left in the file, a worker killed: its replacement starts on
     the accepted configuration (no crash loop); SIGHUP says why once."""

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from twisted.internet.defer import Deferred
 
-from mm7tx.messages import Content, DeliverReq, DeliverRsp
-from mm7tx.processors import EmailProcessor
+from mm7tx.gateway.processors import EmailProcessor
+from mm7tx.mm7.messages import Content, DeliverReq, DeliverRsp
 from mm7tx.transaction import Transaction
 
 

@@ -5,8 +5,8 @@ It lives in the package (not in tests/) so that an installed mm7tx can load
 ``processor = "mm7tx.examples.shortcode.ShortCodeMailboxes"``.
 """
 
-from mm7tx.messages import Address
-from mm7tx.processors import EmailProcessor
+from mm7tx.gateway.processors import EmailProcessor
+from mm7tx.mm7.messages import Address
 
 
 class ShortCodeMailboxes(EmailProcessor):

@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 mm7 = ServiceMaker(
     "mm7tx",
-    "mm7tx.tap",
+    "mm7tx.app.tap",
     "An MM7 gateway: MM7 requests in, email out over ESMTP.",
     "mm7",
 )

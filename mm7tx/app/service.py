@@ -34,21 +34,22 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from mm7tx import __version__
-from mm7tx.auth import SCRYPT_CONCURRENCY, ListenerGuard, portal_for
+from mm7tx.app.health import Alive, Checkable, Ready, RelayWatch
 from mm7tx.config import Config, ConfigError, listens_beyond_loopback
-from mm7tx.health import Alive, Checkable, Ready, RelayWatch
+from mm7tx.gateway.processors import EmailProcessor
+from mm7tx.gateway.reports import DeliveryReporter
+from mm7tx.http.auth import SCRYPT_CONCURRENCY, ListenerGuard, portal_for
+from mm7tx.http.limits import LoginThrottle, RateLimiter, TransactionGate
+from mm7tx.http.resource import MM7Resource, build_root
+from mm7tx.http.site import Listener, MM7Site
 from mm7tx.interfaces import IMailSender
-from mm7tx.limits import LoginThrottle, RateLimiter, TransactionGate
-from mm7tx.maildir import MaildirError
 from mm7tx.metrics import Metrics, MetricsPage
 from mm7tx.offload import in_pool, in_threads
-from mm7tx.processors import EmailProcessor
-from mm7tx.reports import DeliveryReporter
-from mm7tx.resource import MM7Resource, build_root
-from mm7tx.senders import sender_for
-from mm7tx.site import Listener, MM7Site
+from mm7tx.smtp.maildir import MaildirError
+from mm7tx.smtp.senders import sender_for
 
-log = Logger()
+# Named as before the move into packages: the namespace is in every log event.
+log = Logger(namespace="mm7tx.service")
 
 # Seconds to close the HTTP connections and the SMTP pool on stop, beyond
 # the drain if that ran out.

@@ -22,7 +22,8 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-log = Logger()
+# Named as before the move into packages: the namespace is in every log event.
+log = Logger(namespace="mm7tx.health")
 
 # A relay that answered within this many seconds is up.
 FRESH = 30.0

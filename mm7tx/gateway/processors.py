@@ -30,8 +30,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mm7tx.codec.mime import base64_lines
-from mm7tx.errors import MM7Error
+from mm7tx.gateway.reports import DeliveryReporter
 from mm7tx.interfaces import (
     IDeliverProcessor,
     IDeliveryReportProcessor,
@@ -40,7 +39,11 @@ from mm7tx.interfaces import (
     ISubmitProcessor,
     SendResult,
 )
-from mm7tx.messages import (
+from mm7tx.mail.rules import AddressRules as AddressRules
+from mm7tx.mail.wire import CONTROLS, HEADER_CLASSES, RawHeaderPolicy
+from mm7tx.mm7.codec.mime import base64_lines
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.mm7.messages import (
     Address,
     Content,
     ContentPart,
@@ -55,12 +58,11 @@ from mm7tx.messages import (
     SubmitReq,
     SubmitRsp,
 )
-from mm7tx.reports import DeliveryReporter
-from mm7tx.status import StatusCode
+from mm7tx.mm7.status import StatusCode
 from mm7tx.transaction import Transaction
-from mm7tx.wire import CONTROLS, HEADER_CLASSES, RawHeaderPolicy
 
-log = Logger()
+# Named as before the move into packages: the namespace is in every log event.
+log = Logger(namespace="mm7tx.processors")
 
 
 # Bodies are kept 7-bit (quoted-printable or base64): Twisted's SMTP client
@@ -268,19 +270,6 @@ def email_date(timestamp: str | None) -> str:
     elif when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return format_datetime(when)
-
-
-@dataclass(frozen=True, slots=True)
-class AddressRules:
-    """The four ``mm7_server_default_email_*`` options (see DESIGN.md), and
-    ``mm7_report_mail_from``: the envelope sender of the mails that report
-    on another message, ``""`` for the null sender ``<>``."""
-
-    from_address: str | None = None
-    from_domain: str | None = None
-    to_address: str | None = None
-    to_domain: str | None = None
-    report_mail_from: str = ""
 
 
 @dataclass(frozen=True, slots=True)

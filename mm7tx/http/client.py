@@ -19,7 +19,7 @@ import dataclasses
 import re
 import uuid
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from twisted.internet import defer, error, ssl
 from twisted.internet.interfaces import IConsumer, IReactorTime
@@ -40,16 +40,15 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
-from mm7tx import codec
-from mm7tx import messages as m
-from mm7tx.errors import MM7Error
+from mm7tx.http.settings import DEFAULT_MAX_ANSWER_SIZE as DEFAULT_MAX_ANSWER_SIZE
+from mm7tx.http.settings import url_credentials as url_credentials
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.errors import MM7Error
 
 R = TypeVar("R")
 
 NAMESPACE_BASE = "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/"
-
-# The most of an answer's body read (MM7 answers are a few KB).
-DEFAULT_MAX_ANSWER_SIZE = 1024 * 1024
 
 # The most of an answer's status line and headers read, interim 1xx answers
 # included: the bound Twisted's own server puts on a request's headers
@@ -215,19 +214,6 @@ class MM7Fault(MM7ClientError):
 # account=password in a URL's path: the password runs to the end of the
 # path (a "/" in it is its own), less a trailing "/", as the server reads it.
 _PATH_PASSWORD = re.compile(r"^([^?#]*?/[^/?#=]*=)[^?#]*?(/?(?:[?#].*)?)$")
-
-
-def url_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
-    """``url`` without its userinfo, and the ``(user, password)`` that was
-    there, percent-decoded (``None`` when it had none): Mbuni writes its
-    URLs ``http://user:pass@host/mm7``, and they mean HTTP Basic."""
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at:
-        return url, None
-    user, _, password = userinfo.partition(":")
-    bare = urlunsplit(parts._replace(netloc=host))
-    return bare, (unquote(user), unquote(password))
 
 
 def namespace_uri(name: str) -> str:

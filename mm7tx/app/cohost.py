@@ -18,10 +18,10 @@ from typing import cast
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
+from mm7tx.app.service import IMM7Reactor, MM7Service, build_service
 from mm7tx.config import EMBEDDED, Config, ConfigError, load_file
-from mm7tx.maildir import MaildirError
-from mm7tx.service import IMM7Reactor, MM7Service, build_service
-from mm7tx.site import MM7Site
+from mm7tx.http.site import MM7Site
+from mm7tx.smtp.maildir import MaildirError
 
 # The environment variable naming the configuration file.
 CONFIG_VARIABLE = "MM7TX_CONFIG"

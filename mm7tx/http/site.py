@@ -35,18 +35,21 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
-from mm7tx.ratelog import RateLimitedWarning
+from mm7tx.http.ratelog import RateLimitedWarning
+from mm7tx.http.settings import DEFAULT_IDLE_TIMEOUT as DEFAULT_IDLE_TIMEOUT
+from mm7tx.http.settings import DEFAULT_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTIONS
+from mm7tx.http.settings import (
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS as DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+)
+from mm7tx.http.settings import DEFAULT_MAX_REQUEST_SIZE as DEFAULT_MAX_REQUEST_SIZE
+from mm7tx.http.settings import DEFAULT_REQUEST_TIMEOUT as DEFAULT_REQUEST_TIMEOUT
 
 if TYPE_CHECKING:
     from mm7tx.metrics import Metrics
 
-log = Logger()
+# Named as before the move into packages: the namespace is in every log event.
+log = Logger(namespace="mm7tx.site")
 
-DEFAULT_MAX_REQUEST_SIZE = 5 * 1024 * 1024
-DEFAULT_REQUEST_TIMEOUT = 30.0
-DEFAULT_IDLE_TIMEOUT = 60.0
-DEFAULT_MAX_CONNECTIONS = 1000
-DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 200
 # Seconds a refused client has to read its 408 or 413 before a reset.
 LINGER = 2.0
 

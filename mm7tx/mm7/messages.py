@@ -11,7 +11,7 @@ import re
 from dataclasses import FrozenInstanceError, dataclass, field
 from typing import Literal, TypeAlias
 
-from mm7tx.status import StatusCode
+from mm7tx.mm7.status import StatusCode
 
 DEFAULT_MM7_VERSION = "6.8.0"
 DEFAULT_NAMESPACE = (

@@ -29,17 +29,18 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mm7tx.errors import MM7Error
 from mm7tx.interfaces import IMailSender, SendResult
+from mm7tx.mail.wire import CONTROLS, mail_size, write_wire
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.mm7.status import StatusCode
 from mm7tx.offload import OFFLOAD_SIZE, Offload
-from mm7tx.senders import SMTPSettings
-from mm7tx.status import StatusCode
-from mm7tx.wire import CONTROLS, mail_size, write_wire
+from mm7tx.smtp.settings import SMTPSettings
 
 if TYPE_CHECKING:
     from mm7tx.metrics import Metrics
 
-log = Logger()
+# Named as before the move into packages: the namespace is in every log event.
+log = Logger(namespace="mm7tx.esmtp")
 
 
 def _tls_options(settings: SMTPSettings) -> Any:

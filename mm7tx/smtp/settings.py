@@ -1,24 +1,10 @@
-"""The relay option: how to reach the relay, and which sender serves it.
-
-Nothing here imports ``twisted.mail``, which installs the global reactor as
-it is imported: the ESMTP sender is imported only when a relay needs it, so
-importing mm7tx (its configuration, its service) leaves the choice of
-reactor to the application.
-"""
+"""How to reach the relay: the settings the relay option gives, apart from the
+senders that use them, so that the configuration can name them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
-
-from twisted.internet.interfaces import IReactorTime
-
-from mm7tx.interfaces import IMailSender
-from mm7tx.maildir import MaildirSender
-from mm7tx.offload import in_threads
-
-if TYPE_CHECKING:
-    from mm7tx.metrics import Metrics
+from typing import Literal
 
 StartTLS = Literal["off", "opportunistic", "required"]
 
@@ -58,18 +44,3 @@ class SMTPSettings:
             if part.startswith("host="):
                 return part[5:]
         return parts[1] if len(parts) > 1 and "=" not in parts[1] else "localhost"
-
-
-def sender_for(
-    reactor: IReactorTime, settings: SMTPSettings, metrics: Metrics | None = None
-) -> IMailSender:
-    """The sender for a relay option: ``maildir:PATH`` or an endpoint string
-    (whose messages ``metrics`` counts)."""
-    if settings.endpoint.startswith("maildir:"):
-        return MaildirSender(
-            settings.endpoint[len("maildir:") :], offload=in_threads(reactor)
-        )
-    # Here, not at the top: see the module's docstring.
-    from mm7tx.esmtp import ESMTPSender
-
-    return ESMTPSender(reactor, settings, metrics=metrics, offload=in_threads(reactor))

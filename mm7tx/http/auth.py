@@ -14,10 +14,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -30,9 +29,14 @@ from twisted.logger import Logger
 from twisted.protocols import policies
 from zope.interface import Attribute, Interface, implementer
 
-log = Logger()
+from mm7tx.http.settings import ListenAccess as ListenAccess
+from mm7tx.mm7.peers import Account as Account
+from mm7tx.mm7.peers import Network as Network
+from mm7tx.mm7.peers import address_in as address_in
+from mm7tx.mm7.peers import network as network
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Named as before the move into packages: the namespace is in every log event.
+log = Logger(namespace="mm7tx.auth")
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
@@ -61,24 +65,6 @@ def password_matches(stored: str, given: str) -> bool:
     return hmac.compare_digest(stored.encode(), given.encode())
 
 
-def network(text: str) -> Network | None:
-    """An IP address or CIDR range, or None if ``text`` is neither."""
-    try:
-        return ipaddress.ip_network(text.strip(), strict=False)
-    except ValueError:
-        return None
-
-
-def address_in(address: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in networks)
-
-
 def client_address(
     peer: str, forwarded: Sequence[bytes] | None, trusted: tuple[Network, ...]
 ) -> str:
@@ -97,51 +83,6 @@ def client_address(
             break
         address = hop
     return address
-
-
-@dataclass(frozen=True, slots=True)
-class ListenAccess:
-    """``always_allow`` / ``always_deny`` in a ``Listen`` scope: a connection
-    from a denied address, or from outside ``allow`` when it is set, is
-    refused; deny wins over allow."""
-
-    allow: tuple[Network, ...] = ()
-    deny: tuple[Network, ...] = ()
-
-    def admits(self, address: str) -> bool:
-        if address_in(address, self.deny):
-            return False
-        return not self.allow or address_in(address, self.allow)
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    """A VASP account (``VASP "name" { … }``) and its limits."""
-
-    name: str
-    password: str | None = field(default=None, repr=False)
-    networks: tuple[Network, ...] = ()
-    max_message_size: int | None = None
-    max_recipients: int | None = None
-    rate: float | None = None
-    delivery_report_url: str | None = None
-    delivery_report_user: str | None = None
-    delivery_report_password: str | None = field(default=None, repr=False)
-    # The HTTP status of our faults to this peer once it is authenticated
-    # (200 for peers that read a fault only there, such as Mbuni's mmsbox).
-    fault_http_status: int = 500
-
-    @property
-    def ip_network(self) -> Network | None:
-        """The network an IP-named account stands for."""
-        return network(self.name)
-
-    def allows(self, address: str) -> bool:
-        """Whether a request from ``address`` may use this account."""
-        allowed = self.networks
-        if self.ip_network is not None:
-            allowed = (*allowed, self.ip_network)
-        return not allowed or address_in(address, allowed)
 
 
 class IVASPAccount(Interface):

@@ -60,10 +60,10 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from mm7tx.client import MM7Client, QuietConnectionPool, _Body, _read_body
+from mm7tx.app.service import build_service, make_processor
 from mm7tx.config import EMBEDDED, Config, load
-from mm7tx.errors import MM7Error
-from mm7tx.esmtp import ESMTPSender
+from mm7tx.http.client import MM7Client, QuietConnectionPool, _Body, _read_body
+from mm7tx.http.resource import MM7Resource
 from mm7tx.interfaces import (
     ICancelProcessor,
     IDeliverProcessor,
@@ -74,11 +74,11 @@ from mm7tx.interfaces import (
     ISubmitProcessor,
     SendResult,
 )
-from mm7tx.resource import MM7Resource
-from mm7tx.service import build_service, make_processor
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.smtp.esmtp import ESMTPSender
 
 if TYPE_CHECKING:
-    from mm7tx.service import IMM7Reactor
+    from mm7tx.app.service import IMM7Reactor
 
 T = TypeVar("T")
 

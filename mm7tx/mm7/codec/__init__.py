@@ -8,11 +8,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mm7tx.codec import mime, soap
-from mm7tx.codec.sniff import Sniffed, sniff
-from mm7tx.errors import MM7Error
-from mm7tx.messages import Envelope
-from mm7tx.status import StatusCode
+from mm7tx.mm7.codec import mime, soap
+from mm7tx.mm7.codec.sniff import Sniffed, sniff
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.mm7.messages import Envelope
+from mm7tx.mm7.status import StatusCode
 
 __all__ = ["MM7Error", "Sniffed", "decode", "encode", "sniff"]
 

@@ -6,6 +6,12 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
+from mm7tx.http.settings import (
+    DEFAULT_FAILED_LOGIN_WINDOW as DEFAULT_FAILED_LOGIN_WINDOW,
+)
+from mm7tx.http.settings import DEFAULT_LOGIN_LOCKOUT as DEFAULT_LOGIN_LOCKOUT
+from mm7tx.http.settings import DEFAULT_MAX_FAILED_LOGINS as DEFAULT_MAX_FAILED_LOGINS
+
 
 class RateLimiter:
     """A token bucket per account: ``rate`` requests per second, with a burst
@@ -81,13 +87,6 @@ class TransactionGate:
         d: defer.Deferred[None] = defer.Deferred()
         self._waiting.append(d)
         return d
-
-
-# Failed logins from one address: this many within the window refuse that
-# address's logins at once, without checking, for the lockout.
-DEFAULT_MAX_FAILED_LOGINS = 10
-DEFAULT_FAILED_LOGIN_WINDOW = 60.0
-DEFAULT_LOGIN_LOCKOUT = 300.0
 
 
 class LoginThrottle:

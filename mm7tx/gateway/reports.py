@@ -19,9 +19,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mm7tx import messages as m
-from mm7tx.auth import Account
-from mm7tx.client import (
+from mm7tx.http.auth import Account
+from mm7tx.http.client import (
     DEFAULT_MAX_ANSWER_SIZE,
     MM7Client,
     MM7ClientError,
@@ -30,12 +29,14 @@ from mm7tx.client import (
     Unreachable,
     url_credentials,
 )
-from mm7tx.status import StatusCode
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.status import StatusCode
 
 if TYPE_CHECKING:
     from mm7tx.metrics import Metrics
 
-log = Logger()
+# Named as before the move into packages: the namespace is in every log event.
+log = Logger(namespace="mm7tx.reports")
 
 
 class DeliveryReporter:

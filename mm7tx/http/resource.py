@@ -27,9 +27,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface.interface import InterfaceClass
 
-from mm7tx import codec, logs
-from mm7tx import messages as m
-from mm7tx.auth import (
+from mm7tx import logs
+from mm7tx.http.auth import (
     Account,
     IMMSCAccount,
     IPAddressCredentials,
@@ -38,9 +37,8 @@ from mm7tx.auth import (
     client_address,
     credentials_from,
 )
-from mm7tx.codec.sniff import Sniffed, clean_version
-from mm7tx.codec.soap import XMLLimits
-from mm7tx.errors import MM7Error
+from mm7tx.http.limits import LoginThrottle, RateLimiter, TransactionGate
+from mm7tx.http.site import DEFAULT_MAX_REQUEST_SIZE, MM7Site
 from mm7tx.interfaces import (
     ICancelProcessor,
     IDeliverProcessor,
@@ -49,16 +47,20 @@ from mm7tx.interfaces import (
     IReplaceProcessor,
     ISubmitProcessor,
 )
-from mm7tx.limits import LoginThrottle, RateLimiter, TransactionGate
+from mm7tx.mm7 import codec
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.codec.sniff import Sniffed, clean_version
+from mm7tx.mm7.codec.soap import XMLLimits
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.mm7.status import StatusCode
 from mm7tx.offload import OFFLOAD_SIZE, Offload
-from mm7tx.site import DEFAULT_MAX_REQUEST_SIZE, MM7Site
-from mm7tx.status import StatusCode
 from mm7tx.transaction import Transaction
 
 if TYPE_CHECKING:
     from mm7tx.metrics import Metrics
 
-log = Logger()
+# Named as before the move into packages: the namespace is in every log event.
+log = Logger(namespace="mm7tx.resource")
 
 Role = Literal["vasp", "mmsc"]
 

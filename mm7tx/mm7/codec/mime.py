@@ -28,9 +28,9 @@ from io import BytesIO
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
-from mm7tx.errors import MM7Error
-from mm7tx.messages import Content, ContentPart
-from mm7tx.status import StatusCode
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.mm7.messages import Content, ContentPart
+from mm7tx.mm7.status import StatusCode
 
 XML_TYPES = frozenset(
     {"text/xml", "application/xml", "application/soap+xml", "text/plain"}

@@ -22,7 +22,9 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from mm7tx import __version__, systemd, workers
+from mm7tx import __version__
+from mm7tx.app import systemd, workers
+from mm7tx.app.service import IMM7Reactor, build_service
 from mm7tx.config import (
     EMBEDDED,
     Config,
@@ -31,11 +33,11 @@ from mm7tx.config import (
     read_text,
     with_overrides,
 )
-from mm7tx.maildir import MaildirError, MaildirSender
 from mm7tx.offload import SWITCH_INTERVAL
-from mm7tx.service import IMM7Reactor, build_service
+from mm7tx.smtp.maildir import MaildirError, MaildirSender
 
-log = Logger()
+# Named as before the move into packages: the namespace is in every log event.
+log = Logger(namespace="mm7tx.tap")
 
 
 # A worker's program: SIGHUP ignored first thing (it is the parent's: see

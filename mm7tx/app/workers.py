@@ -67,12 +67,13 @@ from twisted.web import server
 from twisted.web.client import Agent, readBody
 from twisted.web.resource import Resource
 
-from mm7tx.health import Alive, Ready
+from mm7tx.app.health import Alive, Ready
 
 if TYPE_CHECKING:
     from mm7tx.config import Config
 
-log = Logger()
+# Named as before the move into packages: the namespace is in every log event.
+log = Logger(namespace="mm7tx.workers")
 
 # The first descriptor a worker finds its listeners at (as systemd does).
 FIRST_FD = 3
@@ -628,7 +629,7 @@ class WorkersMonitor:
         self.reactor = reactor
         self.pool = pool
         self.socket = socket
-        from mm7tx.client import QuietConnectionPool
+        from mm7tx.http.client import QuietConnectionPool
 
         self.agent = Agent.usingEndpointFactory(
             reactor,
@@ -907,8 +908,8 @@ class Supervisor(service.MultiService):
         """SIGHUP: the file read again (``load``) and, if it loads cleanly,
         passed on to every worker, and to every worker started from now on;
         a mistake in it is logged and changes nothing.  Whether it was."""
+        from mm7tx.app.service import _listener_changes
         from mm7tx.config import ConfigError
-        from mm7tx.service import _listener_changes
 
         if self.load is None:
             return False
@@ -941,7 +942,7 @@ class Supervisor(service.MultiService):
         return True
 
     def _start_monitor(self, monitor: WorkersMonitor) -> None:
-        from mm7tx.service import _MonitorSite
+        from mm7tx.app.service import _MonitorSite
 
         endpoint = self.config.metrics_listen
         site = _MonitorSite(monitor_root(monitor), self.reactor)
@@ -984,7 +985,7 @@ class Supervisor(service.MultiService):
 
 def _stop_timeout(config: Config) -> float:
     """How long the parent's stop waits for its workers before SIGKILL."""
-    from mm7tx.service import CLOSE_GRACE
+    from mm7tx.app.service import CLOSE_GRACE
 
     # A worker drains, then takes up to CLOSE_GRACE to close.
     return config.drain_timeout + CLOSE_GRACE + 5

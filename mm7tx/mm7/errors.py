@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mm7tx.messages import Status
-from mm7tx.status import StatusCode
+from mm7tx.mm7.messages import Status
+from mm7tx.mm7.status import StatusCode
 
 
 class MM7Error(Exception):

@@ -23,21 +23,24 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from mm7tx.auth import Account, ListenAccess, Network, network
-from mm7tx.client import DEFAULT_MAX_ANSWER_SIZE, url_credentials
-from mm7tx.codec.soap import XMLLimits
-from mm7tx.limits import DEFAULT_LOGIN_LOCKOUT, DEFAULT_MAX_FAILED_LOGINS
-from mm7tx.logs import LOG_ADDRESSES
-from mm7tx.messages import DEFAULT_MM7_VERSION
-from mm7tx.processors import AddressRules
-from mm7tx.senders import SMTPSettings
-from mm7tx.site import (
+from mm7tx.http.settings import (
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LOGIN_LOCKOUT,
+    DEFAULT_MAX_ANSWER_SIZE,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_MAX_FAILED_LOGINS,
     DEFAULT_MAX_REQUEST_SIZE,
     DEFAULT_REQUEST_TIMEOUT,
+    ListenAccess,
+    url_credentials,
 )
+from mm7tx.logs import LOG_ADDRESSES
+from mm7tx.mail.rules import AddressRules
+from mm7tx.mm7.codec.soap import XMLLimits
+from mm7tx.mm7.messages import DEFAULT_MM7_VERSION
+from mm7tx.mm7.peers import Account, Network, network
+from mm7tx.smtp.settings import SMTPSettings
 
 
 class ConfigError(Exception):

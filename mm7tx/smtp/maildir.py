@@ -17,13 +17,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mm7tx.errors import MM7Error
 from mm7tx.interfaces import IMailSender, SendResult
+from mm7tx.mail.wire import WIRE_POLICY
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.mm7.status import StatusCode
 from mm7tx.offload import Offload, inline
-from mm7tx.status import StatusCode
-from mm7tx.wire import WIRE_POLICY
 
-log = Logger()
+# Named as before the move into packages: the namespace is in every log event.
+log = Logger(namespace="mm7tx.maildir")
 
 _FILE_POLICY = WIRE_POLICY  # folds in linear time, as the SMTP sender does
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from lxml import etree
 
-from mm7tx import messages as m
-from mm7tx.errors import MM7Error
-from mm7tx.status import StatusCode
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.errors import MM7Error
+from mm7tx.mm7.status import StatusCode
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 
