@@ -305,7 +305,7 @@ def test_an_http_error_that_is_not_mm7_is_one_line_without_its_body(
 
 
 def test_a_401_says_why_when_the_fault_says_more_than_no_credentials():
-    from mm7tx.status import StatusCode
+    from mm7tx.mm7.status import StatusCode
 
     why = "too many failed logins, locked out for 275 s"
     status = m.Status.of(StatusCode.IMPROPER_IDENTIFICATION, details=why)

@@ -324,6 +324,7 @@ def test_twistd_web_class_serves_the_factorys_resource_and_closes_on_shutdown(
     result_of(closing)
 
 
+@pytest.mark.loopback
 def test_twistd_web_class_says_what_is_wrong_with_the_file_in_one_line(
     tmp_path: Path,
 ) -> None:
