@@ -5,7 +5,7 @@ from __future__ import annotations
 from lxml import etree
 from twisted.internet.testing import MemoryReactorClock
 from twisted.web.resource import Resource
-from twisted.web.static import Data
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from mm7tx.app.service import build_resources
@@ -202,9 +202,20 @@ def test_unknown_path_is_404():
     assert answer.code == 404
 
 
+class Status(Resource):
+    """Another application's page. (twisted.web.static.Data would do, but
+    importing twisted.web.static warns: its File makes deprecated error pages.)"""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain")
+        return b"ok"
+
+
 def test_mounted_next_to_another_resource():
     site_root = Resource()
-    site_root.putChild(b"status", Data(b"ok", "text/plain"))
+    site_root.putChild(b"status", Status())
     sender = FakeMailSender()
     processor = EmailProcessor(sender, RULES)
     build_root({"/api/mm7/": MM7Resource(processor, "/api/mm7/")}, root=site_root)
