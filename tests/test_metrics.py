@@ -201,6 +201,11 @@ def test_metrics_listen_none_listens_nowhere_and_checks_nothing() -> None:
     )
 
 
+def test_an_unknown_path_on_the_monitor_listener_is_404() -> None:
+    gateway = MemoryGateway(CONFIG, metrics=True)
+    assert gateway.get("/elsewhere").code == 404
+
+
 # /healthz and /readyz ---------------------------------------------------------------
 
 

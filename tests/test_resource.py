@@ -213,6 +213,19 @@ class Status(Resource):
         return b"ok"
 
 
+def test_an_unknown_path_beside_a_nested_mm7_path_is_404():
+    """The folders build_root makes answer 404 for what they do not hold."""
+    root = build_root(
+        {"/api/mm7/": MM7Resource(EmailProcessor(FakeMailSender(), RULES), "/api/mm7/")}
+    )
+    for path in ("/api/elsewhere", "/elsewhere", "/"):
+        answer = http_post(root, path, b"<x/>", {"Content-Type": "text/xml"})
+        assert (answer.code, answer.headers["content-type"]) == (
+            404,
+            "text/html; charset=utf-8",
+        )
+
+
 def test_mounted_next_to_another_resource():
     site_root = Resource()
     site_root.putChild(b"status", Status())

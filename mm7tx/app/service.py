@@ -40,7 +40,7 @@ from mm7tx.gateway.processors import EmailProcessor
 from mm7tx.gateway.reports import DeliveryReporter
 from mm7tx.http.auth import SCRYPT_CONCURRENCY, ListenerGuard, portal_for
 from mm7tx.http.limits import LoginThrottle, RateLimiter, TransactionGate
-from mm7tx.http.resource import MM7Resource, build_root
+from mm7tx.http.resource import Folder, MM7Resource, build_root
 from mm7tx.http.site import Listener, MM7Site
 from mm7tx.interfaces import IMailSender
 from mm7tx.metrics import Metrics, MetricsPage
@@ -802,7 +802,7 @@ class _MonitorSite(MM7Site):
 def monitor_root(metrics: Metrics, problem: Callable[[], str | None]) -> Resource:
     """``/metrics``, ``/healthz`` and ``/readyz`` (ready unless ``problem``
     gives a reason), to serve on a listener of their own or mount in a site."""
-    root = Resource()
+    root = Folder()
     root.putChild(b"metrics", MetricsPage(metrics))
     root.putChild(b"healthz", Alive())
     root.putChild(b"readyz", Ready(problem))

@@ -68,6 +68,7 @@ from twisted.web.client import Agent, readBody
 from twisted.web.resource import Resource
 
 from mm7tx.app.health import Alive, Ready
+from mm7tx.http.resource import Folder
 
 if TYPE_CHECKING:
     from mm7tx.config import Config
@@ -789,7 +790,7 @@ def monitor_root(monitor: WorkersMonitor) -> Resource:
         # Ready's own page, so the answers read as a single process's.
         return Ready(lambda: problem).render_GET(request)  # type: ignore[no-any-return]
 
-    root = Resource()
+    root = Folder()
     root.putChild(b"metrics", _Asking(metrics))
     root.putChild(b"healthz", Alive())
     root.putChild(b"readyz", _Asking(ready))

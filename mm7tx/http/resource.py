@@ -22,8 +22,8 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
-from twisted.web.resource import Resource
+from twisted.web import http, pages
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface.interface import InterfaceClass
 
@@ -750,6 +750,15 @@ def _peer(request: Request) -> str:
     return str(getattr(address, "host", address))
 
 
+class Folder(Resource):
+    """A resource that only holds children: any other path is Twisted's
+    escaped 404 page (``Resource.getChild`` would make the deprecated
+    ``NoResource``)."""
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return pages.notFound()
+
+
 def build_root(
     resources: Mapping[str, Resource], root: Resource | None = None
 ) -> Resource:
@@ -758,7 +767,7 @@ def build_root(
     Pass ``root`` to mount into an existing tree; intermediate resources are
     created as needed.
     """
-    root = root if root is not None else Resource()
+    root = root if root is not None else Folder()
     for path, resource in resources.items():
         segments = [s for s in path.strip("/").split("/") if s]
         if not segments:
@@ -768,7 +777,7 @@ def build_root(
             key = segment.encode()
             child = parent.children.get(key)
             if child is None:
-                child = Resource()
+                child = Folder()
                 parent.putChild(key, child)
             parent = child
         parent.putChild(segments[-1].encode(), resource)
