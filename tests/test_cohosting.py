@@ -18,7 +18,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.reflect import namedAny
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from twisted.web.resource import Resource
@@ -104,13 +104,12 @@ def test_stopping_the_parent_leaves_nothing_of_mm7tx_and_spares_the_other():
     pool = HTTPConnectionPool(reactor, persistent=True)
     browser = Agent(reactor, pool=pool)
 
-    def get() -> defer.Deferred[bytes]:
-        d = browser.request(b"GET", b"http://127.0.0.1:8081/")
-        body: defer.Deferred[bytes] = d.addCallback(readBody)
-        return body
+    def browse() -> defer.Deferred[bytes]:
+        answer = get(browser, "http://127.0.0.1:8081/")
+        return answer.addCallback(lambda answer: answer.body)
 
     answer = mm7_client.deliver(DELIVER)
-    page = get()
+    page = browse()
     reactor.flush()
     assert result_of(answer).status.code == 1000
     assert result_of(page) == b"hello 1"
@@ -144,7 +143,7 @@ def test_stopping_the_parent_leaves_nothing_of_mm7tx_and_spares_the_other():
     assert [c for c in reactor.getDelayedCalls() if not the_others(c)] == []
     assert [key for key in reactor._listeners if key[1] in (8080, 8081)] == []
     # The other application's connection still serves until it is closed.
-    page = get()
+    page = browse()
     reactor.flush()
     assert result_of(page) == b"hello 2"
     closing = [pool.closeCachedConnections(), mm7_client.close()]

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import LogLevel, capturedLogs, formatEvent
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent
 
 from mm7tx.app.health import RelayWatch
 from mm7tx.app.service import build_service
@@ -33,6 +33,7 @@ from mm7tx.testing import (
     MemoryReactor,
     MemorySMTPRelay,
     fired,
+    get,
     result_of,
 )
 
@@ -424,11 +425,9 @@ async def _free_port() -> int:
 
 
 async def _get(url: str) -> tuple[int, bytes]:
-    response = (
-        await Agent(reactor).request(b"GET", url.encode()).addTimeout(10, reactor)
-    )
-    body = await readBody(response).addTimeout(10, reactor)
-    return response.code, body
+    # mm7tx.testing.get, not readBody: see tests/test_end_to_end.py's post.
+    answer = await get(Agent(reactor), url).addTimeout(10, reactor)
+    return answer.code, answer.body
 
 
 # The pieces alone ------------------------------------------------------------------------
