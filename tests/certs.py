@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from twisted.internet import ssl
 
 
 def make_certificate(folder: Path) -> tuple[Path, Path]:
@@ -48,3 +49,18 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+def server_options(cert: Path, key: Path) -> ssl.CertificateOptions:
+    """TLS server options for ``cert`` and ``key``, loaded with ``cryptography``.
+
+    ``PrivateCertificate.loadPEM(...).options()`` would hand pyOpenSSL's ``X509``
+    and ``PKey`` to ``OpenSSL.SSL.Context``, which pyOpenSSL deprecates; the
+    context takes ``cryptography``'s objects as they are.
+    """
+    return ssl.CertificateOptions(
+        # Twisted annotates these as pyOpenSSL's types, but only passes them on
+        # to Context.use_privatekey and use_certificate, which take these.
+        privateKey=serialization.load_pem_private_key(key.read_bytes(), None),  # type: ignore[arg-type]
+        certificate=x509.load_pem_x509_certificate(cert.read_bytes()),  # type: ignore[arg-type]
+    )

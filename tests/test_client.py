@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from lxml import etree
-from twisted.internet import defer, reactor, ssl, task
+from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -54,7 +54,7 @@ from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m
 from mm7tx.testing import MemoryAgent, MemoryGateway, MemoryReactor, fired, result_of
 from tests import samples
-from tests.certs import make_certificate
+from tests.certs import make_certificate, server_options
 
 MM7TX = str(Path(sys.executable).parent / "mm7tx")
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 120
@@ -656,9 +656,7 @@ def test_a_client_with_an_agent_needs_a_clock():
 @pytest_twisted.ensureDeferred
 async def test_https_with_a_ca_file(tmp_path, capsys):
     cert, key = make_certificate(tmp_path)
-    options = ssl.PrivateCertificate.loadPEM(
-        key.read_text() + cert.read_text()
-    ).options()
+    options = server_options(cert, key)
     mmsc = Recorder()
     site = Site(build_root({"/mm7/": MM7Resource(mmsc, "/mm7/", "mmsc")}))
     port = await SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1").listen(

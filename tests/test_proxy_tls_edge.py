@@ -20,7 +20,7 @@ from twisted.web.resource import Resource
 
 from mm7tx.http.auth import ListenAccess, ListenerGuard, network
 from mm7tx.http.site import Listener, MM7Site
-from tests.certs import make_certificate
+from tests.certs import make_certificate, server_options
 
 
 def _behind_haproxy(factory):
@@ -103,9 +103,7 @@ async def test_the_408_reaches_a_slow_client_over_tls(tmp_path):
     refusal must not half-close the TCP stream under the TLS layer (the 408,
     still buffered in it, was never sent)."""
     cert, key = make_certificate(tmp_path)
-    options = ssl.PrivateCertificate.loadPEM(
-        key.read_text() + cert.read_text()
-    ).options()
+    options = server_options(cert, key)
     site = MM7Site(Resource(), reactor, request_timeout=0.3)
     port = await SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1").listen(
         Listener(site, "ssl:0")

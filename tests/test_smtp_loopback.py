@@ -13,7 +13,7 @@ from email.message import EmailMessage
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, ssl
+from twisted.internet import reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.logger import formatEvent, globalLogPublisher
 
@@ -22,7 +22,7 @@ from mm7tx.mm7.errors import MM7Error
 from mm7tx.smtp.esmtp import ESMTPSender
 from mm7tx.smtp.settings import SMTPSettings
 from mm7tx.testing import RecordingDelivery, smtp_server_factory
-from tests.certs import make_certificate
+from tests.certs import make_certificate, server_options
 from tests.test_smtp import message
 
 
@@ -46,9 +46,7 @@ async def listen(factory) -> tuple[object, int]:
 @pytest.fixture
 def certificate(tmp_path):
     cert, key = make_certificate(tmp_path / "tls")
-    server = ssl.PrivateCertificate.loadPEM(
-        key.read_text() + cert.read_text()
-    ).options()
+    server = server_options(cert, key)
     return cert, server
 
 
