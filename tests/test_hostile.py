@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mm7tx.gateway.processors import AddressRules, EmailProcessor
@@ -40,6 +42,12 @@ def connect(site: MM7Site) -> tuple[Any, StringTransport]:
     return channel, transport
 
 
+def hang_up(channel: Any) -> None:
+    """The client closes, as it does on the FIN after a refusal (a
+    ``StringTransport`` never reports the connection lost by itself)."""
+    channel.connectionLost(Failure(ConnectionDone()))
+
+
 def answer(raw: bytes) -> tuple[int, bytes]:
     head, _, body = raw.partition(b"\r\n\r\n")
     return int(head.split()[1]), body
@@ -63,6 +71,10 @@ def test_content_length_over_the_limit_is_413_before_the_body():
     assert transport.disconnecting
     channel.dataReceived(b"x" * 10000)  # the rest is never read
     assert sender.sent == []
+    # The file Twisted made for the body closes with the connection.
+    [request] = channel.requests
+    hang_up(channel)
+    assert request.content.closed
 
 
 def test_a_chunked_body_is_cut_off_at_the_limit():
@@ -80,6 +92,7 @@ def test_a_chunked_body_is_cut_off_at_the_limit():
     code, body = answer(transport.value())
     assert code == 413 and b"passed the limit" in body
     assert transport.disconnecting and sender.sent == []
+    hang_up(channel)
 
 
 def test_a_slow_client_is_cut_off_with_408():
@@ -285,6 +298,7 @@ def test_a_10_mb_base64_line():
         b"Content-Length: %d\r\n\r\n" % len(body)
     )
     assert answer(transport.value())[0] == 413
+    hang_up(channel)
     # Under a limit raised for it (the resource's: http_post serves it with
     # a plain Site): decoded whole.
     sender = FakeMailSender()
