@@ -410,20 +410,35 @@ def test_the_parent_is_ready_when_every_worker_is() -> None:
     assert problem() == "draining: the service is stopping"
 
 
-class _Body:
-    """A worker's response that gives ``body`` (all of it, or never)."""
+class _Connection:
+    """The connection under a response: what aborting it reaches."""
 
-    def __init__(self, code: int, body: bytes | None) -> None:
-        self.code, self.phrase, self.body = code, b"", body
+    def __init__(self) -> None:
         self.aborted = False
 
     def abortConnection(self) -> None:
         self.aborted = True
 
+
+class _Body:
+    """A worker's response that gives ``body`` (all of it, or never), as an
+    Agent's does: to a protocol whose transport is a proxy of the
+    connection (``TransportProxyProducer``), which has no
+    ``abortConnection`` of its own."""
+
+    def __init__(self, code: int, body: bytes | None) -> None:
+        self.code, self.phrase, self.body = code, b"", body
+        self.connection = _Connection()
+
+    @property
+    def aborted(self) -> bool:
+        return self.connection.aborted
+
     def deliverBody(self, protocol: Any) -> None:
+        from twisted.web._newclient import TransportProxyProducer
         from twisted.web.client import ResponseDone
 
-        protocol.makeConnection(self)
+        protocol.makeConnection(TransportProxyProducer(self.connection))
         if self.body is not None:
             protocol.dataReceived(self.body)
             protocol.connectionLost(Failure(ResponseDone()))

@@ -64,10 +64,11 @@ from twisted.logger import (
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent
 from twisted.web.resource import Resource
 
 from mm7tx.app.health import Alive, Ready
+from mm7tx.http.client import read_body
 from mm7tx.http.resource import Folder
 
 if TYPE_CHECKING:
@@ -659,7 +660,9 @@ class WorkersMonitor:
             response = await self.agent.request(
                 b"GET", f"http://worker-{slot}{path}".encode()
             )
-            return response.code, await readBody(response)
+            # Not readBody: a timeout must close the connection, and an
+            # Agent's response has no abortConnection for readBody to call.
+            return response.code, await read_body(response)
 
         # Cancelled on time out, which closes the connection.
         whole = defer.ensureDeferred(asking())

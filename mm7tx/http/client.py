@@ -299,7 +299,7 @@ class _BodyReader(Protocol):
             abort()
 
 
-def _read_body(response: Any, limit: int | None = None) -> defer.Deferred[bytes]:
+def read_body(response: Any, limit: int | None = None) -> defer.Deferred[bytes]:
     """``response``'s body, whole; with a ``limit``, at most that many bytes
     (see :class:`_BodyReader`)."""
     # Every IResponse has a length (UNKNOWN_LENGTH without Content-Length);
@@ -474,7 +474,7 @@ class MM7Client:
         return defer.ensureDeferred(self._parse(response, sent))
 
     async def _parse(self, response: Any, sent: m.Envelope) -> m.Response:
-        data: bytes = await _read_body(response, self.max_answer_size)
+        data: bytes = await read_body(response, self.max_answer_size)
         code = response.code
         if code == http.UNAUTHORIZED:
             why = _why_refused(response, data)

@@ -62,7 +62,7 @@ from zope.interface import implementer
 
 from mm7tx.app.service import build_service, make_processor
 from mm7tx.config import EMBEDDED, Config, load
-from mm7tx.http.client import MM7Client, QuietConnectionPool, _Body, _read_body
+from mm7tx.http.client import MM7Client, QuietConnectionPool, _Body, read_body
 from mm7tx.http.resource import MM7Resource
 from mm7tx.interfaces import (
     ICancelProcessor,
@@ -432,7 +432,7 @@ async def _post(
     for name, value in (headers or {}).items():
         sent.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
     response = await agent.request(b"POST", url.encode("utf-8"), sent, _Body(body))
-    data = await _read_body(response)
+    data = await read_body(response)
     received = {
         name.decode("latin-1").lower(): values[-1].decode("latin-1")
         for name, values in response.headers.getAllRawHeaders()
@@ -442,7 +442,7 @@ async def _post(
 
 async def _get(agent: IAgent, url: str) -> HTTPResponse:
     response = await agent.request(b"GET", url.encode("utf-8"))
-    data = await _read_body(response)
+    data = await read_body(response)
     received = {
         name.decode("latin-1").lower(): values[-1].decode("latin-1")
         for name, values in response.headers.getAllRawHeaders()
