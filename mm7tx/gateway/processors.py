@@ -306,7 +306,8 @@ def _mailbox(value: str, what: str) -> str:
 # A Number or ShortCode: ASCII digits, a leading "+", the separators
 # Address.digits drops, a /TYPE=PLMN suffix (DESIGN.md).
 # (Possessive, each character read once; whether it holds a digit is a
-# second search: "[0-9 ().-]*[0-9][0-9 ().-]*" was quadratic.)
+# second search: a digit between two runs of the same characters would
+# make the match quadratic.)
 _NUMBER = re.compile(r"\s*+\+?+[0-9 ().-]*+(?:/TYPE=PLMN)?+\s*+", re.I)
 _DIGIT = re.compile(r"[0-9]")
 

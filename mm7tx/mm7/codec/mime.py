@@ -45,8 +45,8 @@ MAX_NESTING = 16
 # 5 MB held it for a third of a second.
 MAX_PARTS = 256
 # At most this many bytes of part headers in a request, all parts together
-# (an MMS has a few hundred a part): each line of them is parsed, and 250
-# parts of 16 KiB of folded lines held the reactor for 0.7 s.
+# (an MMS has a few hundred a part): each line of them goes through the
+# email header parser, so their sum bounds the reactor's time on them.
 MAX_HEADER_BYTES = 128 * 1024
 # A binary leaf over this many bytes is made base64 lines as it is read, as
 # if it had come so (ContentPart.from_base64): the mail takes them as they
@@ -156,9 +156,9 @@ class _Reader:
     Boundaries are found with ``bytes.find`` and each part's headers handed
     to the ``email`` header parser; the tree is the one the ``email``
     package's full parser builds (the tests hold the two side by side), but
-    no step reads the body a line at a time: the full parser does, and a
-    body of lone CRs or of many nested header-less parts held the reactor
-    for seconds in it.  Every count is enforced before the work it bounds.
+    no step reads the body a line at a time, as the full parser does: the
+    time is linear in the body's size, whatever its bytes.  Every count is
+    enforced before the work it bounds.
     """
 
     def __init__(self, body: bytes) -> None:
