@@ -733,3 +733,21 @@ def test_the_relay_option_s_line_is_kept_for_errors_found_later(tmp_path):
     overridden = with_overrides(load(text, "my.conf"), smtp_relay="maildir:M")
     assert overridden.smtp_relay_origin == "--smtp-relay"
     assert EMBEDDED.smtp_relay_origin == "embedded defaults"
+
+
+@pytest.mark.parametrize(
+    ("listener", "kind"),
+    [
+        ("tcp:8080", "tcp"),
+        ("haproxy:tcp:8080:interface=127.0.0.1", "tcp"),
+        ("haproxy:haproxy:systemd:domain=INET:index=0", "systemd"),
+        ("haproxy", "haproxy"),
+    ],
+)
+def test_the_endpoint_under_any_haproxy_is_read_in_one_place(listener, kind):
+    from mm7tx.config import inner_endpoint
+
+    found, _, keywords = inner_endpoint(listener)
+    assert found == kind
+    if "interface=" in listener:
+        assert keywords["interface"] == "127.0.0.1"

@@ -68,6 +68,7 @@ from twisted.web.client import Agent
 from twisted.web.resource import Resource
 
 from mm7tx.app.health import Alive, Ready
+from mm7tx.config import inner_endpoint
 from mm7tx.http.client import read_body
 from mm7tx.http.resource import Folder
 
@@ -122,17 +123,11 @@ def systemd_names(listen: Sequence[str], first: int = FIRST_FD) -> tuple[str, st
     """``LISTEN_FDS``-like descriptors and names for a worker, so that its
     ``systemd:`` listeners (by ``index=`` or ``name=``) parse and find the
     socket its parent passed it for that listener (``first + i``)."""
-    from mm7tx.config import _fields
-
     descriptors: dict[int, int] = {}
     names: dict[int, str] = {}
     by_name: list[tuple[str, int]] = []
     for i, endpoint in enumerate(listen):
-        kind, _, keywords = _fields(endpoint)
-        inner = endpoint
-        while kind == "haproxy" and ":" in inner:
-            inner = inner.split(":", 1)[1]
-            kind, _, keywords = _fields(inner)
+        kind, _, keywords = inner_endpoint(endpoint)
         if kind != "systemd":
             continue
         if keywords.get("index", "").isdigit():

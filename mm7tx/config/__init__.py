@@ -305,16 +305,25 @@ _SERVER_FILES = ("privateKey", "certKey", "extraCertChain", "dhParameters")
 def listens_beyond_loopback(endpoint: str) -> bool:
     """Whether a listener may take connections from other hosts: anything but
     a UNIX socket or a TCP listener on a loopback interface."""
-    kind, _, keywords = _fields(endpoint)
-    while kind == "haproxy" and ":" in endpoint:
-        endpoint = endpoint.split(":", 1)[1]
-        kind, _, keywords = _fields(endpoint)
+    kind, _, keywords = inner_endpoint(endpoint)
     if kind == "unix":
         return False
     if kind in _SERVER_PORT_KINDS:
         net = network(keywords.get("interface", ""))
         return net is None or not net.is_loopback
     return True
+
+
+def inner_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """The type, positional and keyword arguments of the endpoint a listener
+    string names under any ``haproxy:`` (PROXY protocol over another
+    endpoint), as :func:`_fields` splits them."""
+    kind, positional, keywords = _fields(description)
+    inner = description
+    while kind == "haproxy" and ":" in inner:
+        inner = inner.split(":", 1)[1]
+        kind, positional, keywords = _fields(inner)
+    return kind, positional, keywords
 
 
 def _fields(description: str) -> tuple[str, list[str], dict[str, str]]:
@@ -347,11 +356,7 @@ def check_listen(description: str) -> str:
     from twisted.internet.testing import MemoryReactor
 
     endpoint = normalise_endpoint(description)
-    kind, positional, keywords = _fields(endpoint)
-    inner = endpoint
-    while kind == "haproxy" and ":" in inner:
-        inner = inner.split(":", 1)[1]
-        kind, positional, keywords = _fields(inner)
+    kind, positional, keywords = inner_endpoint(endpoint)
     if kind in _SERVER_PORT_KINDS:
         _check_port(keywords.get("port", positional[0] if positional else None))
     for name in _SERVER_FILES:
@@ -1668,11 +1673,7 @@ def check_shared(config: Config) -> None:
     """Every listener of ``config`` is one the parent can bind and pass to
     workers as a socket; a :class:`ConfigError` names the one that is not."""
     for index, endpoint in enumerate(config.listen):
-        kind, _, _ = _fields(endpoint)
-        inner = endpoint
-        while kind == "haproxy" and ":" in inner:
-            inner = inner.split(":", 1)[1]
-            kind, _, _ = _fields(inner)
+        kind, _, _ = inner_endpoint(endpoint)
         if kind not in SHARED_KINDS:
             origins = config.listen_origins
             origin = origins[index] if index < len(origins) else config.source
