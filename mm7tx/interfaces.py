@@ -1,4 +1,5 @@
-"""Every interface of mm7tx, in one place.
+"""Every interface of mm7tx, in one place: the processors', the mail
+sender's and the avatars and credentials of authentication.
 
 A processor is bound to a URI path and provides one interface per MM7
 transaction it handles; the resource answers 4003 (Unsupported operation) for
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
+from twisted.cred.credentials import ICredentials
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
@@ -118,3 +120,27 @@ class IMailSender(Interface):
     def close() -> Deferred[None]:
         """Stop: release connections and timers; fires once done.  Called
         when the service stops, after the transactions in flight."""
+
+
+# Authentication (mm7tx.http.auth) -------------------------------------------
+
+
+class IVASPAccount(Interface):
+    """The avatar of an authenticated VASP: its
+    :class:`~mm7tx.mm7.peers.Account`."""
+
+    account = Attribute("The Account")
+
+
+class IMMSCAccount(Interface):
+    """The avatar of an authenticated MMSC (``MMSC "name" { … }``): its
+    :class:`~mm7tx.mm7.peers.Account` (only the name, password and networks
+    are used)."""
+
+    account = Attribute("The Account")
+
+
+class IIPAddress(ICredentials):
+    """Credentials that are only the source address of the request."""
+
+    address = Attribute("The client's IP address, as text")

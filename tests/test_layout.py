@@ -176,3 +176,25 @@ def test_a_test_without_the_loopback_mark_gets_no_real_socket_or_process() -> No
         s.bind(("127.0.0.1", 0))
     with pytest.raises(AssertionError, match="loopback"):
         subprocess.run([sys.executable, "-c", "pass"], check=False)
+
+
+def test_every_interface_is_defined_in_mm7tx_interfaces():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent / "mm7tx"
+    elsewhere = []
+    for path in root.rglob("*.py"):
+        if path.name == "interfaces.py" and path.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                (
+                    isinstance(base, ast.Name)
+                    and base.id in ("Interface", "ICredentials")
+                )
+                or (isinstance(base, ast.Attribute) and base.attr == "ICredentials")
+                for base in node.bases
+            ):
+                elsewhere.append(f"{path.relative_to(root)}: {node.name}")
+    assert elsewhere == []

@@ -27,9 +27,12 @@ from twisted.internet import defer, threads
 from twisted.internet.interfaces import IAddress, IReactorThreads
 from twisted.logger import Logger
 from twisted.protocols import policies
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import implementer
 
 from mm7tx.http.settings import ListenAccess as ListenAccess
+from mm7tx.interfaces import IIPAddress as IIPAddress
+from mm7tx.interfaces import IMMSCAccount as IMMSCAccount
+from mm7tx.interfaces import IVASPAccount as IVASPAccount
 from mm7tx.mm7.peers import Account as Account
 from mm7tx.mm7.peers import Network as Network
 from mm7tx.mm7.peers import address_in as address_in
@@ -85,19 +88,6 @@ def client_address(
     return address
 
 
-class IVASPAccount(Interface):
-    """The avatar of an authenticated VASP: its :class:`Account`."""
-
-    account = Attribute("The Account")
-
-
-class IMMSCAccount(Interface):
-    """The avatar of an authenticated MMSC (``MMSC "name" { … }``): its
-    :class:`Account` (only the name, password and networks are used)."""
-
-    account = Attribute("The Account")
-
-
 @implementer(IVASPAccount)
 @dataclass(frozen=True, slots=True)
 class VASPAvatar:
@@ -108,12 +98,6 @@ class VASPAvatar:
 @dataclass(frozen=True, slots=True)
 class MMSCAvatar:
     account: Account
-
-
-class IIPAddress(credentials.ICredentials):
-    """Credentials that are only the source address of the request."""
-
-    address = Attribute("The client's IP address, as text")
 
 
 @implementer(IIPAddress)
