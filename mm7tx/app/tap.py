@@ -300,7 +300,10 @@ def makeService(options: Options) -> IService:
             source=config.source,
         )
     wrapper = _ListeningService(config)
-    # The one place mm7tx takes the global reactor; everything below gets it.
+    # The one place the service takes the global reactor; everything below
+    # gets it.  (The JSON logger's SIGUSR1 rotation, mm7tx.logs, takes it
+    # too, as twistd's own rotation does: twistd calls a logger with no
+    # arguments.)
     from twisted.internet import reactor
 
     if config.workers > 1:
