@@ -53,18 +53,8 @@ mimetypes.add_type("text/x-vcard", ".vcf")
 SUCCESS_CODES = (1000, 1100)
 
 # The MMStatus values of TS 23.140 each report may carry, as it spells them.
-DELIVERY_REPORT_STATUSES = (
-    "Expired",
-    "Retrieved",
-    "Rejected",
-    "Deferred",
-    "Unrecognised",
-    "Indeterminate",
-    "Forwarded",
-    "Unreachable",
-    "DeliveryConditionNotMet",
-)
-READ_REPLY_STATUSES = ("Read", "Deleted", "Indeterminate")
+DELIVERY_REPORT_STATUSES = m.STANDARD_DELIVERY_MM_STATUS
+READ_REPLY_STATUSES = m.READ_MM_STATUS
 
 
 class UsageError(Exception):

@@ -15,12 +15,11 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import cast
 
-from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
 from mm7tx.app.service import IMM7Reactor, MM7Service, build_service
+from mm7tx.app.service import site_for as site_for  # the site to serve it with
 from mm7tx.config import EMBEDDED, Config, ConfigError, load_file
-from mm7tx.http.site import MM7Site
 from mm7tx.smtp.maildir import MaildirError
 
 # The environment variable naming the configuration file.
@@ -42,22 +41,6 @@ def mounted_service(config: Config, reactor: IMM7Reactor) -> MM7Service:
     sessions QUIT); ``metrics_listen``, if set, it serves itself."""
     return build_service(
         replace(config, listen=(), listen_origins=(), listen_access=()), reactor
-    )
-
-
-def site_for(resource: Resource, config: Config, reactor: IReactorTime) -> MM7Site:
-    """A site serving ``resource`` (yours and mm7tx's) with ``config``'s
-    request size limit, request deadline, idle timeout and bound per
-    address: a plain ``twisted.web.server.Site`` reads a body whole before
-    any resource may refuse it, and waits for it as long as it takes."""
-    return MM7Site(
-        resource,
-        reactor,
-        max_request_size=config.max_request_size,
-        request_timeout=config.request_timeout,
-        idle_timeout=config.idle_timeout,
-        max_connections_per_address=config.max_connections_per_address,
-        access_log=config.access_log,
     )
 
 

@@ -202,6 +202,28 @@ def build_resources(
     return resources
 
 
+def site_for(
+    resource: Resource,
+    config: Config,
+    reactor: IReactorTime,
+    metrics: Metrics | None = None,
+) -> MM7Site:
+    """A site serving ``resource`` (yours and mm7tx's) with ``config``'s
+    request size limit, request deadline, idle timeout and bound per
+    address: a plain ``twisted.web.server.Site`` reads a body whole before
+    any resource may refuse it, and waits for it as long as it takes."""
+    return MM7Site(
+        resource,
+        reactor,
+        max_request_size=config.max_request_size,
+        request_timeout=config.request_timeout,
+        idle_timeout=config.idle_timeout,
+        max_connections_per_address=config.max_connections_per_address,
+        access_log=config.access_log,
+        metrics=metrics,
+    )
+
+
 def useless_parts(config: Config) -> list[str]:
     """What in ``config`` can only refuse: MMSC paths no VASP can use, VASP
     accounts with no MMSC path to use them on.  Logged as warnings at start
@@ -364,16 +386,7 @@ class MM7Service(service.MultiService):
         else:
             self._current = _Generation(config, sender, root, gate)
         self.resource: Resource = _Current(self)
-        self.site = MM7Site(
-            self._current.resource,
-            reactor,
-            max_request_size=config.max_request_size,
-            request_timeout=config.request_timeout,
-            idle_timeout=config.idle_timeout,
-            max_connections_per_address=config.max_connections_per_address,
-            access_log=config.access_log,
-            metrics=metrics,
-        )
+        self.site = site_for(self._current.resource, config, reactor, metrics)
         self._listeners: list[Listener] = []
         for index, endpoint in enumerate(config.listen):
             listener = Listener(self.site, endpoint, config.max_connections)

@@ -27,9 +27,10 @@ _RELEASE = re.compile(r"/REL-(\d{1,2})-MM7-\d{1,2}-\d{1,2}$")
 AddressKind = Literal["RFC2822Address", "Number", "ShortCode"]
 ADDRESS_KINDS: tuple[AddressKind, ...] = ("RFC2822Address", "Number", "ShortCode")
 
-# The schema's spellings of the enumerated elements (3GPP TS 23.140 Rel-5/6),
-# plus the vendor MMStatus values of mm7-reference's status tables.
-DELIVERY_MM_STATUS = (
+# The schema's spellings of the enumerated elements (3GPP TS 23.140 Rel-5/6):
+# a delivery report's MMStatus as the standard has it, and as read, plus the
+# vendor values of mm7-reference's status tables.
+STANDARD_DELIVERY_MM_STATUS = (
     "Expired",
     "Retrieved",
     "Rejected",
@@ -39,8 +40,8 @@ DELIVERY_MM_STATUS = (
     "Forwarded",
     "Unreachable",
     "DeliveryConditionNotMet",
-    "NotSupported",
 )
+DELIVERY_MM_STATUS = (*STANDARD_DELIVERY_MM_STATUS, "NotSupported")
 READ_MM_STATUS = ("Read", "Deleted", "Indeterminate")
 PRIORITIES = ("Normal", "High", "Low")
 MESSAGE_CLASSES = ("Personal", "Informational", "Advertisement", "Auto")
