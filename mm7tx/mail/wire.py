@@ -2,7 +2,7 @@
 
 Processors build messages with :data:`HEADER_CLASSES` and
 :class:`RawHeaderPolicy`; senders turn them into bytes with
-:func:`wire_bytes`.  Both are ``policy.default`` made fast where a profile
+:func:`write_wire` (or :func:`wire_bytes`).  Both are ``policy.default`` made fast where a profile
 showed it slow, with output byte for byte what the standard library writes
 (differential tests in ``tests/test_fuzz.py``).
 """
@@ -289,21 +289,21 @@ _PIECE = 1024 * 1024
 
 
 def _streams(msg: Any, policy: Any) -> bool:
-    """Whether the generator may write ``msg`` headers first, its body
-    straight after: nothing it writes can change a header (every multipart
-    has its boundary, no 7-bit policy to re-encode 8-bit text)."""
+    """Whether the generator may write ``msg``'s headers first and its body
+    straight after: nothing in writing the body can change them (a
+    multipart has its boundary, no 7-bit policy re-encodes 8-bit text).
+    Each part is asked as it is written: one that may not is buffered, as
+    the standard generator does, without holding up its parent."""
     if getattr(policy, "cte_type", "8bit") == "7bit":
         return False
-    return all(
-        part.get_boundary()  # one "" would be replaced: buffered, as before
-        for part in msg.walk()
-        if part.is_multipart() and part.get_content_maintype() == "multipart"
-    )
+    if msg.is_multipart() and msg.get_content_maintype() == "multipart":
+        return bool(msg.get_boundary())  # "" would be replaced
+    return True
 
 
 def wire_bytes(message: EmailMessage) -> bytes:
-    """The message with LF line endings; the ESMTP sender makes them CRLF
-    and dot-stuffs the whole at once (``mm7tx.esmtp._stuffed``)."""
+    """The message with LF line endings, whole (the ESMTP sender writes it
+    with :func:`write_wire` straight into SMTP data instead)."""
     out = BytesIO()
     write_wire(message, out)
     return out.getvalue()

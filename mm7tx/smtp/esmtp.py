@@ -905,8 +905,9 @@ def _smtp_pieces(message: EmailMessage) -> list[bytes]:
 
 class _Stuffer:
     """What the generator writes, made SMTP data as it comes: the whole
-    lines of about a megabyte at a time through :func:`_stuffed_lines`
-    (mail lines are at most 998 octets, so a piece ends soon after)."""
+    lines written so far, once about a megabyte is pending, through
+    :func:`_stuffed_pieces` (mail lines are at most 998 octets, so whole
+    lines end soon after any write)."""
 
     def __init__(self) -> None:
         self.pieces: list[bytes] = []
@@ -928,7 +929,7 @@ class _Stuffer:
         data = b"".join(self._pending)
         end = len(data) if final else data.rfind(b"\n") + 1
         if end:
-            self.pieces.append(_stuffed_lines(data[:end]))
+            self.pieces.extend(_stuffed_pieces(data[:end]))
         rest = data[end:]
         self._pending, self._size = ([rest] if rest else []), len(rest)
 
