@@ -191,12 +191,10 @@ def test_a_large_mail_is_made_smtp_data_in_the_thread_pool():
     small = sender.send("a@from.example", ["b@to.example"], message())
     assert reactor.pool.work == []
     big_message = message(os.urandom(OFFLOAD_SIZE))
-    expected = b"".join(_smtp_pieces(big_message))
     big = sender.send("a@from.example", ["b@to.example"], big_message)
     assert reactor.pool.run() == "_smtp_pieces"
     reactor.flush()
     result_of(small), result_of(big)
-    assert expected.endswith(b"\r\n")
     [attachment] = list(relay.accepted[-1].message.iter_attachments())
     assert attachment.get_content() == big_message.get_payload()[1].get_content()
 

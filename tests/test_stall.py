@@ -168,7 +168,7 @@ def test_a_header_block_that_never_ends_is_refused_before_it_is_parsed():
     with counting_the_line_parser() as fed, pytest.raises(MM7Error) as refused:
         codec.decode(ctype, body)
     assert refused.value.status.code == 2007
-    assert fed[0] == 0 or fed[0] <= 2 * mime.MAX_PART_HEADERS
+    assert fed[0] <= 2 * mime.MAX_PART_HEADERS
 
 
 @pytest.mark.parametrize("extra", [-1, 0, 1, 57 * 3 + 5])
