@@ -30,7 +30,7 @@ import pytest
 
 from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m
-from tests.processes import TWISTD, free_port, wait_for_port
+from tests.processes import TWISTD, free_port, wait_for_port, wait_until
 
 HERE = Path(__file__).resolve().parent
 SINK = HERE.parent / "bench" / "smtp_sink.py"
@@ -138,9 +138,7 @@ mm7_serv {{
             client.start()
         # Under way: every client has had an answer, and most have their
         # next request at the relay.
-        deadline = time.monotonic() + 20
-        while len(outcomes) < 2 * CLIENTS and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: len(outcomes) >= 2 * CLIENTS, timeout=20, interval=0.02)
         time.sleep(0.1)
         signalled = time.monotonic()
         mm7tx.send_signal(signal.SIGTERM)

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -966,9 +965,13 @@ def test_twistd_with_two_workers(tmp_path: Path) -> None:
 
         # SIGTERM under load: every 1000 has its mail, nothing else has.
         results: dict[str, str] = {}
+        in_before = len(list((mail / "new").iterdir()))
         loader = threading.Thread(target=lambda: results.update(_burst(http_port, 40)))
         loader.start()
-        time.sleep(0.05)
+        # Under way: the burst's first mail is in, the rest still coming.
+        assert wait_until(
+            lambda: len(list((mail / "new").iterdir())) > in_before, interval=0.005
+        )
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) in (0, -signal.SIGTERM)
         loader.join(15)
