@@ -1037,6 +1037,9 @@ class _Running:
             BASE
             % (
                 'mm7_mmsc_uri_paths = ("/mm7/")\n  workers = 2\n'
+                # the tests send refused logins on purpose: the lockout
+                # (10 a worker, by default) is not what they are about
+                "  mm7_max_failed_logins = 1000\n"
                 f'  smtp_relay = "maildir:{tmp_path / "Maildir"}"\n'
                 f'  metrics_listen = "tcp:{self.metrics}:interface=127.0.0.1"'
             )
@@ -1140,4 +1143,4 @@ def test_twistd_a_typo_on_disk_reaches_no_worker(tmp_path: Path) -> None:
     log = running.log.read_text()
     assert log.count(" died: ") == 1
     assert log.count("Not reloading, the running configuration is kept: ") == 1
-    assert f"{running.config}, line 12: unknown top-level option 'nonsense'" in log
+    assert f"{running.config}, line 13: unknown top-level option 'nonsense'" in log
