@@ -1,16 +1,37 @@
 -- wrk script: POST the body in $BENCH_BODY with the Content-Type in
 -- $BENCH_TYPE; count answers by HTTP status and by MM7 StatusCode; with
 -- $BENCH_DELAY_MS, wait that long before each request (a rate limit).
+-- Each request gets a TransactionID of its own (the body's "bench-1"
+-- replaced), as real peers send: a fixed one would measure the answers a
+-- store remembers.  $BENCH_SAME_TRANSACTION=1 keeps the body's, to
+-- measure exactly those.
 local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = os.getenv("BENCH_TYPE")
 local wait = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+local same = os.getenv("BENCH_SAME_TRANSACTION") == "1"
+local at = string.find(wrk.body, "bench-1", 1, true)
+local head, tail
+if at then
+  head, tail = string.sub(wrk.body, 1, at - 1), string.sub(wrk.body, at + 7)
+end
 
 local threads = {}
 function setup(thread)
+  thread:set("thread_id", #threads + 1)
   table.insert(threads, thread)
+end
+
+local sent = 0
+function request()
+  if same or not head then
+    return wrk.format()
+  end
+  sent = sent + 1
+  local tid = string.format("b%d-%d-%d", thread_id, math.random(1e9), sent)
+  return wrk.format(nil, nil, nil, head .. tid .. tail)
 end
 
 function init(args)

@@ -256,9 +256,16 @@ def wrk(
     seconds: float,
     connections: int,
     delay_ms: float = 0.0,
+    same_transaction: bool = False,
 ) -> dict[str, float]:
+    """wrk's counts posting ``body``; each request with a TransactionID of
+    its own unless ``same_transaction`` (then every one is a retry)."""
     env = dict(
-        os.environ, BENCH_BODY=str(body), BENCH_TYPE=ctype, BENCH_DELAY_MS=str(delay_ms)
+        os.environ,
+        BENCH_BODY=str(body),
+        BENCH_TYPE=ctype,
+        BENCH_DELAY_MS=str(delay_ms),
+        BENCH_SAME_TRANSACTION="1" if same_transaction else "0",
     )
     out = subprocess.run(
         [
