@@ -50,7 +50,7 @@ _PROCESSOR_INTERFACES = (
 )
 
 
-def serving(
+def _serving(
     processor: Any, options: Mapping[str, Any] | None = None
 ) -> ProcessorFactory:
     """A :data:`~mm7tx.app.service.ProcessorFactory` that serves every path
@@ -120,7 +120,7 @@ class MemoryGateway:
             processors=(
                 configured_processor
                 if processor is None
-                else serving(processor, processor_options)
+                else _serving(processor, processor_options)
             ),
         )
         self.site = self.service.site
