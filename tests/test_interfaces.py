@@ -37,6 +37,9 @@ from mm7tx.interfaces import IMailSender
 from mm7tx.smtp.esmtp import ESMTPSender
 from mm7tx.smtp.maildir import MaildirSender
 from mm7tx.smtp.settings import SMTPSettings
+from mm7tx.testing.http import _MemoryEndpoints
+from mm7tx.testing.reactor import _MemoryConnector, _MemoryPort
+from mm7tx.testing.smtp import _DeliveryRealm, _Message, _Passwords
 
 ACCOUNTS = {"v": Account("v", "p")}
 RULES = AddressRules("f@from.example", "from.example", "t@to.example", "to.example")
@@ -48,7 +51,7 @@ def _maildir(tmp_path: Any) -> MaildirSender:
 
 def _message(tmp_path: Any) -> Any:
     user = smtp.User(b"a@b.example", b"helo", None, smtp.Address(b"c@d.example"))
-    return testing._Message(testing.RecordingDelivery(), user)
+    return _Message(testing.RecordingDelivery(), user)
 
 
 # class -> a factory taking pytest's tmp_path
@@ -60,12 +63,10 @@ PROVIDERS: dict[type, Callable[[Any], object]] = {
     ),
     MaildirSender: _maildir,
     testing.FakeMailSender: lambda _: testing.FakeMailSender(),
-    testing._Message: _message,
+    _Message: _message,
     testing.RecordingDelivery: lambda _: testing.RecordingDelivery(),
-    testing._DeliveryRealm: lambda _: testing._DeliveryRealm(
-        testing.RecordingDelivery()
-    ),
-    testing._Passwords: lambda _: testing._Passwords({b"u": b"p"}),
+    _DeliveryRealm: lambda _: _DeliveryRealm(testing.RecordingDelivery()),
+    _Passwords: lambda _: _Passwords({b"u": b"p"}),
     PasswordChecker: lambda _: PasswordChecker(ACCOUNTS, MemoryReactorClock()),  # type: ignore[arg-type]
     IPChecker: lambda _: IPChecker(ACCOUNTS),
     AccountRealm: lambda _: AccountRealm(ACCOUNTS),
@@ -75,15 +76,13 @@ PROVIDERS: dict[type, Callable[[Any], object]] = {
     _Body: lambda _: _Body(b"<x/>"),
     testing.MemoryReactor: lambda _: testing.MemoryReactor(),
     testing.MemoryAgent: lambda _: testing.MemoryAgent(testing.MemoryReactor()),
-    testing._MemoryPort: lambda _: testing._MemoryPort(
+    _MemoryPort: lambda _: _MemoryPort(
         testing.MemoryReactor(), ("127.0.0.1", 80), testing.FakeMailSender()
     ),
-    testing._MemoryConnector: lambda _: testing._MemoryConnector(
+    _MemoryConnector: lambda _: _MemoryConnector(
         IPv4Address("TCP", "127.0.0.1", 80), None
     ),
-    testing._MemoryEndpoints: lambda _: testing._MemoryEndpoints(
-        testing.MemoryReactor(), "127.0.0.1"
-    ),
+    _MemoryEndpoints: lambda _: _MemoryEndpoints(testing.MemoryReactor(), "127.0.0.1"),
 }
 
 

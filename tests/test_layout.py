@@ -24,7 +24,6 @@ MAX_LINES = 700
 TOO_LONG = {
     "mm7tx.cli",
     "mm7tx.config",
-    "mm7tx.testing",
     "mm7tx.app.service",
     "mm7tx.app.workers",
     "mm7tx.gateway.processors",

@@ -92,6 +92,40 @@ def test_the_start_log_line_says_the_version_the_file_and_where_mail_goes() -> N
     )
 
 
+def test_processors_makes_each_paths_processor_at_the_start_and_on_reload() -> None:
+    """``processors`` makes the processor of every path instead of the
+    configured one: with the running sender, and the delivery reporter on
+    MMSC paths only; a reload asks it again for the new tree."""
+    made: list[tuple[str, object, object]] = []
+
+    def processors(config: Any, path: str, sender: Any, reporter: Any) -> object:
+        made.append((path, sender, reporter))
+        return f"the processor of {path} in {config.source}"
+
+    reactor = MemoryReactorClock()
+    service = build_service(
+        load(CONFIG, "wiring.conf"),
+        reactor,  # type: ignore[arg-type]
+        processors=processors,
+    )
+    assert service.reporter is not None
+    assert made == [
+        ("/vasp/", service.sender, None),
+        ("/mm7/", service.sender, service.reporter),
+    ]
+    children = service.root.children
+    assert children[b"vasp"].processor == "the processor of /vasp/ in wiring.conf"  # type: ignore[attr-defined]
+    assert children[b"mm7"].processor == "the processor of /mm7/ in wiring.conf"  # type: ignore[attr-defined]
+    made.clear()
+    assert service.reload(load(CONFIG, "again.conf"))
+    assert made == [
+        ("/vasp/", service.sender, None),
+        ("/mm7/", service.sender, service.reporter),
+    ]
+    children = service.root.children
+    assert children[b"mm7"].processor == "the processor of /mm7/ in again.conf"  # type: ignore[attr-defined]
+
+
 def test_a_pending_delivery_report_is_abandoned_with_a_log_line_on_stop() -> None:
     """A report still being retried when the service stops is given the rest
     of the drain time, then cancelled with its MessageID and URL logged

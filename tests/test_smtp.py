@@ -31,7 +31,8 @@ from mm7tx.mm7.errors import MM7Error
 from mm7tx.smtp import esmtp
 from mm7tx.smtp.esmtp import _ONE_WRITE, ESMTPSender, _SMTPClient, _stuffed
 from mm7tx.smtp.settings import SMTPSettings
-from mm7tx.testing import MemoryReactor, MemorySMTPRelay, _RelayServer, fired, result_of
+from mm7tx.testing import MemoryReactor, MemorySMTPRelay, fired, result_of
+from mm7tx.testing.relay import _RelayServer
 
 
 def message(body: bytes = b"\x00\x01binary\r\n.\r\n..dots") -> EmailMessage:

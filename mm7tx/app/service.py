@@ -104,6 +104,26 @@ def make_processor(
     )
 
 
+ProcessorFactory = Callable[
+    [Config, str, IMailSender, "DeliveryReporter | None"], object
+]
+"""What makes the processor of one path: ``(config, path, sender, reporter)``
+(the reporter ``None`` on VASP paths) to the processor that serves it."""
+
+
+def configured_processor(
+    config: Config,
+    path: str,
+    sender: IMailSender,
+    reporter: DeliveryReporter | None,
+) -> object:
+    """The processor ``config`` names for ``path``, with its Path scope's
+    options: the :data:`ProcessorFactory` used unless another is given."""
+    return make_processor(
+        config.processor_for(path), config, sender, reporter, config.options_for(path)
+    )
+
+
 def build_resources(
     config: Config,
     sender: IMailSender,
@@ -115,6 +135,7 @@ def build_resources(
     throttle: LoginThrottle | None = None,
     limiter: RateLimiter | None = None,
     scrypt: defer.DeferredSemaphore | None = None,
+    processors: ProcessorFactory = configured_processor,
 ) -> dict[str, Resource]:
     """One :class:`MM7Resource` per configured VASP and MMSC path.
 
@@ -124,7 +145,8 @@ def build_resources(
     one over the MMSC accounts (none, and so open, without any), one rate
     limiter on the reactor's clock and one delivery reporter.  Each of the
     shared objects is made here unless given (a reload gives the running
-    ones).  ``metrics``, if given, counts their requests.
+    ones).  ``metrics``, if given, counts their requests.  ``processors``
+    makes each path's processor (by default, the configured one).
     """
     gate = gate if gate is not None else TransactionGate(config.max_transactions)
     if scrypt is None:
@@ -142,12 +164,7 @@ def build_resources(
         else None
     )
     for path in config.vasp_paths:
-        processor = make_processor(
-            config.processor_for(path),
-            config,
-            sender,
-            options=config.options_for(path),
-        )
+        processor = processors(config, path, sender, None)
         resources[path] = MM7Resource(
             processor,
             path,
@@ -175,13 +192,7 @@ def build_resources(
                 max_answer_size=config.client_max_answer_size,
             )
         for path in config.mmsc_paths:
-            processor = make_processor(
-                config.processor_for(path),
-                config,
-                sender,
-                reporter,
-                config.options_for(path),
-            )
+            processor = processors(config, path, sender, reporter)
             resources[path] = MM7Resource(
                 processor,
                 path,
@@ -350,7 +361,8 @@ class MM7Service(service.MultiService):
     (:mod:`mm7tx.cohost`).
 
     :meth:`reload` swaps in a new configuration (see there).  With ``root``
-    None the service builds the resource tree from ``config``; a tree built
+    None the service builds the resource tree from ``config``, each path's
+    processor made by ``processors`` (by default, the configured one); a tree built
     elsewhere counts its transactions in ``gate`` alone, so a reload that
     changes the relay closes its sender once that whole gate is drained.
     """
@@ -365,8 +377,10 @@ class MM7Service(service.MultiService):
         reporter: DeliveryReporter | None = None,
         metrics: Metrics | None = None,
         listen_via: Callable[[int], Any] | None = None,
+        processors: ProcessorFactory = configured_processor,
     ) -> None:
         super().__init__()
+        self.processors = processors
         self.gate = gate
         self.reactor = reactor
         self.reporter = reporter
@@ -456,6 +470,7 @@ class MM7Service(service.MultiService):
             throttle=self.throttle,
             limiter=self.limiter,
             scrypt=self.scrypt,
+            processors=self.processors,
         )
         return _Generation(config, sender, build_root(resources), gate)
 
@@ -826,13 +841,24 @@ def build_service(
     config: Config,
     reactor: IMM7Reactor,
     listen_via: Callable[[int], Any] | None = None,
+    *,
+    processors: ProcessorFactory = configured_processor,
 ) -> MM7Service:
     """The whole service for ``config``, wired to ``reactor`` alone;
     ``listen_via(index)``, if given, is the reactor the ``index``-th
-    listener listens on (a worker's, adopting its parent's socket)."""
+    listener listens on (a worker's, adopting its parent's socket);
+    ``processors``, if given, makes each path's processor, at the start and
+    on every reload, instead of the configured ones."""
     metrics = Metrics() if config.metrics_listen is not None else None
     sender = sender_for(reactor, config.smtp, metrics)
     gate = TransactionGate(config.max_transactions)
     return MM7Service(
-        config, sender, None, gate, reactor, metrics=metrics, listen_via=listen_via
+        config,
+        sender,
+        None,
+        gate,
+        reactor,
+        metrics=metrics,
+        listen_via=listen_via,
+        processors=processors,
     )
