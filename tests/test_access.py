@@ -385,7 +385,10 @@ def test_listen_access_lists_load():
             (network("192.0.2.66"),),  # type: ignore[arg-type]
         ),
     )
-    assert with_overrides(config, listen=["tcp:9090"]).listen_access == ()
+    # --listen's listener carries none of the file's lists: it admits anyone.
+    assert with_overrides(config, listen=["tcp:9090"]).listen_access == (
+        ListenAccess(),
+    )
 
 
 @pytest.mark.parametrize(

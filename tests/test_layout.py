@@ -23,7 +23,6 @@ MAX_LINES = 700
 # A module that shrinks below the limit must leave this list: see the test.
 TOO_LONG = {
     "mm7tx.cli",
-    "mm7tx.config",
     "mm7tx.app.service",
     "mm7tx.app.workers",
     "mm7tx.gateway.processors",

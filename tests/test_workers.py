@@ -31,7 +31,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from mm7tx.app import tap, workers
-from mm7tx.config import Config, ConfigError, check_shared, load
+from mm7tx.config import Config, ConfigError, Listener, check_shared, load
 from mm7tx.metrics import Metrics
 from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m
@@ -105,12 +105,14 @@ def test_a_worker_runs_as_one_process_whatever_the_file_says() -> None:
 
 def test_listeners_workers_cannot_share_are_refused() -> None:
     shared = ("tcp:80", "ssl:443:privateKey=k", "unix:/s", "haproxy:tcp:81")
-    check_shared(Config(listen=shared, workers=2))
+    check_shared(Config(listeners=tuple(map(Listener, shared)), workers=2))
     with pytest.raises(ConfigError) as caught:
         check_shared(
             Config(
-                listen=("tcp:80", "tor:80"),
-                listen_origins=("f, line 2",) * 2,
+                listeners=(
+                    Listener("tcp:80", "f, line 2"),
+                    Listener("tor:80", "f, line 2"),
+                ),
                 workers=2,
             )
         )

@@ -39,9 +39,7 @@ def mounted_service(config: Config, reactor: IMM7Reactor) -> MM7Service:
     in your site, and add it to your application.  Stopping it takes no new
     transaction, drains those in flight and closes the sender (its SMTP
     sessions QUIT); ``metrics_listen``, if set, it serves itself."""
-    return build_service(
-        replace(config, listen=(), listen_origins=(), listen_access=()), reactor
-    )
+    return build_service(replace(config, listeners=()), reactor)
 
 
 def resource(

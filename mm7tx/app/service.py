@@ -402,11 +402,12 @@ class MM7Service(service.MultiService):
         self.resource: Resource = _Current(self)
         self.site = site_for(self._current.resource, config, reactor, metrics)
         self._listeners: list[Listener] = []
-        for index, endpoint in enumerate(config.listen):
+        for index, configured in enumerate(config.listeners):
+            endpoint = configured.endpoint
             listener = Listener(self.site, endpoint, config.max_connections)
             self._listeners.append(listener)
             factory: Any = listener
-            access = config.access_for(index)
+            access = configured.access
             if access.allow or access.deny:
                 factory = ListenerGuard(
                     factory, access, proxied=endpoint.startswith("haproxy:")
@@ -510,9 +511,7 @@ class MM7Service(service.MultiService):
         # The running listeners, which a later reload compares with.
         config = replace(
             config,
-            listen=running.config.listen,
-            listen_origins=running.config.listen_origins,
-            listen_access=running.config.listen_access,
+            listeners=running.config.listeners,
             metrics_listen=running.config.metrics_listen,
         )
         fresh: IMailSender | None = None

@@ -212,18 +212,20 @@ class _ListeningService(MultiService):
 
     def _cannot_start(self, error: CannotListenError) -> CannotStart:
         reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
-        listen = self.config.listen
         where = next(
-            (i for i, e in enumerate(listen) if _port_of(e) == error.port), None
+            (
+                listener
+                for listener in self.config.listeners
+                if _port_of(listener.endpoint) == error.port
+            ),
+            None,
         )
         if where is None:
             message = f"cannot listen on {error.interface or '*'}:{error.port}"
         else:
-            origins = self.config.listen_origins
-            origin = origins[where] if where < len(origins) else ""
-            message = f"cannot listen on {listen[where]}"
-            if origin:
-                message = f"{origin}: {message}"
+            message = f"cannot listen on {where.endpoint}"
+            if where.origin:
+                message = f"{where.origin}: {message}"
         message = f"{message}: {reason}"
         log.critical("{message}", message=message)
         return CannotStart(message)

@@ -197,12 +197,7 @@ def configuration(
         return config
     bound = with_overrides(Accepted(*found["bound"]).load(), list(listen), None, "1")
     # Listener i adopts the parent's socket i: the listeners it was bound for.
-    return replace(
-        config,
-        listen=bound.listen,
-        listen_origins=bound.listen_origins,
-        listen_access=bound.listen_access,
-    )
+    return replace(config, listeners=bound.listeners)
 
 
 class Frames:
