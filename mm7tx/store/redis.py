@@ -6,7 +6,8 @@ change that reads before it writes is one Lua script, atomic in Redis.
 The reports' leases compare the instances' clocks (keep them in step:
 NTP); a report also sits in one sorted set by due time, from which the
 entries of expired reports go as they are met.  The database is expected to
-hold mm7tx's keys only: :meth:`RedisStore.size` is the database's."""
+hold mm7tx's keys only: :meth:`RedisStore.size` counts its keys (but the
+sorted set) and the server's memory."""
 
 from __future__ import annotations
 
@@ -284,7 +285,9 @@ class RedisStore:
 
     @defer.inlineCallbacks
     def size(self) -> Any:
-        records = yield self.client.command("DBSIZE")
+        keys = yield self.client.command("DBSIZE")
+        index = yield self.client.command("EXISTS", REPORTS_DUE)
+        records = keys - index
         info = yield self.client.command("INFO", "memory")
         for line in bytes(info).splitlines():
             if line.startswith(b"used_memory:"):
