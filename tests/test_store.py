@@ -13,12 +13,14 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface.verify import verifyObject
 
 from mm7tx.interfaces import IStateStore
@@ -28,12 +30,17 @@ from mm7tx.store import (
     Done,
     InFlight,
     New,
+    StoreError,
     StoreSize,
     StoreSpec,
+    StoreSpecError,
+    open_store,
+    parse_store,
 )
 from mm7tx.store.memory import MemoryStore
 from mm7tx.store.redis import RedisStore
 from mm7tx.store.sqlite import SQLiteStore
+from mm7tx.testing import result_of
 
 ANSWER = Answer(b"<DeliverRsp/>", {"status": "1000", "content-type": "text/xml"})
 OTHER = Answer(b"<other/>", {"status": "1000"})
@@ -349,3 +356,302 @@ async def test_the_size_counts_the_records_and_shrinks_as_they_expire(harness):
     await harness.advance(100)
     await harness.sweep()
     assert (await store.size()).records == empty.records
+
+
+# memory: bounded
+
+
+def test_memory_keeps_at_most_max_records_dropping_the_oldest():
+    store = MemoryStore(Clock(), max_records=3)
+    for n in range(5):
+        result_of(store.put(f"k{n}", b"v", 10))
+    assert result_of(store.size()).records == 3
+    assert result_of(store.get("k1")) is None
+    assert result_of(store.get("k4")) == b"v"
+    for n in range(3):
+        result_of(store.put_report(f"r{n}", b"p", "a", 0, 60, 10))
+    with pytest.raises(StoreError, match="full"):
+        result_of(store.put_report("r3", b"p", "a", 0, 60, 10))
+    result_of(store.close())
+
+
+def test_memory_sweeps_on_its_clock():
+    clock = Clock()
+    store = MemoryStore(clock, sweep_interval=60)
+    result_of(store.put("k", b"v", 10))
+    assert len(store._records) == 1
+    clock.advance(60)
+    assert store._records == {}
+    result_of(store.close())
+    assert not clock.getDelayedCalls()
+
+
+# SQLite: one file, several processes, group commit
+
+
+class HeldRunner:
+    """Runs each batch when the test says so, like a thread that is busy."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[defer.Deferred[Any], Callable[..., Any], tuple]] = []
+
+    def __call__(self, function: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        done: defer.Deferred[Any] = defer.Deferred()
+        self.held.append((done, function, args))
+        return done
+
+    def run(self) -> None:
+        done, function, args = self.held.pop(0)
+        done.callback(function(*args))
+
+
+def test_sqlite_commits_the_work_asked_for_meanwhile_in_one_batch(tmp_path):
+    runner = HeldRunner()
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), Clock(), runner)
+    first = store.claim("k0", 30)
+    later = [store.claim(f"k{n}", 30) for n in range(1, 6)]
+    assert len(runner.held) == 1  # the first batch runs; the others wait
+    runner.run()
+    assert isinstance(result_of(first), New)
+    assert len(runner.held) == 1
+    runner.run()
+    assert all(isinstance(result_of(d), New) for d in later)
+    assert (store.batches, store.work_done) == (2, 6)
+    closing = store.close()
+    while runner.held:
+        runner.run()
+    result_of(closing)
+
+
+def test_sqlite_is_shared_by_two_stores_on_one_file(tmp_path):
+    path, clock = str(tmp_path / "s.sqlite3"), Clock()
+    one, two = SQLiteStore(path, clock, inline), SQLiteStore(path, clock, inline)
+    claim = result_of(one.claim("k", 30))
+    assert result_of(two.claim("k", 30)) == InFlight()
+    waiting = two.wait("k", 10)
+    result_of(one.complete("k", claim.token, ANSWER, DAY))
+    clock.advance(0.05)
+    assert result_of(waiting) == ANSWER
+    result_of(one.put_report("r", b"p", "a", 0, 60, DAY))
+    assert [r.report_id for r in result_of(two.due_reports("a", 10))] == ["r"]
+    result_of(one.close())
+    result_of(two.close())
+
+
+def test_sqlite_uses_the_write_ahead_log(tmp_path):
+    path = tmp_path / "s.sqlite3"
+    store = SQLiteStore(str(path), Clock(), inline)
+    result_of(store.put("k", b"v", 10))
+    assert (tmp_path / "s.sqlite3-wal").exists()
+    result_of(store.close())
+
+
+def test_sqlite_sweeps_expired_rows_on_its_clock(tmp_path):
+    clock = Clock()
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), clock, inline, sweep_interval=60)
+    result_of(store.put("k", b"v", 10))
+    result_of(store.put_report("r", b"p", "a", 0, 60, 10))
+    result_of(store.claim("c", 10))
+    assert result_of(store.size()).records == 3
+    clock.advance(60)
+    assert result_of(store.size()) == StoreSize(0, 0)
+    result_of(store.close())
+    assert not clock.getDelayedCalls()
+
+
+def test_sqlite_a_file_it_cannot_open_is_a_store_error(tmp_path):
+    store = SQLiteStore(str(tmp_path / "no" / "such" / "dir.sqlite3"), Clock(), inline)
+    with pytest.raises(StoreError, match="unable to open"):
+        result_of(store.claim("k", 30))
+    (tmp_path / "junk.sqlite3").write_bytes(b"not a database at all" * 100)
+    junk = SQLiteStore(str(tmp_path / "junk.sqlite3"), Clock(), inline)
+    with pytest.raises(StoreError, match="not a database"):
+        result_of(junk.get("k"))
+    result_of(store.close())
+    result_of(junk.close())
+
+
+def test_sqlite_refuses_work_once_closed(tmp_path):
+    store = SQLiteStore(str(tmp_path / "s.sqlite3"), Clock(), inline)
+    result_of(store.close())
+    with pytest.raises(StoreError, match="closed"):
+        result_of(store.get("k"))
+
+
+def test_an_unreadable_answer_is_a_store_error():
+    with pytest.raises(StoreError, match="unreadable"):
+        Answer.decode(b"no metadata line")
+    assert Answer.decode(ANSWER.encode()) == ANSWER
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_on_its_own_thread_with_the_real_reactor(tmp_path):
+    store = open_store(parse_store(f"sqlite:{tmp_path / 's.sqlite3'}"), reactor)
+    assert isinstance(store, SQLiteStore)
+    claims = await defer.gatherResults([store.claim(f"k{n}", 30) for n in range(50)])
+    assert all(isinstance(c, New) for c in claims)
+    assert store.work_done == 50 and store.batches < 50  # grouped while one ran
+    await store.close()
+
+
+# Redis: native TTLs, authentication, an unreachable server
+
+
+@pytest.mark.loopback
+@pytest_twisted.ensureDeferred
+async def test_redis_keeps_native_ttls(redis_server):
+    store = RedisStore(StoreSpec("redis", host="127.0.0.1", port=redis_server), reactor)
+    try:
+        claim = await store.claim("k", 30)
+        assert 29_000 < await store.client.command("PTTL", "mm7tx:once:k") <= 30_000
+        await store.complete("k", claim.token, ANSWER, DAY)
+        assert await store.client.command("PTTL", "mm7tx:once:k") > DAY * 1000 - 1000
+        await store.put("r", b"v", 5)
+        assert 4000 < await store.client.command("PTTL", "mm7tx:record:r") <= 5000
+        await store.put_report("p", b"v", "a", 0, 60, 100)
+        assert await store.client.command("PTTL", "mm7tx:report:p") > 99_000
+    finally:
+        await store.client.command("FLUSHDB")
+        await store.close()
+
+
+@pytest.mark.loopback
+@pytest_twisted.ensureDeferred
+async def test_redis_authenticates_and_selects_its_database(redis_server):
+    admin = RedisStore(StoreSpec("redis", host="127.0.0.1", port=redis_server), reactor)
+    await admin.client.command("CONFIG", "SET", "requirepass", "s3cret")
+    try:
+        url = f"redis://:s3cret@127.0.0.1:{redis_server}/2"
+        store = RedisStore(parse_store(url), reactor)
+        await store.put("k", b"v", 10)
+        assert await store.client.command("CLIENT", "INFO") is not None
+        await store.close()
+        wrong = RedisStore(
+            parse_store(f"redis://127.0.0.1:{redis_server}/2", password="wrong"),
+            reactor,
+        )
+        with pytest.raises(StoreError) as refused:
+            await wrong.get("k")
+        assert "wrong" not in str(refused.value)
+        await wrong.close()
+        separate = RedisStore(
+            parse_store(f"redis://127.0.0.1:{redis_server}/2", password="s3cret"),
+            reactor,
+        )
+        assert await separate.get("k") == b"v"
+        await separate.client.command("FLUSHDB")
+        await separate.close()
+    finally:
+        await admin.client.command("AUTH", "s3cret")
+        await admin.client.command("CONFIG", "SET", "requirepass", "")
+        await admin.close()
+
+
+@pytest.mark.loopback
+@pytest_twisted.ensureDeferred
+async def test_redis_unreachable_is_a_store_error():
+    port = free_port()  # nothing listens there
+    store = RedisStore(StoreSpec("redis", host="127.0.0.1", port=port), reactor)
+    with pytest.raises(StoreError, match="cannot connect"):
+        await store.claim("k", 30)
+    await store.close()
+
+
+def test_redis_a_silent_server_times_out_and_the_next_command_reconnects():
+    memory = MemoryReactorClock()
+    store = RedisStore(StoreSpec("redis", host="127.0.0.1"), memory, timeout=2)
+    answers: list[Any] = []
+    store.get("k").addBoth(answers.append)
+    memory.advance(0)  # HostnameEndpoint resolves, then connects
+    [(host, port, factory, _, _)] = memory.tcpClients
+    assert (host, port) == ("127.0.0.1", 6379)
+    transport = StringTransport()
+    factory.buildProtocol(None).makeConnection(transport)
+    assert transport.value() == b"*2\r\n$3\r\nGET\r\n$14\r\nmm7tx:record:k\r\n"
+    memory.advance(1.9)
+    assert answers == []
+    memory.advance(0.1)  # no answer in 2 s: the command fails, the link drops
+    [failure] = answers
+    assert failure.check(StoreError)
+    again: list[Any] = []
+    store.get("k").addBoth(again.append)
+    memory.advance(0)
+    assert len(memory.tcpClients) == 2
+
+
+# the store's text
+
+
+@pytest.mark.parametrize(
+    ("text", "spec"),
+    [
+        ("none", StoreSpec("none")),
+        (" Memory ", StoreSpec("memory")),
+        ("sqlite:mm7tx.sqlite3", StoreSpec("sqlite", path="mm7tx.sqlite3")),
+        ("sqlite:/var/lib/mm7tx/s.db", StoreSpec("sqlite", path="/var/lib/mm7tx/s.db")),
+        ("redis://r.example", StoreSpec("redis", host="r.example")),
+        (
+            "redis://r.example:6380/3",
+            StoreSpec("redis", host="r.example", port=6380, db=3),
+        ),
+        (
+            "rediss://u:p%40ss@r.example:6390/1",
+            StoreSpec(
+                "redis",
+                host="r.example",
+                port=6390,
+                db=1,
+                tls=True,
+                username="u",
+                password="p@ss",
+            ),
+        ),
+        ("redis://[::1]:6379/0", StoreSpec("redis", host="::1")),
+    ],
+)
+def test_parse_store(text, spec):
+    assert parse_store(text) == spec
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("", "is none of"),
+        ("postgres://db", "is none of"),
+        ("sqlite:", "names no file"),
+        ("redis://", "no host"),
+        ("redis://h:99999", "port"),
+        ("redis://h:port", "port"),
+        ("redis://h/x", "database must be a number"),
+        ("redis://h/0?timeout=1", "not understood"),
+        ("mysql://user:hunter2@h", "a text with a password"),
+    ],
+)
+def test_parse_store_refuses_what_names_no_store(text, says):
+    with pytest.raises(StoreSpecError, match=says) as refused:
+        parse_store(text)
+    assert "hunter2" not in str(refused.value)
+
+
+def test_the_password_is_never_shown():
+    spec = parse_store("redis://:hunter2@r.example:6379/0")
+    assert spec.password == "hunter2"
+    assert "hunter2" not in repr(spec)
+    assert spec.describe() == "redis://r.example:6379/0"
+    assert parse_store("redis://h", password="sep").password == "sep"
+    assert parse_store("redis://:url@h", password="sep").password == "url"
+    assert "hunter2" not in RedisStore(spec, MemoryReactorClock()).description
+    with pytest.raises(StoreSpecError) as refused:
+        parse_store("redis://:hunter2@r.example:bad")
+    assert "hunter2" not in str(refused.value)
+
+
+def test_open_store():
+    clock = Clock()
+    assert open_store(parse_store("none"), clock) is None
+    store = open_store(parse_store("memory"), clock)
+    assert isinstance(store, MemoryStore)
+    result_of(store.close())
+    redis = open_store(parse_store("rediss://h:1/0"), MemoryReactorClock())
+    assert isinstance(redis, RedisStore)
+    assert redis.description == "rediss://h:1/0"

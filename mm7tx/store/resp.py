@@ -123,7 +123,20 @@ class RedisProtocol(protocol.Protocol):
             answer.errback(
                 Failure(StoreError(f"Redis connection lost: {reason.value}"))
             )
-        self.lost.callback(None)
+        if not self.lost.called:
+            self.lost.callback(None)
+
+    def abandon(self, why: str) -> None:
+        """Fail every command waiting, and drop the connection (its answers
+        would now come out of order)."""
+        waiting, self._waiting = self._waiting, deque()
+        for answer in waiting:
+            answer.errback(Failure(StoreError(why)))
+        if self.transport is not None:
+            abort = getattr(self.transport, "abortConnection", None)
+            (abort or self.transport.loseConnection)()
+        if not self.lost.called:
+            self.lost.callback(None)
 
 
 class RedisClient:
@@ -160,8 +173,7 @@ class RedisClient:
         self, sent: defer.Deferred[Reply], proto: RedisProtocol
     ) -> defer.Deferred[Reply]:
         def expired() -> None:
-            if proto.transport is not None:
-                proto.transport.abortConnection()  # type: ignore[attr-defined]
+            proto.abandon(f"{self.description}: no answer in {self._timeout} s")
 
         call = self._clock.callLater(self._timeout, expired)
 
