@@ -393,7 +393,9 @@ class HeldRunner:
     """Runs each batch when the test says so, like a thread that is busy."""
 
     def __init__(self) -> None:
-        self.held: list[tuple[defer.Deferred[Any], Callable[..., Any], tuple]] = []
+        self.held: list[
+            tuple[defer.Deferred[Any], Callable[..., Any], tuple[Any, ...]]
+        ] = []
 
     def __call__(self, function: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         done: defer.Deferred[Any] = defer.Deferred()
