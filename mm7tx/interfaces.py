@@ -144,3 +144,97 @@ class IIPAddress(ICredentials):
     """Credentials that are only the source address of the request."""
 
     address = Attribute("The client's IP address, as text")
+
+
+# The state store (mm7tx.store) ----------------------------------------------
+#
+# The records that outlive one transaction: the answers given (to answer a
+# peer's retry with the same answer), the delivery reports still to post, and
+# small keyed records of later features.  Every method returns a Deferred and
+# fails with :class:`mm7tx.store.records.StoreError` when the store cannot be
+# reached, so that a caller can serve without it.  Times are the store's
+# clock's seconds; every record expires.
+
+if TYPE_CHECKING:
+    from mm7tx.store.records import Answer, Claim, Report, StoreSize
+
+
+class IExactlyOnceStore(Interface):
+    """Exactly once across a peer's retries: a key is claimed while its
+    transaction is in flight, then holds the answer given for it."""
+
+    def claim(key: str, lease: float) -> Deferred[Claim]:
+        """Claim ``key`` for ``lease`` seconds.  Fires with :class:`New`
+        (yours: complete or release it), :class:`InFlight` (another
+        holder's lease is live) or :class:`Done` (with the answer given)."""
+
+    def complete(key: str, token: str, answer: Answer, ttl: float) -> Deferred[None]:
+        """Keep ``answer`` for ``key`` for ``ttl`` seconds (the dedup
+        window).  The first answer kept stays: a later one is dropped."""
+
+    def release(key: str, token: str) -> Deferred[None]:
+        """Forget the claim ``token`` holds on ``key`` (a transient fault:
+        the retry is tried afresh); another holder's claim is left alone."""
+
+    def wait(key: str, timeout: float) -> Deferred[Answer | None]:
+        """Fire with ``key``'s answer once it is given, or with ``None``
+        when the key is free (released, its lease passed: claim it again)
+        or ``timeout`` seconds passed first."""
+
+
+class IReportStore(Interface):
+    """Delivery reports still to post, durable and leased: a report is
+    written before it is first posted and removed once answered.  Its owner
+    holds it until ``lease`` seconds after its next attempt is due; then
+    any instance may take it over."""
+
+    def put_report(
+        report_id: str, payload: bytes, owner: str, due: float, lease: float, ttl: float
+    ) -> Deferred[None]:
+        """Keep a new report (no attempt yet) owned by ``owner``, due at
+        ``due``, for ``ttl`` seconds at most."""
+
+    def due_reports(owner: str, limit: int) -> Deferred[list[Report]]:
+        """At most ``limit`` reports due now that ``owner`` owns or whose
+        owner's lease passed (take them with :meth:`lease_report`)."""
+
+    def lease_report(
+        report_id: str, owner: str, lease: float
+    ) -> Deferred[Report | None]:
+        """Make ``owner`` the owner, until ``lease`` seconds after the
+        report is due (or after now, if later); ``None`` if it is gone or
+        another owner's lease is live."""
+
+    def update_report(
+        report_id: str, owner: str, attempts: int, due: float, lease: float
+    ) -> Deferred[bool]:
+        """Record a failed attempt: the count, the next due time, the lease
+        renewed from it.  ``False`` if ``owner`` no longer owns it."""
+
+    def remove_report(report_id: str) -> Deferred[None]:
+        """Forget a report (answered, or given up)."""
+
+
+class IRecordStore(Interface):
+    """Small keyed records with an expiry (conversations, envelopes)."""
+
+    def put(key: str, value: bytes, ttl: float) -> Deferred[None]:
+        """Keep ``value`` under ``key`` for ``ttl`` seconds."""
+
+    def get(key: str) -> Deferred[bytes | None]:
+        """The value under ``key``, or ``None`` if none is live."""
+
+    def delete(key: str) -> Deferred[None]:
+        """Forget ``key``."""
+
+
+class IStateStore(IExactlyOnceStore, IReportStore, IRecordStore):
+    """One store for all three (memory, SQLite or Redis: mm7tx.store)."""
+
+    description = Attribute("Where the records are, for the log (no secrets).")
+
+    def size() -> Deferred[StoreSize]:
+        """How many records the store holds, and their bytes."""
+
+    def close() -> Deferred[None]:
+        """Stop its timers and connections; fires once done."""

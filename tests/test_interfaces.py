@@ -34,9 +34,14 @@ from mm7tx.http.auth import (
 )
 from mm7tx.http.client import _Body
 from mm7tx.interfaces import IMailSender
+from mm7tx.offload import inline
 from mm7tx.smtp.esmtp import ESMTPSender
 from mm7tx.smtp.maildir import MaildirSender
 from mm7tx.smtp.settings import SMTPSettings
+from mm7tx.store.memory import MemoryStore
+from mm7tx.store.redis import RedisStore
+from mm7tx.store.spec import StoreSpec
+from mm7tx.store.sqlite import SQLiteStore
 from mm7tx.testing.http import _MemoryEndpoints
 from mm7tx.testing.reactor import _MemoryConnector, _MemoryPort
 from mm7tx.testing.smtp import _DeliveryRealm, _Message, _Passwords
@@ -83,6 +88,15 @@ PROVIDERS: dict[type, Callable[[Any], object]] = {
         IPv4Address("TCP", "127.0.0.1", 80), None
     ),
     _MemoryEndpoints: lambda _: _MemoryEndpoints(testing.MemoryReactor(), "127.0.0.1"),
+    MemoryStore: lambda _: MemoryStore(MemoryReactorClock()),  # type: ignore[arg-type]
+    SQLiteStore: lambda tmp_path: SQLiteStore(
+        str(tmp_path / "s.sqlite3"),
+        MemoryReactorClock(),  # type: ignore[arg-type]
+        inline,
+    ),
+    RedisStore: lambda _: RedisStore(
+        StoreSpec("redis", host="127.0.0.1"), MemoryReactorClock()
+    ),
 }
 
 
