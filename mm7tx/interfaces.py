@@ -1,5 +1,6 @@
 """Every interface of mm7tx, in one place: the processors', the mail
-sender's and the avatars and credentials of authentication.
+sender's, the avatars and credentials of authentication, and the ESMTP
+server's policy.
 
 A processor is bound to a URI path and provides one interface per MM7
 transaction it handles; the resource answers 4003 (Unsupported operation) for
@@ -33,6 +34,12 @@ if TYPE_CHECKING:
         ReplaceRsp,
         SubmitReq,
         SubmitRsp,
+    )
+    from mm7tx.smtp.envelope import (
+        Envelope,
+        MailParameters,
+        RecipientParameters,
+        SMTPReply,
     )
     from mm7tx.transaction import Transaction
 
@@ -144,3 +151,56 @@ class IIPAddress(ICredentials):
     """Credentials that are only the source address of the request."""
 
     address = Attribute("The client's IP address, as text")
+
+
+# The ESMTP server (mm7tx.smtp.server) ----------------------------------------
+
+
+class ISMTPSession(Interface):
+    """What the ESMTP server knows of one connection, for its policy."""
+
+    peer = Attribute("The client's IP address, as text")
+    helo = Attribute("The name given in HELO or EHLO, as text, or None before")
+    tls = Attribute("True once STARTTLS completed on this connection")
+    avatar = Attribute("The ISMTPSubmitter of a successful AUTH, or None")
+
+
+class ISMTPSubmitter(Interface):
+    """The avatar an ESMTP server's portal gives for a successful SMTP AUTH
+    (PLAIN or LOGIN, checked by the portal's checkers)."""
+
+    name = Attribute("The authenticated account's name, as text")
+
+
+class IMailPolicy(Interface):
+    """Decides what an ESMTP server takes; the server does the protocol.
+
+    Each method returns an :class:`~mm7tx.smtp.envelope.SMTPReply` or a
+    Deferred firing with one; the server sends it as given (code, enhanced
+    code and text) and takes the command only on a 2xx.  A failure is
+    logged and answered 451 4.3.0.  Commands pipelined behind a pending
+    decision wait for its reply, in order.
+    """
+
+    def helo(session: ISMTPSession) -> Deferred[SMTPReply] | SMTPReply:
+        """HELO or EHLO (``session.helo`` set); 2xx lets the session go on."""
+
+    def mail_from(
+        session: ISMTPSession, address: str, parameters: MailParameters
+    ) -> Deferred[SMTPReply] | SMTPReply:
+        """MAIL FROM (``""`` for the null path), its parameters parsed."""
+
+    def rcpt_to(
+        session: ISMTPSession,
+        envelope: Envelope,
+        address: str,
+        parameters: RecipientParameters,
+    ) -> Deferred[SMTPReply] | SMTPReply:
+        """RCPT TO, with the envelope as taken so far."""
+
+    def message(
+        session: ISMTPSession, envelope: Envelope, pieces: tuple[bytes, ...]
+    ) -> Deferred[SMTPReply] | SMTPReply:
+        """The message after the final dot: its bytes (dot-unstuffed, CRLF
+        line ends, our ``Received:`` first) in pieces to join or stream.
+        Called only for a message within the size and hop limits."""
