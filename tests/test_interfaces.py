@@ -36,6 +36,7 @@ from mm7tx.http.client import _Body
 from mm7tx.interfaces import IMailSender
 from mm7tx.smtp.esmtp import ESMTPSender
 from mm7tx.smtp.maildir import MaildirSender
+from mm7tx.smtp.server import Session
 from mm7tx.smtp.settings import SMTPSettings
 
 ACCOUNTS = {"v": Account("v", "p")}
@@ -59,6 +60,7 @@ PROVIDERS: dict[type, Callable[[Any], object]] = {
         SMTPSettings(endpoint="tcp:127.0.0.1:25", starttls="off"),
     ),
     MaildirSender: _maildir,
+    Session: lambda _: Session("192.0.2.1"),
     testing.FakeMailSender: lambda _: testing.FakeMailSender(),
     testing._Message: _message,
     testing.RecordingDelivery: lambda _: testing.RecordingDelivery(),

@@ -13,7 +13,7 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import Clock
@@ -33,7 +33,7 @@ from mm7tx.smtp.envelope import (
     parse_rcpt_parameters,
     xtext_decode,
 )
-from mm7tx.smtp.server import ESMTPServer, ESMTPServerFactory
+from mm7tx.smtp.server import ESMTPServerFactory
 
 OK = SMTPReply(250, "2.0.0", "OK")
 
@@ -66,7 +66,9 @@ class Policy:
     def mail_from(self, session: Any, address: str, parameters: Any) -> Any:
         return self._answer("mail_from", address, parameters)
 
-    def rcpt_to(self, session: Any, envelope: Any, address: str, parameters: Any) -> Any:
+    def rcpt_to(
+        self, session: Any, envelope: Any, address: str, parameters: Any
+    ) -> Any:
         return self._answer("rcpt_to", envelope, address, parameters)
 
     def message(self, session: Any, envelope: Any, pieces: Any) -> Any:
@@ -119,7 +121,7 @@ class Conversation:
         self.server.dataReceived(data)
 
     def replies(self) -> list[str]:
-        text = self.transport.value().decode()
+        text: str = self.transport.value().decode()
         self.transport.clear()
         return text.splitlines()
 
@@ -212,9 +214,7 @@ def test_auth_guessing_is_bounded_per_connection():
     assert c.say(b"AUTH PLAIN =\r\n*\r\nNOOP\r\n") == []
     bad = Conversation(peer="127.0.0.1", portal=portal())
     bad.ehlo()
-    assert bad.say(b"AUTH PLAIN !!!\r\n") == [
-        "501 5.5.2 Cannot decode the response"
-    ]
+    assert bad.say(b"AUTH PLAIN !!!\r\n") == ["501 5.5.2 Cannot decode the response"]
     assert bad.say(b"AUTH CRAM-MD5\r\n") == ["504 5.5.4 Use AUTH PLAIN or LOGIN"]
     assert bad.say(b"AUTH LOGIN\r\n*\r\n")[-1] == "501 5.0.0 Authentication aborted"
 
@@ -258,7 +258,7 @@ def test_commands_pipelined_after_the_dot_wait_for_the_data_reply():
     assert c.replies() == ["250 2.0.0 OK"]
     c.clock.advance(30)
     assert c.replies() == ["250 2.0.0 OK", "221 2.0.0 mx.example closing connection"]
-    [(envelope, data)] = c.policy.called("message")
+    [(_envelope, data)] = c.policy.called("message")
     assert data.endswith(b"Subject: hi\r\n\r\nbody\r\n")
     assert data.startswith(b"Received: from client.example ([192.0.2.7])\r\n")
     assert [args[0] for args in c.policy.called("mail_from")] == ["a@b.example", "a@b"]
@@ -289,7 +289,10 @@ def test_asynchronous_decisions_with_pipelining():
     c.send(b"x\r\n.\r\n")
     c.clock.advance(5)
     [(envelope, _)] = c.policy.called("message")
-    assert [r for r, _ in envelope.recipients] == ["1555@mms.example", "1666@mms.example"]
+    assert [r for r, _ in envelope.recipients] == [
+        "1555@mms.example",
+        "1666@mms.example",
+    ]
 
 
 def test_a_refused_recipient_is_not_in_the_envelope():

@@ -1,46 +1,31 @@
-"""The SMTP envelope as the server gives it to its policy: the replies it
-may answer with, and the MAIL and RCPT parameters (RFC 1870 SIZE, RFC 6152
-BODY, RFC 3461 DSN) parsed from the command line.  Pure: bytes in, records
+"""MAIL and RCPT parameters (RFC 1870 SIZE, RFC 6152 BODY, RFC 3461 DSN)
+parsed from the command line into the records the server gives its policy
+(defined in mm7tx.interfaces, with the interface).  Pure: bytes in, records
 out."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
-_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+from mm7tx.interfaces import (
+    Envelope,
+    MailParameters,
+    RecipientParameters,
+    SMTPReply,
+)
+
+__all__ = [
+    "Envelope",
+    "MailParameters",
+    "ParameterError",
+    "RecipientParameters",
+    "SMTPReply",
+    "parse_mail_parameters",
+    "parse_rcpt_parameters",
+    "xtext_decode",
+]
 _XTEXT = re.compile(rb"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*")
 _KEYWORD = re.compile(rb"[A-Za-z0-9][A-Za-z0-9-]*")
-
-
-@dataclass(frozen=True, slots=True)
-class SMTPReply:
-    """One reply: ``code`` (200-599), its RFC 3463 ``enhanced`` code whose
-    class matches the code's first digit, and a one-line ``text``."""
-
-    code: int
-    enhanced: str
-    text: str
-
-    def __post_init__(self) -> None:
-        if not 200 <= self.code <= 599:
-            raise ValueError(f"SMTP reply code out of range: {self.code!r}")
-        if (
-            not _ENHANCED.fullmatch(self.enhanced)
-            or self.enhanced[0] != str(self.code)[0]
-        ):
-            raise ValueError(f"enhanced code {self.enhanced!r} for {self.code}")
-        if "\r" in self.text or "\n" in self.text:
-            raise ValueError("SMTP reply text must be one line")
-
-    @property
-    def positive(self) -> bool:
-        """A 2xx reply: the command was taken."""
-        return 200 <= self.code < 300
-
-    def line(self) -> bytes:
-        """The text after the code on the wire: enhanced code and text."""
-        return f"{self.enhanced} {self.text}".encode("utf-8", "replace")
 
 
 class ParameterError(ValueError):
@@ -61,42 +46,6 @@ def _unknown(keyword: str) -> ParameterError:
 
 def _bad(keyword: str, why: str) -> ParameterError:
     return ParameterError(SMTPReply(501, "5.5.4", f"Bad {keyword} parameter: {why}"))
-
-
-@dataclass(frozen=True, slots=True)
-class MailParameters:
-    """MAIL FROM's parameters: the declared ``size`` (RFC 1870), ``body``
-    (``7BIT`` or ``8BITMIME``, RFC 6152), and RFC 3461's ``ret`` (``FULL`` or
-    ``HDRS``) and ``envid`` (xtext-decoded)."""
-
-    size: int | None = None
-    body: str | None = None
-    ret: str | None = None
-    envid: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientParameters:
-    """RCPT TO's RFC 3461 parameters: ``notify`` (``("NEVER",)`` or some of
-    SUCCESS, FAILURE, DELAY) and ``orcpt`` (address type, decoded address)."""
-
-    notify: tuple[str, ...] = ()
-    orcpt: tuple[str, str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """One mail transaction: the sender (``""`` for the null path), MAIL's
-    parameters and each recipient taken so far with its parameters."""
-
-    sender: str
-    parameters: MailParameters = MailParameters()
-    recipients: tuple[tuple[str, RecipientParameters], ...] = field(default=())
-
-    def with_recipient(self, address: str, parameters: RecipientParameters) -> Envelope:
-        return Envelope(
-            self.sender, self.parameters, (*self.recipients, (address, parameters))
-        )
 
 
 def xtext_decode(keyword: str, value: bytes) -> str:
