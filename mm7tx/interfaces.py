@@ -1,5 +1,6 @@
 """Every interface of mm7tx, in one place: the processors', the mail
-sender's and the avatars and credentials of authentication.
+sender's, the avatars and credentials of authentication, and the ESMTP
+server's policy.
 
 A processor is bound to a URI path and provides one interface per MM7
 transaction it handles; the resource answers 4003 (Unsupported operation) for
@@ -10,6 +11,7 @@ a transaction the processor does not provide.  Each method returns a Deferred
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import TYPE_CHECKING
@@ -238,3 +240,125 @@ class IStateStore(IExactlyOnceStore, IReportStore, IRecordStore):
 
     def close() -> Deferred[None]:
         """Stop its timers and connections; fires once done."""
+
+
+# The ESMTP server (mm7tx.smtp.server) ----------------------------------------
+
+
+_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+
+
+@dataclass(frozen=True, slots=True)
+class SMTPReply:
+    """One reply: ``code`` (200-599), its RFC 3463 ``enhanced`` code whose
+    class matches the code's first digit, and a one-line ``text``."""
+
+    code: int
+    enhanced: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.code <= 599:
+            raise ValueError(f"SMTP reply code out of range: {self.code!r}")
+        if (
+            not _ENHANCED.fullmatch(self.enhanced)
+            or self.enhanced[0] != str(self.code)[0]
+        ):
+            raise ValueError(f"enhanced code {self.enhanced!r} for {self.code}")
+        if "\r" in self.text or "\n" in self.text:
+            raise ValueError("SMTP reply text must be one line")
+
+    @property
+    def positive(self) -> bool:
+        """A 2xx reply: the command was taken."""
+        return 200 <= self.code < 300
+
+    def line(self) -> bytes:
+        """The text after the code on the wire: enhanced code and text."""
+        return f"{self.enhanced} {self.text}".encode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class MailParameters:
+    """MAIL FROM's parameters: the declared ``size`` (RFC 1870), ``body``
+    (``7BIT`` or ``8BITMIME``, RFC 6152), and RFC 3461's ``ret`` (``FULL`` or
+    ``HDRS``) and ``envid`` (xtext-decoded)."""
+
+    size: int | None = None
+    body: str | None = None
+    ret: str | None = None
+    envid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientParameters:
+    """RCPT TO's RFC 3461 parameters: ``notify`` (``("NEVER",)`` or some of
+    SUCCESS, FAILURE, DELAY) and ``orcpt`` (address type, decoded address)."""
+
+    notify: tuple[str, ...] = ()
+    orcpt: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One mail transaction: the sender (``""`` for the null path), MAIL's
+    parameters and each recipient taken so far with its parameters."""
+
+    sender: str
+    parameters: MailParameters = MailParameters()
+    recipients: tuple[tuple[str, RecipientParameters], ...] = ()
+
+    def with_recipient(self, address: str, parameters: RecipientParameters) -> Envelope:
+        return Envelope(
+            self.sender, self.parameters, (*self.recipients, (address, parameters))
+        )
+
+
+class ISMTPSession(Interface):
+    """What the ESMTP server knows of one connection, for its policy."""
+
+    peer = Attribute("The client's IP address, as text")
+    helo = Attribute("The name given in HELO or EHLO, as text, or None before")
+    tls = Attribute("True once STARTTLS was accepted: what follows is under TLS")
+    avatar = Attribute("The ISMTPSubmitter of a successful AUTH, or None")
+
+
+class ISMTPSubmitter(Interface):
+    """The avatar an ESMTP server's portal gives for a successful SMTP AUTH
+    (PLAIN or LOGIN, checked by the portal's checkers)."""
+
+    name = Attribute("The authenticated account's name, as text")
+
+
+class IMailPolicy(Interface):
+    """Decides what an ESMTP server takes; the server does the protocol.
+
+    Each method returns an :class:`SMTPReply` or a
+    Deferred firing with one; the server sends it as given (code, enhanced
+    code and text) and takes the command only on a 2xx.  A failure is
+    logged and answered 451 4.3.0.  Commands pipelined behind a pending
+    decision wait for its reply, in order.
+    """
+
+    def helo(session: ISMTPSession) -> Deferred[SMTPReply] | SMTPReply:
+        """HELO or EHLO (``session.helo`` set); 2xx lets the session go on."""
+
+    def mail_from(
+        session: ISMTPSession, address: str, parameters: MailParameters
+    ) -> Deferred[SMTPReply] | SMTPReply:
+        """MAIL FROM (``""`` for the null path), its parameters parsed."""
+
+    def rcpt_to(
+        session: ISMTPSession,
+        envelope: Envelope,
+        address: str,
+        parameters: RecipientParameters,
+    ) -> Deferred[SMTPReply] | SMTPReply:
+        """RCPT TO, with the envelope as taken so far."""
+
+    def message(
+        session: ISMTPSession, envelope: Envelope, pieces: tuple[bytes, ...]
+    ) -> Deferred[SMTPReply] | SMTPReply:
+        """The message after the final dot: its bytes (dot-unstuffed, CRLF
+        line ends, our ``Received:`` first) in pieces to join or stream.
+        Called only for a message within the size and hop limits."""

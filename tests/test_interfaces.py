@@ -37,6 +37,7 @@ from mm7tx.interfaces import IMailSender
 from mm7tx.offload import inline
 from mm7tx.smtp.esmtp import ESMTPSender
 from mm7tx.smtp.maildir import MaildirSender
+from mm7tx.smtp.server import Session
 from mm7tx.smtp.settings import SMTPSettings
 from mm7tx.store.memory import MemoryStore
 from mm7tx.store.redis import RedisStore
@@ -67,6 +68,7 @@ PROVIDERS: dict[type, Callable[[Any], object]] = {
         SMTPSettings(endpoint="tcp:127.0.0.1:25", starttls="off"),
     ),
     MaildirSender: _maildir,
+    Session: lambda _: Session("192.0.2.1"),
     testing.FakeMailSender: lambda _: testing.FakeMailSender(),
     _Message: _message,
     testing.RecordingDelivery: lambda _: testing.RecordingDelivery(),
