@@ -31,7 +31,7 @@ def _deliver(subject: str = "hello", photo: bytes = PHOTO) -> m.DeliverReq:
     )
 
 
-def _as_received(message: m.DeliverReq, rewrap: int | None = None) -> m.Request:
+def _as_received(message: m.DeliverReq, rewrap: int | None = None) -> m.DeliverReq:
     """``message`` encoded and decoded by our codec, as the resource gets it;
     with ``rewrap``, its base64 lines refolded to that length first."""
     content_type, body = codec.encode(m.Envelope("t1", message))
