@@ -31,7 +31,6 @@ TOO_LONG = {
     "mm7tx.http.resource",
     "mm7tx.mm7.codec.mime",
     "mm7tx.mm7.codec.soap",
-    "mm7tx.smtp.esmtp",
 }
 
 

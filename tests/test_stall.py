@@ -182,15 +182,15 @@ def test_base64_in_steps_is_what_encodebytes_gives(extra):
 
 @pytest.mark.parametrize("shift", [-2, -1, 0, 1, 2])
 def test_a_large_mail_made_smtp_data_in_pieces_is_what_one_piece_gives(shift):
-    from mm7tx.smtp.esmtp import _PIECE, _stuffed, _stuffed_lines
+    from mm7tx.smtp.stuffing import PIECE, stuffed, stuffed_lines
 
     # Lines of dots around each piece's end, where a piece must still
     # start at a line start for its leading dot to be doubled.
     line = b"x" * 99 + b"\n"
-    head = line * ((_PIECE + shift) // len(line))
+    head = line * ((PIECE + shift) // len(line))
     data = (head + b".\n..a\n.b\n") * 3 + b"." + b"tail"
-    assert _stuffed(data) == _stuffed_lines(data)
-    assert _stuffed(data).count(b"\r\n..\r\n") == 3
+    assert stuffed(data) == stuffed_lines(data)
+    assert stuffed(data).count(b"\r\n..\r\n") == 3
 
 
 def test_the_headers_of_all_parts_together_are_bounded_before_they_are_parsed():
