@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bench.stall import shapes
-from mm7tx.gateway.processors import _number
+from mm7tx.gateway.fields import number
 from mm7tx.http.site import MM7Site
 from mm7tx.logs import _redacted
 from mm7tx.mm7 import codec
@@ -60,7 +60,7 @@ def watchdog(seconds: float) -> Iterator[None]:
 
 def _number_of(value: str) -> None:
     with pytest.raises(MM7Error):
-        _number(m.Address(value), "Sender")
+        number(m.Address(value), "Sender")
 
 
 # Each: a shape a backtracking pattern takes quadratic time on, at a size
