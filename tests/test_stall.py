@@ -25,7 +25,7 @@ from mm7tx.http.site import MM7Site
 from mm7tx.logs import _redacted
 from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m
-from mm7tx.mm7.codec import mime
+from mm7tx.mm7.codec import encoding, mime
 from mm7tx.mm7.codec.sniff import sniff
 from mm7tx.mm7.errors import MM7Error
 from mm7tx.testing import (
@@ -176,7 +176,7 @@ def test_base64_in_steps_is_what_encodebytes_gives(extra):
     import base64
     import os
 
-    data = os.urandom(2 * mime._STEP + extra)
+    data = os.urandom(2 * encoding._STEP + extra)
     assert mime.base64_lines(data) == base64.encodebytes(data)
 
 

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from mm7tx.mail.compose import clean
 from mm7tx.mail.wire import CONTROLS
-from mm7tx.mm7.codec.mime import base64_lines
+from mm7tx.mm7.codec.encoding import base64_lines
 from mm7tx.mm7.errors import MM7Error
 from mm7tx.mm7.messages import Address, ContentPart
 from mm7tx.mm7.status import StatusCode

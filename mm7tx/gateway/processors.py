@@ -57,7 +57,7 @@ from mm7tx.mail.compose import (
     set_boundaries,
 )
 from mm7tx.mail.rules import AddressRules as AddressRules
-from mm7tx.mm7.codec.mime import base64_lines
+from mm7tx.mm7.codec.encoding import base64_lines
 from mm7tx.mm7.errors import MM7Error
 from mm7tx.mm7.messages import (
     Address,
