@@ -328,6 +328,9 @@ def _twistd_log_file(argv: list[str]) -> IO[Any]:
     if unix and not signal.getsignal(signal.SIGUSR1):
 
         def rotate(signum: int, frame: Any) -> None:
+            # twistd calls a logger with no arguments, so no reactor can be
+            # passed in: the global one, as twistd's own rotation takes it
+            # (the one other place is mm7tx.app.tap's makeService).
             from twisted.internet import reactor
 
             reactor.callFromThread(log_file.rotate)  # type: ignore[attr-defined]

@@ -181,9 +181,9 @@ def test_base64_lines_is_encodebytes_around_sixteen_lines(size):
 def test_the_plain_address_shortcut_is_what_parseaddr_gives(value):
     from email.utils import parseaddr
 
-    from mm7tx.gateway.processors import _PLAIN_ADDRESS
+    from mm7tx.gateway.fields import PLAIN_ADDRESS
 
-    if _PLAIN_ADDRESS.match(value):
+    if PLAIN_ADDRESS.match(value):
         reached()
         assert parseaddr(value)[1] == value
 

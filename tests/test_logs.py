@@ -246,13 +246,12 @@ def test_the_processor_notes_the_relays_reply_on_the_transaction(tmp_path):
 
 
 def test_the_relays_reply_is_one_line_cut_to_size():
-    from mm7tx.smtp.esmtp import MAX_REPLY, _reply
+    from mm7tx.smtp.session import MAX_REPLY, reply
 
     assert (
-        _reply(250, b"2.0.0 Ok\r\n250 queued as X\x00")
-        == "250 2.0.0 Ok 250 queued as X"
+        reply(250, b"2.0.0 Ok\r\n250 queued as X\x00") == "250 2.0.0 Ok 250 queued as X"
     )
-    assert len(_reply(250, b"x" * 1000)) == MAX_REPLY
+    assert len(reply(250, b"x" * 1000)) == MAX_REPLY
 
 
 # JSON lines ------------------------------------------------------------------

@@ -23,9 +23,10 @@ from mm7tx.http.resource import MM7Resource, build_root
 from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m
 from mm7tx.offload import OFFLOAD_SIZE, in_threads, inline
-from mm7tx.smtp.esmtp import ESMTPSender, _smtp_pieces
+from mm7tx.smtp.esmtp import ESMTPSender
 from mm7tx.smtp.maildir import MaildirSender
 from mm7tx.smtp.settings import SMTPSettings
+from mm7tx.smtp.stuffing import smtp_pieces
 from mm7tx.testing import (
     FakeMailSender,
     MemoryAgent,
@@ -232,10 +233,10 @@ def test_a_maildir_write_refused_in_the_thread_is_4006(tmp_path, monkeypatch):
 def test_the_pieces_read_as_the_joined_bytes_would(size):
     from io import BytesIO
 
-    from mm7tx.smtp.esmtp import _Pieces
+    from mm7tx.smtp.stuffing import Pieces
 
     pieces = [b"abc", b"", b"defgh", b"i" * 2000, b"j"]
-    ours, theirs = _Pieces(pieces), BytesIO(b"".join(pieces))
+    ours, theirs = Pieces(pieces), BytesIO(b"".join(pieces))
     while True:
         chunk = theirs.read(size)
         assert ours.read(size) == chunk
@@ -249,13 +250,13 @@ def test_smtp_data_made_as_it_is_written_is_the_whole_stuffed(size):
 
     from mm7tx.gateway.processors import BUILD_POLICY
     from mm7tx.mail.wire import wire_bytes
-    from mm7tx.smtp.esmtp import _stuffed
+    from mm7tx.smtp.stuffing import stuffed
 
     text = EmailMessage(policy=BUILD_POLICY)
     text["Subject"] = "dots"
     text.set_content((".dot\n..two\nplain\n" * (size // 18 + 1))[:size] or "x")
     for made in (text, message(os.urandom(size))):
-        assert b"".join(_smtp_pieces(made)) == _stuffed(wire_bytes(made))
+        assert b"".join(smtp_pieces(made)) == stuffed(wire_bytes(made))
 
 
 def test_a_mail_made_in_the_thread_after_the_sender_closed_fails_at_once():

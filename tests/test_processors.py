@@ -342,7 +342,7 @@ def _boundaries(message):
 
 
 def test_boundaries_are_distinct_and_text_cannot_collide_with_them():
-    from mm7tx.gateway import processors
+    from mm7tx.mail.compose import BOUNDARY
 
     processor = EmailProcessor(FakeMailSender(), RULES)
     image = m.ContentPart("image/gif", b"GIF89a", (), "a")
@@ -368,13 +368,13 @@ def test_boundaries_are_distinct_and_text_cannot_collide_with_them():
     for msg in (plain, report):
         found = _boundaries(msg)
         assert len(set(found)) == len(found) >= 1
-        assert all(b.startswith(processors._BOUNDARY) for b in found)
+        assert all(b.startswith(BOUNDARY) for b in found)
     # A text that quotes the boundary line (with CRLF line breaks, so that
     # it goes as it is, not base64): the email gets fresh boundaries and
     # parses back with the text whole.
-    hostile = f"--{processors._BOUNDARY}-00\r\n--{processors._BOUNDARY}-00--\r\n"
+    hostile = f"--{BOUNDARY}-00\r\n--{BOUNDARY}-00--\r\n"
     msg = mms(hostile.encode())
-    assert not any(b.startswith(processors._BOUNDARY) for b in _boundaries(msg))
+    assert not any(b.startswith(BOUNDARY) for b in _boundaries(msg))
     back = email.message_from_bytes(
         wire_bytes(msg).replace(b"\n", b"\r\n"), policy=email.policy.default
     )

@@ -28,9 +28,11 @@ from mm7tx.gateway.processors import BUILD_POLICY
 from mm7tx.interfaces import IMailSender, SendResult
 from mm7tx.mail.wire import wire_bytes
 from mm7tx.mm7.errors import MM7Error
-from mm7tx.smtp import esmtp
-from mm7tx.smtp.esmtp import _ONE_WRITE, ESMTPSender, _SMTPClient, _stuffed
+from mm7tx.smtp import envelope, stuffing
+from mm7tx.smtp.esmtp import ESMTPSender
+from mm7tx.smtp.session import SMTPClient
 from mm7tx.smtp.settings import SMTPSettings
+from mm7tx.smtp.stuffing import ONE_WRITE, stuffed
 from mm7tx.testing import MemoryReactor, MemorySMTPRelay, fired, result_of
 from mm7tx.testing.relay import _RelayServer
 
@@ -485,7 +487,7 @@ def test_refusals_leave_the_session_usable(reactor, relay, reads, pipelining):
 
 def _smtp_data(data: bytes) -> bytes:
     """The message as SMTP DATA, with the final dot."""
-    return _stuffed(data) + b".\r\n"
+    return stuffed(data) + b".\r\n"
 
 
 def test_smtp_data_ends_lines_with_crlf_and_doubles_leading_dots():
@@ -516,7 +518,7 @@ def test_smtp_data_equals_the_plain_replace(pieces):
 
 
 @pytest.mark.parametrize(
-    "dots", [0, 1, esmtp._DOTS_LOOKED_AT - 1, esmtp._DOTS_LOOKED_AT, 500]
+    "dots", [0, 1, stuffing.DOTS_LOOKED_AT - 1, stuffing.DOTS_LOOKED_AT, 500]
 )
 @pytest.mark.parametrize("tail", [b"\n.end", b"\n", b".\n.", b""])
 def test_smtp_data_finds_a_leading_dot_after_many_others(dots, tail):
@@ -538,7 +540,7 @@ def test_a_big_message_arrives_whole(reactor, relay):
 
 
 def test_a_big_message_goes_in_chunks_each_restarting_the_timeout(reactor):
-    client = _SMTPClient(sender_for(reactor, "tcp:relay.test:25", command_timeout=60))
+    client = SMTPClient(sender_for(reactor, "tcp:relay.test:25", command_timeout=60))
     transport = StringTransport()
     client.makeConnection(transport)  # the command timeout starts
     transport.clear()
@@ -546,7 +548,7 @@ def test_a_big_message_goes_in_chunks_each_restarting_the_timeout(reactor):
     client._send_data([small])
     assert transport.value() == small and transport.producer is None
     transport.clear()
-    wire = _smtp_data(b"line\n" * (_ONE_WRITE // 4))
+    wire = _smtp_data(b"line\n" * (ONE_WRITE // 4))
     client._send_data([wire[:1000], wire[1000:]])
     takes = 0
     while transport.producer is not None:
@@ -556,7 +558,7 @@ def test_a_big_message_goes_in_chunks_each_restarting_the_timeout(reactor):
         takes += 1
     assert transport.value() == wire
     # Two chunks, then the take that finds the end: 177 s in all.
-    assert takes - 1 == -(-len(wire) // _ONE_WRITE) >= 2
+    assert takes - 1 == -(-len(wire) // ONE_WRITE) >= 2
     reactor.advance(0.9)
     assert not transport.disconnecting
     reactor.advance(0.1)  # 60 s after the last chunk: the relay is silent
@@ -801,14 +803,14 @@ def test_an_exception_as_a_session_takes_a_message_fails_it_alone(
 ):
     sender = sender_for(reactor, relay, max_connections=1)
     sent(reactor, send(sender, ["b@to.example"]))  # a session, idle
-    real: Callable[[bytes], bytes] = esmtp._path
+    real: Callable[[bytes], bytes] = envelope.path
 
     def path(address: bytes) -> bytes:
         if address == b"boom@from.example":
             raise RuntimeError("a bug")
         return real(address)
 
-    monkeypatch.setattr(esmtp, "_path", path)
+    monkeypatch.setattr(envelope, "path", path)
     bad = sender.send("boom@from.example", ["b@to.example"], message())
     legit = send(sender, ["c@to.example"])
     reactor.flush()  # no time passes: nothing waits for the command timeout
@@ -831,14 +833,14 @@ def test_an_exception_while_a_session_handles_a_reply_fails_its_message_alone(
     sent(reactor, send(sender, ["b@to.example"]))  # a session, idle
     # The handler of the reply to MAIL FROM, in either mode.
     name = "_pipelined_reply" if pipelining else "smtpState_to"
-    real = getattr(_SMTPClient, name)
+    real = getattr(SMTPClient, name)
 
-    def handler(self: _SMTPClient, code: int, resp: bytes) -> Any:
+    def handler(self: SMTPClient, code: int, resp: bytes) -> Any:
         if self.job is not None and self.job.recipients == [b"boom@to.example"]:
             raise RuntimeError("a bug")
         return real(self, code, resp)
 
-    monkeypatch.setattr(_SMTPClient, name, handler)
+    monkeypatch.setattr(SMTPClient, name, handler)
     bad = send(sender, ["boom@to.example"])
     legit = send(sender, ["c@to.example"])
     reactor.flush()  # no time passes: the broken session was closed at once
@@ -870,15 +872,15 @@ def test_an_exception_while_sending_the_data_fails_its_message_alone(
 ):
     sender = sender_for(reactor, relay, max_connections=1)
     sent(reactor, send(sender, ["b@to.example"]))  # a session, idle
-    real: Callable[[_SMTPClient, bytes], bytes] = _SMTPClient.transformChunk
+    real: Callable[[SMTPClient, bytes], bytes] = SMTPClient.transformChunk
 
-    def transform(self: _SMTPClient, chunk: bytes) -> bytes:
+    def transform(self: SMTPClient, chunk: bytes) -> bytes:
         if self.job is not None and self.job.recipients == [b"boom@to.example"]:
             raise RuntimeError("a bug")
         return real(self, chunk)
 
-    monkeypatch.setattr(_SMTPClient, "transformChunk", transform)
-    big = message(b"x" * (_ONE_WRITE + 1))  # sent in chunks, each transformed
+    monkeypatch.setattr(SMTPClient, "transformChunk", transform)
+    big = message(b"x" * (ONE_WRITE + 1))  # sent in chunks, each transformed
     bad = send(sender, ["boom@to.example"], big)
     legit = send(sender, ["c@to.example"])
     reactor.flush()  # no time passes: the broken session was closed at once

@@ -23,7 +23,7 @@ from zope.interface import directlyProvides, implementer
 from zope.interface.verify import verifyObject
 
 from mm7tx.interfaces import IMailPolicy, ISMTPSession, ISMTPSubmitter
-from mm7tx.smtp.envelope import (
+from mm7tx.smtp.parameters import (
     Envelope,
     MailParameters,
     ParameterError,

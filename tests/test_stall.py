@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 
 from bench.stall import shapes
-from mm7tx.gateway.processors import _number
+from mm7tx.gateway.fields import number
 from mm7tx.http.site import MM7Site
 from mm7tx.logs import _redacted
 from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m
-from mm7tx.mm7.codec import mime
+from mm7tx.mm7.codec import encoding, mime
 from mm7tx.mm7.codec.sniff import sniff
 from mm7tx.mm7.errors import MM7Error
 from mm7tx.testing import (
@@ -60,7 +60,7 @@ def watchdog(seconds: float) -> Iterator[None]:
 
 def _number_of(value: str) -> None:
     with pytest.raises(MM7Error):
-        _number(m.Address(value), "Sender")
+        number(m.Address(value), "Sender")
 
 
 # Each: a shape a backtracking pattern takes quadratic time on, at a size
@@ -176,21 +176,21 @@ def test_base64_in_steps_is_what_encodebytes_gives(extra):
     import base64
     import os
 
-    data = os.urandom(2 * mime._STEP + extra)
+    data = os.urandom(2 * encoding._STEP + extra)
     assert mime.base64_lines(data) == base64.encodebytes(data)
 
 
 @pytest.mark.parametrize("shift", [-2, -1, 0, 1, 2])
 def test_a_large_mail_made_smtp_data_in_pieces_is_what_one_piece_gives(shift):
-    from mm7tx.smtp.esmtp import _PIECE, _stuffed, _stuffed_lines
+    from mm7tx.smtp.stuffing import PIECE, stuffed, stuffed_lines
 
     # Lines of dots around each piece's end, where a piece must still
     # start at a line start for its leading dot to be doubled.
     line = b"x" * 99 + b"\n"
-    head = line * ((_PIECE + shift) // len(line))
+    head = line * ((PIECE + shift) // len(line))
     data = (head + b".\n..a\n.b\n") * 3 + b"." + b"tail"
-    assert _stuffed(data) == _stuffed_lines(data)
-    assert _stuffed(data).count(b"\r\n..\r\n") == 3
+    assert stuffed(data) == stuffed_lines(data)
+    assert stuffed(data).count(b"\r\n..\r\n") == 3
 
 
 def test_the_headers_of_all_parts_together_are_bounded_before_they_are_parsed():

@@ -13,24 +13,30 @@ and every email through one ``*_message`` method.
 
 from __future__ import annotations
 
-import codecs
-import re
-import secrets
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from email import quoprimime
 from email.message import EmailMessage, Message
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import make_msgid
 from typing import Any
-from urllib.parse import quote
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from zope.interface import implementer
 
-from mm7tx.gateway.reports import DeliveryReporter
+from mm7tx.gateway.fields import FIELD_LIMITS as FIELD_LIMITS
+from mm7tx.gateway.fields import MAX_ADDRESS as MAX_ADDRESS
+from mm7tx.gateway.fields import (
+    MEDIA_TYPE,
+    TOKEN,
+    bounded,
+    mailbox,
+    mm7_address,
+    mm7_addresses,
+    number,
+    part_filename,
+    part_text,
+    text_body,
+)
+from mm7tx.gateway.reports import DeliveryReporter, report_submit
 from mm7tx.interfaces import (
     IDeliverProcessor,
     IDeliveryReportProcessor,
@@ -39,9 +45,19 @@ from mm7tx.interfaces import (
     ISubmitProcessor,
     SendResult,
 )
+from mm7tx.mail.compose import BUILD_POLICY as BUILD_POLICY
+from mm7tx.mail.compose import DSN_ACTIONS as DSN_ACTIONS
+from mm7tx.mail.compose import MDN_DISPOSITIONS as MDN_DISPOSITIONS
+from mm7tx.mail.compose import Mail as Mail
+from mm7tx.mail.compose import clean as clean
+from mm7tx.mail.compose import (
+    disposition,
+    email_date,
+    header_block,
+    set_boundaries,
+)
 from mm7tx.mail.rules import AddressRules as AddressRules
-from mm7tx.mail.wire import CONTROLS, HEADER_CLASSES, RawHeaderPolicy
-from mm7tx.mm7.codec.mime import base64_lines
+from mm7tx.mm7.codec.encoding import base64_lines
 from mm7tx.mm7.errors import MM7Error
 from mm7tx.mm7.messages import (
     Address,
@@ -61,304 +77,21 @@ from mm7tx.mm7.messages import (
 from mm7tx.mm7.status import StatusCode
 from mm7tx.transaction import Transaction
 
-# Named as before the move into packages: the namespace is in every log event.
-log = Logger(namespace="mm7tx.processors")
-
-
-# Bodies are kept 7-bit (quoted-printable or base64): Twisted's SMTP client
-# does not negotiate 8BITMIME, and many relays would mangle 8-bit data.
-BUILD_POLICY = RawHeaderPolicy(cte_type="7bit", header_factory=HEADER_CLASSES)
-
-# Control characters and every character str.splitlines() breaks at (C1's
-# NEL, U+2028, U+2029): none may reach a header.
-_MAILBOX = re.compile(r"^[^@\s<>\"(),;:\\\[\]]+@[^@\s<>\"(),;:\\\[\]]+$")
-
-# MMStatus -> (RFC 3464 Action, Status) for delivery reports.
-DSN_ACTIONS: dict[str, tuple[str, str]] = {
-    "retrieved": ("delivered", "2.0.0"),
-    "forwarded": ("relayed", "2.0.0"),
-    "deferred": ("delayed", "4.0.0"),
-    "indeterminate": ("delayed", "4.0.0"),
-    "expired": ("failed", "4.4.7"),
-    "rejected": ("failed", "5.0.0"),
-    "unrecognised": ("failed", "5.1.1"),
-    "unrecognized": ("failed", "5.1.1"),
-    "unreachable": ("failed", "4.4.1"),
-    "deliveryconditionnotmet": ("failed", "5.3.0"),
-    "notsupported": ("failed", "5.6.0"),
-}
-# MMStatus -> RFC 8098 disposition type for read replies.
-MDN_DISPOSITIONS = {"read": "displayed", "deleted": "deleted"}
-
-
-def clean(text: str | None) -> str:
-    """A header-safe one-line value: control characters and line separators
-    (CR, LF, NEL, U+2028...) become a space, so nothing from a request can
-    add a header to the email."""
-    return CONTROLS.sub(" ", text or "").strip()
-
-
-# The longest value, in characters, that each request field may put in a
-# header; a longer one is cut there, marked and logged (README, "Hostile
-# input").  A mail is worth more than a whole Subject, and 998 characters
-# are an RFC 5322 line's worth (how a longer word still fits its lines:
-# mm7tx.wire.fitted_words); addresses are never cut (one too long is a 2002).
-FIELD_LIMITS: dict[str, int] = {
-    "Subject": 998,
-    "StatusText": 998,
-    "TransactionID": 256,
-    "MessageID": 256,
-    "LinkedID": 256,
-    "VASPID": 256,
-    "VASID": 256,
-    "MMSRelayServerID": 256,
-    "ServiceCode": 256,
-    "Priority": 256,
-    "MMStatus": 256,
-    "Recipient": 256,
-    "Sender": 256,
-    # X-MM7-Recipients as a whole: the first recipients that fit, then
-    # "[N more recipients]".
-    "Recipients": 998,
-    "Date": 256,
-    "Content-Type": 256,
-    "Content-ID": 256,
-    "filename": 255,
-}
-# RFC 5321's limit on a path: longer addresses cannot be delivered.
-MAX_ADDRESS = 254
-
-
-def bounded(
-    text: str | None, field: str, transaction: Transaction | None = None
-) -> str:
-    """``clean(text)`` cut to the field's limit in :data:`FIELD_LIMITS`, with
-    a marker saying how much was cut, and the cut logged."""
-    value = clean(text)
-    limit = FIELD_LIMITS[field]
-    if len(value) <= limit:
-        return value
-    cut = len(value) - limit
-    log.warn(
-        "{field} of {length} characters cut to {limit} (TransactionID {tid})",
-        field=field,
-        length=len(value),
-        limit=limit,
-        tid=transaction.transaction_id[:80] if transaction else None,
-    )
-    return f"{value[:limit].rstrip()} [{cut} characters cut]"
-
-
-def _filename(text: str | None, transaction: Transaction | None = None) -> str | None:
-    """A part's filename, cut to its limit keeping its extension."""
-    value = clean(text)
-    limit = FIELD_LIMITS["filename"]
-    if len(value) <= limit:
-        return value or None
-    stem, dot, extension = value.rpartition(".")
-    if not dot or not stem or len(extension) > 16:
-        stem, extension = value, ""
-    bounded(value, "filename", transaction)  # logs the cut
-    ending = f"\u2026.{extension}" if extension else "\u2026"
-    return stem[: limit - len(ending)] + ending
-
-
-def _disposition(kind: str, filename: str | None) -> str:
-    """A Content-Disposition value, built in linear time: a short plain
-    name quoted, any other as RFC 2231 continuations of at most 56
-    characters each, so that folding never needs a line over 78."""
-    if filename is None:
-        return kind
-    if (
-        len(filename) <= 60
-        and filename.isascii()
-        and filename.isprintable()
-        and not set(filename) & set('"\\')
-    ):
-        return f'{kind}; filename="{filename}"'
-    encoded = quote(filename.encode("utf-8", "replace"), safe="")
-    pieces = []
-    at = 0
-    while at < len(encoded):
-        end = min(at + 56, len(encoded))
-        percent = encoded.rfind("%", end - 2, end)
-        if end < len(encoded) and percent >= 0:
-            end = percent  # never split a %XX escape
-        pieces.append(encoded[at:end])
-        at = end
-    first, *rest = pieces
-    params = [f"filename*0*=utf-8''{first}"]
-    params += [f"filename*{i}*={piece}" for i, piece in enumerate(rest, 1)]
-    return f"{kind}; " + "; ".join(params)
-
-
-_MEDIA_TYPE = re.compile(
-    r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}\Z"
-)
-_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]{1,64}\Z")
-# Codecs that decode text but that no MIME text is written in, or that
-# take more than linear time (punycode): their parts go as attachments.
-_ODD_CODECS = frozenset(
-    {"idna", "punycode", "unicode_escape", "raw_unicode_escape", "undefined"}
-)
-# A line break that is not CRLF: MIME text (7bit, quoted-printable) has
-# only CRLF line breaks, so such a text goes base64 to come out as it came.
-_BARE_BREAK = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-
-
-def _text_body(data: bytes, charset: str) -> tuple[str, str]:
-    """The Content-Transfer-Encoding and payload that give back exactly
-    ``data`` once decoded, with no line break added or changed:
-
-    - 7bit when the text is short ASCII lines, each ending in CRLF (the
-      payload has LF line ends; the SMTP sender writes CRLF);
-    - else quoted-printable when its line breaks are all CRLF (a text
-      without a final line break ends with a soft one, ``=``), unless
-      base64 is shorter;
-    - else base64: a bare LF or CR (instantcom's ``✓\nline 2``) is not a
-      MIME text line break, and would come out CRLF in any other encoding.
-    """
-    if _BARE_BREAK.search(data) or _crlf_bytes(charset) != b"\r\n":
-        return "base64", base64_lines(data).decode("ascii")
-    text = data.decode("latin-1")  # one character per byte, for the encoder
-    encoded = quoprimime.body_encode(text, eol="\n")
-    if not data.endswith(b"\n"):
-        if not data:
-            return "7bit", ""
-        encoded += "=\n"  # a soft break: the text ends without one
-    elif encoded == text.replace("\r\n", "\n"):
-        return "7bit", encoded
-    base64 = base64_lines(data).decode("ascii")
-    if len(base64) < len(encoded):
-        return "base64", base64
-    return "quoted-printable", encoded
-
-
-def _crlf_bytes(charset: str) -> bytes | None:
-    """What CRLF is in ``charset`` (a charset _text has decoded with)."""
-    try:
-        return "\r\n".encode(charset)
-    except (LookupError, UnicodeError, ValueError):
-        return None
-
-
-def _text(part: ContentPart) -> str | None:
-    """A text part's text, or None when its charset is unknown, not a text
-    encoding, odd (see :data:`_ODD_CODECS`) or does not decode it."""
-    try:
-        info = codecs.lookup(part.charset or "utf-8")
-    except (LookupError, ValueError, TypeError):
-        return None
-    if not getattr(info, "_is_text_encoding", True) or info.name in _ODD_CODECS:
-        return None
-    try:
-        return part.data.decode(info.name)
-    except (UnicodeError, ValueError, LookupError):
-        return None
-
-
-def email_date(timestamp: str | None) -> str:
-    """An RFC 5322 date from an MM7 (ISO 8601) timestamp; now if unreadable."""
-    when = None
-    if timestamp:
-        try:
-            when = datetime.fromisoformat(timestamp.strip())
-        except ValueError:
-            when = None
-    if when is None:
-        when = datetime.now(UTC)
-    elif when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return format_datetime(when)
-
-
-@dataclass(frozen=True, slots=True)
-class Mail:
-    """An email ready for a sender: envelope sender (``""``: the null
-    sender, ``MAIL FROM:<>``), recipients, message."""
-
-    sender: str
-    recipients: list[str]
-    message: EmailMessage
-
-
-# A plain dot-atom address, which parseaddr would give back unchanged.
-_PLAIN_ADDRESS = re.compile(
-    r"[A-Za-z0-9+_=-]+(?:\.[A-Za-z0-9+_=-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\Z"
-)
-
-
-def _mailbox(value: str, what: str) -> str:
-    if len(value) <= MAX_ADDRESS and _PLAIN_ADDRESS.match(value):
-        return value  # the common case, without parseaddr's cost
-    address = parseaddr(clean(value))[1] or clean(value)
-    if (
-        CONTROLS.search(value.strip())
-        or not _MAILBOX.match(address)
-        or len(address) > MAX_ADDRESS
-    ):
-        raise MM7Error(
-            StatusCode.ADDRESS_ERROR, details=f"{what} {value[:80]!r} is not an address"
-        )
-    return address
-
-
-# A Number or ShortCode: ASCII digits, a leading "+", the separators
-# Address.digits drops, a /TYPE=PLMN suffix (DESIGN.md).
-# (Possessive, each character read once; whether it holds a digit is a
-# second search: a digit between two runs of the same characters would
-# make the match quadratic.)
-_NUMBER = re.compile(r"\s*+\+?+[0-9 ().-]*+(?:/TYPE=PLMN)?+\s*+", re.I)
-_DIGIT = re.compile(r"[0-9]")
-
-
-def _number(address: Address | None, what: str) -> str:
-    """The digits of a Number or ShortCode (none for no address); anything
-    else is refused, so that it can never make an envelope address of its
-    own (``<root@localhost>``)."""
-    if address is None:
-        return ""
-    if not (_NUMBER.fullmatch(address.value) and _DIGIT.search(address.value)):
-        raise MM7Error(
-            StatusCode.ADDRESS_ERROR,
-            details=f"{what} {address.kind} {address.value[:80]!r} is not a number",
-        )
-    return address.digits
-
-
-def _mm7_address(
-    address: Address, field: str, transaction: Transaction | None = None
-) -> str:
-    """An MM7 address as an X-MM7-Sender or X-MM7-Recipients names it: a
-    Number as sent (``+15551234567``), a ShortCode with its kind
-    (``7255 (ShortCode)``), an RFC2822Address as its bare address; one
-    line, cut to the field's limit."""
-    value = clean(address.value)
-    if address.is_email:
-        value = (parseaddr(value)[1] if len(value) <= 1024 else "") or value
-    elif address.kind == "ShortCode" and value:
-        value += " (ShortCode)"
-    return bounded(value, field, transaction)
-
-
-def _mm7_addresses(
-    addresses: Sequence[Address], transaction: Transaction | None = None
-) -> str:
-    """``addresses``, comma separated, as many as fit the limit of
-    ``Recipients`` in :data:`FIELD_LIMITS`, then ``[N more recipients]``:
-    a request to thousands of recipients makes one short header."""
-    limit = FIELD_LIMITS["Recipients"]
-    named: list[str] = []
-    length = 0
-    for index, address in enumerate(addresses):
-        value = _mm7_address(address, "Recipient", transaction)
-        if not value:
-            continue
-        if length + len(value) + 2 * bool(named) > limit:
-            return f"{', '.join(named)} [{len(addresses) - index} more recipients]"
-        named.append(value)
-        length += len(value) + 2 * (len(named) > 1)
-    return ", ".join(named)
+# Also importable from here, as before they moved (users' subclasses use them).
+__all__ = [
+    "BUILD_POLICY",
+    "DSN_ACTIONS",
+    "FIELD_LIMITS",
+    "MAX_ADDRESS",
+    "MDN_DISPOSITIONS",
+    "AddressRules",
+    "EmailProcessor",
+    "Mail",
+    "bounded",
+    "clean",
+    "email_date",
+    "result_status",
+]
 
 
 @implementer(
@@ -398,10 +131,10 @@ class EmailProcessor:
     def sender_address(self, address: Address | None) -> str:
         """The email address for an MM7 sender (or a report's handset)."""
         if address is not None and address.is_email:
-            return _mailbox(address.value, "sender")
-        digits = _number(address, "sender")
+            return mailbox(address.value, "sender")
+        digits = number(address, "sender")
         if digits and self.rules.from_domain:
-            return _mailbox(f"{digits}@{self.rules.from_domain}", "sender")
+            return mailbox(f"{digits}@{self.rules.from_domain}", "sender")
         if self.rules.from_address:
             return self.rules.from_address
         raise MM7Error(
@@ -412,10 +145,10 @@ class EmailProcessor:
     def recipient_address(self, address: Address | None) -> str:
         """The email address for an MM7 recipient (or a report's sender)."""
         if address is not None and address.is_email:
-            return _mailbox(address.value, "recipient")
-        digits = _number(address, "recipient")
+            return mailbox(address.value, "recipient")
+        digits = number(address, "recipient")
         if digits and self.rules.to_domain:
-            return _mailbox(f"{digits}@{self.rules.to_domain}", "recipient")
+            return mailbox(f"{digits}@{self.rules.to_domain}", "recipient")
         if self.rules.to_address:
             return self.rules.to_address
         raise MM7Error(
@@ -448,10 +181,10 @@ class EmailProcessor:
         if path:
             msg["X-MM7-Path"] = path
         if mm7_sender is not None:
-            named = _mm7_address(mm7_sender, "Sender", transaction)
+            named = mm7_address(mm7_sender, "Sender", transaction)
             if named:
                 msg["X-MM7-Sender"] = named
-        listed = _mm7_addresses(mm7_recipients, transaction)
+        listed = mm7_addresses(mm7_recipients, transaction)
         if listed:
             msg["X-MM7-Recipients"] = listed
         return msg
@@ -465,7 +198,7 @@ class EmailProcessor:
     ) -> None:
         media = part.media_type.lower()
         original = None
-        if not _MEDIA_TYPE.match(media):
+        if not MEDIA_TYPE.match(media):
             original, media = media, "application/octet-stream"
         maintype = media.partition("/")[0]
         if maintype in ("multipart", "message"):
@@ -473,30 +206,30 @@ class EmailProcessor:
             # multipart: they go as bytes, their type kept beside.
             original, media = media, "application/octet-stream"
             maintype = "application"
-        text = _text(part) if maintype == "text" else None
-        filename = _filename(part.filename, transaction)
+        text = part_text(part) if maintype == "text" else None
+        filename = part_filename(part.filename, transaction)
         if filename is None and original == "message/rfc822":
             filename = "message.eml"
         if text is not None:
             leaf = msg if first else EmailMessage(policy=BUILD_POLICY)
             charset, data = part.charset, part.data
-            if not (charset and _TOKEN.match(charset)):
+            if not (charset and TOKEN.match(charset)):
                 # No charset (the text was read as UTF-8) or one that cannot
                 # be a parameter: the same characters, in UTF-8.
                 charset, data = "utf-8", text.encode("utf-8", "replace")
-            cte, payload = _text_body(data, charset)
+            cte, payload = text_body(data, charset)
             leaf["Content-Type"] = f'{media}; charset="{charset}"'
             leaf["Content-Transfer-Encoding"] = cte
             leaf.set_payload(payload)
             if first:
                 return
-            leaf["Content-Disposition"] = _disposition("inline", filename)
+            leaf["Content-Disposition"] = disposition("inline", filename)
         else:
             # What add_attachment(bytes) makes, with the base64 done in one
             # call to the C encoder rather than line by line.
             leaf = EmailMessage(policy=BUILD_POLICY)
             charset = part.charset if maintype == "text" else None
-            if charset and _TOKEN.match(charset):
+            if charset and TOKEN.match(charset):
                 leaf["Content-Type"] = f'{media}; charset="{charset}"'
             else:
                 leaf["Content-Type"] = media
@@ -504,7 +237,7 @@ class EmailProcessor:
             if original:
                 leaf["X-MM7-Content-Type"] = original
             leaf["Content-Transfer-Encoding"] = "base64"
-            leaf["Content-Disposition"] = _disposition("attachment", filename)
+            leaf["Content-Disposition"] = disposition("attachment", filename)
             # Received as valid base64: carried as it came (mm7tx.codec.mime's
             # mime_base64), not decoded and encoded again.
             lines = part.base64
@@ -561,7 +294,7 @@ class EmailProcessor:
             self._attach(msg, part, index == 0, transaction)
         if not parts:
             msg.set_content("")
-        _set_boundaries(msg)
+        set_boundaries(msg)
         return Mail(sender, list(dict.fromkeys(to + cc + bcc)), msg)
 
     def deliver_message(self, request: DeliverReq, transaction: Transaction) -> Mail:
@@ -656,7 +389,7 @@ class EmailProcessor:
         notification["Content-Type"] = f"message/{report_type}"
         notification.set_payload(fields)  # type: ignore[arg-type]
         msg.attach(notification)
-        _set_boundaries(msg)
+        set_boundaries(msg)
         return Mail(self.rules.report_mail_from, [recipient], msg)
 
     def delivery_report_message(
@@ -670,12 +403,12 @@ class EmailProcessor:
         message_id = bounded(request.message_id, "MessageID", transaction)
         relay = bounded(request.mms_relay_server_id, "MMSRelayServerID", transaction)
         status_text = bounded(request.status_text, "StatusText", transaction)
-        per_message = _fields(
+        per_message = header_block(
             ("Reporting-MTA", f"dns; {relay or 'mm7tx'}"),
             ("Original-Envelope-Id", message_id),
             ("Arrival-Date", email_date(request.date)),
         )
-        per_recipient = _fields(
+        per_recipient = header_block(
             ("Final-Recipient", f"rfc822; {final}"),
             ("X-MM7-Recipient", bounded(handset.value, "Recipient") if handset else ""),
             ("Action", action),
@@ -707,7 +440,7 @@ class EmailProcessor:
         final = self.sender_address(handset)
         message_id = bounded(request.message_id, "MessageID", transaction)
         relay = bounded(request.mms_relay_server_id, "MMSRelayServerID", transaction)
-        notification = _fields(
+        notification = header_block(
             ("Reporting-UA", f"{relay or 'mm7tx'}; mm7tx"),
             ("Final-Recipient", f"rfc822; {final}"),
             ("X-MM7-Recipient", bounded(handset.value, "Recipient") if handset else ""),
@@ -788,42 +521,18 @@ class EmailProcessor:
         message_id: str,
         refused: set[str],
     ) -> None:
-        """Post one DeliveryReportReq per recipient of an accepted SubmitReq
-        (if it asked for reports and the account has a URL for them)."""
-        account = transaction.account
-        if not (
-            request.delivery_report
-            and self.reporter is not None
-            and account is not None
-            and account.delivery_report_url
-        ):
+        """Post the delivery reports an accepted SubmitReq asked for
+        (:func:`~mm7tx.gateway.reports.report_submit`): a recipient is
+        Forwarded unless the relay refused its mapped address."""
+        if self.reporter is None:
             return
-        if transaction.answer_lost():
-            log.info(
-                "No delivery report for {message_id} to {vasp}: its SubmitRsp "
-                "could not be sent, the connection was gone",
-                message_id=message_id,
-                vasp=account.name,
-            )
-            return
-        for recipient in request.recipients.all:
-            forwarded = self.recipient_address(recipient) not in refused
-            self.reporter.report(
-                account,
-                DeliveryReportReq(
-                    # The client makes it fit the namespace.
-                    mm7_version=transaction.mm7_version,
-                    message_id=message_id,
-                    recipient=recipient,
-                    sender=request.sender_address,
-                    date=datetime.now(UTC).isoformat(timespec="seconds"),
-                    mm_status="Forwarded" if forwarded else "Rejected",
-                    status_text="Accepted by the mail relay"
-                    if forwarded
-                    else "Refused by the mail relay",
-                ),
-                transaction.namespace,
-            )
+        report_submit(
+            self.reporter,
+            request,
+            transaction,
+            message_id,
+            lambda recipient: self.recipient_address(recipient) not in refused,
+        )
 
     def deliver(
         self, request: DeliverReq, transaction: Transaction
@@ -848,59 +557,6 @@ class EmailProcessor:
         return self._send(mail, transaction).addCallback(
             lambda status: ReadReplyRsp(status, transaction.mm7_version)
         )
-
-
-# One random boundary per process (and nesting depth), so that the
-# Content-Type naming it is the same in every email and parsed once: parsing
-# a fresh one for each email took 7% of a transaction in a profile.  An
-# email with text that contains it gets fresh random boundaries instead.
-_BOUNDARY = f"mm7tx-{secrets.token_urlsafe(16)}"
-
-
-def _text_payload(part: Message) -> object:
-    """The payload as the generator writes it, unless base64 (whose
-    alphabet has no "-": it cannot hold a boundary).  Not ``get_payload``,
-    which encodes the whole text once more to look for surrogates (tens of
-    milliseconds for a large part)."""
-    if str(part.get("Content-Transfer-Encoding", "")).lower() == "base64":
-        return None
-    return part._payload  # type: ignore[attr-defined]
-
-
-def _set_boundaries(msg: Message) -> None:
-    """Boundaries for the multiparts that have none, set now: otherwise the
-    generator makes one and scans the whole text for it."""
-    fresh = any(
-        (isinstance(payload, str) and _BOUNDARY in payload)
-        or (isinstance(payload, bytes) and _BOUNDARY.encode() in payload)
-        for payload in (_text_payload(part) for part in msg.walk())
-    )
-
-    def visit(part: Message, depth: int) -> None:
-        if not part.is_multipart():
-            return
-        # (message/delivery-status also holds a list, of header blocks.)
-        if part.get_content_maintype() == "multipart" and part.get_boundary() is None:
-            # 128 random bits, short enough for Content-Type to fit a line.
-            part.set_boundary(
-                f"mm7tx-{secrets.token_urlsafe(16)}"
-                if fresh
-                else f"{_BOUNDARY}-{depth:02x}"
-            )
-        for child in part.get_payload():
-            visit(child, depth + 1)  # type: ignore[arg-type]
-
-    visit(msg, 0)
-
-
-def _fields(*pairs: tuple[str, str]) -> Message:
-    """A header block of a delivery-status or disposition notification."""
-    block = Message(policy=BUILD_POLICY)
-    for name, value in pairs:
-        value = clean(value)
-        if value:  # no empty field (X-MM7-StatusText:)
-            block[name] = value
-    return block
 
 
 def result_status(result: Any) -> Status:

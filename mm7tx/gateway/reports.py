@@ -4,7 +4,7 @@ account's ``delivery_report_url`` when a SubmitReq asked for one.
 Reports go only for a MessageID the VASP was given in a SubmitRsp: each
 recipient ``Forwarded`` once the relay took the mail for it, ``Rejected``
 when the relay refused it in a partial success (1100); nothing after a
-fault (see ``EmailProcessor.submit``).  While the VASP is unreachable, times out or
+fault (:func:`report_submit`).  While the VASP is unreachable, times out or
 answers 4006, the post is retried with exponential backoff; the final
 outcome is logged either way.  Any other failure (a refusal, an answer that
 is not MM7 or is over ``mm7_client_max_answer_size``) is logged at once.
@@ -12,6 +12,8 @@ is not MM7 or is over ``mm7_client_max_answer_size``) is logged at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
@@ -31,6 +33,7 @@ from mm7tx.http.client import (
 )
 from mm7tx.mm7 import messages as m
 from mm7tx.mm7.status import StatusCode
+from mm7tx.transaction import Transaction
 
 if TYPE_CHECKING:
     from mm7tx.metrics import Metrics
@@ -231,3 +234,52 @@ def _log_abandoned(message_id: str, url: str) -> None:
         message_id=message_id,
         url=url,
     )
+
+
+# Logged as it was from the processor: the namespace is in every log event.
+_submit_log = Logger(namespace="mm7tx.processors")
+
+
+def report_submit(
+    reporter: DeliveryReporter,
+    request: m.SubmitReq,
+    transaction: Transaction,
+    message_id: str,
+    forwarded: Callable[[m.Address], bool],
+) -> None:
+    """Post one DeliveryReportReq per recipient of an accepted SubmitReq, if
+    it asked for reports and the account has a URL for them: ``Forwarded``
+    for a recipient ``forwarded`` says the relay took, else ``Rejected``.
+    None when the SubmitRsp could not reach the VASP: it never learnt the
+    MessageID."""
+    account = transaction.account
+    if not (
+        request.delivery_report and account is not None and account.delivery_report_url
+    ):
+        return
+    if transaction.answer_lost():
+        _submit_log.info(
+            "No delivery report for {message_id} to {vasp}: its SubmitRsp "
+            "could not be sent, the connection was gone",
+            message_id=message_id,
+            vasp=account.name,
+        )
+        return
+    for recipient in request.recipients.all:
+        taken = forwarded(recipient)
+        reporter.report(
+            account,
+            m.DeliveryReportReq(
+                # The client makes it fit the namespace.
+                mm7_version=transaction.mm7_version,
+                message_id=message_id,
+                recipient=recipient,
+                sender=request.sender_address,
+                date=datetime.now(UTC).isoformat(timespec="seconds"),
+                mm_status="Forwarded" if taken else "Rejected",
+                status_text="Accepted by the mail relay"
+                if taken
+                else "Refused by the mail relay",
+            ),
+            transaction.namespace,
+        )

@@ -105,7 +105,7 @@ class RawHeaderPolicy(EmailPolicy):
             value = fitted_words(value, MAX_LINE - len(name) - 2)
         # A structured header's words stay whole, however long: the values
         # processors give them are cut far shorter than a line
-        # (mm7tx.processors.FIELD_LIMITS).
+        # (mm7tx.gateway.fields.FIELD_LIMITS).
         return fold_words(f"{name}: {value}", width, self.linesep)
 
 

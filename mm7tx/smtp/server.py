@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mm7tx.interfaces import IMailPolicy, ISMTPSession, ISMTPSubmitter
-from mm7tx.smtp.envelope import (
+from mm7tx.smtp.parameters import (
     Envelope,
     ParameterError,
     SMTPReply,
@@ -324,7 +324,7 @@ class ESMTPServer(ESMTP):
 
     # -- Twisted fix: MAIL and RCPT parameters -----------------------------------
     # Twisted's mail_re and rcpt_re match the parameters and drop them; here
-    # they are parsed (mm7tx.smtp.envelope), refused when unknown (555
+    # they are parsed (mm7tx.smtp.parameters), refused when unknown (555
     # 5.5.4) and given to the policy.  docs/upstream-twisted-mail-parameters.md
 
     def do_MAIL(self, rest: bytes) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mm7tx.mm7.codec import mime, soap
+from mm7tx.mm7.codec import mime, mime_writer, soap, soap_writer
 from mm7tx.mm7.codec.sniff import Sniffed, sniff
 from mm7tx.mm7.errors import MM7Error
 from mm7tx.mm7.messages import Envelope
@@ -63,7 +63,7 @@ def encode(envelope: Envelope) -> tuple[str, bytes]:
     """
     content = getattr(envelope.message, "content", ())
     if not content:
-        return 'text/xml; charset="utf-8"', soap.build_envelope(envelope)
-    content_id = mime.new_content_id()
-    xml = soap.build_envelope(envelope, content_href=f"cid:{content_id}")
-    return mime.join(xml, content, content_id)
+        return 'text/xml; charset="utf-8"', soap_writer.build_envelope(envelope)
+    content_id = mime_writer.new_content_id()
+    xml = soap_writer.build_envelope(envelope, content_href=f"cid:{content_id}")
+    return mime_writer.join(xml, content, content_id)

@@ -1,33 +1,35 @@
-"""The MIME side of MM7 (SOAP with attachments): find the SOAP part and the
-content it points to, and build the multipart body for outgoing requests.
+"""The MIME side of MM7 (SOAP with attachments) coming in: find the SOAP part
+and the content it points to.  Building the body of an outgoing request is
+:mod:`mm7tx.mm7.codec.mime_writer`'s (its names import from here too).
 
 Part headers are read by the standard library's ``email`` header parser.  The
 body is split into parts here (:class:`_Reader`), reading it as the ``email``
 package's full parser does (LF-only and lone-CR line ends, boundaries with
 trailing blanks, repeated delimiters, a missing close, its quirks), because
-that parser reads a body a line at a time on the reactor, counts nothing until
-it is done, and took seconds over a few megabytes of CRs or of nested parts.
-The tests hold the two side by side (``tests.fuzzing.email_split``), on every
-reference sample, hypothesis mutations and each quirk found.
+that parser reads a body a line at a time on the reactor and counts nothing
+until it is done: a body of megabytes of CRs or of nested parts would hold
+the reactor.  The tests hold the two side by side
+(``tests.fuzzing.email_split``), on every reference sample, hypothesis
+mutations and each quirk found.
 """
 
 from __future__ import annotations
 
 import binascii
-import itertools
 import quopri
 import re
-import struct
-import uuid
 from email import policy
-from email.generator import BytesGenerator
-from email.message import Message, MIMEPart
+from email.message import Message
 from email.parser import BytesHeaderParser
 from email.utils import collapse_rfc2231_value
-from io import BytesIO
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
+from mm7tx.mm7.codec.encoding import base64_lines as base64_lines
+from mm7tx.mm7.codec.mime_writer import content_part as content_part
+from mm7tx.mm7.codec.mime_writer import join as join
+from mm7tx.mm7.codec.mime_writer import leaf_part as leaf_part
+from mm7tx.mm7.codec.mime_writer import new_content_id as new_content_id
 from mm7tx.mm7.errors import MM7Error
 from mm7tx.mm7.messages import Content, ContentPart
 from mm7tx.mm7.status import StatusCode
@@ -623,138 +625,3 @@ def resolve_content(href: str | None, parts: list[Message]) -> Content:
     target = _find(parts, ref) if ref else None
     chosen = [target] if target is not None else parts
     return tuple(leaf for part in chosen for leaf in _leaves(part))
-
-
-# Building ------------------------------------------------------------------
-
-# Whole 76-character base64 lines, sixteen at a time.
-_SIXTEEN_LINES = struct.Struct("76s" * 16)
-
-
-# Input bytes encoded per step: whole 57-byte lines, so that no step but
-# the last has padding; about a megabyte, so that no line list is large.
-_STEP = 57 * 16 * 1024
-
-
-def base64_lines(data: bytes | memoryview) -> bytes:
-    """``base64.encodebytes(data)``, byte for byte, in a few C calls rather
-    than one per 57-byte line (it was 6% of a transaction in a profile):
-    a megabyte at a time, encoded in one piece and cut into lines sixteen
-    at a time by ``struct`` (a third faster than a regular expression for a
-    30 KB image).  Steps keep the line objects of one megabyte alive at
-    most, not those of the whole part (100 MB of them for a 48 MB part)."""
-    if len(data) <= _STEP:
-        return _base64_step(data)
-    view = memoryview(data)
-    return b"".join(
-        _base64_step(view[at : at + _STEP]) for at in range(0, len(data), _STEP)
-    )
-
-
-def _base64_step(data: bytes | memoryview) -> bytes:
-    if not data:
-        return b""
-    encoded = binascii.b2a_base64(data, newline=False)
-    whole = len(encoded) - len(encoded) % _SIXTEEN_LINES.size
-    lines = list(
-        itertools.chain.from_iterable(
-            _SIXTEEN_LINES.iter_unpack(memoryview(encoded)[:whole])
-        )
-    )
-    lines += [encoded[at : at + 76] for at in range(whole, len(encoded), 76)]
-    return b"\n".join(lines) + b"\n"
-
-
-def _boundary() -> str:
-    return "mm7tx-" + uuid.uuid4().hex
-
-
-def _is_plain_text(part: ContentPart) -> bool:
-    if not (part.media_type.startswith("text/") or part.is_smil):
-        return False
-    try:
-        text = part.data.decode("ascii")
-    except UnicodeDecodeError:
-        return False
-    return "\r" not in text.replace("\r\n", "") and "\n" not in text.replace("\r\n", "")
-
-
-def leaf_part(part: ContentPart) -> MIMEPart:
-    """A MIME part holding ``part`` byte for byte (7bit text or base64)."""
-    mime = MIMEPart(policy=policy.HTTP)
-    mime.add_header("Content-Type", part.media_type, **dict(part.params))
-    if part.content_id:
-        mime["Content-ID"] = f"<{part.content_id}>"
-    if part.content_location:
-        mime["Content-Location"] = part.content_location
-    if _is_plain_text(part):
-        mime["Content-Transfer-Encoding"] = "7bit"
-        mime.set_payload(part.data.decode("ascii"))
-    else:
-        mime["Content-Transfer-Encoding"] = "base64"
-        mime.set_payload(base64_lines(part.data).decode("ascii"))
-    return mime
-
-
-def _multipart(media: str, parts: list[MIMEPart], **params: str) -> MIMEPart:
-    mime = MIMEPart(policy=policy.HTTP)
-    mime.add_header("Content-Type", media, **params, boundary=_boundary())
-    mime.set_payload(parts)  # type: ignore[arg-type]
-    return mime
-
-
-def content_part(content: Content, content_id: str) -> MIMEPart:
-    """The content as one nested multipart part, so that every leaf keeps
-    its own Content-ID: ``multipart/related`` starting at the SMIL when there
-    is one, else ``multipart/mixed``.
-    """
-    smil = next((p for p in content if p.is_smil), None)
-    leaves = [leaf_part(p) for p in content]
-    if smil is not None and smil.content_id:
-        mime = _multipart(
-            "multipart/related",
-            leaves,
-            type="application/smil",
-            start=f"<{smil.content_id}>",
-        )
-    else:
-        mime = _multipart("multipart/mixed", leaves)
-    mime["Content-ID"] = f"<{content_id}>"
-    return mime
-
-
-def _flatten(mime: Any) -> bytes:
-    out = BytesIO()
-    BytesGenerator(out, policy=policy.HTTP).flatten(mime)
-    return out.getvalue()
-
-
-def new_content_id() -> str:
-    return f"mm7-content-{uuid.uuid4().hex}@mm7tx"
-
-
-def join(soap: bytes, content: Content, content_id: str) -> tuple[str, bytes]:
-    """The HTTP Content-Type and body for a SOAP envelope and its content.
-
-    With no content the body is the bare XML; else ``multipart/related`` with
-    the SOAP part first (and named by ``start``) and the content, under
-    ``content_id``, second.
-    """
-    if not content:
-        return 'text/xml; charset="utf-8"', soap
-    soap_id = f"mm7-soap-{uuid.uuid4().hex}@mm7tx"
-    soap_part = MIMEPart(policy=policy.HTTP)
-    soap_part.add_header("Content-Type", "text/xml", charset="utf-8")
-    soap_part["Content-ID"] = f"<{soap_id}>"
-    soap_part["Content-Transfer-Encoding"] = "8bit"
-    # Surrogate-escaped, the generator writes the UTF-8 bytes back unchanged.
-    soap_part.set_payload(soap.decode("ascii", "surrogateescape"))
-    outer = _multipart(
-        "multipart/related",
-        [soap_part, content_part(content, content_id)],
-        type="text/xml",
-        start=f"<{soap_id}>",
-    )
-    raw = _flatten(outer)
-    _, _, body = raw.partition(b"\r\n\r\n")
-    return str(outer["Content-Type"]), body

@@ -1,4 +1,6 @@
-"""The SOAP 1.1 envelope of MM7: XML bytes to message values and back.
+"""The SOAP 1.1 envelope of MM7 coming in: XML bytes to message values.
+Writing one is :mod:`mm7tx.mm7.codec.soap_writer`'s, the schema tables are
+:mod:`mm7tx.mm7.codec.schema`'s: their names import from here too.
 
 Elements are matched by local name, whatever their prefix or namespace, because
 real MMSCs qualify them in every way (Nokia prefixes every element, others leave
@@ -10,181 +12,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from enum import Enum, auto
 from typing import Any
 
 from lxml import etree
 
 from mm7tx.mm7 import messages as m
+from mm7tx.mm7.codec.schema import BY_NAME as BY_NAME
+from mm7tx.mm7.codec.schema import ENUMERATED, FIELDS, SID, SPELLINGS
+from mm7tx.mm7.codec.schema import FAULT_DETAILS as FAULT_DETAILS
+from mm7tx.mm7.codec.schema import MANDATORY as MANDATORY
+from mm7tx.mm7.codec.schema import SCHEMAS as SCHEMAS
+from mm7tx.mm7.codec.schema import SOAP_ENV as SOAP_ENV
+from mm7tx.mm7.codec.schema import Kind as Kind
+from mm7tx.mm7.codec.schema import Spec as Spec
+from mm7tx.mm7.codec.soap_writer import build_body as build_body
+from mm7tx.mm7.codec.soap_writer import build_envelope as build_envelope
 from mm7tx.mm7.errors import MM7Error
 from mm7tx.mm7.status import StatusCode
-
-SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
-
-
-class Kind(Enum):
-    TEXT = auto()
-    BOOL = auto()
-    ADDRESS = auto()
-    RECIPIENTS = auto()
-    CONTENT = auto()
-    STATUS = auto()
-
-
-# (element, attribute, kind, wrapper element or None), in schema order.
-Spec = tuple[str, str, Kind, str | None]
-_T, _B, _A, _R, _C, _S = (
-    Kind.TEXT,
-    Kind.BOOL,
-    Kind.ADDRESS,
-    Kind.RECIPIENTS,
-    Kind.CONTENT,
-    Kind.STATUS,
-)
-_SID = "SenderIdentification"
-
-_APPLIC: tuple[Spec, ...] = (
-    ("ApplicID", "applic_id", _T, None),
-    ("ReplyApplicID", "reply_applic_id", _T, None),
-    ("AuxApplicInfo", "aux_applic_info", _T, None),
-)
-_SENDER_ID: tuple[Spec, ...] = (
-    ("VASPID", "vasp_id", _T, _SID),
-    ("VASID", "vas_id", _T, _SID),
-    ("SenderAddress", "sender_address", _A, _SID),
-)
-
-SCHEMAS: dict[type[Any], tuple[Spec, ...]] = {
-    m.DeliverReq: (
-        ("MM7Version", "mm7_version", _T, None),
-        ("MMSRelayServerID", "mms_relay_server_id", _T, None),
-        ("VASPID", "vasp_id", _T, None),
-        ("VASID", "vas_id", _T, None),
-        ("LinkedID", "linked_id", _T, None),
-        ("Sender", "sender", _A, None),
-        ("Recipients", "recipients", _R, None),
-        ("TimeStamp", "timestamp", _T, None),
-        ("ReplyChargingID", "reply_charging_id", _T, None),
-        ("Priority", "priority", _T, None),
-        ("Subject", "subject", _T, None),
-        *_APPLIC,
-        ("Content", "content", _C, None),
-    ),
-    m.DeliveryReportReq: (
-        ("MM7Version", "mm7_version", _T, None),
-        ("MMSRelayServerID", "mms_relay_server_id", _T, None),
-        ("MessageID", "message_id", _T, None),
-        ("Recipient", "recipient", _A, None),
-        ("Sender", "sender", _A, None),
-        ("Date", "date", _T, None),
-        ("MMStatus", "mm_status", _T, None),
-        ("StatusText", "status_text", _T, None),
-        *_APPLIC,
-    ),
-    m.ReadReplyReq: (
-        ("MM7Version", "mm7_version", _T, None),
-        ("MMSRelayServerID", "mms_relay_server_id", _T, None),
-        ("MessageID", "message_id", _T, None),
-        ("Recipient", "recipient", _A, None),
-        ("Sender", "sender", _A, None),
-        ("TimeStamp", "timestamp", _T, None),
-        ("MMStatus", "mm_status", _T, None),
-        ("StatusText", "status_text", _T, None),
-        *_APPLIC,
-    ),
-    m.SubmitReq: (
-        ("MM7Version", "mm7_version", _T, None),
-        *_SENDER_ID,
-        ("Recipients", "recipients", _R, None),
-        ("ServiceCode", "service_code", _T, None),
-        ("LinkedID", "linked_id", _T, None),
-        ("MessageClass", "message_class", _T, None),
-        ("TimeStamp", "timestamp", _T, None),
-        ("EarliestDeliveryTime", "earliest_delivery_time", _T, None),
-        ("ExpiryDate", "expiry_date", _T, None),
-        ("DeliveryReport", "delivery_report", _B, None),
-        ("ReadReply", "read_reply", _B, None),
-        ("Priority", "priority", _T, None),
-        ("Subject", "subject", _T, None),
-        ("ChargedParty", "charged_party", _T, None),
-        ("DistributionIndicator", "distribution_indicator", _B, None),
-        *_APPLIC,
-        ("Content", "content", _C, None),
-    ),
-    m.CancelReq: (
-        ("MM7Version", "mm7_version", _T, None),
-        *_SENDER_ID,
-        ("MessageID", "message_id", _T, None),
-    ),
-    m.ReplaceReq: (
-        ("MM7Version", "mm7_version", _T, None),
-        *_SENDER_ID,
-        ("MessageID", "message_id", _T, None),
-        ("ServiceCode", "service_code", _T, None),
-        ("TimeStamp", "timestamp", _T, None),
-        ("EarliestDeliveryTime", "earliest_delivery_time", _T, None),
-        ("ReadReply", "read_reply", _B, None),
-        ("DistributionIndicator", "distribution_indicator", _B, None),
-        ("Content", "content", _C, None),
-    ),
-    m.DeliverRsp: (
-        ("MM7Version", "mm7_version", _T, None),
-        ("Status", "status", _S, None),
-        ("ServiceCode", "service_code", _T, None),
-    ),
-    m.SubmitRsp: (
-        ("MM7Version", "mm7_version", _T, None),
-        ("Status", "status", _S, None),
-        ("MessageID", "message_id", _T, None),
-    ),
-}
-for _cls in (
-    m.DeliveryReportRsp,
-    m.ReadReplyRsp,
-    m.CancelRsp,
-    m.ReplaceRsp,
-    m.VASPErrorRsp,
-    m.RSErrorRsp,
-):
-    SCHEMAS[_cls] = (
-        ("MM7Version", "mm7_version", _T, None),
-        ("Status", "status", _S, None),
-    )
-
-# What a request means nothing without (mm7-reference/information-elements.md):
-# refused with 4004 naming the missing elements.  The other mandatory ones
-# fall back (README, "What is refused and what falls back"): a report's
-# Sender and a DeliverReq's Sender to the default address, a report's Date
-# or TimeStamp to the time it arrived; a SubmitReq without recipients is the
-# resource's 2002 "No recipient".
-MANDATORY: dict[type[Any], tuple[str, ...]] = {
-    m.DeliveryReportReq: ("MessageID", "Recipient", "MMStatus"),
-    m.ReadReplyReq: ("MessageID", "Recipient", "MMStatus"),
-    m.CancelReq: ("MessageID",),
-    m.ReplaceReq: ("MessageID",),
-}
-
-# Enumerated elements, by request and element: any case is read, the
-# schema's spelling kept; anything else is a 2007.
-_ENUMERATED: dict[tuple[type[Any], str], tuple[str, ...]] = {
-    (m.DeliveryReportReq, "MMStatus"): m.DELIVERY_MM_STATUS,
-    (m.ReadReplyReq, "MMStatus"): m.READ_MM_STATUS,
-    (m.DeliverReq, "Priority"): m.PRIORITIES,
-    (m.SubmitReq, "Priority"): m.PRIORITIES,
-    (m.SubmitReq, "MessageClass"): m.MESSAGE_CLASSES,
-}
-_SPELLINGS: dict[tuple[type[Any], str], dict[str, str]] = {
-    key: {value.lower(): value for value in values}
-    for key, values in _ENUMERATED.items()
-}
-# The American spelling vendors send (mm7-mmstatus-values.tsv).
-_SPELLINGS[m.DeliveryReportReq, "MMStatus"]["unrecognized"] = "Unrecognised"
-
-BY_NAME: dict[str, type[Any]] = {cls.__name__: cls for cls in SCHEMAS}
-_FIELDS = {cls: frozenset(f.name for f in fields(cls)) for cls in SCHEMAS}
-FAULT_DETAILS = ("VASPErrorRsp", "RSErrorRsp")
 
 _PARSER_OPTIONS: dict[str, Any] = {
     "resolve_entities": False,
@@ -374,12 +220,12 @@ def _bool(el: etree._Element) -> bool:
 def _enumerated(cls: type[Any], el: etree._Element, text: str) -> str:
     """``text`` in the schema's spelling, if ``el`` is an enumerated element
     of ``cls``: any case is read (``retrieved``), anything else is a 2007."""
-    spellings = _SPELLINGS.get((cls, _local(el)))
+    spellings = SPELLINGS.get((cls, _local(el)))
     if spellings is None:
         return text
     spelling = spellings.get(text.lower())
     if spelling is None:
-        values = _ENUMERATED[cls, _local(el)]
+        values = ENUMERATED[cls, _local(el)]
         raise MM7Error(
             StatusCode.MESSAGE_FORMAT_CORRUPT,
             details=f"{_local(el)} must be one of {', '.join(values)}, "
@@ -485,7 +331,7 @@ def parse_body(el: etree._Element) -> tuple[Any, str | None]:
     recipients: list[etree._Element] = []
     for child in _children(el):
         name = _local(child)
-        if name == _SID:
+        if name == SID:
             for grandchild in _children(child):
                 index.setdefault(_local(grandchild), grandchild)
         else:
@@ -514,7 +360,7 @@ def parse_body(el: etree._Element) -> tuple[Any, str | None]:
             values[attr] = _status(found)
         elif kind is Kind.CONTENT:
             href = (_attribute(found, "href") or "").strip()
-    if "status" in _FIELDS[cls] and "status" not in values:
+    if "status" in FIELDS[cls] and "status" not in values:
         raise MM7Error(
             StatusCode.VALIDATION_ERROR, details=f"{cls.__name__} has no Status"
         )
@@ -601,105 +447,3 @@ def parse_envelope(
         mm7_version=_text(version) if version is not None else None,
     )
     return envelope, href
-
-
-# Building ------------------------------------------------------------------
-
-
-def _sub(
-    parent: etree._Element, ns: str, name: str, text: str | None = None
-) -> etree._Element:
-    el = etree.SubElement(parent, f"{{{ns}}}{name}")
-    if text is not None:
-        # What XML 1.0 cannot carry (control characters, lone surrogates,
-        # U+FFFE/U+FFFF; lxml raises on them) becomes U+FFFD.
-        el.text = _NOT_XML.sub("\ufffd", text)
-    return el
-
-
-_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def _build_address(parent: etree._Element, ns: str, address: m.Address) -> None:
-    el = _sub(parent, ns, address.kind, address.value)
-    if address.display_only:
-        el.set("displayOnly", "true")
-
-
-def build_body(
-    parent: etree._Element, ns: str, message: Any, content_href: str | None = None
-) -> etree._Element:
-    """Append the element for ``message`` (request or response) to ``parent``."""
-    cls = type(message)
-    # The message element declares the MM7 namespace as its default, as the
-    # 3GPP examples do, so that its children read unprefixed.
-    nsmap: Any = {None: ns}
-    root = etree.SubElement(parent, f"{{{ns}}}{cls.__name__}", nsmap=nsmap)
-    groups: dict[str, etree._Element] = {}
-    for element, attr, kind, group in SCHEMAS[cls]:
-        value = getattr(message, attr)
-        if kind is Kind.CONTENT:
-            if content_href is not None:
-                _sub(root, ns, "Content").set("href", content_href)
-            continue
-        if value is None or (kind is Kind.RECIPIENTS and not value.all):
-            continue
-        target = root
-        if group is not None:
-            if group not in groups:
-                groups[group] = _sub(root, ns, group)
-            target = groups[group]
-        if kind is Kind.TEXT:
-            _sub(target, ns, element, value)
-        elif kind is Kind.BOOL:
-            _sub(target, ns, element, "true" if value else "false")
-        elif kind is Kind.ADDRESS:
-            _build_address(_sub(target, ns, element), ns, value)
-        elif kind is Kind.RECIPIENTS:
-            recipients = _sub(target, ns, element)
-            for name, addresses in (
-                ("To", value.to),
-                ("Cc", value.cc),
-                ("Bcc", value.bcc),
-            ):
-                if addresses:
-                    holder = _sub(recipients, ns, name)
-                    for address in addresses:
-                        _build_address(holder, ns, address)
-        elif kind is Kind.STATUS:
-            status = _sub(target, ns, element)
-            _sub(status, ns, "StatusCode", str(value.code))
-            _sub(status, ns, "StatusText", value.text)
-            if value.details:
-                _sub(status, ns, "Details", value.details)
-    return root
-
-
-def build_envelope(
-    envelope: m.Envelope,
-    content_href: str | None = None,
-) -> bytes:
-    """Serialise an envelope; a ``VASPErrorRsp``/``RSErrorRsp`` becomes a Fault."""
-    ns = envelope.namespace
-    root = etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"env": SOAP_ENV})
-    header = etree.SubElement(root, f"{{{SOAP_ENV}}}Header")
-    transaction = etree.SubElement(header, f"{{{ns}}}TransactionID", nsmap={"mm7": ns})
-    transaction.set(f"{{{SOAP_ENV}}}mustUnderstand", "1")
-    transaction.text = envelope.transaction_id
-    body = etree.SubElement(root, f"{{{SOAP_ENV}}}Body")
-    message = envelope.message
-    if isinstance(message, (m.VASPErrorRsp, m.RSErrorRsp)):
-        fault = etree.SubElement(body, f"{{{SOAP_ENV}}}Fault")
-        code = message.status.code
-        side = (
-            "Client" if 2000 <= code < 3000 or code in (4001, 4003, 4004) else "Server"
-        )
-        etree.SubElement(fault, "faultcode").text = envelope.fault_code or f"env:{side}"
-        etree.SubElement(fault, "faultstring").text = (
-            envelope.fault_string or message.status.text or side + " error"
-        )
-        parent = etree.SubElement(fault, "detail")
-    else:
-        parent = body
-    build_body(parent, ns, message, content_href)
-    return bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8"))

@@ -20,9 +20,7 @@ import platform
 import re
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -34,6 +32,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IAgent
 
 from mm7tx import __version__
+from mm7tx.cli.runs import SUCCESS_CODES as SUCCESS_CODES
+from mm7tx.cli.runs import Summary as Summary
+from mm7tx.cli.runs import describe
+from mm7tx.cli.runs import send_many as send_many
 from mm7tx.http.auth import hash_password
 from mm7tx.http.client import (
     DEFAULT_MAX_ANSWER_SIZE,
@@ -49,8 +51,6 @@ mimetypes.add_type("audio/amr", ".amr")
 mimetypes.add_type("video/3gpp", ".3gp")
 mimetypes.add_type("application/smil", ".smil")
 mimetypes.add_type("text/x-vcard", ".vcf")
-
-SUCCESS_CODES = (1000, 1100)
 
 # The MMStatus values of TS 23.140 each report may carry, as it spells them.
 DELIVERY_REPORT_STATUSES = m.STANDARD_DELIVERY_MM_STATUS
@@ -404,92 +404,6 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-@dataclass
-class Summary:
-    """What a run of many requests did."""
-
-    sent: int = 0
-    codes: Counter[int] = field(default_factory=Counter)
-    failures: Counter[str] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def succeeded(self) -> int:
-        return sum(n for code, n in self.codes.items() if code in SUCCESS_CODES)
-
-    @property
-    def failed(self) -> int:
-        return self.sent - self.succeeded
-
-    def percentile(self, fraction: float) -> float:
-        ordered = sorted(self.latencies)
-        if not ordered:
-            return 0.0
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-    def lines(self) -> list[str]:
-        codes = ", ".join(f"{c}: {n}" for c, n in sorted(self.codes.items())) or "-"
-        failures = (
-            ", ".join(f"{k}: {n}" for k, n in sorted(self.failures.items())) or "-"
-        )
-        rate = self.sent / self.seconds if self.seconds else 0.0
-        return [
-            f"sent {self.sent}, succeeded {self.succeeded}, failed {self.failed}",
-            f"answers by status: {codes}",
-            f"failures: {failures}",
-            f"requests/s {rate:.1f} over {self.seconds:.2f} s",
-            "latency ms p50 {:.1f} p95 {:.1f} p99 {:.1f}".format(
-                *(1000 * self.percentile(f) for f in (0.50, 0.95, 0.99))
-            ),
-        ]
-
-
-async def send_many(
-    client: MM7Client,
-    make: Callable[[int], m.Request],
-    count: int,
-    concurrency: int,
-    progress: Callable[[Summary], None] | None = None,
-) -> Summary:
-    """Send ``count`` requests over ``concurrency`` parallel workers."""
-    summary = Summary()
-    numbers = iter(range(count))
-    started = time.perf_counter()
-
-    async def worker() -> None:
-        for number in numbers:
-            begin = time.perf_counter()
-            try:
-                response = await client.send(make(number))
-                summary.codes[response.status.code] += 1
-            except MM7Fault as fault:
-                summary.codes[fault.status.code] += 1
-            except MM7ClientError as e:
-                summary.failures[type(e).__name__] += 1
-            summary.latencies.append(time.perf_counter() - begin)
-            summary.sent += 1
-            if progress is not None:
-                progress(summary)
-
-    await defer.gatherResults(
-        [defer.ensureDeferred(worker()) for _ in range(max(1, concurrency))]
-    )
-    summary.seconds = time.perf_counter() - started
-    return summary
-
-
-def _describe(response: m.Response) -> list[str]:
-    status = response.status
-    lines = [f"{status.code} {status.text}"]
-    if status.details:
-        lines.append(f"Details: {status.details}")
-    message_id = getattr(response, "message_id", None)
-    if message_id:
-        lines.append(f"MessageID: {message_id}")
-    return lines
-
-
 async def run(
     reactor: IReactorTime, args: argparse.Namespace, agent: IAgent | None = None
 ) -> int:
@@ -552,7 +466,7 @@ async def run(
             except MM7ClientError as e:
                 print(f"mm7tx: {e}", file=sys.stderr)
                 return 1
-            print("\n".join(_describe(response)))
+            print("\n".join(describe(response)))
             return 0 if response.status.code in SUCCESS_CODES else 1
         last = [0.0]
 
