@@ -67,8 +67,11 @@ from twisted.web import server
 from twisted.web.client import Agent
 from twisted.web.resource import Resource
 
+from mm7tx.app.drain import CLOSE_GRACE
 from mm7tx.app.health import Alive, Ready
-from mm7tx.config import inner_endpoint
+from mm7tx.app.monitor import MonitorListener, MonitorSite
+from mm7tx.app.reload import Sighup, listener_changes
+from mm7tx.config import ConfigError, inner_endpoint
 from mm7tx.http.client import read_body
 from mm7tx.http.resource import Folder
 
@@ -853,8 +856,8 @@ class Supervisor(service.MultiService):
         )
         self.pool.setServiceParent(self)
         self.monitor: WorkersMonitor | None = None
-        self._monitor_port: IListeningPort | None = None
-        self._previous_hup: Any = None
+        self._monitor_listener: MonitorListener | None = None
+        self._sighup = Sighup(reactor, self.reload)
 
     def frame(self) -> bytes:
         """What a worker is given at its start: the configuration accepted."""
@@ -895,21 +898,19 @@ class Supervisor(service.MultiService):
             self.monitor = WorkersMonitor(
                 self.reactor, self.pool, lambda slot: metrics_socket(folder, slot)
             )
-        self._previous_hup = signal.signal(signal.SIGHUP, self._sighup)
+        self._sighup.install()
         super().startService()
-        if self.monitor is not None:
-            self._start_monitor(self.monitor)
-
-    def _sighup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.reload)
+        if self.monitor is not None and self.config.metrics_listen is not None:
+            site = MonitorSite(monitor_root(self.monitor), self.reactor)
+            self._monitor_listener = MonitorListener(
+                self.reactor, self.config.metrics_listen, site, log
+            )
+            self._monitor_listener.start()
 
     def reload(self) -> bool:
         """SIGHUP: the file read again (``load``) and, if it loads cleanly,
         passed on to every worker, and to every worker started from now on;
         a mistake in it is logged and changes nothing.  Whether it was."""
-        from mm7tx.app.service import _listener_changes
-        from mm7tx.config import ConfigError
-
         if self.load is None:
             return False
         try:
@@ -920,7 +921,7 @@ class Supervisor(service.MultiService):
                 error=str(e),
             )
             return False
-        changed = _listener_changes(self.config, config)
+        changed = listener_changes(self.config, config)
         if config.workers != self.config.workers:
             changed.append(f"workers ({self.config.workers} -> {config.workers})")
         if changed:
@@ -940,26 +941,6 @@ class Supervisor(service.MultiService):
         self.pool.tell_all(self.frame())
         return True
 
-    def _start_monitor(self, monitor: WorkersMonitor) -> None:
-        from mm7tx.app.service import _MonitorSite
-
-        endpoint = self.config.metrics_listen
-        site = _MonitorSite(monitor_root(monitor), self.reactor)
-
-        def up(port: IListeningPort) -> None:
-            self._monitor_port = port
-            log.info("Metrics and health on {endpoint}", endpoint=endpoint)
-
-        def down(reason: Failure) -> None:
-            log.error(
-                "Cannot serve metrics and health on {endpoint} (metrics_listen): "
-                "{why}; MM7 goes on without them",
-                endpoint=endpoint,
-                why=reason.getErrorMessage(),
-            )
-
-        serverFromString(self.reactor, endpoint).listen(site).addCallbacks(up, down)
-
     async def _stop(self) -> None:
         if self.monitor is not None:
             self.monitor.draining = True
@@ -968,8 +949,8 @@ class Supervisor(service.MultiService):
             await defer.maybeDeferred(port.stopListening)
         self.ports = []
         await super().stopService()
-        if self._monitor_port is not None:
-            await defer.maybeDeferred(self._monitor_port.stopListening)
+        if self._monitor_listener is not None:
+            await self._monitor_listener.stop()
         if self.folder is not None:
             import shutil
 
@@ -977,15 +958,12 @@ class Supervisor(service.MultiService):
         log.info("All workers stopped")
 
     def stopService(self) -> defer.Deferred[None]:
-        if self._previous_hup is not None:
-            signal.signal(signal.SIGHUP, self._previous_hup)
+        self._sighup.restore()
         return defer.ensureDeferred(self._stop())
 
 
 def _stop_timeout(config: Config) -> float:
     """How long the parent's stop waits for its workers before SIGKILL."""
-    from mm7tx.app.service import CLOSE_GRACE
-
     # A worker drains, then takes up to CLOSE_GRACE to close.
     return config.drain_timeout + CLOSE_GRACE + 5
 
