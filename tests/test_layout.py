@@ -25,7 +25,6 @@ TOO_LONG = {
     "mm7tx.cli",
     "mm7tx.config",
     "mm7tx.testing",
-    "mm7tx.app.workers",
     "mm7tx.gateway.processors",
     "mm7tx.http.resource",
     "mm7tx.mm7.codec.mime",
