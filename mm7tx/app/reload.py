@@ -3,7 +3,8 @@
 listeners), and SIGHUP handed to the reactor.
 
 :meth:`~mm7tx.app.service.MM7Service.reload` uses these; ``--workers``'s
-parent (:class:`~mm7tx.app.workers.Supervisor`) its own way.
+parent (:class:`~mm7tx.app.workers.Supervisor`), which passes the file on
+to its workers, the last two.
 """
 
 from __future__ import annotations

@@ -96,8 +96,9 @@ class MM7Service(service.MultiService):
     None the service builds the resource tree from ``config``; a tree built
     elsewhere counts its transactions in ``gate`` alone, so a reload that
     changes the relay closes its sender once that whole gate is drained.
-    ``shared`` holds what every configuration shares (:class:`Shared`: the
-    given ``gate`` and ``reporter`` and the rest, made once).
+    ``shared`` holds what every configuration shares, made once
+    (:func:`~mm7tx.app.wiring.make_shared`: ``gate`` and ``reporter`` if
+    given, else made there).
     """
 
     def __init__(
