@@ -1,6 +1,7 @@
 """Every interface of mm7tx, in one place: the processors', the mail
-sender's, the avatars and credentials of authentication, and the ESMTP
-server's policy.
+sender's (and the relay check readiness rests on), the avatars and
+credentials of authentication, the state store's and the ESMTP server's
+policy.
 
 A processor is bound to a URI path and provides one interface per MM7
 transaction it handles; the resource answers 4003 (Unsupported operation) for
@@ -14,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from twisted.cred.credentials import ICredentials
 from zope.interface import Attribute, Interface
@@ -122,6 +123,17 @@ class IMailSender(Interface):
     def close() -> Deferred[None]:
         """Stop: release connections and timers; fires once done.  Called
         when the service stops, after the transactions in flight."""
+
+
+@runtime_checkable
+class Checkable(Protocol):
+    """A sender whose relay can be checked (:class:`~mm7tx.smtp.esmtp.ESMTPSender`):
+    what :class:`~mm7tx.app.health.RelayWatch` asks for readiness.  A
+    structural type, not a zope interface: a sender that has these is one."""
+
+    last_answer: float | None
+
+    def check(self) -> Deferred[None]: ...
 
 
 # Authentication (mm7tx.http.auth) -------------------------------------------

@@ -22,8 +22,6 @@ MAX_LINES = 700
 # Modules still over MAX_LINES, each waiting for its split (issue 21, item 3).
 # A module that shrinks below the limit must leave this list: see the test.
 TOO_LONG = {
-    "mm7tx.app.service",
-    "mm7tx.app.workers",
     "mm7tx.http.resource",
 }
 

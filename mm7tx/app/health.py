@@ -12,7 +12,6 @@ checks every :data:`INTERVAL` seconds, unless a message went through since.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
@@ -22,6 +21,8 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from mm7tx.interfaces import Checkable as Checkable  # its home before
+
 # Named as before the move into packages: the namespace is in every log event.
 log = Logger(namespace="mm7tx.health")
 
@@ -29,15 +30,6 @@ log = Logger(namespace="mm7tx.health")
 FRESH = 30.0
 # How often the relay is checked when no message went through meanwhile.
 INTERVAL = 10.0
-
-
-@runtime_checkable
-class Checkable(Protocol):
-    """A sender whose relay can be checked: :class:`~mm7tx.esmtp.ESMTPSender`."""
-
-    last_answer: float | None
-
-    def check(self) -> defer.Deferred[None]: ...
 
 
 class RelayWatch:

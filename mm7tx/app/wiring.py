@@ -1,0 +1,290 @@
+"""The wiring: what a configuration's resources and site are built of.
+
+:func:`make_shared` makes the objects every configuration of a service
+shares (and a reload keeps): the bound on transactions in flight, the
+failed-login counts, the rate limiter, the bound on scrypt checks and the
+delivery reporter.  :func:`build_resources` builds the MM7 resources on
+them, :func:`site_for` the site to serve them with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import (
+    IReactorCore,
+    IReactorPluggableNameResolver,
+    IReactorSSL,
+    IReactorTCP,
+    IReactorThreads,
+    IReactorTime,
+)
+from twisted.python.reflect import namedAny
+from twisted.web.resource import Resource
+
+from mm7tx.config import Config
+from mm7tx.gateway.processors import EmailProcessor
+from mm7tx.gateway.reports import DeliveryReporter
+from mm7tx.http.auth import SCRYPT_CONCURRENCY, portal_for
+from mm7tx.http.limits import LoginThrottle, RateLimiter, TransactionGate
+from mm7tx.http.resource import MM7Resource
+from mm7tx.http.site import MM7Site
+from mm7tx.interfaces import IMailSender
+from mm7tx.metrics import Metrics
+from mm7tx.offload import in_pool, in_threads
+
+if TYPE_CHECKING:
+
+    class IMM7Reactor(
+        IReactorCore,
+        IReactorTime,
+        IReactorTCP,
+        IReactorSSL,
+        IReactorThreads,
+        IReactorPluggableNameResolver,
+    ):
+        """What mm7tx needs of a reactor, as one make-believe interface (the
+        way ``twisted.internet`` types its global reactor): every real
+        reactor provides these, and so does ``mm7tx.testing.MemoryReactor``.
+        Pass the global reactor as ``cast(IMM7Reactor, reactor)``."""
+
+else:
+    IMM7Reactor = Any
+
+
+@dataclass
+class Shared:
+    """What every configuration of one service shares, made once by
+    :func:`make_shared` and kept across reloads (each reload sets its new
+    limits on them with :meth:`configure`)."""
+
+    reactor: IMM7Reactor
+    metrics: Metrics | None
+    # The bound on transactions in flight.
+    gate: TransactionGate
+    # Failed logins per address, with the lockout.
+    throttle: LoginThrottle
+    # The VASPs' rate limits' buckets.
+    limiter: RateLimiter
+    # The bound on scrypt checks running at once.
+    scrypt: defer.DeferredSemaphore
+    # Made for the first configuration with MMSC paths: delivery_reporter.
+    reporter: DeliveryReporter | None = None
+
+    def delivery_reporter(self, config: Config) -> DeliveryReporter:
+        """The delivery reporter, made with ``config``'s settings if none
+        was made yet."""
+        if self.reporter is None:
+            self.reporter = DeliveryReporter(
+                self.reactor,
+                attempts=config.delivery_report_attempts,
+                metrics=self.metrics,
+                max_answer_size=config.client_max_answer_size,
+            )
+        return self.reporter
+
+    def configure(self, config: Config) -> None:
+        """``config``'s limits on each (a reload)."""
+        self.gate.limit = config.max_transactions
+        self.throttle.max_failures = config.max_failed_logins
+        self.throttle.lockout = config.login_lockout
+        if self.reporter is not None:
+            self.reporter.attempts = config.delivery_report_attempts
+            self.reporter.max_answer_size = config.client_max_answer_size
+
+
+def make_shared(
+    config: Config,
+    reactor: IMM7Reactor,
+    metrics: Metrics | None = None,
+    *,
+    gate: TransactionGate | None = None,
+    reporter: DeliveryReporter | None = None,
+) -> Shared:
+    """The shared objects for ``config``, on ``reactor``'s clock: the one
+    place each is made (``gate`` and ``reporter`` are yours if given)."""
+    return Shared(
+        reactor,
+        metrics,
+        gate if gate is not None else TransactionGate(config.max_transactions),
+        LoginThrottle(reactor, config.max_failed_logins, lockout=config.login_lockout),
+        RateLimiter(reactor),
+        defer.DeferredSemaphore(SCRYPT_CONCURRENCY),
+        reporter,
+    )
+
+
+def make_processor(
+    name: str | Callable[..., object] | None,
+    config: Config,
+    sender: IMailSender,
+    reporter: DeliveryReporter | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> object:
+    """The processor for a path: :class:`EmailProcessor` or the class named
+    by dotted name (or given), called with the same arguments; a class that
+    declares ``Options`` (a dataclass) is given ``options=Options(**options)``
+    too, the options of its Path scope (checked when the file was loaded)."""
+    factory: Any = EmailProcessor if name is None else name
+    if isinstance(factory, str):
+        factory = namedAny(factory)
+    declared = getattr(factory, "Options", None)
+    extra: dict[str, Any] = {}
+    if declared is not None:
+        extra["options"] = declared(**(options or {}))
+    elif options:
+        raise ValueError(f"{name} declares no Options, so it takes no options")
+    return factory(
+        sender,
+        config.rules,
+        mm7_version=config.mm7_version,
+        keep_smil=config.keep_smil,
+        reporter=reporter,
+        **extra,
+    )
+
+
+ProcessorFactory = Callable[
+    [Config, str, IMailSender, "DeliveryReporter | None"], object
+]
+"""What makes the processor of one path: ``(config, path, sender, reporter)``
+(the reporter ``None`` on VASP paths) to the processor that serves it."""
+
+
+def configured_processor(
+    config: Config,
+    path: str,
+    sender: IMailSender,
+    reporter: DeliveryReporter | None,
+) -> object:
+    """The processor ``config`` names for ``path``, with its Path scope's
+    options: the :data:`ProcessorFactory` used unless another is given."""
+    return make_processor(
+        config.processor_for(path), config, sender, reporter, config.options_for(path)
+    )
+
+
+def build_resources(
+    config: Config,
+    sender: IMailSender,
+    reactor: IMM7Reactor,
+    gate: TransactionGate | None = None,
+    reporter: DeliveryReporter | None = None,
+    metrics: Metrics | None = None,
+    *,
+    shared: Shared | None = None,
+    processors: ProcessorFactory | None = None,
+) -> dict[str, Resource]:
+    """One :class:`MM7Resource` per configured VASP and MMSC path.
+
+    All share the objects of ``shared`` (made by :func:`make_shared` if not
+    given, with ``gate``, ``reporter`` and ``metrics``): one
+    :class:`TransactionGate` (the bound on transactions in flight; ``gate``,
+    if given, counts these resources' transactions instead), one bound on
+    scrypt checks and one count of failed logins per address; MMSC paths
+    share one Portal over the VASP accounts, VASP paths one over the MMSC
+    accounts (none, and so open, without any), one rate limiter on the
+    reactor's clock and one delivery reporter.  ``metrics``, if given,
+    counts their requests.  ``processors`` makes each path's processor (by
+    default, the configured one: :func:`configured_processor`).
+    """
+    if processors is None:
+        processors = configured_processor
+    if shared is None:
+        shared = make_shared(config, reactor, metrics, gate=gate, reporter=reporter)
+    gate = gate if gate is not None else shared.gate
+    metrics = shared.metrics
+    offload = in_threads(reactor)
+    blocking = in_pool(reactor)
+    resources: dict[str, Resource] = {}
+    mmsc_portal = (
+        portal_for(config.mmscs, reactor, mmsc=True, scrypt=shared.scrypt)
+        if config.mmscs
+        else None
+    )
+    for path in config.vasp_paths:
+        processor = processors(config, path, sender, None)
+        resources[path] = MM7Resource(
+            processor,
+            path,
+            "vasp",
+            config.mm7_version,
+            mmsc_portal,
+            gate=gate,
+            xml_limits=config.xml_limits,
+            throttle=shared.throttle,
+            trusted_proxies=config.trusted_proxies,
+            metrics=metrics,
+            offload=offload,
+            in_thread=blocking,
+            max_request_size=config.max_request_size,
+            log_addresses=config.log_addresses,
+        )
+    if config.mmsc_paths:
+        portal = portal_for(config.vasps, reactor, scrypt=shared.scrypt)
+        reporter = shared.delivery_reporter(config)
+        for path in config.mmsc_paths:
+            processor = processors(config, path, sender, reporter)
+            resources[path] = MM7Resource(
+                processor,
+                path,
+                "mmsc",
+                config.mm7_version,
+                portal,
+                shared.limiter,
+                gate,
+                config.xml_limits,
+                shared.throttle,
+                config.trusted_proxies,
+                metrics,
+                offload,
+                max_request_size=config.max_request_size,
+                in_thread=blocking,
+                log_addresses=config.log_addresses,
+            )
+    return resources
+
+
+def site_for(
+    resource: Resource,
+    config: Config,
+    reactor: IReactorTime,
+    metrics: Metrics | None = None,
+) -> MM7Site:
+    """A site serving ``resource`` (yours and mm7tx's) with ``config``'s
+    request size limit, request deadline, idle timeout and bound per
+    address: a plain ``twisted.web.server.Site`` reads a body whole before
+    any resource may refuse it, and waits for it as long as it takes."""
+    return MM7Site(
+        resource,
+        reactor,
+        max_request_size=config.max_request_size,
+        request_timeout=config.request_timeout,
+        idle_timeout=config.idle_timeout,
+        max_connections_per_address=config.max_connections_per_address,
+        access_log=config.access_log,
+        metrics=metrics,
+    )
+
+
+def useless_parts(config: Config) -> list[str]:
+    """What in ``config`` can only refuse: MMSC paths no VASP can use, VASP
+    accounts with no MMSC path to use them on.  Logged as warnings at start
+    (the embedded defaults have an MMSC path and no account)."""
+    found = []
+    if config.mmsc_paths and not config.vasps:
+        found.append(
+            f"MMSC paths {' '.join(config.mmsc_paths)} have no VASP account: "
+            'every SubmitReq is refused (4001); add VASP "name" '
+            '{ password = "…" } (or a VASP named by its IP address), or '
+            "mm7_mmsc_uri_paths = () to serve none"
+        )
+    if config.vasps and not config.mmsc_paths:
+        found.append(
+            f"{len(config.vasps)} VASP accounts are unused: there is no MMSC "
+            "path (mm7_mmsc_uri_paths) for them to submit to"
+        )
+    return found
