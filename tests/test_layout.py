@@ -28,7 +28,6 @@ TOO_LONG = {
     "mm7tx.app.service",
     "mm7tx.app.workers",
     "mm7tx.gateway.processors",
-    "mm7tx.http.resource",
     "mm7tx.mm7.codec.mime",
     "mm7tx.mm7.codec.soap",
     "mm7tx.smtp.esmtp",
