@@ -9,17 +9,21 @@ from typing import Any
 
 import pytest
 from twisted.cred import credentials, error
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.protocols.haproxy import proxyEndpoint
+from zope.interface import implementer
 
 from mm7tx.config import ConfigError, check_listen, load, with_overrides
 from mm7tx.http import auth
 from mm7tx.http.auth import (
     Account,
+    AccountRealm,
     ListenAccess,
     ListenerGuard,
     PasswordChecker,
@@ -27,9 +31,11 @@ from mm7tx.http.auth import (
     hash_password,
     network,
 )
+from mm7tx.http.resource import MM7Resource, build_root
+from mm7tx.interfaces import IIPAddress
 from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m
-from mm7tx.testing import MemoryGateway, result_of
+from mm7tx.testing import MemoryGateway, http_post, result_of
 
 SERV = """
 mm7_serv {
@@ -550,3 +556,29 @@ def test_a_haproxy_listener_serves_the_client_the_proxy_names(client, expected):
     assert transport.value().startswith(expected)
     assert transport.disconnecting is (expected == b"")
     assert len(gateway.relay.accepted) == (expected == b"HTTP/1.1 200 ")
+
+
+@implementer(ICredentialsChecker)
+class _BrokenChecker:
+    """A checker with a bug: it raises, rather than refusing the login."""
+
+    credentialInterfaces = (IIPAddress,)
+
+    def requestAvatarId(self, credentials: object) -> defer.Deferred[bytes]:
+        raise RuntimeError("a bug in a checker")
+
+
+def test_a_checker_that_fails_gets_a_4000_fault_not_an_open_request() -> None:
+    """A bug behind the portal is answered (500, a 4000 fault) and logged
+    with its traceback: the request is never left open."""
+    portal = Portal(AccountRealm({}, True), [_BrokenChecker()])
+    resource = MM7Resource(object(), "/m/", role="vasp", portal=portal)
+    content_type, body = codec.encode(m.Envelope("t1", m.DeliverReq(subject="x")))
+    with capturedLogs() as events:
+        answer = http_post(
+            build_root({"/m/": resource}), "/m/", body, {"Content-Type": content_type}
+        )
+    assert answer.code == 500
+    envelope = codec.decode(answer.headers["content-type"], answer.body)
+    assert envelope.message.status.code == 4000  # type: ignore[union-attr]
+    assert any("a bug in a checker" in str(e.get("log_failure")) for e in events)

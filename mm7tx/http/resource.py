@@ -13,9 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
-from weakref import WeakKeyDictionary
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
@@ -37,6 +35,7 @@ from mm7tx.http.auth import (
     client_address,
     credentials_from,
 )
+from mm7tx.http.exchange import Exchange
 from mm7tx.http.limits import LoginThrottle, RateLimiter, TransactionGate
 from mm7tx.http.site import DEFAULT_MAX_REQUEST_SIZE, MM7Site
 from mm7tx.interfaces import (
@@ -49,7 +48,7 @@ from mm7tx.interfaces import (
 )
 from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m
-from mm7tx.mm7.codec.sniff import Sniffed, clean_version
+from mm7tx.mm7.codec.sniff import clean_version
 from mm7tx.mm7.codec.soap import XMLLimits
 from mm7tx.mm7.errors import MM7Error
 from mm7tx.mm7.status import StatusCode
@@ -74,6 +73,7 @@ DISPATCH: dict[type[Any], tuple[InterfaceClass, str, Role]] = {
     m.ReplaceReq: (IReplaceProcessor, "replace", "mmsc"),
 }
 XML = b"text/xml; charset=utf-8"
+INTERNAL_ERROR = m.Status.of(StatusCode.GENERAL_SERVICE_ERROR, details="internal error")
 NOT_ALLOWED = b"MM7 requests are POSTed here\n"
 
 
@@ -140,20 +140,24 @@ class MM7Resource(Resource):
         self.max_request_size = max_request_size
         # mm7_log_addresses: how the transaction event shows addresses.
         self.log_addresses = log_addresses
-        self._meters: WeakKeyDictionary[Request, _Meter] = WeakKeyDictionary()
         self._warned = False  # of being served by a plain Site
 
     def render(self, request: Request) -> bytes | int:
-        """POST, or 405 with ``Allow: POST``; an error of ours is a 4000
-        fault, never Twisted's HTML "Processing Failed" page."""
-        if request.method != b"POST":
+        """The methods in ``allowedMethods`` (POST), else 405 with ``Allow``
+        and a line of text: Twisted's own 405 is an HTML page."""
+        if request.method not in self.allowedMethods:
+            text = NOT_ALLOWED
             request.setResponseCode(http.NOT_ALLOWED)
-            request.setHeader(b"allow", b"POST")
+            request.setHeader(b"allow", b", ".join(self.allowedMethods))
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            request.setHeader(b"content-length", b"%d" % len(NOT_ALLOWED))
+            request.setHeader(b"content-length", b"%d" % len(text))
             # HEAD: the headers of the answer a GET gets, without its body
             # (Twisted would log a warning for a body, and drop it).
-            return b"" if request.method == b"HEAD" else NOT_ALLOWED
+            return b"" if request.method == b"HEAD" else text
+        return self.render_POST(request)
+
+    def render_POST(self, request: Request) -> bytes | int:
+        """Take the body and start the exchange that answers it."""
         if not isinstance(getattr(request, "site", None), MM7Site):
             refused = self._plain_site(request)
             if refused is not None:
@@ -161,12 +165,10 @@ class MM7Resource(Resource):
         body = b""
         if request.content is not None:
             body = request.content.read()
-            request.content.truncate(0)  # the body lives on only as ``body``
-        try:
-            return self._post(request, body)
-        except Exception:
-            self._internal_error(request, Failure(), self._echo(request, body))
-            return NOT_DONE_YET
+            request.content.truncate(0)  # the body lives on in the exchange
+        exchange = Exchange(request, body, _peer(request))
+        self._settle(defer.maybeDeferred(self._start, exchange), exchange)
+        return NOT_DONE_YET
 
     def _plain_site(self, request: Request) -> bytes | None:
         """Under a site that is not an ``MM7Site``: warn once, and the 413
@@ -207,90 +209,39 @@ class MM7Resource(Resource):
         request.setHeader(b"content-length", b"%d" % len(text))
         return text
 
-    def _internal_error(
-        self,
-        request: Request,
-        reason: Failure,
-        echo: Sniffed,
-        code: int = http.INTERNAL_SERVER_ERROR,
-    ) -> None:
-        """A 4000 fault for a bug of ours (logged), if nothing was sent yet."""
-        log.failure("Answering failed on {path}", reason, path=self.path)
-        if request.startedWriting or request.finished or request._disconnected:
-            return
-        status = m.Status.of(StatusCode.GENERAL_SERVICE_ERROR, details="internal error")
-        _send(request, self._fault(request, status, echo, code))
+    # The stages of an exchange.  Each returns, or raises an MM7Error that
+    # _failed turns into the answer; a Deferred stage fails the same way.
 
-    def _echo(self, request: Request, body: bytes) -> Sniffed:
-        """What a fault echoes of a request not decoded (yet): its
-        namespace, TransactionID and MM7Version, sniffed from the raw body
-        (only when there is a fault: most requests never need it)."""
-        return codec.sniff(_header(request, b"content-type"), body)
-
-    def _log_transaction(
-        self,
-        peer: str,
-        started: float,
-        status: m.Status,
-        request_bytes: int,
-        fault: bool = True,
-        **fields: Any,
-    ) -> None:
-        """The one log event of a transaction (:mod:`mm7tx.logs`)."""
-        logs.log_transaction(
-            log,
-            path=self.path,
-            peer=peer,
-            status=status.code,
-            status_text=status.details or status.text,
-            ms=1000 * (time.monotonic() - started),
-            request_bytes=request_bytes,
-            fault=fault,
-            **fields,
-        )
-
-    def _post(self, request: Request, body: bytes) -> bytes | int:
-        peer = client_address(
-            _peer(request),
+    def _start(self, exchange: Exchange) -> defer.Deferred[None]:
+        """Check the request's framing, authenticate it, and take it in."""
+        request = exchange.request
+        exchange.peer = client_address(
+            exchange.peer,
             request.requestHeaders.getRawHeaders(b"x-forwarded-for"),
             self.trusted_proxies,
         )
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
         if self.role == "mmsc" and request.getHeader("content-length") is None:
             status = m.Status.of(
                 StatusCode.VALIDATION_ERROR, details="the POST has no Content-Length"
             )
-            echo = self._echo(request, body)
-            self._log_transaction(
-                peer,
-                time.monotonic(),
-                status,
-                len(body),
-                transaction_id=echo.transaction_id,
-            )
-            return self._fault(request, status, echo, http.LENGTH_REQUIRED)
-        started = time.monotonic()
-        self._meters[request] = _Meter(started, len(body))
+            raise _Refused(status, http_status=http.LENGTH_REQUIRED)
+        exchange.metered_size = exchange.size
+        login = defer.maybeDeferred(self._login, exchange)
+        return login.addCallback(lambda _: self._in_gate(exchange))
+
+    def _login(self, exchange: Exchange) -> defer.Deferred[None] | None:
+        """With a ``portal``: the exchange's account, or a refusal (401)."""
         if self.portal is None:
-            self._transact(request, body, peer, None, gone, started)
-            return NOT_DONE_YET
-        tail = _raw_tail(request)
-        if self.role == "vasp":
-            tail = b""  # an MMSC uses Basic or its address, not the URI
-        creds = credentials_from(tail, _header(request, b"authorization"), peer)
+            return None
+        peer = exchange.peer
+        # An MMSC uses Basic or its address, not the URI.
+        tail = _raw_tail(exchange.request) if self.role == "mmsc" else b""
+        creds = credentials_from(tail, exchange.header(b"authorization"), peer)
         locked = self.throttle.locked(peer) if self.throttle is not None else 0
         if locked:
-            why = f"too many failed logins, locked out for {locked:.0f} s"
-            status = m.Status.of(StatusCode.IMPROPER_IDENTIFICATION, details=why)
-            echo = self._echo(request, body)
-            self._log_transaction(
-                peer, started, status, len(body), transaction_id=echo.transaction_id
-            )
             self._auth_failed("locked_out")
-            request.setHeader(b"retry-after", b"%d" % max(1, round(locked)))
-            self._unauthorized(request, echo, gone, why)
-            return NOT_DONE_YET
+            why = f"too many failed logins, locked out for {locked:.0f} s"
+            raise _unauthorized(why, shown=why, retry_after=max(1, round(locked)))
         if creds is None:
             login: defer.Deferred[Any] = defer.fail(UnauthorizedLogin("bad header"))
         else:
@@ -299,36 +250,13 @@ class MM7Resource(Resource):
 
         def authenticated(result: tuple[Any, Any, Any]) -> None:
             account: Account = result[1].account
+            exchange.account = account
             if not account.allows(peer):
-                status = m.Status.of(
-                    StatusCode.IMPROPER_IDENTIFICATION,
-                    details="not from an allowed network",
-                )
-                echo = self._echo(request, body)
-                self._log_transaction(
-                    peer,
-                    started,
-                    status,
-                    len(body),
-                    account=account.name,
-                    transaction_id=echo.transaction_id,
-                )
                 self._auth_failed("network")
-                self._unauthorized(request, echo, gone)
-                return
-            self._transact(request, body, peer, account, gone, started)
+                raise _unauthorized("not from an allowed network")
 
         def refused(reason: Failure) -> None:
             reason.trap(UnauthorizedLogin)
-            kind = "VASP" if self.role == "mmsc" else "MMSC"
-            status = m.Status.of(
-                StatusCode.IMPROPER_IDENTIFICATION,
-                details=f"no valid {kind} credentials",
-            )
-            echo = self._echo(request, body)
-            self._log_transaction(
-                peer, started, status, len(body), transaction_id=echo.transaction_id
-            )
             guessed = creds is not None and not isinstance(creds, IPAddressCredentials)
             self._auth_failed("bad_credentials" if guessed else "no_credentials")
             if self.throttle is not None and guessed and self.throttle.failed(peer):
@@ -340,37 +268,46 @@ class MM7Resource(Resource):
                     count=self.throttle.max_failures,
                     window=self.throttle.window,
                 )
-            self._unauthorized(request, echo, gone)
+            kind = "VASP" if self.role == "mmsc" else "MMSC"
+            raise _unauthorized(f"no valid {kind} credentials")
 
-        login.addCallbacks(authenticated, refused).addErrback(
-            lambda f: log.failure("Authentication failed", f)
-        )
-        return NOT_DONE_YET
+        return login.addCallbacks(authenticated, refused)
 
-    def _unauthorized(
-        self,
-        request: Request,
-        echo: Sniffed,
-        gone: list[bool],
-        details: str | None = None,
-    ) -> None:
-        if gone:
-            return
-        status = m.Status.of(StatusCode.IMPROPER_IDENTIFICATION, details=details)
-        request.setHeader(b"www-authenticate", b'Basic realm="mm7tx"')
-        _send(request, self._fault(request, status, echo, http.UNAUTHORIZED))
+    def _in_gate(self, exchange: Exchange) -> defer.Deferred[None]:
+        """Take a place at the gate (4006 at once if there is none), and
+        keep it until the exchange is answered."""
+        busy = self.gate.enter()
+        if busy is not None:
+            status = m.Status.of(StatusCode.SERVICE_UNAVAILABLE, details=busy)
+            raise _Refused(status, echo_logged=False)
+        decoded = defer.maybeDeferred(self._decode, exchange)
+        answering = decoded.addCallback(self._dispatch, exchange)
+        self._settle(answering, exchange)
+        return answering.addBoth(lambda _: self.gate.leave())
 
-    def _limit(self, account: Account | None, body: bytes) -> m.Status | None:
+    def _decode(self, exchange: Exchange) -> defer.Deferred[m.Envelope]:
+        """The account's limits, then the request decoded."""
+        limited = self._limit(exchange)
+        if limited is not None:
+            raise _Refused(limited)
+        content_type = exchange.header(b"content-type")
+        if self.offload is not None and exchange.size > OFFLOAD_SIZE:
+            # Tens of megabytes: read in a thread, the reactor free meanwhile;
+            # the exchange no longer holds the body.
+            body = exchange.take_body()
+            return self.offload(codec.decode, content_type, body, self.xml_limits)
+        return defer.succeed(codec.decode(content_type, exchange.body, self.xml_limits))
+
+    def _limit(self, exchange: Exchange) -> m.Status | None:
         """The fault status for an account over one of its limits, if any."""
+        account = exchange.account
         if account is None:
             return None
-        if (
-            account.max_message_size is not None
-            and len(body) > account.max_message_size
-        ):
+        size = exchange.size
+        if account.max_message_size is not None and size > account.max_message_size:
             return m.Status.of(
                 StatusCode.MULTIMEDIA_CONTENT_REFUSED,
-                details=f"the request of {len(body)} bytes is over this account's "
+                details=f"the request of {size} bytes is over this account's "
                 f"limit of {account.max_message_size}",
             )
         if (
@@ -385,13 +322,56 @@ class MM7Resource(Resource):
             )
         return None
 
-    def _check(
-        self, envelope: m.Envelope, account: Account | None, content_type: str | None
-    ) -> m.Status | None:
+    def _dispatch(
+        self, envelope: m.Envelope, exchange: Exchange
+    ) -> defer.Deferred[None]:
+        """The one place a decoded request becomes its answer: checked,
+        handed to the processor, and its response (or fault) sent."""
+        message = envelope.message
+        transaction = Transaction(
+            transaction_id=envelope.transaction_id,
+            path=self.path,
+            namespace=envelope.namespace,
+            peer=exchange.peer,
+            account=exchange.account,
+            # The request's own version, else the configured one.
+            mm7_version=clean_version(envelope.mm7_version) or self.mm7_version,
+            connection_gone=lambda: exchange.gone,
+            threads=self.in_thread,
+        )
+        exchange.decoded(
+            transaction, message, logs.logged_addresses(message, self.log_addresses)
+        )
+        entry = DISPATCH.get(type(message))
+        if (
+            entry is None
+            or entry[2] != self.role
+            or not entry[0].providedBy(self.processor)
+        ):
+            raise MM7Error(
+                StatusCode.UNSUPPORTED_OPERATION,
+                details=f"{exchange.operation} is not accepted on {self.path}",
+            )
+        status = self._check(envelope, exchange)
+        if status is not None:
+            raise _Refused(status)
+        d = defer.maybeDeferred(getattr(self.processor, entry[1]), message, transaction)
+        d.addErrback(self._processor_failed, exchange)
+        d.addCallbacks(
+            self._respond,
+            self._failed,
+            callbackArgs=(exchange,),
+            errbackArgs=(exchange,),
+        )
+        # A response that cannot be written is a bug of ours.
+        return d.addErrback(self._internal_error, exchange)
+
+    def _check(self, envelope: m.Envelope, exchange: Exchange) -> m.Status | None:
         """MMSC-side rules for a decoded request."""
         message = envelope.message
         if not isinstance(message, (m.SubmitReq, m.ReplaceReq)):
             return None
+        content_type = exchange.header(b"content-type")
         media = (content_type or "").split(";")[0].strip().lower()
         if envelope.content_href and not media.startswith("multipart/"):
             return m.Status.of(
@@ -407,6 +387,7 @@ class MM7Resource(Resource):
                     text="No recipient",
                     details="the SubmitReq names no To, Cc or Bcc recipient",
                 )
+            account = exchange.account
             limit = account.max_recipients if account is not None else None
             if limit is not None and count > limit:
                 return m.Status.of(
@@ -416,249 +397,75 @@ class MM7Resource(Resource):
                 )
         return None
 
-    def _transact(
-        self,
-        request: Request,
-        body: bytes,
-        peer: str,
-        account: Account | None,
-        gone: list[bool],
-        started: float,
-    ) -> None:
-        """Take a place at the gate, or answer 4006 at once if there is none."""
-        code = _fault_code(account)
-        busy = self.gate.enter()
-        if busy is not None:
-            status = m.Status.of(StatusCode.SERVICE_UNAVAILABLE, details=busy)
-            self._log_transaction(
-                peer, started, status, len(body), account=_name(account)
-            )
-            if not gone:
-                echo = self._echo(request, body)
-                _send(request, self._fault(request, status, echo, code))
+    def _processor_failed(self, reason: Failure, exchange: Exchange) -> Failure:
+        """A processor's MM7Error as it is; anything else, logged, is a 4000."""
+        if reason.check(MM7Error):
+            return reason
+        assert exchange.transaction is not None
+        log.failure(
+            "Processor failed on {kind} {tid}",
+            reason,
+            kind=exchange.operation,
+            tid=exchange.transaction.transaction_id,
+        )
+        return Failure(_Refused(INTERNAL_ERROR))
+
+    def _respond(self, response: m.Response, exchange: Exchange) -> None:
+        """The processor's response: logged, and sent in the request's
+        namespace and version."""
+        self._count(exchange, response.status.code)
+        self._log(exchange, response.status, fault=False, response=response)
+        transaction = exchange.transaction
+        if exchange.gone or transaction is None:
             return
-        try:
-            pending = self._run(request, body, peer, account, gone, started)
-        except Exception:
-            self.gate.leave()
-            self._internal_error(request, Failure(), self._echo(request, body), code)
+        if response.mm7_version in (m.DEFAULT_MM7_VERSION, self.mm7_version):
+            # Left at a default: answer in the request's version.
+            response = dataclasses.replace(
+                response, mm7_version=transaction.mm7_version
+            )
+        reply = m.Envelope(transaction.transaction_id, response, transaction.namespace)
+        _, data = codec.encode(reply)
+        exchange.request.setResponseCode(http.OK)
+        exchange.request.setHeader(b"content-type", XML)
+        exchange.send(data)
+
+    # Errors: the one place each kind becomes the answer.
+
+    def _settle(self, d: defer.Deferred[Any], exchange: Exchange) -> None:
+        """Answer whatever error ``d`` ends with."""
+        d.addErrback(self._failed, exchange).addErrback(self._internal_error, exchange)
+
+    def _failed(self, reason: Failure, exchange: Exchange) -> None:
+        """An MM7Error from any stage (a refusal of ours, the codec's, the
+        processor's) becomes the transaction's log event and the SOAP fault
+        that echoes what is known of the request; anything else is a bug."""
+        error = reason.value
+        if not isinstance(error, MM7Error):
+            self._internal_error(reason, exchange)
             return
-        except BaseException:
-            self.gate.leave()
-            raise
-        if pending is None:
-            self.gate.leave()
-        else:
-            pending.addBoth(lambda _: self.gate.leave())
+        refused = error if isinstance(error, _Refused) else _Refused(error.status)
+        if exchange.transaction is not None:
+            self._count(exchange, refused.status.code)
+        self._log(exchange, refused.status, echoed=refused.echo_logged)
+        if exchange.gone:
+            return
+        for name, value in refused.headers:
+            exchange.request.setHeader(name, value)
+        code = refused.http_status or exchange.fault_code
+        exchange.send(self._fault(exchange, refused.shown, code))
 
-    def _run(
-        self,
-        request: Request,
-        body: bytes,
-        peer: str,
-        account: Account | None,
-        gone: list[bool],
-        started: float,
-    ) -> defer.Deferred[None] | None:
-        """Decode, check, dispatch to the processor, and answer; the Deferred
-        of the answer if the processor has not answered yet."""
+    def _internal_error(self, reason: Failure, exchange: Exchange) -> None:
+        """A 4000 fault for a bug of ours (logged), if nothing was sent yet."""
+        log.failure("Answering failed on {path}", reason, path=self.path)
+        if exchange.can_answer():
+            exchange.send(self._fault(exchange, INTERNAL_ERROR, exchange.fault_code))
 
-        code = _fault_code(account)
-
-        def fault(status: m.Status, echo: Sniffed) -> None:
-            if not gone:
-                _send(request, self._fault(request, status, echo, code))
-
-        limited = self._limit(account, body)
-        if limited is not None:
-            echo = self._echo(request, body)
-            self._log_transaction(
-                peer,
-                started,
-                limited,
-                len(body),
-                account=_name(account),
-                transaction_id=echo.transaction_id,
-            )
-            fault(limited, echo)
-            return None
-        content_type = _header(request, b"content-type")
-
-        size = len(body)
-
-        def undecodable(status: m.Status, echo: Sniffed) -> None:
-            self._log_transaction(
-                peer,
-                started,
-                status,
-                size,
-                account=_name(account),
-                transaction_id=echo.transaction_id,
-            )
-            fault(status, echo)
-
-        if self.offload is not None and size > OFFLOAD_SIZE:
-            # Tens of megabytes: read in a thread, the reactor free meanwhile.
-            # What a fault would echo is read now (a bounded look), so that
-            # nothing below keeps the body alive once it is decoded.
-            echo = self._echo(request, body)
-            decoding = self.offload(codec.decode, content_type, body, self.xml_limits)
-            del body
-
-            def decoded(envelope: m.Envelope) -> defer.Deferred[None] | None:
-                return self._dispatch(
-                    request, envelope, content_type, size, peer, account, gone, started
-                )
-
-            def refused(reason: Failure) -> None:
-                reason.trap(MM7Error)
-                undecodable(reason.value.status, echo)  # type: ignore[union-attr]
-
-            def failed(reason: Failure) -> None:
-                self._internal_error(request, reason, echo, code)
-
-            return decoding.addCallbacks(decoded, refused).addErrback(failed)
-        try:
-            envelope = codec.decode(content_type, body, self.xml_limits)
-        except MM7Error as e:
-            undecodable(e.status, self._echo(request, body))
-            return None
-        return self._dispatch(
-            request, envelope, content_type, size, peer, account, gone, started
-        )
-
-    def _dispatch(
-        self,
-        request: Request,
-        envelope: m.Envelope,
-        content_type: str | None,
-        size: int,
-        peer: str,
-        account: Account | None,
-        gone: list[bool],
-        started: float,
-    ) -> defer.Deferred[None] | None:
-        """Check a decoded request, hand it to the processor, and answer;
-        the Deferred of the answer if the processor has not answered yet."""
-        code = _fault_code(account)
-
-        def fault(status: m.Status, echo: Sniffed) -> None:
-            if not gone:
-                _send(request, self._fault(request, status, echo, code))
-
-        message = envelope.message
-        name = type(message).__name__
-        self._meter(request, name)
-        transaction = Transaction(
-            transaction_id=envelope.transaction_id,
-            path=self.path,
-            namespace=envelope.namespace,
-            peer=peer,
-            account=account,
-            # The request's own version, else the configured one.
-            mm7_version=clean_version(envelope.mm7_version) or self.mm7_version,
-            connection_gone=lambda: bool(gone),
-            threads=self.in_thread,
-        )
-        # From the transaction, not the envelope: the request and its
-        # content need not live until the answer.
-        echo = Sniffed(
-            transaction.namespace, transaction.transaction_id, transaction.mm7_version
-        )
-
-        # For the log, taken now: the closures below must not keep the
-        # request alive until the answer.
-        named = getattr(message, "message_id", None)
-        addresses = logs.logged_addresses(message, self.log_addresses)
-
-        def outcome(
-            status: m.Status, prefix: str = "", response: m.Response | None = None
-        ) -> None:
-            self._count(request, status.code)
-            self._log_transaction(
-                peer,
-                started,
-                status,
-                size,
-                fault=bool(prefix),
-                account=_name(account),
-                operation=name,
-                transaction_id=transaction.transaction_id,
-                # A SubmitRsp's new MessageID, or the one a request names.
-                message_id=getattr(response, "message_id", None) or named,
-                relay_reply=transaction.outcome.relay_reply,
-                answered=not gone,
-                **addresses,
-            )
-
-        entry = DISPATCH.get(type(message))
-        if (
-            entry is None
-            or entry[2] != self.role
-            or not entry[0].providedBy(self.processor)
-        ):
-            status: m.Status | None = m.Status.of(
-                StatusCode.UNSUPPORTED_OPERATION,
-                details=f"{name} is not accepted on {self.path}",
-            )
-        else:
-            status = self._check(envelope, account, content_type)
-        if status is not None:
-            outcome(status, "fault ")
-            fault(status, echo)
-            return None
-        assert entry is not None
-        d = defer.maybeDeferred(getattr(self.processor, entry[1]), message, transaction)
-
-        def answered(response: m.Response) -> None:
-            outcome(response.status, response=response)
-            if not gone:
-                if response.mm7_version in (m.DEFAULT_MM7_VERSION, self.mm7_version):
-                    # Left at a default: answer in the request's version.
-                    response = dataclasses.replace(
-                        response, mm7_version=transaction.mm7_version
-                    )
-                reply = m.Envelope(
-                    transaction.transaction_id, response, transaction.namespace
-                )
-                _, data = codec.encode(reply)
-                request.setResponseCode(http.OK)
-                request.setHeader(b"content-type", XML)
-                _send(request, data)
-
-        def failed(reason: Failure) -> None:
-            if reason.check(MM7Error):
-                status = reason.value.status  # type: ignore[union-attr]
-            else:
-                log.failure(
-                    "Processor failed on {kind} {tid}",
-                    reason,
-                    kind=name,
-                    tid=transaction.transaction_id,
-                )
-                status = m.Status.of(
-                    StatusCode.GENERAL_SERVICE_ERROR, details="internal error"
-                )
-            outcome(status, "fault ")
-            fault(status, echo)
-
-        def unanswered(reason: Failure) -> None:
-            # A bug of ours, or a response that cannot be written: a 4000
-            # fault if nothing was sent yet, never a request left open.
-            self._internal_error(request, reason, echo, code)
-
-        return d.addCallbacks(answered, failed).addErrback(unanswered)
-
-    def _fault(
-        self,
-        request: Request,
-        status: m.Status,
-        echo: Sniffed,
-        code: int = http.INTERNAL_SERVER_ERROR,
-    ) -> bytes:
+    def _fault(self, exchange: Exchange, status: m.Status, code: int) -> bytes:
         """A SOAP fault with ``status``, in the request's namespace, with its
-        TransactionID and MM7Version as far as ``echo`` knows them."""
-        self._count(request, status.code)
+        TransactionID and MM7Version as far as the exchange's echo knows
+        them."""
+        self._count(exchange, status.code)
+        echo = exchange.echo
         version = clean_version(echo.mm7_version) or self.mm7_version
         detail: m.Response = (
             m.VASPErrorRsp(status, version)
@@ -668,32 +475,58 @@ class MM7Resource(Resource):
         namespace = echo.namespace or m.DEFAULT_NAMESPACE
         envelope = m.Envelope(echo.transaction_id or "", detail, namespace)
         _, data = codec.encode(envelope)
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", XML)
+        exchange.request.setResponseCode(code)
+        exchange.request.setHeader(b"content-type", XML)
         return data
 
-    # Metrics: one count per request, with the status it was answered.
+    # What is seen of an exchange: one log event, one count.
 
-    def _meter(self, request: Request, operation: str) -> None:
-        """The request turned out to be ``operation`` (a request type)."""
-        meter = self._meters.get(request)
-        if meter is not None:
-            meter.operation = operation
+    def _log(
+        self,
+        exchange: Exchange,
+        status: m.Status,
+        fault: bool = True,
+        echoed: bool = True,
+        response: m.Response | None = None,
+    ) -> None:
+        """The one log event of a transaction (:mod:`mm7tx.logs`); once the
+        request is decoded, with what it is."""
+        fields: dict[str, Any] = {}
+        transaction = exchange.transaction
+        if transaction is not None:
+            fields = dict(
+                operation=exchange.operation,
+                # A SubmitRsp's new MessageID, or the one a request names.
+                message_id=getattr(response, "message_id", None) or exchange.message_id,
+                relay_reply=transaction.outcome.relay_reply,
+                answered=not exchange.gone,
+                **exchange.addresses,
+            )
+        logs.log_transaction(
+            log,
+            path=self.path,
+            peer=exchange.peer,
+            status=status.code,
+            status_text=status.details or status.text,
+            ms=1000 * (time.monotonic() - exchange.started),
+            request_bytes=exchange.size,
+            fault=fault,
+            account=exchange.account_name,
+            transaction_id=exchange.echo.transaction_id if echoed else None,
+            **fields,
+        )
 
-    def _count(self, request: Request, status: int) -> None:
+    def _count(self, exchange: Exchange, status: int) -> None:
         """Count the request (once) as answered ``status``."""
-        if self.metrics is None:
+        if self.metrics is None or exchange.counted:
             return
-        meter = self._meters.setdefault(request, _Meter(time.monotonic(), None))
-        if meter.counted:
-            return
-        meter.counted = True
+        exchange.counted = True
         self.metrics.transaction(
             self.path,
-            meter.operation,
+            exchange.operation or "unknown",
             status,
-            time.monotonic() - meter.started,
-            meter.size,
+            time.monotonic() - exchange.started,
+            exchange.metered_size,
         )
 
     def _auth_failed(self, reason: str) -> None:
@@ -701,35 +534,43 @@ class MM7Resource(Resource):
             self.metrics.auth_failure(reason)
 
 
-@dataclass
-class _Meter:
-    """What the metrics need of one request until it is counted."""
+class _Refused(MM7Error):
+    """An MM7Error with what its answer needs beyond the status: the HTTP
+    status (else the account's), headers, the status the fault ``shown``
+    when it tells the peer less than the log event, and whether the log
+    event names the TransactionID the fault echoes."""
 
-    started: float
-    size: int | None
-    operation: str = "unknown"
-    counted: bool = False
+    def __init__(
+        self,
+        status: m.Status,
+        http_status: int | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+        shown: m.Status | None = None,
+        echo_logged: bool = True,
+    ) -> None:
+        super().__init__(status.code, status.text, status.details)
+        self.status = status
+        self.http_status = http_status
+        self.headers = headers
+        self.shown = shown if shown is not None else status
+        self.echo_logged = echo_logged
 
 
-def _fault_code(account: Account | None) -> int:
-    """The HTTP status of faults once ``account`` is known: its own."""
-    return account.fault_http_status if account is not None else 500
-
-
-def _send(request: Request, data: bytes) -> None:
-    """Write a whole answer, with its length (not chunked), and finish."""
-    request.setHeader(b"content-length", b"%d" % len(data))
-    request.write(data)
-    request.finish()
-
-
-def _header(request: Request, name: bytes) -> str | None:
-    """A request header as text, its last value: bytes that are not UTF-8
-    are kept as surrogates (``getHeader`` would raise on them), so a
-    boundary keeps its bytes and a bad header is refused by what reads it.
-    """
-    values = request.requestHeaders.getRawHeaders(name)
-    return values[-1].decode("utf-8", "surrogateescape") if values else None
+def _unauthorized(
+    why: str, shown: str | None = None, retry_after: int | None = None
+) -> _Refused:
+    """A refused login: 401, logged with ``why``, the fault showing only
+    ``shown`` (the reason for a lockout, not which credentials failed)."""
+    headers: tuple[tuple[bytes, bytes], ...]
+    headers = ((b"www-authenticate", b'Basic realm="mm7tx"'),)
+    if retry_after is not None:
+        headers = ((b"retry-after", b"%d" % retry_after), *headers)
+    return _Refused(
+        m.Status.of(StatusCode.IMPROPER_IDENTIFICATION, details=why),
+        http_status=http.UNAUTHORIZED,
+        headers=headers,
+        shown=m.Status.of(StatusCode.IMPROPER_IDENTIFICATION, details=shown),
+    )
 
 
 def _raw_tail(request: Request) -> bytes:
@@ -739,10 +580,6 @@ def _raw_tail(request: Request) -> bytes:
     look like a separator too."""
     segments = request.path[1:].split(b"/")
     return b"/".join(segments[len(request.prepath or []) :])
-
-
-def _name(account: Account | None) -> str | None:
-    return account.name if account is not None else None
 
 
 def _peer(request: Request) -> str:
