@@ -564,7 +564,7 @@ class _BrokenChecker:
 
     credentialInterfaces = (IIPAddress,)
 
-    def requestAvatarId(self, credentials: object) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, credentials: object) -> defer.Deferred[bytes | tuple[()]]:
         raise RuntimeError("a bug in a checker")
 
 
