@@ -211,8 +211,8 @@ def test_a_phone_photo_is_scaled_until_the_submitreq_fits():
     started = time.perf_counter()
     result = mail_to_mms(msg.as_bytes(), max_size=300 * K)
     elapsed = time.perf_counter() - started
-    print(f"{len(photo)} bytes scaled in {elapsed * 1000:.0f} ms")
     [scaled] = result.scaled
+    print(f"{len(photo)} bytes scaled in {elapsed * 1000:.0f} ms to", scaled)
     assert scaled.before == len(photo)
     assert scaled.after < 300 * K
     assert max(scaled.width, scaled.height) <= images.MAX_SIDE
@@ -405,11 +405,18 @@ def test_text_subject_and_attachments_agree_with_the_email_package(
         attach(msg, attachment_data(kind), _ATTACHMENT_TYPES[kind], f"f{n}.{kind}")
     raw = msg.as_bytes()
     parsed = message_from_bytes(raw, policy=policy.default)
-    result = mail_to_mms(raw, max_size=300 * K)
-
-    assert result.subject == (" ".join(str(parsed["Subject"]).split()) or None)
+    subject = " ".join(str(parsed["Subject"]).split()) or None
     body = parsed.get_body(("plain",))
     expected = normalised(body.get_content()) if body is not None else ""
+    try:
+        result = mail_to_mms(raw, max_size=300 * K)
+    except Unreadable:
+        # Nothing to show: no subject, no text, nothing but PDFs.
+        assert subject is None and not expected.strip()
+        assert set(kinds) <= {"pdf"}
+        return
+
+    assert result.subject == subject
     texts = [p.data.decode() for p in result.content if p.media_type == "text/plain"]
     assert [normalised(t) for t in texts] == ([expected] if expected.strip() else [])
     kept = [
