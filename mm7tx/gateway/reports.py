@@ -12,15 +12,21 @@ is not MM7 or is over ``mm7_client_max_answer_size``) is logged at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import os
+import secrets
+import socket
+import uuid
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mm7tx.gateway.report_record import StoredReport, UnreadableReport
 from mm7tx.http.auth import Account
 from mm7tx.http.client import (
     DEFAULT_MAX_ANSWER_SIZE,
@@ -31,8 +37,10 @@ from mm7tx.http.client import (
     Unreachable,
     url_credentials,
 )
+from mm7tx.interfaces import IRecordStore, IReportStore
 from mm7tx.mm7 import messages as m
 from mm7tx.mm7.status import StatusCode
+from mm7tx.store.records import Report
 from mm7tx.transaction import Transaction
 
 if TYPE_CHECKING:
@@ -41,9 +49,31 @@ if TYPE_CHECKING:
 # Named as before the move into packages: the namespace is in every log event.
 log = Logger(namespace="mm7tx.reports")
 
+T = TypeVar("T")
+
+# How often the store is asked for reports to take over (and at start).
+POLL_INTERVAL = 5.0
+# A report's lease runs this long past the attempt timeout after it is due.
+LEASE_MARGIN = 15.0
+# The most reports taken from the store in one poll, per owner asked for.
+TAKE_AT_ONCE = 100
+# The record of the owners of an instance's starts, and how many it keeps.
+OWNERS_KEY = "mm7tx:report-owners:"
+KEPT_OWNERS = 4
+DAY = 86400.0
+
 
 class DeliveryReporter:
-    """Posts delivery reports with retries; one Deferred per report."""
+    """Posts delivery reports with retries; one Deferred per report.
+
+    With a ``store`` (an :class:`~mm7tx.interfaces.IReportStore`), each
+    report is written there before it is first posted, its attempts and next
+    due time after each failed attempt, and it is removed once answered,
+    refused or given up; every ``poll_interval`` seconds (and at once) the
+    reporter takes over the due reports of an earlier start of the same
+    ``instance`` and those whose owner's lease passed, and posts them on
+    with the attempts they had left (:mod:`mm7tx.gateway.report_record`).
+    Without one, reports live in memory only."""
 
     def __init__(
         self,
@@ -54,6 +84,9 @@ class DeliveryReporter:
         timeout: float = 30.0,
         metrics: Metrics | None = None,
         max_answer_size: int = DEFAULT_MAX_ANSWER_SIZE,
+        store: IReportStore | None = None,
+        instance: str | None = None,
+        poll_interval: float = POLL_INTERVAL,
     ) -> None:
         self.reactor = reactor
         self.metrics = metrics
@@ -67,6 +100,34 @@ class DeliveryReporter:
         # Each report being posted: its MessageID and URL, for the log.
         self.pending: dict[defer.Deferred[bool], tuple[str, str]] = {}
         self._closing = False  # stop() was called: no new report goes out
+        # The VASP accounts by name, as configured now (the wiring sets them
+        # on each load): a report taken from the store is posted with its
+        # account's URL and credentials as they are when it is posted.
+        self.accounts: Mapping[str, Account] = {}
+        self.store = store
+        # Which service this is, the same across its restarts; the owner of
+        # its reports is this start of it (unique per process start).
+        self.instance = instance if instance is not None else default_instance()
+        self.owner = f"{self.instance}#{os.getpid()}.{secrets.token_hex(4)}"
+        # Longer than an attempt can last: a live owner renews the lease when
+        # an attempt fails, so nobody takes a report over from under it.
+        self.lease = timeout + LEASE_MARGIN
+        self.poll_interval = poll_interval
+        self.store_errors = 0  # store operations that failed
+        self._store_down = False  # an outage logged, not yet over
+        # The reports posted here now, by id (the poll skips them); the ids
+        # of the pending Deferreds that have one; those the store holds.
+        self._live: set[str] = set()
+        self._ids: dict[defer.Deferred[bool], str] = {}
+        self._kept: set[str] = set()
+        # The owners of this instance's earlier starts (newest first): their
+        # reports are this start's at once, their leases notwithstanding.
+        self._predecessors: list[str] | None = None
+        self._poll: task.LoopingCall | None = None
+        if store is not None:
+            self._poll = task.LoopingCall(self._take_due)
+            self._poll.clock = reactor
+            self._poll.start(poll_interval, now=True)
 
     def report(
         self, account: Account, request: m.DeliveryReportReq, namespace: str
@@ -74,28 +135,58 @@ class DeliveryReporter:
         """Post ``request`` to the account's URL; fires True once answered 1000.
 
         Once :meth:`stop` was called (a transaction that outlived the drain)
-        nothing is posted: the report is logged as abandoned."""
+        nothing is posted: the report is kept in the store for the next
+        start if there is one, else logged as abandoned."""
         url = _without_credentials(account.delivery_report_url or "")
+        message_id = request.message_id or "-"
         if self._closing:
-            _log_abandoned(request.message_id or "-", url)
+            if self.store is not None:
+                return defer.ensureDeferred(
+                    self._leave(account, request, namespace, url)
+                )
+            _log_abandoned(message_id, url)
             self._count("abandoned")
             return defer.succeed(False)
-        d = defer.ensureDeferred(self._post(account, request, namespace))
+        if self.store is None:
+            d = defer.ensureDeferred(self._post(account, request, namespace))
+            return self._track(d, message_id, url)
+        report_id = uuid.uuid4().hex
+        self._live.add(report_id)
+        record = StoredReport(account.name, request, namespace)
+        d = defer.ensureDeferred(self._durable(report_id, account, record))
+        return self._track(d, message_id, url, report_id)
+
+    def _track(
+        self,
+        d: defer.Deferred[bool],
+        message_id: str,
+        url: str,
+        report_id: str | None = None,
+    ) -> defer.Deferred[bool]:
+        """Count and log ``d``'s outcome; keep it in :attr:`pending` until then."""
         d.addBoth(self._counted)
         # Nobody waits on this Deferred: a failure must be logged here.
-        d.addErrback(_unexpected, request.message_id or "-", url)
+        d.addErrback(_unexpected, message_id, url)
         if d.called:
+            self._live.discard(report_id or "")
             return d
-        self.pending[d] = (request.message_id or "-", url)
+        self.pending[d] = (message_id, url)
+        if report_id is not None:
+            self._ids[d] = report_id
 
         def done(result: Any) -> Any:
             self.pending.pop(d, None)
+            self._ids.pop(d, None)
+            self._live.discard(report_id or "")
             return result
 
         return d.addBoth(done)
 
     def _counted(self, result: Any) -> Any:
         if isinstance(result, Failure):
+            if result.check(_Left):
+                self._count("left")
+                return False
             self._count("abandoned" if result.check(defer.CancelledError) else "failed")
         else:
             self._count("accepted" if result else "failed")
@@ -107,9 +198,12 @@ class DeliveryReporter:
 
     def stop(self, timeout: float) -> defer.Deferred[None]:
         """Let the reports being posted finish within ``timeout`` seconds;
-        cancel the rest (their retries too), logging each as abandoned, as
-        any report asked for from now on."""
+        cancel the rest (their retries too), each logged as abandoned, as
+        any report asked for from now on — or, with a store, left there for
+        the next start (or another instance) to post."""
         self._closing = True
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
         if not self.pending:
             return defer.succeed(None)
         finished = defer.DeferredList(list(self.pending), consumeErrors=True)
@@ -125,12 +219,228 @@ class DeliveryReporter:
         # Cancelling ends the attempt and its retries: the CancelledError
         # goes through the retry loop, which catches only MM7 client errors.
         for d, (message_id, url) in list(self.pending.items()):
-            _log_abandoned(message_id, url)
+            if self._ids.get(d) in self._kept:
+                _log_left(message_id, url)
+            else:
+                _log_abandoned(message_id, url)
             d.cancel()
 
-    async def _post(
-        self, account: Account, request: m.DeliveryReportReq, namespace: str
+    # The store.
+
+    async def _durable(
+        self, report_id: str, account: Account, record: StoredReport
     ) -> bool:
+        """Keep the report in the store, then post it; forget it once it
+        has an outcome.  A store that fails leaves it in memory only."""
+        assert self.store is not None
+        now = self.reactor.seconds()
+        payload = record.encode()
+        kept = await self._stored(
+            self.store.put_report(
+                report_id, payload, self.owner, now, self.lease, self._ttl()
+            )
+        )
+        if kept is _FAILED:
+            return await self._post(account, record.request, record.namespace)
+        return await self._posted_then_forgotten(report_id, account, record, 0)
+
+    async def _posted_then_forgotten(
+        self, report_id: str, account: Account, record: StoredReport, made: int
+    ) -> bool:
+        self._kept.add(report_id)
+        try:
+            answered = await self._post(
+                account, record.request, record.namespace, report_id, made
+            )
+        except (defer.CancelledError, _TakenOver):
+            # It stays in the store: for the next start, or the instance
+            # that took it over.
+            raise _Left() from None
+        except BaseException:
+            await self._forget(report_id)
+            raise
+        finally:
+            self._kept.discard(report_id)
+        await self._forget(report_id)
+        return answered
+
+    async def _forget(self, report_id: str) -> None:
+        assert self.store is not None
+        await self._stored(self.store.remove_report(report_id))
+
+    async def _leave(
+        self,
+        account: Account,
+        request: m.DeliveryReportReq,
+        namespace: str,
+        url: str,
+    ) -> bool:
+        """A report asked for after :meth:`stop`: kept for the next start."""
+        assert self.store is not None
+        record = StoredReport(account.name, request, namespace).encode()
+        now = self.reactor.seconds()
+        kept = await self._stored(
+            self.store.put_report(
+                uuid.uuid4().hex, record, self.owner, now, 0.0, self._ttl()
+            )
+        )
+        if kept is _FAILED:
+            _log_abandoned(request.message_id or "-", url)
+            self._count("abandoned")
+        else:
+            _log_left(request.message_id or "-", url)
+            self._count("left")
+        return False
+
+    async def _stored(self, operation: defer.Deferred[T]) -> T | object:
+        """``operation``'s result, or :data:`_FAILED` if the store failed
+        (counted; logged once per outage)."""
+        try:
+            result = await operation
+        except defer.CancelledError:
+            raise
+        except Exception as e:  # any store fault is an outage
+            self.store_errors += 1
+            if not self._store_down:
+                self._store_down = True
+                log.warn(
+                    "The state store failed ({error}): delivery reports are "
+                    "posted from memory until it answers again",
+                    error=str(e) or type(e).__name__,
+                )
+            return _FAILED
+        if self._store_down:
+            self._store_down = False
+            log.info("The state store answers again: delivery reports are kept")
+        return result
+
+    def _ttl(self) -> float:
+        """How long a report is kept at most: its whole schedule, twice,
+        and at least a day."""
+        delays = sum(self._delay_after(n) for n in range(1, self.attempts))
+        return max(DAY, 2 * (delays + self.attempts * self.timeout))
+
+    def _delay_after(self, attempt: int) -> float:
+        """The wait after failed attempt number ``attempt`` (1, 2, …)."""
+        return float(min(self.first_delay * 2 ** (attempt - 1), self.max_delay))
+
+    async def _take_due(self) -> None:
+        """Take over the reports due now that this instance's earlier starts
+        owned or whose owner's lease passed, and post them on.  Never fails:
+        the poll goes on."""
+        try:
+            await self._take_due_once()
+        except Exception:  # the next poll tries again
+            log.failure("Taking over delivery reports failed")
+
+    async def _take_due_once(self) -> None:
+        assert self.store is not None
+        if self._predecessors is None:
+            found = await self._predecessors_found()
+            if found is None:
+                return
+            self._predecessors = found
+        for owner in [self.owner, *self._predecessors]:
+            due = await self._stored(self.store.due_reports(owner, TAKE_AT_ONCE))
+            if due is _FAILED:
+                return
+            assert isinstance(due, list)
+            for report in due:
+                if self._closing:
+                    return
+                if report.report_id in self._live:
+                    continue  # being posted here
+                if report.owner in self._predecessors:
+                    # Its lease ended at once: this start is its owner now.
+                    ended = await self._stored(
+                        self.store.lease_report(report.report_id, report.owner, 0.0)
+                    )
+                    if ended is _FAILED:
+                        return
+                taken = await self._stored(
+                    self.store.lease_report(report.report_id, self.owner, self.lease)
+                )
+                if taken is _FAILED:
+                    return
+                if isinstance(taken, Report) and taken.report_id not in self._live:
+                    await self._resume(taken)
+
+    async def _predecessors_found(self) -> list[str] | None:
+        """The owners of this instance's earlier starts, read from the
+        store, which is told this start's now; ``None`` if it failed."""
+        assert self.store is not None
+        if not IRecordStore.providedBy(self.store):
+            return []
+        records = IRecordStore(self.store)
+        key = OWNERS_KEY + self.instance
+        value = await self._stored(records.get(key))
+        if value is _FAILED:
+            return None
+        earlier: list[str] = []
+        if isinstance(value, bytes):
+            try:
+                listed = json.loads(value)
+            except ValueError:
+                listed = []
+            if isinstance(listed, list):
+                earlier = [o for o in listed if isinstance(o, str) and o != self.owner]
+        earlier = earlier[: KEPT_OWNERS - 1]
+        mine = json.dumps([self.owner, *earlier]).encode()
+        if await self._stored(records.put(key, mine, self._ttl())) is _FAILED:
+            return None
+        return earlier
+
+    async def _resume(self, report: Report) -> None:
+        """Post on a report taken from the store, after ``report.attempts``."""
+        assert self.store is not None
+        try:
+            record = StoredReport.decode(report.payload)
+        except UnreadableReport as e:
+            log.warn(
+                "Dropped stored delivery report {report_id}: unreadable ({error})",
+                report_id=report.report_id,
+                error=str(e),
+            )
+            await self._forget(report.report_id)
+            return
+        message_id = record.request.message_id or "-"
+        account = self.accounts.get(record.account)
+        if account is None or not account.delivery_report_url:
+            log.warn(
+                "Dropped delivery report {message_id} for {vasp}: the account "
+                "has no delivery_report_url any more",
+                message_id=message_id,
+                vasp=record.account,
+            )
+            await self._forget(report.report_id)
+            self._count("failed")
+            return
+        url = _without_credentials(account.delivery_report_url)
+        log.info(
+            "Taking over delivery report {message_id} for {vasp} after "
+            "{attempts} attempts",
+            message_id=message_id,
+            vasp=account.name,
+            attempts=report.attempts,
+        )
+        self._live.add(report.report_id)
+        d = defer.ensureDeferred(
+            self._posted_then_forgotten(
+                report.report_id, account, record, report.attempts
+            )
+        )
+        self._track(d, message_id, url, report.report_id)
+
+    async def _post(
+        self,
+        account: Account,
+        request: m.DeliveryReportReq,
+        namespace: str,
+        report_id: str | None = None,
+        made: int = 0,
+    ) -> bool:
+        """Post with retries, after ``made`` attempts made before; the
+        store's record ``report_id`` (if any) follows each failed attempt."""
         assert account.delivery_report_url is not None
         credentials = None
         if account.delivery_report_user is not None:
@@ -147,9 +457,10 @@ class DeliveryReporter:
             timeout=self.timeout,
             max_answer_size=self.max_answer_size,
         )
-        delay = self.first_delay
+        problem = "its attempts were used up before a restart"
         try:
-            for attempt in range(1, self.attempts + 1):
+            for attempt in range(made + 1, self.attempts + 1):
+                delay = self._delay_after(attempt)
                 try:
                     response = await client.delivery_report(request)
                 except MM7Fault as fault:
@@ -191,8 +502,9 @@ class DeliveryReporter:
                         error=problem,
                         delay=delay,
                     )
+                    if report_id is not None:
+                        await self._next_attempt(report_id, attempt, delay, request)
                     await task.deferLater(self.reactor, delay)
-                    delay = min(delay * 2, self.max_delay)
             log.warn(
                 "Gave up on delivery report {message_id} for {vasp} after "
                 "{attempts} attempts: {error}",
@@ -204,6 +516,40 @@ class DeliveryReporter:
             return False
         finally:
             await client.close()
+
+    async def _next_attempt(
+        self, report_id: str, attempts: int, delay: float, request: m.DeliveryReportReq
+    ) -> None:
+        """Record a failed attempt in the store (the lease renewed with it);
+        :class:`_TakenOver` if another instance owns the report now."""
+        assert self.store is not None
+        due = self.reactor.seconds() + delay
+        still = await self._stored(
+            self.store.update_report(report_id, self.owner, attempts, due, self.lease)
+        )
+        if still is False:
+            log.info(
+                "Delivery report {message_id}: another instance took it over",
+                message_id=request.message_id,
+            )
+            raise _TakenOver()
+
+
+class _Left(Exception):
+    """A report cancelled at stop whose record stays in the store."""
+
+
+class _TakenOver(Exception):
+    """Another instance owns the report now: it posts it."""
+
+
+_FAILED = object()  # what _stored gives for a store operation that failed
+
+
+def default_instance() -> str:
+    """This service's name across its restarts: the host and the working
+    folder (one service per folder, as with systemd's ``WorkingDirectory``)."""
+    return f"{socket.gethostname()}:{os.getcwd()}"
 
 
 def _without_credentials(url: str) -> str:
@@ -225,6 +571,15 @@ def _unexpected(reason: Failure, message_id: str, url: str) -> Any:
         error=reason.getErrorMessage(),
     )
     return False
+
+
+def _log_left(message_id: str, url: str) -> None:
+    log.warn(
+        "Left delivery report {message_id} to {url} in the state store for "
+        "the next start: still not answered when the service stopped",
+        message_id=message_id,
+        url=url,
+    )
 
 
 def _log_abandoned(message_id: str, url: str) -> None:
