@@ -28,11 +28,11 @@ from twisted.web.resource import Resource
 from mm7tx.config import Config
 from mm7tx.gateway.processors import EmailProcessor
 from mm7tx.gateway.reports import DeliveryReporter
-from mm7tx.http.auth import SCRYPT_CONCURRENCY, portal_for
+from mm7tx.http.auth import SCRYPT_CONCURRENCY, Account, portal_for
 from mm7tx.http.limits import LoginThrottle, RateLimiter, TransactionGate
 from mm7tx.http.resource import MM7Resource
 from mm7tx.http.site import MM7Site
-from mm7tx.interfaces import IMailSender
+from mm7tx.interfaces import IMailSender, IStateStore
 from mm7tx.metrics import Metrics
 from mm7tx.offload import in_pool, in_threads
 
@@ -73,6 +73,9 @@ class Shared:
     scrypt: defer.DeferredSemaphore
     # Made for the first configuration with MMSC paths: delivery_reporter.
     reporter: DeliveryReporter | None = None
+    # The state store (None: stateless): the delivery reporter keeps its
+    # reports there.
+    store: IStateStore | None = None
 
     def delivery_reporter(self, config: Config) -> DeliveryReporter:
         """The delivery reporter, made with ``config``'s settings if none
@@ -83,6 +86,8 @@ class Shared:
                 attempts=config.delivery_report_attempts,
                 metrics=self.metrics,
                 max_answer_size=config.client_max_answer_size,
+                store=self.store,
+                accounts=accounts_by_name(config),
             )
         return self.reporter
 
@@ -94,6 +99,13 @@ class Shared:
         if self.reporter is not None:
             self.reporter.attempts = config.delivery_report_attempts
             self.reporter.max_answer_size = config.client_max_answer_size
+            self.reporter.accounts = accounts_by_name(config)
+            self.reporter.use_store(self.store)
+
+
+def accounts_by_name(config: Config) -> dict[str, Account]:
+    """``config``'s VASP accounts by name: where their reports go."""
+    return {account.name: account for account in config.vasps}
 
 
 def make_shared(
@@ -103,9 +115,11 @@ def make_shared(
     *,
     gate: TransactionGate | None = None,
     reporter: DeliveryReporter | None = None,
+    store: IStateStore | None = None,
 ) -> Shared:
     """The shared objects for ``config``, on ``reactor``'s clock: the one
-    place each is made (``gate`` and ``reporter`` are yours if given)."""
+    place each is made (``gate``, ``reporter`` and ``store`` are yours if
+    given)."""
     return Shared(
         reactor,
         metrics,
@@ -114,6 +128,7 @@ def make_shared(
         RateLimiter(reactor),
         defer.DeferredSemaphore(SCRYPT_CONCURRENCY),
         reporter,
+        store,
     )
 
 

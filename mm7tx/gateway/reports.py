@@ -18,6 +18,7 @@ import secrets
 import socket
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -85,6 +86,7 @@ class DeliveryReporter:
         metrics: Metrics | None = None,
         max_answer_size: int = DEFAULT_MAX_ANSWER_SIZE,
         store: IReportStore | None = None,
+        accounts: Mapping[str, Account] | None = None,
         instance: str | None = None,
         poll_interval: float = POLL_INTERVAL,
     ) -> None:
@@ -103,8 +105,7 @@ class DeliveryReporter:
         # The VASP accounts by name, as configured now (the wiring sets them
         # on each load): a report taken from the store is posted with its
         # account's URL and credentials as they are when it is posted.
-        self.accounts: Mapping[str, Account] = {}
-        self.store = store
+        self.accounts: Mapping[str, Account] = accounts or {}
         # Which service this is, the same across its restarts; the owner of
         # its reports is this start of it (unique per process start).
         self.instance = instance if instance is not None else default_instance()
@@ -124,10 +125,24 @@ class DeliveryReporter:
         # reports are this start's at once, their leases notwithstanding.
         self._predecessors: list[str] | None = None
         self._poll: task.LoopingCall | None = None
-        if store is not None:
+        self.store: IReportStore | None = None
+        self.use_store(store)
+
+    def use_store(self, store: IReportStore | None) -> None:
+        """Keep new reports in ``store`` from now on, and take over due
+        reports from it (a reload that changes the store); the reports
+        already kept stay with the store that holds them."""
+        if store is self.store:
+            return
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        self._poll = None
+        self.store = store
+        self._predecessors = None
+        if store is not None and not self._closing:
             self._poll = task.LoopingCall(self._take_due)
-            self._poll.clock = reactor
-            self._poll.start(poll_interval, now=True)
+            self._poll.clock = self.reactor
+            self._poll.start(self.poll_interval, now=True)
 
     def report(
         self, account: Account, request: m.DeliveryReportReq, namespace: str
@@ -150,11 +165,11 @@ class DeliveryReporter:
         if self.store is None:
             d = defer.ensureDeferred(self._post(account, request, namespace))
             return self._track(d, message_id, url)
-        report_id = uuid.uuid4().hex
-        self._live.add(report_id)
+        kept = _Kept(self.store, uuid.uuid4().hex)
+        self._live.add(kept.report_id)
         record = StoredReport(account.name, request, namespace)
-        d = defer.ensureDeferred(self._durable(report_id, account, record))
-        return self._track(d, message_id, url, report_id)
+        d = defer.ensureDeferred(self._durable(kept, account, record))
+        return self._track(d, message_id, url, kept.report_id)
 
     def _track(
         self,
@@ -228,45 +243,50 @@ class DeliveryReporter:
     # The store.
 
     async def _durable(
-        self, report_id: str, account: Account, record: StoredReport
+        self, kept: _Kept, account: Account, record: StoredReport
     ) -> bool:
         """Keep the report in the store, then post it; forget it once it
         has an outcome.  A store that fails leaves it in memory only."""
-        assert self.store is not None
         now = self.reactor.seconds()
-        payload = record.encode()
-        kept = await self._stored(
-            self.store.put_report(
-                report_id, payload, self.owner, now, self.lease, self._ttl()
+        written = await self._stored(
+            kept.store.put_report(
+                kept.report_id,
+                record.encode(),
+                self.owner,
+                now,
+                self.lease,
+                self._ttl(),
             )
         )
-        if kept is _FAILED:
+        if written is _FAILED:
             return await self._post(account, record.request, record.namespace)
-        return await self._posted_then_forgotten(report_id, account, record, 0)
+        return await self._posted_then_forgotten(kept, account, record, 0)
 
     async def _posted_then_forgotten(
-        self, report_id: str, account: Account, record: StoredReport, made: int
+        self, kept: _Kept, account: Account, record: StoredReport, made: int
     ) -> bool:
+        """Post the report ``kept`` after ``made`` attempts; forget it once
+        it has an outcome, keep it if the service stops first."""
+        report_id = kept.report_id
         self._kept.add(report_id)
         try:
             answered = await self._post(
-                account, record.request, record.namespace, report_id, made
+                account, record.request, record.namespace, kept, made
             )
         except (defer.CancelledError, _TakenOver):
             # It stays in the store: for the next start, or the instance
             # that took it over.
             raise _Left() from None
         except BaseException:
-            await self._forget(report_id)
+            await self._forget(kept)
             raise
         finally:
             self._kept.discard(report_id)
-        await self._forget(report_id)
+        await self._forget(kept)
         return answered
 
-    async def _forget(self, report_id: str) -> None:
-        assert self.store is not None
-        await self._stored(self.store.remove_report(report_id))
+    async def _forget(self, kept: _Kept) -> None:
+        await self._stored(kept.store.remove_report(kept.report_id))
 
     async def _leave(
         self,
@@ -334,14 +354,16 @@ class DeliveryReporter:
             log.failure("Taking over delivery reports failed")
 
     async def _take_due_once(self) -> None:
-        assert self.store is not None
+        store = self.store
+        if store is None:
+            return
         if self._predecessors is None:
-            found = await self._predecessors_found()
+            found = await self._predecessors_found(store)
             if found is None:
                 return
             self._predecessors = found
         for owner in [self.owner, *self._predecessors]:
-            due = await self._stored(self.store.due_reports(owner, TAKE_AT_ONCE))
+            due = await self._stored(store.due_reports(owner, TAKE_AT_ONCE))
             if due is _FAILED:
                 return
             assert isinstance(due, list)
@@ -353,25 +375,24 @@ class DeliveryReporter:
                 if report.owner in self._predecessors:
                     # Its lease ended at once: this start is its owner now.
                     ended = await self._stored(
-                        self.store.lease_report(report.report_id, report.owner, 0.0)
+                        store.lease_report(report.report_id, report.owner, 0.0)
                     )
                     if ended is _FAILED:
                         return
                 taken = await self._stored(
-                    self.store.lease_report(report.report_id, self.owner, self.lease)
+                    store.lease_report(report.report_id, self.owner, self.lease)
                 )
                 if taken is _FAILED:
                     return
                 if isinstance(taken, Report) and taken.report_id not in self._live:
-                    await self._resume(taken)
+                    await self._resume(store, taken)
 
-    async def _predecessors_found(self) -> list[str] | None:
-        """The owners of this instance's earlier starts, read from the
-        store, which is told this start's now; ``None`` if it failed."""
-        assert self.store is not None
-        if not IRecordStore.providedBy(self.store):
+    async def _predecessors_found(self, store: IReportStore) -> list[str] | None:
+        """The owners of this instance's earlier starts, read from
+        ``store``, which is told this start's now; ``None`` if it failed."""
+        if not IRecordStore.providedBy(store):
             return []
-        records = IRecordStore(self.store)
+        records = IRecordStore(store)
         key = OWNERS_KEY + self.instance
         value = await self._stored(records.get(key))
         if value is _FAILED:
@@ -390,9 +411,9 @@ class DeliveryReporter:
             return None
         return earlier
 
-    async def _resume(self, report: Report) -> None:
-        """Post on a report taken from the store, after ``report.attempts``."""
-        assert self.store is not None
+    async def _resume(self, store: IReportStore, report: Report) -> None:
+        """Post on a report taken from ``store``, after ``report.attempts``."""
+        kept = _Kept(store, report.report_id)
         try:
             record = StoredReport.decode(report.payload)
         except UnreadableReport as e:
@@ -401,7 +422,7 @@ class DeliveryReporter:
                 report_id=report.report_id,
                 error=str(e),
             )
-            await self._forget(report.report_id)
+            await self._forget(kept)
             return
         message_id = record.request.message_id or "-"
         account = self.accounts.get(record.account)
@@ -412,7 +433,7 @@ class DeliveryReporter:
                 message_id=message_id,
                 vasp=record.account,
             )
-            await self._forget(report.report_id)
+            await self._forget(kept)
             self._count("failed")
             return
         url = _without_credentials(account.delivery_report_url)
@@ -425,9 +446,7 @@ class DeliveryReporter:
         )
         self._live.add(report.report_id)
         d = defer.ensureDeferred(
-            self._posted_then_forgotten(
-                report.report_id, account, record, report.attempts
-            )
+            self._posted_then_forgotten(kept, account, record, report.attempts)
         )
         self._track(d, message_id, url, report.report_id)
 
@@ -436,11 +455,11 @@ class DeliveryReporter:
         account: Account,
         request: m.DeliveryReportReq,
         namespace: str,
-        report_id: str | None = None,
+        kept: _Kept | None = None,
         made: int = 0,
     ) -> bool:
         """Post with retries, after ``made`` attempts made before; the
-        store's record ``report_id`` (if any) follows each failed attempt."""
+        store's record ``kept`` (if any) follows each failed attempt."""
         assert account.delivery_report_url is not None
         credentials = None
         if account.delivery_report_user is not None:
@@ -502,8 +521,8 @@ class DeliveryReporter:
                         error=problem,
                         delay=delay,
                     )
-                    if report_id is not None:
-                        await self._next_attempt(report_id, attempt, delay, request)
+                    if kept is not None:
+                        await self._next_attempt(kept, attempt, delay, request)
                     await task.deferLater(self.reactor, delay)
             log.warn(
                 "Gave up on delivery report {message_id} for {vasp} after "
@@ -518,14 +537,15 @@ class DeliveryReporter:
             await client.close()
 
     async def _next_attempt(
-        self, report_id: str, attempts: int, delay: float, request: m.DeliveryReportReq
+        self, kept: _Kept, attempts: int, delay: float, request: m.DeliveryReportReq
     ) -> None:
         """Record a failed attempt in the store (the lease renewed with it);
         :class:`_TakenOver` if another instance owns the report now."""
-        assert self.store is not None
         due = self.reactor.seconds() + delay
         still = await self._stored(
-            self.store.update_report(report_id, self.owner, attempts, due, self.lease)
+            kept.store.update_report(
+                kept.report_id, self.owner, attempts, due, self.lease
+            )
         )
         if still is False:
             log.info(
@@ -533,6 +553,15 @@ class DeliveryReporter:
                 message_id=request.message_id,
             )
             raise _TakenOver()
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """A report's record: its id in the store that holds it (a reload
+    may bring another store for new reports; this one stays with it)."""
+
+    store: IReportStore
+    report_id: str
 
 
 class _Left(Exception):
