@@ -139,7 +139,8 @@ class Metrics:
         self._auth_failures.labels(reason).inc()
 
     def delivery_report(self, outcome: str) -> None:
-        """A delivery report's end: ``accepted``, ``failed`` or ``abandoned``."""
+        """A delivery report's end here: ``accepted``, ``failed``,
+        ``abandoned`` or ``left`` (in the state store, for another start)."""
         self._delivery_reports.labels(outcome).inc()
 
     def connection_refused(self, listener: str, reason: str) -> None:

@@ -357,3 +357,26 @@ def test_the_wiring_gives_the_reporter_the_store_and_the_accounts():
     assert list(reporter.accounts) == ["v"]
     without = make_shared(config, MemoryReactor()).delivery_reporter(config)  # type: ignore[arg-type]
     assert without.store is None
+
+
+def test_a_running_sibling_keeps_its_reports(world):
+    """Another process of the same instance (a worker in the same folder)
+    that still runs keeps its reports: taken over only once its lease
+    passed.  pid 1 always runs."""
+    import json
+
+    from mm7tx.gateway.reports import OWNERS_KEY
+
+    sibling = "host:/srv/mm7tx#1.abcd"
+    now = world.reactor.seconds()
+    payload = StoredReport("vasp1", report_req(), NS).encode()
+    result_of(world.store.put_report("r", payload, sibling, now, 45, 86400))
+    owners = json.dumps([sibling]).encode()
+    result_of(world.store.put(OWNERS_KEY + "host:/srv/mm7tx", owners, 86400))
+    reporter = world.reporter()
+    world.reactor.flush()
+    assert world.vasp.times == []
+    world.reactor.advance(50)
+    assert len(world.vasp.times) == 1
+    assert now + 45 <= world.vasp.times[0] <= now + 50
+    assert reporter.pending == {}

@@ -58,9 +58,10 @@ POLL_INTERVAL = 5.0
 LEASE_MARGIN = 15.0
 # The most reports taken from the store in one poll, per owner asked for.
 TAKE_AT_ONCE = 100
-# The record of the owners of an instance's starts, and how many it keeps.
+# The record of the owners of an instance's running processes (its workers),
+# and how many it keeps.
 OWNERS_KEY = "mm7tx:report-owners:"
-KEPT_OWNERS = 4
+KEPT_OWNERS = 256
 DAY = 86400.0
 
 
@@ -388,8 +389,9 @@ class DeliveryReporter:
                     await self._resume(store, taken)
 
     async def _predecessors_found(self, store: IReportStore) -> list[str] | None:
-        """The owners of this instance's earlier starts, read from
-        ``store``, which is told this start's now; ``None`` if it failed."""
+        """The owners of this instance's earlier starts (their processes
+        gone), read from ``store``, which is told this start's owner and
+        those still running; ``None`` if the store failed."""
         if not IRecordStore.providedBy(store):
             return []
         records = IRecordStore(store)
@@ -397,16 +399,23 @@ class DeliveryReporter:
         value = await self._stored(records.get(key))
         if value is _FAILED:
             return None
-        earlier: list[str] = []
+        listed: Any = []
         if isinstance(value, bytes):
             try:
                 listed = json.loads(value)
             except ValueError:
                 listed = []
-            if isinstance(listed, list):
-                earlier = [o for o in listed if isinstance(o, str) and o != self.owner]
-        earlier = earlier[: KEPT_OWNERS - 1]
-        mine = json.dumps([self.owner, *earlier]).encode()
+        others = [
+            o
+            for o in (listed if isinstance(listed, list) else [])
+            if isinstance(o, str) and o != self.owner
+        ]
+        # The instance is this host's: an owner whose process is gone was an
+        # earlier start; one still running is a sibling (another worker in
+        # the same folder), which keeps its reports.
+        earlier = [o for o in others if not _running(o)]
+        alive = [o for o in others if o not in earlier]
+        mine = json.dumps([self.owner, *alive][:KEPT_OWNERS]).encode()
         if await self._stored(records.put(key, mine, self._ttl())) is _FAILED:
             return None
         return earlier
@@ -573,6 +582,22 @@ class _TakenOver(Exception):
 
 
 _FAILED = object()  # what _stored gives for a store operation that failed
+
+
+def _running(owner: str) -> bool:
+    """Whether the process of ``owner`` (``instance#pid.random``, on this
+    host) runs; this process's pid in another owner is an earlier start
+    (a container restarted with the same pid)."""
+    pid_text = owner.rpartition("#")[2].partition(".")[0]
+    if not pid_text.isdigit() or int(pid_text) in (0, os.getpid()):
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, as another user's
+    return True
 
 
 def default_instance() -> str:
