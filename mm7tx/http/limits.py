@@ -15,15 +15,16 @@ from mm7tx.http.settings import DEFAULT_MAX_FAILED_LOGINS as DEFAULT_MAX_FAILED_
 
 class RateLimiter:
     """A token bucket per account: ``rate`` requests per second, with a burst
-    of one second's worth (at least one request)."""
+    of one second's worth (at least one request) unless ``burst`` says how
+    many."""
 
     def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    def allow(self, name: str, rate: float) -> bool:
+    def allow(self, name: str, rate: float, burst: float | None = None) -> bool:
         now = self.clock.seconds()
-        capacity = max(1.0, rate)
+        capacity = max(1.0, rate if burst is None else burst)
         tokens, last = self._buckets.get(name, (capacity, now))
         tokens = min(capacity, tokens + (now - last) * rate)
         if tokens < 1.0:
