@@ -19,13 +19,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from functools import partial
 from typing import Any, Protocol
 
+from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mm7tx.http.auth import Account, PasswordChecker
 from mm7tx.http.client import (
     HTTPError,
     MM7ClientError,
@@ -39,6 +42,7 @@ from mm7tx.interfaces import (
     Envelope,
     IMailPolicy,
     ISMTPSession,
+    ISMTPSubmitter,
     MailParameters,
     RecipientParameters,
     SMTPReply,
@@ -341,10 +345,12 @@ class MailToMMS:
                     return _taken(outcome.queue_id, given, upstream.name)
             try:
                 content = await self.offload(
-                    mail_to_mms,
+                    partial(
+                        mail_to_mms,
+                        max_size=upstream.settings.max_size,
+                        refuse_unsupported=self.settings.refuse_unsupported,
+                    ),
                     raw,
-                    max_size=upstream.settings.max_size,
-                    refuse_unsupported=self.settings.refuse_unsupported,
                 )
             except MailRefused as e:
                 outcome.status = "refused"
@@ -528,3 +534,39 @@ def _dedup_key(headers: Any, numbers: list[str]) -> str | None:
     if not message_id:
         return None
     return "mail-in:" + message_id + ":" + ",".join(sorted(numbers))
+
+
+@implementer(ISMTPSubmitter)
+@dataclass(frozen=True, slots=True)
+class VASPSubmitter:
+    """A VASP account authenticated by SMTP AUTH: it may submit by mail as
+    by MM7, within its limits (``rate``, ``max_recipients``)."""
+
+    account: Account
+
+    @property
+    def name(self) -> str:
+        return self.account.name
+
+
+@implementer(IRealm)
+class _SubmitterRealm:
+    def __init__(self, accounts: dict[str, Account]) -> None:
+        self.accounts = accounts
+
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
+        if ISMTPSubmitter not in interfaces:
+            raise NotImplementedError("only ISMTPSubmitter")
+        return ISMTPSubmitter, VASPSubmitter(self.accounts[avatarId]), lambda: None
+
+
+def smtp_portal_for(
+    accounts: Sequence[Account],
+    reactor: IReactorThreads,
+    scrypt: defer.DeferredSemaphore | None = None,
+) -> Portal:
+    """A Portal for SMTP AUTH over the VASP accounts with a password,
+    checked as on HTTP (:class:`~mm7tx.http.auth.PasswordChecker`: hashes
+    in the thread pool, within ``scrypt``'s bound)."""
+    by_name = {a.name: a for a in accounts if a.password is not None}
+    return Portal(_SubmitterRealm(by_name), [PasswordChecker(by_name, reactor, scrypt)])
