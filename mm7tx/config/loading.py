@@ -128,11 +128,12 @@ def load(text: str, source: str = "<config>") -> Config:
     for kind, scopes in (("VASP", vasps), ("MMSC", mmscs)):
         seen: set[str] = set()
         for scope, _ in scopes:
-            if scope.label in seen:
+            # Every scope here has its label: an account needs a name.
+            if (scope.label or "") in seen:
                 raise ConfigError(
                     source, scope.line, f'{kind} "{scope.label}" is defined twice'
                 )
-            seen.add(scope.label)
+            seen.add(scope.label or "")
     mail_in = _mail_in(source, top, values, upstreams, mm7_serv.line)
     return Config(
         listeners=tuple(values.pop("listeners", ())) or DEFAULTS.listeners,
@@ -194,6 +195,7 @@ def _mmsc(reader: Reader, scope: Scope) -> tuple[Account | None, SubmitSettings 
     named by an address) and its submit settings (none without
     ``submit_url``)."""
     found = _read_account_scope(reader, scope, MMSC)
+    name = scope.label or ""  # a label: checked by _read_account_scope
     submit = found.get("submit")
     upstream = None
     if submit:
@@ -214,12 +216,12 @@ def _mmsc(reader: Reader, scope: Scope) -> tuple[Account | None, SubmitSettings 
             submit["user"], submit["password"] = in_url
         submit["url"] = bare
         try:
-            upstream = SubmitSettings(scope.label, **submit)
+            upstream = SubmitSettings(name, **submit)
         except ValueError as e:
             at = found.lines.get("submit_url", scope.line)
             raise ConfigError(reader.source, at, str(e)) from None
     values = found.get("account")
-    if upstream is not None and network(scope.label) is None and not values:
+    if upstream is not None and network(name) is None and not values:
         return None, upstream
     return _checked_account(reader, scope, found, MMSC), upstream
 
@@ -244,8 +246,9 @@ def _account(reader: Reader, scope: Scope, kind: str = VASP) -> Account:
 def _checked_account(
     reader: Reader, scope: Scope, found: ScopeValues, kind: str
 ) -> Account:
+    name = scope.label or ""  # a label: checked by _read_account_scope
     values = found.get("account")
-    if network(scope.label) is None and "password" not in values:
+    if network(name) is None and "password" not in values:
         raise reader.error(
             scope,
             f'{kind} "{scope.label}" needs a password (or name it by an IP address)',
@@ -270,7 +273,7 @@ def _checked_account(
             found.lines["delivery_report_password"],
             "delivery_report_password is set but delivery_report_user is not",
         )
-    return Account(scope.label, **values)
+    return Account(name, **values)
 
 
 def load_file(path: str) -> Config:
