@@ -12,7 +12,7 @@ resource tree alone, to mount in another site.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service, strports
 from twisted.internet import defer
@@ -36,7 +36,7 @@ from mm7tx.app.wiring import IMM7Reactor as IMM7Reactor
 from mm7tx.app.wiring import ProcessorFactory as ProcessorFactory
 from mm7tx.app.wiring import build_resources as build_resources
 from mm7tx.app.wiring import configured_processor as configured_processor
-from mm7tx.app.wiring import mail_policy, mail_portal, make_shared
+from mm7tx.app.wiring import mail_listener, mail_policy, mail_portal, make_shared
 from mm7tx.app.wiring import make_processor as make_processor
 from mm7tx.app.wiring import site_for as site_for
 from mm7tx.app.wiring import useless_parts as useless_parts
@@ -52,7 +52,9 @@ from mm7tx.interfaces import Checkable, IMailSender
 from mm7tx.metrics import Metrics
 from mm7tx.smtp.maildir import MaildirError
 from mm7tx.smtp.senders import sender_for
-from mm7tx.smtp.server import ESMTPServerFactory
+
+if TYPE_CHECKING:
+    from mm7tx.smtp.server import ESMTPServerFactory
 
 # Named as before the move into packages: the namespace is in every log event.
 log = Logger(namespace="mm7tx.service")
@@ -154,14 +156,12 @@ class MM7Service(service.MultiService):
         self._mail_clients: dict[SubmitSettings, MM7Client] = {}
         self.mail_factory: ESMTPServerFactory | None = None
         if config.esmtp_listeners:
-            self.mail_factory = ESMTPServerFactory(
+            self.mail_factory = mail_listener(
+                config,
                 mail_policy(
                     config, self.shared, self._current.gate, self._mail_clients
                 ),
-                reactor,
-                hostname=config.smtp.helo or "localhost",
-                max_size=config.mail_in.max_mail_size,
-                portal=mail_portal(config, self.shared),
+                self.shared,
             )
         for configured in config.esmtp_listeners:
             endpoint = configured.endpoint

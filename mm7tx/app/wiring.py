@@ -59,6 +59,9 @@ if TYPE_CHECKING:
 else:
     IMM7Reactor = Any
 
+if TYPE_CHECKING:
+    from mm7tx.smtp.server import ESMTPServerFactory
+
 
 @dataclass
 class Shared:
@@ -339,3 +342,21 @@ def mail_portal(config: Config, shared: Shared) -> Portal:
     """SMTP AUTH over ``config``'s VASP accounts, on the shared bound of
     scrypt checks."""
     return smtp_portal_for(config.vasps, shared.reactor, shared.scrypt)
+
+
+def mail_listener(
+    config: Config, policy: MailToMMS, shared: Shared
+) -> ESMTPServerFactory:
+    """The ESMTP listeners' factory: ``policy``, SIZE at ``mms_max_mail_size``,
+    AUTH over the VASP accounts."""
+    # Here, not at the top: twisted.mail installs the global reactor as it
+    # is imported (see mm7tx.smtp.senders).
+    from mm7tx.smtp.server import ESMTPServerFactory
+
+    return ESMTPServerFactory(
+        policy,
+        shared.reactor,
+        hostname=config.smtp.helo or "localhost",
+        max_size=config.mail_in.max_mail_size,
+        portal=mail_portal(config, shared),
+    )
