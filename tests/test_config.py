@@ -225,7 +225,7 @@ def test_the_readme_option_tables_are_generated_from_the_declarations(scope):
 
 def test_the_readme_has_nothing_else_between_its_markers():
     readme = README.read_text(encoding="utf-8")
-    assert readme.count("<!-- options:") == 5
+    assert readme.count("<!-- options:") == 6
     assert fill_option_tables(readme) == readme
 
 

@@ -443,3 +443,15 @@ def test_the_dedup_hook_answers_a_resent_mail_with_the_first_message_id():
     assert "MessageID first" in gw.say(b"")[0]
     assert "MessageID first" in gw.mail()[-1]
     assert len(gw.mmsc.sent) == 1
+
+
+def test_the_readme_has_the_reply_table():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for code, (reply, enhanced) in STATUS_REPLIES.items():
+        assert f"| {code} " in readme
+        row = next(
+            line for line in readme.splitlines() if line.startswith(f"| {code} ")
+        )
+        assert row.endswith(f"| `{reply} {enhanced}` |"), row

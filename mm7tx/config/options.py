@@ -37,7 +37,8 @@ def options_markdown(scope: str) -> str:
     specs = [spec for spec in OPTIONS if spec.scope == scope]
     if scope in (HTTP_LISTENER, ESMTP_LISTENER):
         [spec] = specs
-        return f"`{spec.syntax}` {spec.help} (default `{spec.default}`).\n"
+        default = f"`{spec.default}`" if spec.default else spec.shown
+        return f"`{spec.syntax}` {spec.help} (default {default}).\n"
     lines = [f"| option (in `{scope}`) | default | meaning |", "|---|---|---|"]
     lines += [spec.markdown_row() for spec in specs]
     return "\n".join(lines) + "\n"
