@@ -21,9 +21,9 @@ from mm7tx.config import (
     with_overrides,
 )
 from mm7tx.http.auth import Account, ListenAccess, password_matches
+from mm7tx.http.settings import SubmitSettings
 from mm7tx.mail.rules import AddressRules
 from mm7tx.mm7.codec.soap import XMLLimits
-from mm7tx.http.settings import SubmitSettings
 from mm7tx.smtp.settings import MailInSettings, SMTPSettings
 from tests import samples
 from tests.certs import make_certificate
