@@ -456,3 +456,17 @@ def test_the_readme_has_the_reply_table():
             line for line in readme.splitlines() if line.startswith(f"| {code} ")
         )
         assert row.endswith(f"| `{reply} {enhanced}` |"), row
+
+
+def test_the_rate_buckets_are_bounded():
+    from mm7tx.http.limits import RateLimiter
+
+    clock = Clock()
+    limiter = RateLimiter(clock, max_names=3)
+    for n in range(10):
+        assert limiter.allow(f"sender{n}", 1 / 60, burst=60)
+    assert len(limiter._buckets) <= 3
+    # A bucket kept stays as it was: the newest sender's is not refilled.
+    for _ in range(59):
+        assert limiter.allow("sender9", 1 / 60, burst=60)
+    assert not limiter.allow("sender9", 1 / 60, burst=60)
