@@ -104,6 +104,20 @@ class Metrics:
             registry=registry,
         )
 
+        self._mail_in = Counter(
+            "mm7tx_mail_in",
+            "Mails to MMS answered after their data: accepted (250, the MMSC took "
+            "it), deferred (4xx), refused (5xx)",
+            ["outcome"],
+            registry=registry,
+        )
+        self._mail_in_upstream = Histogram(
+            "mm7tx_mail_in_upstream_seconds",
+            "Time from a mail's SubmitReq to the upstream MMSC's answer",
+            buckets=_SECONDS,
+            registry=registry,
+        )
+
     def watch(
         self,
         in_flight: Callable[[], float],
@@ -133,6 +147,14 @@ class Metrics:
         ``refused`` or ``failed``."""
         self._smtp_messages.labels(outcome).inc()
         self._smtp_seconds.observe(seconds)
+
+    def mail_in(self, outcome: str) -> None:
+        """A mail to MMS answered: ``accepted``, ``deferred`` or ``refused``."""
+        self._mail_in.labels(outcome).inc()
+
+    def mail_in_upstream(self, seconds: float) -> None:
+        """The upstream MMSC answered a SubmitReq (or failed to) in ``seconds``."""
+        self._mail_in_upstream.observe(seconds)
 
     def auth_failure(self, reason: str) -> None:
         """A request refused for its credentials (see the counter's help)."""

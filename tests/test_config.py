@@ -21,9 +21,10 @@ from mm7tx.config import (
     with_overrides,
 )
 from mm7tx.http.auth import Account, ListenAccess, password_matches
+from mm7tx.http.settings import SubmitSettings
 from mm7tx.mail.rules import AddressRules
 from mm7tx.mm7.codec.soap import XMLLimits
-from mm7tx.smtp.settings import SMTPSettings
+from mm7tx.smtp.settings import MailInSettings, SMTPSettings
 from tests import samples
 from tests.certs import make_certificate
 
@@ -209,7 +210,7 @@ MINIMAL = (
 
 
 @pytest.mark.parametrize(
-    "scope", ["mm7_serv", "HTTP_Listener", "Listen", "VASP", "MMSC"]
+    "scope", ["mm7_serv", "HTTP_Listener", "Listen", "VASP", "MMSC", "ESMTP_Listener"]
 )
 def test_the_readme_option_tables_are_generated_from_the_declarations(scope):
     readme = README.read_text(encoding="utf-8")
@@ -224,7 +225,7 @@ def test_the_readme_option_tables_are_generated_from_the_declarations(scope):
 
 def test_the_readme_has_nothing_else_between_its_markers():
     readme = README.read_text(encoding="utf-8")
-    assert readme.count("<!-- options:") == 5
+    assert readme.count("<!-- options:") == 6
     assert fill_option_tables(readme) == readme
 
 
@@ -250,6 +251,8 @@ def test_every_declaration_names_a_real_field():
         "xml": XMLLimits,
         "account": Account,
         "access": ListenAccess,
+        "mail_in": MailInSettings,
+        "submit": SubmitSettings,
     }
     for spec in OPTIONS:
         group, attribute = spec.field.split(".")
@@ -260,15 +263,20 @@ def test_every_declaration_names_a_real_field():
     "spec", [spec for spec in OPTIONS if spec.default is not None], ids=str
 )
 def test_a_documented_default_is_the_default(spec):
+    base = MINIMAL
     if spec.name == "Listen":
         text = f'HTTP_Listener {{ Listen "{spec.default}" {{ }} }}\n{MINIMAL}'
+    elif spec.scope == "MMSC":
+        # An upstream MMSC's submit settings, beside its submit_url.
+        base = f'{MINIMAL}\nMMSC "up" {{ submit_url = "http://mmsc.example/" }}'
+        text = base.removesuffix(" }") + f"\n{spec.name} = {spec.default}\n}}"
     else:
         text = MINIMAL.replace("}", f"\n{spec.name} = {spec.default}\n}}")
     # The same configuration, but for where its listener or relay was written.
     loaded = load(text)
     listeners = tuple(replace(listener, origin="") for listener in loaded.listeners)
     written = replace(loaded, listeners=listeners, smtp_relay_origin="<config>")
-    assert written == load(MINIMAL)
+    assert written == load(base)
 
 
 # Errors that involve more than one option name the one at fault ------------

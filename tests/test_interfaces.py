@@ -22,6 +22,7 @@ from zope.interface.verify import verifyObject
 
 import mm7tx
 from mm7tx import testing
+from mm7tx.gateway.mail_in import MailToMMS, VASPSubmitter, _SubmitterRealm
 from mm7tx.gateway.processors import AddressRules, EmailProcessor
 from mm7tx.http.auth import (
     Account,
@@ -38,7 +39,7 @@ from mm7tx.offload import inline
 from mm7tx.smtp.esmtp import ESMTPSender
 from mm7tx.smtp.maildir import MaildirSender
 from mm7tx.smtp.server import Session
-from mm7tx.smtp.settings import SMTPSettings
+from mm7tx.smtp.settings import MailInSettings, SMTPSettings
 from mm7tx.store.memory import MemoryStore
 from mm7tx.store.redis import RedisStore
 from mm7tx.store.spec import StoreSpec
@@ -80,6 +81,9 @@ PROVIDERS: dict[type, Callable[[Any], object]] = {
     VASPAvatar: lambda _: VASPAvatar(ACCOUNTS["v"]),
     MMSCAvatar: lambda _: MMSCAvatar(ACCOUNTS["v"]),
     IPAddressCredentials: lambda _: IPAddressCredentials("192.0.2.1"),
+    MailToMMS: lambda _: MailToMMS(MailInSettings(), [], MemoryReactorClock()),
+    VASPSubmitter: lambda _: VASPSubmitter(ACCOUNTS["v"]),
+    _SubmitterRealm: lambda _: _SubmitterRealm(ACCOUNTS),
     _Body: lambda _: _Body(b"<x/>"),
     testing.MemoryReactor: lambda _: testing.MemoryReactor(),
     testing.MemoryAgent: lambda _: testing.MemoryAgent(testing.MemoryReactor()),

@@ -99,6 +99,8 @@ def listener_changes(running: Config, new: Config) -> list[str]:
         )
     if new.listen_access != running.listen_access:
         changes.append("always_allow/always_deny")
+    if new.esmtp_listeners != running.esmtp_listeners:
+        changes.append("ESMTP_Listener")
     if new.metrics_listen != running.metrics_listen:
         changes.append(
             f"metrics_listen ({running.metrics_listen or 'none'} -> "
@@ -113,6 +115,7 @@ def keeping_listeners(new: Config, running: Config) -> Config:
     return replace(
         new,
         listeners=running.listeners,
+        esmtp_listeners=running.esmtp_listeners,
         metrics_listen=running.metrics_listen,
     )
 

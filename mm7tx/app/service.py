@@ -12,7 +12,7 @@ resource tree alone, to mount in another site.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service, strports
 from twisted.internet import defer
@@ -36,20 +36,25 @@ from mm7tx.app.wiring import IMM7Reactor as IMM7Reactor
 from mm7tx.app.wiring import ProcessorFactory as ProcessorFactory
 from mm7tx.app.wiring import build_resources as build_resources
 from mm7tx.app.wiring import configured_processor as configured_processor
+from mm7tx.app.wiring import mail_listener, mail_policy, mail_portal, make_shared
 from mm7tx.app.wiring import make_processor as make_processor
-from mm7tx.app.wiring import make_shared
 from mm7tx.app.wiring import site_for as site_for
 from mm7tx.app.wiring import useless_parts as useless_parts
 from mm7tx.config import Config, ConfigError, listens_beyond_loopback
 from mm7tx.gateway.reports import DeliveryReporter
 from mm7tx.http.auth import ListenerGuard
+from mm7tx.http.client import MM7Client
 from mm7tx.http.limits import LoginThrottle, RateLimiter, TransactionGate
 from mm7tx.http.resource import build_root
+from mm7tx.http.settings import SubmitSettings
 from mm7tx.http.site import Listener, MM7Site
 from mm7tx.interfaces import Checkable, IMailSender
 from mm7tx.metrics import Metrics
 from mm7tx.smtp.maildir import MaildirError
 from mm7tx.smtp.senders import sender_for
+
+if TYPE_CHECKING:
+    from mm7tx.smtp.server import ESMTPServerFactory
 
 # Named as before the move into packages: the namespace is in every log event.
 log = Logger(namespace="mm7tx.service")
@@ -146,6 +151,27 @@ class MM7Service(service.MultiService):
             # parent bound (mm7tx.workers.Adopting).
             via = listen_via(index) if listen_via is not None else reactor
             strports.service(endpoint, factory, reactor=via).setServiceParent(self)
+        # Mail to MMS: the ESMTP listeners, one factory for all; a reload
+        # sets its new policy and portal on it.
+        self._mail_clients: dict[SubmitSettings, MM7Client] = {}
+        self.mail_factory: ESMTPServerFactory | None = None
+        if config.esmtp_listeners:
+            self.mail_factory = mail_listener(
+                config,
+                mail_policy(
+                    config, self.shared, self._current.gate, self._mail_clients
+                ),
+                self.shared,
+            )
+        for configured in config.esmtp_listeners:
+            endpoint = configured.endpoint
+            factory = self.mail_factory
+            access = configured.access
+            if access.allow or access.deny:
+                factory = ListenerGuard(
+                    factory, access, proxied=endpoint.startswith("haproxy:")
+                )
+            strports.service(endpoint, factory, reactor=reactor).setServiceParent(self)
         self.relay_watch: RelayWatch | None = None
         self.monitor: MM7Site | None = None
         self._monitor: MonitorListener | None = None
@@ -296,6 +322,12 @@ class MM7Service(service.MultiService):
             listener.max_connections = config.max_connections
         self.site.resource = new.resource
         self._current = new
+        if self.mail_factory is not None:
+            self.mail_factory.policy = mail_policy(
+                config, self.shared, new.gate, self._mail_clients
+            )
+            self.mail_factory.portal = mail_portal(config, self.shared)
+            self.mail_factory.options["max_size"] = config.mail_in.max_mail_size
         if fresh is None:
             new.sharing = [g for g in (*running.sharing, running) if g.busy]
         else:
@@ -377,6 +409,10 @@ class MM7Service(service.MultiService):
         # Each MM7 listener listening has started the site once.
         if self.site.numPorts < len(self.config.listen):
             return "not listening on every MM7 listener"
+        if self.mail_factory is not None and self.mail_factory.numPorts < len(
+            self.config.esmtp_listeners
+        ):
+            return "not listening on every ESMTP listener"
         if self.relay_watch is not None:
             return self.relay_watch.problem()
         return None
@@ -426,6 +462,12 @@ class MM7Service(service.MultiService):
         )
         if self.reporter is not None:
             await self.reporter.stop(max(0.0, deadline - self.reactor.seconds()))
+        if self.mail_factory is not None:
+            # The drain's end: a mail whose MMSC has not answered yet gets
+            # 421 4.3.2 and stays in the sender's queue.
+            self.mail_factory.shut_down()
+            for client in self._mail_clients.values():
+                await client.close()
         await close_connections(self.reactor, self.site, deadline)
         # The senders of earlier configurations not yet closed too.
         retiring, self._retiring = self._retiring, []

@@ -4,7 +4,8 @@
 shares (and a reload keeps): the bound on transactions in flight, the
 failed-login counts, the rate limiter, the bound on scrypt checks and the
 delivery reporter.  :func:`build_resources` builds the MM7 resources on
-them, :func:`site_for` the site to serve them with.
+them, :func:`site_for` the site to serve them with, :func:`mail_policy`
+and :func:`mail_portal` the ESMTP listener's policy and AUTH.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import (
     IReactorCore,
@@ -26,11 +28,14 @@ from twisted.python.reflect import namedAny
 from twisted.web.resource import Resource
 
 from mm7tx.config import Config
+from mm7tx.gateway.mail_in import MailToMMS, Upstream, smtp_portal_for
 from mm7tx.gateway.processors import EmailProcessor
 from mm7tx.gateway.reports import DeliveryReporter
 from mm7tx.http.auth import SCRYPT_CONCURRENCY, Account, portal_for
+from mm7tx.http.client import MM7Client
 from mm7tx.http.limits import LoginThrottle, RateLimiter, TransactionGate
 from mm7tx.http.resource import MM7Resource
+from mm7tx.http.settings import SubmitSettings
 from mm7tx.http.site import MM7Site
 from mm7tx.interfaces import IMailSender, IStateStore
 from mm7tx.metrics import Metrics
@@ -53,6 +58,9 @@ if TYPE_CHECKING:
 
 else:
     IMM7Reactor = Any
+
+if TYPE_CHECKING:
+    from mm7tx.smtp.server import ESMTPServerFactory
 
 
 @dataclass
@@ -303,3 +311,67 @@ def useless_parts(config: Config) -> list[str]:
             "path (mm7_mmsc_uri_paths) for them to submit to"
         )
     return found
+
+
+def mail_policy(
+    config: Config,
+    shared: Shared,
+    gate: TransactionGate,
+    clients: dict[SubmitSettings, MM7Client],
+) -> MailToMMS:
+    """The ESMTP listener's policy for ``config``: its mms_* settings, an
+    MM7 client per upstream MMSC (kept in ``clients`` across reloads while
+    its settings stay the same), the shared rate buckets and metrics, and
+    ``gate`` to count its mails in flight."""
+    reactor = shared.reactor
+    upstreams = []
+    for settings in config.upstreams:
+        client = clients.get(settings)
+        if client is None:
+            credentials = None
+            if settings.user is not None:
+                credentials = (settings.user, settings.password or "")
+            client = clients[settings] = MM7Client(
+                reactor,
+                settings.url,
+                credentials,
+                namespace=settings.namespace,
+                mm7_version=settings.mm7_version,
+                timeout=settings.timeout,
+                max_answer_size=config.client_max_answer_size,
+            )
+        upstreams.append(Upstream(settings, client))
+    return MailToMMS(
+        config.mail_in,
+        upstreams,
+        reactor,
+        limiter=shared.limiter,
+        gate=gate,
+        offload=in_threads(reactor),
+        metrics=shared.metrics,
+        log_addresses=config.log_addresses,
+    )
+
+
+def mail_portal(config: Config, shared: Shared) -> Portal:
+    """SMTP AUTH over ``config``'s VASP accounts, on the shared bound of
+    scrypt checks."""
+    return smtp_portal_for(config.vasps, shared.reactor, shared.scrypt)
+
+
+def mail_listener(
+    config: Config, policy: MailToMMS, shared: Shared
+) -> ESMTPServerFactory:
+    """The ESMTP listeners' factory: ``policy``, SIZE at ``mms_max_mail_size``,
+    AUTH over the VASP accounts."""
+    # Here, not at the top: twisted.mail installs the global reactor as it
+    # is imported (see mm7tx.smtp.senders).
+    from mm7tx.smtp.server import ESMTPServerFactory
+
+    return ESMTPServerFactory(
+        policy,
+        shared.reactor,
+        hostname=config.smtp.helo or "localhost",
+        max_size=config.mail_in.max_mail_size,
+        portal=mail_portal(config, shared),
+    )

@@ -12,6 +12,7 @@ from mm7tx.config.grammar import Option, Scope, parse
 from mm7tx.config.model import DEFAULTS, Config, Listener
 from mm7tx.config.options import BY_SCOPE
 from mm7tx.config.reader import (
+    ESMTP_LISTENER,
     HTTP_LISTENER,
     MM7_SERV,
     MMSC,
@@ -21,14 +22,14 @@ from mm7tx.config.reader import (
     did_you_mean,
     read_workers,
 )
-from mm7tx.http.settings import url_credentials
+from mm7tx.http.settings import SubmitSettings, url_credentials
 from mm7tx.mail.rules import AddressRules
 from mm7tx.mm7.codec.soap import XMLLimits
 from mm7tx.mm7.peers import Account, network
-from mm7tx.smtp.settings import SMTPSettings
+from mm7tx.smtp.settings import MailInSettings, SMTPSettings
 
 # The scopes a file may have at its top level.
-_TOP_SCOPES = [HTTP_LISTENER, MM7_SERV, VASP, MMSC]
+_TOP_SCOPES = [HTTP_LISTENER, ESMTP_LISTENER, MM7_SERV, VASP, MMSC]
 
 
 def load(text: str, source: str = "<config>") -> Config:
@@ -37,7 +38,8 @@ def load(text: str, source: str = "<config>") -> Config:
     top = ScopeValues(reader)
     mm7_servs: list[Scope] = []
     vasps: list[tuple[Scope, Account]] = []
-    mmscs: list[tuple[Scope, Account]] = []
+    mmscs: list[tuple[Scope, Account | None]] = []
+    upstreams: list[SubmitSettings] = []
     for item in parse(text.removeprefix("\ufeff"), source):
         kind = item.name.lower()
         if isinstance(item, Option):
@@ -53,7 +55,12 @@ def load(text: str, source: str = "<config>") -> Config:
         elif kind == "vasp":
             vasps.append((item, _account(reader, item)))
         elif kind == "mmsc":
-            mmscs.append((item, _account(reader, item, MMSC)))
+            account, upstream = _mmsc(reader, item)
+            mmscs.append((item, account))
+            if upstream is not None:
+                upstreams.append(upstream)
+        elif kind == "esmtp_listener":
+            top.read(item, ESMTP_LISTENER)
         elif kind == "mm7_serv":
             mm7_servs.append(item)
             top.read(item, MM7_SERV)
@@ -118,14 +125,16 @@ def load(text: str, source: str = "<config>") -> Config:
                 f"mm7_server_default_email_{side}_address): without either, "
                 f"every message whose {role} is a number is refused (2002)",
             )
-    for kind, accounts in (("VASP", vasps), ("MMSC", mmscs)):
+    for kind, scopes in (("VASP", vasps), ("MMSC", mmscs)):
         seen: set[str] = set()
-        for scope, account in accounts:
-            if account.name in seen:
+        for scope, _ in scopes:
+            # Every scope here has its label: an account needs a name.
+            if (scope.label or "") in seen:
                 raise ConfigError(
-                    source, scope.line, f'{kind} "{account.name}" is defined twice'
+                    source, scope.line, f'{kind} "{scope.label}" is defined twice'
                 )
-            seen.add(account.name)
+            seen.add(scope.label or "")
+    mail_in = _mail_in(source, top, values, upstreams, mm7_serv.line)
     return Config(
         listeners=tuple(values.pop("listeners", ())) or DEFAULTS.listeners,
         rules=AddressRules(**top.get("rules")),
@@ -138,23 +147,108 @@ def load(text: str, source: str = "<config>") -> Config:
         path_processors=tuple(values.pop("path_processors", ())),
         path_options=tuple(reader.path_options),
         vasps=tuple(vasp for _, vasp in vasps),
-        mmscs=tuple(mmsc for _, mmsc in mmscs),
+        mmscs=tuple(mmsc for _, mmsc in mmscs if mmsc is not None),
+        esmtp_listeners=tuple(values.pop("esmtp_listeners", ())),
+        mail_in=mail_in,
+        upstreams=tuple(upstreams),
         xml_limits=XMLLimits(**top.get("xml")),
         source=source,
         **values,
     )
 
 
-def _account(reader: Reader, scope: Scope, kind: str = VASP) -> Account:
-    """A ``VASP "name" { … }`` or ``MMSC "name" { … }`` scope."""
+def _mail_in(
+    source: str,
+    top: ScopeValues,
+    values: dict[str, object],
+    upstreams: list[SubmitSettings],
+    line: int,
+) -> MailInSettings:
+    """The mms_* options, checked against the ESMTP listeners and the
+    upstream MMSCs: a listener needs domains and an MMSC to submit to."""
+    try:
+        mail_in = MailInSettings(**top.get("mail_in"))
+    except ValueError as e:
+        raise ConfigError(source, line, str(e)) from None
+    if not values.get("esmtp_listeners"):
+        return mail_in
+    if not mail_in.domains:
+        raise ConfigError(
+            source,
+            line,
+            'ESMTP_Listener needs mms_domains = ("mms.example") in mm7_serv: '
+            "without it every recipient is refused",
+        )
+    if not upstreams:
+        raise ConfigError(
+            source,
+            line,
+            'ESMTP_Listener needs an MMSC "name" { submit_url = "…" } to submit '
+            "mail to",
+        )
+    return mail_in
+
+
+def _mmsc(reader: Reader, scope: Scope) -> tuple[Account | None, SubmitSettings | None]:
+    """An ``MMSC "name" { … }`` scope: the account it authenticates with on
+    VASP paths (none when it has only submit settings: no password, not
+    named by an address) and its submit settings (none without
+    ``submit_url``)."""
+    found = _read_account_scope(reader, scope, MMSC)
+    name = scope.label or ""  # a label: checked by _read_account_scope
+    submit = found.get("submit")
+    upstream = None
+    if submit:
+        if "url" not in submit:
+            raise reader.error(
+                scope,
+                f'MMSC "{scope.label}" has submit settings but no submit_url',
+            )
+        bare, in_url = url_credentials(submit["url"])
+        if in_url is not None:
+            if "user" in submit or "password" in submit:
+                raise ConfigError(
+                    reader.source,
+                    found.lines["submit_url"],
+                    "submit_url carries credentials (user:password@) and "
+                    "submit_user or submit_password is set too; keep one",
+                )
+            submit["user"], submit["password"] = in_url
+        submit["url"] = bare
+        try:
+            upstream = SubmitSettings(name, **submit)
+        except ValueError as e:
+            at = found.lines.get("submit_url", scope.line)
+            raise ConfigError(reader.source, at, str(e)) from None
+    values = found.get("account")
+    if upstream is not None and network(name) is None and not values:
+        return None, upstream
+    return _checked_account(reader, scope, found, MMSC), upstream
+
+
+def _read_account_scope(reader: Reader, scope: Scope, kind: str) -> ScopeValues:
     if not scope.label:
         raise reader.error(
             scope, f'{kind} needs a name: {kind} "{kind.lower()}1" {{ password = "…" }}'
         )
     found = ScopeValues(reader)
     found.read(scope, kind)
+    return found
+
+
+def _account(reader: Reader, scope: Scope, kind: str = VASP) -> Account:
+    """A ``VASP "name" { … }`` or ``MMSC "name" { … }`` scope."""
+    return _checked_account(
+        reader, scope, _read_account_scope(reader, scope, kind), kind
+    )
+
+
+def _checked_account(
+    reader: Reader, scope: Scope, found: ScopeValues, kind: str
+) -> Account:
+    name = scope.label or ""  # a label: checked by _read_account_scope
     values = found.get("account")
-    if network(scope.label) is None and "password" not in values:
+    if network(name) is None and "password" not in values:
         raise reader.error(
             scope,
             f'{kind} "{scope.label}" needs a password (or name it by an IP address)',
@@ -179,7 +273,7 @@ def _account(reader: Reader, scope: Scope, kind: str = VASP) -> Account:
             found.lines["delivery_report_password"],
             "delivery_report_password is set but delivery_report_user is not",
         )
-    return Account(scope.label, **values)
+    return Account(name, **values)
 
 
 def load_file(path: str) -> Config:
@@ -256,7 +350,16 @@ SHARED_KINDS = ("tcp", "tcp6", "ssl", "unix", "systemd")
 
 def check_shared(config: Config) -> None:
     """Every listener of ``config`` is one the parent can bind and pass to
-    workers as a socket; a :class:`ConfigError` names the one that is not."""
+    workers as a socket; a :class:`ConfigError` names the one that is not.
+    The ESMTP listener is not passed to workers: it is refused with them."""
+    for listener in config.esmtp_listeners:
+        raise ConfigError(
+            listener.origin or config.source,
+            0,
+            f"ESMTP_Listener {listener.endpoint!r} cannot run with workers (workers "
+            f"= {config.workers}): run mail to MMS with workers = 1, or in a "
+            "service of its own",
+        )
     for listener in config.listeners:
         kind, _, _ = inner_endpoint(listener.endpoint)
         if kind not in SHARED_KINDS:

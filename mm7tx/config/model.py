@@ -16,12 +16,13 @@ from mm7tx.http.settings import (
     DEFAULT_MAX_REQUEST_SIZE,
     DEFAULT_REQUEST_TIMEOUT,
     ListenAccess,
+    SubmitSettings,
 )
 from mm7tx.mail.rules import AddressRules
 from mm7tx.mm7.codec.soap import XMLLimits
 from mm7tx.mm7.messages import DEFAULT_MM7_VERSION
 from mm7tx.mm7.peers import Account, Network
-from mm7tx.smtp.settings import SMTPSettings
+from mm7tx.smtp.settings import MailInSettings, SMTPSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,12 @@ class Config:
     access_log: bool = False
     # How the transaction event shows addresses: masked, full or none.
     log_addresses: str = "masked"
+    # Mail to MMS: the ESMTP listeners (none: no SMTP port), what mail they
+    # take, and the upstream MMSCs it is submitted to (the MMSC scopes with
+    # a submit_url, in order).
+    esmtp_listeners: tuple[Listener, ...] = ()
+    mail_in: MailInSettings = field(default_factory=MailInSettings)
+    upstreams: tuple[SubmitSettings, ...] = ()
     source: str = "embedded defaults"
 
     def processor_for(self, path: str) -> str | None:

@@ -7,10 +7,11 @@ import re
 
 from mm7tx.config.options_accounts import ACCOUNT_OPTIONS
 from mm7tx.config.options_http import HTTP_OPTIONS
+from mm7tx.config.options_mail_in import MAIL_IN_OPTIONS
 from mm7tx.config.options_mm7 import MM7_OPTIONS
 from mm7tx.config.options_service import SERVICE_OPTIONS
 from mm7tx.config.options_smtp import SMTP_OPTIONS
-from mm7tx.config.reader import HTTP_LISTENER, OptionSpec
+from mm7tx.config.reader import ESMTP_LISTENER, HTTP_LISTENER, OptionSpec
 
 # Every option, declared once in the module of its area; each scope's README
 # table lists its options in this order.
@@ -20,6 +21,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     *SERVICE_OPTIONS,
     *SMTP_OPTIONS,
     *ACCOUNT_OPTIONS,
+    *MAIL_IN_OPTIONS,
 )
 
 # The options of each scope, by lower-case name: what the reader goes by.
@@ -33,9 +35,10 @@ def options_markdown(scope: str) -> str:
     """The README's text for one scope's options, generated from
     :data:`OPTIONS` so the documentation cannot drift from the parser."""
     specs = [spec for spec in OPTIONS if spec.scope == scope]
-    if scope == HTTP_LISTENER:
+    if scope in (HTTP_LISTENER, ESMTP_LISTENER):
         [spec] = specs
-        return f"`{spec.syntax}` {spec.help} (default `{spec.default}`).\n"
+        default = f"`{spec.default}`" if spec.default else spec.shown
+        return f"`{spec.syntax}` {spec.help} (default {default}).\n"
     lines = [f"| option (in `{scope}`) | default | meaning |", "|---|---|---|"]
     lines += [spec.markdown_row() for spec in specs]
     return "\n".join(lines) + "\n"

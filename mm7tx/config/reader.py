@@ -25,10 +25,15 @@ from mm7tx.mm7.peers import network
 # The scopes options are declared in.
 MM7_SERV, VASP, HTTP_LISTENER = "mm7_serv", "VASP", "HTTP_Listener"
 MMSC, LISTEN = "MMSC", "Listen"
+ESMTP_LISTENER = "ESMTP_Listener"
 
 # mm7_report_mail_from: a mailbox with no space, bracket, quote or control
 # character, which no relay could misread in MAIL FROM.
 _NOT_IN_SENDER = r'\s<>@"(),;:\\\[\]\x00-\x1f\x7f-\x9f'
+_DOMAIN = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
 _ENVELOPE_SENDER = re.compile(f"[^{_NOT_IN_SENDER}]+@[^{_NOT_IN_SENDER}]+")
 
 
@@ -226,15 +231,33 @@ class Reader:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise self.error(
-                option, "delivery_report_url must be an http(s) URL with a host"
+                option, f"{option.name} must be an http(s) URL with a host"
             )
         try:
             parts.port  # noqa: B018 - raises on a port out of range
         except ValueError:
             raise self.error(
-                option, "delivery_report_url has a port that is not 0 to 65535"
+                option, f"{option.name} has a port that is not 0 to 65535"
             ) from None
         return url
+
+    def domains(self, option: Option) -> tuple[str, ...]:
+        """Mail domains: names of letters, digits, ``-`` and ``.``."""
+        items = option.value if isinstance(option.value, list) else [option.value]
+        for item in items:
+            if not _DOMAIN.fullmatch(item.strip().rstrip(".")):
+                raise self.error(option, f"{option.name}: {item!r} is not a domain")
+        return tuple(item.strip().lower().rstrip(".") for item in items)
+
+    def prefixes(self, option: Option) -> tuple[str, ...]:
+        """Number prefixes: digits, a leading ``+`` allowed."""
+        items = option.value if isinstance(option.value, list) else [option.value]
+        for item in items:
+            if not item.strip().lstrip("+").isdigit():
+                raise self.error(
+                    option, f"{option.name}: {item!r} is not a number prefix"
+                )
+        return tuple(item.strip().lstrip("+") for item in items)
 
     def report_mail_from(self, option: Option) -> str:
         """An envelope sender: one plain address (``<a@b>`` too), or empty
@@ -361,7 +384,7 @@ class ScopeValues:
             spec = specs.get(entry.name.lower())
             if spec is None or spec.is_scope != isinstance(entry, Scope):
                 kind = "scope" if isinstance(entry, Scope) else "option"
-                if scope_name == HTTP_LISTENER:
+                if scope_name in (HTTP_LISTENER, ESMTP_LISTENER):
                     kind = "entry"
                 names = [
                     other.name

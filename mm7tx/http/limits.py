@@ -15,22 +15,36 @@ from mm7tx.http.settings import DEFAULT_MAX_FAILED_LOGINS as DEFAULT_MAX_FAILED_
 
 class RateLimiter:
     """A token bucket per account: ``rate`` requests per second, with a burst
-    of one second's worth (at least one request)."""
+    of one second's worth (at least one request) unless ``burst`` says how
+    many.  At most ``max_names`` buckets are kept: past it, those full again
+    (as a new one would be) are forgotten, then the stalest."""
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, max_names: int = 100000) -> None:
         self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self.max_names = max_names
+        # name -> (tokens, last use, when it is full again)
+        self._buckets: dict[str, tuple[float, float, float]] = {}
 
-    def allow(self, name: str, rate: float) -> bool:
+    def allow(self, name: str, rate: float, burst: float | None = None) -> bool:
         now = self.clock.seconds()
-        capacity = max(1.0, rate)
-        tokens, last = self._buckets.get(name, (capacity, now))
+        capacity = max(1.0, rate if burst is None else burst)
+        tokens, last, _ = self._buckets.pop(name, (capacity, now, now))
         tokens = min(capacity, tokens + (now - last) * rate)
-        if tokens < 1.0:
-            self._buckets[name] = (tokens, now)
-            return False
-        self._buckets[name] = (tokens - 1.0, now)
-        return True
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        if len(self._buckets) >= self.max_names:
+            self._forget(now)
+        # Newest last, for _forget.
+        self._buckets[name] = (tokens, now, now + (capacity - tokens) / rate)
+        return allowed
+
+    def _forget(self, now: float) -> None:
+        for name, (_, _, full) in list(self._buckets.items()):
+            if full <= now:
+                del self._buckets[name]
+        while len(self._buckets) >= self.max_names:
+            del self._buckets[next(iter(self._buckets))]
 
 
 class TransactionGate:

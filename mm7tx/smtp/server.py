@@ -145,9 +145,26 @@ class ESMTPServer(ESMTP):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
+        connections = getattr(self.factory, "connections", None)
+        if connections is not None:
+            connections.discard(self)
         self._pieces = []
         self._piece = bytearray()
         super().connectionLost(reason)
+
+    @property
+    def pending(self) -> bool:
+        """Whether a reply is still to come (the policy is deciding)."""
+        return self._waiting
+
+    def shut_down(self) -> None:
+        """The service stops: 421 4.3.2 and close, the policy's reply still
+        pending (if any) never sent."""
+        if self._lost or self._t.disconnecting:
+            return
+        self._reply(SMTPReply(421, "4.3.2", f"{self._name} shutting down"))
+        self._lost = True
+        self._t.loseConnection()
 
     def timeoutConnection(self) -> None:
         self._reply(SMTPReply(421, "4.4.2", f"{self._name} Idle timeout, closing"))
@@ -588,7 +605,9 @@ def _checked(reply: object) -> SMTPReply:
 
 class ESMTPServerFactory(ServerFactory):
     """Builds an :class:`ESMTPServer` per connection, all sharing one
-    policy, reactor, portal and TLS context factory."""
+    policy, reactor, portal and TLS context factory; ``connections`` holds
+    the open ones (:meth:`shut_down` ends them).  A new ``policy`` or
+    ``portal`` set here applies to the connections made from then on."""
 
     def __init__(
         self,
@@ -612,8 +631,24 @@ class ESMTPServerFactory(ServerFactory):
             "timeout": timeout,
             "max_auth_failures": max_auth_failures,
         }
+        self.connections: set[ESMTPServer] = set()
+
+    @property
+    def portal(self) -> Portal | None:
+        portal: Portal | None = self.options["portal"]
+        return portal
+
+    @portal.setter
+    def portal(self, portal: Portal | None) -> None:
+        self.options["portal"] = portal
 
     def buildProtocol(self, addr: Any) -> ESMTPServer:
         protocol = ESMTPServer(self.policy, self.reactor, **self.options)
         protocol.factory = self
+        self.connections.add(protocol)
         return protocol
+
+    def shut_down(self) -> None:
+        """421 4.3.2 to every open connection, and close it."""
+        for protocol in list(self.connections):
+            protocol.shut_down()

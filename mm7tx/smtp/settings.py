@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mm7tx.mm7.peers import Network, network
+
 StartTLS = Literal["off", "opportunistic", "required"]
 
 
@@ -44,3 +46,38 @@ class SMTPSettings:
             if part.startswith("host="):
                 return part[5:]
         return parts[1] if len(parts) > 1 and "=" not in parts[1] else "localhost"
+
+
+_LOOPBACK: tuple[Network, ...] = tuple(
+    n for n in (network("127.0.0.0/8"), network("::1")) if n is not None
+)
+
+# Mail to MMS: the defaults of mm7_serv's mms_* options.
+DEFAULT_MMS_RATE = 60.0  # mails per minute, per sender address and per network
+DEFAULT_MMS_MAX_MAIL_SIZE = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MailInSettings:
+    """What mail the ESMTP listener (``ESMTP_Listener``) takes: mail to a
+    numeric local part at one of ``domains``, from ``relay_networks`` (or
+    after AUTH as a VASP account), at most ``rate`` mails a minute per
+    sender address and per network, at most ``max_mail_size`` bytes (SIZE);
+    ``refuse_unsupported`` refuses a mail with a part that cannot be sent
+    as MMS rather than dropping the part."""
+
+    domains: tuple[str, ...] = ()
+    relay_networks: tuple[Network, ...] = field(default_factory=lambda: _LOOPBACK)
+    rate: float = DEFAULT_MMS_RATE
+    max_mail_size: int = DEFAULT_MMS_MAX_MAIL_SIZE
+    refuse_unsupported: bool = False
+
+    def __post_init__(self) -> None:
+        # Domains are compared in lower case, without a trailing dot.
+        object.__setattr__(
+            self, "domains", tuple(d.lower().rstrip(".") for d in self.domains)
+        )
+        if self.rate <= 0:
+            raise ValueError("mms_rate must be a positive number of mails a minute")
+        if self.max_mail_size < 1:
+            raise ValueError("mms_max_mail_size must be at least 1 byte")
