@@ -3,13 +3,10 @@ the reactor it is given, and stopping it leaves nothing behind there."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import replace
 from email.message import EmailMessage
 from typing import Any
 
-import pytest
 from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
@@ -275,26 +272,6 @@ def test_a_drain_that_runs_out_says_how_many_were_still_in_flight() -> None:
     assert ": fault 4006 the server is stopping (" in outcome
     assert outcome.endswith("; not answered, the connection was gone")
     assert reactor.getDelayedCalls() == []
-
-
-@pytest.mark.loopback
-def test_importing_mm7tx_leaves_the_reactor_to_the_application() -> None:
-    """``twisted.mail.smtp`` installs the default reactor as it is imported;
-    mm7tx imports it only when a relay needs the ESMTP sender, so an
-    application can still install the reactor it wants after importing us."""
-    code = (
-        "import sys\n"
-        "import mm7tx.cli, mm7tx.config, mm7tx.service, mm7tx.tap\n"
-        "from twisted.internet import asyncioreactor\n"
-        "asyncioreactor.install()\n"
-        "from twisted.internet import reactor\n"
-        "print(type(reactor).__name__)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "AsyncioSelectorReactor"
 
 
 def test_stopping_the_service_abandons_reports_after_the_drain_time() -> None:

@@ -1,6 +1,6 @@
 """The MM7 client and the ``mm7tx`` command, in memory on a clock the test
-moves (``mm7tx.testing``), with one HTTPS exchange over real TLS on loopback
-and one run of the installed ``mm7tx`` script."""
+moves (``mm7tx.testing``), and runs of the installed ``mm7tx`` script.  The
+HTTPS exchange over real TLS on loopback is in tests/loopback/test_client.py."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import pytest
 import pytest_twisted
 from lxml import etree
 from twisted.internet import defer, reactor, task
-from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.utils import getProcessOutputAndValue
@@ -43,7 +42,7 @@ from mm7tx.http.client import (
     TimedOut,
     Unreachable,
 )
-from mm7tx.http.resource import MM7Resource, build_root
+from mm7tx.http.resource import build_root
 from mm7tx.interfaces import (
     IDeliverProcessor,
     IDeliveryReportProcessor,
@@ -54,7 +53,6 @@ from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m
 from mm7tx.testing import MemoryAgent, MemoryGateway, MemoryReactor, fired, result_of
 from tests import samples
-from tests.certs import make_certificate, server_options
 
 MM7TX = str(Path(sys.executable).parent / "mm7tx")
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 120
@@ -647,46 +645,6 @@ def test_unreachable():
 def test_a_client_with_an_agent_needs_a_clock():
     with pytest.raises(TypeError, match="reactor="):
         MM7Client(MemoryAgent(MemoryReactor()), "http://mmsc.test/")
-
-
-# The one client exchange over real TLS ---------------------------------------
-
-
-@pytest.mark.loopback
-@pytest_twisted.ensureDeferred
-async def test_https_with_a_ca_file(tmp_path, capsys):
-    cert, key = make_certificate(tmp_path)
-    options = server_options(cert, key)
-    mmsc = Recorder()
-    site = Site(build_root({"/mm7/": MM7Resource(mmsc, "/mm7/", "mmsc")}))
-    port = await SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1").listen(
-        site
-    )
-    url = f"https://localhost:{port.getHost().port}/mm7/"
-    trusting = MM7Client(reactor, url, ca_file=str(cert), timeout=20)
-    doubting = MM7Client(reactor, url, timeout=20)
-    try:
-        response = await trusting.submit(SUBMIT)
-        assert response.message_id == "MID-1"
-        with pytest.raises(Unreachable) as caught:
-            await doubting.submit(SUBMIT)
-        assert str(caught.value).startswith(f"TLS with {url} failed: ")
-        assert len(mmsc.requests) == 1
-        # The command's own agent, on the real reactor, trusting the CA file.
-        args = cli.parser().parse_args(
-            ["submit", url, "--to", "1", "--text", "x", "--ca-file", str(cert)]
-        )
-        code = await defer.ensureDeferred(cli.run(reactor, args)).addTimeout(
-            30, reactor
-        )
-        assert (code, capsys.readouterr().out) == (
-            0,
-            "1000 Success\nMessageID: MID-2\n",
-        )
-    finally:
-        await trusting.close()
-        await doubting.close()
-        await port.stopListening()
 
 
 # The command line: its pieces ------------------------------------------------

@@ -356,34 +356,6 @@ def test_the_access_log_hides_the_password_in_the_uri():
     assert re.search(r'"POST /mm7/vasp1=\*\*\* HTTP/1.1"', requests[0])
 
 
-@pytest.mark.loopback
-def test_hash_password_command_makes_a_hash_the_config_accepts():
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    mm7tx = str(Path(sys.executable).parent / "mm7tx")
-    out = subprocess.run(
-        [mm7tx, "hash-password"],
-        input="s3cret\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    stored = out.stdout.strip()
-    assert stored.startswith("scrypt$") and "s3cret" not in stored
-    assert password_matches(stored, "s3cret")
-    resource = MM7Resource(
-        EmailProcessor(FakeMailSender(), RULES),
-        "/mm7/",
-        "mmsc",
-        portal=portal_for((Account("v", stored),), ThreadedReactor()),  # type: ignore[arg-type]
-    )
-    _, env = submit(build_root({"/mm7/": resource}), "/mm7/v=s3cret")
-    assert env.message.status.code == 1000  # type: ignore[union-attr]
-
-
 class ReportRecorder:
     """A DeliveryReporter stand-in keeping what it was asked to post."""
 

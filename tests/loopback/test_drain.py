@@ -85,7 +85,6 @@ def mail_by_transaction(folder: Path) -> Counter[str]:
     return found
 
 
-@pytest.mark.loopback
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
 def test_sigterm_under_load_writes_every_drained_answer(tmp_path, pipelining):
     smtp_port, http_port = free_port(), free_port()
@@ -186,7 +185,6 @@ mm7_serv {{
     assert "still in flight" not in text and "not yet closed" not in text, text
 
 
-@pytest.mark.loopback
 def test_the_408_and_the_413_reach_clients_that_keep_sending(tmp_path):
     """Over real TCP: a refused client that is still sending reads its 408 or
     413 (mm7tx half-closes and drops what follows; a close at once would

@@ -9,8 +9,6 @@ import socket
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from mm7tx import __version__
 from tests.processes import TWISTD, free_port, post_sample, wait_for_port
 
@@ -21,7 +19,6 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.loopback
 def test_twistd_help_lists_mm7(tmp_path):
     out = run(["--help"], tmp_path)
     assert out.returncode == 0
@@ -31,7 +28,6 @@ def test_twistd_help_lists_mm7(tmp_path):
         assert option in out.stdout
 
 
-@pytest.mark.loopback
 def test_twistd_mm7_version_is_mm7txs_then_twisteds_and_pythons(tmp_path):
     out = run(["mm7", "--version"], tmp_path)
     assert out.returncode == 0, out.stderr
@@ -41,7 +37,6 @@ def test_twistd_mm7_version_is_mm7txs_then_twisteds_and_pythons(tmp_path):
     assert python == f"Python {platform.python_version()}"
 
 
-@pytest.mark.loopback
 def test_a_bad_config_stops_the_start_with_file_and_line(tmp_path):
     conf = tmp_path / "bad.conf"
     conf.write_text('mm7_serv {\n  mm7_vasp_uri_paths = ("/a/")\n  nonsense = 1\n}\n')
@@ -52,7 +47,6 @@ def test_a_bad_config_stops_the_start_with_file_and_line(tmp_path):
     )
 
 
-@pytest.mark.loopback
 def test_embedded_defaults_deliver_into_a_maildir(tmp_path):
     port = free_port()
     process = subprocess.Popen(
@@ -84,7 +78,6 @@ def test_embedded_defaults_deliver_into_a_maildir(tmp_path):
     assert os.path.exists(tmp_path / "Maildir" / "cur")
 
 
-@pytest.mark.loopback
 def test_a_bad_config_is_one_line_without_the_usage_text(tmp_path):
     conf = tmp_path / "bad.conf"
     conf.write_text('mm7_serv {\n  mm7_vasp_uri_paths = ("/a/")\n  nonsense = 1\n}\n')
@@ -94,7 +87,6 @@ def test_a_bad_config_is_one_line_without_the_usage_text(tmp_path):
     assert out.stderr == f"{conf}, line 3: unknown mm7_serv option 'nonsense'\n"
 
 
-@pytest.mark.loopback
 def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
     conf = tmp_path / "latin1.conf"
     conf.write_bytes(b'# caf\xe9\nmm7_serv { mm7_vasp_uri_paths = ("/a/") }\n')
@@ -103,7 +95,6 @@ def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
     assert out.stderr == f"{conf}, line 1: the file is not UTF-8 text (byte 0xe9)\n"
 
 
-@pytest.mark.loopback
 def test_bad_command_line_endpoints_are_one_line_naming_the_option(tmp_path):
     out = run(["-n", "--pidfile=", "mm7", "--listen", "8080"], tmp_path)
     assert out.returncode == 1
@@ -115,7 +106,6 @@ def test_bad_command_line_endpoints_are_one_line_naming_the_option(tmp_path):
     assert line.startswith("--smtp-relay: 'smtp://x' is a URL, not an endpoint")
 
 
-@pytest.mark.loopback
 def test_a_port_in_use_stops_the_start_with_one_line(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

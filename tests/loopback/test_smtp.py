@@ -50,7 +50,6 @@ def certificate(tmp_path):
     return cert, server
 
 
-@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_delivers_with_bytes_intact_over_loopback(relay, delivery):
     # ``relay`` (tests/conftest.py): with and without PIPELINING.
@@ -67,7 +66,6 @@ async def test_delivers_with_bytes_intact_over_loopback(relay, delivery):
     await sender.close()
 
 
-@pytest.mark.loopback
 @pytest.mark.parametrize("pipelining", [False, True])
 @pytest_twisted.ensureDeferred
 async def test_opportunistic_starttls_encrypts_when_offered(certificate, pipelining):
@@ -85,7 +83,6 @@ async def test_opportunistic_starttls_encrypts_when_offered(certificate, pipelin
         await port.stopListening()
 
 
-@pytest.mark.loopback
 @pytest.mark.parametrize("pipelining", [False, True])
 @pytest_twisted.ensureDeferred
 async def test_required_starttls_checks_the_certificate(certificate, pipelining):
@@ -115,7 +112,6 @@ async def test_required_starttls_checks_the_certificate(certificate, pipelining)
         await port.stopListening()
 
 
-@pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_implicit_tls_endpoint(certificate):
     delivery = RecordingDelivery()
@@ -133,7 +129,6 @@ async def test_implicit_tls_endpoint(certificate):
         await port.stopListening()
 
 
-@pytest.mark.loopback
 @pytest.mark.parametrize("pipelining", [False, True])
 @pytest_twisted.ensureDeferred
 async def test_auth_with_the_right_password_and_never_logs_it(pipelining):

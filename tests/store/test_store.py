@@ -1,18 +1,13 @@
 """The state store (mm7tx.store): one conformance suite run against every
-implementation — in memory, SQLite (its work run inline on the test's
-thread, so that its order is the test's) and a real ``redis-server`` on a
-free loopback port — then what is particular to each, and the parser of
-the ``state_store`` text.
+implementation — here in memory and SQLite (its work run inline on the
+test's thread, so that its order is the test's), against a real
+``redis-server`` in tests/loopback/test_store.py — then what is particular
+to each, and the parser of the ``state_store`` text.
 
-Time is a ``Clock`` the test advances.  Redis keeps its TTLs on its own
-clock, so the Redis harness moves them as the test's clock moves: every
-key's remaining TTL shortened by the time advanced (or the key deleted)."""
+Time is a ``Clock`` the test advances."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -63,74 +58,15 @@ class Harness:
             await defer.maybeDeferred(sweep)
 
 
-class RedisHarness(Harness):
-    async def advance(self, seconds: float) -> None:
-        client = self.store.client
-        keys = await client.command("KEYS", "*")
-        for key in keys:
-            left = await client.command("PTTL", key)
-            if left < 0:
-                continue
-            if left <= seconds * 1000:
-                await client.command("DEL", key)
-            else:
-                await client.command("PEXPIRE", key, left - round(seconds * 1000))
-        self.clock.advance(seconds)
-        # Replies come in order: once this one is in, so are the replies to
-        # what the clock's calls asked for.
-        await client.command("PING")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    """A real redis-server on a free loopback port, for this module."""
-    server = shutil.which("redis-server")
-    assert server, "redis-server is missing: apt-get install redis-server (.ci/run)"
-    port = free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:  # it says when it listens
-        if b"Ready to accept connections" in line:
-            break
-    else:
-        raise AssertionError(f"redis-server exited: {process.wait()}")
-    yield port
-    process.terminate()
-    process.wait(5)
-    process.stdout.close()
-
-
-@pytest.fixture(
-    params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.loopback)]
-)
+@pytest.fixture(params=["memory", "sqlite"])
 def harness(request, tmp_path):
     clock = Clock()
     clock.advance(1_000_000)
     if request.param == "memory":
         store: Any = MemoryStore(clock)
-        made = Harness(store, clock)
-    elif request.param == "sqlite":
-        store = SQLiteStore(str(tmp_path / "state.sqlite3"), clock, inline)
-        made = Harness(store, clock)
     else:
-        port = request.getfixturevalue("redis_server")
-        store = RedisStore(
-            StoreSpec("redis", host="127.0.0.1", port=port), reactor, clock
-        )
-        made = RedisHarness(store, clock)
-    yield made
-    if request.param == "redis":
-        pytest_twisted.blockon(store.client.command("FLUSHDB"))
+        store = SQLiteStore(str(tmp_path / "state.sqlite3"), clock, inline)
+    yield Harness(store, clock)
     pytest_twisted.blockon(store.close())
 
 
@@ -493,69 +429,6 @@ async def test_sqlite_on_its_own_thread_with_the_real_reactor(tmp_path):
     claims = await defer.gatherResults([store.claim(f"k{n}", 30) for n in range(50)])
     assert all(isinstance(c, New) for c in claims)
     assert store.work_done == 50 and store.batches < 50  # grouped while one ran
-    await store.close()
-
-
-# Redis: native TTLs, authentication, an unreachable server
-
-
-@pytest.mark.loopback
-@pytest_twisted.ensureDeferred
-async def test_redis_keeps_native_ttls(redis_server):
-    store = RedisStore(StoreSpec("redis", host="127.0.0.1", port=redis_server), reactor)
-    try:
-        claim = await store.claim("k", 30)
-        assert 29_000 < await store.client.command("PTTL", "mm7tx:once:k") <= 30_000
-        await store.complete("k", claim.token, ANSWER, DAY)
-        assert await store.client.command("PTTL", "mm7tx:once:k") > DAY * 1000 - 1000
-        await store.put("r", b"v", 5)
-        assert 4000 < await store.client.command("PTTL", "mm7tx:record:r") <= 5000
-        await store.put_report("p", b"v", "a", 0, 60, 100)
-        assert await store.client.command("PTTL", "mm7tx:report:p") > 99_000
-    finally:
-        await store.client.command("FLUSHDB")
-        await store.close()
-
-
-@pytest.mark.loopback
-@pytest_twisted.ensureDeferred
-async def test_redis_authenticates_and_selects_its_database(redis_server):
-    admin = RedisStore(StoreSpec("redis", host="127.0.0.1", port=redis_server), reactor)
-    await admin.client.command("CONFIG", "SET", "requirepass", "s3cret")
-    try:
-        url = f"redis://:s3cret@127.0.0.1:{redis_server}/2"
-        store = RedisStore(parse_store(url), reactor)
-        await store.put("k", b"v", 10)
-        assert await store.client.command("CLIENT", "INFO") is not None
-        await store.close()
-        wrong = RedisStore(
-            parse_store(f"redis://127.0.0.1:{redis_server}/2", password="wrong"),
-            reactor,
-        )
-        with pytest.raises(StoreError) as refused:
-            await wrong.get("k")
-        assert "wrong" not in str(refused.value)
-        await wrong.close()
-        separate = RedisStore(
-            parse_store(f"redis://127.0.0.1:{redis_server}/2", password="s3cret"),
-            reactor,
-        )
-        assert await separate.get("k") == b"v"
-        await separate.client.command("FLUSHDB")
-        await separate.close()
-    finally:
-        await admin.client.command("AUTH", "s3cret")
-        await admin.client.command("CONFIG", "SET", "requirepass", "")
-        await admin.close()
-
-
-@pytest.mark.loopback
-@pytest_twisted.ensureDeferred
-async def test_redis_unreachable_is_a_store_error():
-    port = free_port()  # nothing listens there
-    store = RedisStore(StoreSpec("redis", host="127.0.0.1", port=port), reactor)
-    with pytest.raises(StoreError, match="cannot connect"):
-        await store.claim("k", 30)
     await store.close()
 
 

@@ -8,8 +8,6 @@ tests here skip in the first and do their work in the second.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import tomllib
 from importlib.metadata import distribution, version
 from pathlib import Path
@@ -19,7 +17,6 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 import mm7tx
-from tests.processes import TWISTD, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,29 +83,3 @@ def test_the_wheel_ships_the_plugin_the_examples_and_the_type_marker():
     assert not [name for name in names if name.startswith("tests/")]
     # Twisted's own twisted/plugins/__init__.py stays Twisted's.
     assert "twisted/plugins/__init__.py" not in names
-
-
-@pytest.mark.loopback
-def test_the_shipped_config_starts_from_outside_the_checkout(tmp_path):
-    """etc/mm7tx.conf binds mm7tx.examples.shortcode: the installed package has it."""
-    conf = ROOT / "etc" / "mm7tx.conf"
-    port = free_port()
-    listen = f"tcp:{port}:interface=127.0.0.1"
-    process = subprocess.Popen(
-        [TWISTD, "-n", "--pidfile=", "mm7", "--config", str(conf), "--listen", listen],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_for_port(port, process)  # the log says what went wrong if not
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        log, _ = process.communicate(timeout=30)
-    assert (
-        f"mm7tx {mm7tx.__version__} on {conf}: listening on {listen}, VASP paths" in log
-    ), log
-    assert "/photo_contest/" in log
-    assert "Traceback" not in log, log
