@@ -1,6 +1,7 @@
 """The layout (README, "Layout"; CONTRIBUTING.md): no import cycle between
 modules, no module over 700 lines but the listed ones, the old dotted names
-still work, and a test without the loopback mark stays in memory."""
+still work; the tests mirror the packages, the loopback mark goes with the
+folder tests/loopback/ and no other, and a test without it stays in memory."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import pytest
 from twisted.python.reflect import namedAny
 
 import mm7tx
+from tests import conftest
 
 PACKAGE = Path(mm7tx.__file__).parent
+TESTS = Path(__file__).resolve().parents[1]
 MAX_LINES = 700
 
 # Modules allowed over MAX_LINES (none now): a module that shrinks below the
@@ -165,6 +168,60 @@ def test_a_test_without_the_loopback_mark_gets_no_real_socket_or_process() -> No
         s.bind(("127.0.0.1", 0))
     with pytest.raises(AssertionError, match="loopback"):
         subprocess.run([sys.executable, "-c", "pass"], check=False)
+
+
+def test_the_tests_mirror_the_packages() -> None:
+    folders = {p.name for p in TESTS.iterdir() if p.is_dir() and p.name[0] != "_"}
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert folders - {"loopback", "system"} <= packages
+    # Every folder a package (two may each hold a test_smtp.py); the top
+    # level holds the shared helpers and conftest.py, no tests.
+    assert [f for f in folders if not (TESTS / f / "__init__.py").is_file()] == []
+    assert sorted(p.name for p in TESTS.glob("test_*.py")) == []
+
+
+def test_no_test_outside_tests_loopback_carries_the_loopback_mark() -> None:
+    marked = [
+        str(path.relative_to(TESTS))
+        for path in sorted(TESTS.rglob("*.py"))
+        if path.name != "conftest.py"
+        and path != Path(__file__).resolve()
+        and "mark.loopback" in path.read_text(encoding="utf-8")
+    ]
+    assert marked == []  # the folder marks its tests (tests/conftest.py)
+
+
+class _Item:
+    """What of a collected test ``conftest.pytest_collection_modifyitems``
+    reads and writes."""
+
+    def __init__(self, path: Path, *marks: pytest.MarkDecorator) -> None:
+        self.path = path
+        self.nodeid = str(path.relative_to(TESTS))
+        self.marks = [mark.mark for mark in marks]
+
+    def add_marker(self, marker: pytest.MarkDecorator) -> None:
+        self.marks.append(marker.mark)
+
+    def get_closest_marker(self, name: str) -> pytest.Mark | None:
+        return next((mark for mark in self.marks if mark.name == name), None)
+
+
+def test_every_test_under_tests_loopback_is_marked_loopback_and_no_other() -> None:
+    inside = _Item(TESTS / "loopback" / "test_x.py")
+    outside = _Item(TESTS / "smtp" / "test_x.py")
+    conftest.pytest_collection_modifyitems(None, [inside, outside])  # type: ignore[arg-type, list-item]
+    assert inside.get_closest_marker("loopback") is not None
+    assert outside.get_closest_marker("loopback") is None
+    astray = _Item(TESTS / "smtp" / "test_y.py", pytest.mark.loopback)
+    with pytest.raises(pytest.UsageError, match=r"smtp/test_y\.py"):
+        conftest.pytest_collection_modifyitems(None, [astray])  # type: ignore[arg-type, list-item]
+
+
+def test_this_test_outside_tests_loopback_is_not_marked(
+    request: pytest.FixtureRequest,
+) -> None:
+    assert request.node.get_closest_marker("loopback") is None
 
 
 def test_every_interface_is_defined_in_mm7tx_interfaces():
