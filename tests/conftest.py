@@ -4,6 +4,7 @@ other), and the guard that keeps every test without it in memory."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -58,6 +59,9 @@ def in_memory_unless_marked(
     monkeypatch.setattr(socket.socket, "bind", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    # reactor.spawnProcess starts its processes with these, not Popen.
+    monkeypatch.setattr(os, "fork", refuse)
+    monkeypatch.setattr(os, "posix_spawnp", refuse)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The MM7 client and the ``mm7tx`` command, in memory on a clock the test
-moves (``mm7tx.testing``), and runs of the installed ``mm7tx`` script.  The
-HTTPS exchange over real TLS on loopback is in tests/loopback/test_client.py."""
+moves (``mm7tx.testing``).  The HTTPS exchange over real TLS on loopback and
+the runs of the installed ``mm7tx`` script are in tests/loopback/test_client.py."""
 
 from __future__ import annotations
 
@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_twisted
 from lxml import etree
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.web.iweb import IAgent
@@ -54,7 +52,6 @@ from mm7tx.mm7 import messages as m
 from mm7tx.testing import MemoryAgent, MemoryGateway, MemoryReactor, fired, result_of
 from tests import samples
 
-MM7TX = str(Path(sys.executable).parent / "mm7tx")
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 120
 
 CONFIG = """
@@ -1380,32 +1377,6 @@ def test_hash_password_on_a_terminal_asks_twice(monkeypatch, capsys, typed, code
     out, got_err = capsys.readouterr()
     assert got_err == err and prompts == ["VASP password: ", "again: "]
     assert password_matches(out.strip(), "s3cret") is (code == 0)
-
-
-# The installed script ---------------------------------------------------------
-
-
-async def run_script(*args: str) -> tuple[str, str, int]:
-    out, err, code = await getProcessOutputAndValue(
-        MM7TX, args, env={}, reactor=reactor
-    ).addTimeout(30, reactor)
-    return out.decode(), err.decode(), code
-
-
-@pytest_twisted.ensureDeferred
-async def test_the_installed_command_helps_and_refuses_usage_errors():
-    (out, _, helped), (_, err, refused) = await defer.gatherResults(
-        [
-            defer.ensureDeferred(run_script("--help")),
-            defer.ensureDeferred(run_script("submit", "--to", "1")),
-        ]
-    )
-    assert helped == 0
-    for name in ("submit", "deliver", "delivery-report", "read-reply", "hash-password"):
-        assert name in out
-    assert refused == 2
-    assert err.startswith("usage: mm7tx submit")
-    assert "the following arguments are required: URL" in err
 
 
 def test_an_empty_summary_reads_as_zeros():

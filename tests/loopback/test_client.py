@@ -1,12 +1,16 @@
-"""The MM7 client over real HTTPS with a CA file (in memory:
-tests/http/test_client.py)."""
+"""The MM7 client over real HTTPS with a CA file, and the installed ``mm7tx``
+script run as a process (in memory: tests/http/test_client.py)."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web.server import Site
 
 from mm7tx import cli
@@ -17,6 +21,8 @@ from mm7tx.http.client import (
 from mm7tx.http.resource import MM7Resource, build_root
 from tests.certs import make_certificate, server_options
 from tests.http.test_client import SUBMIT, Recorder
+
+MM7TX = str(Path(sys.executable).parent / "mm7tx")
 
 
 @pytest_twisted.ensureDeferred
@@ -53,3 +59,29 @@ async def test_https_with_a_ca_file(tmp_path, capsys):
         await trusting.close()
         await doubting.close()
         await port.stopListening()
+
+
+# The installed script ---------------------------------------------------------
+
+
+async def run_script(*args: str) -> tuple[str, str, int]:
+    out, err, code = await getProcessOutputAndValue(
+        MM7TX, args, env={}, reactor=reactor
+    ).addTimeout(30, reactor)
+    return out.decode(), err.decode(), code
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_installed_command_helps_and_refuses_usage_errors():
+    (out, _, helped), (_, err, refused) = await defer.gatherResults(
+        [
+            defer.ensureDeferred(run_script("--help")),
+            defer.ensureDeferred(run_script("submit", "--to", "1")),
+        ]
+    )
+    assert helped == 0
+    for name in ("submit", "deliver", "delivery-report", "read-reply", "hash-password"):
+        assert name in out
+    assert refused == 2
+    assert err.startswith("usage: mm7tx submit")
+    assert "the following arguments are required: URL" in err

@@ -170,6 +170,16 @@ def test_a_test_without_the_loopback_mark_gets_no_real_socket_or_process() -> No
         subprocess.run([sys.executable, "-c", "pass"], check=False)
 
 
+def test_a_test_without_the_loopback_mark_spawns_no_process_on_the_reactor() -> None:
+    from twisted.internet import reactor
+    from twisted.internet.protocol import ProcessProtocol
+
+    with pytest.raises(AssertionError, match="loopback"):
+        reactor.spawnProcess(  # type: ignore[attr-defined]
+            ProcessProtocol(), sys.executable, [sys.executable, "-c", "pass"], env={}
+        )
+
+
 def test_the_tests_mirror_the_packages() -> None:
     folders = {p.name for p in TESTS.iterdir() if p.is_dir() and p.name[0] != "_"}
     packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
