@@ -449,7 +449,7 @@ def test_the_dedup_hook_answers_a_resent_mail_with_the_first_message_id():
 def test_the_readme_has_the_reply_table():
     from pathlib import Path
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
     for code, (reply, enhanced) in STATUS_REPLIES.items():
         assert f"| {code} " in readme
         row = next(
