@@ -264,6 +264,8 @@ def test_the_dsn_goes_to_the_mail_sender_from_the_null_sender_and_parses(way):
     assert dsn["Auto-Submitted"] == "auto-replied"
     assert dsn["To"] == "ann@example.org"
     assert dsn["In-Reply-To"] == "<m1@example.org>"
+    assert dsn["Message-ID"].endswith("@mms.example>")
+    assert dsn["From"] == "Mail Delivery System <MAILER-DAEMON@mms.example>"
     kinds = [p.get_content_type() for p in dsn.iter_parts()]
     assert kinds == ["text/plain", "message/delivery-status", "text/rfc822-headers"]
     per_message, per_recipient = _status_fields(dsn)

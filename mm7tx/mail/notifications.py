@@ -15,7 +15,7 @@ import quopri
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage, Message
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, make_msgid, parseaddr
 
 from mm7tx.mail.compose import BUILD_POLICY, Mail, clean, header_block, set_boundaries
 
@@ -109,7 +109,8 @@ def _report(
     msg["To"] = to
     msg["Subject"] = clean(subject)[:200]
     msg["Date"] = _date(date)
-    msg["Message-ID"] = make_msgid("mm7tx-report", domain=_domain_of(author))
+    domain = _domain_of(parseaddr(author)[1])
+    msg["Message-ID"] = make_msgid("mm7tx-report", domain=domain)
     msg["Auto-Submitted"] = "auto-replied"
     if original.message_id:
         msg["In-Reply-To"] = clean(original.message_id)
