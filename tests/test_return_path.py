@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 from email.message import Message
 from email.policy import default
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -451,3 +452,20 @@ def test_a_read_reply_for_an_unknown_message_id_is_mailed_as_before(way):
     way.read("Read")
     (sent,) = way.mailer.sent
     assert sent.recipients == ["15551234567@t.example"]  # today's read reply mail
+
+
+def test_the_readme_table_is_dsn_actions():
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Delivery status back to the mail's sender", 1)[1]
+    rows = {}
+    for line in section.split("\n## ", 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[1] in (
+            "delivered",
+            "relayed",
+            "delayed",
+            "failed",
+        ):
+            rows[cells[0].lower()] = (cells[1], cells[2])
+    assert rows.pop("any other") == ("failed", "5.0.0")
+    assert rows == DSN_ACTIONS

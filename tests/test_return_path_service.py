@@ -106,6 +106,6 @@ def test_without_a_store_the_report_is_mailed_as_before():
     gateway = MemoryGateway(CONFIG)
     send(gateway, " NOTIFY=SUCCESS")
     gateway.advance(5)
-    mms, report = gateway.relay.accepted
+    _mms, report = gateway.relay.accepted
     assert report.recipients != ["ann@example.org"]
     gateway.stop()
