@@ -455,7 +455,7 @@ def test_a_read_reply_for_an_unknown_message_id_is_mailed_as_before(way):
 
 
 def test_the_readme_table_is_dsn_actions():
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Delivery status back to the mail's sender", 1)[1]
     rows = {}
     for line in section.split("\n## ", 1)[0].splitlines():
