@@ -363,7 +363,8 @@ def mail_listener(
     config: Config, policy: MailToMMS, shared: Shared
 ) -> ESMTPServerFactory:
     """The ESMTP listeners' factory: ``policy``, SIZE at ``mms_max_mail_size``,
-    AUTH over the VASP accounts."""
+    AUTH over the VASP accounts, its failures counted per address in the
+    shared throttle (an address locked out on HTTP is on SMTP too)."""
     # Here, not at the top: twisted.mail installs the global reactor as it
     # is imported (see mm7tx.smtp.senders).
     from mm7tx.smtp.server import ESMTPServerFactory
@@ -374,4 +375,5 @@ def mail_listener(
         hostname=config.smtp.helo or "localhost",
         max_size=config.mail_in.max_mail_size,
         portal=mail_portal(config, shared),
+        throttle=shared.throttle,
     )
