@@ -115,7 +115,7 @@ async def swaks(port: int, *arguments: str) -> tuple[int, str]:
 
 @pytest.mark.loopback
 @pytest_twisted.ensureDeferred
-async def test_swaks_odd_cases_over_loopback(pem: tuple[Path, Path]) -> None:
+async def test_swaks_odd_cases_over_loopback(pem):
     cert, key = pem
     mmsc, mmsc_port = await listen_fake_mmsc(reactor, [1000])
     config = load(
