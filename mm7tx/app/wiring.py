@@ -31,6 +31,7 @@ from mm7tx.config import Config
 from mm7tx.gateway.mail_in import MailToMMS, Upstream, smtp_portal_for
 from mm7tx.gateway.processors import EmailProcessor
 from mm7tx.gateway.reports import DeliveryReporter
+from mm7tx.gateway.return_path import ReturnPath
 from mm7tx.http.auth import SCRYPT_CONCURRENCY, Account, portal_for
 from mm7tx.http.client import MM7Client
 from mm7tx.http.limits import LoginThrottle, RateLimiter, TransactionGate
@@ -229,8 +230,11 @@ def build_resources(
         if config.mmscs
         else None
     )
+    return_path = _return_path(config, shared, sender)
     for path in config.vasp_paths:
         processor = processors(config, path, sender, None)
+        if return_path is not None and isinstance(processor, EmailProcessor):
+            processor.return_path = return_path
         resources[path] = MM7Resource(
             processor,
             path,
@@ -270,6 +274,23 @@ def build_resources(
                 log_addresses=config.log_addresses,
             )
     return resources
+
+
+def _return_path(
+    config: Config, shared: Shared, sender: IMailSender
+) -> ReturnPath | None:
+    """The way back to the senders of mail that became MMS, for the VASP
+    paths: only with a state store and an upstream MMSC to submit to."""
+    if shared.store is None or not config.upstreams:
+        return None
+    return ReturnPath(
+        shared.store,
+        sender,
+        shared.reactor,
+        [upstream.name for upstream in config.upstreams],
+        report_mail_from=config.rules.report_mail_from,
+        reporting_mta=config.smtp.helo or "mm7tx",
+    )
 
 
 def site_for(
@@ -351,6 +372,8 @@ def mail_policy(
         offload=in_threads(reactor),
         metrics=shared.metrics,
         log_addresses=config.log_addresses,
+        store=shared.store,
+        report_window=config.report_window,
     )
 
 

@@ -56,6 +56,9 @@ class Config:
     max_failed_logins: int = DEFAULT_MAX_FAILED_LOGINS
     login_lockout: float = DEFAULT_LOGIN_LOCKOUT
     delivery_report_attempts: int = 8
+    # How long the envelope of a mail that became MMS is kept for its DSN
+    # and MDN (seconds).
+    report_window: float = 604800.0
     # The most of an answer's body mm7tx reads when it posts (delivery reports).
     client_max_answer_size: int = DEFAULT_MAX_ANSWER_SIZE
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE

@@ -98,6 +98,17 @@ MM7_OPTIONS: tuple[OptionSpec, ...] = (
         default='""',
     ),
     OptionSpec(
+        "mm7_report_window",
+        MM7_SERV,
+        Reader.seconds,
+        "config.report_window",
+        "how long the envelope of a mail that became MMS is kept, so that the "
+        "MMSC's delivery reports and read replies on it go back to its sender as "
+        "DSN and MDN (with a `state_store`)",
+        default="604800",
+        unit=" s",
+    ),
+    OptionSpec(
         "mm7_delivery_report_attempts",
         MM7_SERV,
         Reader.integer,

@@ -5,12 +5,14 @@ AUTH as a VASP account) becomes a SubmitReq to the upstream MMSC that
 serves the number; the sending MTA gets its reply to the final dot only
 once that MMSC has answered: 250 for 1000/1100, 4xx where the mail should
 wait in the sender's queue, 5xx where it can never be taken
-(:data:`STATUS_REPLIES`).  The sending MTA is the durable queue: nothing
-is kept here.
+(:data:`STATUS_REPLIES`).  The sending MTA is the durable queue; with a
+state store, the envelope of a mail the MMSC took is kept for the way back
+(DSN and MDN to its sender: :mod:`mm7tx.gateway.return_path`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import time
@@ -28,6 +30,11 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mm7tx.gateway.envelopes import (
+    disposition_notification_to,
+    sent_mail,
+    wants_delivery_report,
+)
 from mm7tx.http.auth import Account, PasswordChecker
 from mm7tx.http.client import (
     HTTPError,
@@ -41,6 +48,7 @@ from mm7tx.http.settings import SubmitSettings
 from mm7tx.interfaces import (
     Envelope,
     IMailPolicy,
+    IRecordStore,
     ISMTPSession,
     ISMTPSubmitter,
     MailParameters,
@@ -97,6 +105,10 @@ STATUS_REPLIES: dict[int, tuple[int, str]] = {
     4007: (550, "5.7.1"),  # Service denied
     4008: (550, "5.7.1"),  # Application denied
 }
+# How long the envelope of a mail the MMSC took is kept for its reports
+# (``mm7_report_window``): a week, as long as MMSCs keep trying a handset.
+DEFAULT_REPORT_WINDOW = 604800.0
+
 # When the MMSC gave no MM7 status: 4xx, the mail waits in the sender's queue.
 UNREACHABLE = (451, "4.4.1")
 TIMED_OUT = (451, "4.4.2")
@@ -172,6 +184,9 @@ class MailToMMS:
     ``gate`` the transactions in flight (closed: the service drains; a
     mail is then answered 421 4.3.2).  ``offload`` runs the conversion of
     the mail off the reactor.  ``dedup`` is the hook for exactly once.
+    ``store`` keeps the envelope of each mail the MMSC took for
+    ``report_window`` seconds, for the DSN and MDN back to its sender
+    (None: none are sent, no read reply is asked for).
     """
 
     def __init__(
@@ -187,6 +202,8 @@ class MailToMMS:
         dedup: Dedup | None = None,
         log_addresses: str = "masked",
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:16].upper(),
+        store: IRecordStore | None = None,
+        report_window: float = DEFAULT_REPORT_WINDOW,
     ) -> None:
         self.settings = settings
         self.upstreams = tuple(upstreams)
@@ -198,6 +215,8 @@ class MailToMMS:
         self.dedup = dedup
         self.log_addresses = log_addresses
         self.new_id = new_id
+        self.store = store
+        self.report_window = report_window
 
     # -- the envelope ---------------------------------------------------------
 
@@ -362,6 +381,8 @@ class MailToMMS:
                     part=str(dropped),
                 )
             request = content.submit_req(self._request(upstream, envelope, numbers))
+            if self.store is not None and disposition_notification_to(headers):
+                request = dataclasses.replace(request, read_reply=True)
             asked = self.clock.seconds()
             try:
                 response = await upstream.client.send(request)
@@ -383,6 +404,10 @@ class MailToMMS:
                         log.failure(
                             "Mail {queue_id}: recording it", queue_id=outcome.queue_id
                         )
+                if outcome.message_id:
+                    await self._keep_envelope(
+                        envelope, raw, headers, numbers, upstream, outcome
+                    )
                 return _taken(outcome.queue_id, message_id, upstream.name)
             return self._status_reply(upstream, code, str(getattr(status, "text", "")))
         finally:
@@ -403,8 +428,39 @@ class MailToMMS:
             service_code=s.service_code,
             sender_address=sender,
             recipients=m.Recipients(to=tuple(m.Address(n, _kind(n)) for n in numbers)),
-            delivery_report=True,
+            delivery_report=wants_delivery_report(envelope),
         )
+
+    async def _keep_envelope(
+        self,
+        envelope: Envelope,
+        raw: bytes,
+        headers: Any,
+        numbers: list[str],
+        upstream: Upstream,
+        outcome: _Outcome,
+    ) -> None:
+        """Keep the envelope of a mail the MMSC took, for its reports; a
+        store that fails is logged (the mail is taken all the same, its
+        reports are mailed as any other)."""
+        if self.store is None or outcome.message_id is None:
+            return
+        record = sent_mail(
+            envelope,
+            raw,
+            headers,
+            numbers,
+            mmsc=upstream.name,
+            message_id=outcome.message_id,
+            now=self.clock.seconds(),
+            window=self.report_window,
+        )
+        try:
+            await self.store.put(record.key, record.to_bytes(), self.report_window)
+        except Exception:
+            log.failure(
+                "Mail {queue_id}: keeping its envelope", queue_id=outcome.queue_id
+            )
 
     def _status_reply(self, upstream: Upstream, code: int, text: str) -> SMTPReply:
         reply_code, enhanced = reply_for_status(code)

@@ -14,7 +14,7 @@ and every email through one ``*_message`` method.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from email.message import EmailMessage, Message
 from email.utils import make_msgid
 from typing import Any
@@ -37,6 +37,7 @@ from mm7tx.gateway.fields import (
     text_body,
 )
 from mm7tx.gateway.reports import DeliveryReporter, report_submit
+from mm7tx.gateway.return_path import ReturnPath
 from mm7tx.interfaces import (
     IDeliverProcessor,
     IDeliveryReportProcessor,
@@ -102,7 +103,13 @@ class EmailProcessor:
 
     It does not provide ICancelProcessor or IReplaceProcessor: a mail once
     handed to the relay cannot be recalled, so those are answered 4003.
+
+    ``return_path``, when set (on VASP paths, with a state store), takes
+    the reports on mail that became MMS first: they go back to that mail's
+    sender as DSN and MDN; any other report is mailed as here.
     """
+
+    return_path: ReturnPath | None = None
 
     def __init__(
         self,
@@ -545,18 +552,43 @@ class EmailProcessor:
     def delivery_report(
         self, request: DeliveryReportReq, transaction: Transaction
     ) -> defer.Deferred[DeliveryReportRsp]:
-        mail = self.delivery_report_message(request, transaction)
-        return self._send(mail, transaction).addCallback(
+        def mailed() -> defer.Deferred[Status]:
+            mail = self.delivery_report_message(request, transaction)
+            return self._send(mail, transaction)
+
+        if self.return_path is None:
+            d = mailed()
+        else:
+            d = self.return_path.delivery_report(request, transaction).addCallback(
+                _handled_or, mailed
+            )
+        return d.addCallback(
             lambda status: DeliveryReportRsp(status, transaction.mm7_version)
         )
 
     def read_reply(
         self, request: ReadReplyReq, transaction: Transaction
     ) -> defer.Deferred[ReadReplyRsp]:
-        mail = self.read_reply_message(request, transaction)
-        return self._send(mail, transaction).addCallback(
+        def mailed() -> defer.Deferred[Status]:
+            mail = self.read_reply_message(request, transaction)
+            return self._send(mail, transaction)
+
+        if self.return_path is None:
+            d = mailed()
+        else:
+            d = self.return_path.read_reply(request, transaction).addCallback(
+                _handled_or, mailed
+            )
+        return d.addCallback(
             lambda status: ReadReplyRsp(status, transaction.mm7_version)
         )
+
+
+def _handled_or(
+    handled: bool, mailed: Callable[[], defer.Deferred[Status]]
+) -> defer.Deferred[Status]:
+    """1000 for a report the return path handled, else it mailed as before."""
+    return defer.succeed(Status.of(StatusCode.SUCCESS)) if handled else mailed()
 
 
 def result_status(result: Any) -> Status:

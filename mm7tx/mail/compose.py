@@ -18,13 +18,16 @@ from mm7tx.mail.wire import CONTROLS, HEADER_CLASSES, RawHeaderPolicy
 # does not negotiate 8BITMIME, and many relays would mangle 8-bit data.
 BUILD_POLICY = RawHeaderPolicy(cte_type="7bit", header_factory=HEADER_CLASSES)
 
-# MMStatus -> (RFC 3464 Action, Status) for delivery reports.
+# MMStatus -> (RFC 3464 Action, Status) for delivery reports: the README's
+# table ("Delivery status back to the mail's sender").  A failure the MMSC
+# may only have given up on (Expired, Indeterminate, Unreachable) keeps a 4.x.x
+# status, as an MTA's bounce after its queue lifetime does.
 DSN_ACTIONS: dict[str, tuple[str, str]] = {
     "retrieved": ("delivered", "2.0.0"),
     "forwarded": ("relayed", "2.0.0"),
     "deferred": ("delayed", "4.0.0"),
-    "indeterminate": ("delayed", "4.0.0"),
     "expired": ("failed", "4.4.7"),
+    "indeterminate": ("failed", "4.0.0"),
     "rejected": ("failed", "5.0.0"),
     "unrecognised": ("failed", "5.1.1"),
     "unrecognized": ("failed", "5.1.1"),

@@ -4,7 +4,7 @@ Processors build messages with :data:`HEADER_CLASSES` and
 :class:`RawHeaderPolicy`; senders turn them into bytes with
 :func:`write_wire` (or :func:`wire_bytes`).  Both are ``policy.default`` made fast where a profile
 showed it slow, with output byte for byte what the standard library writes
-(differential tests in ``tests/test_fuzz.py``).
+(differential tests in ``tests/system/test_fuzz.py``).
 """
 
 from __future__ import annotations
