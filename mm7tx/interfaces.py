@@ -342,6 +342,22 @@ class ISMTPSubmitter(Interface):
     name = Attribute("The authenticated account's name, as text")
 
 
+class FailedLogins(Protocol):
+    """Failed logins counted per source address across connections and
+    protocols (:class:`~mm7tx.http.limits.LoginThrottle`): the ESMTP server
+    counts its failed AUTHs where HTTP counts its failed logins."""
+
+    lockout: float
+
+    def locked(self, address: str) -> float:
+        """Seconds ``address`` is still locked out for (0: it is not)."""
+        ...
+
+    def failed(self, address: str) -> bool:
+        """Count a failed login; whether it locked the address out."""
+        ...
+
+
 class IMailPolicy(Interface):
     """Decides what an ESMTP server takes; the server does the protocol.
 

@@ -36,7 +36,13 @@ from mm7tx.app.wiring import IMM7Reactor as IMM7Reactor
 from mm7tx.app.wiring import ProcessorFactory as ProcessorFactory
 from mm7tx.app.wiring import build_resources as build_resources
 from mm7tx.app.wiring import configured_processor as configured_processor
-from mm7tx.app.wiring import mail_listener, mail_policy, mail_portal, make_shared
+from mm7tx.app.wiring import (
+    mail_listener,
+    mail_policy,
+    mail_portal,
+    mail_tls,
+    make_shared,
+)
 from mm7tx.app.wiring import make_processor as make_processor
 from mm7tx.app.wiring import site_for as site_for
 from mm7tx.app.wiring import useless_parts as useless_parts
@@ -328,6 +334,15 @@ class MM7Service(service.MultiService):
             )
             self.mail_factory.portal = mail_portal(config, self.shared)
             self.mail_factory.options["max_size"] = config.mail_in.max_mail_size
+            try:
+                self.mail_factory.options["tls"] = mail_tls(config)
+            except (OSError, ValueError) as e:
+                log.error(
+                    "Reloading {source}: ESMTP_Listener's certificate: {error}; "
+                    "the running one is kept",
+                    source=config.source,
+                    error=str(e),
+                )
         if fresh is None:
             new.sharing = [g for g in (*running.sharing, running) if g.busy]
         else:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.cred.portal import Portal
-from twisted.internet import defer
+from twisted.internet import defer, ssl
 from twisted.internet.interfaces import (
     IReactorCore,
     IReactorPluggableNameResolver,
@@ -41,6 +41,7 @@ from mm7tx.http.site import MM7Site
 from mm7tx.interfaces import IMailSender, IStateStore
 from mm7tx.metrics import Metrics
 from mm7tx.offload import in_pool, in_threads
+from mm7tx.smtp.tls import server_tls
 
 if TYPE_CHECKING:
 
@@ -382,11 +383,22 @@ def mail_portal(config: Config, shared: Shared) -> Portal:
     return smtp_portal_for(config.vasps, shared.reactor, shared.scrypt)
 
 
+def mail_tls(config: Config) -> ssl.CertificateOptions | None:
+    """The ESMTP listener's STARTTLS options from its ``tls_certificate``
+    and ``tls_private_key`` (read now), or None: no STARTTLS."""
+    mail_in = config.mail_in
+    if mail_in.tls_certificate is None:
+        return None
+    return server_tls(mail_in.tls_certificate, mail_in.tls_private_key)
+
+
 def mail_listener(
     config: Config, policy: MailToMMS, shared: Shared
 ) -> ESMTPServerFactory:
     """The ESMTP listeners' factory: ``policy``, SIZE at ``mms_max_mail_size``,
-    AUTH over the VASP accounts."""
+    AUTH over the VASP accounts, its failures counted per address in the
+    shared throttle (an address locked out on HTTP is on SMTP too), STARTTLS
+    with the listener's certificate."""
     # Here, not at the top: twisted.mail installs the global reactor as it
     # is imported (see mm7tx.smtp.senders).
     from mm7tx.smtp.server import ESMTPServerFactory
@@ -397,4 +409,6 @@ def mail_listener(
         hostname=config.smtp.helo or "localhost",
         max_size=config.mail_in.max_mail_size,
         portal=mail_portal(config, shared),
+        throttle=shared.throttle,
+        tls=mail_tls(config),
     )

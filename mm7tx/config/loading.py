@@ -26,7 +26,7 @@ from mm7tx.http.settings import SubmitSettings, url_credentials
 from mm7tx.mail.rules import AddressRules
 from mm7tx.mm7.codec.soap import XMLLimits
 from mm7tx.mm7.peers import Account, network
-from mm7tx.smtp.settings import MailInSettings, SMTPSettings
+from mm7tx.smtp.settings import MailInSettings, SMTPSettings, load_tls_files
 
 # The scopes a file may have at its top level.
 _TOP_SCOPES = [HTTP_LISTENER, ESMTP_LISTENER, MM7_SERV, VASP, MMSC]
@@ -170,6 +170,25 @@ def _mail_in(
         mail_in = MailInSettings(**top.get("mail_in"))
     except ValueError as e:
         raise ConfigError(source, line, str(e)) from None
+    if mail_in.tls_private_key is not None and mail_in.tls_certificate is None:
+        raise ConfigError(
+            source,
+            top.lines["tls_private_key"],
+            "tls_private_key needs tls_certificate in ESMTP_Listener",
+        )
+    if mail_in.tls_certificate is not None:
+        try:
+            load_tls_files(mail_in.tls_certificate, mail_in.tls_private_key)
+        except OSError as e:
+            raise ConfigError(
+                source,
+                top.lines["tls_certificate"],
+                f"ESMTP_Listener: cannot read {e.filename!r}: {e.strerror}",
+            ) from None
+        except ValueError as e:
+            raise ConfigError(
+                source, top.lines["tls_certificate"], f"ESMTP_Listener: {e}"
+            ) from None
     if not values.get("esmtp_listeners"):
         return mail_in
     if not mail_in.domains:

@@ -36,9 +36,16 @@ def options_markdown(scope: str) -> str:
     :data:`OPTIONS` so the documentation cannot drift from the parser."""
     specs = [spec for spec in OPTIONS if spec.scope == scope]
     if scope in (HTTP_LISTENER, ESMTP_LISTENER):
-        [spec] = specs
+        # The Listen scopes in a sentence; the listener's own options (the
+        # ESMTP listener's certificate) in a table below it.
+        spec, *rest = specs
         default = f"`{spec.default}`" if spec.default else spec.shown
-        return f"`{spec.syntax}` {spec.help} (default {default}).\n"
+        text = f"`{spec.syntax}` {spec.help} (default {default}).\n"
+        if not rest:
+            return text
+        lines = [f"| option (in `{scope}`) | default | meaning |", "|---|---|---|"]
+        lines += [other.markdown_row() for other in rest]
+        return text + "\n" + "\n".join(lines) + "\n"
     lines = [f"| option (in `{scope}`) | default | meaning |", "|---|---|---|"]
     lines += [spec.markdown_row() for spec in specs]
     return "\n".join(lines) + "\n"

@@ -21,6 +21,24 @@ MAIL_IN_OPTIONS: tuple[OptionSpec, ...] = (
         is_scope=True,
     ),
     OptionSpec(
+        "tls_certificate",
+        ESMTP_LISTENER,
+        Reader.text,
+        "mail_in.tls_certificate",
+        "a PEM file: the listener's certificate, then its chain; EHLO offers "
+        "STARTTLS, and AUTH is offered only after it (or on loopback); read at "
+        "start and on each reload",
+        shown="none: no STARTTLS",
+    ),
+    OptionSpec(
+        "tls_private_key",
+        ESMTP_LISTENER,
+        Reader.text,
+        "mail_in.tls_private_key",
+        "a PEM file: the certificate's private key, unencrypted",
+        shown="in `tls_certificate`",
+    ),
+    OptionSpec(
         "mms_domains",
         MM7_SERV,
         Reader.domains,

@@ -5,7 +5,8 @@ upstream draft in ``docs/upstream-twisted-*.md``).
 
 It offers SIZE, 8BITMIME, PIPELINING, ENHANCEDSTATUSCODES, DSN, STARTTLS
 (given a TLS context factory) and AUTH PLAIN/LOGIN (given a portal; only
-over TLS unless the peer is on loopback).  Time goes through the reactor it
+over TLS unless the peer is on loopback; guessing bounded per connection
+and, with a throttle, per address).  Time goes through the reactor it
 is given."""
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from twisted.mail.smtp import ESMTP, SMTP, Address, AddressError
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mm7tx.interfaces import IMailPolicy, ISMTPSession, ISMTPSubmitter
+from mm7tx.interfaces import FailedLogins, IMailPolicy, ISMTPSession, ISMTPSubmitter
 from mm7tx.smtp.parameters import (
     Envelope,
     ParameterError,
@@ -109,6 +110,7 @@ class ESMTPServer(ESMTP):
         tls: Any = None,
         timeout: int = 300,
         max_auth_failures: int = 3,
+        throttle: FailedLogins | None = None,
     ) -> None:
         super().__init__({b"PLAIN": PLAINCredentials, b"LOGIN": LOGINCredentials}, tls)
         self.policy = policy
@@ -119,6 +121,7 @@ class ESMTPServer(ESMTP):
         self.portal = portal  # type: ignore[assignment]
         self.timeout = timeout
         self.max_auth_failures = max_auth_failures
+        self.throttle = throttle
         self.session = Session("")
         self.envelope: Envelope | None = None
         self._buffer = b""
@@ -519,6 +522,10 @@ class ESMTPServer(ESMTP):
         if self.authenticated or self.envelope is not None:
             self._reply(SMTPReply(503, "5.5.1", "AUTH not allowed now"))
             return
+        locked = self._locked_out()
+        if locked is not None:
+            self._reply(locked)
+            return
         parts = rest.split(None, 1)
         factory = self.challengers.get(parts[0].upper() if parts else b"")
         if factory is None:
@@ -553,6 +560,12 @@ class ESMTPServer(ESMTP):
             return
         portal = self.portal
         assert portal is not None
+        locked = self._locked_out()
+        if locked is not None:
+            # Locked out while this AUTH was under way (by another
+            # connection): no password is checked for a guesser.
+            self._reply(locked)
+            return
 
         def then(reply: SMTPReply) -> None:
             self._reply(reply)
@@ -565,6 +578,17 @@ class ESMTPServer(ESMTP):
             ),
             then,
         )
+
+    def _locked_out(self) -> SMTPReply | None:
+        """454 4.7.0 while the peer's address is locked out for failed
+        logins (on any connection, SMTP or HTTP)."""
+        if self.throttle is None:
+            return None
+        locked = self.throttle.locked(self.session.peer)
+        if not locked:
+            return None
+        wait = max(1, round(locked))
+        return SMTPReply(454, "4.7.0", f"Too many failed logins, wait {wait} s")
 
     def _logged_in(self, result: tuple[Any, Any, Any]) -> SMTPReply:
         _, avatar, logout = result
@@ -583,6 +607,13 @@ class ESMTPServer(ESMTP):
             peer=self.session.peer,
             count=self._auth_failures,
         )
+        if self.throttle is not None and self.throttle.failed(self.session.peer):
+            log.warn(
+                "ESMTP server: locking {peer} out for {lockout:g} s",
+                peer=self.session.peer,
+                lockout=self.throttle.lockout,
+            )
+            return SMTPReply(421, "4.7.0", "Too many failed authentications")
         if self._auth_failures >= self.max_auth_failures:
             return SMTPReply(421, "4.7.0", "Too many failed authentications")
         return SMTPReply(535, "5.7.8", "Authentication credentials invalid")
@@ -620,6 +651,7 @@ class ESMTPServerFactory(ServerFactory):
         tls: Any = None,
         timeout: int = 300,
         max_auth_failures: int = 3,
+        throttle: FailedLogins | None = None,
     ) -> None:
         self.policy = policy
         self.reactor = reactor
@@ -630,6 +662,7 @@ class ESMTPServerFactory(ServerFactory):
             "tls": tls,
             "timeout": timeout,
             "max_auth_failures": max_auth_failures,
+            "throttle": throttle,
         }
         self.connections: set[ESMTPServer] = set()
 

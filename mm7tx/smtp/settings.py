@@ -4,7 +4,7 @@ senders that use them, so that the configuration can name them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from mm7tx.mm7.peers import Network, network
 
@@ -67,6 +67,10 @@ class MailInSettings:
     as MMS rather than dropping the part."""
 
     domains: tuple[str, ...] = ()
+    # STARTTLS (ESMTP_Listener's tls_certificate and tls_private_key): PEM
+    # files, read as each configuration is built (load_tls_files).
+    tls_certificate: str | None = None
+    tls_private_key: str | None = None
     relay_networks: tuple[Network, ...] = field(default_factory=lambda: _LOOPBACK)
     rate: float = DEFAULT_MMS_RATE
     max_mail_size: int = DEFAULT_MMS_MAX_MAIL_SIZE
@@ -81,3 +85,40 @@ class MailInSettings:
             raise ValueError("mms_rate must be a positive number of mails a minute")
         if self.max_mail_size < 1:
             raise ValueError("mms_max_mail_size must be at least 1 byte")
+
+
+def load_tls_files(certificate: str, private_key: str | None = None) -> Any:
+    """The private key and certificates (the server's first, then its
+    chain) of the ESMTP listener's ``tls_certificate`` (a PEM file) and
+    ``tls_private_key`` (a PEM file, unencrypted; ``None``: the certificate
+    file holds it too), loaded with ``cryptography`` and checked to match.
+    ``ValueError`` says what does not load or match, ``OSError`` what cannot
+    be read.  Here, beside the options, so that the configuration checks
+    them as it is read and the listener loads them the same way."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    with open(certificate, "rb") as f:
+        cert_pem = f.read()
+    key_pem = cert_pem
+    if private_key is not None:
+        with open(private_key, "rb") as f:
+            key_pem = f.read()
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        raise ValueError(f"{certificate!r} holds no PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, None)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"{private_key or certificate!r} holds no unencrypted PEM private key"
+        ) from None
+    der = serialization.Encoding.DER
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    ours = key.public_key().public_bytes(der, spki)
+    if ours != chain[0].public_key().public_bytes(der, spki):
+        raise ValueError(
+            f"the private key does not match the certificate in {certificate!r}"
+        )
+    return key, chain

@@ -5,6 +5,8 @@ in-memory relay; a reload's new domains; the drain's 421 4.3.2."""
 
 from __future__ import annotations
 
+import base64
+
 from twisted.internet.protocol import ClientFactory
 from twisted.protocols.basic import LineReceiver
 
@@ -65,6 +67,25 @@ def test_mail_becomes_a_submit_req_to_the_mmsc_and_250_with_its_message_id():
     # The MMSC path made the SubmitReq a mail to 15551234567@mms.example.
     [mail] = gateway.relay.accepted
     assert "15551234567@mms.example" in mail.recipients
+    gateway.stop()
+
+
+def test_an_address_locked_out_on_http_is_locked_out_of_smtp_auth():
+    gateway = MemoryGateway(CONFIG)
+    client = connect(gateway)
+    [server] = gateway.service.mail_factory.connections  # type: ignore[union-attr]
+    throttle = gateway.service.throttle
+    for _ in range(throttle.max_failures):
+        throttle.failed(server.session.peer)  # as the HTTP resource counts them
+    auth = b"AUTH PLAIN " + base64.b64encode(b"\0mailin\0pw") + b"\r\n"
+    client.transport.write(b"EHLO client.example\r\n" + auth)  # type: ignore[union-attr]
+    gateway.flush()
+    assert client.lines[-1].startswith("454 4.7.0 Too many failed logins"), client.lines
+    gateway.advance(throttle.lockout)
+    client = connect(gateway)
+    client.transport.write(b"EHLO client.example\r\n" + auth)  # type: ignore[union-attr]
+    gateway.flush()
+    assert client.lines[-1] == "235 2.7.0 Authentication successful", client.lines
     gateway.stop()
 
 

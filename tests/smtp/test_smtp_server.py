@@ -18,6 +18,7 @@ from twisted.internet.testing import StringTransport
 from zope.interface import directlyProvides, implementer
 from zope.interface.verify import verifyObject
 
+from mm7tx.http.limits import LoginThrottle
 from mm7tx.interfaces import IMailPolicy, ISMTPSession, ISMTPSubmitter
 from mm7tx.smtp.parameters import (
     Envelope,
@@ -213,6 +214,70 @@ def test_auth_guessing_is_bounded_per_connection():
     assert bad.say(b"AUTH PLAIN !!!\r\n") == ["501 5.5.2 Cannot decode the response"]
     assert bad.say(b"AUTH CRAM-MD5\r\n") == ["504 5.5.4 Use AUTH PLAIN or LOGIN"]
     assert bad.say(b"AUTH LOGIN\r\n*\r\n")[-1] == "501 5.0.0 Authentication aborted"
+
+
+def test_auth_guessing_is_bounded_per_address_across_connections():
+    # The HTTP side's LoginThrottle, shared: 3 failures within 60 s from one
+    # address lock it out for 300 s, whichever connection they came on.
+    clock = Clock()
+    throttle = LoginThrottle(clock, max_failures=3, window=60, lockout=300)
+    checks: list[bytes] = []
+    checker = InMemoryUsernamePasswordDatabaseDontUse(vasp=b"secret")
+    check = checker.requestAvatarId
+    checker.requestAvatarId = lambda c: (checks.append(c.username), check(c))[1]  # type: ignore[method-assign]
+    counted = Portal(Realm(), [checker])  # type: ignore[arg-type]
+
+    def conversation(peer: str = "127.0.0.1") -> Conversation:
+        c = Conversation(
+            peer=peer, portal=counted, throttle=throttle, max_auth_failures=5
+        )
+        c.ehlo()
+        return c
+
+    wrong = b"AUTH PLAIN " + base64.b64encode(b"\0vasp\0guess") + b"\r\n"
+    right = b"AUTH PLAIN " + base64.b64encode(b"\0vasp\0secret") + b"\r\n"
+    first = conversation()
+    assert (
+        first.say(wrong + wrong) == ["535 5.7.8 Authentication credentials invalid"] * 2
+    )
+    second = conversation()
+    # Within this connection's own bound of 5, but the address's third.
+    login = second.say(b"AUTH LOGIN\r\n" + base64.b64encode(b"vasp") + b"\r\n")
+    assert login[-1].startswith("334 ")
+    assert second.say(base64.b64encode(b"guess") + b"\r\n") == [
+        "421 4.7.0 Too many failed authentications"
+    ]
+    assert second.transport.disconnecting
+    # Locked out: 454 at once, no password checked, the connection kept
+    # (a relay-network client may still send without AUTH).
+    assert len(checks) == 3
+    locked = conversation()
+    assert locked.say(right) == ["454 4.7.0 Too many failed logins, wait 300 s"]
+    assert not locked.transport.disconnecting
+    assert first.say(right) == ["454 4.7.0 Too many failed logins, wait 300 s"]
+    assert len(checks) == 3
+    # Another address is not locked out.
+    other = conversation("127.0.0.2")
+    assert other.say(right) == ["235 2.7.0 Authentication successful"]
+    clock.advance(299)
+    assert conversation().say(right)[0].startswith("454 4.7.0")
+    clock.advance(1)
+    assert conversation().say(right) == ["235 2.7.0 Authentication successful"]
+
+
+def test_auth_locked_out_while_under_way_checks_no_password():
+    clock = Clock()
+    throttle = LoginThrottle(clock, max_failures=1, window=60, lockout=30)
+    c = Conversation(peer="127.0.0.1", portal=portal(), throttle=throttle)
+    c.ehlo()
+    assert c.say(b"AUTH LOGIN\r\n" + base64.b64encode(b"vasp") + b"\r\n")[
+        -1
+    ].startswith("334 ")
+    throttle.failed("127.0.0.1")  # a guess on another connection (or HTTP)
+    assert c.say(base64.b64encode(b"secret") + b"\r\n") == [
+        "454 4.7.0 Too many failed logins, wait 30 s"
+    ]
+    assert c.server.session.avatar is None
 
 
 def test_the_policys_reply_to_the_message_is_sent_as_given():

@@ -1,0 +1,230 @@
+"""Mail to MMS with real programs on loopback: a private Postfix instance
+relays mail for ``mms.example`` to mm7tx's ESMTP listener (a real
+``twistd -n mm7``), which submits it to a fake MMSC (a real HTTP server
+here, tests/fake_mmsc.py) that answers 4006 first, then 1000.  SMTP's
+contract end to end: the 4006 is a 4xx to Postfix, which keeps the mail
+and tries again; the 1000 is the 250 Postfix logs as sent, with the
+MessageID; the MMSC saw exactly two SubmitReqs.
+
+Postfix runs with its own configuration folder (``postfix -c DIR``), its
+queue in a folder of the test's that its ``postfix`` user can reach, its
+log in a file (``maillog_file``), no DNS, and short queue run and backoff
+times.  Starting it takes root (as in CI, .ci/run)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import smtplib
+import subprocess
+import tempfile
+import time
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from tests.fake_mmsc import listen_fake_mmsc
+from tests.processes import TWISTD, free_port, wait_for_port
+
+MM7TX_CONFIG = """
+HTTP_Listener {{ Listen "tcp:{http}:interface=127.0.0.1" {{ }} }}
+ESMTP_Listener {{ Listen "tcp:{smtp}:interface=127.0.0.1" {{ }} }}
+mm7_serv {{
+  mm7_vasp_uri_paths = ("/vasp/")
+  mm7_server_default_email_from_domain = "mms.example"
+  mm7_server_default_email_to_domain = "mms.example"
+  metrics_listen = "none"
+  mms_domains = ("mms.example")
+}}
+MMSC "up" {{
+  submit_url = "http://127.0.0.1:{mmsc}/mm7"
+  vasp_id = "vasp1"
+  sender_address = "12345"
+}}
+"""
+
+MAIN_CF = """
+compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {root}/data
+maillog_file = {root}/maillog
+maillog_file_prefixes = {root}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = relay.test
+mydomain = relay.test
+mydestination =
+local_transport = error:no local mail here
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+relay_domains = mms.example
+# The MMS domain goes to mm7tx's ESMTP listener, no MX lookup.
+transport_maps = inline:{{ mms.example=smtp:[127.0.0.1]:{mm7tx} }}
+smtp_host_lookup = native
+disable_dns_lookups = yes
+smtp_dns_support_level = disabled
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+queue_run_delay = 1s
+minimal_backoff_time = 1s
+maximal_backoff_time = 2s
+biff = no
+"""
+
+MASTER_CF = """
+127.0.0.1:{port} inet n - n - - smtpd
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n -  0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+rewrite   unix  - - n -  - trivial-rewrite
+bounce    unix  - - n -  0 bounce
+defer     unix  - - n -  0 bounce
+trace     unix  - - n -  0 bounce
+verify    unix  - - n -  1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n -  - proxymap
+smtp      unix  - - n -  - smtp
+relay     unix  - - n -  - smtp
+showq     unix  n - n -  - showq
+error     unix  - - n -  - error
+retry     unix  - - n -  - error
+discard   unix  - - n -  - discard
+anvil     unix  - - n -  1 anvil
+scache    unix  - - n -  1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+
+class Postfix:
+    """A private Postfix instance in ``root``, taking mail on ``port`` and
+    relaying ``mms.example`` to ``mm7tx_port``."""
+
+    def __init__(self, root: Path, port: int, mm7tx_port: int) -> None:
+        self.root, self.port = root, port
+        self.conf = root / "conf"
+        self.conf.mkdir()
+        (root / "queue").mkdir()
+        (root / "data").mkdir()
+        shutil.chown(root / "data", "postfix")
+        self.conf.joinpath("main.cf").write_text(
+            MAIN_CF.format(root=root, mm7tx=mm7tx_port)
+        )
+        self.conf.joinpath("master.cf").write_text(MASTER_CF.format(port=port))
+        self.log = root / "maillog"
+
+    def start(self) -> None:
+        done = subprocess.run(
+            ["postfix", "-c", str(self.conf), "start"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, (done.stdout, done.stderr, self.log_text())
+
+    def stop(self) -> None:
+        subprocess.run(
+            ["postfix", "-c", str(self.conf), "stop"], capture_output=True, timeout=30
+        )
+        pid_file = self.root / "queue" / "pid" / "master.pid"
+        try:
+            pid = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)  # its master, still there after stop
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+async def wait_for(condition: Any, timeout: float) -> bool:
+    """Whether ``condition()`` comes true within ``timeout`` seconds, the
+    reactor running meanwhile (the fake MMSC answers in this process)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await deferLater(reactor, 0.05, lambda: None)
+    return bool(condition())
+
+
+@pytest.fixture
+def root() -> Any:
+    # Postfix's own user reaches its queue: not under pytest's tmp_path,
+    # whose parents only root may enter.
+    folder = Path(tempfile.mkdtemp(prefix="mm7tx-postfix-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_postfix_defers_on_4006_and_delivers_on_1000(root):
+    mmsc, mmsc_port = await listen_fake_mmsc(reactor, [4006, 1000])
+    smtp_port, http_port = free_port(), free_port()
+    conf = root / "mm7tx.conf"
+    conf.write_text(
+        MM7TX_CONFIG.format(
+            http=http_port, smtp=smtp_port, mmsc=mmsc_port.getHost().port
+        )
+    )
+    postfix = Postfix(root, free_port(), smtp_port)
+    with open(root / "mm7tx.log", "wb") as output:
+        mm7tx = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "mm7", "--config", str(conf)],
+            cwd=root,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        assert wait_for_port(smtp_port, mm7tx), (root / "mm7tx.log").read_text()
+        postfix.start()
+        mail = EmailMessage()
+        mail["From"] = "ann@example.org"
+        mail["To"] = "15551234567@mms.example"
+        mail["Subject"] = "Through Postfix"
+        mail["Message-ID"] = "<postfix-1@example.org>"
+        mail.set_content("Hello, phone, by way of Postfix.")
+        with smtplib.SMTP("127.0.0.1", postfix.port, timeout=10) as client:
+            client.send_message(mail)
+
+        def sent() -> bool:
+            return "status=sent" in postfix.log_text()
+
+        assert await wait_for(sent, 10), postfix.log_text()
+    finally:
+        postfix.stop()
+        mm7tx.send_signal(signal.SIGTERM)
+        mm7tx.wait(30)
+        await mmsc_port.stopListening()
+    log = postfix.log_text()
+    # The 4006 was a 4xx to Postfix: deferred, kept, tried again.
+    deferred = [line for line in log.splitlines() if "status=deferred" in line]
+    assert len(deferred) == 1, log
+    assert "451 4.4.5 MMSC up answered 4006" in deferred[0], log
+    # The 1000 was the 250, with the MessageID the MMSC gave.
+    [delivered] = [line for line in log.splitlines() if "status=sent" in line]
+    assert f"relay=127.0.0.1[127.0.0.1]:{smtp_port}" in delivered, log
+    assert "250 2.0.0 Ok: queued as " in delivered, log
+    assert "MMSC up MessageID fake-2" in delivered, log
+    # Exactly two SubmitReqs: one per attempt.
+    assert [status for _, status in mmsc.received] == [4006, 1000]
+    for submit, _ in mmsc.received:
+        assert [a.value for a in submit.recipients.to] == ["15551234567"]
