@@ -369,3 +369,22 @@ def test_referenced_reads_in_reply_to_then_references_latest_first() -> None:
     headers = {"In-Reply-To": "<a@x>", "References": "<r1@x> <r2@x>\r\n <a@x>"}
     assert referenced(headers) == ["a@x", "r2@x", "r1@x"]
     assert referenced({}) == []
+
+
+def test_a_name_in_the_mms_domain_goes_in_a_transaction_of_its_own(
+    fleet: Fleet,
+) -> None:
+    (gw,) = fleet.gateways
+    server = gw.factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+    server.makeConnection(transport)
+    server.dataReceived(
+        b"EHLO c.example\r\nMAIL FROM:<c@corp.example>\r\n"
+        b"RCPT TO:<15551234567@mms.example>\r\nRCPT TO:<x@mms.example>\r\n"
+        b"RSET\r\nMAIL FROM:<c@corp.example>\r\n"
+        b"RCPT TO:<x@mms.example>\r\nRCPT TO:<15551234567@mms.example>\r\nQUIT\r\n"
+    )
+    replies = [
+        line[:9] for line in transport.value().decode().splitlines() if line[:1] != "2"
+    ]
+    assert replies == ["452 4.5.3", "452 4.5.3"]
