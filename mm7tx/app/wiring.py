@@ -28,6 +28,7 @@ from twisted.python.reflect import namedAny
 from twisted.web.resource import Resource
 
 from mm7tx.config import Config
+from mm7tx.gateway.conversations import Conversations
 from mm7tx.gateway.mail_in import MailToMMS, Upstream, smtp_portal_for
 from mm7tx.gateway.processors import EmailProcessor
 from mm7tx.gateway.reports import DeliveryReporter
@@ -231,10 +232,13 @@ def build_resources(
         else None
     )
     return_path = _return_path(config, shared, sender)
+    conversations = _conversations(config, shared)
     for path in config.vasp_paths:
         processor = processors(config, path, sender, None)
         if return_path is not None and isinstance(processor, EmailProcessor):
             processor.return_path = return_path
+        if conversations is not None and isinstance(processor, EmailProcessor):
+            processor.conversations = conversations
         resources[path] = MM7Resource(
             processor,
             path,
@@ -291,6 +295,14 @@ def _return_path(
         report_mail_from=config.rules.report_mail_from,
         reporting_mta=config.smtp.helo or "mm7tx",
     )
+
+
+def _conversations(config: Config, shared: Shared) -> Conversations | None:
+    """The conversations replies go by, both ways: only with a state store
+    and an upstream MMSC to submit to."""
+    if shared.store is None or not config.upstreams:
+        return None
+    return Conversations(shared.store, config.reply_window)
 
 
 def site_for(
@@ -374,6 +386,7 @@ def mail_policy(
         log_addresses=config.log_addresses,
         store=shared.store,
         report_window=config.report_window,
+        conversations=_conversations(config, shared),
     )
 
 

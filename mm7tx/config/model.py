@@ -59,6 +59,9 @@ class Config:
     # How long the envelope of a mail that became MMS is kept for its DSN
     # and MDN (seconds).
     report_window: float = 604800.0
+    # How long a conversation (mail to handset, handset to mail) is kept for
+    # its replies (seconds).
+    reply_window: float = 604800.0
     # The most of an answer's body mm7tx reads when it posts (delivery reports).
     client_max_answer_size: int = DEFAULT_MAX_ANSWER_SIZE
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE

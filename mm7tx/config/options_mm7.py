@@ -109,6 +109,17 @@ MM7_OPTIONS: tuple[OptionSpec, ...] = (
         unit=" s",
     ),
     OptionSpec(
+        "mm7_reply_window",
+        MM7_SERV,
+        Reader.seconds,
+        "config.reply_window",
+        "how long a conversation is remembered (with a `state_store`): a handset's "
+        "reply to the short code a mail was sent from goes back to that mail's "
+        "sender, and a mail answering one made from an MMS goes back to its handset",
+        default="604800",
+        unit=" s",
+    ),
+    OptionSpec(
         "mm7_delivery_report_attempts",
         MM7_SERV,
         Reader.integer,

@@ -30,6 +30,7 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mm7tx.gateway.conversations import Conversations, MailedMMS, conversations_of
 from mm7tx.gateway.envelopes import (
     disposition_notification_to,
     sent_mail,
@@ -186,7 +187,10 @@ class MailToMMS:
     the mail off the reactor.  ``dedup`` is the hook for exactly once.
     ``store`` keeps the envelope of each mail the MMSC took for
     ``report_window`` seconds, for the DSN and MDN back to its sender
-    (None: none are sent, no read reply is asked for).
+    (None: none are sent, no read reply is asked for).  ``conversations``
+    keeps, for each mail the MMSC took, the conversation a handset's reply
+    goes back by, and turns a mail answering one made from an MMS into a
+    SubmitReq to its handset (None: no replies either way).
     """
 
     def __init__(
@@ -204,6 +208,7 @@ class MailToMMS:
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:16].upper(),
         store: IRecordStore | None = None,
         report_window: float = DEFAULT_REPORT_WINDOW,
+        conversations: Conversations | None = None,
     ) -> None:
         self.settings = settings
         self.upstreams = tuple(upstreams)
@@ -217,6 +222,7 @@ class MailToMMS:
         self.new_id = new_id
         self.store = store
         self.report_window = report_window
+        self.conversations = conversations
 
     # -- the envelope ---------------------------------------------------------
 
@@ -271,18 +277,24 @@ class MailToMMS:
                 550, "5.7.1", f"Relaying denied: {domain or 'no domain'} is not ours"
             )
         if not _NUMBER.fullmatch(local):
-            return SMTPReply(
-                550, "5.1.1", "No such recipient: the local part must be a number"
-            )
+            if self.conversations is None:
+                return SMTPReply(
+                    550, "5.1.1", "No such recipient: the local part must be a number"
+                )
+            # A reply to a mail made from an MMS: its In-Reply-To names
+            # the handset (checked at DATA), in a transaction of its own.
+            if envelope.recipients:
+                return _ALONE
+            return SMTPReply(250, "2.1.5", "Recipient OK (a reply)")
         upstream = self.route(local)
         if upstream is None:
             return SMTPReply(550, "5.4.4", "No MMSC serves this number")
         if envelope.recipients:
-            first = self.route(_split(envelope.recipients[0][0])[0])
-            if first is not upstream:
-                return SMTPReply(
-                    452, "4.5.3", "Send mail to this number in a transaction of its own"
-                )
+            first_local = _split(envelope.recipients[0][0])[0]
+            if not _NUMBER.fullmatch(first_local):
+                return _ALONE
+            if self.route(first_local) is not upstream:
+                return _ALONE
         limit = upstream.settings.max_recipients
         account_limit = getattr(self._account(session), "max_recipients", None)
         if account_limit is not None:
@@ -345,7 +357,18 @@ class MailToMMS:
             outcome.status = "refused"
             return refused
         numbers = [_split(address)[0] for address, _ in envelope.recipients]
-        upstream = self.route(numbers[0])
+        reply = None
+        if self.conversations is not None:
+            reply = await self.conversations.for_mail(headers)
+            if reply is not None:
+                # The recipient comes from the record, whatever address in
+                # mms_domains the reply was sent to.
+                numbers = [reply.handset] * len(numbers)
+            elif not _NUMBER.fullmatch(numbers[0]):
+                return SMTPReply(
+                    550, "5.1.1", "No such recipient: this mail answers no MMS we know"
+                )
+        upstream = self._upstream(reply, numbers[0])
         if upstream is None:  # the recipients were routed at RCPT
             return SMTPReply(451, "4.3.0", "No MMSC serves this number")
         outcome.mmsc = upstream.name
@@ -381,6 +404,8 @@ class MailToMMS:
                     part=str(dropped),
                 )
             request = content.submit_req(self._request(upstream, envelope, numbers))
+            if reply is not None:
+                request = reply.request(request)
             if self.store is not None and disposition_notification_to(headers):
                 request = dataclasses.replace(request, read_reply=True)
             asked = self.clock.seconds()
@@ -408,10 +433,29 @@ class MailToMMS:
                     await self._keep_envelope(
                         envelope, raw, headers, numbers, upstream, outcome
                     )
+                    if self.conversations is not None:
+                        await self.conversations.started(
+                            conversations_of(
+                                request,
+                                headers,
+                                envelope.sender,
+                                upstream.name,
+                                outcome.message_id,
+                            )
+                        )
                 return _taken(outcome.queue_id, message_id, upstream.name)
             return self._status_reply(upstream, code, str(getattr(status, "text", "")))
         finally:
             self.gate.leave()
+
+    def _upstream(self, reply: MailedMMS | None, number: str) -> Upstream | None:
+        """The MMSC a mail goes to: the one that delivered the MMS it
+        answers, if that is an upstream, else the one serving ``number``."""
+        if reply is not None and reply.mmsc is not None:
+            for upstream in self.upstreams:
+                if upstream.name == reply.mmsc:
+                    return upstream
+        return self.route(number)
 
     def _request(
         self, upstream: Upstream, envelope: Envelope, numbers: list[str]
@@ -530,6 +574,11 @@ class _Outcome:
     status: str | None = None
     message_id: str | None = None
     ms: int = 0
+
+
+_ALONE = SMTPReply(
+    452, "4.5.3", "Send mail to this address in a transaction of its own"
+)
 
 
 def _kind(number: str) -> m.AddressKind:

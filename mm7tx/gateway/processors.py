@@ -22,6 +22,7 @@ from typing import Any
 from twisted.internet import defer
 from zope.interface import implementer
 
+from mm7tx.gateway.conversations import Conversations
 from mm7tx.gateway.fields import FIELD_LIMITS as FIELD_LIMITS
 from mm7tx.gateway.fields import MAX_ADDRESS as MAX_ADDRESS
 from mm7tx.gateway.fields import (
@@ -107,9 +108,13 @@ class EmailProcessor:
     ``return_path``, when set (on VASP paths, with a state store), takes
     the reports on mail that became MMS first: they go back to that mail's
     sender as DSN and MDN; any other report is mailed as here.
+    ``conversations``, when set (with a state store), sends a handset's
+    DeliverReq that answers a mail to that mail's sender, as a reply, and
+    keeps each mailed DeliverReq for the mail that answers it.
     """
 
     return_path: ReturnPath | None = None
+    conversations: Conversations | None = None
 
     def __init__(
         self,
@@ -544,10 +549,13 @@ class EmailProcessor:
     def deliver(
         self, request: DeliverReq, transaction: Transaction
     ) -> defer.Deferred[DeliverRsp]:
-        mail = self.deliver_message(request, transaction)
-        return self._send(mail, transaction).addCallback(
-            lambda status: DeliverRsp(status, transaction.mm7_version)
-        )
+        if self.conversations is None:
+            d = self._send(self.deliver_message(request, transaction), transaction)
+        else:
+            d = self.conversations.deliver(
+                request, transaction, self.deliver_message, self._send
+            )
+        return d.addCallback(lambda status: DeliverRsp(status, transaction.mm7_version))
 
     def delivery_report(
         self, request: DeliveryReportReq, transaction: Transaction
