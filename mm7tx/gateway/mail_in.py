@@ -36,6 +36,7 @@ from mm7tx.gateway.envelopes import (
     sent_mail,
     wants_delivery_report,
 )
+from mm7tx.gateway.mail_once import transaction_id_for
 from mm7tx.http.auth import Account, PasswordChecker
 from mm7tx.http.client import (
     HTTPError,
@@ -410,7 +411,10 @@ class MailToMMS:
                 request = dataclasses.replace(request, read_reply=True)
             asked = self.clock.seconds()
             try:
-                response = await upstream.client.send(request)
+                response = await upstream.client.send(
+                    request,
+                    transaction_id=transaction_id_for(key) if key else None,
+                )
             except MM7ClientError as e:
                 return self._failed(upstream, e, outcome)
             finally:

@@ -48,6 +48,7 @@ class FakeMMSC:
 
     def __init__(self) -> None:
         self.sent: list[tuple[m.SubmitReq, defer.Deferred[m.Response]]] = []
+        self.transaction_ids: list[str | None] = []
 
     def send(
         self, request: m.Request, transaction_id: str | None = None
@@ -55,6 +56,7 @@ class FakeMMSC:
         d: defer.Deferred[m.Response] = defer.Deferred()
         assert isinstance(request, m.SubmitReq)
         self.sent.append((request, d))
+        self.transaction_ids.append(transaction_id)
         return d
 
     def answer(self, code: int = 1000, message_id: str = "mmsc-42") -> None:

@@ -1,0 +1,84 @@
+"""Exactly once for mail in: a mail the sending MTA sends again is not
+submitted twice.
+
+The key is the mail's Message-ID and its MMS recipients (``mail_in``'s
+``_dedup_key``).  Once the MMSC took the mail, the MessageID it gave is
+kept under the key for ``mm7_dedup_window``: the same mail again gets the
+250 with that MessageID, and no SubmitReq.  Where the MMSC took the mail but
+its answer never reached us (our 4xx on a timeout, then the MTA's retry),
+nothing was kept: the retry is submitted with the same TransactionID
+(:func:`transaction_id_for`), so an MMSC that remembers its answers (as
+mm7tx does) gives the first MessageID back rather than a second message.
+
+A store that fails is logged once per outage and the mail goes on as
+without a store: never refused for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mm7tx.interfaces import IRecordStore
+
+log = Logger(namespace="mm7tx.mail_in")
+
+
+def transaction_id_for(key: str) -> str:
+    """The TransactionID of the SubmitReq made for the mail of ``key``: the
+    same for every retry of that mail."""
+    return "mm7tx-mail-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+class StoredDedup:
+    """:class:`mm7tx.gateway.mail_in.Dedup` on a state store's records."""
+
+    def __init__(self, store: IRecordStore, window: float) -> None:
+        self.store = store
+        self.window = window
+        self._failing = False
+
+    def seen(self, key: str) -> defer.Deferred[str | None]:
+        """The MessageID kept for ``key``, or None (none, or no store)."""
+        return defer.ensureDeferred(self._seen(key))
+
+    def taken(self, key: str, message_id: str) -> defer.Deferred[None]:
+        """Keep ``message_id`` for ``key`` for the window."""
+        return defer.ensureDeferred(self._taken(key, message_id))
+
+    async def _seen(self, key: str) -> str | None:
+        try:
+            value = await self.store.get(_record(key))
+        except Exception as e:
+            self._failed(e)
+            return None
+        self._back()
+        return value.decode("utf-8", "replace") if value is not None else None
+
+    async def _taken(self, key: str, message_id: str) -> None:
+        try:
+            await self.store.put(_record(key), message_id.encode("utf-8"), self.window)
+        except Exception as e:
+            self._failed(e)
+            return
+        self._back()
+
+    def _failed(self, error: Exception) -> None:
+        if not self._failing:
+            self._failing = True
+            log.warn(
+                "Mail in: the state store failed ({error}); mail goes on "
+                "without exactly once until it answers again",
+                error=str(error) or type(error).__name__,
+            )
+
+    def _back(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.info("Mail in: the state store answers again")
+
+
+def _record(key: str) -> str:
+    return "mail-in:" + hashlib.sha256(key.encode("utf-8")).hexdigest()

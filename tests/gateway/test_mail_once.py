@@ -1,0 +1,98 @@
+"""Exactly once for mail in, on a state store: a mail sent again is not
+submitted twice, and a retry after a lost answer keeps its TransactionID."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+
+from mm7tx.gateway.mail_once import StoredDedup, transaction_id_for
+from mm7tx.http.client import TimedOut
+from mm7tx.store.memory import MemoryStore
+from mm7tx.testing import result_of
+from tests.gateway.test_mail_in import Gateway
+
+
+def _stored(gw: Gateway, window: float = 3600.0) -> MemoryStore:
+    store = MemoryStore(gw.clock)
+    gw.policy.dedup = StoredDedup(store, window)
+    return store
+
+
+def test_a_mail_sent_again_gets_the_first_message_id_without_a_submit() -> None:
+    gw = Gateway()
+    _stored(gw)
+    gw.mail()
+    gw.mmsc.answer(1000, "first")
+    assert "MessageID first" in gw.say(b"")[0]
+    again = gw.mail()
+    assert again[-1].startswith("250 2.0.0") and "MessageID first" in again[-1]
+    assert len(gw.mmsc.sent) == 1
+
+
+def test_past_the_window_the_same_mail_is_submitted_again() -> None:
+    gw = Gateway()
+    _stored(gw, window=600)
+    gw.mail()
+    gw.mmsc.answer(1000, "first")
+    gw.say(b"")
+    gw.clock.advance(601)
+    gw.connect()  # the first connection timed out meanwhile
+    gw.mail()
+    assert len(gw.mmsc.sent) == 2
+
+
+def test_a_retry_after_a_timeout_carries_the_same_transaction_id() -> None:
+    """Our 4xx on a timeout while the MMSC took the mail: the MTA's retry is
+    submitted with the first attempt's TransactionID, so an MMSC that
+    remembers its answers gives the first MessageID back."""
+    gw = Gateway()
+    _stored(gw)
+    gw.mail()
+    gw.mmsc.fail(TimedOut("no answer within 60 s"))
+    assert gw.say(b"")[0].startswith("451 4.4.2")
+    gw.mail()
+    first, second = gw.mmsc.transaction_ids
+    assert first is not None and first == second
+    other = Gateway()
+    other.mail(b"Message-ID: <another@example.org>\r\n" + b"Subject: x\r\n\r\nhi\r\n")
+    assert other.mmsc.transaction_ids[0] != first
+
+
+class _Down:
+    """A store that cannot be reached."""
+
+    def get(self, key: str) -> defer.Deferred[bytes | None]:
+        return defer.fail(ConnectionError("store down"))
+
+    def put(self, key: str, value: bytes, ttl: float) -> defer.Deferred[None]:
+        return defer.fail(ConnectionError("store down"))
+
+    def delete(self, key: str) -> defer.Deferred[None]:
+        return defer.fail(ConnectionError("store down"))
+
+
+def test_a_store_that_fails_lets_the_mail_through_and_says_so_once() -> None:
+    gw = Gateway()
+    gw.policy.dedup = StoredDedup(_Down(), 3600)  # type: ignore[arg-type]
+    with capturedLogs() as events:
+        for n in range(2):
+            gw.mail()
+            gw.mmsc.answer(1000, f"m{n}")
+            assert gw.say(b"")[0].startswith("250 2.0.0")
+    warned = [e for e in events if "state store failed" in e["log_format"]]
+    assert len(warned) == 1
+    assert len(gw.mmsc.sent) == 2
+
+
+def test_the_stored_dedup_on_its_own() -> None:
+    clock = Clock()
+    dedup = StoredDedup(MemoryStore(clock), 60)
+    assert result_of(dedup.seen("k")) is None
+    result_of(dedup.taken("k", "mid"))
+    assert result_of(dedup.seen("k")) == "mid"
+    assert result_of(dedup.seen("other")) is None
+    clock.advance(61)
+    assert result_of(dedup.seen("k")) is None
+    assert transaction_id_for("k") == transaction_id_for("k") != transaction_id_for("j")
