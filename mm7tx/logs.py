@@ -80,6 +80,7 @@ def log_transaction(
     sender: str | None = None,
     recipients: Sequence[str] | None = None,
     recipient_count: int | None = None,
+    deduplicated: bool = False,
 ) -> None:
     """Log the transaction event.  ``path`` is the configured path, never
     the request's (which may hold ``account=password``); ``operation`` is
@@ -89,7 +90,8 @@ def log_transaction(
     :data:`MAX_FIELD` characters: a line is never a multiple of a request.
     ``sender``, ``recipients`` and ``recipient_count`` are what
     :func:`logged_addresses` makes of the request, ``None`` before it was
-    read."""
+    read.  ``deduplicated``: a retry answered with the answer already given
+    (nothing mailed again)."""
     transaction_id = _cut(transaction_id)
     message_id = _cut(message_id)
     status_text = _cut(status_text) or ""
@@ -110,6 +112,8 @@ def log_transaction(
         )
         if value
     ]
+    if deduplicated:
+        notes.append("; deduplicated, the answer already given")
     if not answered:
         # The peer never sees this answer: it will send again.
         notes.append("; not answered, the connection was gone")
@@ -131,6 +135,7 @@ def log_transaction(
         sender=sender,
         recipients=list(recipients) if recipients is not None else None,
         recipient_count=recipient_count,
+        deduplicated=deduplicated,
         _what=" ".join(filter(None, (operation or "Request", transaction_id))),
         _fault="fault " if fault else "",
         _ms=f"{ms:.1f}",

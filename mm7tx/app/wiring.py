@@ -2,8 +2,8 @@
 
 :func:`make_shared` makes the objects every configuration of a service
 shares (and a reload keeps): the bound on transactions in flight, the
-failed-login counts, the rate limiter, the bound on scrypt checks and the
-delivery reporter.  :func:`build_resources` builds the MM7 resources on
+failed-login counts, the rate limiter, the bound on scrypt checks, the
+delivery reporter and the state store (:meth:`Shared.open_store`).  :func:`build_resources` builds the MM7 resources on
 them, :func:`site_for` the site to serve them with.
 """
 
@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.internet.interfaces import (
     IReactorCore,
+    IReactorFromThreads,
     IReactorPluggableNameResolver,
     IReactorSSL,
     IReactorTCP,
     IReactorThreads,
     IReactorTime,
 )
+from twisted.logger import Logger
 from twisted.python.reflect import namedAny
 from twisted.web.resource import Resource
 
@@ -30,11 +32,26 @@ from mm7tx.gateway.processors import EmailProcessor
 from mm7tx.gateway.reports import DeliveryReporter
 from mm7tx.http.auth import SCRYPT_CONCURRENCY, portal_for
 from mm7tx.http.limits import LoginThrottle, RateLimiter, TransactionGate
+from mm7tx.http.once import ExactlyOnce, StoreHealth
 from mm7tx.http.resource import MM7Resource
 from mm7tx.http.site import MM7Site
-from mm7tx.interfaces import IMailSender
+from mm7tx.interfaces import IMailSender, IStateStore
 from mm7tx.metrics import Metrics
-from mm7tx.offload import in_pool, in_threads
+from mm7tx.offload import in_pool, in_threads, inline
+from mm7tx.store import StoreSpec, open_store
+
+log = Logger(namespace="mm7tx.service")
+
+# How much longer than the relay's whole bound (smtp_total_timeout) a
+# transaction's claim on its key lasts: the time to answer after the 250.
+LEASE_MARGIN = 5.0
+
+
+class _Configured:
+    """make_shared's default ``store``: the one the configuration names."""
+
+
+CONFIGURED: Any = _Configured()
 
 if TYPE_CHECKING:
 
@@ -73,6 +90,51 @@ class Shared:
     scrypt: defer.DeferredSemaphore
     # Made for the first configuration with MMSC paths: delivery_reporter.
     reporter: DeliveryReporter | None = None
+    # The state store new transactions use (None: stateless), and whether it
+    # was given (kept whatever state_store a reload names) or opened from
+    # the configuration's state_store (then reopened when that changes).
+    store: IStateStore | None = None
+    store_given: bool = False
+    store_spec: StoreSpec | None = None
+    # Whether the store answers, across reloads (/readyz, the log).
+    store_health: StoreHealth | None = None
+
+    def open_store(self, config: Config) -> IStateStore | None:
+        """The store for ``config``: the one in use if given or named the
+        same; else the one ``state_store`` names, opened on the reactor,
+        which new transactions use from now on (the caller closes the one it
+        replaces once its transactions are done)."""
+        if self.store_given or self.store_spec == config.state_store:
+            return self.store
+        self.store = open_configured_store(config.state_store, self.reactor)
+        self.store_spec = config.state_store
+        health = self.health()
+        health.description = config.state_store.describe()
+        health.error = None
+        log.info(
+            "State store: {store}",
+            store=self.store.description if self.store is not None else "none",
+        )
+        return self.store
+
+    def health(self) -> StoreHealth:
+        if self.store_health is None:
+            self.store_health = StoreHealth(self.metrics)
+            if self.store is not None:
+                self.store_health.description = self.store.description
+        return self.store_health
+
+    def exactly_once(self, config: Config) -> ExactlyOnce | None:
+        """Exactly once on the store in use, with ``config``'s window."""
+        if self.store is None:
+            return None
+        return ExactlyOnce(
+            self.store,
+            self.reactor,
+            config.dedup_window,
+            self.health(),
+            self.metrics,
+        )
 
     def delivery_reporter(self, config: Config) -> DeliveryReporter:
         """The delivery reporter, made with ``config``'s settings if none
@@ -103,10 +165,14 @@ def make_shared(
     *,
     gate: TransactionGate | None = None,
     reporter: DeliveryReporter | None = None,
+    store: IStateStore | None = CONFIGURED,
 ) -> Shared:
     """The shared objects for ``config``, on ``reactor``'s clock: the one
-    place each is made (``gate`` and ``reporter`` are yours if given)."""
-    return Shared(
+    place each is made (``gate``, ``reporter`` and ``store`` are yours if
+    given; ``store=None``: no store, stateless).  By default the store is
+    the one ``state_store`` names, opened here on ``reactor``; the service
+    closes it when it stops."""
+    shared = Shared(
         reactor,
         metrics,
         gate if gate is not None else TransactionGate(config.max_transactions),
@@ -115,6 +181,27 @@ def make_shared(
         defer.DeferredSemaphore(SCRYPT_CONCURRENCY),
         reporter,
     )
+    if store is CONFIGURED:
+        shared.open_store(config)
+    else:
+        shared.store = store
+        shared.store_given = True
+    shared.health()
+    return shared
+
+
+def open_configured_store(spec: StoreSpec, reactor: Any) -> IStateStore | None:
+    """The store ``spec`` names on ``reactor``: :func:`mm7tx.store.open_store`,
+    except that an SQLite file on a reactor without threads (a test's
+    ``MemoryReactor``) is worked on inline."""
+    threaded = IReactorThreads.providedBy(reactor) and IReactorFromThreads.providedBy(
+        reactor
+    )
+    if spec.kind == "sqlite" and not threaded:
+        from mm7tx.store.sqlite import SQLiteStore
+
+        return SQLiteStore(spec.path, reactor, inline)
+    return open_store(spec, reactor)
 
 
 def make_processor(
@@ -187,16 +274,22 @@ def build_resources(
     scrypt checks and one count of failed logins per address; MMSC paths
     share one Portal over the VASP accounts, VASP paths one over the MMSC
     accounts (none, and so open, without any), one rate limiter on the
-    reactor's clock and one delivery reporter.  ``metrics``, if given,
+    reactor's clock, one delivery reporter and one state store (exactly
+    once; without ``shared``, none: the tree alone keeps no state).  ``metrics``, if given,
     counts their requests.  ``processors`` makes each path's processor (by
     default, the configured one: :func:`configured_processor`).
     """
     if processors is None:
         processors = configured_processor
     if shared is None:
-        shared = make_shared(config, reactor, metrics, gate=gate, reporter=reporter)
+        # The tree alone: nothing would close a store, so it keeps none.
+        shared = make_shared(
+            config, reactor, metrics, gate=gate, reporter=reporter, store=None
+        )
     gate = gate if gate is not None else shared.gate
     metrics = shared.metrics
+    once = shared.exactly_once(config)
+    lease = config.smtp.total_timeout + LEASE_MARGIN
     offload = in_threads(reactor)
     blocking = in_pool(reactor)
     resources: dict[str, Resource] = {}
@@ -222,6 +315,8 @@ def build_resources(
             in_thread=blocking,
             max_request_size=config.max_request_size,
             log_addresses=config.log_addresses,
+            once=once,
+            lease=lease,
         )
     if config.mmsc_paths:
         portal = portal_for(config.vasps, reactor, scrypt=shared.scrypt)
@@ -244,6 +339,8 @@ def build_resources(
                 max_request_size=config.max_request_size,
                 in_thread=blocking,
                 log_addresses=config.log_addresses,
+                once=once,
+                lease=lease,
             )
     return resources
 

@@ -10,6 +10,7 @@ from mm7tx.config.options_http import HTTP_OPTIONS
 from mm7tx.config.options_mm7 import MM7_OPTIONS
 from mm7tx.config.options_service import SERVICE_OPTIONS
 from mm7tx.config.options_smtp import SMTP_OPTIONS
+from mm7tx.config.options_store import STORE_OPTIONS
 from mm7tx.config.reader import HTTP_LISTENER, OptionSpec
 
 # Every option, declared once in the module of its area; each scope's README
@@ -18,6 +19,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     *MM7_OPTIONS,
     *HTTP_OPTIONS,
     *SERVICE_OPTIONS,
+    *STORE_OPTIONS,
     *SMTP_OPTIONS,
     *ACCOUNT_OPTIONS,
 )

@@ -37,6 +37,7 @@ from mm7tx.http.auth import (
 )
 from mm7tx.http.exchange import Exchange
 from mm7tx.http.limits import LoginThrottle, RateLimiter, TransactionGate
+from mm7tx.http.once import ExactlyOnce, Ticket
 from mm7tx.http.site import DEFAULT_MAX_REQUEST_SIZE, MM7Site
 from mm7tx.interfaces import (
     ICancelProcessor,
@@ -50,9 +51,11 @@ from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m
 from mm7tx.mm7.codec.sniff import clean_version
 from mm7tx.mm7.codec.soap import XMLLimits
+from mm7tx.mm7.digest import peer_identity, transaction_digest, transaction_key
 from mm7tx.mm7.errors import MM7Error
 from mm7tx.mm7.status import StatusCode
 from mm7tx.offload import OFFLOAD_SIZE, Offload
+from mm7tx.store.records import Answer
 from mm7tx.transaction import Transaction
 
 if TYPE_CHECKING:
@@ -100,6 +103,12 @@ class MM7Resource(Resource):
     the one a keep-alive connection started with).
     ``log_addresses`` (``masked``, ``full``, ``none``) says how the log
     event shows the request's sender and recipients.
+
+    With ``once`` (:mod:`mm7tx.http.once`), a request with a TransactionID
+    is run exactly once across its retries: a retry of a transaction
+    answered with a success gets the same answer, without running the
+    processor again; one arriving while it is in flight waits for it (up
+    to ``lease`` seconds, the transaction's own bound).
     """
 
     isLeaf = True
@@ -122,6 +131,8 @@ class MM7Resource(Resource):
         in_thread: Offload | None = None,
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
         log_addresses: str = "masked",
+        once: ExactlyOnce | None = None,
+        lease: float = 30.0,
     ) -> None:
         super().__init__()
         self.processor = processor
@@ -140,6 +151,8 @@ class MM7Resource(Resource):
         self.max_request_size = max_request_size
         # mm7_log_addresses: how the transaction event shows addresses.
         self.log_addresses = log_addresses
+        self.once = once
+        self.lease = lease
         self._warned = False  # of being served by a plain Site
 
     def render(self, request: Request) -> bytes | int:
@@ -328,6 +341,12 @@ class MM7Resource(Resource):
         """The one place a decoded request becomes its answer: checked,
         handed to the processor, and its response (or fault) sent."""
         message = envelope.message
+        key = None
+        # A request without a TransactionID has no key: it is not deduplicated.
+        if envelope.transaction_id and isinstance(message, m.Request):
+            identity = peer_identity(exchange.account_name, self.path, exchange.peer)
+            digest = transaction_digest(message)
+            key = transaction_key(identity, envelope.transaction_id, digest)
         transaction = Transaction(
             transaction_id=envelope.transaction_id,
             path=self.path,
@@ -336,6 +355,7 @@ class MM7Resource(Resource):
             account=exchange.account,
             # The request's own version, else the configured one.
             mm7_version=clean_version(envelope.mm7_version) or self.mm7_version,
+            key=key,
             connection_gone=lambda: exchange.gone,
             threads=self.in_thread,
         )
@@ -355,16 +375,92 @@ class MM7Resource(Resource):
         status = self._check(envelope, exchange)
         if status is not None:
             raise _Refused(status)
-        d = defer.maybeDeferred(getattr(self.processor, entry[1]), message, transaction)
-        d.addErrback(self._processor_failed, exchange)
-        d.addCallbacks(
-            self._respond,
-            self._failed,
-            callbackArgs=(exchange,),
-            errbackArgs=(exchange,),
+        process = getattr(self.processor, entry[1])
+        if self.once is None or key is None:
+            return self._process(process, message, exchange, None)
+        return defer.ensureDeferred(
+            self._exactly_once(self.once, key, process, message, exchange)
         )
+
+    async def _exactly_once(
+        self,
+        once: ExactlyOnce,
+        key: str,
+        process: Any,
+        message: m.Request,
+        exchange: Exchange,
+    ) -> None:
+        """The answer already given to this transaction, if any; else the
+        processor's, kept for its retries (a success) or not (a fault)."""
+        claimed = await once.claim(key, self.lease)
+        if isinstance(claimed, Answer):
+            self._replay(claimed, exchange)
+            return
+        await self._process(process, message, exchange, claimed)
+
+    def _process(
+        self,
+        process: Any,
+        message: m.Request,
+        exchange: Exchange,
+        ticket: Ticket | None,
+    ) -> defer.Deferred[None]:
+        """Hand ``message`` to the processor and answer with its response
+        or fault; with a ``ticket``, a success is kept (before it is sent:
+        a retry then gets it, whatever becomes of this answer) and a fault
+        released."""
+        assert exchange.transaction is not None
+        d = defer.maybeDeferred(process, message, exchange.transaction)
+        d.addErrback(self._processor_failed, exchange)
+
+        def responded(response: m.Response) -> defer.Deferred[None] | None:
+            if ticket is None:
+                self._respond(response, exchange)
+                return None
+            data = self._encode(response, exchange)
+            if not response.status.is_success:
+                kept = ticket.release()
+            else:
+                status = response.status
+                metadata = {
+                    "status": str(status.code),
+                    "status_text": status.details or status.text,
+                }
+                message_id = getattr(response, "message_id", None)
+                if message_id:
+                    metadata["message_id"] = message_id
+                kept = ticket.complete(Answer(data, metadata))
+            return kept.addCallback(lambda _: self._respond(response, exchange, data))
+
+        def failed(reason: Failure) -> None:
+            if ticket is not None:
+                ticket.release()
+            self._failed(reason, exchange)
+
+        d.addCallbacks(responded, failed)
         # A response that cannot be written is a bug of ours.
         return d.addErrback(self._internal_error, exchange)
+
+    def _replay(self, answer: Answer, exchange: Exchange) -> None:
+        """A retry: the answer already given, as it was sent, logged and
+        counted as a transaction ``deduplicated``."""
+        metadata = answer.metadata
+        status = int(metadata.get("status", StatusCode.SUCCESS))
+        if self.metrics is not None:
+            self.metrics.dedup_hit(exchange.operation or "unknown")
+        self._count(exchange, status)
+        exchange.message_id = metadata.get("message_id") or exchange.message_id
+        self._log(
+            exchange,
+            m.Status(status, metadata.get("status_text", "")),
+            fault=False,
+            deduplicated=True,
+        )
+        if exchange.gone:
+            return
+        exchange.request.setResponseCode(http.OK)
+        exchange.request.setHeader(b"content-type", XML)
+        exchange.send(answer.body)
 
     def _check(self, envelope: m.Envelope, exchange: Exchange) -> m.Status | None:
         """MMSC-side rules for a decoded request."""
@@ -410,14 +506,25 @@ class MM7Resource(Resource):
         )
         return Failure(_Refused(INTERNAL_ERROR))
 
-    def _respond(self, response: m.Response, exchange: Exchange) -> None:
-        """The processor's response: logged, and sent in the request's
-        namespace and version."""
+    def _respond(
+        self, response: m.Response, exchange: Exchange, data: bytes | None = None
+    ) -> None:
+        """The processor's response: logged, and sent (``data``, if it is
+        encoded already)."""
         self._count(exchange, response.status.code)
         self._log(exchange, response.status, fault=False, response=response)
-        transaction = exchange.transaction
-        if exchange.gone or transaction is None:
+        if exchange.gone or exchange.transaction is None:
             return
+        if data is None:
+            data = self._encode(response, exchange)
+        exchange.request.setResponseCode(http.OK)
+        exchange.request.setHeader(b"content-type", XML)
+        exchange.send(data)
+
+    def _encode(self, response: m.Response, exchange: Exchange) -> bytes:
+        """``response`` encoded in the request's namespace and version."""
+        transaction = exchange.transaction
+        assert transaction is not None
         if response.mm7_version in (m.DEFAULT_MM7_VERSION, self.mm7_version):
             # Left at a default: answer in the request's version.
             response = dataclasses.replace(
@@ -425,9 +532,7 @@ class MM7Resource(Resource):
             )
         reply = m.Envelope(transaction.transaction_id, response, transaction.namespace)
         _, data = codec.encode(reply)
-        exchange.request.setResponseCode(http.OK)
-        exchange.request.setHeader(b"content-type", XML)
-        exchange.send(data)
+        return data
 
     # Errors: the one place each kind becomes the answer.
 
@@ -488,6 +593,7 @@ class MM7Resource(Resource):
         fault: bool = True,
         echoed: bool = True,
         response: m.Response | None = None,
+        deduplicated: bool = False,
     ) -> None:
         """The one log event of a transaction (:mod:`mm7tx.logs`); once the
         request is decoded, with what it is."""
@@ -513,6 +619,7 @@ class MM7Resource(Resource):
             fault=fault,
             account=exchange.account_name,
             transaction_id=exchange.echo.transaction_id if echoed else None,
+            deduplicated=deduplicated,
             **fields,
         )
 
