@@ -46,6 +46,7 @@ TRANSACTION_FIELDS = (
     "sender",
     "recipients",
     "recipient_count",
+    "deduplicated",
 )
 # The text line; the fields named with a leading ``_`` are only for it
 # (:func:`event_as_json` leaves them out).  No format spec (``{ms:.1f}``):

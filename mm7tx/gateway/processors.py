@@ -172,7 +172,7 @@ class EmailProcessor:
         msg = EmailMessage(policy=BUILD_POLICY)
         msg["MIME-Version"] = "1.0"
         msg["From"] = sender
-        msg["Message-ID"] = make_msgid("mm7", domain=self._msgid_domain)
+        msg["Message-ID"] = message_id_header(transaction, self._msgid_domain)
         # An X-MM7-* header only with a value: no empty ones.
         tid = bounded(transaction.transaction_id, "TransactionID", transaction)
         if tid:
@@ -490,7 +490,10 @@ class EmailProcessor:
         self, request: SubmitReq, transaction: Transaction
     ) -> defer.Deferred[SubmitRsp]:
         """Mail a SubmitReq; answer with a new MessageID once the relay took it,
-        and post a delivery report back when the VASP asked for one.
+        and post a delivery report back when the VASP asked for one.  The
+        MessageID is derived from the transaction's key, when it has one, so
+        that a retry mailed again (the first answer's write to the store
+        lost in a crash) gets the same one.
 
         A report goes back only for a MessageID the VASP was given in a
         SubmitRsp: none for a fault (the VASP never learnt the MessageID;
@@ -498,7 +501,7 @@ class EmailProcessor:
         before the answer.  On a partial success (1100) each recipient is
         reported Forwarded or Rejected by what the relay said to its mapped
         address (recipients mapped to one address share its fate)."""
-        message_id = uuid.uuid4().hex
+        message_id = mm7_message_id(transaction)
         mail = self.submit_message(request, transaction, message_id)
         d = self._hand_over(mail, transaction)
 
@@ -557,6 +560,23 @@ class EmailProcessor:
         return self._send(mail, transaction).addCallback(
             lambda status: ReadReplyRsp(status, transaction.mm7_version)
         )
+
+
+def message_id_header(transaction: Transaction, domain: str) -> str:
+    """The email's ``Message-ID``: derived from the transaction's key, so
+    that each retry mailed again carries the same one and mail stores fold
+    the duplicates; a new one for a transaction without a key."""
+    if transaction.key is None:
+        return make_msgid("mm7", domain=domain)
+    return f"<mm7.{transaction.key[:32]}@{domain}>"
+
+
+def mm7_message_id(transaction: Transaction) -> str:
+    """A SubmitRsp's MessageID: the key's first 32 hex digits (as long as
+    the random one a transaction without a key gets)."""
+    if transaction.key is None:
+        return uuid.uuid4().hex
+    return transaction.key[:32]
 
 
 def result_status(result: Any) -> Status:

@@ -25,12 +25,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mm7tx.interfaces import IExactlyOnceStore
+from mm7tx.mm7 import messages as m
+from mm7tx.mm7.digest import peer_identity, transaction_digest, transaction_key
 from mm7tx.mm7.errors import MM7Error
 from mm7tx.mm7.status import StatusCode
 from mm7tx.store.records import Answer, Done, InFlight, New
 
 if TYPE_CHECKING:
     from mm7tx.metrics import Metrics
+
+__all__ = ["Answer", "ExactlyOnce", "StoreHealth", "Ticket", "request_key"]
 
 log = Logger(namespace="mm7tx.once")
 
@@ -40,6 +44,28 @@ T = TypeVar("T")
 # without it (seconds): the store is there to save a duplicate, never to
 # make a peer wait.
 CALL_TIMEOUT = 2.0
+
+
+def request_key(
+    envelope: m.Envelope, account: str | None, path: str, peer: str | None
+) -> str | None:
+    """The exactly-once key of a decoded request: who sent it (``account``,
+    else ``path`` and the source network of ``peer``), its TransactionID
+    and its digest; ``None`` without a TransactionID (not deduplicated)."""
+    message = envelope.message
+    if not envelope.transaction_id or not isinstance(message, m.Request):
+        return None
+    identity = peer_identity(account, path, peer)
+    return transaction_key(
+        identity, envelope.transaction_id, transaction_digest(message)
+    )
+
+
+def replayed_status(answer: Answer) -> m.Status:
+    """The status of a kept answer, for the retry's log event and count."""
+    metadata = answer.metadata
+    code = int(metadata.get("status", StatusCode.SUCCESS))
+    return m.Status(code, metadata.get("status_text", ""))
 
 
 class StoreHealth:
@@ -104,6 +130,20 @@ class Ticket:
             "complete",
             lambda: self.store.complete(self.key, self.token, answer, once.window),
         ).addCallback(lambda _: None)
+
+    def settle(
+        self, status: m.Status, response: object, data: bytes
+    ) -> defer.Deferred[None]:
+        """Keep a success (``data``, the answer sent, with its status and
+        any MessageID), release anything else."""
+        if not status.is_success:
+            return self.release()
+        text = status.details or status.text
+        metadata = {"status": str(status.code), "status_text": text}
+        message_id = getattr(response, "message_id", None)
+        if message_id:
+            metadata["message_id"] = message_id
+        return self.complete(Answer(data, metadata))
 
     def release(self) -> defer.Deferred[None]:
         """Forget the claim (the fault is not remembered)."""
@@ -178,11 +218,18 @@ class ExactlyOnce:
 
         return d.addCallbacks(answered, failed)
 
+    def _hit(self, answer: Answer, operation: str) -> Answer:
+        if self.metrics is not None:
+            self.metrics.dedup_hit(operation)
+        return answer
+
     def _observe(self, operation: str, began: float) -> None:
         if self.metrics is not None:
             self.metrics.store_call(operation, time.monotonic() - began)
 
-    async def claim(self, key: str, lease: float) -> Answer | Ticket | None:
+    async def claim(
+        self, key: str, lease: float, operation: str = "unknown"
+    ) -> Answer | Ticket | None:
         """The answer already given for ``key``; else a :class:`Ticket`
         for this request to run it (held for ``lease`` seconds, the
         transaction's own bound); ``None`` to serve without the store (it
@@ -202,7 +249,7 @@ class ExactlyOnce:
             if isinstance(claimed, New):
                 return Ticket(self, store, key, claimed.token)
             if isinstance(claimed, Done):
-                return claimed.answer
+                return self._hit(claimed.answer, operation)
             assert isinstance(claimed, InFlight)
             left = deadline - self.clock.seconds()
             if left <= 0:
@@ -222,5 +269,5 @@ class ExactlyOnce:
                 self.health.failed("wait", str(e) or type(e).__name__)
                 return None
             if answer is not None:
-                return answer
+                return self._hit(answer, operation)
             # Released, its lease passed, or the wait ran out: look again.

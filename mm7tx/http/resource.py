@@ -37,7 +37,7 @@ from mm7tx.http.auth import (
 )
 from mm7tx.http.exchange import Exchange
 from mm7tx.http.limits import LoginThrottle, RateLimiter, TransactionGate
-from mm7tx.http.once import ExactlyOnce, Ticket
+from mm7tx.http.once import Answer, ExactlyOnce, Ticket, replayed_status, request_key
 from mm7tx.http.site import DEFAULT_MAX_REQUEST_SIZE, MM7Site
 from mm7tx.interfaces import (
     ICancelProcessor,
@@ -51,11 +51,9 @@ from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m
 from mm7tx.mm7.codec.sniff import clean_version
 from mm7tx.mm7.codec.soap import XMLLimits
-from mm7tx.mm7.digest import peer_identity, transaction_digest, transaction_key
 from mm7tx.mm7.errors import MM7Error
 from mm7tx.mm7.status import StatusCode
 from mm7tx.offload import OFFLOAD_SIZE, Offload
-from mm7tx.store.records import Answer
 from mm7tx.transaction import Transaction
 
 if TYPE_CHECKING:
@@ -341,12 +339,7 @@ class MM7Resource(Resource):
         """The one place a decoded request becomes its answer: checked,
         handed to the processor, and its response (or fault) sent."""
         message = envelope.message
-        key = None
-        # A request without a TransactionID has no key: it is not deduplicated.
-        if envelope.transaction_id and isinstance(message, m.Request):
-            identity = peer_identity(exchange.account_name, self.path, exchange.peer)
-            digest = transaction_digest(message)
-            key = transaction_key(identity, envelope.transaction_id, digest)
+        key = request_key(envelope, exchange.account_name, self.path, exchange.peer)
         transaction = Transaction(
             transaction_id=envelope.transaction_id,
             path=self.path,
@@ -378,25 +371,19 @@ class MM7Resource(Resource):
         process = getattr(self.processor, entry[1])
         if self.once is None or key is None:
             return self._process(process, message, exchange, None)
-        return defer.ensureDeferred(
-            self._exactly_once(self.once, key, process, message, exchange)
-        )
+        # The answer already given to this transaction, if any; else the
+        # processor's, kept for its retries (a success) or not (a fault).
+        op = exchange.operation or "unknown"
+        claiming = defer.ensureDeferred(self.once.claim(key, self.lease, op))
+        return claiming.addCallback(self._claimed, process, message, exchange)
 
-    async def _exactly_once(
-        self,
-        once: ExactlyOnce,
-        key: str,
-        process: Any,
-        message: m.Request,
-        exchange: Exchange,
-    ) -> None:
-        """The answer already given to this transaction, if any; else the
-        processor's, kept for its retries (a success) or not (a fault)."""
-        claimed = await once.claim(key, self.lease)
-        if isinstance(claimed, Answer):
-            self._replay(claimed, exchange)
-            return
-        await self._process(process, message, exchange, claimed)
+    def _claimed(
+        self, claimed: Answer | Ticket | None, process: Any, message: Any, ex: Exchange
+    ) -> defer.Deferred[None] | None:
+        if not isinstance(claimed, Answer):
+            return self._process(process, message, ex, claimed)
+        self._replay(claimed, ex)
+        return None
 
     def _process(
         self,
@@ -418,18 +405,7 @@ class MM7Resource(Resource):
                 self._respond(response, exchange)
                 return None
             data = self._encode(response, exchange)
-            if not response.status.is_success:
-                kept = ticket.release()
-            else:
-                status = response.status
-                metadata = {
-                    "status": str(status.code),
-                    "status_text": status.details or status.text,
-                }
-                message_id = getattr(response, "message_id", None)
-                if message_id:
-                    metadata["message_id"] = message_id
-                kept = ticket.complete(Answer(data, metadata))
+            kept = ticket.settle(response.status, response, data)
             return kept.addCallback(lambda _: self._respond(response, exchange, data))
 
         def failed(reason: Failure) -> None:
@@ -444,18 +420,10 @@ class MM7Resource(Resource):
     def _replay(self, answer: Answer, exchange: Exchange) -> None:
         """A retry: the answer already given, as it was sent, logged and
         counted as a transaction ``deduplicated``."""
-        metadata = answer.metadata
-        status = int(metadata.get("status", StatusCode.SUCCESS))
-        if self.metrics is not None:
-            self.metrics.dedup_hit(exchange.operation or "unknown")
-        self._count(exchange, status)
-        exchange.message_id = metadata.get("message_id") or exchange.message_id
-        self._log(
-            exchange,
-            m.Status(status, metadata.get("status_text", "")),
-            fault=False,
-            deduplicated=True,
-        )
+        status = replayed_status(answer)
+        self._count(exchange, status.code)
+        exchange.message_id = answer.metadata.get("message_id") or exchange.message_id
+        self._log(exchange, status, fault=False, deduplicated=True)
         if exchange.gone:
             return
         exchange.request.setResponseCode(http.OK)
