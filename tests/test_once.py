@@ -281,7 +281,7 @@ def test_after_the_window_it_mails_again(make_store: Callable[..., Any]) -> None
     assert len(gateway.relay.accepted) == 2
 
 
-def test_a_retry_while_the_first_is_in_flight_waits_for_its_answer(
+def test_a_retry_waiting_for_a_first_that_fails_runs_it_afresh(
     make_store: Callable[..., Any],
 ) -> None:
     gateway = gateway_with(make_store)

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.internet.interfaces import (
     IReactorCore,
-    IReactorFromThreads,
     IReactorPluggableNameResolver,
     IReactorSSL,
     IReactorTCP,
@@ -28,6 +27,7 @@ from twisted.python.reflect import namedAny
 from twisted.web.resource import Resource
 
 from mm7tx.config import Config
+from mm7tx.config.model import DEFAULT_STATE_STORE
 from mm7tx.gateway.processors import EmailProcessor
 from mm7tx.gateway.reports import DeliveryReporter
 from mm7tx.http.auth import SCRYPT_CONCURRENCY, portal_for
@@ -192,12 +192,14 @@ def make_shared(
 
 def open_configured_store(spec: StoreSpec, reactor: Any) -> IStateStore | None:
     """The store ``spec`` names on ``reactor``: :func:`mm7tx.store.open_store`,
-    except that an SQLite file on a reactor without threads (a test's
-    ``MemoryReactor``) is worked on inline."""
-    threaded = IReactorThreads.providedBy(reactor) and IReactorFromThreads.providedBy(
-        reactor
-    )
-    if spec.kind == "sqlite" and not threaded:
+    except on a reactor whose thread pool runs work in the caller's thread
+    (``synchronous``: the in-memory reactor of :mod:`mm7tx.testing`), where
+    an SQLite file is worked on inline, and the default file is not made
+    at all (a store in memory instead: a test leaves no file behind)."""
+    pool = reactor.getThreadPool() if IReactorThreads.providedBy(reactor) else None
+    if spec.kind == "sqlite" and getattr(pool, "synchronous", False):
+        if spec == DEFAULT_STATE_STORE:
+            return open_store(StoreSpec(kind="memory"), reactor)
         from mm7tx.store.sqlite import SQLiteStore
 
         return SQLiteStore(spec.path, reactor, inline)
