@@ -46,8 +46,9 @@ TRANSACTION_FIELDS = (
     "sender",
     "recipients",
     "recipient_count",
-    "deduplicated",
 )
+# Only on a retry answered with the answer already given: ``deduplicated``
+# (True), beside those.
 # The text line; the fields named with a leading ``_`` are only for it
 # (:func:`event_as_json` leaves them out).  No format spec (``{ms:.1f}``):
 # Twisted's flatFormat, which formats an event relayed as JSON (from a
@@ -136,7 +137,7 @@ def log_transaction(
         sender=sender,
         recipients=list(recipients) if recipients is not None else None,
         recipient_count=recipient_count,
-        deduplicated=deduplicated,
+        **({"deduplicated": True} if deduplicated else {}),
         _what=" ".join(filter(None, (operation or "Request", transaction_id))),
         _fault="fault " if fault else "",
         _ms=f"{ms:.1f}",

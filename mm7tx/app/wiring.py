@@ -192,12 +192,12 @@ def make_shared(
 
 def open_configured_store(spec: StoreSpec, reactor: Any) -> IStateStore | None:
     """The store ``spec`` names on ``reactor``: :func:`mm7tx.store.open_store`,
-    except on a reactor whose thread pool runs work in the caller's thread
-    (``synchronous``: the in-memory reactor of :mod:`mm7tx.testing`), where
+    except on a reactor without threads, or whose thread pool runs work in
+    the caller's thread (``synchronous``: :mod:`mm7tx.testing`'s), where
     an SQLite file is worked on inline, and the default file is not made
     at all (a store in memory instead: a test leaves no file behind)."""
     pool = reactor.getThreadPool() if IReactorThreads.providedBy(reactor) else None
-    if spec.kind == "sqlite" and getattr(pool, "synchronous", False):
+    if spec.kind == "sqlite" and (pool is None or getattr(pool, "synchronous", False)):
         if spec == DEFAULT_STATE_STORE:
             return open_store(StoreSpec(kind="memory"), reactor)
         from mm7tx.store.sqlite import SQLiteStore

@@ -153,7 +153,7 @@ def _fold_store_password(
 ) -> None:
     """``state_store_password`` into the ``state_store`` it is for: a Redis
     one whose URL carries no password."""
-    password = values.pop("state_store_password", None)
+    password = values.get("state_store_password")
     if password is None:
         return
     spec = values.get("state_store", DEFAULTS.state_store)

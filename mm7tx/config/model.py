@@ -74,6 +74,8 @@ class Config:
     # Where the answers given are kept (state_store, its password folded
     # in), and how long (mm7_dedup_window, seconds).
     state_store: StoreSpec = DEFAULT_STATE_STORE
+    # As given, for the record: loading folds it into state_store.
+    state_store_password: str | None = field(default=None, repr=False)
     dedup_window: float = 86400.0
     # Where /metrics, /healthz and /readyz are served; None: nowhere.
     metrics_listen: str | None = DEFAULT_METRICS_LISTEN
