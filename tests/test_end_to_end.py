@@ -32,10 +32,12 @@ async def free_port() -> int:
     return number
 
 
-async def start(relay_endpoint: str) -> tuple[MultiService, str]:
+async def start(
+    relay_endpoint: str, config_text: str = CONFIG
+) -> tuple[MultiService, str]:
     http_port = await free_port()
     config = with_overrides(
-        load(CONFIG, "e2e.conf"),
+        load(config_text, "e2e.conf"),
         [f"tcp:{http_port}:interface=127.0.0.1"],
         relay_endpoint,
     )
@@ -58,7 +60,11 @@ async def post(url: str, ctype: str, body: bytes) -> tuple[int, m.Envelope]:
 @pytest.mark.loopback
 @pytest_twisted.ensureDeferred
 async def test_every_deliver_sample_arrives_as_mail(relay, delivery):
-    application, base = await start(relay)
+    # Two of the samples are one transaction (the same TransactionID and
+    # content, spelt differently): with a state store the second would be
+    # answered as a retry, without a mail (tests/test_once.py).
+    stateless = CONFIG.replace("}", '  state_store = "none"\n}')
+    application, base = await start(relay, stateless)
     try:
         cases = [
             samples.http_message(samples.read("instantcom-mm7/deliver-req-post.txt")),
