@@ -455,3 +455,18 @@ def test_a_retry_is_logged_as_deduplicated(logged: list[dict[str, Any]]) -> None
     events = [e for e in logged if e.get("mm7tx_event") == "transaction"]
     assert [e.get("deduplicated", False) for e in events] == [False, True]
     assert events[1]["status"] == 1000
+
+
+def test_a_reload_that_changes_state_store_applies_to_new_transactions() -> None:
+    gateway = MemoryGateway(CONFIG.replace("}", '  state_store = "memory"\n}', 1))
+    first = gateway.service.shared.store
+    post(gateway, "/vasp/", DELIVER)
+    post(gateway, "/vasp/", DELIVER)
+    assert len(gateway.relay.accepted) == 1
+    assert gateway.reload(CONFIG.replace("}", '  state_store = "none"\n}', 1))
+    assert gateway.service.shared.store is None
+    gateway.flush()
+    assert first is not None and not first._sweep.running  # type: ignore[attr-defined]
+    post(gateway, "/vasp/", DELIVER)
+    post(gateway, "/vasp/", DELIVER)
+    assert len(gateway.relay.accepted) == 3
