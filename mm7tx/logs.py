@@ -47,6 +47,8 @@ TRANSACTION_FIELDS = (
     "recipients",
     "recipient_count",
 )
+# Only on a retry answered with the answer already given: ``deduplicated``
+# (True), beside those.
 # The text line; the fields named with a leading ``_`` are only for it
 # (:func:`event_as_json` leaves them out).  No format spec (``{ms:.1f}``):
 # Twisted's flatFormat, which formats an event relayed as JSON (from a
@@ -80,6 +82,7 @@ def log_transaction(
     sender: str | None = None,
     recipients: Sequence[str] | None = None,
     recipient_count: int | None = None,
+    deduplicated: bool = False,
 ) -> None:
     """Log the transaction event.  ``path`` is the configured path, never
     the request's (which may hold ``account=password``); ``operation`` is
@@ -89,7 +92,8 @@ def log_transaction(
     :data:`MAX_FIELD` characters: a line is never a multiple of a request.
     ``sender``, ``recipients`` and ``recipient_count`` are what
     :func:`logged_addresses` makes of the request, ``None`` before it was
-    read."""
+    read.  ``deduplicated``: a retry answered with the answer already given
+    (nothing mailed again)."""
     transaction_id = _cut(transaction_id)
     message_id = _cut(message_id)
     status_text = _cut(status_text) or ""
@@ -110,6 +114,8 @@ def log_transaction(
         )
         if value
     ]
+    if deduplicated:
+        notes.append("; deduplicated, the answer already given")
     if not answered:
         # The peer never sees this answer: it will send again.
         notes.append("; not answered, the connection was gone")
@@ -131,6 +137,7 @@ def log_transaction(
         sender=sender,
         recipients=list(recipients) if recipients is not None else None,
         recipient_count=recipient_count,
+        **({"deduplicated": True} if deduplicated else {}),
         _what=" ".join(filter(None, (operation or "Request", transaction_id))),
         _fault="fault " if fault else "",
         _ms=f"{ms:.1f}",

@@ -117,6 +117,32 @@ class Metrics:
             buckets=_SECONDS,
             registry=registry,
         )
+        self._dedup_hits = Counter(
+            "mm7tx_dedup_hits",
+            "Retries answered with the answer already given (exactly once), "
+            "by request type",
+            ["operation"],
+            registry=registry,
+        )
+        self._dedup_waits = Counter(
+            "mm7tx_dedup_waits",
+            "Retries that waited for the same transaction in flight",
+            registry=registry,
+        )
+        self._store_errors = Counter(
+            "mm7tx_store_errors",
+            "State store calls that failed or timed out (the request was "
+            "served without exactly once), by call",
+            ["operation"],
+            registry=registry,
+        )
+        self._store_seconds = Histogram(
+            "mm7tx_store_seconds",
+            "Time of a state store call, by call",
+            ["operation"],
+            buckets=_SECONDS,
+            registry=registry,
+        )
 
     def watch(
         self,
@@ -169,6 +195,22 @@ class Metrics:
         """A connection to ``listener`` closed at once for a bound:
         ``per_address`` or ``per_listener``."""
         self._connections_refused.labels(listener, reason).inc()
+
+    def dedup_hit(self, operation: str) -> None:
+        """A retry answered with the stored answer."""
+        self._dedup_hits.labels(operation).inc()
+
+    def in_flight_wait(self) -> None:
+        """A retry waiting for the same transaction in flight."""
+        self._dedup_waits.inc()
+
+    def store_error(self, operation: str) -> None:
+        """A state store call (``claim``, ``complete``…) failed."""
+        self._store_errors.labels(operation).inc()
+
+    def store_call(self, operation: str, seconds: float) -> None:
+        """A state store call answered or failed after ``seconds``."""
+        self._store_seconds.labels(operation).observe(seconds)
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""

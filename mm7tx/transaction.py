@@ -32,6 +32,11 @@ class Transaction:
     ``peer`` the client's address, ``account`` the authenticated VASP
     account on MMSC paths, ``mm7_version`` the version we answer with: the
     request's own MM7Version, else ``mm7_server_version``.
+    ``key`` is its exactly-once key (:func:`mm7tx.mm7.digest.transaction_key`:
+    the peer, the TransactionID and the request's digest), ``None`` for a
+    request without a TransactionID; the email's ``Message-ID`` and a
+    SubmitRsp's MessageID are derived from it, so that a retry mailed again
+    carries the same ones.
     ``outcome`` is its one mutable part, for what the log should tell.
     """
 
@@ -41,6 +46,7 @@ class Transaction:
     peer: str | None = None
     account: Account | None = None
     mm7_version: str = DEFAULT_MM7_VERSION
+    key: str | None = None
     # Whether the client's connection is gone, so that no answer reaches
     # it; the resource sets it, a transaction made elsewhere has none.
     connection_gone: Callable[[], bool] | None = field(

@@ -51,6 +51,10 @@ def in_memory_unless_marked(
     fails it at once, naming the folder, so that ``pytest -m "not loopback"``
     stays the in-memory suite (CONTRIBUTING.md)."""
     if request.node.get_closest_marker("loopback") is not None:
+        # The default state store (sqlite:mm7tx.sqlite3) is a file in the
+        # working folder: each real-process test gets a folder of its own,
+        # so that no test answers another's transactions from it.
+        monkeypatch.chdir(request.getfixturevalue("tmp_path"))
         return
 
     def refuse(*args: Any, **kwargs: Any) -> None:

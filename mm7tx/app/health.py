@@ -127,16 +127,26 @@ class Alive(Resource):
 
 class Ready(Resource):
     """``GET /readyz``: 200 ``ready``, or 503 and the one-line reason that
-    ``problem`` gives."""
+    ``problem`` gives.  While ready, what ``notes`` gives (a degraded part
+    that is no reason to take the instance out: the state store failing)
+    follows ``ready``, still 200: ``ready; degraded: …``."""
 
     isLeaf = True
 
-    def __init__(self, problem: Callable[[], str | None]) -> None:
+    def __init__(
+        self,
+        problem: Callable[[], str | None],
+        notes: Callable[[], str | None] | None = None,
+    ) -> None:
         super().__init__()
         self.problem = problem
+        self.notes = notes
 
     def render_GET(self, request: Request) -> bytes:
         problem = self.problem()
         if problem is None:
+            note = self.notes() if self.notes is not None else None
+            if note is not None:
+                return _text(request, http.OK, f"ready; degraded: {note}")
             return _text(request, http.OK, "ready")
         return _text(request, http.SERVICE_UNAVAILABLE, problem)

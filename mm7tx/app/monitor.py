@@ -63,13 +63,18 @@ class MonitorSite(MM7Site):
         return "Metrics and health"
 
 
-def monitor_root(metrics: Metrics, problem: Callable[[], str | None]) -> Resource:
+def monitor_root(
+    metrics: Metrics,
+    problem: Callable[[], str | None],
+    notes: Callable[[], str | None] | None = None,
+) -> Resource:
     """``/metrics``, ``/healthz`` and ``/readyz`` (ready unless ``problem``
-    gives a reason), to serve on a listener of their own or mount in a site."""
+    gives a reason; what ``notes`` gives said beside ``ready``), to serve
+    on a listener of their own or mount in a site."""
     root = Folder()
     root.putChild(b"metrics", MetricsPage(metrics))
     root.putChild(b"healthz", Alive())
-    root.putChild(b"readyz", Ready(problem))
+    root.putChild(b"readyz", Ready(problem, notes))
     return root
 
 

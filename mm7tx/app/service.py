@@ -32,17 +32,18 @@ from mm7tx.app.reload import (
     keeping_listeners,
     listener_changes,
 )
-from mm7tx.app.wiring import IMM7Reactor as IMM7Reactor
-from mm7tx.app.wiring import ProcessorFactory as ProcessorFactory
-from mm7tx.app.wiring import build_resources as build_resources
-from mm7tx.app.wiring import configured_processor as configured_processor
 from mm7tx.app.wiring import (
+    CONFIGURED,
     mail_listener,
     mail_policy,
     mail_portal,
     mail_tls,
     make_shared,
 )
+from mm7tx.app.wiring import IMM7Reactor as IMM7Reactor
+from mm7tx.app.wiring import ProcessorFactory as ProcessorFactory
+from mm7tx.app.wiring import build_resources as build_resources
+from mm7tx.app.wiring import configured_processor as configured_processor
 from mm7tx.app.wiring import make_processor as make_processor
 from mm7tx.app.wiring import site_for as site_for
 from mm7tx.app.wiring import useless_parts as useless_parts
@@ -54,7 +55,7 @@ from mm7tx.http.limits import LoginThrottle, RateLimiter, TransactionGate
 from mm7tx.http.resource import build_root
 from mm7tx.http.settings import SubmitSettings
 from mm7tx.http.site import Listener, MM7Site
-from mm7tx.interfaces import Checkable, IMailSender
+from mm7tx.interfaces import Checkable, IMailSender, IStateStore
 from mm7tx.metrics import Metrics
 from mm7tx.smtp.maildir import MaildirError
 from mm7tx.smtp.senders import sender_for
@@ -111,7 +112,8 @@ class MM7Service(service.MultiService):
     changes the relay closes its sender once that whole gate is drained.
     ``shared`` holds what every configuration shares, made once
     (:func:`~mm7tx.app.wiring.make_shared`: ``gate`` and ``reporter`` if
-    given, else made there).
+    given, else made there), the state store among them: the one
+    ``state_store`` names, or ``store`` if given (``None``: none).
     """
 
     def __init__(
@@ -125,17 +127,20 @@ class MM7Service(service.MultiService):
         metrics: Metrics | None = None,
         listen_via: Callable[[int], Any] | None = None,
         processors: ProcessorFactory = configured_processor,
+        store: IStateStore | None = CONFIGURED,
     ) -> None:
         super().__init__()
         self.reactor = reactor
         self.processors = processors
         # Kept across reloads, with the new limits set on them.
         self.shared = make_shared(
-            config, reactor, metrics, gate=gate, reporter=reporter
+            config, reactor, metrics, gate=gate, reporter=reporter, store=store
         )
         self._load: Callable[[], Config] | None = None
         self._sighup = Sighup(reactor, self._reload_loaded)
         self._retiring: list[Generation] = []
+        # State stores a reload replaced, closed once no longer used.
+        self._closing_stores: list[IStateStore] = []
         if root is None:
             self._current = self._generation(config, sender)
         else:
@@ -188,7 +193,7 @@ class MM7Service(service.MultiService):
             if isinstance(sender, Checkable):
                 self.relay_watch = RelayWatch(reactor, sender)
             self.monitor = MonitorSite(
-                monitor_root(metrics, self.problem),
+                monitor_root(metrics, self.problem, self.notes),
                 reactor,
                 metrics,
                 config.metrics_listen,
@@ -295,11 +300,14 @@ class MM7Service(service.MultiService):
         # The running listeners, which a later reload compares with.
         config = keeping_listeners(config, running.config)
         fresh: IMailSender | None = None
+        old_store = self.shared.store
         try:
             if config.smtp != running.config.smtp:
                 fresh = sender_for(self.reactor, config.smtp, self.metrics)
+            self.shared.open_store(config)
             new = self._generation(config, fresh or running.sender)
         except MaildirError as e:
+            self._keep_store(old_store, running.config)
             log.error(
                 "Not reloading {source}: {origin}: {error}; the running "
                 "configuration is kept",
@@ -315,6 +323,7 @@ class MM7Service(service.MultiService):
             )
             if fresh is not None:
                 fresh.close()
+            self._keep_store(old_store, running.config)
             return False
         self.shared.configure(config)
         self.site.set_limits(
@@ -343,6 +352,9 @@ class MM7Service(service.MultiService):
                     source=config.source,
                     error=str(e),
                 )
+        if self.shared.store is not old_store and old_store is not None:
+            users = [running, *running.sharing, *self._retiring]
+            defer.ensureDeferred(self._close_store(old_store, users))
         if fresh is None:
             new.sharing = [g for g in (*running.sharing, running) if g.busy]
         else:
@@ -410,6 +422,31 @@ class MM7Service(service.MultiService):
                 "Closed the previous configuration's {mail}",
                 mail=generation.sender.description,
             )
+
+    def _keep_store(self, store: IStateStore | None, config: Config) -> None:
+        """A reload failed: a store it opened closed, the running one kept."""
+        shared = self.shared
+        if shared.store is not store and shared.store is not None:
+            shared.store.close()
+        shared.store, shared.store_spec = store, config.state_store
+
+    async def _close_store(self, store: IStateStore, users: list[Generation]) -> None:
+        """Close a store a reload replaced, once the transactions of the
+        configurations that used it are done."""
+        self._closing_stores.append(store)
+        for user in users:
+            await user.done()
+        if store in self._closing_stores:  # not closed by a stop meanwhile
+            self._closing_stores.remove(store)
+            await store.close()
+            log.info("Closed the previous state store {store}", store=store.description)
+
+    def notes(self) -> str | None:
+        """What ``/readyz`` notes while ready: the state store failing
+        (served without exactly once, which is no reason to take the
+        instance out of service)."""
+        health = self.shared.store_health
+        return health.problem() if health is not None else None
 
     def _reload_loaded(self) -> None:
         # SIGHUP, in the reactor's thread.
@@ -489,6 +526,12 @@ class MM7Service(service.MultiService):
         for generation in retiring:
             await generation.sender.close()
         await self.sender.close()
+        # After the reporter: it may keep its reports there.
+        closing, self._closing_stores = self._closing_stores, []
+        if self.shared.store is not None and not self.shared.store_given:
+            closing.append(self.shared.store)
+        for store in closing:
+            await store.close()
         if self.relay_watch is not None:
             self.relay_watch.stop()
         if self._monitor is not None:
@@ -503,12 +546,15 @@ def build_service(
     listen_via: Callable[[int], Any] | None = None,
     *,
     processors: ProcessorFactory = configured_processor,
+    store: IStateStore | None = CONFIGURED,
 ) -> MM7Service:
     """The whole service for ``config``, wired to ``reactor`` alone;
     ``listen_via(index)``, if given, is the reactor the ``index``-th
     listener listens on (a worker's, adopting its parent's socket);
     ``processors``, if given, makes each path's processor, at the start and
-    on every reload, instead of the configured ones."""
+    on every reload, instead of the configured ones; ``store``, if given,
+    is the state store (``None``: none) instead of the one ``state_store``
+    names, kept across reloads and left open at the stop (it is yours)."""
     metrics = Metrics() if config.metrics_listen is not None else None
     sender = sender_for(reactor, config.smtp, metrics)
     return MM7Service(
@@ -520,4 +566,5 @@ def build_service(
         metrics=metrics,
         listen_via=listen_via,
         processors=processors,
+        store=store,
     )

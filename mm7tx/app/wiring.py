@@ -2,10 +2,11 @@
 
 :func:`make_shared` makes the objects every configuration of a service
 shares (and a reload keeps): the bound on transactions in flight, the
-failed-login counts, the rate limiter, the bound on scrypt checks and the
-delivery reporter.  :func:`build_resources` builds the MM7 resources on
-them, :func:`site_for` the site to serve them with, :func:`mail_policy`
-and :func:`mail_portal` the ESMTP listener's policy and AUTH.
+failed-login counts, the rate limiter, the bound on scrypt checks, the
+delivery reporter and the state store (:meth:`Shared.open_store`).
+:func:`build_resources` builds the MM7 resources on them, :func:`site_for`
+the site to serve them with, :func:`mail_policy` and :func:`mail_portal` the
+ESMTP listener's policy and AUTH.
 """
 
 from __future__ import annotations
@@ -24,25 +25,43 @@ from twisted.internet.interfaces import (
     IReactorThreads,
     IReactorTime,
 )
+from twisted.logger import Logger
 from twisted.python.reflect import namedAny
 from twisted.web.resource import Resource
 
 from mm7tx.config import Config
+from mm7tx.config.model import DEFAULT_STATE_STORE
 from mm7tx.gateway.conversations import Conversations
 from mm7tx.gateway.mail_in import MailToMMS, Upstream, smtp_portal_for
+from mm7tx.gateway.mail_once import StoredDedup
 from mm7tx.gateway.processors import EmailProcessor
 from mm7tx.gateway.reports import DeliveryReporter
 from mm7tx.gateway.return_path import ReturnPath
 from mm7tx.http.auth import SCRYPT_CONCURRENCY, Account, portal_for
 from mm7tx.http.client import MM7Client
 from mm7tx.http.limits import LoginThrottle, RateLimiter, TransactionGate
+from mm7tx.http.once import ExactlyOnce, StoreHealth
 from mm7tx.http.resource import MM7Resource
 from mm7tx.http.settings import SubmitSettings
 from mm7tx.http.site import MM7Site
 from mm7tx.interfaces import IMailSender, IStateStore
 from mm7tx.metrics import Metrics
-from mm7tx.offload import in_pool, in_threads
+from mm7tx.offload import in_pool, in_threads, inline
 from mm7tx.smtp.tls import server_tls
+from mm7tx.store import StoreSpec, open_store
+
+log = Logger(namespace="mm7tx.service")
+
+# How much longer than the relay's whole bound (smtp_total_timeout) a
+# transaction's claim on its key lasts: the time to answer after the 250.
+LEASE_MARGIN = 5.0
+
+
+class _Configured:
+    """make_shared's default ``store``: the one the configuration names."""
+
+
+CONFIGURED: Any = _Configured()
 
 if TYPE_CHECKING:
 
@@ -84,9 +103,51 @@ class Shared:
     scrypt: defer.DeferredSemaphore
     # Made for the first configuration with MMSC paths: delivery_reporter.
     reporter: DeliveryReporter | None = None
-    # The state store (None: stateless): the delivery reporter keeps its
-    # reports there.
+    # The state store new transactions use (None: stateless), and whether it
+    # was given (kept whatever state_store a reload names) or opened from
+    # the configuration's state_store (then reopened when that changes).
     store: IStateStore | None = None
+    store_given: bool = False
+    store_spec: StoreSpec | None = None
+    # Whether the store answers, across reloads (/readyz, the log).
+    store_health: StoreHealth | None = None
+
+    def open_store(self, config: Config) -> IStateStore | None:
+        """The store for ``config``: the one in use if given or named the
+        same; else the one ``state_store`` names, opened on the reactor,
+        which new transactions use from now on (the caller closes the one it
+        replaces once its transactions are done)."""
+        if self.store_given or self.store_spec == config.state_store:
+            return self.store
+        self.store = open_configured_store(config.state_store, self.reactor)
+        self.store_spec = config.state_store
+        health = self.health()
+        health.description = config.state_store.describe()
+        health.error = None
+        log.info(
+            "State store: {store}",
+            store=self.store.description if self.store is not None else "none",
+        )
+        return self.store
+
+    def health(self) -> StoreHealth:
+        if self.store_health is None:
+            self.store_health = StoreHealth(self.metrics)
+            if self.store is not None:
+                self.store_health.description = self.store.description
+        return self.store_health
+
+    def exactly_once(self, config: Config) -> ExactlyOnce | None:
+        """Exactly once on the store in use, with ``config``'s window."""
+        if self.store is None:
+            return None
+        return ExactlyOnce(
+            self.store,
+            self.reactor,
+            config.dedup_window,
+            self.health(),
+            self.metrics,
+        )
 
     def delivery_reporter(self, config: Config) -> DeliveryReporter:
         """The delivery reporter, made with ``config``'s settings if none
@@ -126,12 +187,14 @@ def make_shared(
     *,
     gate: TransactionGate | None = None,
     reporter: DeliveryReporter | None = None,
-    store: IStateStore | None = None,
+    store: IStateStore | None = CONFIGURED,
 ) -> Shared:
     """The shared objects for ``config``, on ``reactor``'s clock: the one
     place each is made (``gate``, ``reporter`` and ``store`` are yours if
-    given)."""
-    return Shared(
+    given; ``store=None``: no store, stateless).  By default the store is
+    the one ``state_store`` names, opened here on ``reactor``; the service
+    closes it when it stops."""
+    shared = Shared(
         reactor,
         metrics,
         gate if gate is not None else TransactionGate(config.max_transactions),
@@ -139,8 +202,30 @@ def make_shared(
         RateLimiter(reactor),
         defer.DeferredSemaphore(SCRYPT_CONCURRENCY),
         reporter,
-        store,
     )
+    if store is CONFIGURED:
+        shared.open_store(config)
+    else:
+        shared.store = store
+        shared.store_given = True
+    shared.health()
+    return shared
+
+
+def open_configured_store(spec: StoreSpec, reactor: Any) -> IStateStore | None:
+    """The store ``spec`` names on ``reactor``: :func:`mm7tx.store.open_store`,
+    except on a reactor without threads, or whose thread pool runs work in
+    the caller's thread (``synchronous``: :mod:`mm7tx.testing`'s), where
+    an SQLite file is worked on inline, and the default file is not made
+    at all (a store in memory instead: a test leaves no file behind)."""
+    pool = reactor.getThreadPool() if IReactorThreads.providedBy(reactor) else None
+    if spec.kind == "sqlite" and (pool is None or getattr(pool, "synchronous", False)):
+        if spec == DEFAULT_STATE_STORE:
+            return open_store(StoreSpec(kind="memory"), reactor)
+        from mm7tx.store.sqlite import SQLiteStore
+
+        return SQLiteStore(spec.path, reactor, inline)
+    return open_store(spec, reactor)
 
 
 def make_processor(
@@ -213,16 +298,22 @@ def build_resources(
     scrypt checks and one count of failed logins per address; MMSC paths
     share one Portal over the VASP accounts, VASP paths one over the MMSC
     accounts (none, and so open, without any), one rate limiter on the
-    reactor's clock and one delivery reporter.  ``metrics``, if given,
+    reactor's clock, one delivery reporter and one state store (exactly
+    once; without ``shared``, none: the tree alone keeps no state).  ``metrics``, if given,
     counts their requests.  ``processors`` makes each path's processor (by
     default, the configured one: :func:`configured_processor`).
     """
     if processors is None:
         processors = configured_processor
     if shared is None:
-        shared = make_shared(config, reactor, metrics, gate=gate, reporter=reporter)
+        # The tree alone: nothing would close a store, so it keeps none.
+        shared = make_shared(
+            config, reactor, metrics, gate=gate, reporter=reporter, store=None
+        )
     gate = gate if gate is not None else shared.gate
     metrics = shared.metrics
+    once = shared.exactly_once(config)
+    lease = config.smtp.total_timeout + LEASE_MARGIN
     offload = in_threads(reactor)
     blocking = in_pool(reactor)
     resources: dict[str, Resource] = {}
@@ -254,6 +345,8 @@ def build_resources(
             in_thread=blocking,
             max_request_size=config.max_request_size,
             log_addresses=config.log_addresses,
+            once=once,
+            lease=lease,
         )
     if config.mmsc_paths:
         portal = portal_for(config.vasps, reactor, scrypt=shared.scrypt)
@@ -276,6 +369,8 @@ def build_resources(
                 max_request_size=config.max_request_size,
                 in_thread=blocking,
                 log_addresses=config.log_addresses,
+                once=once,
+                lease=lease,
             )
     return resources
 
@@ -387,6 +482,11 @@ def mail_policy(
         store=shared.store,
         report_window=config.report_window,
         conversations=_conversations(config, shared),
+        dedup=(
+            StoredDedup(shared.store, config.dedup_window)
+            if shared.store is not None
+            else None
+        ),
     )
 
 

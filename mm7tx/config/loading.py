@@ -4,7 +4,9 @@ and the listeners workers can share."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from mm7tx.config.endpoints import check_listen, check_relay, inner_endpoint
 from mm7tx.config.errors import ConfigError
@@ -114,6 +116,7 @@ def load(text: str, source: str = "<config>") -> Config:
             line("smtp_password"),
             "smtp_password is set but smtp_username is not",
         )
+    _fold_store_password(values, line, source)
     rules = top.get("rules")
     for side, role in (("from", "sender"), ("to", "recipient")):
         if not rules.get(f"{side}_domain") and not rules.get(f"{side}_address"):
@@ -155,6 +158,26 @@ def load(text: str, source: str = "<config>") -> Config:
         source=source,
         **values,
     )
+
+
+def _fold_store_password(
+    values: dict[str, Any], line: Callable[[str], int], source: str = ""
+) -> None:
+    """``state_store_password`` into the ``state_store`` it is for: a Redis
+    one whose URL carries no password."""
+    password = values.get("state_store_password")
+    if password is None:
+        return
+    spec = values.get("state_store", DEFAULTS.state_store)
+    if spec.kind != "redis":
+        raise ConfigError(
+            source,
+            line("state_store_password"),
+            f"state_store_password is set but state_store is {spec.describe()}, "
+            "not a redis:// or rediss:// one",
+        )
+    if spec.password is None:
+        values["state_store"] = replace(spec, password=password)
 
 
 def _mail_in(

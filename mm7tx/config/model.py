@@ -23,6 +23,11 @@ from mm7tx.mm7.codec.soap import XMLLimits
 from mm7tx.mm7.messages import DEFAULT_MM7_VERSION
 from mm7tx.mm7.peers import Account, Network
 from mm7tx.smtp.settings import MailInSettings, SMTPSettings
+from mm7tx.store.spec import StoreSpec
+
+# state_store's default: a file in the working folder (under systemd, the
+# unit's StateDirectory), as the embedded Maildir is.
+DEFAULT_STATE_STORE = StoreSpec(kind="sqlite", path="mm7tx.sqlite3")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,12 @@ class Config:
     drain_timeout: float = 30.0
     # Worker processes behind the listeners (1: this process serves alone).
     workers: int = 1
+    # Where the answers given are kept (state_store, its password folded
+    # in), and how long (mm7_dedup_window, seconds).
+    state_store: StoreSpec = DEFAULT_STATE_STORE
+    # As given, for the record: loading folds it into state_store.
+    state_store_password: str | None = field(default=None, repr=False)
+    dedup_window: float = 86400.0
     # Where /metrics, /healthz and /readyz are served; None: nowhere.
     metrics_listen: str | None = DEFAULT_METRICS_LISTEN
     xml_limits: XMLLimits = field(default_factory=XMLLimits)

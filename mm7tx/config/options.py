@@ -11,6 +11,7 @@ from mm7tx.config.options_mail_in import MAIL_IN_OPTIONS
 from mm7tx.config.options_mm7 import MM7_OPTIONS
 from mm7tx.config.options_service import SERVICE_OPTIONS
 from mm7tx.config.options_smtp import SMTP_OPTIONS
+from mm7tx.config.options_store import STORE_OPTIONS
 from mm7tx.config.reader import ESMTP_LISTENER, HTTP_LISTENER, OptionSpec
 
 # Every option, declared once in the module of its area; each scope's README
@@ -19,6 +20,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     *MM7_OPTIONS,
     *HTTP_OPTIONS,
     *SERVICE_OPTIONS,
+    *STORE_OPTIONS,
     *SMTP_OPTIONS,
     *ACCOUNT_OPTIONS,
     *MAIL_IN_OPTIONS,

@@ -21,6 +21,7 @@ from mm7tx.config.processors import declared_options, find_processor, option_val
 from mm7tx.http.settings import ListenAccess
 from mm7tx.logs import LOG_ADDRESSES
 from mm7tx.mm7.peers import network
+from mm7tx.store.spec import StoreSpec, StoreSpecError, parse_store
 
 # The scopes options are declared in.
 MM7_SERV, VASP, HTTP_LISTENER = "mm7_serv", "VASP", "HTTP_Listener"
@@ -293,6 +294,14 @@ class Reader:
             return check_listen(text)
         except ValueError as e:
             raise self.error(option, f"metrics_listen: {e}") from None
+
+    def state_store(self, option: Option) -> StoreSpec:
+        """``state_store``: a store :func:`~mm7tx.store.parse_store` names;
+        its error never shows a password."""
+        try:
+            return parse_store(self.text(option))
+        except StoreSpecError as e:
+            raise self.error(option, str(e)) from None
 
     def listen(self, scope: Scope) -> list[Listener]:
         """A ``Listen "ENDPOINT" { }`` scope."""

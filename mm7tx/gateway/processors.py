@@ -37,8 +37,9 @@ from mm7tx.gateway.fields import (
     part_text,
     text_body,
 )
-from mm7tx.gateway.reports import DeliveryReporter, report_submit
+from mm7tx.gateway.reports import DeliveryReporter
 from mm7tx.gateway.return_path import ReturnPath
+from mm7tx.gateway.submit_reports import report_submit
 from mm7tx.interfaces import (
     IDeliverProcessor,
     IDeliveryReportProcessor,
@@ -184,7 +185,7 @@ class EmailProcessor:
         msg = EmailMessage(policy=BUILD_POLICY)
         msg["MIME-Version"] = "1.0"
         msg["From"] = sender
-        msg["Message-ID"] = make_msgid("mm7", domain=self._msgid_domain)
+        msg["Message-ID"] = message_id_header(transaction, self._msgid_domain)
         # An X-MM7-* header only with a value: no empty ones.
         tid = bounded(transaction.transaction_id, "TransactionID", transaction)
         if tid:
@@ -502,7 +503,10 @@ class EmailProcessor:
         self, request: SubmitReq, transaction: Transaction
     ) -> defer.Deferred[SubmitRsp]:
         """Mail a SubmitReq; answer with a new MessageID once the relay took it,
-        and post a delivery report back when the VASP asked for one.
+        and post a delivery report back when the VASP asked for one.  The
+        MessageID is derived from the transaction's key, when it has one, so
+        that a retry mailed again (the first answer's write to the store
+        lost in a crash) gets the same one.
 
         A report goes back only for a MessageID the VASP was given in a
         SubmitRsp: none for a fault (the VASP never learnt the MessageID;
@@ -510,7 +514,7 @@ class EmailProcessor:
         before the answer.  On a partial success (1100) each recipient is
         reported Forwarded or Rejected by what the relay said to its mapped
         address (recipients mapped to one address share its fate)."""
-        message_id = uuid.uuid4().hex
+        message_id = mm7_message_id(transaction)
         mail = self.submit_message(request, transaction, message_id)
         d = self._hand_over(mail, transaction)
 
@@ -534,7 +538,7 @@ class EmailProcessor:
         refused: set[str],
     ) -> None:
         """Post the delivery reports an accepted SubmitReq asked for
-        (:func:`~mm7tx.gateway.reports.report_submit`): a recipient is
+        (:func:`~mm7tx.gateway.submit_reports.report_submit`): a recipient is
         Forwarded unless the relay refused its mapped address."""
         if self.reporter is None:
             return
@@ -597,6 +601,23 @@ def _handled_or(
 ) -> defer.Deferred[Status]:
     """1000 for a report the return path handled, else it mailed as before."""
     return defer.succeed(Status.of(StatusCode.SUCCESS)) if handled else mailed()
+
+
+def message_id_header(transaction: Transaction, domain: str) -> str:
+    """The email's ``Message-ID``: derived from the transaction's key, so
+    that each retry mailed again carries the same one and mail stores fold
+    the duplicates; a new one for a transaction without a key."""
+    if transaction.key is None:
+        return make_msgid("mm7", domain=domain)
+    return f"<mm7.{transaction.key[:32]}@{domain}>"
+
+
+def mm7_message_id(transaction: Transaction) -> str:
+    """A SubmitRsp's MessageID: the key's first 32 hex digits (as long as
+    the random one a transaction without a key gets)."""
+    if transaction.key is None:
+        return uuid.uuid4().hex
+    return transaction.key[:32]
 
 
 def result_status(result: Any) -> Status:

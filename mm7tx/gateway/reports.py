@@ -17,13 +17,12 @@ import os
 import secrets
 import socket
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -42,7 +41,6 @@ from mm7tx.interfaces import IRecordStore, IReportStore
 from mm7tx.mm7 import messages as m
 from mm7tx.mm7.status import StatusCode
 from mm7tx.store.records import Report
-from mm7tx.transaction import Transaction
 
 if TYPE_CHECKING:
     from mm7tx.metrics import Metrics
@@ -126,6 +124,7 @@ class DeliveryReporter:
         # reports are this start's at once, their leases notwithstanding.
         self._predecessors: list[str] | None = None
         self._poll: task.LoopingCall | None = None
+        self._first_poll: IDelayedCall | None = None
         self.store: IReportStore | None = None
         self.use_store(store)
 
@@ -135,15 +134,26 @@ class DeliveryReporter:
         already kept stay with the store that holds them."""
         if store is self.store:
             return
-        if self._poll is not None and self._poll.running:
-            self._poll.stop()
+        self._stop_polling()
         self._poll = None
         self.store = store
         self._predecessors = None
         if store is not None and not self._closing:
             self._poll = task.LoopingCall(self._take_due)
             self._poll.clock = self.reactor
-            self._poll.start(self.poll_interval, now=True)
+            # The first poll once the reactor runs, not here: a service that
+            # never starts (a port in use) has touched no store, so no
+            # store's thread keeps its process from exiting.
+            self._poll.start(self.poll_interval, now=False)
+            self._first_poll = self.reactor.callLater(
+                0, defer.maybeDeferred, self._take_due
+            )
+
+    def _stop_polling(self) -> None:
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        if self._first_poll is not None and self._first_poll.active():
+            self._first_poll.cancel()
 
     def report(
         self, account: Account, request: m.DeliveryReportReq, namespace: str
@@ -218,8 +228,7 @@ class DeliveryReporter:
         any report asked for from now on — or, with a store, left there for
         the next start (or another instance) to post."""
         self._closing = True
-        if self._poll is not None and self._poll.running:
-            self._poll.stop()
+        self._stop_polling()
         if not self.pending:
             return defer.succeed(None)
         finished = defer.DeferredList(list(self.pending), consumeErrors=True)
@@ -643,52 +652,3 @@ def _log_abandoned(message_id: str, url: str) -> None:
         message_id=message_id,
         url=url,
     )
-
-
-# Logged as it was from the processor: the namespace is in every log event.
-_submit_log = Logger(namespace="mm7tx.processors")
-
-
-def report_submit(
-    reporter: DeliveryReporter,
-    request: m.SubmitReq,
-    transaction: Transaction,
-    message_id: str,
-    forwarded: Callable[[m.Address], bool],
-) -> None:
-    """Post one DeliveryReportReq per recipient of an accepted SubmitReq, if
-    it asked for reports and the account has a URL for them: ``Forwarded``
-    for a recipient ``forwarded`` says the relay took, else ``Rejected``.
-    None when the SubmitRsp could not reach the VASP: it never learnt the
-    MessageID."""
-    account = transaction.account
-    if not (
-        request.delivery_report and account is not None and account.delivery_report_url
-    ):
-        return
-    if transaction.answer_lost():
-        _submit_log.info(
-            "No delivery report for {message_id} to {vasp}: its SubmitRsp "
-            "could not be sent, the connection was gone",
-            message_id=message_id,
-            vasp=account.name,
-        )
-        return
-    for recipient in request.recipients.all:
-        taken = forwarded(recipient)
-        reporter.report(
-            account,
-            m.DeliveryReportReq(
-                # The client makes it fit the namespace.
-                mm7_version=transaction.mm7_version,
-                message_id=message_id,
-                recipient=recipient,
-                sender=request.sender_address,
-                date=datetime.now(UTC).isoformat(timespec="seconds"),
-                mm_status="Forwarded" if taken else "Rejected",
-                status_text="Accepted by the mail relay"
-                if taken
-                else "Refused by the mail relay",
-            ),
-            transaction.namespace,
-        )

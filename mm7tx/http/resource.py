@@ -37,6 +37,7 @@ from mm7tx.http.auth import (
 )
 from mm7tx.http.exchange import Exchange
 from mm7tx.http.limits import LoginThrottle, RateLimiter, TransactionGate
+from mm7tx.http.once import Answer, ExactlyOnce, Ticket, replayed_status, request_key
 from mm7tx.http.site import DEFAULT_MAX_REQUEST_SIZE, MM7Site
 from mm7tx.interfaces import (
     ICancelProcessor,
@@ -100,6 +101,12 @@ class MM7Resource(Resource):
     the one a keep-alive connection started with).
     ``log_addresses`` (``masked``, ``full``, ``none``) says how the log
     event shows the request's sender and recipients.
+
+    With ``once`` (:mod:`mm7tx.http.once`), a request with a TransactionID
+    is run exactly once across its retries: a retry of a transaction
+    answered with a success gets the same answer, without running the
+    processor again; one arriving while it is in flight waits for it (up
+    to ``lease`` seconds, the transaction's own bound).
     """
 
     isLeaf = True
@@ -122,6 +129,8 @@ class MM7Resource(Resource):
         in_thread: Offload | None = None,
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
         log_addresses: str = "masked",
+        once: ExactlyOnce | None = None,
+        lease: float = 30.0,
     ) -> None:
         super().__init__()
         self.processor = processor
@@ -140,6 +149,8 @@ class MM7Resource(Resource):
         self.max_request_size = max_request_size
         # mm7_log_addresses: how the transaction event shows addresses.
         self.log_addresses = log_addresses
+        self.once = once
+        self.lease = lease
         self._warned = False  # of being served by a plain Site
 
     def render(self, request: Request) -> bytes | int:
@@ -328,6 +339,7 @@ class MM7Resource(Resource):
         """The one place a decoded request becomes its answer: checked,
         handed to the processor, and its response (or fault) sent."""
         message = envelope.message
+        key = request_key(envelope, exchange.account_name, self.path, exchange.peer)
         transaction = Transaction(
             transaction_id=envelope.transaction_id,
             path=self.path,
@@ -336,6 +348,7 @@ class MM7Resource(Resource):
             account=exchange.account,
             # The request's own version, else the configured one.
             mm7_version=clean_version(envelope.mm7_version) or self.mm7_version,
+            key=key,
             connection_gone=lambda: exchange.gone,
             threads=self.in_thread,
         )
@@ -355,16 +368,67 @@ class MM7Resource(Resource):
         status = self._check(envelope, exchange)
         if status is not None:
             raise _Refused(status)
-        d = defer.maybeDeferred(getattr(self.processor, entry[1]), message, transaction)
+        process = getattr(self.processor, entry[1])
+        if self.once is None or key is None:
+            return self._process(process, message, exchange, None)
+        # The answer already given to this transaction, if any; else the
+        # processor's, kept for its retries (a success) or not (a fault).
+        op = exchange.operation or "unknown"
+        claiming = defer.ensureDeferred(self.once.claim(key, self.lease, op))
+        return claiming.addCallback(self._claimed, process, message, exchange)
+
+    def _claimed(
+        self, claimed: Answer | Ticket | None, process: Any, message: Any, ex: Exchange
+    ) -> defer.Deferred[None] | None:
+        if not isinstance(claimed, Answer):
+            return self._process(process, message, ex, claimed)
+        self._replay(claimed, ex)
+        return None
+
+    def _process(
+        self,
+        process: Any,
+        message: m.Request,
+        exchange: Exchange,
+        ticket: Ticket | None,
+    ) -> defer.Deferred[None]:
+        """Hand ``message`` to the processor and answer with its response
+        or fault; with a ``ticket``, a success is kept (before it is sent:
+        a retry then gets it, whatever becomes of this answer) and a fault
+        released."""
+        assert exchange.transaction is not None
+        d = defer.maybeDeferred(process, message, exchange.transaction)
         d.addErrback(self._processor_failed, exchange)
-        d.addCallbacks(
-            self._respond,
-            self._failed,
-            callbackArgs=(exchange,),
-            errbackArgs=(exchange,),
-        )
+
+        def responded(response: m.Response) -> defer.Deferred[None] | None:
+            if ticket is None:
+                self._respond(response, exchange)
+                return None
+            data = self._encode(response, exchange)
+            kept = ticket.settle(response.status, response, data)
+            return kept.addCallback(lambda _: self._respond(response, exchange, data))
+
+        def failed(reason: Failure) -> None:
+            if ticket is not None:
+                ticket.release()
+            self._failed(reason, exchange)
+
+        d.addCallbacks(responded, failed)
         # A response that cannot be written is a bug of ours.
         return d.addErrback(self._internal_error, exchange)
+
+    def _replay(self, answer: Answer, exchange: Exchange) -> None:
+        """A retry: the answer already given, as it was sent, logged and
+        counted as a transaction ``deduplicated``."""
+        status = replayed_status(answer)
+        self._count(exchange, status.code)
+        exchange.message_id = answer.metadata.get("message_id") or exchange.message_id
+        self._log(exchange, status, fault=False, deduplicated=True)
+        if exchange.gone:
+            return
+        exchange.request.setResponseCode(http.OK)
+        exchange.request.setHeader(b"content-type", XML)
+        exchange.send(answer.body)
 
     def _check(self, envelope: m.Envelope, exchange: Exchange) -> m.Status | None:
         """MMSC-side rules for a decoded request."""
@@ -410,14 +474,25 @@ class MM7Resource(Resource):
         )
         return Failure(_Refused(INTERNAL_ERROR))
 
-    def _respond(self, response: m.Response, exchange: Exchange) -> None:
-        """The processor's response: logged, and sent in the request's
-        namespace and version."""
+    def _respond(
+        self, response: m.Response, exchange: Exchange, data: bytes | None = None
+    ) -> None:
+        """The processor's response: logged, and sent (``data``, if it is
+        encoded already)."""
         self._count(exchange, response.status.code)
         self._log(exchange, response.status, fault=False, response=response)
-        transaction = exchange.transaction
-        if exchange.gone or transaction is None:
+        if exchange.gone or exchange.transaction is None:
             return
+        if data is None:
+            data = self._encode(response, exchange)
+        exchange.request.setResponseCode(http.OK)
+        exchange.request.setHeader(b"content-type", XML)
+        exchange.send(data)
+
+    def _encode(self, response: m.Response, exchange: Exchange) -> bytes:
+        """``response`` encoded in the request's namespace and version."""
+        transaction = exchange.transaction
+        assert transaction is not None
         if response.mm7_version in (m.DEFAULT_MM7_VERSION, self.mm7_version):
             # Left at a default: answer in the request's version.
             response = dataclasses.replace(
@@ -425,9 +500,7 @@ class MM7Resource(Resource):
             )
         reply = m.Envelope(transaction.transaction_id, response, transaction.namespace)
         _, data = codec.encode(reply)
-        exchange.request.setResponseCode(http.OK)
-        exchange.request.setHeader(b"content-type", XML)
-        exchange.send(data)
+        return data
 
     # Errors: the one place each kind becomes the answer.
 
@@ -488,6 +561,7 @@ class MM7Resource(Resource):
         fault: bool = True,
         echoed: bool = True,
         response: m.Response | None = None,
+        deduplicated: bool = False,
     ) -> None:
         """The one log event of a transaction (:mod:`mm7tx.logs`); once the
         request is decoded, with what it is."""
@@ -513,6 +587,7 @@ class MM7Resource(Resource):
             fault=fault,
             account=exchange.account_name,
             transaction_id=exchange.echo.transaction_id if echoed else None,
+            deduplicated=deduplicated,
             **fields,
         )
 

@@ -67,13 +67,16 @@ TABLES = ("once", "reports", "records")
 
 
 def own_thread(reactor: Any) -> tuple[Runner, Callable[[], None]]:
-    """A :data:`Runner` on a thread pool of one thread, started now, and
-    the function that stops it (the reactor's shutdown stops it too)."""
+    """A :data:`Runner` on a thread pool of one thread, started by the
+    first work (a process that stops before it serves, a port in use, is
+    not kept alive by an idle thread), and the function that stops it (the
+    reactor's shutdown stops it too)."""
     pool = ThreadPool(1, 1, name="mm7tx-store")
-    pool.start()
     trigger = reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
 
     def run(function: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        if not pool.started:
+            pool.start()
         return threads.deferToThreadPool(reactor, pool, function, *args)
 
     def stop() -> None:

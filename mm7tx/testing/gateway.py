@@ -16,7 +16,9 @@ from mm7tx.app.service import (
     configured_processor,
     make_processor,
 )
+from mm7tx.app.wiring import CONFIGURED
 from mm7tx.config import EMBEDDED, Config, load
+from mm7tx.config.model import DEFAULT_STATE_STORE
 from mm7tx.gateway.reports import DeliveryReporter
 from mm7tx.http.client import MM7Client
 from mm7tx.interfaces import (
@@ -26,9 +28,11 @@ from mm7tx.interfaces import (
     IMailSender,
     IReadReplyProcessor,
     IReplaceProcessor,
+    IStateStore,
     ISubmitProcessor,
 )
 from mm7tx.smtp.esmtp import ESMTPSender
+from mm7tx.store import StoreSpec
 from mm7tx.testing.http import HTTPResponse, MemoryAgent, get, post
 from mm7tx.testing.reactor import MemoryReactor, result_of
 from mm7tx.testing.relay import MemorySMTPRelay
@@ -82,6 +86,10 @@ class MemoryGateway:
     processor class (called as the configuration's processors are, with
     ``processor_options`` as its ``Options`` if it declares them) or a
     processor object, serves every path instead of the configured ones.
+    The state store is the one the configuration names, in memory for the
+    default (``sqlite:mm7tx.sqlite3``), or ``store`` if given (an
+    :class:`~mm7tx.interfaces.IStateStore`: two gateways given one are two
+    instances of a fleet; ``None``: no store).
     ``pipelining`` and ``smtputf8`` say what the relay offers, ``strict``
     whether it refuses lines RFC 5321 forbids (:class:`MemorySMTPRelay`).  With
     ``metrics``, the configuration's ``metrics_listen`` (by default
@@ -104,6 +112,7 @@ class MemoryGateway:
         smtputf8: bool = False,
         strict: bool = False,
         metrics: bool = False,
+        store: IStateStore | None = CONFIGURED,
     ) -> None:
         if isinstance(config, str):
             config = load(config, "<MemoryGateway>")
@@ -122,6 +131,7 @@ class MemoryGateway:
                 if processor is None
                 else _serving(processor, processor_options)
             ),
+            store=store,
         )
         self.site = self.service.site
         self.service.startService()
@@ -131,10 +141,14 @@ class MemoryGateway:
 
     def _to_relay(self, config: Config) -> Config:
         smtp_settings = dataclasses.replace(config.smtp, endpoint=self.relay.endpoint)
+        state_store = config.state_store
+        if state_store == DEFAULT_STATE_STORE:
+            state_store = StoreSpec(kind="memory")
         return dataclasses.replace(
             config,
             smtp=smtp_settings,
             metrics_listen=config.metrics_listen if self._metrics else None,
+            state_store=state_store,
         )
 
     @property

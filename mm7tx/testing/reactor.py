@@ -35,6 +35,10 @@ class SynchronousThreadPool(ThreadPool):
     delivers the result through ``callFromThread``, on the next
     :meth:`MemoryReactor.flush`)."""
 
+    # Work runs in the caller's thread: what mm7tx.app.wiring looks for to
+    # keep the state store off the disk and inline (no thread of its own).
+    synchronous = True
+
     def callInThreadWithCallback(
         self,
         onResult: Callable[[bool, Any], object] | None,

@@ -113,7 +113,8 @@ def test_replies_both_ways_through_the_service() -> None:
 
 
 def test_without_a_store_the_handsets_mms_goes_to_the_defaults() -> None:
-    gateway = MemoryGateway(CONFIG)
+    stateless = CONFIG.replace("mm7_serv {", 'mm7_serv {\n  state_store = "none"', 1)
+    gateway = MemoryGateway(stateless)
     mail(gateway, "15551234567@mms.example", "Message-ID: <a1@example.org>\r\n")
     deliver(gateway, "L-5")
     to, reply = relayed(gateway)

@@ -103,7 +103,8 @@ def test_without_notify_a_forwarded_report_mails_nothing():
 
 
 def test_without_a_store_the_report_is_mailed_as_before():
-    gateway = MemoryGateway(CONFIG)
+    stateless = CONFIG.replace("mm7_serv {", 'mm7_serv {\n  state_store = "none"', 1)
+    gateway = MemoryGateway(stateless)
     send(gateway, " NOTIFY=SUCCESS")
     gateway.advance(5)
     _mms, report = gateway.relay.accepted

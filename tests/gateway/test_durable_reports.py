@@ -355,7 +355,8 @@ def test_the_wiring_gives_the_reporter_the_store_and_the_accounts():
     reporter = shared.delivery_reporter(config)
     assert reporter.store is store
     assert list(reporter.accounts) == ["v"]
-    without = make_shared(config, MemoryReactor()).delivery_reporter(config)  # type: ignore[arg-type]
+    stateless = make_shared(config, MemoryReactor(), store=None)  # type: ignore[arg-type]
+    without = stateless.delivery_reporter(config)
     assert without.store is None
 
 

@@ -94,8 +94,9 @@ def submit(
     peer="127.0.0.1",
     request=SUBMIT,
     ns=m.DEFAULT_NAMESPACE,
+    tid="tx-1",
 ):
-    ctype, body = codec.encode(m.Envelope("tx-1", request, ns))
+    ctype, body = codec.encode(m.Envelope(tid, request, ns))
     answer = http_post(
         root, path, body, {"Content-Type": ctype, **(headers or {})}, peer=peer
     )
@@ -171,8 +172,13 @@ def test_submit_becomes_one_email():
 
 
 def test_message_ids_are_unique():
+    # Each its own transaction: a retry of one (the same TransactionID and
+    # content) gets the same MessageID (tests/test_once.py).
     root = mmsc(FakeMailSender())
-    ids = {submit(root, "/mm7/vasp1=secret1")[1].message.message_id for _ in range(20)}  # type: ignore[union-attr]
+    ids = {
+        submit(root, "/mm7/vasp1=secret1", tid=f"tx-{n}")[1].message.message_id  # type: ignore[union-attr]
+        for n in range(20)
+    }
     assert len(ids) == 20
 
 

@@ -26,9 +26,13 @@ def test_sighup_to_the_real_twistd_adds_an_account(tmp_path: Path) -> None:
         .replace("tcp:relay.test:25", "maildir:Maildir")
     )
     conf.write_text(text)
-    content_type, body = codec.encode(m.Envelope("sighup-1", SUBMIT))
+    posted: list[str] = []
 
     def status(account: str, password: str) -> int:
+        # Each post a transaction of its own: a repeated one would be
+        # answered from the state store without mailing (Exactly once).
+        posted.append(f"sighup-{len(posted) + 1}")
+        content_type, body = codec.encode(m.Envelope(posted[-1], SUBMIT))
         credentials = base64.b64encode(f"{account}:{password}".encode()).decode()
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:

@@ -31,10 +31,12 @@ async def free_port() -> int:
     return number
 
 
-async def start(relay_endpoint: str) -> tuple[MultiService, str]:
+async def start(
+    relay_endpoint: str, config_text: str = CONFIG
+) -> tuple[MultiService, str]:
     http_port = await free_port()
     config = with_overrides(
-        load(CONFIG, "e2e.conf"),
+        load(config_text, "e2e.conf"),
         [f"tcp:{http_port}:interface=127.0.0.1"],
         relay_endpoint,
     )
