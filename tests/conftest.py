@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,19 @@ def pytest_collection_modifyitems(
             "marked loopback outside tests/loopback/ (move them there, "
             "unmarked: the folder marks them): " + ", ".join(astray)
         )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def working_folder_of_its_own(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    """The suite runs in a folder of its own: what the service makes in its
+    working folder by default (the Maildir, the state store's file) never
+    lands in the checkout."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(before)
 
 
 @pytest.fixture(autouse=True)
