@@ -374,6 +374,51 @@ def test_the_parent_s_metrics_are_every_worker_s_with_a_worker_label() -> None:
     assert text.count("# TYPE mm7tx_transactions_total counter") == 1
 
 
+def test_the_parent_s_metrics_show_each_worker_s_dedup_and_store() -> None:
+    reactor = ProcessReactor()
+    started = pool(reactor)
+    counted = {1: Metrics(), 2: Metrics()}
+    counted[1].dedup_hit("DeliverReq")
+    counted[1].store_call("claim", 0.002)
+    counted[2].dedup_hit("SubmitReq")
+    counted[2].dedup_hit("SubmitReq")
+    counted[2].in_flight_wait()
+    counted[2].store_error("claim")
+    counted[2].store_call("claim", 2.0)
+    monitor = workers.WorkersMonitor(reactor, started, lambda slot: "/nowhere")
+
+    async def ask(slot: int, path: str) -> tuple[int, bytes]:
+        return 200, counted[slot].exposition()
+
+    monitor._ask = ask  # type: ignore[method-assign]
+    text = defer.ensureDeferred(monitor.metrics()).result.decode()  # type: ignore[attr-defined]
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+
+    def totals(name: str, *labels: str) -> dict[tuple[str, ...], float]:
+        return {
+            (s.labels["worker"], *(s.labels[k] for k in labels)): s.value
+            for s in families[name].samples
+            if s.name.endswith(("_total", "_count"))
+        }
+
+    assert totals("mm7tx_dedup_hits", "operation") == {
+        ("1", "DeliverReq"): 1,
+        ("2", "SubmitReq"): 2,
+    }
+    assert totals("mm7tx_dedup_waits") == {("1",): 0, ("2",): 1}
+    assert totals("mm7tx_store_errors", "operation") == {("2", "claim"): 1}
+    assert totals("mm7tx_store_seconds", "operation") == {
+        ("1", "claim"): 1,
+        ("2", "claim"): 1,
+    }
+    slow = {
+        s.labels["worker"]: s.value
+        for s in families["mm7tx_store_seconds"].samples
+        if s.name.endswith("_sum")
+    }
+    assert slow == {"1": 0.002, "2": 2.0}
+
+
 def test_the_parent_is_ready_when_every_worker_is() -> None:
     reactor = ProcessReactor()
     started = pool(reactor)
