@@ -156,6 +156,7 @@ class Shared:
             self.reporter = DeliveryReporter(
                 self.reactor,
                 attempts=config.delivery_report_attempts,
+                timeout=config.delivery_report_timeout,
                 metrics=self.metrics,
                 max_answer_size=config.client_max_answer_size,
                 store=self.store,
@@ -170,6 +171,7 @@ class Shared:
         self.throttle.lockout = config.login_lockout
         if self.reporter is not None:
             self.reporter.attempts = config.delivery_report_attempts
+            self.reporter.set_timeout(config.delivery_report_timeout)
             self.reporter.max_answer_size = config.client_max_answer_size
             self.reporter.accounts = accounts_by_name(config)
             self.reporter.use_store(self.store)

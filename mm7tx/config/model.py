@@ -61,6 +61,7 @@ class Config:
     max_failed_logins: int = DEFAULT_MAX_FAILED_LOGINS
     login_lockout: float = DEFAULT_LOGIN_LOCKOUT
     delivery_report_attempts: int = 8
+    delivery_report_timeout: float = 30.0
     # How long the envelope of a mail that became MMS is kept for its DSN
     # and MDN (seconds).
     report_window: float = 604800.0

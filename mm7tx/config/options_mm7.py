@@ -128,6 +128,17 @@ MM7_OPTIONS: tuple[OptionSpec, ...] = (
         default="8",
     ),
     OptionSpec(
+        "mm7_delivery_report_timeout",
+        MM7_SERV,
+        Reader.seconds,
+        "config.delivery_report_timeout",
+        "how long one post of a delivery report waits for the VASP's answer; with "
+        "a shared `state_store`, another instance takes over the report of one "
+        "that died this long plus 15 s after its next attempt was due",
+        default="30",
+        unit=" s",
+    ),
+    OptionSpec(
         "mm7_client_max_answer_size",
         MM7_SERV,
         Reader.integer,

@@ -128,6 +128,12 @@ class DeliveryReporter:
         self.store: IReportStore | None = None
         self.use_store(store)
 
+    def set_timeout(self, timeout: float) -> None:
+        """Wait ``timeout`` seconds for each post from now on (a reload),
+        the lease of the reports taken from now on following it."""
+        self.timeout = timeout
+        self.lease = timeout + LEASE_MARGIN
+
     def use_store(self, store: IReportStore | None) -> None:
         """Keep new reports in ``store`` from now on, and take over due
         reports from it (a reload that changes the store); the reports

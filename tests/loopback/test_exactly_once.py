@@ -49,6 +49,7 @@ mm7_serv {{
   smtp_relay = "tcp:127.0.0.1:{smtp_port}"
   smtp_starttls = off
   state_store = "redis://127.0.0.1:{redis_port}/0"
+  mm7_delivery_report_timeout = 1
 }}
 VASP "vasp1" {{
   password = "secret1"
@@ -234,10 +235,10 @@ class VASP(http.server.BaseHTTPRequestHandler):
 def test_a_report_pending_at_kill_9_is_posted_by_the_other_instance(
     fleet: Fleet,
 ) -> None:
-    """Slow by design (about 50 s): the other instance takes a dead owner's
-    report over once its lease has passed, 45 s (the 30 s attempt timeout
-    and 15 s, not configurable) after its next attempt was due, and looks
-    every 5 s (README, "Durable delivery reports")."""
+    """Slow by design (about 20 s): the other instance takes a dead owner's
+    report over once its lease has passed, 16 s (the attempt timeout, 1 s
+    here, and 15 s) after its next attempt was due, and looks every 5 s
+    (README, "Durable delivery reports")."""
     first, _ = fleet.start("first"), fleet.start("second")
     request = m.SubmitReq(
         sender_address=m.Address("12345", "ShortCode"),
@@ -260,7 +261,7 @@ def test_a_report_pending_at_kill_9_is_posted_by_the_other_instance(
     server = http.server.ThreadingHTTPServer(("127.0.0.1", fleet.vasp_port), VASP)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        assert wait_until(lambda: VASP.reports, timeout=70, interval=0.2), fleet.log(
+        assert wait_until(lambda: VASP.reports, timeout=40, interval=0.2), fleet.log(
             "second"
         )
         assert [r.message_id for r in VASP.reports] == [message_id]
