@@ -413,7 +413,7 @@ def _mail(port: int, number: int) -> tuple[int, str]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_twistd_with_two_workers_takes_mail_to_mms(tmp_path: Path) -> None:
+async def test_twistd_with_two_workers_takes_mail_to_mms(tmp_path):
     """``ESMTP_Listener`` with ``workers = 2``: the parent binds the SMTP
     port, the workers adopt it; each mail is a 250 once the (fake) MMSC,
     served by this test's reactor, took its SubmitReq."""
