@@ -53,8 +53,13 @@ def configuration(
     if "bound" not in found:
         return config
     bound = with_overrides(Accepted(*found["bound"]).load(), list(listen), None, "1")
-    # Listener i adopts the parent's socket i: the listeners it was bound for.
-    return replace(config, listeners=bound.listeners)
+    # Listener i adopts the parent's socket i: the listeners it was bound for
+    # (the HTTP ones, then the ESMTP ones: mm7tx.app.worker.passed_endpoints).
+    return replace(
+        config,
+        listeners=bound.listeners,
+        esmtp_listeners=bound.esmtp_listeners,
+    )
 
 
 class Frames:

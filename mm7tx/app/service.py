@@ -174,7 +174,9 @@ class MM7Service(service.MultiService):
                 ),
                 self.shared,
             )
-        for configured in config.esmtp_listeners:
+        for index, configured in enumerate(
+            config.esmtp_listeners, start=len(config.listeners)
+        ):
             endpoint = configured.endpoint
             factory = self.mail_factory
             access = configured.access
@@ -182,7 +184,10 @@ class MM7Service(service.MultiService):
                 factory = ListenerGuard(
                     factory, access, proxied=endpoint.startswith("haproxy:")
                 )
-            strports.service(endpoint, factory, reactor=reactor).setServiceParent(self)
+            # A worker's ESMTP listeners adopt the sockets its parent bound
+            # after the HTTP ones (mm7tx.app.worker.passed_endpoints).
+            via = listen_via(index) if listen_via is not None else reactor
+            strports.service(endpoint, factory, reactor=via).setServiceParent(self)
         self.relay_watch: RelayWatch | None = None
         self.monitor: MM7Site | None = None
         self._monitor: MonitorListener | None = None
@@ -550,7 +555,8 @@ def build_service(
 ) -> MM7Service:
     """The whole service for ``config``, wired to ``reactor`` alone;
     ``listen_via(index)``, if given, is the reactor the ``index``-th
-    listener listens on (a worker's, adopting its parent's socket);
+    listener listens on (a worker's, adopting its parent's socket), the
+    ESMTP listeners counted after the HTTP ones;
     ``processors``, if given, makes each path's processor, at the start and
     on every reload, instead of the configured ones; ``store``, if given,
     is the state store (``None``: none) instead of the one ``state_store``

@@ -215,7 +215,7 @@ class _ListeningService(MultiService):
         where = next(
             (
                 listener
-                for listener in self.config.listeners
+                for listener in (*self.config.listeners, *self.config.esmtp_listeners)
                 if _port_of(listener.endpoint) == error.port
             ),
             None,

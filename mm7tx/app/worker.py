@@ -1,4 +1,5 @@
-"""A ``--workers`` worker: the listening sockets its parent bound, adopted
+"""A ``--workers`` worker: the listening sockets its parent bound (HTTP and
+ESMTP), adopted
 (:class:`Adopting`), its metrics on a socket in the parent's folder, its log
 as JSON to the parent, and its link to the parent (:class:`ParentWatch`).
 
@@ -34,6 +35,16 @@ FIRST_FD = 3
 # and what their systemd: listeners find (see systemd_names).
 FOLDER_ENV = "MM7TX_WORKER_FOLDER"
 FDS_ENV, FDNAMES_ENV = "MM7TX_WORKER_LISTEN_FDS", "MM7TX_WORKER_LISTEN_FDNAMES"
+
+
+def passed_endpoints(config: Config) -> tuple[str, ...]:
+    """The endpoints of the listeners a parent binds for its workers, in
+    the order of their sockets (at ``FIRST_FD``, ``FIRST_FD + 1``, …): the
+    MM7 (HTTP) listeners, then the ESMTP listeners.  A worker's ESMTP
+    listener ``j`` thus adopts socket ``len(config.listeners) + j``."""
+    return config.listen + tuple(
+        listener.endpoint for listener in config.esmtp_listeners
+    )
 
 
 def metrics_socket(folder: str, slot: int) -> str:
@@ -186,5 +197,6 @@ def worker_config(
 
 def adopting(reactor: Any) -> Callable[[int], Adopting]:
     """For :func:`~mm7tx.service.build_service`: listener ``i`` adopts the
-    socket at descriptor ``FIRST_FD + i``."""
+    socket at descriptor ``FIRST_FD + i`` (``i`` counts the ESMTP listeners
+    after the HTTP ones: :func:`passed_endpoints`)."""
     return lambda index: Adopting(reactor, FIRST_FD + index)

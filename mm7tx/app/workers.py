@@ -1,7 +1,7 @@
 """``--workers N``: N worker processes behind listeners bound once.
 
-The parent (:class:`Supervisor`) binds every MM7 listener through Twisted's
-own endpoint parser on the real reactor and never accepts on them; it
+The parent (:class:`Supervisor`) binds every listener, the MM7 (HTTP) ones
+then the ESMTP ones, through Twisted's own endpoint parser on the real reactor and never accepts on them; it
 spawns N ``twistd mm7`` workers, each given the listening sockets as file
 descriptors 3, 4, … (one per listener, in order) and adopting them with
 ``reactor.adoptStreamPort`` (:class:`Adopting`): the kernel hands each
@@ -68,6 +68,7 @@ from mm7tx.app.worker import Adopting as Adopting
 from mm7tx.app.worker import ParentWatch as ParentWatch
 from mm7tx.app.worker import adopting as adopting
 from mm7tx.app.worker import metrics_socket as metrics_socket
+from mm7tx.app.worker import passed_endpoints as passed_endpoints
 from mm7tx.app.worker import passed_to_worker as passed_to_worker
 from mm7tx.app.worker import systemd_names as systemd_names
 from mm7tx.app.worker import worker_config as worker_config
@@ -87,7 +88,7 @@ class _Unused(protocol.Factory):
     noisy = False
 
     def logPrefix(self) -> str:
-        return "MM7 listener for the workers"
+        return "Listener for the workers"
 
 
 def bind(reactor: Any, endpoint: str) -> IListeningPort:
@@ -106,8 +107,9 @@ def bind(reactor: Any, endpoint: str) -> IListeningPort:
 
 
 class Supervisor(service.MultiService):
-    """The parent of ``--workers N``: binds every listener of ``config``
-    (in ``privilegedStartService``, as a single process would), runs the
+    """The parent of ``--workers N``: binds every listener of ``config``,
+    ESMTP ones after HTTP ones (in ``privilegedStartService``, as a single
+    process would), runs the
     :class:`WorkerPool` with ``command(slot)``, gives each worker the
     configuration it accepted (``accepted``: at start, then what ``load``
     returns at each SIGHUP that loads cleanly), and serves the workers'
@@ -137,7 +139,7 @@ class Supervisor(service.MultiService):
             for k, v in os.environ.items()
             if k not in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
         }
-        env[FDS_ENV], env[FDNAMES_ENV] = systemd_names(config.listen)
+        env[FDS_ENV], env[FDNAMES_ENV] = systemd_names(passed_endpoints(config))
         self.pool = WorkerPool(
             reactor,
             config.workers,
@@ -169,7 +171,8 @@ class Supervisor(service.MultiService):
                 os.unlink(metrics_socket(self.folder, slot))
 
     def privilegedStartService(self) -> None:
-        for endpoint in self.config.listen:
+        # In the order the workers find them (passed_endpoints).
+        for endpoint in passed_endpoints(self.config):
             self.ports.append(bind(self.reactor, endpoint))
         super().privilegedStartService()
 
@@ -179,7 +182,7 @@ class Supervisor(service.MultiService):
             version=__version__,
             source=self.config.source,
             count=self.config.workers,
-            listen=", ".join(self.config.listen),
+            listen=", ".join(passed_endpoints(self.config)),
         )
         if self.config.metrics_listen is not None:
             self.folder = tempfile.mkdtemp(prefix="mm7tx-workers-")

@@ -391,24 +391,20 @@ SHARED_KINDS = ("tcp", "tcp6", "ssl", "unix", "systemd")
 
 
 def check_shared(config: Config) -> None:
-    """Every listener of ``config`` is one the parent can bind and pass to
-    workers as a socket; a :class:`ConfigError` names the one that is not.
-    The ESMTP listener is not passed to workers: it is refused with them."""
-    for listener in config.esmtp_listeners:
-        raise ConfigError(
-            listener.origin or config.source,
-            0,
-            f"ESMTP_Listener {listener.endpoint!r} cannot run with workers (workers "
-            f"= {config.workers}): run mail to MMS with workers = 1, or in a "
-            "service of its own",
-        )
-    for listener in config.listeners:
+    """Every listener of ``config``, its ESMTP listeners too, is one the
+    parent can bind and pass to workers as a socket; a :class:`ConfigError`
+    names the one that is not."""
+    scopes = [("Listen", listener) for listener in config.listeners]
+    scopes += [
+        ("ESMTP_Listener Listen", listener) for listener in config.esmtp_listeners
+    ]
+    for scope, listener in scopes:
         kind, _, _ = inner_endpoint(listener.endpoint)
         if kind not in SHARED_KINDS:
             raise ConfigError(
                 listener.origin or config.source,
                 0,
-                f"Listen {listener.endpoint!r} cannot be shared by workers (workers = "
-                f"{config.workers}): with workers, listen on "
+                f"{scope} {listener.endpoint!r} cannot be shared by workers "
+                f"(workers = {config.workers}): with workers, listen on "
                 f"{', '.join(SHARED_KINDS)} (or haproxy: over one of them)",
             )

@@ -100,6 +100,26 @@ def test_a_port_in_use_names_the_file_and_line_of_its_listener(tmp_path: Path) -
     )
 
 
+def test_an_esmtp_port_in_use_names_its_listener(tmp_path: Path) -> None:
+    # As the parent of workers binds it (or a single process listens).
+    path = tmp_path / "mm7tx.conf"
+    path.write_text(
+        'HTTP_Listener { Listen "tcp:8081" { } }\n'
+        'ESMTP_Listener { Listen "tcp:8080:interface=127.0.0.1" { } }\n'
+        + samples.EXAMPLE_7_1.replace(
+            "mm7_serv {", 'mm7_serv {\n  mms_domains = ("mms.example")'
+        )
+        + 'MMSC "up" { submit_url = "http://127.0.0.1:9/mm7" }\n'
+    )
+    wrapper = tap._ListeningService(options("--config", str(path))["mm7_config"])
+    CannotBind().setServiceParent(wrapper)
+    with capturedLogs(), pytest.raises(tap.CannotStart) as caught:
+        wrapper.privilegedStartService()
+    assert str(caught.value) == (
+        f"{path}, line 2: cannot listen on tcp:8080:interface=127.0.0.1: Address in use"
+    )
+
+
 class Limits:
     """``resource.getrlimit`` / ``setrlimit`` for RLIMIT_NOFILE, in memory."""
 

@@ -833,3 +833,182 @@ def test_a_worker_ignores_sighup_which_is_its_parent_s() -> None:
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
     _worker(None, "--listen", "tcp:0", "--worker=1")
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+
+
+# ESMTP listeners with workers -------------------------------------------------
+
+MAIL_IN = """
+HTTP_Listener { Listen "tcp:8080:interface=127.0.0.1" { } }
+ESMTP_Listener { Listen "tcp:2525:interface=127.0.0.1" { } }
+mm7_serv {
+  mm7_vasp_uri_paths = ("/vasp/")
+  mm7_server_default_email_from_domain = "mms.example"
+  mm7_server_default_email_to_domain = "mms.example"
+  mms_domains = ("mms.example")
+  workers = 2
+}
+VASP "mailin" { password = "pw" }
+MMSC "self" {
+  submit_url = "http://mailin:pw@127.0.0.1:8080/mm7/"
+  vasp_id = "mailin"
+  sender_address = "12345"
+}
+"""
+
+
+class _BoundPort:
+    """A port the parent bound: its socket at ``fd``."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.reading = True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def stopListening(self) -> None:
+        pass
+
+
+class BindingReactor(ProcessReactor):
+    """A :class:`ProcessReactor` whose ``listenTCP`` records each port bound."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bound: list[tuple[int, str, _BoundPort]] = []
+
+    def listenTCP(
+        self, port: int, factory: Any, backlog: int = 50, interface: str = ""
+    ) -> _BoundPort:
+        made = _BoundPort(20 + len(self.bound))
+        self.bound.append((port, interface, made))
+        return made
+
+
+def test_the_parent_binds_the_esmtp_listeners_after_the_http_ones() -> None:
+    reactor = BindingReactor()
+    config = load(MAIL_IN, "mail.conf")
+    supervisor = workers.Supervisor(
+        config, reactor, lambda slot: ["python", f"--worker={slot}"]
+    )
+    supervisor.privilegedStartService()
+    supervisor.pool.startService()
+    assert [(port, at) for port, at, _ in reactor.bound] == [
+        (8080, "127.0.0.1"),
+        (2525, "127.0.0.1"),
+    ]
+    assert not any(port.reading for *_, port in reactor.bound)  # never accepts
+    # Each worker is given both sockets: HTTP at 3, ESMTP at 4.
+    for _, _, fds, _ in reactor.spawned:
+        assert fds == {0: "w", 1: "r", 2: "r", 3: 20, 4: 21}
+    assert workers.passed_endpoints(config) == (
+        "tcp:8080:interface=127.0.0.1",
+        "tcp:2525:interface=127.0.0.1",
+    )
+
+
+def test_a_worker_keeps_the_esmtp_listeners_its_parent_bound() -> None:
+    bound = workers.Accepted("mail.conf", MAIL_IN)
+    moved = workers.Accepted("mail.conf", MAIL_IN.replace("tcp:2525", "tcp:2526"))
+    (frame,) = workers.Frames().feed(workers.configuration_frame(bound, moved))
+    config = workers.configuration(frame, [], None)
+    assert [e.endpoint for e in config.esmtp_listeners] == [
+        "tcp:2525:interface=127.0.0.1"
+    ]
+
+
+def test_systemd_esmtp_listeners_find_the_socket_the_parent_passed() -> None:
+    config = Config(
+        listeners=(Listener("tcp:8080"),),
+        esmtp_listeners=(Listener("systemd:domain=INET:name=smtp"),),
+    )
+    fds, names = workers.systemd_names(workers.passed_endpoints(config))
+    passed = workers.passed_to_worker(
+        {workers.FDS_ENV: fds, workers.FDNAMES_ENV: names}
+    )
+    assert passed.inheritedNamedDescriptors() == {"smtp": 4}  # after HTTP's 3
+
+
+def test_a_worker_s_esmtp_listener_serves_on_the_socket_it_adopts() -> None:
+    import socket
+    from typing import cast
+
+    from twisted.internet.protocol import ClientFactory
+    from twisted.protocols.basic import LineReceiver
+
+    from mm7tx.app.service import IMM7Reactor, build_service
+    from mm7tx.testing.reactor import MemoryReactor
+    from mm7tx.testing.relay import MemorySMTPRelay
+
+    class Passed(MemoryReactor):
+        """A worker's reactor, in memory: the socket at descriptor ``fd``
+        is the port its parent bound, ``passed[fd]``."""
+
+        def __init__(self, passed: dict[int, int]) -> None:
+            super().__init__()
+            self.passed = passed
+
+        def adoptStreamPort(self, fd: int, family: Any, factory: Any) -> Any:
+            return self.listenTCP(self.passed[fd], factory, interface="127.0.0.1")
+
+    class Client(LineReceiver):
+        def connectionMade(self) -> None:
+            self.factory.client = self  # type: ignore[attr-defined]
+            self.lines: list[str] = []
+
+        def lineReceived(self, line: bytes) -> None:
+            self.lines.append(line.decode())
+
+    # The descriptors stand for the parent's sockets (Adopting asks each
+    # its family); the ports are where the parent bound them.
+    http, smtp = socket.socket(), socket.socket()
+    try:
+        reactor = Passed({http.fileno(): 18080, smtp.fileno(): 12525})
+        relay = MemorySMTPRelay(reactor)
+        config = load(MAIL_IN.replace(":8080/mm7/", ":18080/mm7/"), "mail.conf")
+        config = workers.worker_config(
+            with_relay(config, relay.endpoint), 1, environ={}
+        )
+        fds = [http.fileno(), smtp.fileno()]
+        service = build_service(
+            config,
+            cast(IMM7Reactor, reactor),
+            lambda index: workers.Adopting(reactor, fds[index]),
+            store=None,
+        )
+        service.startService()
+        factory = ClientFactory.forProtocol(Client)
+        reactor.connectTCP("127.0.0.1", 2525, factory)  # not the worker's
+        reactor.flush()
+        assert not hasattr(factory, "client")
+        reactor.connectTCP("127.0.0.1", 12525, factory)
+        reactor.flush()
+        client: Client = factory.client  # type: ignore[attr-defined]
+        client.transport.write(  # type: ignore[union-attr]
+            b"EHLO client.example\r\n"
+            b"MAIL FROM:<ann@example.org>\r\n"
+            b"RCPT TO:<15551234567@mms.example>\r\n"
+            b"DATA\r\n"
+            b"From: ann@example.org\r\nSubject: hi\r\n\r\nHello, phone.\r\n.\r\n"
+        )
+        reactor.flush()
+        assert client.lines[0].startswith("220 ")
+        assert client.lines[-1].startswith("250 2.0.0 Ok: queued as "), client.lines
+        # Submitted over the worker's adopted HTTP socket to its MMSC path.
+        [mail] = relay.accepted
+        assert "15551234567@mms.example" in mail.recipients
+        service.stopService()
+        reactor.advance(60)
+        reactor.flush()
+    finally:
+        http.close()
+        smtp.close()
+
+
+def with_relay(config: Config, endpoint: str) -> Config:
+    from dataclasses import replace
+
+    return replace(config, smtp=replace(config.smtp, endpoint=endpoint))

@@ -1,6 +1,6 @@
 """``--workers N`` with the real ``twistd``: two workers, a SIGHUP while one
-starts, a replacement worker and a typo on disk (in memory:
-tests/app/test_workers.py)."""
+starts, a replacement worker, a typo on disk, and mail to MMS through the
+workers' shared ESMTP listener (in memory: tests/app/test_workers.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from email import message_from_bytes
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 
 from mm7tx.app import workers
@@ -27,6 +28,7 @@ from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m
 from tests.app.test_reload import SUBMIT
 from tests.app.test_workers import ACCOUNTS, BASE, VASP2, _options
+from tests.fake_mmsc import listen_fake_mmsc
 from tests.loopback.test_drain import deliver
 from tests.processes import TWISTD, free_port, wait_for_port, wait_until
 
@@ -369,3 +371,93 @@ def test_twistd_a_typo_on_disk_reaches_no_worker(tmp_path: Path) -> None:
     assert log.count(" died: ") == 1
     assert log.count("Not reloading, the running configuration is kept: ") == 1
     assert f"{running.config}, line 13: unknown top-level option 'nonsense'" in log
+
+
+MAIL_IN = """
+HTTP_Listener {{ Listen "tcp:{http}:interface=127.0.0.1" {{ }} }}
+ESMTP_Listener {{ Listen "tcp:{smtp}:interface=127.0.0.1" {{ }} }}
+mm7_serv {{
+  mm7_vasp_uri_paths = ("/vasp/")
+  mm7_server_default_email_from_domain = "mms.example"
+  mm7_server_default_email_to_domain = "mms.example"
+  metrics_listen = "none"
+  mms_domains = ("mms.example")
+  workers = 2
+}}
+MMSC "up" {{
+  submit_url = "http://127.0.0.1:{mmsc}/mm7"
+  vasp_id = "vasp1"
+  sender_address = "12345"
+}}
+"""
+
+
+def _mail(port: int, number: int) -> tuple[int, str]:
+    """One mail to 1555000000<number>@mms.example on a connection of its
+    own: the reply to its DATA."""
+    import smtplib
+    from email.message import EmailMessage
+
+    mail = EmailMessage()
+    mail["From"] = "ann@example.org"
+    mail["To"] = f"1555000000{number}@mms.example"
+    mail["Subject"] = f"Mail {number}"
+    mail["Message-ID"] = f"<workers-{number}@example.org>"
+    mail.set_content(f"Hello, phone {number}.")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("client.example")
+        assert client.mail("ann@example.org")[0] == 250
+        assert client.rcpt(mail["To"])[0] == 250
+        code, text = client.data(mail.as_bytes())
+        return code, text.decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_with_two_workers_takes_mail_to_mms(tmp_path):
+    """``ESMTP_Listener`` with ``workers = 2``: the parent binds the SMTP
+    port, the workers adopt it; each mail is a 250 once the (fake) MMSC,
+    served by this test's reactor, took its SubmitReq."""
+    from twisted.internet import reactor, threads
+    from twisted.internet.defer import gatherResults
+
+    mmsc, mmsc_port = await listen_fake_mmsc(reactor, [1000])
+    http_port, smtp_port = free_port(), free_port()
+    config = tmp_path / "mm7tx.conf"
+    config.write_text(
+        MAIL_IN.format(http=http_port, smtp=smtp_port, mmsc=mmsc_port.getHost().port)
+    )
+    log_path = tmp_path / "log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [TWISTD, *("-n", "--pidfile=", "mm7", "--config", str(config))],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        assert wait_for_port(smtp_port, process), log_path.read_text()
+        # The parent listens before its workers do: until both run, a
+        # connection waits in the backlog for one to accept it.
+        assert wait_until(lambda: "Started 2 workers" in log_path.read_text())
+        replies = await gatherResults(
+            [threads.deferToThread(_mail, smtp_port, n) for n in range(6)]
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        await mmsc_port.stopListening()
+    log = log_path.read_text()
+    assert f"2 workers listening on tcp:{http_port}:interface=127.0.0.1, " in log
+    assert f"tcp:{smtp_port}:interface=127.0.0.1" in log
+    for code, text in replies:
+        assert code == 250, replies
+        assert text.startswith("2.0.0 Ok: queued as ") and "MessageID fake-" in text
+    # Exactly one SubmitReq a mail, whichever worker took it.
+    assert sorted(s.recipients.to[0].value for s, _ in mmsc.received) == [
+        f"1555000000{n}" for n in range(6)
+    ]
+    assert "All workers stopped" in log
