@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import email
+import email.message
 import email.policy
+import re
 import shutil
 import signal
 import smtplib
@@ -53,6 +55,7 @@ mm7_serv {{
   mm7_server_default_email_to_domain = "mms.example"
   mm7_server_default_email_to_address = "postmaster@relay.test"
   metrics_listen = "none"
+  mm7_mmsc_uri_paths = ()
   mms_domains = ("mms.example")
   state_store = "sqlite:mm7tx.sqlite3"
   smtp_relay = "tcp:127.0.0.1:{relay}"
@@ -94,7 +97,7 @@ sendsms-password = p
 maximum-send-attempts = 2
 mm1-maximum-notify-attempts = 2
 default-message-expiry = {expiry}
-mmsc-services = Relay,MM7
+mmsc-services = Relay,MM7,MM1
 queue-run-interval = 1
 send-attempt-back-off = 1
 mm7-port = {mm7}
@@ -246,12 +249,8 @@ def scenario(args: argparse.Namespace, run: Run) -> None:
     mbuni = Path(args.mbuni)
     if not (mbuni / "bin" / "mmsc").exists():
         raise Failed(f"no Mbuni mmsc in {mbuni}/bin: run build.sh first")
-    ports = {
-        name: free_port()
-        for name in (
-            "http smtp mm7 mms submit_tap vasp_tap postfix sink closed".split()
-        )
-    }
+    names = "http smtp mm7 mms submit_tap vasp_tap postfix sink closed"
+    ports = {name: free_port() for name in names.split()}
     (folder / "mmsc.conf").write_text(
         MMSC_CONFIG.format(
             run=folder,
@@ -306,112 +305,166 @@ def scenario(args: argparse.Namespace, run: Run) -> None:
     twistd = str(Path(python).parent / "twistd")
     run.spawn(
         "mm7tx",
-        [twistd, "-n", "--pidfile=", "-l", "mm7tx.log", "mm7", "--config", "mm7tx.conf"],
+        [
+            twistd,
+            "-n",
+            "--pidfile=",
+            "-l",
+            "mm7tx.log",
+            "mm7",
+            "--config",
+            "mm7tx.conf",
+        ],
     )
     for name in ("sink", "submit_tap", "vasp_tap", "mm7", "smtp"):
         wait_for_port(ports[name], 30)
     run.start_postfix(ports["postfix"], ports["smtp"], ports["sink"])
     wait_for_port(ports["postfix"], 30)
-    tell(f"up: mmsc MM7 :{ports['mm7']}, mm7tx SMTP :{ports['smtp']} "
-         f"HTTP :{ports['http']}, Postfix :{ports['postfix']}, sink :{ports['sink']}")
+    tell(
+        f"up: mmsc MM7 :{ports['mm7']}, mm7tx SMTP :{ports['smtp']} "
+        f"HTTP :{ports['http']}, Postfix :{ports['postfix']}, sink :{ports['sink']}"
+    )
 
     mail = EmailMessage()
     mail["From"] = "Ann <ann@example.org>"
-    mail["To"] = args.to
+    mail["To"] = ", ".join(args.to)
     mail["Subject"] = "Mail to MMS through Mbuni"
     mail["Message-ID"] = f"<mbuni-live-{int(time.time())}@example.org>"
     mail.set_content("Hello, phone: a mail that became an MMS at Mbuni's mmsc.")
     with smtplib.SMTP("127.0.0.1", ports["postfix"], timeout=30) as client:
         client.send_message(
-            mail, "ann@example.org", [args.to], rcpt_options=["NOTIFY=FAILURE,DELAY"]
+            mail, "ann@example.org", args.to, rcpt_options=["NOTIFY=FAILURE,DELAY"]
         )
-    tell(f"mail {mail['Message-ID']} to {args.to} handed to Postfix")
+    tell(f"mail {mail['Message-ID']} to {', '.join(args.to)} handed to Postfix")
 
     # Issue 23: Postfix's delivery to mm7tx is the 250 with mmsc's MessageID.
-    def to_mm7tx() -> str:
-        for line in run.postfix_log().splitlines():
-            if f"to=<{args.to}>" in line and "status=" in line:
-                return line
-        return ""
+    def to_mm7tx() -> list[str]:
+        return [
+            line
+            for line in run.postfix_log().splitlines()
+            if "to=<" in line and "@mms.example>" in line and "status=" in line
+        ]
 
-    wait_until("Postfix's delivery to mm7tx", to_mm7tx, 60)
-    line = to_mm7tx()
-    tell(f"Postfix: {line.split(': ', 1)[-1]}")
-    if "status=sent" not in line or "MessageID " not in line:
-        raise Failed("mm7tx did not answer 250 with a MessageID")
-    message_id = line.split("MessageID ", 1)[1].split()[0].rstrip(")")
-    tell(f"mmsc's MessageID: {message_id}")
-    mmsc_log = (folder / "mmsc.log").read_text(errors="replace")
-    taken = [row for row in mmsc_log.splitlines() if "MM7" in row and message_id in row]
-    for row in taken[:3]:
-        tell(f"mmsc.log: {row.strip()}")
+    wait_until(
+        "Postfix's delivery to mm7tx", lambda: len(to_mm7tx()) >= len(args.to), 60
+    )
+    message_ids = set()
+    for line in to_mm7tx():
+        tell(f"Postfix: {line.split(': ', 1)[-1]}")
+        if "status=sent" not in line or "MessageID " not in line:
+            raise Failed("mm7tx did not answer 250 with a MessageID")
+        message_ids.add(line.split("MessageID ", 1)[1].split()[0].rstrip(")"))
+    for capture in sorted((folder / "tap-submit").glob("*.s2c")):
+        answer = capture.read_bytes()
+        if b"SubmitRsp" in answer:
+            tell(
+                f"mmsc -> mm7tx: SubmitRsp {element(answer, 'StatusCode')}"
+                f" MessageID={element(answer, 'MessageID')} ({capture.name})"
+            )
 
-    # Issue 24: mmsc's report becomes a DSN in the sender's mailbox.
-    def dsn() -> list[Path]:
+    # Issue 24: mmsc's reports become DSNs in the sender's mailbox, one for
+    # each recipient.
+    def dsns() -> list[Path]:
         return sorted((folder / "mailbox").glob("*.eml"))
 
     wait_until(
-        "mmsc's DeliveryReportReq, mailed back as a DSN", dsn, args.expiry + 120
+        "mmsc's DeliveryReportReqs, mailed back as DSNs",
+        lambda: len(dsns()) >= len(args.to),
+        args.expiry + 120,
     )
-    report = dsn()[0]
-    tell(f"DSN in the mailbox: {report.name}")
     for capture in sorted((folder / "tap-vasp").glob("*.c2s")):
-        head = capture.read_bytes()
-        if b"DeliveryReportReq" in head:
-            status = head.split(b"<MMStatus>", 1)[-1].split(b"<", 1)[0]
-            tell(f"mmsc -> mm7tx /vasp/: DeliveryReportReq MMStatus={status.decode()}"
-                 f" ({capture.name}, {len(head)} bytes)")
-    check_dsn(report.read_bytes(), args.to, mail["Message-ID"])
+        # one connection may carry several requests (keep-alive)
+        for request in capture.read_bytes().split(b"POST ")[1:]:
+            if b"DeliveryReportReq" in request:
+                tell(
+                    f"mmsc -> mm7tx /vasp/: DeliveryReportReq MessageID="
+                    f"{element(request, 'MessageID')} MMStatus="
+                    f"{element(request, 'MMStatus')} Sender="
+                    f"{element(request, 'Number')} Recipient="
+                    f"{element(request, 'ShortCode')} ({capture.name})"
+                )
+    for line in run.postfix_log().splitlines():
+        if "to=<ann@example.org>" in line or "from=<>" in line:
+            tell(f"Postfix: {line.split(': ', 1)[-1]}")
+    if "from=<>" not in run.postfix_log():
+        raise Failed("the DSN's envelope sender was not <>")
+    failed = set()
+    for report in dsns():
+        tell(f"DSN in the mailbox: {report.name}")
+        failed |= check_dsn(report.read_bytes(), mail["Message-ID"])
+    wanted = {address.encode() for address in args.to}
+    if failed != wanted:
+        raise Failed(f"flufl.bounce found failures for {failed}, not {wanted}")
 
 
-def check_dsn(raw: bytes, recipient: str, message_id: str) -> None:
-    """The DSN read the way mail software reads one: ``email``'s parser,
-    then flufl.bounce."""
+def element(soap: bytes, name: str) -> str:
+    """The text of the first element ``name`` (any prefix) in a capture."""
+    found = re.search(rb"<(?:\w+:)?" + name.encode() + rb">([^<]*)<", soap)
+    return found.group(1).decode() if found else "-"
+
+
+def check_dsn(raw: bytes, message_id: str) -> set[bytes]:
+    """The recipients a DSN reports failed, read the way mail software reads
+    one: ``email``'s parser, then flufl.bounce."""
     from flufl.bounce import all_failures, scan_message
 
     message = email.message_from_bytes(raw, policy=email.policy.default)
-    tell(f"DSN Content-Type: {message.get_content_type()}; "
-         f"report-type={message.get_param('report-type')}")
+    tell(
+        f"  Content-Type: {message.get_content_type()};"
+        f" report-type={message.get_param('report-type')};"
+        f" In-Reply-To: {message.get('In-Reply-To')}"
+    )
     if message.get_content_type() != "multipart/report":
         raise Failed("the DSN is not multipart/report")
-    parts = list(message.iter_parts())
+    if message.get("In-Reply-To") != message_id:
+        raise Failed("the DSN does not answer the mail")
     status = next(
-        (p for p in parts if p.get_content_type() == "message/delivery-status"), None
+        (
+            p
+            for p in message.iter_parts()
+            if p.get_content_type() == "message/delivery-status"
+        ),
+        None,
     )
     if status is None:
         raise Failed("no message/delivery-status part")
-    fields = {}
-    for block in status.get_payload():
-        for name in ("Final-Recipient", "Action", "Status", "Diagnostic-Code"):
-            if block.get(name):
-                fields[name] = str(block.get(name))
-    for name, value in fields.items():
-        tell(f"  {name}: {value}")
-    tell(f"  In-Reply-To: {message.get('In-Reply-To')}")
-    if fields.get("Action") != "failed":
-        raise Failed(f"Action is {fields.get('Action')!r}, not failed")
-    if recipient.split("@")[0] not in fields.get("Final-Recipient", ""):
-        raise Failed("Final-Recipient is not the mail's recipient")
+    blocks = status.get_payload()
+    if not isinstance(blocks, list):
+        raise Failed("the delivery-status part holds no header blocks")
+    for block in blocks[1:]:  # the first is per message, then per recipient
+        assert isinstance(block, email.message.Message)
+        fields = {
+            name: str(block.get(name))
+            for name in ("Final-Recipient", "Action", "Status", "Diagnostic-Code")
+        }
+        tell("  " + "; ".join(f"{k}: {v}" for k, v in fields.items()))
+        if fields["Action"] != "failed":
+            raise Failed(f"Action is {fields['Action']!r}, not failed")
     legacy = email.message_from_bytes(raw)  # flufl.bounce reads compat32 messages
     found = scan_message(legacy)
-    failures = all_failures(legacy)
-    tell(f"flufl.bounce scan_message: {sorted(found)}")
-    tell(f"flufl.bounce all_failures: permanent={sorted(failures[0])} "
-         f"temporary={sorted(failures[1])}")
-    wanted = recipient.split("@")[0].encode()
-    if not any(wanted in address for address in found):
-        raise Failed("flufl.bounce does not read it as a failure for the recipient")
+    temporary, permanent = all_failures(legacy)
+    tell(
+        f"  flufl.bounce: scan_message {sorted(found)};"
+        f" permanent {sorted(permanent)}; temporary {sorted(temporary)}"
+    )
+    return set(found)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mbuni", default="/tmp/peer-mbuni/inst")
-    parser.add_argument("--to", default="15551234567@mms.example")
+    parser.add_argument(
+        "--to",
+        action="append",
+        help="a recipient (repeat for more); default 15551234567@mms.example, a"
+        " handset of mmsc's that never answers (Expired), and"
+        " 447700900123@mms.example, a number mmsc has no route to (Rejected)",
+    )
     parser.add_argument(
         "--expiry", type=int, default=20, help="mmsc's default-message-expiry, seconds"
     )
-    parser.add_argument("--keep", action="store_true", help="keep the run's folder")
     args = parser.parse_args()
+    args.to = args.to or ["15551234567@mms.example", "447700900123@mms.example"]
     folder = Path(tempfile.mkdtemp(prefix="mm7tx-mbuni-live-"))
     folder.chmod(0o755)  # Postfix's own user reaches its queue in there
     tell(f"run folder: {folder}")
@@ -424,9 +477,8 @@ def main() -> int:
         return 1
     finally:
         run.stop()
-    tell("OK: mail -> SubmitReq -> 1000 -> 250 MessageID; Expired -> DSN -> bounce")
-    if not args.keep:
-        tell(f"(captures in {folder})")
+    tell("OK: mail -> SubmitReq -> 1000 -> 250 with the MessageID; each report -> DSN -> bounce")
+    tell(f"logs and captures in {folder}")
     return 0
 
 
