@@ -477,7 +477,9 @@ def main() -> int:
         return 1
     finally:
         run.stop()
-    tell("OK: mail -> SubmitReq -> 1000 -> 250 with the MessageID; each report -> DSN -> bounce")
+    tell(
+        "OK: mail -> SubmitReq -> 1000 -> 250 with the MessageID; each report -> DSN -> bounce"
+    )
     tell(f"logs and captures in {folder}")
     return 0
 
