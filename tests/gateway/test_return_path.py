@@ -27,6 +27,7 @@ from mm7tx.gateway.return_path import ReturnPath
 from mm7tx.http.settings import SubmitSettings
 from mm7tx.mail.compose import DSN_ACTIONS
 from mm7tx.mail.rules import AddressRules
+from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m
 from mm7tx.mm7.peers import Account
 from mm7tx.smtp.server import ESMTPServerFactory
@@ -342,6 +343,72 @@ def test_a_swapped_sender_and_recipient_finds_the_handset(way):
     (dsn,) = way.notifications()
     final = _status_fields(dsn)[1]["Final-Recipient"]
     assert final == "rfc822; 15557654321@mms.example"
+
+
+# A DeliveryReportReq as Mbuni's mmsc sent it to mm7tx's VASP path in
+# bench/mbuni_live.py (captured by its tap, the body as sent): Recipient and
+# Sender swapped, every element prefixed mm7:, the MessageID as
+# TransactionID, no StatusText; the MMStatus, the handset and the date are
+# filled in per report, the MessageID is the fake MMSC's.
+MBUNI_MMSC_REPORT = """<?xml version='1.0' encoding='UTF-8'?>
+<SOAP-ENV:Envelope xmlns:SOAP-ENV="http://schemas.xmlsoap.org/soap/envelope/">
+<SOAP-ENV:Header>
+<mm7:TransactionID xmlns:mm7="http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-6-MM7-1-4" SOAP-ENV:mustUnderstand="1">w-n9-qf2327.1.x60.81@mmsc</mm7:TransactionID>
+</SOAP-ENV:Header>
+<SOAP-ENV:Body>
+<mm7:DeliveryReportReq xmlns:mm7="http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-6-MM7-1-4">
+<mm7:MM7Version>6.8.0</mm7:MM7Version>
+<mm7:Recipient>
+<mm7:ShortCode>7255</mm7:ShortCode>
+</mm7:Recipient>
+<mm7:Sender><mm7:Number>447700900123</mm7:Number>
+</mm7:Sender>
+<mm7:MessageID>w-n9-qf2327.1.x60.81@mmsc</mm7:MessageID>
+<mm7:Date>2026-12-07T19:38:48Z</mm7:Date>
+<mm7:MMStatus>Rejected</mm7:MMStatus>
+</mm7:DeliveryReportReq>
+</SOAP-ENV:Body>
+</SOAP-ENV:Envelope>
+"""
+
+
+def mbuni_mmsc_report(status: str, number: str, date: str) -> m.DeliveryReportReq:
+    body = (
+        MBUNI_MMSC_REPORT.replace("w-n9-qf2327.1.x60.81@mmsc", "mmsc-1")
+        .replace("447700900123", number)
+        .replace("2026-12-07T19:38:48Z", date)
+        .replace("Rejected", status)
+    )
+    request = codec.decode("text/xml", body.encode()).message
+    assert isinstance(request, m.DeliveryReportReq)
+    return request
+
+
+def test_mbunis_reports_on_one_message_id_bounce_each_recipient(way):
+    way.mail(("<15551234567@mms.example>", "<447700900123@mms.example>"))
+    for request in (
+        mbuni_mmsc_report("Rejected", "447700900123", "2026-12-07T19:38:48Z"),
+        mbuni_mmsc_report("Expired", "15551234567", "2026-12-07T19:39:08Z"),
+    ):
+        rsp = result_of(
+            way.processor.delivery_report(request, Transaction("t", "/vasp/"))
+        )
+        assert isinstance(rsp, m.DeliveryReportRsp) and rsp.status.code == 1000
+    rejected, expired = way.notifications()
+    assert [
+        (block["Final-Recipient"], block["Status"], block["Diagnostic-Code"])
+        for block in (_status_fields(rejected)[1], _status_fields(expired)[1])
+    ] == [
+        ("rfc822; 447700900123@mms.example", "5.0.0", "X-MM7; Rejected"),
+        ("rfc822; 15551234567@mms.example", "4.4.7", "X-MM7; Expired"),
+    ]
+    assert [sent.recipients for sent in way.mailer.sent] == [["ann@example.org"]] * 2
+    for dsn, number in ((rejected, b"447700900123"), (expired, b"15551234567")):
+        legacy = email.message_from_bytes(dsn.as_bytes())
+        assert all_failures(legacy) == (
+            frozenset(),
+            frozenset({number + b"@mms.example"}),
+        )
 
 
 def test_each_recipient_has_its_own_status(way):
