@@ -289,6 +289,11 @@ def parser() -> argparse.ArgumentParser:
             help="MM7 namespace: a name like REL-5-MM7-1-0 or a full URI "
             "(default REL-6-MM7-1-4)",
         )
+        auth.add_argument(
+            "--transaction-id",
+            help="the SOAP header's TransactionID (default a new one): send a "
+            "request again with the same one to see it answered as a retry",
+        )
         load = sub.add_argument_group("load")
         load.add_argument(
             "--count", type=int, default=1, help="requests to send (default 1)"
@@ -450,7 +455,9 @@ async def run(
     try:
         if args.count <= 1:
             try:
-                response = await client.send(request)
+                response = await client.send(
+                    request, transaction_id=getattr(args, "transaction_id", None)
+                )
             except MM7Fault as fault:
                 print(f"fault {fault}", file=sys.stderr)
                 return 1
@@ -613,6 +620,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         return args
     if args.count < 1 or args.concurrency < 1:
         args.subparser.error("--count and --concurrency must be at least 1")
+    if args.count > 1 and getattr(args, "transaction_id", None) is not None:
+        args.subparser.error("--transaction-id sends one request: not with --count")
     try:
         args.request = build_request(args)
     except UsageError as e:

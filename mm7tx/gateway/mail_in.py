@@ -36,7 +36,7 @@ from mm7tx.gateway.envelopes import (
     sent_mail,
     wants_delivery_report,
 )
-from mm7tx.gateway.mail_once import transaction_id_for
+from mm7tx.gateway.mail_once import dedup_key, transaction_id_for
 from mm7tx.http.auth import Account, PasswordChecker
 from mm7tx.http.client import (
     HTTPError,
@@ -380,11 +380,14 @@ class MailToMMS:
                 421 if closing else 451, "4.3.2", f"Try again later: {why}"
             )
         try:
-            key = _dedup_key(headers, numbers)
+            key = dedup_key(headers, envelope.sender, raw, numbers)
             if self.dedup is not None and key is not None:
                 given = await self.dedup.seen(key)
                 if given is not None:
                     outcome.status, outcome.message_id = "1000", given
+                    outcome.deduplicated = True
+                    if self.metrics is not None:
+                        self.metrics.dedup_hit("Mail")
                     return _taken(outcome.queue_id, given, upstream.name)
             try:
                 content = await self.offload(
@@ -554,9 +557,11 @@ class MailToMMS:
             sender = mask_address(sender)
         elif self.log_addresses == "none":
             sender = "-"
+        extra = {"deduplicated": True} if outcome.deduplicated else {}
         log.info(
             "Mail {queue_id} from <{mail_from}> to {recipients} recipients via "
-            "{mmsc}: MM7 {status}, MessageID {message_id}, {reply_code} in {ms} ms",
+            "{mmsc}: MM7 {status}, MessageID {message_id}, {reply_code} in {ms} ms"
+            + (" (sent before: not submitted again)" if outcome.deduplicated else ""),
             queue_id=outcome.queue_id,
             mail_from=sender,
             recipients=len(envelope.recipients),
@@ -566,6 +571,7 @@ class MailToMMS:
             reply_code=reply.code,
             ms=outcome.ms,
             mail_in=kind,
+            **extra,
         )
 
 
@@ -578,6 +584,8 @@ class _Outcome:
     status: str | None = None
     message_id: str | None = None
     ms: int = 0
+    # Sent before: answered with the MessageID the MMSC gave then.
+    deduplicated: bool = False
 
 
 _ALONE = SMTPReply(
@@ -636,13 +644,6 @@ def _automatic_or_loop(headers: Any) -> SMTPReply | None:
             f"Automatic mail (Precedence: {precedence}) is not sent as MMS",
         )
     return None
-
-
-def _dedup_key(headers: Any, numbers: list[str]) -> str | None:
-    message_id = str(headers.get("Message-ID", "")).strip()
-    if not message_id:
-        return None
-    return "mail-in:" + message_id + ":" + ",".join(sorted(numbers))
 
 
 @implementer(ISMTPSubmitter)

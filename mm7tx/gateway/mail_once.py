@@ -1,8 +1,8 @@
 """Exactly once for mail in: a mail the sending MTA sends again is not
 submitted twice.
 
-The key is the mail's Message-ID and its MMS recipients (``mail_in``'s
-``_dedup_key``).  Once the MMSC took the mail, the MessageID it gave is
+The key is the mail's Message-ID, envelope sender, MMS recipients and a
+digest of its body (:func:`dedup_key`).  Once the MMSC took the mail, the MessageID it gave is
 kept under the key for ``mm7_dedup_window``: the same mail again gets the
 250 with that MessageID, and no SubmitReq.  Where the MMSC took the mail but
 its answer never reached us (our 4xx on a timeout, then the MTA's retry),
@@ -17,6 +17,7 @@ without a store: never refused for it.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -24,6 +25,25 @@ from twisted.logger import Logger
 from mm7tx.interfaces import IRecordStore
 
 log = Logger(namespace="mm7tx.mail_in")
+
+
+def dedup_key(
+    headers: Any, sender: str | None, raw: bytes, numbers: list[str]
+) -> str | None:
+    """What makes a mail the same mail sent again: its Message-ID, envelope
+    sender and MMS recipients, and a digest of its body (what follows the
+    header section, which the sending MTA does not touch between attempts:
+    the headers in front may gain a ``Received:``).  None without a
+    Message-ID: such a mail is never taken for another."""
+    message_id = str(headers.get("Message-ID", "")).strip()
+    if not message_id:
+        return None
+    crlf, lf = raw.find(b"\r\n\r\n"), raw.find(b"\n\n")
+    cuts = [(at, size) for at, size in ((crlf, 4), (lf, 2)) if at >= 0]
+    body = raw[min(cuts)[0] + min(cuts)[1] :] if cuts else b""
+    digest = hashlib.sha256(body.replace(b"\r\n", b"\n")).hexdigest()
+    parts = (message_id, sender or "", ",".join(sorted(numbers)), digest)
+    return "mail-in:" + "\x00".join(parts)
 
 
 def transaction_id_for(key: str) -> str:

@@ -11,7 +11,7 @@ from mm7tx.gateway.mail_once import StoredDedup, transaction_id_for
 from mm7tx.http.client import TimedOut
 from mm7tx.store.memory import MemoryStore
 from mm7tx.testing import result_of
-from tests.gateway.test_mail_in import Gateway
+from tests.gateway.test_mail_in import MAIL, Gateway
 
 
 def _stored(gw: Gateway, window: float = 3600.0) -> MemoryStore:
@@ -96,3 +96,41 @@ def test_the_stored_dedup_on_its_own() -> None:
     clock.advance(61)
     assert result_of(dedup.seen("k")) is None
     assert transaction_id_for("k") == transaction_id_for("k") != transaction_id_for("j")
+
+
+def _sent(gw: Gateway, body: bytes = MAIL, sender: str = "ann@example.org") -> str:
+    """One mail to the final dot, the MMSC answering 1000 if asked: the
+    last reply."""
+    before = len(gw.mmsc.sent)
+    lines = gw.mail(body, sender=sender)
+    if len(gw.mmsc.sent) > before:
+        gw.mmsc.answer(1000, f"mid-{len(gw.mmsc.sent)}")
+        lines += gw.say(b"")
+    return lines[-1]
+
+
+def test_another_mail_with_the_same_message_id_is_submitted() -> None:
+    """The same Message-ID with another body, or from another sender, is
+    another mail (a careless client reusing one): never folded."""
+    gw = Gateway()
+    _stored(gw)
+    assert "MessageID mid-1" in _sent(gw)
+    other_body = MAIL.replace(b"Hello, phone.", b"A different text.")
+    assert "MessageID mid-2" in _sent(gw, other_body)
+    assert "MessageID mid-3" in _sent(gw, sender="bob@example.net")
+    assert len(gw.mmsc.sent) == 3
+
+
+def test_a_retry_with_a_received_line_more_is_the_same_mail() -> None:
+    """The sending MTA's next attempt may carry a header more in front: the
+    body and envelope decide, so it is still the mail sent before."""
+    gw = Gateway()
+    _stored(gw)
+    _sent(gw)
+    with capturedLogs() as events:
+        again = _sent(gw, b"Received: from relay by relay; now\r\n" + MAIL)
+    assert "MessageID mid-1" in again
+    assert len(gw.mmsc.sent) == 1
+    assert [e.get("deduplicated") for e in events if "mail_in" in e] == [True]
+    scraped = gw.metrics.exposition().decode()
+    assert 'mm7tx_dedup_hits_total{operation="Mail"} 1.0' in scraped

@@ -1325,6 +1325,35 @@ def test_count_and_concurrency_must_be_positive(capsys):
     assert "--count and --concurrency must be at least 1" in capsys.readouterr().err
 
 
+def test_transaction_id_sends_a_retry_answered_from_the_store(gateway, recorder):
+    """``--transaction-id`` twice with the same request: the second is a
+    retry, answered from the state store, the processor asked once."""
+    argv = ("deliver", gateway.url + "/vasp/", "--from", "+15551234567")
+    argv += ("--to", "1234", "--text", "hi", "--transaction-id", "t-42")
+    assert mm7tx(gateway, *argv) == 0
+    assert mm7tx(gateway, *argv) == 0
+    assert len(recorder.requests) == 1
+    assert recorder.requests[0][1].transaction_id == "t-42"
+
+
+def test_transaction_id_goes_with_one_request(capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(
+            [
+                "submit",
+                "http://x.test/",
+                "--to",
+                "1",
+                "--count",
+                "2",
+                "--transaction-id",
+                "t",
+            ]
+        )
+    assert caught.value.code == 2
+    assert "--transaction-id sends one request" in capsys.readouterr().err
+
+
 # hash-password --------------------------------------------------------------
 
 
