@@ -33,6 +33,7 @@ from zope.interface import implementer
 from mm7tx.gateway.conversations import Conversations, MailedMMS, conversations_of
 from mm7tx.gateway.envelopes import (
     disposition_notification_to,
+    header_section,
     sent_mail,
     wants_delivery_report,
 )
@@ -608,8 +609,7 @@ def _one_line(text: str) -> str:
 
 def _headers(raw: bytes) -> Any:
     """The mail's header section, parsed alone (the body is not read)."""
-    end = raw.find(b"\r\n\r\n")
-    head = raw if end < 0 else raw[: end + 2]
+    head = header_section(raw)
     return BytesHeaderParser(policy=compat32).parsebytes(head)
 
 
