@@ -24,7 +24,8 @@ STORE_OPTIONS: tuple[OptionSpec, ...] = (
         MM7_SERV,
         Reader.text,
         "config.state_store_password",
-        "the Redis password, when `state_store`'s URL carries none (never logged)",
+        "the Redis password, when `state_store`'s URL carries none (not both; "
+        "never logged)",
     ),
     OptionSpec(
         "mm7_dedup_window",

@@ -199,6 +199,19 @@ def test_a_sqlite_store_in_a_writable_folder_loads(tmp_path):
     assert load(text).state_store.path == "here.db"
 
 
+def test_a_store_password_in_the_url_and_on_its_own_is_refused():
+    text = MINIMAL.replace(
+        "}",
+        '\n state_store = "redis://:one@h"\n state_store_password = "two"\n}',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(text, "my.conf")
+    message = str(caught.value)
+    assert message.startswith("my.conf, line 2: state_store carries a password")
+    assert "one@" not in message
+    assert "two" not in message
+
+
 def test_missing_file():
     with pytest.raises(ConfigError) as caught:
         load_file("/nonexistent/mm7tx.conf")
