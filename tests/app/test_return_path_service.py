@@ -12,8 +12,10 @@ from email.policy import default
 import pytest
 from flufl.bounce import scan_message
 from twisted.internet.protocol import ClientFactory
+from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.basic import LineReceiver
 
+from mm7tx.logs import is_transaction
 from mm7tx.store.memory import MemoryStore
 from mm7tx.testing import MemoryGateway
 from mm7tx.testing.reactor import result_of
@@ -73,9 +75,16 @@ def gateway_with_a_store() -> MemoryGateway:
 
 def test_the_mmscs_report_comes_back_as_a_dsn_to_the_mail_sender():
     gateway = gateway_with_a_store()
-    lines = send(gateway, " NOTIFY=SUCCESS")
-    assert lines[-1].startswith("250 2.0.0 Ok: queued as "), lines
-    gateway.advance(5)  # the delivery report is posted
+    with capturedLogs() as events:
+        lines = send(gateway, " NOTIFY=SUCCESS")
+        assert lines[-1].startswith("250 2.0.0 Ok: queued as "), lines
+        gateway.advance(5)  # the delivery report is posted
+    [line] = [
+        formatEvent(e)
+        for e in events
+        if is_transaction(e) and e["operation"] == "DeliveryReportReq"
+    ]
+    assert "; DSN to a***@example.org" in line, line
     mms, dsn_mail = gateway.relay.accepted
     assert mms.recipients == ["15551234567@mms.example"]
     assert dsn_mail.sender == "" and dsn_mail.recipients == ["ann@example.org"]
