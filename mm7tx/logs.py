@@ -48,7 +48,8 @@ TRANSACTION_FIELDS = (
     "recipient_count",
 )
 # Only on a retry answered with the answer already given: ``deduplicated``
-# (True), beside those.
+# (True), beside those; only when a DSN, an MDN or a reply in a conversation
+# went back: ``returned`` (``DSN to a***@example.org``).
 # The text line; the fields named with a leading ``_`` are only for it
 # (:func:`event_as_json` leaves them out).  No format spec (``{ms:.1f}``):
 # Twisted's flatFormat, which formats an event relayed as JSON (from a
@@ -83,6 +84,7 @@ def log_transaction(
     recipients: Sequence[str] | None = None,
     recipient_count: int | None = None,
     deduplicated: bool = False,
+    returned: str | None = None,
 ) -> None:
     """Log the transaction event.  ``path`` is the configured path, never
     the request's (which may hold ``account=password``); ``operation`` is
@@ -93,7 +95,9 @@ def log_transaction(
     ``sender``, ``recipients`` and ``recipient_count`` are what
     :func:`logged_addresses` makes of the request, ``None`` before it was
     read.  ``deduplicated``: a retry answered with the answer already given
-    (nothing mailed again)."""
+    (nothing mailed again).  ``returned``: what went back to a mail's
+    sender and to whom (``DSN to a***@example.org``), only when something
+    did."""
     transaction_id = _cut(transaction_id)
     message_id = _cut(message_id)
     status_text = _cut(status_text) or ""
@@ -114,6 +118,8 @@ def log_transaction(
         )
         if value
     ]
+    if returned:
+        notes.append(f"; {returned}")
     if deduplicated:
         notes.append("; deduplicated, the answer already given")
     if not answered:
@@ -138,6 +144,7 @@ def log_transaction(
         recipients=list(recipients) if recipients is not None else None,
         recipient_count=recipient_count,
         **({"deduplicated": True} if deduplicated else {}),
+        **({"returned": returned} if returned else {}),
         _what=" ".join(filter(None, (operation or "Request", transaction_id))),
         _fault="fault " if fault else "",
         _ms=f"{ms:.1f}",
@@ -196,6 +203,19 @@ def mask_address(value: str) -> str:
 
 def _as_sent(value: str) -> str:
     return _cut(_one_line(value)) or ""
+
+
+def returned_note(returned: tuple[str, str] | None, mode: str) -> str | None:
+    """``("DSN", "ann@example.org")`` as the event says it by
+    ``mm7_log_addresses`` (``mode``): ``DSN to a***@example.org``, or
+    ``DSN sent`` when addresses are not logged."""
+    if returned is None:
+        return None
+    what, address = returned
+    if mode == "none":
+        return f"{what} sent"
+    show = mask_address if mode == "masked" else _as_sent
+    return f"{what} to {show(address)}"
 
 
 def logged_addresses(message: object, mode: str) -> dict[str, Any]:

@@ -22,6 +22,9 @@ class Outcome:
     notes nothing leaves it ``None``."""
 
     relay_reply: str | None = None
+    # A report or a handset's message that went back by the way back, and
+    # to whom: ("DSN", "ann@example.org"), ("MDN", …), ("reply", …).
+    returned: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

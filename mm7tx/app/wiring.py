@@ -377,6 +377,13 @@ def build_resources(
     return resources
 
 
+def our_name(config: Config) -> str:
+    """The name mm7tx goes by in mail: ``smtp_helo`` (``localhost`` unset),
+    as its ESMTP client's EHLO, its listener's greeting and the
+    Reporting-MTA of its DSNs."""
+    return config.smtp.helo or "localhost"
+
+
 def _return_path(
     config: Config, shared: Shared, sender: IMailSender
 ) -> ReturnPath | None:
@@ -390,7 +397,7 @@ def _return_path(
         shared.reactor,
         [upstream.name for upstream in config.upstreams],
         report_mail_from=config.rules.report_mail_from,
-        reporting_mta=config.smtp.helo or "mm7tx",
+        reporting_mta=our_name(config),
     )
 
 
@@ -521,7 +528,7 @@ def mail_listener(
     return ESMTPServerFactory(
         policy,
         shared.reactor,
-        hostname=config.smtp.helo or "localhost",
+        hostname=our_name(config),
         max_size=config.mail_in.max_mail_size,
         portal=mail_portal(config, shared),
         throttle=shared.throttle,

@@ -164,7 +164,7 @@ def _fold_store_password(
     values: dict[str, Any], line: Callable[[str], int], source: str = ""
 ) -> None:
     """``state_store_password`` into the ``state_store`` it is for: a Redis
-    one whose URL carries no password."""
+    one whose URL carries no password (a ConfigError if it carries one)."""
     password = values.get("state_store_password")
     if password is None:
         return
@@ -176,8 +176,14 @@ def _fold_store_password(
             f"state_store_password is set but state_store is {spec.describe()}, "
             "not a redis:// or rediss:// one",
         )
-    if spec.password is None:
-        values["state_store"] = replace(spec, password=password)
+    if spec.password is not None:
+        raise ConfigError(
+            source,
+            line("state_store"),
+            "state_store carries a password (:PASSWORD@) and "
+            "state_store_password is set too; keep one",
+        )
+    values["state_store"] = replace(spec, password=password)
 
 
 def _mail_in(

@@ -59,7 +59,8 @@ SMTP_OPTIONS: tuple[OptionSpec, ...] = (
         MM7_SERV,
         Reader.text,
         "smtp.helo",
-        "our EHLO name",
+        "our name in mail: the EHLO name, the ESMTP listener's greeting and "
+        "the `Reporting-MTA` of DSNs (set it to the host's public name)",
         shown="`localhost`",
     ),
     OptionSpec(

@@ -13,7 +13,8 @@ STORE_OPTIONS: tuple[OptionSpec, ...] = (
         "config.state_store",
         "where the answers given are kept, for exactly once across a peer's "
         "retries (see Exactly once): `sqlite:PATH` (a file, relative to the "
-        "working folder; WAL, shared by `--workers`), `redis://[:PASSWORD@]"
+        "working folder, in a folder that exists and is writable; WAL, shared by "
+        "`--workers`), `redis://[:PASSWORD@]"
         "HOST[:PORT][/DB]` or `rediss://…` (TLS; a fleet shares one), "
         "`memory` (this process only) or `none` (stateless: no dedup)",
         default='"sqlite:mm7tx.sqlite3"',
@@ -23,7 +24,8 @@ STORE_OPTIONS: tuple[OptionSpec, ...] = (
         MM7_SERV,
         Reader.text,
         "config.state_store_password",
-        "the Redis password, when `state_store`'s URL carries none (never logged)",
+        "the Redis password, when `state_store`'s URL carries none (not both; "
+        "never logged)",
     ),
     OptionSpec(
         "mm7_dedup_window",

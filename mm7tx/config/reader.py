@@ -299,9 +299,14 @@ class Reader:
         """``state_store``: a store :func:`~mm7tx.store.parse_store` names;
         its error never shows a password."""
         try:
-            return parse_store(self.text(option))
+            spec = parse_store(self.text(option))
         except StoreSpecError as e:
             raise self.error(option, str(e)) from None
+        if spec.kind == "sqlite":
+            problem = _sqlite_folder_problem(spec.path)
+            if problem:
+                raise self.error(option, f"state_store sqlite:{spec.path}: {problem}")
+        return spec
 
     def listen(self, scope: Scope) -> list[Listener]:
         """A ``Listen "ENDPOINT" { }`` scope."""
@@ -429,3 +434,15 @@ def did_you_mean(name: str, names: list[str]) -> str:
     by_lower = {other.lower(): other for other in names}
     close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
     return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+
+
+def _sqlite_folder_problem(path: str) -> str | None:
+    """Why SQLite could never make its file (and its WAL beside it) at
+    ``path``: the folder does not exist or is not writable; ``None`` if it
+    could."""
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        return f"the folder {folder!r} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder {folder!r} is not writable"
+    return None

@@ -288,6 +288,10 @@ class Conversations:
         conversation = await self.for_deliver(request)
         if conversation is not None:
             mail = as_reply(mail, conversation)
+            transaction.outcome.returned = (
+                "reply in a conversation",
+                mail.recipients[0],
+            )
         status = await send(mail, transaction)
         await self._mailed(mail, request, transaction)
         return status

@@ -144,15 +144,26 @@ class SentMail:
             raise ValueError(f"not an envelope record: {e}") from e
 
 
+def header_section(raw: bytes) -> bytes:
+    """The header section of the mail ``raw``, up to and with its last
+    header line's ending: everything before the first empty line, whether
+    the mail ends its lines with CRLF or (as ``EmailMessage.as_bytes()``
+    writes them) with a bare LF; all of ``raw`` if it has no empty line."""
+    crlf = raw.find(b"\r\n\r\n")
+    lf = raw.find(b"\n\n")
+    if lf >= 0 and (crlf < 0 or lf < crlf):
+        return raw[: lf + 1]
+    return raw if crlf < 0 else raw[: crlf + 2]
+
+
 def _cut_headers(raw: bytes) -> bytes:
     """The header section of ``raw``, at most :data:`MAX_HEADERS` bytes
     (cut at the end of a header line)."""
-    end = raw.find(b"\r\n\r\n")
-    head = raw if end < 0 else raw[: end + 2]
+    head = header_section(raw)
     if len(head) <= MAX_HEADERS:
         return head
-    cut = head.rfind(b"\r\n", 0, MAX_HEADERS)
-    return head[: cut + 2] if cut > 0 else b""
+    cut = head.rfind(b"\n", 0, MAX_HEADERS)
+    return head[: cut + 1] if cut > 0 else b""
 
 
 def sent_mail(

@@ -33,6 +33,7 @@ from zope.interface import implementer
 from mm7tx.gateway.conversations import Conversations, MailedMMS, conversations_of
 from mm7tx.gateway.envelopes import (
     disposition_notification_to,
+    header_section,
     sent_mail,
     wants_delivery_report,
 )
@@ -113,6 +114,7 @@ DEFAULT_REPORT_WINDOW = 604800.0
 
 # When the MMSC gave no MM7 status: 4xx, the mail waits in the sender's queue.
 UNREACHABLE = (451, "4.4.1")
+LOOP_REPLY = 554  # to a mail mm7tx made (the automatic ones get 550)
 TIMED_OUT = (451, "4.4.2")
 NO_MM7_ANSWER = (451, "4.3.0")  # an HTTP error, an answer that is not MM7
 # Our own credentials refused (4001, or HTTP 401): the operator's fault.
@@ -355,7 +357,7 @@ class MailToMMS:
         headers = _headers(raw)
         refused = _automatic_or_loop(headers)
         if refused is not None:
-            outcome.status = "refused"
+            outcome.status = "loop" if refused.code == LOOP_REPLY else "automatic"
             return refused
         numbers = [_split(address)[0] for address, _ in envelope.recipients]
         reply = None
@@ -384,7 +386,7 @@ class MailToMMS:
             if self.dedup is not None and key is not None:
                 given = await self.dedup.seen(key)
                 if given is not None:
-                    outcome.status, outcome.message_id = "1000", given
+                    outcome.status, outcome.message_id = "MM7 1000", given
                     outcome.deduplicated = True
                     if self.metrics is not None:
                         self.metrics.dedup_hit("Mail")
@@ -425,7 +427,7 @@ class MailToMMS:
                     self.metrics.mail_in_upstream(self.clock.seconds() - asked)
             status = getattr(response, "status", None)
             code = int(getattr(status, "code", 0))
-            outcome.status = str(code)
+            outcome.status = f"MM7 {code}"
             outcome.message_id = getattr(response, "message_id", None)
             if reply_for_status(code)[0] == 250:
                 message_id = outcome.message_id or "-"
@@ -530,20 +532,28 @@ class MailToMMS:
         self, upstream: Upstream, error: MM7ClientError, outcome: _Outcome
     ) -> SMTPReply:
         if isinstance(error, MM7Fault):
-            outcome.status = str(error.status.code)
+            outcome.status = f"MM7 {error.status.code}"
             return self._status_reply(upstream, error.status.code, error.status.text)
+        # The error names the MMSC's URL: the log has it, the reply only
+        # the MMSC's name.
         said = _one_line(str(error))[:200]
+        log.warn("Mail {queue_id}: {error}", queue_id=outcome.queue_id, error=said)
         if isinstance(error, HTTPError) and error.code == 401:
-            outcome.status = "401"
-            return self._status_reply(upstream, CREDENTIALS_REFUSED, said)
+            outcome.status = "HTTP 401"
+            return self._status_reply(upstream, CREDENTIALS_REFUSED, "HTTP 401")
         if isinstance(error, Unreachable):
             outcome.status, (code, enhanced) = "unreachable", UNREACHABLE
+            text = "unreachable"
         elif isinstance(error, TimedOut):
             outcome.status, (code, enhanced) = "timeout", TIMED_OUT
+            text = "no answer in time"
         else:
-            outcome.status, (code, enhanced) = "no-mm7-answer", NO_MM7_ANSWER
-        log.warn("Mail {queue_id}: {error}", queue_id=outcome.queue_id, error=said)
-        return SMTPReply(code, enhanced, f"MMSC {upstream.name}: {said}")
+            code, enhanced = NO_MM7_ANSWER
+            text = "no MM7 answer"
+            if isinstance(error, HTTPError):
+                text += f" (HTTP {error.code})"
+            outcome.status = text
+        return SMTPReply(code, enhanced, f"MMSC {upstream.name}: {text}")
 
     def _record(self, envelope: Envelope, outcome: _Outcome, reply: SMTPReply) -> None:
         if reply.positive:
@@ -560,7 +570,7 @@ class MailToMMS:
         extra = {"deduplicated": True} if outcome.deduplicated else {}
         log.info(
             "Mail {queue_id} from <{mail_from}> to {recipients} recipients via "
-            "{mmsc}: MM7 {status}, MessageID {message_id}, {reply_code} in {ms} ms"
+            "{mmsc}: {status}, MessageID {message_id}, {reply_code} in {ms} ms"
             + (" (sent before: not submitted again)" if outcome.deduplicated else ""),
             queue_id=outcome.queue_id,
             mail_from=sender,
@@ -616,8 +626,7 @@ def _one_line(text: str) -> str:
 
 def _headers(raw: bytes) -> Any:
     """The mail's header section, parsed alone (the body is not read)."""
-    end = raw.find(b"\r\n\r\n")
-    head = raw if end < 0 else raw[: end + 2]
+    head = header_section(raw)
     return BytesHeaderParser(policy=compat32).parsebytes(head)
 
 
@@ -627,7 +636,9 @@ def _automatic_or_loop(headers: Any) -> SMTPReply | None:
     for name in MARKER_HEADERS:
         if headers.get(name) is not None:
             return SMTPReply(
-                554, "5.4.6", f"Loop: this mail was made by mm7tx from an MMS ({name})"
+                LOOP_REPLY,
+                "5.4.6",
+                f"Loop: this mail was made by mm7tx from an MMS ({name})",
             )
     auto = str(headers.get("Auto-Submitted", "no")).split(";")[0].strip().lower()
     if auto and auto != "no":

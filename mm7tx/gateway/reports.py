@@ -340,8 +340,9 @@ class DeliveryReporter:
             if not self._store_down:
                 self._store_down = True
                 log.warn(
-                    "The state store failed ({error}): delivery reports are "
-                    "posted from memory until it answers again",
+                    "The state store failed ({error}): serving without "
+                    "exactly once, and delivery reports are posted from "
+                    "memory, until it answers again",
                     error=str(e) or type(e).__name__,
                 )
             return _FAILED

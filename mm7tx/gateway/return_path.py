@@ -175,6 +175,7 @@ class ReturnPath:
                 now=self.clock.seconds(),
             )
             await self._send(mail)
+            transaction.outcome.returned = ("DSN", record.mail_from)
             moved = replace(moved, sent=(*moved.sent, action))
         await self._keep(record.with_recipient(moved))
         return True
@@ -221,6 +222,7 @@ class ReturnPath:
             now=self.clock.seconds(),
         )
         await self._send(mail)
+        transaction.outcome.returned = ("MDN", record.mdn_to)
         await self._keep(record.with_recipient(replace(recipient, mdn_sent=True)))
         return True
 

@@ -573,6 +573,9 @@ class MM7Resource(Resource):
                 # A SubmitRsp's new MessageID, or the one a request names.
                 message_id=getattr(response, "message_id", None) or exchange.message_id,
                 relay_reply=transaction.outcome.relay_reply,
+                returned=logs.returned_note(
+                    transaction.outcome.returned, self.log_addresses
+                ),
                 answered=not exchange.gone,
                 **exchange.addresses,
             )

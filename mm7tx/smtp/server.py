@@ -640,6 +640,10 @@ class ESMTPServerFactory(ServerFactory):
     the open ones (:meth:`shut_down` ends them).  A new ``policy`` or
     ``portal`` set here applies to the connections made from then on."""
 
+    # The service logs the listener it starts; "Starting factory <…>" says
+    # nothing more.
+    noisy = False
+
     def __init__(
         self,
         policy: IMailPolicy,

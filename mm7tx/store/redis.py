@@ -175,7 +175,12 @@ class RedisStore:
             return commands
 
         self.client = RedisClient(
-            endpoint_for(spec, reactor), reactor, self.description, setup, timeout
+            endpoint_for(spec, reactor),
+            reactor,
+            self.description,
+            setup,
+            timeout,
+            tls=spec.tls,
         )
 
     def _eval(self, script: str, keys: list[str], *args: Any) -> defer.Deferred[Any]:

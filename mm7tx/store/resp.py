@@ -8,7 +8,10 @@ use it; what the store needs of Redis is a few commands and ``EVAL``.)
 One connection, commands pipelined on it and answered in order.  It
 connects on the first command (``AUTH`` and ``SELECT`` first) and again
 after a loss; a command not answered within ``timeout`` seconds fails, and
-drops the connection, whose answers would now come out of order."""
+drops the connection, whose answers would now come out of order.  After a
+connection that could not be made, commands fail at once for
+:data:`RETRY_AFTER` seconds rather than each trying again (a refused
+connection takes ``HostnameEndpoint`` 0.3 s to report)."""
 
 from __future__ import annotations
 
@@ -17,13 +20,21 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mm7tx.store.records import StoreError
 
 # A command's answer: bytes, an int, None, or a list of them.
 Reply = Any
+
+# How long commands fail at once after a connection could not be made.
+RETRY_AFTER = 1.0
 
 
 class RedisError(StoreError):
@@ -81,6 +92,7 @@ def parse(buffer: bytes, at: int = 0) -> tuple[Reply, int]:
     raise RedisError(f"not a Redis reply: {kind!r}")
 
 
+@implementer(IHandshakeListener)
 class RedisProtocol(protocol.Protocol):
     """Sends commands and fires their Deferreds with the replies, in order."""
 
@@ -88,6 +100,13 @@ class RedisProtocol(protocol.Protocol):
         self._buffer = b""
         self._waiting: deque[defer.Deferred[Reply]] = deque()
         self.lost: defer.Deferred[None] = defer.Deferred()
+        # Whether the connection is TLS (the client says), and whether its
+        # handshake is done (TLSMemoryBIOProtocol tells an IHandshakeListener).
+        self.tls = False
+        self.handshake_done = False
+
+    def handshakeCompleted(self) -> None:
+        self.handshake_done = True
 
     def command(self, *args: bytes | str | int | float) -> defer.Deferred[Reply]:
         answer: defer.Deferred[Reply] = defer.Deferred()
@@ -119,10 +138,11 @@ class RedisProtocol(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         waiting, self._waiting = self._waiting, deque()
+        why = f"Redis connection lost: {reason.value}"
+        if self.tls and not self.handshake_done:
+            why = f"TLS handshake failed: {reason.value}"
         for answer in waiting:
-            answer.errback(
-                Failure(StoreError(f"Redis connection lost: {reason.value}"))
-            )
+            answer.errback(Failure(StoreError(why)))
         if not self.lost.called:
             self.lost.callback(None)
 
@@ -149,21 +169,33 @@ class RedisClient:
         description: str,
         setup: Callable[[], list[tuple[bytes | str | int, ...]]] = list,
         timeout: float = 2.0,
+        tls: bool = False,
     ) -> None:
         self._endpoint = endpoint
         self._clock = clock
         self.description = description
         self._setup = setup
         self._timeout = timeout
+        # Whether the endpoint speaks TLS (each connection is told, so that
+        # one failing before its handshake is done says so).
+        self._tls = tls
         self._protocol: RedisProtocol | None = None
         # The commands waiting for a connection being made.
         self._waiting: list[defer.Deferred[RedisProtocol]] = []
+        # After a connection that could not be made: why, and until when
+        # commands fail with that at once.
+        self._down: tuple[StoreError, float] | None = None
 
     def command(self, *args: bytes | str | int | float) -> defer.Deferred[Reply]:
         """Send one command; its reply, or :class:`StoreError`."""
         if self._protocol is not None:
             sent = self._protocol.command(*args)
             return self._within_timeout(sent, self._protocol)
+        if self._down is not None:
+            error, until = self._down
+            if self._clock.seconds() < until:
+                return defer.fail(error)
+            self._down = None
         connected = self._connect()
         return connected.addCallback(
             lambda proto: self._within_timeout(proto.command(*args), proto)
@@ -173,7 +205,13 @@ class RedisClient:
         self, sent: defer.Deferred[Reply], proto: RedisProtocol
     ) -> defer.Deferred[Reply]:
         def expired() -> None:
-            proto.abandon(f"{self.description}: no answer in {self._timeout} s")
+            if proto.tls and not proto.handshake_done:
+                proto.abandon(
+                    f"{self.description}: TLS handshake failed: no TLS answer "
+                    f"in {self._timeout} s (does the server speak TLS?)"
+                )
+            else:
+                proto.abandon(f"{self.description}: no answer in {self._timeout} s")
 
         call = self._clock.callLater(self._timeout, expired)
 
@@ -192,6 +230,8 @@ class RedisClient:
         return ready
 
     def _opened(self, result: Any) -> None:
+        if isinstance(result, Failure) and isinstance(result.value, StoreError):
+            self._down = (result.value, self._clock.seconds() + RETRY_AFTER)
         waiting, self._waiting = self._waiting, []
         for ready in waiting:
             if isinstance(result, Failure):
@@ -202,10 +242,12 @@ class RedisClient:
     @defer.inlineCallbacks
     def _open(self) -> Any:
         factory = protocol.Factory.forProtocol(RedisProtocol)
+        factory.noisy = False  # no "Starting factory" at each reconnection
         attempt = self._endpoint.connect(factory)
         timer = self._clock.callLater(self._timeout, attempt.cancel)
         try:
             proto = yield attempt
+            proto.tls = self._tls
         except Exception as error:
             raise StoreError(f"{self.description}: cannot connect: {error}") from None
         finally:

@@ -13,8 +13,10 @@ from email.message import Message
 from email.policy import default
 
 from twisted.internet.protocol import ClientFactory
+from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.basic import LineReceiver
 
+from mm7tx.logs import is_transaction
 from mm7tx.mm7 import messages as m
 from mm7tx.store.memory import MemoryStore
 from mm7tx.testing import MemoryGateway
@@ -93,9 +95,12 @@ def test_replies_both_ways_through_the_service() -> None:
     to, _mms = relayed(gateway)
     assert to == ["15551234567@handsets.example"]
 
-    deliver(gateway, "L-5")
+    with capturedLogs() as events:
+        deliver(gateway, "L-5")
     to, reply = relayed(gateway)
     assert to == ["ann@example.org"]
+    [line] = [formatEvent(e) for e in events if is_transaction(e)]
+    assert line.endswith("; reply in a conversation to a***@example.org"), line
     assert reply["In-Reply-To"] == "<a1@example.org>"
     assert reply["From"] == "15551234567@mms.example"
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 import email
 from email.policy import default
 
+import pytest
 from flufl.bounce import scan_message
 from twisted.internet.protocol import ClientFactory
+from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.basic import LineReceiver
 
+from mm7tx.logs import is_transaction
 from mm7tx.store.memory import MemoryStore
 from mm7tx.testing import MemoryGateway
 from mm7tx.testing.reactor import result_of
@@ -72,9 +75,16 @@ def gateway_with_a_store() -> MemoryGateway:
 
 def test_the_mmscs_report_comes_back_as_a_dsn_to_the_mail_sender():
     gateway = gateway_with_a_store()
-    lines = send(gateway, " NOTIFY=SUCCESS")
-    assert lines[-1].startswith("250 2.0.0 Ok: queued as "), lines
-    gateway.advance(5)  # the delivery report is posted
+    with capturedLogs() as events:
+        lines = send(gateway, " NOTIFY=SUCCESS")
+        assert lines[-1].startswith("250 2.0.0 Ok: queued as "), lines
+        gateway.advance(5)  # the delivery report is posted
+    [line] = [
+        formatEvent(e)
+        for e in events
+        if is_transaction(e) and e["operation"] == "DeliveryReportReq"
+    ]
+    assert "; DSN to a***@example.org" in line, line
     mms, dsn_mail = gateway.relay.accepted
     assert mms.recipients == ["15551234567@mms.example"]
     assert dsn_mail.sender == "" and dsn_mail.recipients == ["ann@example.org"]
@@ -83,6 +93,28 @@ def test_the_mmscs_report_comes_back_as_a_dsn_to_the_mail_sender():
     assert b"Action: relayed" in dsn_mail.data
     assert b"Original-Envelope-Id: E1" in dsn_mail.data
     assert b"Hello, phone." not in dsn_mail.data
+    store = gateway.service.shared.store
+    gateway.stop()
+    assert store is not None
+    result_of(store.close())
+
+
+@pytest.mark.parametrize(
+    ("helo", "name"), [(None, "localhost"), ("mx.example.net", "mx.example.net")]
+)
+def test_the_dsn_names_us_as_smtp_helo_does(helo, name):
+    config = CONFIG
+    if helo is not None:
+        config = CONFIG.replace("mm7_serv {", f'mm7_serv {{\n  smtp_helo = "{helo}"')
+    gateway = MemoryGateway(config)
+    gateway.service.shared.store = MemoryStore(gateway.clock)
+    assert gateway.reload(config)
+    lines = send(gateway, " NOTIFY=SUCCESS")
+    assert lines[0].startswith(f"220 {name} ")
+    gateway.advance(5)
+    _, dsn_mail = gateway.relay.accepted
+    assert f"Reporting-MTA: dns; {name}".encode() in dsn_mail.data
+    assert f"This is the MMS gateway at {name}.".encode() in dsn_mail.data
     store = gateway.service.shared.store
     gateway.stop()
     assert store is not None

@@ -172,6 +172,46 @@ def test_errors_name_file_and_line(text, line, words):
     assert words in str(caught.value)
 
 
+def test_a_sqlite_store_in_a_folder_that_does_not_exist_is_refused():
+    text = MINIMAL.replace("}", '\n state_store = "sqlite:/nonexistent/dir/x.db"\n}')
+    with pytest.raises(ConfigError) as caught:
+        load(text, "my.conf")
+    assert str(caught.value) == (
+        "my.conf, line 2: state_store sqlite:/nonexistent/dir/x.db: "
+        "the folder '/nonexistent/dir' does not exist"
+    )
+
+
+def test_a_sqlite_store_in_a_folder_it_cannot_write_is_refused(tmp_path, monkeypatch):
+    # The check asks os.access, which says yes to root whatever the mode.
+    monkeypatch.setattr(
+        "mm7tx.config.reader.os.access", lambda path, mode: path != str(tmp_path)
+    )
+    text = MINIMAL.replace("}", f'\n state_store = "sqlite:{tmp_path}/x.db"\n}}')
+    with pytest.raises(ConfigError, match=r"line 2: .* is not writable$"):
+        load(text, "my.conf")
+
+
+def test_a_sqlite_store_in_a_writable_folder_loads(tmp_path):
+    text = MINIMAL.replace("}", f'\n state_store = "sqlite:{tmp_path}/x.db"\n}}')
+    assert load(text).state_store.path == f"{tmp_path}/x.db"
+    text = MINIMAL.replace("}", '\n state_store = "sqlite:here.db"\n}')
+    assert load(text).state_store.path == "here.db"
+
+
+def test_a_store_password_in_the_url_and_on_its_own_is_refused():
+    text = MINIMAL.replace(
+        "}",
+        '\n state_store = "redis://:one@h"\n state_store_password = "two"\n}',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(text, "my.conf")
+    message = str(caught.value)
+    assert message.startswith("my.conf, line 2: state_store carries a password")
+    assert "one@" not in message
+    assert "two" not in message
+
+
 def test_missing_file():
     with pytest.raises(ConfigError) as caught:
         load_file("/nonexistent/mm7tx.conf")

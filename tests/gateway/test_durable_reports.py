@@ -315,8 +315,8 @@ def test_a_failing_store_still_posts_from_memory_and_logs_once():
     lines = [formatEvent(e) for e in events]
     failed = [line for line in lines if line.startswith("The state store failed")]
     assert failed == [
-        "The state store failed (disk full): delivery reports are posted "
-        "from memory until it answers again"
+        "The state store failed (disk full): serving without exactly once, "
+        "and delivery reports are posted from memory, until it answers again"
     ]
 
 

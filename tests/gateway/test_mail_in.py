@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from zope.interface.verify import verifyObject
 
 from mm7tx.gateway.mail_in import (
@@ -236,6 +237,61 @@ def test_an_mmsc_without_an_mm7_answer_keeps_the_mail_queued(error, expected):
     [reply] = gw.say(b"")
     assert reply.startswith(expected)
     assert b'mm7tx_mail_in_total{outcome="deferred"} 1.0' in gw.metrics.exposition()
+
+
+URL = "http://mmsc.example/mm7"
+
+
+@pytest.mark.parametrize(
+    "error, reply, outcome",
+    [
+        (
+            Unreachable(f"cannot connect to {URL}: refused"),
+            "451 4.4.1 MMSC up: unreachable",
+            "up: unreachable, MessageID -, 451",
+        ),
+        (
+            TimedOut(f"no answer from {URL} within 60 s"),
+            "451 4.4.2 MMSC up: no answer in time",
+            "up: timeout, MessageID -, 451",
+        ),
+        (
+            HTTPError(401, f"HTTP 401 from {URL}: credentials refused"),
+            "451 4.7.0 MMSC up answered 4001 HTTP 401",
+            "up: HTTP 401, MessageID -, 451",
+        ),
+        (
+            HTTPError(502, f"HTTP 502 from {URL}"),
+            "451 4.3.0 MMSC up: no MM7 answer (HTTP 502)",
+            "up: no MM7 answer (HTTP 502), MessageID -, 451",
+        ),
+        (
+            fault(2002),
+            "550 5.1.1 MMSC up answered 2002 no",
+            "up: MM7 2002, MessageID -, 550",
+        ),
+    ],
+)
+def test_the_reply_names_the_mmsc_not_its_url_and_the_log_says_the_outcome(
+    error, reply, outcome
+):
+    gw = Gateway()
+    with capturedLogs() as events:
+        gw.mail()
+        gw.mmsc.fail(error)
+        assert gw.say(b"") == [reply]
+    lines = [formatEvent(e) for e in events]
+    assert any(outcome in line for line in lines), lines
+    if not isinstance(error, MM7Fault):
+        assert any(URL in line for line in lines)  # the URL goes to the log
+
+
+def test_a_loop_is_logged_as_a_loop():
+    gw = Gateway()
+    with capturedLogs() as events:
+        [*_, reply] = gw.mail(b"X-MM7-Path: /vasp/\r\n" + MAIL)
+    assert reply.startswith("554 5.4.6 Loop")
+    assert any("via -: loop, MessageID -, 554" in formatEvent(e) for e in events)
 
 
 def test_our_credentials_refused_is_logged_as_an_error() -> None:

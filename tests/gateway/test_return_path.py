@@ -209,6 +209,22 @@ def test_the_envelope_is_kept_under_the_mmscs_message_id(way):
     assert way.mmsc.sent[0].read_reply is None
 
 
+def test_a_mail_with_bare_lf_line_endings_keeps_only_its_headers(way):
+    # smtplib sends EmailMessage.as_bytes() as it is: lines ending in LF.
+    lf_mail = MAIL.replace(b"\r\n", b"\n") + b"\r\n"
+    replies = way.mail((NOTIFY_ALL,), body=lf_mail)
+    assert any(line.startswith("250 2.0.0 Ok: queued") for line in replies)
+    data = result_of(way.store.get(record_key("up", "mmsc-1")))
+    assert b"Hello, phone." not in data
+    record = SentMail.from_bytes(data)
+    assert record.header_bytes.endswith(b"Message-ID: <m1@example.org>\n")
+    way.report("Rejected")
+    (dsn,) = way.notifications()
+    headers = list(dsn.iter_parts())[2].get_content()
+    assert "Message-ID: <m1@example.org>" in headers
+    assert "Hello, phone." not in dsn.as_string()
+
+
 def test_no_delivery_report_is_asked_for_when_every_recipient_said_never(way):
     way.mail(("<15551234567@mms.example> NOTIFY=NEVER",))
     assert way.mmsc.sent[0].delivery_report is False

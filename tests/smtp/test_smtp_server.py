@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from zope.interface import directlyProvides, implementer
 from zope.interface.verify import verifyObject
 
@@ -138,6 +139,16 @@ class Conversation:
 def offered(lines: list[str]) -> set[str]:
     """The extensions in an EHLO reply."""
     return {line[4:] for line in lines[1:]}
+
+
+def test_starting_and_stopping_the_listener_logs_nothing_from_its_factory():
+    factory = ESMTPServerFactory(
+        Policy(Clock()), Clock(), hostname="mx.example", max_size=1000
+    )
+    with capturedLogs() as events:
+        factory.doStart()
+        factory.doStop()
+    assert [formatEvent(e) for e in events] == []
 
 
 def test_ehlo_offers_the_extensions():

@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from mm7tx.interfaces import IStateStore
@@ -34,6 +37,7 @@ from mm7tx.store import (
 )
 from mm7tx.store.memory import MemoryStore
 from mm7tx.store.redis import RedisStore
+from mm7tx.store.resp import RETRY_AFTER, RedisClient
 from mm7tx.store.sqlite import SQLiteStore
 from mm7tx.testing import result_of
 
@@ -452,6 +456,87 @@ def test_redis_a_silent_server_times_out_and_the_next_command_reconnects():
     store.get("k").addBoth(again.append)
     memory.advance(0)
     assert len(memory.tcpClients) == 2
+
+
+def _refused(memory: MemoryReactorClock, index: int) -> None:
+    """The connection attempt ``index`` (HostnameEndpoint's) is refused."""
+    connector = memory.connectors[index]
+    factory = memory.tcpClients[index][2]
+    factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+    memory.advance(0.3)  # HostnameEndpoint reports it at its next attempt
+
+
+def test_redis_after_a_refused_connection_commands_fail_at_once_for_a_second():
+    memory = MemoryReactorClock()
+    store = RedisStore(StoreSpec("redis", host="127.0.0.1"), memory, timeout=2)
+    first: list[Any] = []
+    store.get("k").addBoth(first.append)
+    memory.advance(0)
+    _refused(memory, 0)
+    [failure] = first
+    assert "cannot connect" in failure.getErrorMessage()
+    soon: list[Any] = []
+    store.get("k").addBoth(soon.append)
+    memory.advance(0)
+    assert len(memory.tcpClients) == 1  # no new attempt: failed at once
+    [failure] = soon
+    assert "cannot connect" in failure.getErrorMessage()
+    memory.advance(RETRY_AFTER)
+    later: list[Any] = []
+    store.get("k").addBoth(later.append)
+    memory.advance(0)
+    assert len(memory.tcpClients) == 2 and later == []  # tried again
+
+
+def test_redis_reconnecting_logs_nothing_from_its_factory():
+    memory = MemoryReactorClock()
+    store = RedisStore(StoreSpec("redis", host="127.0.0.1"), memory, timeout=2)
+    with capturedLogs() as events:
+        for attempt in range(2):
+            store.get("k").addErrback(lambda _: None)
+            memory.advance(0)
+            factory = memory.tcpClients[attempt][2]
+            factory.doStart()
+            proto = factory.buildProtocol(None)
+            proto.makeConnection(StringTransport())
+            proto.connectionLost(Failure(ConnectionDone()))
+            factory.doStop()
+    assert [formatEvent(e) for e in events] == []
+
+
+class _Connected:
+    """An endpoint whose connections are at once made over a StringTransport."""
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(StringTransport())
+        return defer.succeed(proto)
+
+
+def test_rediss_to_a_server_that_does_not_answer_tls_says_so():
+    clock = Clock()
+    client = RedisClient(_Connected(), clock, "rediss://r:6379/0", tls=True)
+    answers: list[Any] = []
+    client.command("GET", "k").addBoth(answers.append)
+    clock.advance(2)
+    [failure] = answers
+    assert failure.getErrorMessage() == (
+        "rediss://r:6379/0: TLS handshake failed: no TLS answer in 2.0 s "
+        "(does the server speak TLS?)"
+    )
+    lost: list[Any] = []
+    client.command("GET", "k").addBoth(lost.append)
+    client._protocol.connectionLost(Failure(ConnectionDone()))  # type: ignore[union-attr]
+    assert lost[0].getErrorMessage().startswith("TLS handshake failed: ")
+
+
+def test_redis_without_tls_says_only_that_it_had_no_answer():
+    clock = Clock()
+    client = RedisClient(_Connected(), clock, "redis://r:6379/0")
+    answers: list[Any] = []
+    client.command("GET", "k").addBoth(answers.append)
+    clock.advance(2)
+    assert answers[0].getErrorMessage() == "redis://r:6379/0: no answer in 2.0 s"
 
 
 # the store's text

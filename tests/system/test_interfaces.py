@@ -42,6 +42,7 @@ from mm7tx.smtp.server import Session
 from mm7tx.smtp.settings import MailInSettings, SMTPSettings
 from mm7tx.store.memory import MemoryStore
 from mm7tx.store.redis import RedisStore
+from mm7tx.store.resp import RedisProtocol
 from mm7tx.store.spec import StoreSpec
 from mm7tx.store.sqlite import SQLiteStore
 from mm7tx.testing.http import _MemoryEndpoints
@@ -69,6 +70,7 @@ PROVIDERS: dict[type, Callable[[Any], object]] = {
         SMTPSettings(endpoint="tcp:127.0.0.1:25", starttls="off"),
     ),
     MaildirSender: _maildir,
+    RedisProtocol: lambda _: RedisProtocol(),
     Session: lambda _: Session("192.0.2.1"),
     testing.FakeMailSender: lambda _: testing.FakeMailSender(),
     _Message: _message,
