@@ -373,11 +373,10 @@ class DeliveryReporter:
         store = self.store
         if store is None:
             return
-        if self._predecessors is None:
-            found = await self._predecessors_found(store)
-            if found is None:
-                return
-            self._predecessors = found
+        found = await self._predecessors_found(store)
+        if found is None:
+            return
+        self._predecessors = found
         for owner in [self.owner, *self._predecessors]:
             due = await self._stored(store.due_reports(owner, TAKE_AT_ONCE))
             if due is _FAILED:
@@ -404,9 +403,18 @@ class DeliveryReporter:
                     await self._resume(store, taken)
 
     async def _predecessors_found(self, store: IReportStore) -> list[str] | None:
-        """The owners of this instance's earlier starts (their processes
-        gone), read from ``store``, which is told this start's owner and
-        those still running; ``None`` if the store failed."""
+        """The owners of this instance whose processes are gone (earlier
+        starts, workers that died), read from ``store``'s owners record,
+        which is written back with this start's owner, those still running
+        and the gone ones; ``None`` if the store failed.
+
+        A gone owner stays in the record, with when it was first found
+        gone, as long as a report of its can be in the store (a report's
+        whole time to live from then): a start that stops before that
+        owner's reports are due leaves them to the next start, which takes
+        them over at once too.  Done on every poll, so that the record
+        lives as long as the processes it lists, and an entry lost to two
+        processes writing it at once is back within a poll."""
         if not IRecordStore.providedBy(store):
             return []
         records = IRecordStore(store)
@@ -414,26 +422,28 @@ class DeliveryReporter:
         value = await self._stored(records.get(key))
         if value is _FAILED:
             return None
-        listed: Any = []
-        if isinstance(value, bytes):
-            try:
-                listed = json.loads(value)
-            except ValueError:
-                listed = []
-        others = [
-            o
-            for o in (listed if isinstance(listed, list) else [])
-            if isinstance(o, str) and o != self.owner
-        ]
-        # The instance is this host's: an owner whose process is gone was an
-        # earlier start; one still running is a sibling (another worker in
-        # the same folder), which keeps its reports.
-        earlier = [o for o in others if not _running(o)]
-        alive = [o for o in others if o not in earlier]
-        mine = json.dumps([self.owner, *alive][:KEPT_OWNERS]).encode()
-        if await self._stored(records.put(key, mine, self._ttl())) is _FAILED:
+        now = self.reactor.seconds()
+        ttl = self._ttl()
+        alive: list[str] = []
+        gone: dict[str, float] = {}
+        for entry in _owner_entries(value):
+            owner, since = entry
+            if owner == self.owner or owner in alive or owner in gone:
+                continue
+            # The instance is this host's: an owner whose process is gone
+            # was an earlier start; one still running is a sibling (another
+            # worker in the same folder), which keeps its reports.  Once
+            # found gone, always gone (its pid may be reused).
+            if since is None and _running(owner):
+                alive.append(owner)
+            elif since is None or since + ttl > now:
+                gone[owner] = now if since is None else since
+        listed: list[Any] = [self.owner, *alive]
+        listed += [[owner, since] for owner, since in gone.items()]
+        mine = json.dumps(listed[:KEPT_OWNERS]).encode()
+        if await self._stored(records.put(key, mine, ttl)) is _FAILED:
             return None
-        return earlier
+        return list(gone)
 
     async def _resume(self, store: IReportStore, report: Report) -> None:
         """Post on a report taken from ``store``, after ``report.attempts``."""
@@ -597,6 +607,28 @@ class _TakenOver(Exception):
 
 
 _FAILED = object()  # what _stored gives for a store operation that failed
+
+
+def _owner_entries(value: object) -> list[tuple[str, float | None]]:
+    """The owners in an owners record: each with when it was found gone,
+    ``None`` for one listed as running (or by an earlier version, which
+    listed names only).  Anything unreadable is left out."""
+    try:
+        listed = json.loads(value) if isinstance(value, bytes) else []
+    except ValueError:
+        listed = []
+    entries: list[tuple[str, float | None]] = []
+    for item in listed if isinstance(listed, list) else []:
+        if isinstance(item, str):
+            entries.append((item, None))
+        elif (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], (int, float))
+        ):
+            entries.append((item[0], float(item[1])))
+    return entries
 
 
 def _running(owner: str) -> bool:
