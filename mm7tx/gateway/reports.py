@@ -120,6 +120,12 @@ class DeliveryReporter:
         self._live: set[str] = set()
         self._ids: dict[defer.Deferred[bool], str] = {}
         self._kept: set[str] = set()
+        # The wait for its next attempt of each kept report between two
+        # attempts, by id: a stop leaves these in the store at once.
+        self._waiting: dict[str, defer.Deferred[None]] = {}
+        # The kept reports a stop is leaving in the store (their attempt's
+        # connections closing): left, whatever ends them now.
+        self._leaving: set[str] = set()
         # The owners of this instance's earlier starts (newest first): their
         # reports are this start's at once, their leases notwithstanding.
         self._predecessors: list[str] | None = None
@@ -229,32 +235,51 @@ class DeliveryReporter:
             self.metrics.delivery_report(outcome)
 
     def stop(self, timeout: float) -> defer.Deferred[None]:
-        """Let the reports being posted finish within ``timeout`` seconds;
-        cancel the rest (their retries too), each logged as abandoned, as
-        any report asked for from now on — or, with a store, left there for
-        the next start (or another instance) to post."""
+        """Stop posting.  A report kept in the store and waiting for its
+        next attempt is left there at once, for the next start (or another
+        instance) to post; one with an attempt under way is left once that
+        attempt fails.  The others (without a store, or whose store failed)
+        get ``timeout`` seconds to be answered, retries included; then they
+        are cancelled, each logged as abandoned (with a store, left).  A
+        report asked for from now on is left in the store, or abandoned."""
         self._closing = True
         self._stop_polling()
-        if not self.pending:
+        leaving = dict(self._waiting)
+        self._leaving.update(leaving)
+        for sleep in leaving.values():
+            sleep.cancel()  # logged as left by its report, which ends here
+        draining = [d for d in self.pending if self._ids.get(d) not in leaving]
+        if not draining:
             return defer.succeed(None)
+        log.info(
+            "Draining: {count} delivery reports still being posted "
+            "(at most {timeout:g} s)",
+            count=len(draining),
+            timeout=timeout,
+        )
         finished = defer.DeferredList(list(self.pending), consumeErrors=True)
         timer = self.reactor.callLater(timeout, self._abandon)
 
         def done(_: object) -> None:
             if timer.active():
                 timer.cancel()
+                log.info("Drained {count} delivery reports", count=len(draining))
 
         return finished.addCallback(done)
 
     def _abandon(self) -> None:
         # Cancelling ends the attempt and its retries: the CancelledError
         # goes through the retry loop, which catches only MM7 client errors.
+        # A kept report logs itself as left when it ends so.
+        count = 0
         for d, (message_id, url) in list(self.pending.items()):
-            if self._ids.get(d) in self._kept:
-                _log_left(message_id, url)
-            else:
+            if self._ids.get(d) in self._leaving:
+                continue  # left already
+            count += 1
+            if self._ids.get(d) not in self._kept:
                 _log_abandoned(message_id, url)
             d.cancel()
+        log.warn("Stopped with {count} delivery reports not answered", count=count)
 
     # The store.
 
@@ -289,15 +314,20 @@ class DeliveryReporter:
             answered = await self._post(
                 account, record.request, record.namespace, kept, made
             )
-        except (defer.CancelledError, _TakenOver):
-            # It stays in the store: for the next start, or the instance
-            # that took it over.
+        except _TakenOver:
+            # It stays in the store, for the instance that took it over.
             raise _Left() from None
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, defer.CancelledError) or report_id in self._leaving:
+                # Stopped: it stays in the store for the next start.
+                url = _without_credentials(account.delivery_report_url or "")
+                _log_left(record.request.message_id or "-", url)
+                raise _Left() from None
             await self._forget(kept)
             raise
         finally:
             self._kept.discard(report_id)
+            self._leaving.discard(report_id)
         await self._forget(kept)
         return answered
 
@@ -546,6 +576,11 @@ class DeliveryReporter:
                         code=response.status.code,
                     )
                     return response.status.is_success
+                if attempt < self.attempts and kept is not None and self._closing:
+                    # Stopping: the store has when it is due next.
+                    await self._next_attempt(kept, attempt, delay, request)
+                    self._leaving.add(kept.report_id)
+                    raise defer.CancelledError()
                 if attempt < self.attempts:
                     log.info(
                         "Delivery report {message_id} for {vasp}: {error}; "
@@ -557,7 +592,9 @@ class DeliveryReporter:
                     )
                     if kept is not None:
                         await self._next_attempt(kept, attempt, delay, request)
-                    await task.deferLater(self.reactor, delay)
+                        await self._wait(kept.report_id, delay)
+                    else:
+                        await task.deferLater(self.reactor, delay)
             log.warn(
                 "Gave up on delivery report {message_id} for {vasp} after "
                 "{attempts} attempts: {error}",
@@ -569,6 +606,19 @@ class DeliveryReporter:
             return False
         finally:
             await client.close()
+
+    async def _wait(self, report_id: str, delay: float) -> None:
+        """Wait ``delay`` seconds before a kept report's next attempt, or
+        until a stop cancels the wait (:class:`defer.CancelledError`)."""
+        if self._closing:
+            self._leaving.add(report_id)
+            raise defer.CancelledError()
+        sleep = task.deferLater(self.reactor, delay)
+        self._waiting[report_id] = sleep
+        try:
+            await sleep
+        finally:
+            self._waiting.pop(report_id, None)
 
     async def _next_attempt(
         self, kept: _Kept, attempts: int, delay: float, request: m.DeliveryReportReq
