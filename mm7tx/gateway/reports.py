@@ -12,10 +12,8 @@ is not MM7 or is over ``mm7_client_max_answer_size``) is logged at once.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +24,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mm7tx.gateway.report_owners import OWNERS_KEY as OWNERS_KEY
+from mm7tx.gateway.report_owners import default_instance, gone_owners
 from mm7tx.gateway.report_record import StoredReport, UnreadableReport
 from mm7tx.http.auth import Account
 from mm7tx.http.client import (
@@ -56,10 +56,6 @@ POLL_INTERVAL = 5.0
 LEASE_MARGIN = 15.0
 # The most reports taken from the store in one poll, per owner asked for.
 TAKE_AT_ONCE = 100
-# The record of the owners of an instance's running processes (its workers),
-# and how many it keeps.
-OWNERS_KEY = "mm7tx:report-owners:"
-KEPT_OWNERS = 256
 DAY = 86400.0
 
 
@@ -433,47 +429,26 @@ class DeliveryReporter:
                     await self._resume(store, taken)
 
     async def _predecessors_found(self, store: IReportStore) -> list[str] | None:
-        """The owners of this instance whose processes are gone (earlier
-        starts, workers that died), read from ``store``'s owners record,
-        which is written back with this start's owner, those still running
-        and the gone ones; ``None`` if the store failed.
-
-        A gone owner stays in the record, with when it was first found
-        gone, as long as a report of its can be in the store (a report's
-        whole time to live from then): a start that stops before that
-        owner's reports are due leaves them to the next start, which takes
-        them over at once too.  Done on every poll, so that the record
-        lives as long as the processes it lists, and an entry lost to two
-        processes writing it at once is back within a poll."""
+        """The owners of this instance whose processes are gone, from its
+        owners record, which lists this start too (:func:`gone_owners`);
+        ``None`` if the store failed."""
         if not IRecordStore.providedBy(store):
             return []
-        records = IRecordStore(store)
-        key = OWNERS_KEY + self.instance
-        value = await self._stored(records.get(key))
-        if value is _FAILED:
+        found = await self._stored(
+            defer.ensureDeferred(
+                gone_owners(
+                    IRecordStore(store),
+                    self.instance,
+                    self.owner,
+                    self.reactor.seconds(),
+                    self._ttl(),
+                )
+            )
+        )
+        if found is _FAILED:
             return None
-        now = self.reactor.seconds()
-        ttl = self._ttl()
-        alive: list[str] = []
-        gone: dict[str, float] = {}
-        for entry in _owner_entries(value):
-            owner, since = entry
-            if owner == self.owner or owner in alive or owner in gone:
-                continue
-            # The instance is this host's: an owner whose process is gone
-            # was an earlier start; one still running is a sibling (another
-            # worker in the same folder), which keeps its reports.  Once
-            # found gone, always gone (its pid may be reused).
-            if since is None and _running(owner):
-                alive.append(owner)
-            elif since is None or since + ttl > now:
-                gone[owner] = now if since is None else since
-        listed: list[Any] = [self.owner, *alive]
-        listed += [[owner, since] for owner, since in gone.items()]
-        mine = json.dumps(listed[:KEPT_OWNERS]).encode()
-        if await self._stored(records.put(key, mine, ttl)) is _FAILED:
-            return None
-        return list(gone)
+        assert isinstance(found, list)
+        return found
 
     async def _resume(self, store: IReportStore, report: Report) -> None:
         """Post on a report taken from ``store``, after ``report.attempts``."""
@@ -613,7 +588,7 @@ class DeliveryReporter:
         if self._closing:
             self._leaving.add(report_id)
             raise defer.CancelledError()
-        sleep = task.deferLater(self.reactor, delay)
+        sleep: defer.Deferred[None] = task.deferLater(self.reactor, delay)
         self._waiting[report_id] = sleep
         try:
             await sleep
@@ -657,50 +632,6 @@ class _TakenOver(Exception):
 
 
 _FAILED = object()  # what _stored gives for a store operation that failed
-
-
-def _owner_entries(value: object) -> list[tuple[str, float | None]]:
-    """The owners in an owners record: each with when it was found gone,
-    ``None`` for one listed as running (or by an earlier version, which
-    listed names only).  Anything unreadable is left out."""
-    try:
-        listed = json.loads(value) if isinstance(value, bytes) else []
-    except ValueError:
-        listed = []
-    entries: list[tuple[str, float | None]] = []
-    for item in listed if isinstance(listed, list) else []:
-        if isinstance(item, str):
-            entries.append((item, None))
-        elif (
-            isinstance(item, list)
-            and len(item) == 2
-            and isinstance(item[0], str)
-            and isinstance(item[1], (int, float))
-        ):
-            entries.append((item[0], float(item[1])))
-    return entries
-
-
-def _running(owner: str) -> bool:
-    """Whether the process of ``owner`` (``instance#pid.random``, on this
-    host) runs; this process's pid in another owner is an earlier start
-    (a container restarted with the same pid)."""
-    pid_text = owner.rpartition("#")[2].partition(".")[0]
-    if not pid_text.isdigit() or int(pid_text) in (0, os.getpid()):
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists, as another user's
-    return True
-
-
-def default_instance() -> str:
-    """This service's name across its restarts: the host and the working
-    folder (one service per folder, as with systemd's ``WorkingDirectory``)."""
-    return f"{socket.gethostname()}:{os.getcwd()}"
 
 
 def _without_credentials(url: str) -> str:
