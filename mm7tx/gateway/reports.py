@@ -267,15 +267,16 @@ class DeliveryReporter:
         # Cancelling ends the attempt and its retries: the CancelledError
         # goes through the retry loop, which catches only MM7 client errors.
         # A kept report logs itself as left when it ends so.
+        # One being left already (its connections still closing) is only cut.
         count = 0
         for d, (message_id, url) in list(self.pending.items()):
-            if self._ids.get(d) in self._leaving:
-                continue  # left already
-            count += 1
-            if self._ids.get(d) not in self._kept:
-                _log_abandoned(message_id, url)
+            if self._ids.get(d) not in self._leaving:
+                count += 1
+                if self._ids.get(d) not in self._kept:
+                    _log_abandoned(message_id, url)
             d.cancel()
-        log.warn("Stopped with {count} delivery reports not answered", count=count)
+        if count:
+            log.warn("Stopped with {count} delivery reports not answered", count=count)
 
     # The store.
 
