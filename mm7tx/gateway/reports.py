@@ -12,10 +12,8 @@ is not MM7 or is over ``mm7_client_max_answer_size``) is logged at once.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +24,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mm7tx.gateway.report_owners import OWNERS_KEY as OWNERS_KEY
+from mm7tx.gateway.report_owners import default_instance, gone_owners
 from mm7tx.gateway.report_record import StoredReport, UnreadableReport
 from mm7tx.http.auth import Account
 from mm7tx.http.client import (
@@ -56,10 +56,6 @@ POLL_INTERVAL = 5.0
 LEASE_MARGIN = 15.0
 # The most reports taken from the store in one poll, per owner asked for.
 TAKE_AT_ONCE = 100
-# The record of the owners of an instance's running processes (its workers),
-# and how many it keeps.
-OWNERS_KEY = "mm7tx:report-owners:"
-KEPT_OWNERS = 256
 DAY = 86400.0
 
 
@@ -120,6 +116,12 @@ class DeliveryReporter:
         self._live: set[str] = set()
         self._ids: dict[defer.Deferred[bool], str] = {}
         self._kept: set[str] = set()
+        # The wait for its next attempt of each kept report between two
+        # attempts, by id: a stop leaves these in the store at once.
+        self._waiting: dict[str, defer.Deferred[None]] = {}
+        # The kept reports a stop is leaving in the store (their attempt's
+        # connections closing): left, whatever ends them now.
+        self._leaving: set[str] = set()
         # The owners of this instance's earlier starts (newest first): their
         # reports are this start's at once, their leases notwithstanding.
         self._predecessors: list[str] | None = None
@@ -229,32 +231,52 @@ class DeliveryReporter:
             self.metrics.delivery_report(outcome)
 
     def stop(self, timeout: float) -> defer.Deferred[None]:
-        """Let the reports being posted finish within ``timeout`` seconds;
-        cancel the rest (their retries too), each logged as abandoned, as
-        any report asked for from now on — or, with a store, left there for
-        the next start (or another instance) to post."""
+        """Stop posting.  A report kept in the store and waiting for its
+        next attempt is left there at once, for the next start (or another
+        instance) to post; one with an attempt under way is left once that
+        attempt fails.  The others (without a store, or whose store failed)
+        get ``timeout`` seconds to be answered, retries included; then they
+        are cancelled, each logged as abandoned (with a store, left).  A
+        report asked for from now on is left in the store, or abandoned."""
         self._closing = True
         self._stop_polling()
-        if not self.pending:
+        leaving = dict(self._waiting)
+        self._leaving.update(leaving)
+        for sleep in leaving.values():
+            sleep.cancel()  # logged as left by its report, which ends here
+        draining = [d for d in self.pending if self._ids.get(d) not in leaving]
+        if not draining:
             return defer.succeed(None)
+        log.info(
+            "Draining: {count} delivery reports still being posted "
+            "(at most {timeout:g} s)",
+            count=len(draining),
+            timeout=timeout,
+        )
         finished = defer.DeferredList(list(self.pending), consumeErrors=True)
         timer = self.reactor.callLater(timeout, self._abandon)
 
         def done(_: object) -> None:
             if timer.active():
                 timer.cancel()
+                log.info("Drained {count} delivery reports", count=len(draining))
 
         return finished.addCallback(done)
 
     def _abandon(self) -> None:
         # Cancelling ends the attempt and its retries: the CancelledError
         # goes through the retry loop, which catches only MM7 client errors.
+        # A kept report logs itself as left when it ends so.
+        # One being left already (its connections still closing) is only cut.
+        count = 0
         for d, (message_id, url) in list(self.pending.items()):
-            if self._ids.get(d) in self._kept:
-                _log_left(message_id, url)
-            else:
-                _log_abandoned(message_id, url)
+            if self._ids.get(d) not in self._leaving:
+                count += 1
+                if self._ids.get(d) not in self._kept:
+                    _log_abandoned(message_id, url)
             d.cancel()
+        if count:
+            log.warn("Stopped with {count} delivery reports not answered", count=count)
 
     # The store.
 
@@ -289,15 +311,20 @@ class DeliveryReporter:
             answered = await self._post(
                 account, record.request, record.namespace, kept, made
             )
-        except (defer.CancelledError, _TakenOver):
-            # It stays in the store: for the next start, or the instance
-            # that took it over.
+        except _TakenOver:
+            # It stays in the store, for the instance that took it over.
             raise _Left() from None
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, defer.CancelledError) or report_id in self._leaving:
+                # Stopped: it stays in the store for the next start.
+                url = _without_credentials(account.delivery_report_url or "")
+                _log_left(record.request.message_id or "-", url)
+                raise _Left() from None
             await self._forget(kept)
             raise
         finally:
             self._kept.discard(report_id)
+            self._leaving.discard(report_id)
         await self._forget(kept)
         return answered
 
@@ -374,11 +401,10 @@ class DeliveryReporter:
         store = self.store
         if store is None:
             return
-        if self._predecessors is None:
-            found = await self._predecessors_found(store)
-            if found is None:
-                return
-            self._predecessors = found
+        found = await self._predecessors_found(store)
+        if found is None:
+            return
+        self._predecessors = found
         for owner in [self.owner, *self._predecessors]:
             due = await self._stored(store.due_reports(owner, TAKE_AT_ONCE))
             if due is _FAILED:
@@ -405,36 +431,26 @@ class DeliveryReporter:
                     await self._resume(store, taken)
 
     async def _predecessors_found(self, store: IReportStore) -> list[str] | None:
-        """The owners of this instance's earlier starts (their processes
-        gone), read from ``store``, which is told this start's owner and
-        those still running; ``None`` if the store failed."""
+        """The owners of this instance whose processes are gone, from its
+        owners record, which lists this start too (:func:`gone_owners`);
+        ``None`` if the store failed."""
         if not IRecordStore.providedBy(store):
             return []
-        records = IRecordStore(store)
-        key = OWNERS_KEY + self.instance
-        value = await self._stored(records.get(key))
-        if value is _FAILED:
+        found = await self._stored(
+            defer.ensureDeferred(
+                gone_owners(
+                    IRecordStore(store),
+                    self.instance,
+                    self.owner,
+                    self.reactor.seconds(),
+                    self._ttl(),
+                )
+            )
+        )
+        if found is _FAILED:
             return None
-        listed: Any = []
-        if isinstance(value, bytes):
-            try:
-                listed = json.loads(value)
-            except ValueError:
-                listed = []
-        others = [
-            o
-            for o in (listed if isinstance(listed, list) else [])
-            if isinstance(o, str) and o != self.owner
-        ]
-        # The instance is this host's: an owner whose process is gone was an
-        # earlier start; one still running is a sibling (another worker in
-        # the same folder), which keeps its reports.
-        earlier = [o for o in others if not _running(o)]
-        alive = [o for o in others if o not in earlier]
-        mine = json.dumps([self.owner, *alive][:KEPT_OWNERS]).encode()
-        if await self._stored(records.put(key, mine, self._ttl())) is _FAILED:
-            return None
-        return earlier
+        assert isinstance(found, list)
+        return found
 
     async def _resume(self, store: IReportStore, report: Report) -> None:
         """Post on a report taken from ``store``, after ``report.attempts``."""
@@ -537,6 +553,11 @@ class DeliveryReporter:
                         code=response.status.code,
                     )
                     return response.status.is_success
+                if attempt < self.attempts and kept is not None and self._closing:
+                    # Stopping: the store has when it is due next.
+                    await self._next_attempt(kept, attempt, delay, request)
+                    self._leaving.add(kept.report_id)
+                    raise defer.CancelledError()
                 if attempt < self.attempts:
                     log.info(
                         "Delivery report {message_id} for {vasp}: {error}; "
@@ -548,7 +569,9 @@ class DeliveryReporter:
                     )
                     if kept is not None:
                         await self._next_attempt(kept, attempt, delay, request)
-                    await task.deferLater(self.reactor, delay)
+                        await self._wait(kept.report_id, delay)
+                    else:
+                        await task.deferLater(self.reactor, delay)
             log.warn(
                 "Gave up on delivery report {message_id} for {vasp} after "
                 "{attempts} attempts: {error}",
@@ -560,6 +583,19 @@ class DeliveryReporter:
             return False
         finally:
             await client.close()
+
+    async def _wait(self, report_id: str, delay: float) -> None:
+        """Wait ``delay`` seconds before a kept report's next attempt, or
+        until a stop cancels the wait (:class:`defer.CancelledError`)."""
+        if self._closing:
+            self._leaving.add(report_id)
+            raise defer.CancelledError()
+        sleep: defer.Deferred[None] = task.deferLater(self.reactor, delay)
+        self._waiting[report_id] = sleep
+        try:
+            await sleep
+        finally:
+            self._waiting.pop(report_id, None)
 
     async def _next_attempt(
         self, kept: _Kept, attempts: int, delay: float, request: m.DeliveryReportReq
@@ -598,28 +634,6 @@ class _TakenOver(Exception):
 
 
 _FAILED = object()  # what _stored gives for a store operation that failed
-
-
-def _running(owner: str) -> bool:
-    """Whether the process of ``owner`` (``instance#pid.random``, on this
-    host) runs; this process's pid in another owner is an earlier start
-    (a container restarted with the same pid)."""
-    pid_text = owner.rpartition("#")[2].partition(".")[0]
-    if not pid_text.isdigit() or int(pid_text) in (0, os.getpid()):
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists, as another user's
-    return True
-
-
-def default_instance() -> str:
-    """This service's name across its restarts: the host and the working
-    folder (one service per folder, as with systemd's ``WorkingDirectory``)."""
-    return f"{socket.gethostname()}:{os.getcwd()}"
 
 
 def _without_credentials(url: str) -> str:

@@ -161,6 +161,25 @@ def test_a_pending_delivery_report_is_abandoned_with_a_log_line_on_stop() -> Non
     assert reactor.getDelayedCalls() == []
 
 
+def test_the_drain_says_it_waits_for_delivery_reports() -> None:
+    """Without a store, a stop waiting for a report being retried says so
+    at once, and how it ended."""
+    reactor = MemoryReactorClock()
+    reporter = DeliveryReporter(reactor, attempts=5)  # type: ignore[arg-type]
+    account = Account("v", "p", delivery_report_url="http://192.0.2.7:8000/dr")
+    reporter.report(
+        account, m.DeliveryReportReq(message_id="msg-1", mm_status="Forwarded"), "x"
+    )
+    with capturedLogs() as events:
+        reporter.stop(10)
+        assert [formatEvent(e) for e in events] == [
+            "Draining: 1 delivery reports still being posted (at most 10 s)"
+        ]
+        reactor.advance(10)
+    lines = [formatEvent(e) for e in events]
+    assert lines[-1] == "Stopped with 1 delivery reports not answered"
+
+
 def test_a_report_answered_within_the_drain_is_not_abandoned() -> None:
     reactor = MemoryReactorClock()
     reporter = DeliveryReporter(reactor)  # type: ignore[arg-type]

@@ -285,8 +285,9 @@ def test_reports_left_at_stop_are_posted_by_the_next_start(world):
     world.vasp.answer = 1000
     world.reporter(store=world.reopen())
     world.reactor.flush()
-    # In due order: M-2 was due at once, M-1 at its next retry.
-    assert [mid for _, mid in world.vasp.seen[attempts:]] == ["M-2", "M-1"]
+    # In due order: M-1 at its next retry (1 s after its first attempt
+    # failed, when the stop left it), M-2 at once (2 s later).
+    assert [mid for _, mid in world.vasp.seen[attempts:]] == ["M-1", "M-2"]
     assert world.stored() == []
 
 
@@ -381,3 +382,72 @@ def test_a_running_sibling_keeps_its_reports(world):
     assert len(world.vasp.times) == 1
     assert now + 45 <= world.vasp.times[0] <= now + 50
     assert reporter.pending == {}
+
+
+def test_a_report_left_by_a_start_before_the_last_is_posted_at_once(world):
+    """A left a report not yet due; B started and stopped before it was
+    due; C, started after it is due, posts it at once, not once A's lease
+    passed: B kept A among the instance's owners."""
+    world.vasp.answer = 4006
+    a = world.reporter()
+    start = world.reactor.seconds()
+    a.report(ACCOUNT, report_req(), NS)
+    world.reactor.advance(1.5)  # attempts at 0 and 1; the next due at +3
+    a.stop(0)
+    world.reactor.flush()
+    [kept] = world.stored()
+    assert (kept.owner, kept.due) == (a.owner, start + 3)
+    b = world.reporter(store=world.reopen())
+    world.reactor.advance(0.5)  # B runs before the report is due
+    b.stop(0)
+    world.reactor.advance(10)
+    world.vasp.answer = 1000
+    started = world.reactor.seconds()
+    c = world.reporter(store=world.reopen())
+    world.reactor.flush()
+    assert world.vasp.times[2:] == [started]
+    assert world.stored() == []
+    assert c.pending == {}
+
+
+def test_an_instance_still_knows_its_dead_owners_after_a_day(world):
+    """The owners record outlives a day-long run: the record is refreshed
+    while the process runs, so a start after a crash takes the reports over
+    at once."""
+    world.vasp.answer = 4006
+    first = world.reporter()
+    world.reactor.advance(2 * 86400)
+    first.report(ACCOUNT, report_req(), NS)
+    world.reactor.advance(1.5)
+    crash(first)
+    world.reactor.advance(10)
+    world.vasp.answer = 1000
+    started = world.reactor.seconds()
+    world.reporter(store=world.reopen())
+    world.reactor.flush()
+    assert world.vasp.times[-1] == started
+    assert world.stored() == []
+
+
+def test_stopping_leaves_a_report_waiting_for_its_retry_at_once(world):
+    """With a store, the drain does not wait for a report's retries: one
+    waiting for its next attempt is left in the store when the stop begins."""
+    world.vasp.answer = 4006
+    reporter = world.reporter()
+    reporter.report(ACCOUNT, report_req(), NS)
+    world.reactor.advance(1.5)  # waiting for its third attempt, due at +3
+    stopped: list[object] = []
+    with capturedLogs() as events:
+        reporter.stop(30).addBoth(stopped.append)
+        world.reactor.flush()
+    assert stopped == [None]
+    assert reporter.pending == {}
+    lines = [formatEvent(e) for e in events]
+    assert lines == [
+        "Left delivery report M-1 to http://vasp.test:9000/dr/ in the state "
+        "store for the next start: still not answered when the service stopped"
+    ]
+    [kept] = world.stored()
+    assert kept.attempts == 2
+    world.reactor.advance(60)
+    assert len(world.vasp.times) == 2  # no retry after the stop
