@@ -406,7 +406,7 @@ def _conversations(config: Config, shared: Shared) -> Conversations | None:
     and an upstream MMSC to submit to."""
     if shared.store is None or not config.upstreams:
         return None
-    return Conversations(shared.store, config.reply_window)
+    return Conversations(shared.store, config.reply_window, clock=shared.reactor)
 
 
 def site_for(

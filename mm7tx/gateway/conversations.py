@@ -11,8 +11,12 @@ A mail made from a DeliverReq leaves a :class:`MailedMMS` under its
 Message-ID: a mail whose In-Reply-To or References names it becomes a
 SubmitReq to that handset with the DeliverReq's LinkedID.
 
-A store that fails is logged and counts as no conversation: the mail goes
-where it went before replies existed.
+A store that fails, or does not answer within 2 s, is logged once per
+outage (never a key: keys hold numbers and Message-IDs).  For a
+DeliverReq it counts as no conversation: the mail goes where it went
+before replies existed.  For a mail, :meth:`Conversations.for_mail` raises
+:class:`StoreFailed`: the listener then lets the sending MTA try again
+rather than refuse a reply it could not look up.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from email.utils import getaddresses
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mm7tx.gateway.envelopes import digits
+from mm7tx.gateway.store_calls import Outage, bounded
 from mm7tx.interfaces import IRecordStore
 from mm7tx.mail.compose import Mail
 from mm7tx.mm7 import messages as m
@@ -201,27 +207,56 @@ def conversations_of(
     ]
 
 
+class StoreFailed(Exception):
+    """The store failed (or did not answer) a lookup a mail needed."""
+
+
 class Conversations:
-    """The conversations in ``store``, each kept for ``window`` seconds."""
+    """The conversations in ``store``, each kept for ``window`` seconds;
+    each store call bounded on ``clock``."""
 
     def __init__(
-        self, store: IRecordStore, window: float = DEFAULT_REPLY_WINDOW
+        self,
+        store: IRecordStore,
+        window: float = DEFAULT_REPLY_WINDOW,
+        *,
+        clock: IReactorTime,
     ) -> None:
         self.store = store
         self.window = window
+        self.clock = clock
+        self.outage = Outage(
+            log,
+            "Replies: the state store failed ({error}); replies go as without "
+            "a store, replies by mail to a name wait, until it answers again",
+            "Replies: the state store answers again",
+        )
+
+    async def _lookup(self, key: str) -> bytes | None:
+        """The record under ``key``; :class:`StoreFailed` if the store
+        failed or took too long (logged once per outage)."""
+        try:
+            data = await bounded(self.store.get(key), self.clock)
+        except Exception as e:
+            self.outage.failed(e)
+            raise StoreFailed(str(e) or type(e).__name__) from e
+        self.outage.answered()
+        return data
 
     async def _get(self, key: str) -> bytes | None:
+        """The record under ``key``; None if none or the store failed."""
         try:
-            return await self.store.get(key)
-        except Exception:
-            log.failure("Looking up {key}", key=key)
+            return await self._lookup(key)
+        except StoreFailed:
             return None
 
     async def _put(self, key: str, value: bytes) -> None:
         try:
-            await self.store.put(key, value, self.window)
-        except Exception:
-            log.failure("Keeping {key}", key=key)
+            await bounded(self.store.put(key, value, self.window), self.clock)
+        except Exception as e:
+            self.outage.failed(e)
+            return
+        self.outage.answered()
 
     # Mail → handset, and the handset's reply.
 
@@ -322,15 +357,24 @@ class Conversations:
 
     async def for_mail(self, headers: Any) -> MailedMMS | None:
         """The DeliverReq a mail answers, by its In-Reply-To, then its
-        References (the latest first)."""
+        References (the latest first).  :class:`StoreFailed` when none was
+        found and the store failed a lookup: whether the mail answers an MMS
+        is then not known."""
+        failed: StoreFailed | None = None
         for mail_id in referenced(headers):
-            data = await self._get(mailed_key(mail_id))
+            try:
+                data = await self._lookup(mailed_key(mail_id))
+            except StoreFailed as e:
+                failed = e
+                continue
             if data is None:
                 continue
             try:
                 return MailedMMS.from_bytes(data)
             except ValueError as e:
                 log.warn("Record of {id} unreadable: {error}", id=mail_id, error=str(e))
+        if failed is not None:
+            raise failed
         return None
 
 

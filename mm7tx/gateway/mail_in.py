@@ -30,7 +30,12 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mm7tx.gateway.conversations import Conversations, MailedMMS, conversations_of
+from mm7tx.gateway.conversations import (
+    Conversations,
+    MailedMMS,
+    StoreFailed,
+    conversations_of,
+)
 from mm7tx.gateway.envelopes import (
     disposition_notification_to,
     header_section,
@@ -362,7 +367,15 @@ class MailToMMS:
         numbers = [_split(address)[0] for address, _ in envelope.recipients]
         reply = None
         if self.conversations is not None:
-            reply = await self.conversations.for_mail(headers)
+            try:
+                reply = await self.conversations.for_mail(headers)
+            except StoreFailed:
+                if not _NUMBER.fullmatch(numbers[0]):
+                    # Whether it answers an MMS is not known: not a 5xx,
+                    # which would bounce a handset's reply for good.
+                    return SMTPReply(
+                        451, "4.3.0", "Try again later: replies cannot be looked up"
+                    )
             if reply is not None:
                 # The recipient comes from the record, whatever address in
                 # mms_domains the reply was sent to.

@@ -84,7 +84,9 @@ class Gateway:
         mmsc: FakeMMSC,
         window: float = WEEK,
     ) -> None:
-        conversations = Conversations(store, window) if store is not None else None
+        conversations = (
+            Conversations(store, window, clock=clock) if store is not None else None
+        )
         self.policy = MailToMMS(
             MailInSettings(domains=("mms.example",)),
             [
@@ -356,7 +358,7 @@ def test_records_read_back_and_unreadable_ones_count_as_none() -> None:
     clock = Clock()
     store = MemoryStore(clock)
     result_of(store.put(conversation_key(SHORT_CODE, HANDSET), b"[1]", 60))
-    conversations = Conversations(store)
+    conversations = Conversations(store, clock=clock)
     request = m.DeliverReq(
         sender=m.Address(HANDSET, "Number"),
         recipients=m.Recipients(to=(m.Address(SHORT_CODE, "ShortCode"),)),
