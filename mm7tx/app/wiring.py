@@ -492,7 +492,7 @@ def mail_policy(
         report_window=config.report_window,
         conversations=_conversations(config, shared),
         dedup=(
-            StoredDedup(shared.store, config.dedup_window)
+            StoredDedup(shared.store, config.dedup_window, reactor)
             if shared.store is not None
             else None
         ),

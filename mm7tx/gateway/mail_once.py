@@ -10,8 +10,8 @@ nothing was kept: the retry is submitted with the same TransactionID
 (:func:`transaction_id_for`), so an MMSC that remembers its answers (as
 mm7tx does) gives the first MessageID back rather than a second message.
 
-A store that fails is logged once per outage and the mail goes on as
-without a store: never refused for it.
+A store that fails, or does not answer within 2 s, is logged once per
+outage and the mail goes on as without a store: never refused for it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import hashlib
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from mm7tx.gateway.store_calls import Outage, bounded
 from mm7tx.interfaces import IRecordStore
 
 log = Logger(namespace="mm7tx.mail_in")
@@ -53,12 +55,19 @@ def transaction_id_for(key: str) -> str:
 
 
 class StoredDedup:
-    """:class:`mm7tx.gateway.mail_in.Dedup` on a state store's records."""
+    """:class:`mm7tx.gateway.mail_in.Dedup` on a state store's records,
+    each call bounded on ``clock``."""
 
-    def __init__(self, store: IRecordStore, window: float) -> None:
+    def __init__(self, store: IRecordStore, window: float, clock: IReactorTime) -> None:
         self.store = store
         self.window = window
-        self._failing = False
+        self.clock = clock
+        self.outage = Outage(
+            log,
+            "Mail in: the state store failed ({error}); mail goes on "
+            "without exactly once until it answers again",
+            "Mail in: the state store answers again",
+        )
 
     def seen(self, key: str) -> defer.Deferred[str | None]:
         """The MessageID kept for ``key``, or None (none, or no store)."""
@@ -70,34 +79,21 @@ class StoredDedup:
 
     async def _seen(self, key: str) -> str | None:
         try:
-            value = await self.store.get(_record(key))
+            value = await bounded(self.store.get(_record(key)), self.clock)
         except Exception as e:
-            self._failed(e)
+            self.outage.failed(e)
             return None
-        self._back()
+        self.outage.answered()
         return value.decode("utf-8", "replace") if value is not None else None
 
     async def _taken(self, key: str, message_id: str) -> None:
+        put = self.store.put(_record(key), message_id.encode("utf-8"), self.window)
         try:
-            await self.store.put(_record(key), message_id.encode("utf-8"), self.window)
+            await bounded(put, self.clock)
         except Exception as e:
-            self._failed(e)
+            self.outage.failed(e)
             return
-        self._back()
-
-    def _failed(self, error: Exception) -> None:
-        if not self._failing:
-            self._failing = True
-            log.warn(
-                "Mail in: the state store failed ({error}); mail goes on "
-                "without exactly once until it answers again",
-                error=str(error) or type(error).__name__,
-            )
-
-    def _back(self) -> None:
-        if self._failing:
-            self._failing = False
-            log.info("Mail in: the state store answers again")
+        self.outage.answered()
 
 
 def _record(key: str) -> str:

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mm7tx.gateway.envelopes import SentMail, SentRecipient, record_key
+from mm7tx.gateway.store_calls import bounded
 from mm7tx.interfaces import IMailSender, IRecordStore
 from mm7tx.mail.compose import DSN_ACTIONS, MDN_DISPOSITIONS, Mail, email_date
 from mm7tx.mail.notifications import (
@@ -74,15 +75,17 @@ class ReturnPath:
         self, message_id: str | None, transaction: Transaction
     ) -> SentMail | None:
         """The envelope for ``message_id``, if the store has one; a store
-        that fails is logged and counts as none (the report is mailed as
-        before)."""
+        that fails (or takes over 2 s) is logged and counts as none (the
+        report is mailed as before)."""
         if not message_id:
             return None
         account = transaction.account
         names = (account.name,) if account is not None else self.mmscs
         for name in names:
             try:
-                data = await self.store.get(record_key(name, message_id))
+                data = await bounded(
+                    self.store.get(record_key(name, message_id)), self.clock
+                )
             except Exception:
                 log.failure(
                     "Looking up the envelope of MessageID {message_id}",
@@ -119,7 +122,9 @@ class ReturnPath:
         if ttl <= 0:
             return
         try:
-            await self.store.put(record.key, record.to_bytes(), ttl)
+            await bounded(
+                self.store.put(record.key, record.to_bytes(), ttl), self.clock
+            )
         except Exception:
             log.failure(
                 "Keeping the envelope of {message_id}", message_id=record.message_id

@@ -16,7 +16,7 @@ from tests.gateway.test_mail_in import MAIL, Gateway
 
 def _stored(gw: Gateway, window: float = 3600.0) -> MemoryStore:
     store = MemoryStore(gw.clock)
-    gw.policy.dedup = StoredDedup(store, window)
+    gw.policy.dedup = StoredDedup(store, window, gw.clock)
     return store
 
 
@@ -75,7 +75,7 @@ class _Down:
 
 def test_a_store_that_fails_lets_the_mail_through_and_says_so_once() -> None:
     gw = Gateway()
-    gw.policy.dedup = StoredDedup(_Down(), 3600)  # type: ignore[arg-type]
+    gw.policy.dedup = StoredDedup(_Down(), 3600, gw.clock)  # type: ignore[arg-type]
     with capturedLogs() as events:
         for n in range(2):
             gw.mail()
@@ -88,7 +88,7 @@ def test_a_store_that_fails_lets_the_mail_through_and_says_so_once() -> None:
 
 def test_the_stored_dedup_on_its_own() -> None:
     clock = Clock()
-    dedup = StoredDedup(MemoryStore(clock), 60)
+    dedup = StoredDedup(MemoryStore(clock), 60, clock)
     assert result_of(dedup.seen("k")) is None
     result_of(dedup.taken("k", "mid"))
     assert result_of(dedup.seen("k")) == "mid"
