@@ -156,10 +156,12 @@ class Upstream:
 
 
 class Dedup(Protocol):
-    """The hook for exactly once across the sending MTA's retries (the
-    state store's, later): ``seen`` fires with the MessageID the MMSC gave
-    for ``key`` (the mail's Message-ID and its recipients) if it was
-    submitted already, ``taken`` records it once the MMSC took it."""
+    """The hook for exactly once across the sending MTA's retries
+    (:class:`~mm7tx.gateway.mail_once.StoredDedup`): ``seen`` fires with
+    the MessageID the MMSC gave for ``key`` (the mail's Message-ID,
+    envelope sender, MMS recipients and body digest:
+    :func:`~mm7tx.gateway.mail_once.dedup_key`) if it was submitted
+    already, ``taken`` records it once the MMSC took it."""
 
     def seen(self, key: str) -> defer.Deferred[str | None]: ...
 
