@@ -4,8 +4,9 @@ for tests, and for one process that needs no record across restarts.
 Bounded: at most ``max_records`` of each kind (answers and claims, reports,
 keyed records); past it the oldest answer, in-flight claim or keyed record
 makes room (an evicted claim lets a retry run beside the transaction still
-in flight), and a new report fails with :class:`StoreError`.  Expired records are dropped when
-read and by a sweep every ``sweep_interval`` seconds on the clock."""
+in flight), and a new report fails with :class:`StoreError`.  Expired
+records are dropped when read and by a sweep every ``sweep_interval``
+seconds on the clock."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ neither a mail nor a report past the bound."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -86,7 +87,7 @@ def test_a_reply_to_a_name_is_deferred_when_the_store_does_not_answer() -> None:
     result_of(store.close())
 
 
-def _store_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _store_events(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e.get("log_namespace") == "mm7tx.conversations"]
 
 
