@@ -33,7 +33,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mm7tx.gateway.envelopes import digits
-from mm7tx.gateway.store_calls import Outage, bounded
+from mm7tx.gateway.store_calls import Outage, StoreFailed, bounded
 from mm7tx.interfaces import IRecordStore
 from mm7tx.mail.compose import Mail
 from mm7tx.mm7 import messages as m
@@ -205,10 +205,6 @@ def conversations_of(
         for address in recipients.to + recipients.cc + recipients.bcc
         if not address.is_email
     ]
-
-
-class StoreFailed(Exception):
-    """The store failed (or did not answer) a lookup a mail needed."""
 
 
 class Conversations:

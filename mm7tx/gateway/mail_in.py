@@ -30,12 +30,7 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mm7tx.gateway.conversations import (
-    Conversations,
-    MailedMMS,
-    StoreFailed,
-    conversations_of,
-)
+from mm7tx.gateway.conversations import Conversations, MailedMMS, conversations_of
 from mm7tx.gateway.envelopes import (
     disposition_notification_to,
     header_section,
@@ -43,6 +38,7 @@ from mm7tx.gateway.envelopes import (
     wants_delivery_report,
 )
 from mm7tx.gateway.mail_once import dedup_key, transaction_id_for
+from mm7tx.gateway.store_calls import StoreFailed
 from mm7tx.http.auth import Account, PasswordChecker
 from mm7tx.http.client import (
     HTTPError,
@@ -156,12 +152,10 @@ class Upstream:
 
 
 class Dedup(Protocol):
-    """The hook for exactly once across the sending MTA's retries
-    (:class:`~mm7tx.gateway.mail_once.StoredDedup`): ``seen`` fires with
-    the MessageID the MMSC gave for ``key`` (the mail's Message-ID,
-    envelope sender, MMS recipients and body digest:
-    :func:`~mm7tx.gateway.mail_once.dedup_key`) if it was submitted
-    already, ``taken`` records it once the MMSC took it."""
+    """Exactly once across the sending MTA's retries (``StoredDedup``):
+    ``seen`` fires with the MessageID the MMSC gave for ``key`` (``dedup_key``:
+    Message-ID, envelope sender, MMS recipients, body digest) if it was
+    submitted already, ``taken`` records it once the MMSC took it."""
 
     def seen(self, key: str) -> defer.Deferred[str | None]: ...
 
@@ -373,11 +367,8 @@ class MailToMMS:
                 reply = await self.conversations.for_mail(headers)
             except StoreFailed:
                 if not _NUMBER.fullmatch(numbers[0]):
-                    # Whether it answers an MMS is not known: not a 5xx,
-                    # which would bounce a handset's reply for good.
-                    return SMTPReply(
-                        451, "4.3.0", "Try again later: replies cannot be looked up"
-                    )
+                    # Not known to answer no MMS: a 5xx would bounce it for good.
+                    return SMTPReply(451, "4.3.0", "Try again later: store down")
             if reply is not None:
                 # The recipient comes from the record, whatever address in
                 # mms_domains the reply was sent to.

@@ -22,6 +22,11 @@ from mm7tx.http.once import CALL_TIMEOUT
 T = TypeVar("T")
 
 
+class StoreFailed(Exception):
+    """A store call failed or took too long, where the caller must tell
+    that from no record (logged by its user already)."""
+
+
 class StoreTimeout(Exception):
     """A store call did not answer within its bound (it was cancelled)."""
 
