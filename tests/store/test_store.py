@@ -8,7 +8,8 @@ Time is a ``Clock`` the test advances."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -44,6 +45,22 @@ from mm7tx.testing import result_of
 ANSWER = Answer(b"<DeliverRsp/>", {"status": "1000", "content-type": "text/xml"})
 OTHER = Answer(b"<other/>", {"status": "1000"})
 DAY = 86400.0
+
+# How long a store test may take on the real reactor before it fails.
+TIMEOUT = 5.0
+
+
+def timed(test: Callable[..., Coroutine[Any, Any, None]]) -> Any:
+    """An async test (``pytest_twisted.ensureDeferred``) that fails with
+    ``TimeoutError`` once it has run ``TIMEOUT`` seconds, rather than hang:
+    the time-out cancels the Deferred the test awaits (one that never fires,
+    such as a wait on a store that no longer ends it)."""
+
+    @functools.wraps(test)
+    async def run(*args: Any, **kwargs: Any) -> None:
+        await defer.ensureDeferred(test(*args, **kwargs)).addTimeout(TIMEOUT, reactor)
+
+    return pytest_twisted.ensureDeferred(run)
 
 
 class Harness:
@@ -82,7 +99,7 @@ def test_every_store_provides_the_interface(harness):
 # exactly once
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_a_claimed_key_is_in_flight_then_done_with_the_answer(harness):
     store = harness.store
     first = await store.claim("k", 30)
@@ -94,7 +111,7 @@ async def test_a_claimed_key_is_in_flight_then_done_with_the_answer(harness):
     assert again.answer.metadata["status"] == "1000"
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_keys_are_apart(harness):
     first = await harness.store.claim("a", 30)
     second = await harness.store.claim("b", 30)
@@ -102,7 +119,7 @@ async def test_keys_are_apart(harness):
     assert first.token != second.token
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_the_first_answer_stays(harness):
     store = harness.store
     claim = await store.claim("k", 30)
@@ -111,7 +128,7 @@ async def test_the_first_answer_stays(harness):
     assert await store.claim("k", 30) == Done(ANSWER)
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_a_released_key_is_claimed_afresh(harness):
     store = harness.store
     claim = await store.claim("k", 30)
@@ -121,7 +138,7 @@ async def test_a_released_key_is_claimed_afresh(harness):
     assert isinstance(await store.claim("k", 30), New)
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_an_answer_is_not_released(harness):
     store = harness.store
     claim = await store.claim("k", 30)
@@ -130,7 +147,7 @@ async def test_an_answer_is_not_released(harness):
     assert await store.claim("k", 30) == Done(ANSWER)
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_a_claim_whose_lease_passed_is_free(harness):
     store = harness.store
     await store.claim("k", 30)
@@ -140,7 +157,7 @@ async def test_a_claim_whose_lease_passed_is_free(harness):
     assert isinstance(await store.claim("k", 30), New)
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_an_answer_expires_after_the_window(harness):
     store = harness.store
     claim = await store.claim("k", 30)
@@ -151,7 +168,7 @@ async def test_an_answer_expires_after_the_window(harness):
     assert isinstance(await store.claim("k", 30), New)
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_a_retry_waits_for_the_answer(harness):
     store = harness.store
     claim = await store.claim("k", 30)
@@ -163,7 +180,7 @@ async def test_a_retry_waits_for_the_answer(harness):
     assert await waiting == ANSWER
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_a_wait_ends_when_the_key_is_released(harness):
     store = harness.store
     claim = await store.claim("k", 30)
@@ -174,7 +191,7 @@ async def test_a_wait_ends_when_the_key_is_released(harness):
     assert isinstance(await store.claim("k", 30), New)
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_a_wait_ends_at_its_timeout(harness):
     store = harness.store
     await store.claim("k", 30)
@@ -188,7 +205,7 @@ async def test_a_wait_ends_at_its_timeout(harness):
     assert await store.claim("k", 30) == InFlight()
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_a_wait_on_a_free_or_answered_key_ends_at_once(harness):
     store = harness.store
     assert await store.wait("free", 10) is None
@@ -200,7 +217,7 @@ async def test_a_wait_on_a_free_or_answered_key_ends_at_once(harness):
 # delivery reports
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_a_report_is_due_to_its_owner(harness):
     store, now = harness.store, harness.clock.seconds()
     await store.put_report("r1", b"payload", "a", now + 5, 60, DAY)
@@ -222,7 +239,7 @@ async def test_a_report_is_due_to_its_owner(harness):
     assert not await store.update_report("r1", "a", 1, now + 200, 60)
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_an_attempt_moves_the_report_and_its_lease(harness):
     store, now = harness.store, harness.clock.seconds()
     await store.put_report("r1", b"p", "a", now, 60, DAY)
@@ -238,7 +255,7 @@ async def test_an_attempt_moves_the_report_and_its_lease(harness):
     assert await store.due_reports("b", 10) == []
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_reports_come_in_due_order_up_to_the_limit(harness):
     store, now = harness.store, harness.clock.seconds()
     for n in (3, 1, 2):
@@ -247,7 +264,7 @@ async def test_reports_come_in_due_order_up_to_the_limit(harness):
     assert [r.report_id for r in await store.due_reports("a", 2)] == ["r1", "r2"]
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_a_removed_or_expired_report_is_gone(harness):
     store, now = harness.store, harness.clock.seconds()
     await store.put_report("r1", b"p", "a", now, 60, 100)
@@ -263,7 +280,7 @@ async def test_a_removed_or_expired_report_is_gone(harness):
 # keyed records
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_a_record_is_kept_until_its_ttl(harness):
     store = harness.store
     assert await store.get("k") is None
@@ -281,7 +298,7 @@ async def test_a_record_is_kept_until_its_ttl(harness):
 # size
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_the_size_counts_the_records_and_shrinks_as_they_expire(harness):
     store, now = harness.store, harness.clock.seconds()
     empty = await store.size()
@@ -426,7 +443,7 @@ def test_an_unreadable_answer_is_a_store_error():
     assert Answer.decode(ANSWER.encode()) == ANSWER
 
 
-@pytest_twisted.ensureDeferred
+@timed
 async def test_sqlite_on_its_own_thread_with_the_real_reactor(tmp_path):
     store = open_store(parse_store(f"sqlite:{tmp_path / 's.sqlite3'}"), reactor)
     assert isinstance(store, SQLiteStore)
