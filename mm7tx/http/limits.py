@@ -163,8 +163,15 @@ class LoginThrottle:
         return locking
 
     def _forget(self, now: float) -> None:
+        """Forget the addresses whose window passed and that are not locked
+        out, then the stalest, until a tenth of ``max_addresses`` (at least
+        one) is free: the scan of every address is paid once per that many
+        new addresses, not for each (guessers from many addresses)."""
         for address, (start, _, until) in list(self._seen.items()):
             if now - start >= self.window and until <= now:
                 del self._seen[address]
-        while len(self._seen) >= self.max_addresses:
-            del self._seen[next(iter(self._seen))]
+        keep = self.max_addresses - max(1, self.max_addresses // 10)
+        excess = len(self._seen) - keep
+        if excess > 0:
+            for address in list(islice(self._seen, excess)):
+                del self._seen[address]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from mm7tx.http.limits import RateLimiter
+from mm7tx.http.limits import LoginThrottle, RateLimiter
 
 
 class CountingLimiter(RateLimiter):
@@ -67,3 +67,22 @@ def test_past_the_bound_the_stalest_go_and_the_one_in_use_stays():
     assert len(limiter._buckets) <= 10
     assert "s0" in limiter._buckets and "new" in limiter._buckets
     assert "s1" not in limiter._buckets  # the stalest
+
+
+def test_the_login_throttle_forgets_addresses_in_batches() -> None:
+    """Failed logins from ever new addresses past a full table: the bound
+    holds, and the scan of every address runs once per tenth of it."""
+    throttle = LoginThrottle(Clock(), max_addresses=100)
+    scans = 0
+    forget = throttle._forget
+
+    def counted(now: float) -> None:
+        nonlocal scans
+        scans += 1
+        forget(now)
+
+    throttle._forget = counted  # type: ignore[method-assign]
+    for n in range(10000):
+        throttle.failed(f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
+        assert len(throttle._seen) <= 100
+    assert scans <= 1000  # one per ten new addresses; it was one per address
