@@ -404,8 +404,13 @@ class MM7Resource(Resource):
             if ticket is None:
                 self._respond(response, exchange)
                 return None
-            data = self._encode(response, exchange)
-            kept = ticket.settle(response.status, response, data)
+            try:
+                data = self._encode(response, exchange)
+                kept = ticket.settle(response.status, response, data)
+            except BaseException:
+                # Nothing kept: a retry runs afresh, this one gets 4000.
+                ticket.release()
+                raise
             return kept.addCallback(lambda _: self._respond(response, exchange, data))
 
         def failed(reason: Failure) -> None:
