@@ -431,8 +431,15 @@ class MM7Service(service.MultiService):
     def _keep_store(self, store: IStateStore | None, config: Config) -> None:
         """A reload failed: a store it opened closed, the running one kept."""
         shared = self.shared
-        if shared.store is not store and shared.store is not None:
-            shared.store.close()
+        opened = shared.store
+        if opened is not store and opened is not None:
+            opened.close().addErrback(
+                lambda reason: log.failure(
+                    "Closing the state store {store} a failed reload opened",
+                    reason,
+                    store=opened.description,
+                )
+            )
         shared.store, shared.store_spec = store, config.state_store
 
     async def _close_store(self, store: IStateStore, users: list[Generation]) -> None:

@@ -11,7 +11,7 @@ as before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from twisted.internet import defer
@@ -52,6 +52,11 @@ class ReturnPath:
     ``mmscs`` are the upstream MMSCs' names: a report from an
     authenticated MMSC is looked up under its own name, one on an open
     path under each.  ``reporting_mta`` names us in the notifications.
+
+    Reports on one MessageID are handled one at a time, each reading the
+    envelope only once the one before has written it back, so that two
+    arriving together (a 1100 partial success, Mbuni's burst of Rejected)
+    keep both recipients' states.  This holds within one process only.
     """
 
     def __init__(
@@ -70,6 +75,26 @@ class ReturnPath:
         self.mmscs = tuple(mmscs)
         self.report_mail_from = report_mail_from
         self.reporting_mta = reporting_mta
+        # One lock per MessageID being reported on, dropped when idle.
+        self._locks: dict[str, defer.DeferredLock] = {}
+
+    async def _one_at_a_time(
+        self, message_id: str | None, work: Callable[[], Awaitable[bool]]
+    ) -> bool:
+        """Run ``work`` once no other report on ``message_id`` runs: the
+        envelope it reads is the one the report before wrote back."""
+        if not message_id:
+            return await work()
+        lock = self._locks.setdefault(message_id, defer.DeferredLock())
+        await lock.acquire()
+        try:
+            return await work()
+        finally:
+            # release() may run the next report to its end at once, which
+            # drops the entry itself; drop it here only if it is still ours.
+            lock.release()
+            if not lock.locked and self._locks.get(message_id) is lock:
+                del self._locks[message_id]
 
     async def _find(
         self, message_id: str | None, transaction: Transaction
@@ -139,7 +164,12 @@ class ReturnPath:
         """Fire with ``True`` once the report is handled here (a DSN sent
         to the mail's sender, or none due), ``False`` for a MessageID with
         no envelope.  Fails as the sender fails (4006: the MMSC retries)."""
-        return defer.ensureDeferred(self._delivery_report(request, transaction))
+        return defer.ensureDeferred(
+            self._one_at_a_time(
+                request.message_id,
+                lambda: self._delivery_report(request, transaction),
+            )
+        )
 
     async def _delivery_report(
         self, request: DeliveryReportReq, transaction: Transaction
@@ -191,7 +221,12 @@ class ReturnPath:
         """Fire with ``True`` once the read reply is handled here (an MDN
         sent to the mail's ``Disposition-Notification-To``, or none due),
         ``False`` for a MessageID with no envelope."""
-        return defer.ensureDeferred(self._read_reply(request, transaction))
+        return defer.ensureDeferred(
+            self._one_at_a_time(
+                request.message_id,
+                lambda: self._read_reply(request, transaction),
+            )
+        )
 
     async def _read_reply(
         self, request: ReadReplyReq, transaction: Transaction

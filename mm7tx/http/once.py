@@ -145,6 +145,19 @@ class Ticket:
             metadata["message_id"] = message_id
         return self.complete(Answer(data, metadata))
 
+    def settle_as(
+        self, response: m.Response, encode: Callable[[], bytes]
+    ) -> defer.Deferred[bytes]:
+        """:meth:`settle` ``response`` as ``encode`` makes it, firing with
+        those bytes; if it cannot be made, the claim is released (a retry
+        runs afresh) and ``encode``'s exception raised."""
+        try:
+            data = encode()
+        except BaseException:
+            self.release()
+            raise
+        return self.settle(response.status, response, data).addCallback(lambda _: data)
+
     def release(self) -> defer.Deferred[None]:
         """Forget the claim (the fault is not remembered)."""
         return self.once.call(

@@ -404,9 +404,8 @@ class MM7Resource(Resource):
             if ticket is None:
                 self._respond(response, exchange)
                 return None
-            data = self._encode(response, exchange)
-            kept = ticket.settle(response.status, response, data)
-            return kept.addCallback(lambda _: self._respond(response, exchange, data))
+            kept = ticket.settle_as(response, lambda: self._encode(response, exchange))
+            return kept.addCallback(lambda xml: self._respond(response, exchange, xml))
 
         def failed(reason: Failure) -> None:
             if ticket is not None:

@@ -4,6 +4,7 @@ listener change leaves the running one in place and says so."""
 
 from __future__ import annotations
 
+import gc
 import signal
 from collections.abc import Sequence
 from email.message import EmailMessage
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.logger import capturedLogs, formatEvent
 
+from mm7tx.app import wiring
 from mm7tx.app.service import IMM7Reactor, build_service
 from mm7tx.config import Config, load
 from mm7tx.gateway.processors import EmailProcessor
@@ -22,6 +24,7 @@ from mm7tx.http.auth import hash_password
 from mm7tx.http.client import HTTPError, MM7Fault, TimedOut
 from mm7tx.mm7 import codec
 from mm7tx.mm7 import messages as m
+from mm7tx.store.memory import MemoryStore
 from mm7tx.testing import (
     MemoryGateway,
     MemoryReactor,
@@ -434,6 +437,39 @@ def test_a_maildir_that_cannot_be_written_changes_nothing(tmp_path: Path) -> Non
         "configuration is kept"
     ]
     assert service.sender is sender
+    stopped = service.stopService()
+    reactor.flush()
+    assert fired(stopped)
+
+
+class CloseFails(MemoryStore):
+    """A store in memory whose close fails."""
+
+    def close(self) -> defer.Deferred[None]:
+        return defer.fail(OSError("the store would not close"))
+
+
+def test_a_store_a_failed_reload_opened_that_will_not_close_is_logged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reactor = MemoryReactor()
+    service = build_service(load(config(), "a.conf"), cast(IMM7Reactor, reactor))
+    service.startService()
+    monkeypatch.setattr(
+        wiring, "open_configured_store", lambda spec, reactor: CloseFails(reactor)
+    )
+    # Opens a new store, then fails to build its processor.
+    broken = config(
+        extra='state_store = "memory"\nmm7_processor = "tests.app.test_reload.Broken"'
+    )
+    with capturedLogs() as events:
+        assert not service.reload_from(lambda: load(broken, "a.conf"))
+        gc.collect()  # a failure left unhandled is logged once collected
+    assert [e["log_format"] for e in events if "log_failure" in e] == [
+        "Not reloading {source}: the running configuration is kept",
+        "Closing the state store {store} a failed reload opened",
+    ]
+    assert "the store would not close" in str(events[-1]["log_failure"].value)
     stopped = service.stopService()
     reactor.flush()
     assert fired(stopped)

@@ -487,6 +487,62 @@ def test_on_partial_success_the_refused_recipient_is_bounced_by_its_report(way):
     assert scan_message(dsn) == {b"15557654321@mms.example"}
 
 
+class HeldSender(FakeMailSender):
+    """Records every message and answers each only when the test fires
+    its Deferred in ``held`` (a relay that answers later)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[defer.Deferred[Any]] = []
+
+    def send(self, sender: str, recipients: list[str], message: Any) -> Any:
+        sent = super().send(sender, recipients, message)
+        held: defer.Deferred[Any] = defer.Deferred()
+        self.held.append(held)
+        held.addCallback(lambda _: sent)
+        return held
+
+
+def _report(number: str, status: str = "Rejected") -> m.DeliveryReportReq:
+    return m.DeliveryReportReq(
+        message_id="mmsc-1",
+        recipient=m.Address(number, "Number"),
+        sender=m.Address("12345", "ShortCode"),
+        date="2024-05-01T10:00:00Z",
+        mm_status=status,
+    )
+
+
+def test_reports_arriving_together_keep_both_recipients_states(way):
+    way.mail(("<15551234567@mms.example>", "<15557654321@mms.example>"))
+    held = HeldSender()
+    assert way.processor.return_path is not None
+    way.processor.return_path.sender = held
+    first, second = (
+        way.processor.delivery_report(_report(number), Transaction("t", "/vasp/"))
+        for number in ("+15551234567", "+15557654321")
+    )
+    # Both are in flight before the relay answers either DSN; then it
+    # answers every DSN handed to it until none is left waiting.
+    for _ in range(3):
+        for pending in [d for d in held.held if not d.called]:
+            pending.callback(None)
+    for answered in (first, second):
+        rsp = result_of(answered)
+        assert isinstance(rsp, m.DeliveryReportRsp) and rsp.status.code == 1000
+    record = SentMail.from_bytes(result_of(way.store.get(record_key("up", "mmsc-1"))))
+    assert [(r.state, r.sent) for r in record.recipients] == [
+        ("failed", ("failed",)),
+        ("failed", ("failed",)),
+    ]
+    assert len(held.sent) == 2
+    assert way.processor.return_path._locks == {}  # none kept once idle
+    way.processor.return_path.sender = way.mailer
+    way.report("Rejected", number="+15551234567")
+    way.report("Rejected", number="+15557654321")
+    assert way.mailer.sent == []  # neither retry sends a second DSN
+
+
 # -- the MDN -----------------------------------------------------------------
 
 RECEIPT = b"Disposition-Notification-To: Ann <ann+receipts@example.org>\r\n" + MAIL

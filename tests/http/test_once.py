@@ -320,6 +320,32 @@ def test_a_retry_in_flight_gets_the_first_answer(
     assert len(gateway.relay.accepted) == 1
 
 
+class Unencodable(Counting):
+    """Its first SubmitRsp has a MessageID the codec cannot encode."""
+
+    def submit(self, request: Any, transaction: Any) -> Any:
+        self.calls.append("submit")
+        message_id: Any = object() if len(self.calls) == 1 else "msg-2"
+        return m.SubmitRsp(m.Status.of(StatusCode.SUCCESS), message_id=message_id)
+
+
+def test_a_response_that_cannot_be_encoded_releases_the_claim(
+    make_store: Callable[..., Any],
+) -> None:
+    processor = Unencodable()
+    gateway = gateway_with(make_store, processor=processor)
+    assert status(post(gateway, "/mm7/", SUBMIT)) == 4000
+    headers, body = body_of(SUBMIT)
+    headers.update(AUTH)
+    retry = gateway.post_later("/mm7/", body, headers)
+    gateway.flush()
+    gateway.advance(1)
+    # Run afresh at once, not kept waiting for the first's lease.
+    assert fired(retry)
+    assert status(gateway.result(retry)) == 1000
+    assert processor.calls == ["submit", "submit"]
+
+
 # Two instances sharing one store --------------------------------------------
 
 
