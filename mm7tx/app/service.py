@@ -327,7 +327,12 @@ class MM7Service(service.MultiService):
                 source=config.source,
             )
             if fresh is not None:
-                fresh.close()
+                defer.maybeDeferred(fresh.close).addErrback(
+                    lambda reason: log.failure(
+                        "Closing the mail sender a failed reload made",
+                        reason,
+                    )
+                )
             self._keep_store(old_store, running.config)
             return False
         self.shared.configure(config)
