@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mm7tx.gateway.envelopes import SentMail, SentRecipient, record_key
-from mm7tx.gateway.store_calls import bounded
+from mm7tx.gateway.store_calls import Outage, bounded
 from mm7tx.interfaces import IMailSender, IRecordStore
 from mm7tx.mail.compose import DSN_ACTIONS, MDN_DISPOSITIONS, Mail, email_date
 from mm7tx.mail.notifications import (
@@ -77,6 +77,13 @@ class ReturnPath:
         self.reporting_mta = reporting_mta
         # One lock per MessageID being reported on, dropped when idle.
         self._locks: dict[str, defer.DeferredLock] = {}
+        # A store outage is logged once, not per report (nor with its keys).
+        self._outage = Outage(
+            log,
+            "The state store failed ({error}): delivery reports and read "
+            "replies are mailed as before (no DSN or MDN) until it answers again",
+            "The state store answers again: DSNs and MDNs go to mail senders",
+        )
 
     async def _one_at_a_time(
         self, message_id: str | None, work: Callable[[], Awaitable[bool]]
@@ -111,12 +118,10 @@ class ReturnPath:
                 data = await bounded(
                     self.store.get(record_key(name, message_id)), self.clock
                 )
-            except Exception:
-                log.failure(
-                    "Looking up the envelope of MessageID {message_id}",
-                    message_id=message_id,
-                )
+            except Exception as e:
+                self._outage.failed(e)
                 return None
+            self._outage.answered()
             if data is None:
                 continue
             try:
@@ -150,10 +155,10 @@ class ReturnPath:
             await bounded(
                 self.store.put(record.key, record.to_bytes(), ttl), self.clock
             )
-        except Exception:
-            log.failure(
-                "Keeping the envelope of {message_id}", message_id=record.message_id
-            )
+        except Exception as e:
+            self._outage.failed(e)
+        else:
+            self._outage.answered()
 
     async def _send(self, mail: Mail) -> None:
         await self.sender.send(mail.sender, mail.recipients, mail.message)

@@ -158,3 +158,28 @@ def test_bounded_passes_an_answer_and_times_out_a_silence() -> None:
     assert failures == []
     clock.advance(0.1)
     assert failures and failures[0].check(StoreTimeout)
+
+
+def test_the_return_path_logs_an_outage_once_without_message_ids() -> None:
+    """Reports during a store outage: one warning (no traceback, no
+    MessageID), then one line when the store answers again."""
+    clock = Clock()
+    store = BrokenStore(clock)
+    store.down = True
+    path = ReturnPath(store, FakeMailSender(), clock, ["up"])
+    with capturedLogs() as events:
+        for n in range(3):
+            report = m.DeliveryReportReq(message_id=f"mmsc-{n}")
+            assert (
+                result_of(path.delivery_report(report, Transaction("t", "/v/")))
+                is False
+            )
+        store.down = False
+        report = m.DeliveryReportReq(message_id="mmsc-9")
+        assert result_of(path.delivery_report(report, Transaction("t", "/v/"))) is False
+    texts = [e["log_format"] for e in events]
+    assert sum("state store failed" in t for t in texts) == 1
+    assert sum(t.startswith("The state store answers again") for t in texts) == 1
+    assert not any(e.get("log_failure") for e in events)
+    assert not any("mmsc-" in str(e) for e in events)
+    result_of(store.close())
