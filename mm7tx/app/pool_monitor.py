@@ -5,6 +5,7 @@ samples with a ``worker`` label, ready when every worker is.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from typing import Any
@@ -151,8 +152,11 @@ class WorkersMonitor:
             code, body = await self._ask(slot.number, "/readyz")
         except ConnectError as e:
             # The parent removes a worker's socket before starting it: none
-            # yet, and the worker is still starting.
-            if os.path.exists(self.socket(slot.number)):
+            # yet (the connect said so, or the file is still missing), and
+            # the worker is still starting.  The connect's own error counts
+            # first: the file may appear between the two.
+            missing = getattr(e, "osError", None) == errno.ENOENT
+            if not missing and os.path.exists(self.socket(slot.number)):
                 return f"worker {slot.number} does not answer: {e}"
             if slot.spawned > 1:
                 return being_replaced

@@ -6,6 +6,7 @@ tests/loopback/test_workers.py."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import threading
@@ -813,6 +814,19 @@ def test_readyz_says_a_worker_is_being_replaced_while_it_starts(
     # A worker that is there and does not answer is still said to.
     sockets[1].write_text("")
     assert problem().startswith("worker 1 does not answer: ")
+
+    # The socket appeared between the connect (no such file) and the look
+    # at the folder: still the replacement starting, not a worker gone deaf.
+    class Missing:
+        def request(self, method: bytes, uri: bytes) -> Any:
+            if b"worker-1" in uri:
+                return defer.fail(
+                    ConnectError(errno.ENOENT, "No such file or directory")
+                )
+            return defer.succeed(_Body(200, b"ready\n"))
+
+    monitor.agent = Missing()  # type: ignore[assignment]
+    assert problem() == "worker 1 is not running (being restarted)"
 
 
 # The real twistd -------------------------------------------------------------
