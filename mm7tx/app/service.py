@@ -48,6 +48,7 @@ from mm7tx.app.wiring import make_processor as make_processor
 from mm7tx.app.wiring import site_for as site_for
 from mm7tx.app.wiring import useless_parts as useless_parts
 from mm7tx.config import Config, ConfigError, listens_beyond_loopback
+from mm7tx.config import Listener as ConfiguredListener
 from mm7tx.gateway.reports import DeliveryReporter
 from mm7tx.http.auth import ListenerGuard
 from mm7tx.http.client import MM7Client
@@ -149,19 +150,9 @@ class MM7Service(service.MultiService):
         self.site = site_for(self._current.resource, config, reactor, metrics)
         self._listeners: list[Listener] = []
         for index, configured in enumerate(config.listeners):
-            endpoint = configured.endpoint
-            listener = Listener(self.site, endpoint, config.max_connections)
+            listener = Listener(self.site, configured.endpoint, config.max_connections)
             self._listeners.append(listener)
-            factory: Any = listener
-            access = configured.access
-            if access.allow or access.deny:
-                factory = ListenerGuard(
-                    factory, access, proxied=endpoint.startswith("haproxy:")
-                )
-            # A worker listens through a reactor that adopts the socket its
-            # parent bound (mm7tx.workers.Adopting).
-            via = listen_via(index) if listen_via is not None else reactor
-            strports.service(endpoint, factory, reactor=via).setServiceParent(self)
+            self._listen(configured, listener, index, listen_via)
         # Mail to MMS: the ESMTP listeners, one factory for all; a reload
         # sets its new policy and portal on it.
         self._mail_clients: dict[SubmitSettings, MM7Client] = {}
@@ -174,20 +165,12 @@ class MM7Service(service.MultiService):
                 ),
                 self.shared,
             )
+        # A worker's ESMTP listeners adopt the sockets its parent bound
+        # after the HTTP ones (mm7tx.app.worker.passed_endpoints).
         for index, configured in enumerate(
             config.esmtp_listeners, start=len(config.listeners)
         ):
-            endpoint = configured.endpoint
-            factory = self.mail_factory
-            access = configured.access
-            if access.allow or access.deny:
-                factory = ListenerGuard(
-                    factory, access, proxied=endpoint.startswith("haproxy:")
-                )
-            # A worker's ESMTP listeners adopt the sockets its parent bound
-            # after the HTTP ones (mm7tx.app.worker.passed_endpoints).
-            via = listen_via(index) if listen_via is not None else reactor
-            strports.service(endpoint, factory, reactor=via).setServiceParent(self)
+            self._listen(configured, self.mail_factory, index, listen_via)
         self.relay_watch: RelayWatch | None = None
         self.monitor: MM7Site | None = None
         self._monitor: MonitorListener | None = None
@@ -255,6 +238,25 @@ class MM7Service(service.MultiService):
     def root(self) -> Resource:
         """The resource tree of new requests."""
         return self._current.root
+
+    def _listen(
+        self,
+        configured: ConfiguredListener,
+        factory: Any,
+        index: int,
+        listen_via: Callable[[int], Any] | None,
+    ) -> None:
+        """Serve ``factory`` on ``configured``'s endpoint, behind its access
+        lists if it has any; a worker listens through a reactor that adopts
+        the socket its parent bound as the ``index``-th (mm7tx.workers
+        .Adopting)."""
+        endpoint, access = configured.endpoint, configured.access
+        if access.allow or access.deny:
+            factory = ListenerGuard(
+                factory, access, proxied=endpoint.startswith("haproxy:")
+            )
+        via = listen_via(index) if listen_via is not None else self.reactor
+        strports.service(endpoint, factory, reactor=via).setServiceParent(self)
 
     def _generation(self, config: Config, sender: IMailSender) -> Generation:
         # Its own count of transactions, within the shared bound.
