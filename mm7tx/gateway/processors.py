@@ -57,6 +57,7 @@ from mm7tx.mail.compose import (
     disposition,
     email_date,
     header_block,
+    make_report,
     set_boundaries,
 )
 from mm7tx.mail.rules import AddressRules as AddressRules
@@ -394,14 +395,7 @@ class EmailProcessor:
         msg["Date"] = email_date(date)
         if message_id:
             msg["X-MM7-MessageID"] = message_id
-        msg.set_content(text)
-        msg.make_mixed()
-        msg.set_type("multipart/report")
-        msg.set_param("report-type", report_type)
-        notification = EmailMessage(policy=BUILD_POLICY)
-        notification["Content-Type"] = f"message/{report_type}"
-        notification.set_payload(fields)  # type: ignore[arg-type]
-        msg.attach(notification)
+        make_report(msg, text, report_type, fields)
         set_boundaries(msg)
         return Mail(self.rules.report_mail_from, [recipient], msg)
 

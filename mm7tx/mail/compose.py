@@ -150,3 +150,19 @@ def header_block(*pairs: tuple[str, str]) -> Message:
         if value:  # no empty field (X-MM7-StatusText:)
             block[name] = value
     return block
+
+
+def make_report(
+    msg: EmailMessage, text: str, report_type: str, fields: list[Message]
+) -> None:
+    """Make ``msg`` a ``multipart/report`` of ``report_type`` (RFC 6522):
+    the readable ``text``, then a ``message/<report_type>`` part of the
+    header blocks ``fields``; the caller may attach more parts after."""
+    msg.set_content(text)
+    msg.make_mixed()
+    msg.set_type("multipart/report")
+    msg.set_param("report-type", report_type)
+    notification = EmailMessage(policy=BUILD_POLICY)
+    notification["Content-Type"] = f"message/{report_type}"
+    notification.set_payload(fields)  # type: ignore[arg-type]
+    msg.attach(notification)

@@ -17,7 +17,14 @@ from datetime import UTC, datetime
 from email.message import EmailMessage, Message
 from email.utils import format_datetime, make_msgid, parseaddr
 
-from mm7tx.mail.compose import BUILD_POLICY, Mail, clean, header_block, set_boundaries
+from mm7tx.mail.compose import (
+    BUILD_POLICY,
+    Mail,
+    clean,
+    header_block,
+    make_report,
+    set_boundaries,
+)
 
 # Which NOTIFY keyword (RFC 3461) asks for a DSN with each Action.
 NOTIFY_FOR_ACTION = {
@@ -115,14 +122,7 @@ def _report(
     if original.message_id:
         msg["In-Reply-To"] = clean(original.message_id)
         msg["References"] = clean(original.message_id)
-    msg.set_content(text)
-    msg.make_mixed()
-    msg.set_type("multipart/report")
-    msg.set_param("report-type", report_type)
-    notification = EmailMessage(policy=BUILD_POLICY)
-    notification["Content-Type"] = f"message/{report_type}"
-    notification.set_payload(fields)  # type: ignore[arg-type]
-    msg.attach(notification)
+    make_report(msg, text, report_type, fields)
     msg.attach(_headers_part(original.headers))
     set_boundaries(msg)
     return Mail(envelope_sender, [to], msg)
