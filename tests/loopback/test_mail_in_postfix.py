@@ -30,7 +30,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from tests.fake_mmsc import listen_fake_mmsc
-from tests.processes import TWISTD, free_port, wait_for_port
+from tests.processes import TWISTD, free_port, wait_for_port, wait_until
 
 MM7TX_CONFIG = """
 HTTP_Listener {{ Listen "tcp:{http}:interface=127.0.0.1" {{ }} }}
@@ -138,14 +138,16 @@ class Postfix:
             pid = int(pid_file.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+
+        def gone() -> bool:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)  # its master, still there after stop
+                return True
+            return False
+
+        if not wait_until(gone, timeout=5):
+            os.kill(pid, signal.SIGKILL)  # its master, still there after stop
 
     def flush(self) -> None:
         """Attempt the deferred mail now (``postqueue -f``)."""
