@@ -30,7 +30,6 @@ import email
 import email.message
 import email.policy
 import re
-import shutil
 import signal
 import smtplib
 import subprocess
@@ -42,6 +41,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from bench.common import free_port, wait_for_port
+from bench.postfix import Postfix
 
 HERE = Path(__file__).resolve().parent
 PEER = HERE.parent.parent / "shared" / "peers" / "mbuni"
@@ -114,60 +114,6 @@ mm7-version = 6.8.0
 mm7-soap-xmlns = http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-6-MM7-1-4
 """
 
-MAIN_CF = """
-compatibility_level = 3.6
-queue_directory = {root}/queue
-data_directory = {root}/data
-maillog_file = {root}/maillog
-maillog_file_prefixes = {root}
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = relay.test
-mydomain = relay.test
-mydestination =
-local_transport = error:no local mail here
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-relay_domains = mms.example, example.org
-# The MMS domain goes to mm7tx's ESMTP listener, the sender's domain to the
-# sink that stands for the sender's mailbox; no MX lookups.
-transport_maps = inline:{{ mms.example=smtp:[127.0.0.1]:{mm7tx}, example.org=smtp:[127.0.0.1]:{sink} }}
-smtp_host_lookup = native
-disable_dns_lookups = yes
-smtp_dns_support_level = disabled
-smtp_tls_security_level = none
-smtpd_tls_security_level = none
-queue_run_delay = 1s
-minimal_backoff_time = 1s
-maximal_backoff_time = 2s
-biff = no
-"""
-
-MASTER_CF = """
-127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n -  0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-rewrite   unix  - - n -  - trivial-rewrite
-bounce    unix  - - n -  0 bounce
-defer     unix  - - n -  0 bounce
-trace     unix  - - n -  0 bounce
-verify    unix  - - n -  1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -  - proxymap
-smtp      unix  - - n -  - smtp
-relay     unix  - - n -  - smtp
-showq     unix  n - n -  - showq
-error     unix  - - n -  - error
-retry     unix  - - n -  - error
-discard   unix  - - n -  - discard
-anvil     unix  - - n -  1 anvil
-scache    unix  - - n -  1 scache
-postlog   unix-dgram n - n - 1 postlogd
-"""
-
 
 def wait_until(what: str, condition: Callable[[], object], seconds: float) -> None:
     deadline = time.monotonic() + seconds
@@ -188,7 +134,7 @@ class Run:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self.postfix_conf: Path | None = None
+        self.postfix: Postfix | None = None
 
     def spawn(self, name: str, argv: list[str]) -> None:
         with open(self.folder / f"{name}.out", "wb") as out:
@@ -198,39 +144,22 @@ class Run:
         self.processes.append((name, process))
 
     def start_postfix(self, port: int, mm7tx: int, sink: int) -> None:
-        root = self.folder / "postfix"
-        conf = root / "conf"
-        conf.mkdir(parents=True)
-        (root / "queue").mkdir()
-        (root / "data").mkdir()
-        shutil.chown(root / "data", "postfix")
-        conf.joinpath("main.cf").write_text(
-            MAIN_CF.format(root=root, mm7tx=mm7tx, sink=sink)
+        """Postfix relaying the MMS domain to mm7tx, the sender's domain to
+        the sink that stands for the sender's mailbox."""
+        postfix = Postfix(
+            self.folder / "postfix", port, {"mms.example": mm7tx, "example.org": sink}
         )
-        conf.joinpath("master.cf").write_text(MASTER_CF.format(port=port))
-        done = subprocess.run(
-            ["postfix", "-c", str(conf), "start"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        done = postfix.start()
         if done.returncode:
             raise Failed(f"postfix did not start: {done.stdout}{done.stderr}")
-        self.postfix_conf = conf
+        self.postfix = postfix
 
     def postfix_log(self) -> str:
-        try:
-            return (self.folder / "postfix" / "maillog").read_text(errors="replace")
-        except OSError:
-            return ""
+        return self.postfix.log_text() if self.postfix is not None else ""
 
     def stop(self) -> None:
-        if self.postfix_conf is not None:
-            subprocess.run(
-                ["postfix", "-c", str(self.postfix_conf), "stop"],
-                capture_output=True,
-                timeout=30,
-            )
+        if self.postfix is not None:
+            self.postfix.stop()
         for _, process in reversed(self.processes):
             process.send_signal(signal.SIGTERM)
         for _, process in reversed(self.processes):

@@ -13,7 +13,6 @@ times.  Starting it takes root (as in CI, .ci/run)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import smtplib
@@ -29,8 +28,9 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from bench.postfix import Postfix
 from tests.fake_mmsc import listen_fake_mmsc
-from tests.processes import TWISTD, free_port, wait_for_port, wait_until
+from tests.processes import TWISTD, free_port, wait_for_port
 
 MM7TX_CONFIG = """
 HTTP_Listener {{ Listen "tcp:{http}:interface=127.0.0.1" {{ }} }}
@@ -48,118 +48,6 @@ MMSC "up" {{
   sender_address = "12345"
 }}
 """
-
-MAIN_CF = """
-compatibility_level = 3.6
-queue_directory = {root}/queue
-data_directory = {root}/data
-maillog_file = {root}/maillog
-maillog_file_prefixes = {root}
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = relay.test
-mydomain = relay.test
-mydestination =
-local_transport = error:no local mail here
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-relay_domains = mms.example
-# The MMS domain goes to mm7tx's ESMTP listener, no MX lookup.
-transport_maps = inline:{{ mms.example=smtp:[127.0.0.1]:{mm7tx} }}
-smtp_host_lookup = native
-disable_dns_lookups = yes
-smtp_dns_support_level = disabled
-smtp_tls_security_level = none
-smtpd_tls_security_level = none
-queue_run_delay = 1s
-minimal_backoff_time = 1s
-maximal_backoff_time = 2s
-biff = no
-"""
-
-MASTER_CF = """
-127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n -  0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-rewrite   unix  - - n -  - trivial-rewrite
-bounce    unix  - - n -  0 bounce
-defer     unix  - - n -  0 bounce
-trace     unix  - - n -  0 bounce
-verify    unix  - - n -  1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -  - proxymap
-smtp      unix  - - n -  - smtp
-relay     unix  - - n -  - smtp
-showq     unix  n - n -  - showq
-error     unix  - - n -  - error
-retry     unix  - - n -  - error
-discard   unix  - - n -  - discard
-anvil     unix  - - n -  1 anvil
-scache    unix  - - n -  1 scache
-postlog   unix-dgram n - n - 1 postlogd
-"""
-
-
-class Postfix:
-    """A private Postfix instance in ``root``, taking mail on ``port`` and
-    relaying ``mms.example`` to ``mm7tx_port``."""
-
-    def __init__(self, root: Path, port: int, mm7tx_port: int) -> None:
-        self.root, self.port = root, port
-        self.conf = root / "conf"
-        self.conf.mkdir()
-        (root / "queue").mkdir()
-        (root / "data").mkdir()
-        shutil.chown(root / "data", "postfix")
-        self.conf.joinpath("main.cf").write_text(
-            MAIN_CF.format(root=root, mm7tx=mm7tx_port)
-        )
-        self.conf.joinpath("master.cf").write_text(MASTER_CF.format(port=port))
-        self.log = root / "maillog"
-
-    def start(self) -> None:
-        done = subprocess.run(
-            ["postfix", "-c", str(self.conf), "start"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert done.returncode == 0, (done.stdout, done.stderr, self.log_text())
-
-    def stop(self) -> None:
-        subprocess.run(
-            ["postfix", "-c", str(self.conf), "stop"], capture_output=True, timeout=30
-        )
-        pid_file = self.root / "queue" / "pid" / "master.pid"
-        try:
-            pid = int(pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return
-
-        def gone() -> bool:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            return False
-
-        if not wait_until(gone, timeout=5):
-            os.kill(pid, signal.SIGKILL)  # its master, still there after stop
-
-    def flush(self) -> None:
-        """Attempt the deferred mail now (``postqueue -f``)."""
-        subprocess.run(
-            ["postqueue", "-c", str(self.conf), "-f"], capture_output=True, timeout=30
-        )
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
 
 
 async def wait_for(condition: Any, timeout: float) -> bool:
@@ -193,7 +81,7 @@ async def test_postfix_defers_on_4006_and_delivers_on_1000(root):
             http=http_port, smtp=smtp_port, mmsc=mmsc_port.getHost().port
         )
     )
-    postfix = Postfix(root, free_port(), smtp_port)
+    postfix = Postfix(root, free_port(), {"mms.example": smtp_port})
     with open(root / "mm7tx.log", "wb") as output:
         mm7tx = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "mm7", "--config", str(conf)],
@@ -203,7 +91,8 @@ async def test_postfix_defers_on_4006_and_delivers_on_1000(root):
         )
     try:
         assert wait_for_port(smtp_port, mm7tx), (root / "mm7tx.log").read_text()
-        postfix.start()
+        started = postfix.start()
+        assert started.returncode == 0, (started.stdout, started.stderr)
         mail = EmailMessage()
         mail["From"] = "ann@example.org"
         mail["To"] = "15551234567@mms.example"
