@@ -23,6 +23,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from mm7tx.gateway.envelopes import header_section
 from mm7tx.gateway.store_calls import Outage, bounded
 from mm7tx.interfaces import IRecordStore
 
@@ -40,9 +41,7 @@ def dedup_key(
     message_id = str(headers.get("Message-ID", "")).strip()
     if not message_id:
         return None
-    crlf, lf = raw.find(b"\r\n\r\n"), raw.find(b"\n\n")
-    cuts = [(at, size) for at, size in ((crlf, 4), (lf, 2)) if at >= 0]
-    body = raw[min(cuts)[0] + min(cuts)[1] :] if cuts else b""
+    body = raw[len(header_section(raw)) :]
     digest = hashlib.sha256(body.replace(b"\r\n", b"\n")).hexdigest()
     parts = (message_id, sender or "", ",".join(sorted(numbers)), digest)
     return "mail-in:" + "\x00".join(parts)
