@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from mm7tx.gateway.report_owners import OWNERS_KEY as OWNERS_KEY
 from mm7tx.gateway.report_owners import default_instance, gone_owners
 from mm7tx.gateway.report_record import StoredReport, UnreadableReport
+from mm7tx.gateway.store_calls import Outage
 from mm7tx.http.auth import Account
 from mm7tx.http.client import (
     DEFAULT_MAX_ANSWER_SIZE,
@@ -110,7 +111,13 @@ class DeliveryReporter:
         self.lease = timeout + LEASE_MARGIN
         self.poll_interval = poll_interval
         self.store_errors = 0  # store operations that failed
-        self._store_down = False  # an outage logged, not yet over
+        # A store outage logged once, then once when the store is back.
+        self._outage = Outage(
+            log,
+            "The state store failed ({error}): serving without exactly once, "
+            "and delivery reports are posted from memory, until it answers again",
+            "The state store answers again: delivery reports are kept",
+        )
         # The reports posted here now, by id (the poll skips them); the ids
         # of the pending Deferreds that have one; those the store holds.
         self._live: set[str] = set()
@@ -364,18 +371,9 @@ class DeliveryReporter:
             raise
         except Exception as e:  # any store fault is an outage
             self.store_errors += 1
-            if not self._store_down:
-                self._store_down = True
-                log.warn(
-                    "The state store failed ({error}): serving without "
-                    "exactly once, and delivery reports are posted from "
-                    "memory, until it answers again",
-                    error=str(e) or type(e).__name__,
-                )
+            self._outage.failed(e)
             return _FAILED
-        if self._store_down:
-            self._store_down = False
-            log.info("The state store answers again: delivery reports are kept")
+        self._outage.answered()
         return result
 
     def _ttl(self) -> float:
